@@ -1,0 +1,182 @@
+"""Optical-flow conventions shared by every estimator, and the estimator factory.
+
+Direction: field i is the flow from frame t to frame t+step, in pixels of the stored
+resolution, x to the right and y down (OpenCV's convention): I_t(p) ~ I_{t+step}(p + d(p)).
+
+Quantization (TSN's convention, rounding rather than truncating):
+    q = clip(round(255 * (d + b) / (2b)), 0, 255)     d = q * 2b / 255 - b
+so zero motion maps to 128 (127.5 rounded half to even is 128) and one level is 2b/255 px.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+DEFAULT_BOUND = 20.0
+QUANTIZATION = "q = clip(round(255 * (d + b) / (2 * b)), 0, 255); d = q * 2 * b / 255 - b"
+
+ALGORITHMS = ("tvl1", "farneback", "dis")
+BACKENDS = ("opencv", "torch")
+
+
+def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Map float flow (pixels) to uint8 with the shared convention; values beyond +-bound clip."""
+    if bound <= 0:
+        raise ValueError(f"bound must be positive, got {bound}")
+    q = np.rint((np.asarray(flow, dtype=np.float32) + bound) * (255.0 / (2.0 * bound)))
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Inverse of `quantize` up to half a level (bound / 255 px)."""
+    if bound <= 0:
+        raise ValueError(f"bound must be positive, got {bound}")
+    return np.asarray(q, dtype=np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TVL1Params:
+    """TV-L1 parameters with OpenCV's DualTVL1OpticalFlow names and defaults."""
+
+    tau: float = 0.25
+    lambda_: float = 0.15
+    theta: float = 0.3
+    nscales: int = 5
+    warps: int = 5
+    epsilon: float = 0.01
+    inner_iterations: int = 30
+    outer_iterations: int = 10
+    scale_step: float = 0.8
+    gamma: float = 0.0
+    median_filtering: int = 5
+    use_initial_flow: bool = False
+
+    def __post_init__(self) -> None:
+        if self.nscales < 1 or self.warps < 1:
+            raise ValueError(f"nscales and warps must be >= 1, got {self.nscales}, {self.warps}")
+        if not 0 < self.scale_step < 1:
+            raise ValueError(f"scale_step must be in (0, 1), got {self.scale_step}")
+        if self.tau <= 0 or self.lambda_ <= 0 or self.theta <= 0 or self.epsilon <= 0:
+            raise ValueError("tau, lambda, theta and epsilon must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FarnebackParams:
+    """cv2.calcOpticalFlowFarneback parameters (OpenCV's names)."""
+
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pyr_scale < 1:
+            raise ValueError(f"pyr_scale must be in (0, 1), got {self.pyr_scale}")
+        if self.poly_n not in (5, 7):
+            raise ValueError(f"poly_n must be 5 or 7, got {self.poly_n}")
+        if self.levels < 1 or self.winsize < 1 or self.iterations < 1:
+            raise ValueError("levels, winsize and iterations must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DISParams:
+    """cv2.DISOpticalFlow parameters; `preset` is ultrafast, fast or medium."""
+
+    preset: str = "medium"
+    finest_scale: int | None = None
+    patch_size: int | None = None
+    patch_stride: int | None = None
+    gradient_descent_iterations: int | None = None
+    variational_refinement_iterations: int | None = None
+    use_mean_normalization: bool = True
+    use_spatial_propagation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("ultrafast", "fast", "medium"):
+            raise ValueError(f"DIS preset must be ultrafast, fast or medium, got {self.preset!r}")
+
+
+PARAM_TYPES = {"tvl1": TVL1Params, "farneback": FarnebackParams, "dis": DISParams}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """Which flow to compute and how; every field here changes the stored flow."""
+
+    algorithm: str = "tvl1"
+    backend: str = "opencv"  # "torch" is the batched TV-L1 (CPU or CUDA)
+    device: str = "cpu"  # torch backend only: "cpu" or "cuda[:N]"
+    step: int = 1
+    bound: float = DEFAULT_BOUND
+    params: TVL1Params | FarnebackParams | DISParams | None = None
+    batch_size: int = 16  # frame pairs per estimator call (torch backend batches them)
+    threads: int = 1  # OpenCV threads per worker; Ray runs one worker per core
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown flow algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown flow backend {self.backend!r}; choose one of {BACKENDS}")
+        if self.backend == "torch" and self.algorithm != "tvl1":
+            raise ValueError(f"the torch backend implements tvl1 only, not {self.algorithm!r}")
+        if self.backend == "opencv" and self.device != "cpu":
+            raise ValueError(f"the opencv backend runs on cpu only, not {self.device!r}")
+        if self.step < 1:
+            raise ValueError(f"step must be >= 1, got {self.step}")
+        if self.bound <= 0:
+            raise ValueError(f"bound must be positive, got {self.bound}")
+        if self.batch_size < 1 or self.threads < 1:
+            raise ValueError("batch_size and threads must be >= 1")
+        if self.params is None:
+            object.__setattr__(self, "params", PARAM_TYPES[self.algorithm]())
+        elif not isinstance(self.params, PARAM_TYPES[self.algorithm]):
+            raise ValueError(f"{self.algorithm} needs {PARAM_TYPES[self.algorithm].__name__}, got {type(self.params).__name__}")
+
+    def params_dict(self) -> dict:
+        """The algorithm parameters as a plain dict (stored in each sample's metadata)."""
+        return dataclasses.asdict(self.params)
+
+    def output_dict(self) -> dict:
+        """Every setting that changes the stored flow bytes (not batch size, threads or device)."""
+        return {"algorithm": self.algorithm, "backend": self.backend, "step": self.step,
+                "bound": self.bound, "params": self.params_dict()}
+
+
+def params_from_dict(algorithm: str, values: dict) -> TVL1Params | FarnebackParams | DISParams:
+    """Build the typed parameter record of `algorithm` from a dict, naming any unknown key."""
+    cls = PARAM_TYPES.get(algorithm)
+    if cls is None:
+        raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {("lambda_" if k == "lambda" else k): v for k, v in values.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {algorithm} parameter(s) {unknown}; known: {sorted(names)}")
+    return cls(**values)
+
+
+class FlowEstimator(Protocol):
+    """Computes dense flow for a batch of grayscale frame pairs.
+
+    prev, nxt: (N, H, W) uint8 grayscale. Returns (N, H, W, 2) float32, x then y, in pixels.
+    """
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray: ...
+
+
+def make_estimator(cfg: FlowConfig) -> FlowEstimator:
+    """Build the estimator `cfg` names. Imports lazily so a CPU worker never imports torch."""
+    if cfg.backend == "torch":
+        from pipeline import flow_torch
+
+        return flow_torch.TorchTVL1(cfg.params, device=cfg.device)
+    from pipeline import flow_cpu
+
+    factories = {"tvl1": flow_cpu.OpenCVTVL1, "farneback": flow_cpu.Farneback, "dis": flow_cpu.DIS}
+    return factories[cfg.algorithm](cfg.params, threads=cfg.threads)

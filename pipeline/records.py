@@ -1,0 +1,95 @@
+"""Frozen records passed between pipeline stages.
+
+Each stage takes and returns these plain values, so stages are testable without Ray
+and the Ray layer only moves them around.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "test", "val")
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """One input video: where it is and what it is labelled.
+
+    key: the sample key (only [A-Za-z0-9_-]), unique in the dataset, derived from `source`.
+    uri: absolute local path or URL the worker opens.
+    source: path relative to the INPUT root (what users recognise).
+    """
+
+    key: str
+    uri: str
+    source: str
+    label: str
+    label_id: int
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Stream metadata read from ffmpeg itself (no ffprobe needed)."""
+
+    width: int  # as displayed (after rotation and sample aspect ratio)
+    height: int
+    fps: float  # nominal frame rate of the stream (0.0 when unknown)
+    duration: float  # seconds (0.0 when unknown)
+    stream_index: int  # absolute index of the video stream in the container
+    codec: str = ""
+    rotation: int = 0  # degrees, as ffmpeg reports the display matrix
+
+    @property
+    def est_frames(self) -> int:
+        """Frame count estimated from duration and rate (a file may decode fewer)."""
+        return int(round(self.duration * self.fps)) if self.fps > 0 else 0
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Consecutive decoded frames of one video, the unit of flow compute.
+
+    `frames[:owned]` are the frames this chunk owns (global indices start..start+owned-1);
+    the frames after them are look-ahead copies of the next chunk's first frames, so flow
+    pairs (t, t+step) that start in this chunk can be computed here.
+    """
+
+    video_key: str
+    index: int  # chunk number within the video, 0-based
+    start: int  # global index of frames[0]
+    owned: int
+    frames: np.ndarray  # (n, H, W, 3) uint8 RGB, n >= owned
+    pts: tuple[float, ...]  # seconds, one per row of `frames`
+    last: bool  # True for the video's final chunk
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """The encoded output of one FrameChunk: JPEG frames and quantized, encoded flow fields."""
+
+    video_key: str
+    index: int
+    start: int
+    frame_bytes: tuple[bytes, ...]  # one per kept frame
+    frame_index: tuple[int, ...]  # global index of each kept frame
+    frame_pts: tuple[float, ...]
+    flow_bytes: tuple[bytes, ...]  # one per kept flow field
+    flow_pairs: tuple[tuple[int, int], ...]  # (from, to) global frame indices per field
+    size: tuple[int, int]  # (width, height) of the stored frames
+    last: bool
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """The outcome for one input video: its samples' members, or the reason it failed."""
+
+    ref: VideoRef
+    status: str  # "ok" | "error"
+    error: str = ""
+    samples: tuple[dict, ...] = ()  # webdataset sample dicts ("__key__" + member bytes)
+    frames: int = 0
+    flow_fields: int = 0
+    info: VideoInfo | None = None
+    stats: dict = field(default_factory=dict)
