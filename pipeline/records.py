@@ -72,6 +72,7 @@ class EncodedChunk:
     video_key: str
     index: int
     start: int
+    owned: int  # frames the source chunk owned (kept or not), so coverage can be checked
     frame_bytes: tuple[bytes, ...]  # one per kept frame
     frame_index: tuple[int, ...]  # global index of each kept frame
     frame_pts: tuple[float, ...]

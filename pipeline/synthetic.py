@@ -116,3 +116,49 @@ def make_motion_dataset(root: str | Path, *, classes: tuple[str, ...] = ("left",
             write_video(root / motion / f"v_{motion}_g{i:02d}.mp4", frames, fps)
     log.info("wrote %d synthetic videos under %s", len(classes) * per_class, root)
     return root
+
+
+def _run_ffmpeg(args: list[str], path: Path) -> Path:
+    """Run ffmpeg with an argv list (no shell) and raise naming `path` when it fails."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not write {path}: {proc.stderr.decode(errors='replace').strip()}")
+    return path
+
+
+def write_vfr_video(path: str | Path, frames: Iterable[np.ndarray], times: list[float], *,
+                    codec: str = "libx264") -> Path:
+    """Encode frames shown at the given times (seconds, increasing, millisecond grid): variable rate.
+
+    Use a container with millisecond timestamps such as .mkv; each frame keeps its own time.
+    """
+    if any(b <= a for a, b in zip(times, times[1:])):
+        raise ValueError(f"times={times!r} must be strictly increasing")
+    # setpts picks frame N's time from a nested if(); settb first so times are not rounded to 1/fps.
+    expr = "0"
+    for n in range(len(times) - 1, -1, -1):
+        expr = f"if(eq(N,{n}),{times[n]:.3f},{expr})"
+    vf = f"settb=1/1000,setpts='({expr})/TB'"  # quoted: the expression holds commas
+    return write_video(path, frames, 25.0, codec=codec,
+                       extra_args=("-vf", vf, "-fps_mode", "passthrough", "-enc_time_base", "1:1000"))
+
+
+def write_audio_first(path: str | Path, video: str | Path) -> Path:
+    """Copy `video` into `path` with a silent audio track as stream 0 and the video as stream 1."""
+    path = Path(path)
+    return _run_ffmpeg(["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-i", str(video),
+                        "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], path)
+
+
+def write_audio_only(path: str | Path, seconds: float = 0.5) -> Path:
+    """A file with a silent audio track and no video stream (e.g. .m4a or .mp4)."""
+    path = Path(path)
+    return _run_ffmpeg(["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", f"{seconds}",
+                        "-c:a", "aac", str(path)], path)
+
+
+def write_rotated(path: str | Path, video: str | Path, degrees: float = 90.0) -> Path:
+    """Copy `video` into `path` (same codec data) with display-rotation metadata, counter-clockwise."""
+    path = Path(path)
+    return _run_ffmpeg(["-display_rotation", f"{degrees}", "-i", str(video), "-c", "copy", str(path)], path)

@@ -1,0 +1,351 @@
+"""Input discovery: turn a video collection into labelled, uniquely keyed VideoRefs.
+
+Three input kinds are understood (see `discover`):
+
+(a) a folder with one sub-folder per class (UCF101 layout);
+(b) a CSV or Parquet list with columns path,label[,split];
+(c) a dataset root with official split files (UCF101 classInd/trainlist/testlist, HMDB51
+    <class>_test_split<N>.txt), chosen with split=N.
+
+Nothing is decoded here: a video named by a list or split file but missing on disk still gets a
+VideoRef (the worker reports it as an error row), so no input is silently dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+from pipeline.records import SPLITS, VideoRef
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
+                              ".flv", ".wmv", ".3gp", ".ogv"})
+LIST_SUFFIXES = (".csv", ".parquet")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")  # explicit ASCII classes: non-ASCII letters are unsafe too
+_REPEATS = re.compile(r"_{2,}")
+_UCF_LIST_DIRS = ("", "ucfTrainTestlist")
+_UCF_VIDEO_DIRS = ("UCF-101",)
+_HMDB_LIST_DIRS = ("", "testTrainMulti_7030_splits")
+_HMDB_VIDEO_DIRS = ("hmdb51_org",)
+_HMDB_SPLIT = {"1": "train", "2": "test"}  # "0": not used in this split
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def make_key(source: str) -> str:
+    """A WebDataset-safe sample key from a relative path: only [A-Za-z0-9_-], never empty.
+
+    The extension is dropped, every other character (path separators, dots, spaces, quotes,
+    non-ASCII letters) becomes "_", runs of "_" collapse to one, and leading "_"/"-" and
+    trailing "_" are stripped (a leading dash reads as an option to command-line tools).
+    A URL's query string and fragment are ignored.
+    """
+    text = str(source)
+    if "://" in text:
+        text = re.split(r"[?#]", text, maxsplit=1)[0]
+    stem, dot, ext = text.rpartition(".")
+    # Drop the extension only when the dot belongs to the file name, not to a folder.
+    if dot and stem and "/" not in ext and "\\" not in ext:
+        text = stem
+    key = _REPEATS.sub("_", _UNSAFE.sub("_", text)).lstrip("_-").rstrip("_")
+    return key or "video"
+
+
+def _short_hash(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()[:8]
+
+
+def _assign_keys(items: list[dict]) -> list[VideoRef]:
+    """VideoRefs with unique keys, sorted by key: colliding keys get "-" + sha1(source)[:8]."""
+    sources = Counter(item["source"] for item in items)
+    twice = sorted(s for s, n in sources.items() if n > 1)
+    if twice:
+        raise ValueError(f"videos listed more than once: {twice[:5]}")
+    base = [make_key(item["source"]) for item in items]
+    counts = Counter(base)
+    refs = []
+    for item, key in zip(items, base):
+        if counts[key] > 1:
+            key = f"{key}-{_short_hash(item['source'])}"
+        refs.append(VideoRef(key=key, **item))
+    keys = Counter(ref.key for ref in refs)
+    clash = sorted(k for k, n in keys.items() if n > 1)
+    if clash:  # only if a hashed key meets a file literally named like it
+        raise ValueError(f"sample keys are not unique even after hashing: {clash[:5]}")
+    return sorted(refs, key=lambda r: r.key)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_video(name: str) -> bool:
+    return not _is_hidden(name) and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def _check_split(value: str, where: str) -> str:
+    if value not in SPLITS:
+        raise ValueError(f"split {value!r} in {where} is not one of {SPLITS}")
+    return value
+
+
+def _warn_missing(items: list[dict], where: str) -> None:
+    missing = [it["source"] for it in items if "://" not in it["uri"] and not os.path.exists(it["uri"])]
+    if missing:
+        log.warning("%d of %d videos named in %s are not on disk (first: %s); they will be "
+                    "reported as errors", len(missing), len(items), where, missing[0])
+
+
+def _item(uri: str, source: str, label: str, label_id: int, split: str) -> dict:
+    return {"uri": uri, "source": source, "label": label, "label_id": label_id, "split": split}
+
+
+# --------------------------------------------------------------------------- (a) folders
+
+
+def _walk_videos(folder: Path) -> list[Path]:
+    """Video files below `folder` (recursive, hidden files and folders skipped), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_video(f))
+    return found
+
+
+def _discover_folders(root: Path, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
+    """Layout (a): one sub-folder per class; labels are the sub-folder names."""
+    loose = [p.name for p in root.iterdir() if p.is_file() and _is_video(p.name)]
+    if loose:
+        log.warning("ignoring %d video files directly in %s (not in a class folder), e.g. %s",
+                    len(loose), root, sorted(loose)[0])
+    by_label: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
+        videos = _walk_videos(sub)
+        if videos:
+            by_label[sub.name] = videos
+    if not by_label:
+        raise ValueError(f"no videos found in class sub-folders of {root} "
+                         f"(extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    if len(by_label) == 1:
+        log.warning("only one class folder with videos in %s: %s", root, next(iter(by_label)))
+    labels = {name: i for i, name in enumerate(sorted(by_label))}
+    items = [_item(str(p.absolute()), p.relative_to(root).as_posix(), label, labels[label], default_split)
+             for label, videos in by_label.items() for p in videos]
+    return _assign_keys(items), labels
+
+
+# --------------------------------------------------------------------------- (b) lists
+
+
+def _read_table(path: Path):
+    """A pyarrow Table of a CSV or Parquet list, with path/label/split read as strings."""
+    import pyarrow as pa
+
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    import pyarrow.csv as pcsv
+
+    # Strings throughout: a label "1" or a path "0001.avi" must not become a number.
+    types = {name: pa.string() for name in ("path", "label", "split")}
+    return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=types))
+
+
+def _column(table, name: str, where: Path) -> list[str]:
+    if name not in table.column_names:
+        raise ValueError(f"{where}: missing required column {name!r} (columns: {table.column_names})")
+    values = table.column(name).to_pylist()
+    for row, value in enumerate(values, start=1):
+        if value is None or not str(value).strip():
+            raise ValueError(f"{where}: empty {name!r} in data row {row}")
+    return [str(v).strip() for v in values]
+
+
+def _list_uri(path: str, base: Path) -> str:
+    """URLs and absolute paths as written; relative paths against the list file's folder."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    return os.path.abspath(os.path.join(base, path))
+
+
+def _discover_list(path: Path, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
+    """Layout (b): a CSV or Parquet file with columns path,label[,split]."""
+    table = _read_table(path)
+    paths, labels = _column(table, "path", path), _column(table, "label", path)
+    if not paths:
+        raise ValueError(f"{path}: the video list is empty")
+    splits = _column(table, "split", path) if "split" in table.column_names else [default_split] * len(paths)
+    ids = {name: i for i, name in enumerate(sorted(set(labels)))}
+    base = path.parent.absolute()
+    items = [_item(_list_uri(p, base), p, lab, ids[lab], _check_split(s, f"{path} row {row}"))
+             for row, (p, lab, s) in enumerate(zip(paths, labels, splits), start=1)]
+    _warn_missing(items, str(path))
+    return _assign_keys(items), ids
+
+
+# --------------------------------------------------------------------------- (c) split files
+
+
+def _first_dir(root: Path, names: tuple[str, ...]) -> Path:
+    """The first existing sub-folder of `root` among `names`, else `root` itself."""
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def _relative(entry: str, where: Path) -> str:
+    """A split-file entry as a POSIX relative path; absolute or escaping entries are refused."""
+    rel = entry.replace("\\", "/")
+    if rel.startswith("/") or ".." in PurePosixPath(rel).parts:
+        raise ValueError(f"{where}: entry {entry!r} must be a relative path inside the dataset")
+    return rel
+
+
+def _lines(path: Path) -> list[list[str]]:
+    """Whitespace-split, non-empty lines (official lists use CRLF and trailing spaces)."""
+    return [ln.split() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+
+
+def _ucf_files(root: Path, split: int) -> tuple[Path, Path, Path] | None:
+    for sub in _UCF_LIST_DIRS:
+        folder = root / sub if sub else root
+        files = (folder / "classInd.txt", folder / f"trainlist0{split}.txt", folder / f"testlist0{split}.txt")
+        if all(f.is_file() for f in files):
+            return files
+    return None
+
+
+def _ucf_classes(path: Path) -> dict[str, int]:
+    classes = {}
+    for parts in _lines(path):
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{path}: expected '<number> <class>' lines, got {' '.join(parts)!r}")
+        classes[parts[1]] = int(parts[0]) - 1
+    return classes
+
+
+def _ucf_label(rel: str, number: str | None, classes: dict[str, int], where: Path) -> str:
+    """The class of a UCF101 list entry: its number in trainlists, its folder otherwise."""
+    if number is not None:
+        names = [name for name, i in classes.items() if number.isdigit() and i == int(number) - 1]
+        if not names:
+            raise ValueError(f"{where}: unknown class number {number!r} for {rel!r}")
+        return names[0]
+    folder = PurePosixPath(rel.replace("\\", "/")).parts[0]
+    if folder in classes:
+        return folder
+    folded = {name.lower(): name for name in classes}
+    if folder.lower() in folded:  # tolerate case differences between folders and classInd
+        return folded[folder.lower()]
+    raise ValueError(f"{where}: class folder {folder!r} of {rel!r} is not in classInd.txt")
+
+
+def _discover_ucf(root: Path, files: tuple[Path, Path, Path]) -> tuple[list[dict], dict[str, int]]:
+    """Layout (c), UCF101: classInd.txt, trainlist0N.txt and testlist0N.txt."""
+    class_ind, train, test = files
+    classes = _ucf_classes(class_ind)
+    video_dir = _first_dir(root, _UCF_VIDEO_DIRS)
+    items = []
+    for list_file, split in ((train, "train"), (test, "test")):
+        for parts in _lines(list_file):
+            rel = _relative(parts[0], list_file)
+            label = _ucf_label(rel, parts[1] if len(parts) > 1 else None, classes, list_file)
+            path = video_dir / rel
+            items.append(_item(str(path.absolute()), path.relative_to(root).as_posix(), label,
+                               classes[label], split))
+    return items, classes
+
+
+def _hmdb_files(root: Path, split: int) -> list[Path]:
+    for sub in _HMDB_LIST_DIRS:
+        folder = root / sub if sub else root
+        found = sorted(folder.glob(f"*_test_split{split}.txt")) if folder.is_dir() else []
+        if found:
+            return found
+    return []
+
+
+def _discover_hmdb(root: Path, files: list[Path], split: int) -> tuple[list[dict], dict[str, int]]:
+    """Layout (c), HMDB51: <class>_test_split<N>.txt with "name.avi 1|2|0" lines."""
+    suffix = f"_test_split{split}.txt"
+    names = sorted(f.name[: -len(suffix)] for f in files)
+    classes = {name: i for i, name in enumerate(names)}
+    video_dir = _first_dir(root, _HMDB_VIDEO_DIRS)
+    items = []
+    for list_file in files:
+        label = list_file.name[: -len(suffix)]
+        for parts in _lines(list_file):
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ValueError(f"{list_file}: expected '<video> 0|1|2' lines, got {' '.join(parts)!r}")
+            if parts[1] == "0":
+                continue
+            path = video_dir / label / _relative(parts[0], list_file)
+            items.append(_item(str(path.absolute()), path.relative_to(root).as_posix(), label,
+                               classes[label], _HMDB_SPLIT[parts[1]]))
+    return items, classes
+
+
+def _looked_for(root: Path, split: int | str) -> list[str]:
+    ucf = [str(root / sub / name) for sub in _UCF_LIST_DIRS
+           for name in ("classInd.txt", f"trainlist0{split}.txt", f"testlist0{split}.txt")]
+    hmdb = [str(root / sub / f"*_test_split{split}.txt") for sub in _HMDB_LIST_DIRS]
+    return ucf + hmdb
+
+
+def _has_split_files(root: Path) -> bool:
+    return any(_ucf_files(root, n) or _hmdb_files(root, n) for n in (1, 2, 3))
+
+
+def _discover_split(root: Path, split: int) -> tuple[list[VideoRef], dict[str, int]]:
+    """Layout (c): UCF101 split files first, then HMDB51; ValueError naming what was looked for."""
+    ucf = _ucf_files(root, split)
+    hmdb = _hmdb_files(root, split) if ucf is None else []
+    if ucf is None and not hmdb:
+        raise ValueError(f"split={split}: no official split files in {root}; looked for "
+                         + ", ".join(_looked_for(root, split)))
+    items, classes = _discover_ucf(root, ucf) if ucf else _discover_hmdb(root, hmdb, split)
+    if not items:
+        raise ValueError(f"split={split}: the split files in {root} list no videos")
+    _warn_missing(items, f"the split {split} files of {root}")
+    return _assign_keys(items), classes
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def discover(input_path: str, *, split: int | None = None,
+             default_split: str = "train") -> tuple[list[VideoRef], dict[str, int]]:
+    """The input's videos as VideoRefs sorted by key, and the label map {label: id}.
+
+    input_path: a folder per class, a .csv/.parquet list, or a UCF101/HMDB51 root.
+    split: 1..3 picks the official split files of a UCF101/HMDB51 root.
+    default_split: the split of videos whose input names none (folders, lists without it).
+    """
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 3):
+        raise ValueError(f"split={split!r} must be 1, 2, 3 or None")
+    _check_split(default_split, "default_split")
+    path = Path(input_path)
+    if not path.exists():
+        raise ValueError(f"input_path={input_path!r} does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in LIST_SUFFIXES:
+            raise ValueError(f"input_path={input_path!r} is a file but not a {' or '.join(LIST_SUFFIXES)} list")
+        return _discover_list(path, default_split)
+    if split is not None:
+        return _discover_split(path, split)
+    if _has_split_files(path):
+        log.info("%s has official split files; reading it as one folder per class "
+                 "(pass split=1..3 to use the split files)", path)
+    return _discover_folders(path, default_split)
