@@ -1,0 +1,237 @@
+"""The `flowshard` command: the only place that reads argv, the environment and YAML."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("flowshard")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
+          "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '500MiB', '65536' -> bytes."""
+    m = _SIZE_RE.match(str(text))
+    if not m or (m.group(2) or "").lower() not in _UNITS:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 1GB, 500MiB, 65536)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def parse_params(items: tuple[str, ...]) -> dict:
+    """('tau=0.25', 'warps=3') -> {'tau': 0.25, 'warps': 3} (numbers, booleans and words)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """flowshard: labelled videos -> optical flow -> WebDataset shards -> two-stream training."""
+    setup_logging(log_level)
+
+
+def build_options(f):
+    """Options shared by `build` and the job entrypoints."""
+    opts = [
+        click.option("--split", type=int, default=None, help="Official split N of a UCF101/HMDB51 root."),
+        click.option("--resize", default="short:256", show_default=True, help="short:N, WxH (e.g. 340x256) or none."),
+        click.option("--fps", type=float, default=None, help="Resample to this frame rate (default: keep every frame)."),
+        click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(["tvl1", "farneback", "dis"])),
+        click.option("--flow-backend", default="opencv", show_default=True, type=click.Choice(["opencv", "torch"])),
+        click.option("--flow-device", default="cpu", show_default=True, help="cpu, or cuda[:N] with --flow-backend torch."),
+        click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
+                     help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names)."),
+        click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
+        click.option("--bound", type=float, default=20.0, show_default=True, help="Quantization bound in pixels."),
+        click.option("--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."),
+        click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip."),
+        click.option("--max-frames", type=int, default=1500, show_default=True, help="Frames per sample; longer videos become parts."),
+        click.option("--chunk-frames", type=int, default=64, show_default=True, help="Frames per unit of flow work."),
+        click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call."),
+        click.option("--rgb-quality", type=int, default=90, show_default=True),
+        click.option("--flow-quality", type=int, default=95, show_default=True),
+        click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
+        click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
+        click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"])),
+        click.option("--address", default=None, help="Ray cluster address (default: an embedded local Ray)."),
+        click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)."),
+        click.option("--flow-actors", type=int, default=None, help="Flow actors (default: one per GPU with cuda)."),
+        click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),
+        click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def make_build_config(o: dict):
+    """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
+    from pipeline.build import BuildConfig, ShardConfig
+    from pipeline.decode import DecodeConfig
+    from pipeline.flow import FlowConfig, params_from_dict
+    from pipeline.worker import EncodeConfig, SampleConfig, WorkerConfig
+
+    try:
+        backend = "torch" if o["flow_device"].startswith("cuda") else o["flow_backend"]
+        params = params_from_dict(o["flow_algo"], parse_params(o["flow_param"])) if o["flow_param"] else None
+        flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=o["flow_device"], step=o["step"],
+                          bound=o["bound"], params=params, batch_size=o["batch_size"])
+        worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"]), flow=flow,
+                              encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
+                              sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
+                                                  chunk_frames=o["chunk_frames"]))
+        shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
+        return BuildConfig(worker=worker, shard=shard, split=o["split"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def make_executor_from(o: dict, flow_device: str):
+    from pipeline.build import make_executor
+
+    if o["executor"] == "local":
+        return make_executor("local")
+    actors = o["flow_actors"]
+    if actors is None and flow_device.startswith("cuda"):
+        actors = -1  # one per GPU, resolved once Ray is up
+    return make_executor("ray", address=o["address"], num_cpus=o["num_cpus"], flow_actors=actors or 0,
+                         actor_gpus=o["actor_gpus"] if flow_device.startswith("cuda") else 0.0,
+                         actor_resource=o["actor_resource"])
+
+
+def run_build(input_path: str, output: str, o: dict):
+    """Build with options `o`; shared by `flowshard build` and the job entrypoints."""
+    from pipeline.build import build_dataset
+
+    cfg = make_build_config(o)
+    executor = make_executor_from(o, cfg.worker.flow.device)
+    return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])
+
+
+def echo_summary(s) -> None:
+    click.echo(f"version {s.version}: {s.ok} of {s.videos} videos ok, {s.errors} error(s), {s.frames} frames, "
+               f"{s.flow_fields} flow fields, {s.shards} shard(s), {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s "
+               f"({s.flow_fields / max(s.seconds, 1e-9):.1f} pairs/s); {s.units_skipped} unit(s) already done")
+    for reason, n in sorted(s.failures.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  error x{n}: {reason}")
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT")
+@click.argument("output", metavar="OUTPUT")
+@build_options
+def build(input_path: str, output: str, **o) -> None:
+    """Build a dataset from INPUT (class folders, a CSV/Parquet list, or a UCF101/HMDB51 root) into OUTPUT."""
+    try:
+        summary = run_build(input_path, output, o)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    echo_summary(summary)
+    click.echo(summary.version)
+
+
+@cli.command()
+@click.argument("dataset")
+@click.option("--quick", is_flag=True, help="Check hashes and metadata only, without decoding images.")
+def verify(dataset: str, quick: bool) -> None:
+    """Check every shard's hash and count and every sample's schema and decodability."""
+    from pipeline.verify import verify as run_verify
+
+    report = run_verify(dataset, decode=not quick)
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for p in report.problems:
+        click.echo(f"problem: {p}", err=True)
+    if not report.ok:
+        raise click.ClickException(f"{dataset}: {len(report.problems)} problem(s) found")
+    click.echo(f"{dataset}: ok ({report.shards} shards, {report.samples} samples)")
+
+
+@cli.command()
+@click.argument("dataset")
+@click.option("--video", default=None, help="Video id (default: the first stored video).")
+@click.option("-o", "--output", "out", default=None, help="PNG to write (default: <video>.png).")
+@click.option("--columns", type=int, default=6, show_default=True)
+def inspect(dataset: str, video: str | None, out: str | None, columns: int) -> None:
+    """Print a dataset's summary and write a contact sheet PNG of one video."""
+    from pipeline import open_dataset
+    from pipeline.visualize import contact_sheet, write_png
+
+    try:
+        ds = open_dataset(dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    counts = ds.info["counts"]
+    click.echo(f"{dataset}: version {ds.version}, {counts['ok']} videos ({counts['splits']}), "
+               f"{ds.num_classes} classes, {counts['shards']} shards, {counts['bytes'] / 1e6:.1f} MB, "
+               f"{counts['errors']} error(s)")
+    videos = ds.videos()
+    if not videos:
+        raise click.ClickException(f"{dataset}: no stored videos to show")
+    video = video or videos[0].video_id
+    try:
+        sample = ds.read(video)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
+    out = out or f"{video}.png"
+    write_png(out, contact_sheet(sample, columns=columns))
+    m = sample.meta
+    click.echo(f"{video}: label {m['label']} ({m['label_id']}), {len(sample.frames)} frames, {len(sample.flow)} "
+               f"flow fields of {m['size'][0]}x{m['size'][1]} ({m['flow']['algorithm']}), sheet -> {out}")
+
+
+@cli.command()
+@click.option("--output", default="demo_out", show_default=True, help="Folder for the videos, dataset and PNG.")
+@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(["tvl1", "farneback", "dis"]))
+@click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"]))
+def demo(output: str, flow_algo: str, executor: str) -> None:
+    """Generate sample videos with known motion, build a dataset, verify it and write a PNG."""
+    from jobs.demo import make_demo_videos
+
+    root = Path(output)
+    videos = make_demo_videos(root / "videos")
+    ctx = click.get_current_context()
+    ctx.invoke(build, input_path=str(videos), output=str(root / "dataset"),
+               **_defaults(build, flow_algo=flow_algo, resize="none", executor=executor, shard_samples=4))
+    ctx.invoke(verify, dataset=str(root / "dataset"), quick=False)
+    ctx.invoke(inspect, dataset=str(root / "dataset"), video=None, out=str(root / "inspect.png"), columns=6)
+    click.echo(f"demo done: dataset in {root / 'dataset'}, contact sheet {root / 'inspect.png'}")
+
+
+def _defaults(command: click.Command, **overrides) -> dict:
+    """Every option of `command` at its default, with `overrides` applied."""
+    values = {p.name: p.default for p in command.params if isinstance(p, click.Option)}
+    values.update(overrides)
+    return values
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="flowshard")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Shared fixtures: loopback-only Ray, synthetic videos with known motion."""
+from __future__ import annotations
+
+import os
+
+# Ray must bind to loopback only; this has to be set before Ray starts anywhere in the session.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest  # noqa: E402
+
+from pipeline import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def motion_videos(tmp_path_factory):
+    """A folder-per-class dataset: 4 motion classes x 2 videos, 12 frames of 64x48, 2 px/frame."""
+    root = tmp_path_factory.mktemp("motion_videos")
+    return synthetic.make_motion_dataset(root, per_class=2, num_frames=12, size=(64, 48), speed=2.0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray for the whole session (num_cpus=2, loopback)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
+    yield ray
+    ray.shutdown()

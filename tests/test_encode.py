@@ -1,0 +1,79 @@
+"""The shared conventions: quantization, flow member layout, FlowStack, metadata checks."""
+import numpy as np
+import pytest
+
+from pipeline import encode
+from pipeline.flow import DEFAULT_BOUND, FlowConfig, dequantize, params_from_dict, quantize
+
+
+def test_zero_motion_is_128_and_ends_clip():
+    q = quantize(np.array([0.0, -20.0, 20.0, -100.0, 100.0]), 20.0)
+    assert q.tolist() == [128, 0, 255, 0, 255]
+
+
+def test_round_trip_within_half_a_level():
+    d = np.linspace(-19.99, 19.99, 10001).astype(np.float32)
+    back = dequantize(quantize(d, DEFAULT_BOUND), DEFAULT_BOUND)
+    step = 2 * DEFAULT_BOUND / 255
+    assert np.abs(back - d).max() <= step / 2 + 1e-5
+
+
+def test_quantize_rounds_instead_of_truncating():
+    step = 40 / 255
+    # 0.6 of a level above level 200 must round up to 201 (truncation would give 200).
+    d = 201 * step - 20 - 0.4 * step
+    assert quantize(np.array([d]), 20.0)[0] == 201
+
+
+def test_flow_member_is_x_over_y_and_decodes_alone():
+    rng = np.random.default_rng(0)
+    flow = np.stack([np.full((24, 32), 3.0), np.full((24, 32), -5.0)], -1).astype(np.float32)
+    flow += rng.normal(0, 0.01, flow.shape).astype(np.float32)
+    data = encode.encode_flow(flow, 20.0, quality=95)
+    back = encode.decode_flow(data, 20.0)
+    assert back.shape == (24, 32, 2)
+    assert np.abs(back - flow).mean() < 0.2
+    assert back[..., 0].mean() == pytest.approx(3.0, abs=0.2) and back[..., 1].mean() == pytest.approx(-5.0, abs=0.2)
+
+
+def test_flow_stack_round_trip_and_selection():
+    fields = [bytes([i]) * (i + 3) for i in range(5)]
+    packed = encode.pack_stack(fields)
+    assert encode.unpack_stack(packed) == fields
+    assert encode.unpack_stack(packed, [3, 1]) == [fields[3], fields[1]]
+    with pytest.raises(encode.SchemaError, match="truncated"):
+        encode.unpack_stack(packed[:-1])
+    with pytest.raises(encode.SchemaError, match="magic"):
+        encode.unpack_stack(b"XXXX" + packed[4:])
+
+
+def test_unknown_schema_version_is_refused():
+    with pytest.raises(encode.SchemaError, match="unknown schema version 99"):
+        encode.load_meta(b'{"schema_version": 99}', "s1")
+
+
+@pytest.mark.parametrize("key", ["a/b", "..", "a.b", "", "x y", "-" * 0])
+def test_unsafe_keys_are_refused(key):
+    with pytest.raises(encode.SchemaError):
+        encode.check_key(key)
+
+
+def test_from_sample_checks_member_counts():
+    meta = {"schema_version": 1, "size": [8, 8], "frames": [{"index": 0, "pts": 0.0}], "flow_fields": [],
+            "flow": {"bound": 20.0}}
+    frame = encode.encode_rgb(np.zeros((8, 8, 3), np.uint8))
+    sample = encode.to_sample("k", meta, [frame], [])
+    assert encode.from_sample(sample).frames.shape == (1, 8, 8, 3)
+    del sample[encode.rgb_member(0)]
+    with pytest.raises(encode.SchemaError, match="do not match"):
+        encode.from_sample(sample, "k")
+
+
+def test_flow_config_validation_names_the_bad_value():
+    with pytest.raises(ValueError, match="'raft'"):
+        FlowConfig(algorithm="raft")
+    with pytest.raises(ValueError, match="tvl1 only"):
+        FlowConfig(algorithm="dis", backend="torch")
+    with pytest.raises(ValueError, match="unknown tvl1 parameter"):
+        params_from_dict("tvl1", {"warpz": 3})
+    assert params_from_dict("tvl1", {"lambda": 0.1, "warps": 3}).lambda_ == 0.1
