@@ -1,0 +1,147 @@
+"""Whole-build throughput against bare OpenCV flow, and worker memory on a long video.
+
+    python bench/pipeline_throughput.py [--videos 8] [--frames 120] [--long-seconds 300]
+
+For Farneback and DIS at 340x256, with 1 and 2 workers, it measures frame pairs per second
+of (a) bare flow: cv2 on frames already decoded into memory, one thread, in this process,
+and (b) the whole build: `build_dataset` on a local Ray limited to that many CPUs (decode,
+flow, JPEG encode, tar write, manifests; Ray start-up excluded). The ratio reported is
+build / (bare x workers). Then it builds one long video and reports the peak resident
+memory (VmHWM) of every Ray worker process, by the task it last ran.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline import decode, synthetic  # noqa: E402
+from pipeline.build import BuildConfig, ShardConfig, build_dataset  # noqa: E402
+from pipeline.decode import DecodeConfig  # noqa: E402
+from pipeline.flow import FlowConfig, make_estimator  # noqa: E402
+from pipeline.ray_runner import RayExecutor  # noqa: E402
+from pipeline.worker import SampleConfig, WorkerConfig  # noqa: E402
+
+log = logging.getLogger("bench")
+SIZE = (340, 256)
+
+
+def make_videos(root: Path, count: int, frames: int) -> Path:
+    motions = ("left", "right", "up", "down")
+    for i in range(count):
+        m = motions[i % 4]
+        (root / m).mkdir(parents=True, exist_ok=True)
+        synthetic.write_video(root / m / f"v{i:03d}.mp4", synthetic.moving_frames(m, frames, SIZE[1], SIZE[0], seed=i))
+    return root
+
+
+def bare_rate(root: Path, algo: str) -> float:
+    """Pairs/s of the estimator alone on pre-decoded grey frames (one thread)."""
+    est = make_estimator(FlowConfig(algorithm=algo))
+    cfg = DecodeConfig(resize="none")
+    greys = [np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f, _ in decode.iter_frames(str(p), cfg)])
+             for p in sorted(root.glob("*/*.mp4"))]
+    t0 = time.perf_counter()
+    pairs = 0
+    for g in greys:
+        for i in range(len(g) - 1):
+            est(g[i:i + 1], g[i + 1:i + 2])
+            pairs += 1
+    return pairs / (time.perf_counter() - t0)
+
+
+def build_rate(root: Path, algo: str, workers: int) -> float:
+    """Pairs/s of a whole build on a local Ray with `workers` CPUs (Ray start-up excluded)."""
+    import ray
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        out = Path(tempfile.mkdtemp(prefix="fs-bench-"))
+        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm=algo)),
+                          shard=ShardConfig(max_samples=4))
+        t0 = time.perf_counter()
+        summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
+        rate = summary.flow_fields / (time.perf_counter() - t0)
+        shutil.rmtree(out)
+        return rate
+    finally:
+        ray.shutdown()
+
+
+def worker_peaks() -> dict[str, int]:
+    """Peak RSS (VmHWM, kB) of Ray worker processes, keyed by their current title."""
+    peaks: dict[str, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if not title.startswith("ray::"):
+            continue
+        hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
+        peaks[title] = max(peaks.get(title, 0), hwm)
+    return peaks
+
+
+def long_video_memory(root: Path, seconds: int) -> tuple[int, dict[str, int]]:
+    """Build one long video with DIS (fast) and read the worker peaks before Ray stops."""
+    import ray
+
+    video = root / "long" / "long.mp4"
+    video.parent.mkdir(parents=True)
+    synthetic.write_video(video, synthetic.moving_frames("right", seconds * 25, SIZE[1], SIZE[0]), 25.0)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = Path(tempfile.mkdtemp(prefix="fs-bench-long-"))
+        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"),
+                                              flow=FlowConfig(algorithm="dis", params=None),
+                                              sample=SampleConfig(max_frames=1500)))
+        summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
+        peaks = worker_peaks()
+        shutil.rmtree(out)
+        return summary.frames, peaks
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=120)
+    ap.add_argument("--long-seconds", type=int, default=300, help="0 skips the memory run")
+    ap.add_argument("--algos", default="farneback,dis")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="fs-bench-videos-"))
+    root = make_videos(tmp / "videos", args.videos, args.frames)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.videos} videos x {args.frames} frames "
+          f"at {SIZE[0]}x{SIZE[1]}")
+    print("| flow | workers | bare flow pairs/s (1 thread) | whole build pairs/s | build / (bare x workers) |")
+    print("|---|---:|---:|---:|---:|")
+    for algo in args.algos.split(","):
+        bare = bare_rate(root, algo)
+        for workers in (1, 2):
+            rate = build_rate(root, algo, workers)
+            print(f"| {algo} | {workers} | {bare:.1f} | {rate:.1f} | {rate / (bare * workers):.0%} |")
+    if args.long_seconds:
+        frames, peaks = long_video_memory(tmp / "long_root", args.long_seconds)
+        print(f"\nlong video: {frames} frames ({args.long_seconds} s at 25 fps, {SIZE[0]}x{SIZE[1]})")
+        print("| Ray worker (last task) | peak RSS MB |\n|---|---:|")
+        for title, kb in sorted(peaks.items()):
+            print(f"| {title} | {kb / 1024:.0f} |")
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
