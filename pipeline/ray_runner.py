@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,21 +43,29 @@ def _plan(ref: VideoRef, cfg: worker.WorkerConfig):
     return worker.safe_plan(ref, cfg)
 
 
+def _node() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
 @ray.remote(max_retries=3)
 def _decode(ref: VideoRef, plan: worker.VideoPlan, cfg: worker.WorkerConfig):
-    yield from worker.chunk_jobs(ref, plan, cfg)
+    node = _node()
+    for job in worker.chunk_jobs(ref, plan, cfg):
+        yield job, node  # the node rides along so the driver can report placement
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def _flow(job: worker.ChunkJob, cfg: worker.WorkerConfig):
+def _flow(item: tuple, cfg: worker.WorkerConfig):
+    job, decode_node = item
     encoded = worker.process_chunks([job], _estimator(cfg.flow), cfg)[0]
-    return len(encoded.flow_pairs), encoded
+    return (len(encoded.flow_pairs), decode_node, _node()), encoded
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def _encode(job: worker.ChunkJob, fields: np.ndarray, cfg: worker.WorkerConfig):
+def _encode(item: tuple, fields: np.ndarray, flow_node: str, cfg: worker.WorkerConfig):
+    job, decode_node = item
     encoded = worker.encode_chunk(job, fields, cfg)
-    return len(encoded.flow_pairs), encoded
+    return (len(encoded.flow_pairs), decode_node, flow_node), encoded
 
 
 @ray.remote(max_retries=3)
@@ -80,9 +88,12 @@ class FlowActor:
         self.cfg = cfg
         self.estimator = make_estimator(cfg.flow)
 
-    def compute(self, *jobs: worker.ChunkJob) -> list[np.ndarray]:
+    def node_id(self) -> str:
+        return _node()
+
+    def compute(self, *items: tuple) -> list[np.ndarray]:
         # Quantized on the actor: uint8 fields are a quarter of float32 through the object store.
-        fields = worker.compute_fields(list(jobs), self.estimator, self.cfg.flow)
+        fields = worker.compute_fields([job for job, _ in items], self.estimator, self.cfg.flow)
         q = [quantize(f, self.cfg.flow.bound) for f in fields]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
@@ -94,9 +105,12 @@ class RayConfig:
 
     address: str | None = None  # None: start an embedded local Ray on loopback
     num_cpus: int | None = None  # local Ray only; None: all cores
-    max_videos: int | None = None  # videos decoding at once (default: 2 x CPUs)
+    max_videos: int | None = None  # videos decoding at once (default: the cluster's CPUs)
     max_chunks: int | None = None  # chunk tasks in flight (default: 2 x CPUs)
-    decode_cpus: float = 0.25  # ffmpeg is cheap beside flow: decode must not hold a whole core
+    # Decode, plan and write tasks reserve no CPU: a decoder waiting on back-pressure would
+    # otherwise hold CPU that the flow tasks it waits for need (a deadlock), and ffmpeg's
+    # work is small beside flow's. The driver bounds how many run instead (max_videos).
+    decode_cpus: float = 0.0
     flow_actors: int = 0  # > 0: flow runs in this many actors (GPU builds); -1: one per GPU
     actor_gpus: float = 0.0  # GPUs per flow actor (fractions allowed)
     actor_resource: str | None = None  # custom resource that routes flow actors to their nodes
@@ -105,8 +119,8 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.flow_actors < -1 or self.actor_gpus < 0 or self.chunks_per_call < 1:
             raise ValueError("flow_actors, actor_gpus must be >= 0 and chunks_per_call >= 1")
-        if not 0 < self.decode_cpus <= 16:
-            raise ValueError(f"decode_cpus must be in (0, 16], got {self.decode_cpus}")
+        if not 0 <= self.decode_cpus <= 16:
+            raise ValueError(f"decode_cpus must be in [0, 16], got {self.decode_cpus}")
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -117,7 +131,10 @@ def init_ray(cfg: RayConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, runtime_env=env, log_to_driver=False)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+        # "local": always a fresh private instance. Without it ray.init() attaches to whatever
+        # cluster `ray start` last left on this machine (another user's, or a dead one's address).
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env=env)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
@@ -153,21 +170,23 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
         self.cfg = RayConfig(address=address, num_cpus=num_cpus, **kwargs)
+        self.placement: dict[str, Counter] = {"decode": Counter(), "flow": Counter()}  # node id -> chunks
 
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done, progress) -> None:
         if not units:
             return
         init_ray(self.cfg)
-        _Scheduler(self.cfg, cfg, output, done, progress).run(units)
+        _Scheduler(self.cfg, cfg, output, done, progress, self.placement).run(units)
 
 
 class _Scheduler:
     """The driver loop: start videos, feed chunks to flow, write finished units."""
 
-    def __init__(self, rcfg: RayConfig, cfg: BuildConfig, output: str, done, progress) -> None:
+    def __init__(self, rcfg: RayConfig, cfg: BuildConfig, output: str, done, progress, placement) -> None:
+        self.placement = placement
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.rcfg, self.cfg, self.output, self.done, self.progress = rcfg, cfg, output, done, progress
-        self.max_videos = rcfg.max_videos or 2 * cpus
+        self.max_videos = rcfg.max_videos or cpus
         self.max_chunks = rcfg.max_chunks or 2 * cpus
         self.videos: dict[str, _Video] = {}
         self.waiting: dict[Any, tuple[str, str]] = {}  # ref -> (kind, video key)
@@ -192,13 +211,20 @@ class _Scheduler:
         cls = ray.remote(FlowActor).options(num_cpus=1, num_gpus=r.actor_gpus, resources=resources,
                                             max_restarts=3, max_task_retries=3)
         log.info("starting %d flow actor(s)", count)
-        return [cls.remote(self.cfg.worker) for _ in range(count)]
+        actors = [cls.remote(self.cfg.worker) for _ in range(count)]
+        self.actor_nodes = ray.get([a.node_id.remote() for a in actors])
+        return actors
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self, units: list[Unit]) -> None:
-        queue = deque((u, ref) for u in units for ref in u.refs)
-        self.unit_left = {u.name: len(u.refs) for u in units}
+        # Only videos not copied from stored samples are computed; a unit of copies alone is
+        # written at once.
+        queue = deque((u, ref) for u in units for ref in u.compute_refs)
+        self.unit_left = {u.name: len(u.compute_refs) for u in units}
         self.units = {u.name: u for u in units}
+        for u in units:
+            if not u.compute_refs:
+                self._write(u)
         while queue or self.waiting or self.unit_refs or self.actor_queue or self._decoding():
             while queue and self._decoding() < self.max_videos:
                 unit, ref = queue.popleft()
@@ -256,12 +282,14 @@ class _Scheduler:
         n = self.rcfg.chunks_per_call
         while len(self.actor_queue) >= n or (force and self.actor_queue):
             batch, self.actor_queue = self.actor_queue[:n], self.actor_queue[n:]
-            actor = self.actors[self.next_actor % len(self.actors)]
+            index = self.next_actor % len(self.actors)
+            actor = self.actors[index]
             self.next_actor += 1
             fields = actor.compute.options(num_returns=len(batch)).remote(*[j for _, j in batch])
             fields = fields if isinstance(fields, list) else [fields]
+            node = self.actor_nodes[index]
             for (key, job_ref), f in zip(batch, fields):
-                status, payload = _encode.remote(job_ref, f, self.cfg_ref)
+                status, payload = _encode.remote(job_ref, f, node, self.cfg_ref)
                 self.videos[key].payloads.append(payload)
                 self.waiting[status] = ("chunk", key)
 
@@ -285,8 +313,9 @@ class _Scheduler:
             v.failure = plan.reason
             return self._maybe_finish(v)
         v.plan = plan
-        v.gen = _decode.options(num_cpus=self.rcfg.decode_cpus, _generator_backpressure_num_objects=2
-                                ).remote(v.ref, plan, self.cfg_ref)
+        # SPREAD: decoders go to every node, so frames start out next to the CPUs that need them.
+        v.gen = _decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy="SPREAD",
+                                _generator_backpressure_num_objects=2).remote(v.ref, plan, self.cfg_ref)
 
     def _chunk_done(self, ref, key: str) -> None:
         self.chunks_in_flight -= 1
@@ -295,7 +324,10 @@ class _Scheduler:
             return
         v.pending -= 1
         try:
-            v.pairs += ray.get(ref)
+            pairs, decode_node, flow_node = ray.get(ref)
+            v.pairs += pairs
+            self.placement["decode"][decode_node] += 1
+            self.placement["flow"][flow_node] += 1
         except ray.exceptions.RayError as exc:
             if v.failure is None:
                 v.failure = f"{v.ref.source}: {_error_text(exc)}"
@@ -315,14 +347,17 @@ class _Scheduler:
             self._write(self.units[unit])
 
     def _write(self, unit: Unit) -> None:
-        vids = [self.videos[r.key] for r in unit.refs]
+        vids = [self.videos[r.key] for r in unit.compute_refs]
         args = [(v.ref, v.plan, v.payloads, v.failure) for v in vids]
         ref = _write_unit.options(num_cpus=self.rcfg.decode_cpus).remote(unit, args, self.output, self.cfg)
         self.unit_refs[ref] = unit
 
     def _unit_written(self, ref) -> None:
         unit = self.unit_refs.pop(ref)
-        record = ray.get(ref)  # a failed write is a per-run failure: it raises
-        for r in unit.refs:
+        try:
+            record = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # a failed write is a per-run failure, named clearly
+            raise RuntimeError(f"writing shard unit {unit.stem} failed: {_error_text(exc)}") from exc
+        for r in unit.compute_refs:
             self.videos.pop(r.key, None)  # their payloads may now be freed
         self.done(unit, record)

@@ -1,0 +1,74 @@
+"""Multi-node builds on a loopback Ray cluster: placement of flow actors, byte identity."""
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from pipeline.build import BuildConfig, ShardConfig, build_dataset
+from pipeline.decode import DecodeConfig
+from pipeline.flow import FlowConfig
+from pipeline.worker import SampleConfig, WorkerConfig
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from pipeline.ray_runner import RayExecutor  # noqa: E402
+
+FLOW_RESOURCE = "flow_worker"
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Head (1 CPU) + a worker node (1 CPU) advertising the resource that routes flow actors."""
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2, resources={FLOW_RESOURCE: 1})
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster, worker
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _cfg(backend="opencv", algo="farneback"):
+    return BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"),
+                                           flow=FlowConfig(algorithm=algo, backend=backend, batch_size=8),
+                                           sample=SampleConfig(chunk_frames=4)),
+                       shard=ShardConfig(max_samples=3))
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".flowshard" not in p.parts}
+
+
+def test_flow_actors_only_on_the_flow_node_and_output_equals_local(motion_videos, tmp_path, two_nodes):
+    cluster, worker_node = two_nodes
+    executor = RayExecutor(address=cluster.address, flow_actors=1, actor_resource=FLOW_RESOURCE, chunks_per_call=3)
+    summary = build_dataset(str(motion_videos), str(tmp_path / "ray"), _cfg(), executor=executor, progress=False)
+    assert summary.ok == 8 and summary.errors == 0
+    assert set(executor.placement["flow"]) == {worker_node.node_id}  # flow work only where routed
+    assert len(executor.placement["decode"]) == 2  # decode spread over both nodes
+    build_dataset(str(motion_videos), str(tmp_path / "local"), _cfg(), progress=False)
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
+def test_torch_tvl1_in_actors_equals_in_process(motion_videos, tmp_path, two_nodes):
+    pytest.importorskip("pipeline.flow_torch")
+    cluster, worker_node = two_nodes
+    cfg = _cfg(backend="torch", algo="tvl1")
+    executor = RayExecutor(address=cluster.address, flow_actors=1, actor_resource=FLOW_RESOURCE)
+    build_dataset(str(motion_videos), str(tmp_path / "ray"), cfg, executor=executor, progress=False)
+    assert set(executor.placement["flow"]) == {worker_node.node_id}
+    build_dataset(str(motion_videos), str(tmp_path / "local"), cfg, progress=False)
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
+def test_cli_routes_flow_to_the_actor_resource(motion_videos, tmp_path, two_nodes):
+    cluster, _ = two_nodes
+    result = CliRunner().invoke(cli, ["build", str(motion_videos), str(tmp_path / "ds"), "--flow", "dis",
+                                      "--resize", "none", "--address", cluster.address, "--flow-actors", "1",
+                                      "--actor-resource", FLOW_RESOURCE, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "8 of 8 videos ok" in result.output
