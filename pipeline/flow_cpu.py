@@ -1,0 +1,162 @@
+"""OpenCV flow estimators on CPU: TV-L1, Farneback and DIS, with the `FlowEstimator` contract.
+
+est(prev, nxt) with prev, nxt (N, H, W) uint8 grayscale returns (N, H, W, 2) float32 flow from
+prev to nxt, x right and y down in pixels (OpenCV's convention). Each estimator builds its
+OpenCV object once and sets OpenCV's thread count: Ray runs one worker per core, so OpenCV's
+own thread pool (TV-L1 and DIS use one) would oversubscribe the cores unless it is capped.
+cv2.setNumThreads is process-wide, so the last estimator built in a process sets it.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from pipeline.flow import DISParams, FarnebackParams, TVL1Params
+
+log = logging.getLogger(__name__)
+
+_DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def check_pair_batch(prev: np.ndarray, nxt: np.ndarray) -> None:
+    """Raise ValueError unless prev and nxt are equal-shape (N, H, W) uint8 arrays, H, W >= 3."""
+    for name, arr in (("prev", prev), ("nxt", nxt)):
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
+        if arr.ndim != 3:
+            raise ValueError(f"{name} must be (N, H, W) grayscale, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise ValueError(f"{name} must be uint8, got {arr.dtype}")
+    if prev.shape != nxt.shape:
+        raise ValueError(f"prev and nxt must have one shape, got {prev.shape} and {nxt.shape}")
+    if prev.shape[1] < 3 or prev.shape[2] < 3:
+        raise ValueError(f"frames must be at least 3x3 pixels, got {prev.shape[1:]}")
+
+
+def _set_threads(threads: int) -> None:
+    """Cap OpenCV's worker threads for this process (see the module docstring)."""
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    cv2.setNumThreads(threads)
+
+
+def _check_params(params, cls):
+    """Default `params` to cls(), and reject a record of another algorithm."""
+    params = cls() if params is None else params
+    if not isinstance(params, cls):
+        raise ValueError(f"expected {cls.__name__}, got {type(params).__name__}")
+    return params
+
+
+def _run_pairs(fn, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
+    """Apply fn(prev_i, nxt_i, init_i) to each pair and stack the (H, W, 2) float32 results."""
+    check_pair_batch(prev, nxt)
+    n, h, w = prev.shape
+    if init_flow is not None and np.shape(init_flow) != (n, h, w, 2):
+        raise ValueError(f"init_flow must be (N, H, W, 2) = {(n, h, w, 2)}, got {np.shape(init_flow)}")
+    out = np.empty((n, h, w, 2), np.float32)
+    for i in range(n):
+        init = None if init_flow is None else np.array(init_flow[i], np.float32)
+        out[i] = fn(np.ascontiguousarray(prev[i]), np.ascontiguousarray(nxt[i]), init)
+    return out
+
+
+class OpenCVTVL1:
+    """cv2.optflow.DualTVL1OpticalFlow with every `TVL1Params` field, one pair at a time."""
+
+    name = "opencv-tvl1"
+
+    def __init__(self, params: TVL1Params | None = None, threads: int = 1):
+        self.params = _check_params(params, TVL1Params)
+        p = self.params
+        if p.median_filtering > 1 and p.median_filtering not in (3, 5):
+            # cv::medianBlur on float images supports 3x3 and 5x5 windows only.
+            raise ValueError(f"OpenCV TV-L1 needs median_filtering of 0, 1, 3 or 5, got {p.median_filtering}")
+        self.threads = threads
+        _set_threads(threads)
+        # Positional: the Python binding names the arguments lambda_ and innnerIterations (sic).
+        self._tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
+            p.tau, p.lambda_, p.theta, p.nscales, p.warps, p.epsilon, p.inner_iterations,
+            p.outer_iterations, p.scale_step, p.gamma, p.median_filtering, p.use_initial_flow)
+        log.debug("built %r", self)
+
+    def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
+        # calc() lowers the object's scale count for small frames and keeps it lowered: restore
+        # it so one estimator gives the same flow whatever sizes it saw before.
+        self._tvl1.setScalesNumber(self.params.nscales)
+        if self.params.use_initial_flow:
+            init = np.zeros(prev.shape + (2,), np.float32) if init is None else init
+            return self._tvl1.calc(prev, nxt, init)
+        return self._tvl1.calc(prev, nxt, None)
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
+        """Flow prev -> nxt per pair; init_flow (N, H, W, 2) is used when params.use_initial_flow."""
+        return _run_pairs(self._one, prev, nxt, init_flow)
+
+    def __repr__(self) -> str:
+        return f"OpenCVTVL1(threads={self.threads}, params={self.params})"
+
+
+class Farneback:
+    """cv2.calcOpticalFlowFarneback with `FarnebackParams`, one pair at a time."""
+
+    name = "opencv-farneback"
+
+    def __init__(self, params: FarnebackParams | None = None, threads: int = 1):
+        self.params = _check_params(params, FarnebackParams)
+        self.threads = threads
+        _set_threads(threads)
+
+    def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
+        p = self.params
+        if p.flags & cv2.OPTFLOW_USE_INITIAL_FLOW and init is None:
+            init = np.zeros(prev.shape + (2,), np.float32)  # the flag needs a flow to start from
+        return cv2.calcOpticalFlowFarneback(prev, nxt, init, p.pyr_scale, p.levels, p.winsize,
+                                            p.iterations, p.poly_n, p.poly_sigma, p.flags)
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
+        """Flow prev -> nxt per pair; init_flow is used when flags has OPTFLOW_USE_INITIAL_FLOW."""
+        return _run_pairs(self._one, prev, nxt, init_flow)
+
+    def __repr__(self) -> str:
+        return f"Farneback(threads={self.threads}, params={self.params})"
+
+
+class DIS:
+    """cv2.DISOpticalFlow from a preset, with the non-None `DISParams` fields overriding it."""
+
+    name = "opencv-dis"
+
+    def __init__(self, params: DISParams | None = None, threads: int = 1):
+        self.params = _check_params(params, DISParams)
+        self.threads = threads
+        _set_threads(threads)
+        self._dis = self._build(self.params)
+        log.debug("built %r", self)
+
+    @staticmethod
+    def _build(p: DISParams):
+        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[p.preset])
+        overrides = {"setFinestScale": p.finest_scale, "setPatchSize": p.patch_size,
+                     "setPatchStride": p.patch_stride,
+                     "setGradientDescentIterations": p.gradient_descent_iterations,
+                     "setVariationalRefinementIterations": p.variational_refinement_iterations}
+        for setter, value in overrides.items():
+            if value is not None:
+                getattr(dis, setter)(int(value))
+        dis.setUseMeanNormalization(bool(p.use_mean_normalization))
+        dis.setUseSpatialPropagation(bool(p.use_spatial_propagation))
+        return dis
+
+    def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
+        return self._dis.calc(prev, nxt, None)
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Flow prev -> nxt for each pair."""
+        return _run_pairs(self._one, prev, nxt)
+
+    def __repr__(self) -> str:
+        return f"DIS(threads={self.threads}, params={self.params})"
