@@ -18,8 +18,9 @@ import numpy as np
 DEFAULT_BOUND = 20.0
 QUANTIZATION = "q = clip(round(255 * (d + b) / (2 * b)), 0, 255); d = q * 2 * b / 255 - b"
 
-ALGORITHMS = ("tvl1", "farneback", "dis")
+ALGORITHMS = ("tvl1", "farneback", "dis", "raft_small", "raft_large")
 BACKENDS = ("opencv", "torch")
+_IMPLEMENTED = {"opencv": ("tvl1", "farneback", "dis"), "torch": ("tvl1", "raft_small", "raft_large")}
 
 
 def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
@@ -102,7 +103,20 @@ class DISParams:
             raise ValueError(f"DIS preset must be ultrafast, fast or medium, got {self.preset!r}")
 
 
-PARAM_TYPES = {"tvl1": TVL1Params, "farneback": FarnebackParams, "dis": DISParams}
+@dataclass(frozen=True, kw_only=True)
+class RAFTParams:
+    """torchvision RAFT: a local checkpoint (never downloaded) and the refinement steps."""
+
+    weights: str | None = None  # None: the file torchvision caches after a download elsewhere
+    num_flow_updates: int = 12
+
+    def __post_init__(self) -> None:
+        if self.num_flow_updates < 1:
+            raise ValueError(f"num_flow_updates must be >= 1, got {self.num_flow_updates}")
+
+
+PARAM_TYPES = {"tvl1": TVL1Params, "farneback": FarnebackParams, "dis": DISParams,
+               "raft_small": RAFTParams, "raft_large": RAFTParams}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +128,7 @@ class FlowConfig:
     device: str = "cpu"  # torch backend only: "cpu" or "cuda[:N]"
     step: int = 1
     bound: float = DEFAULT_BOUND
-    params: TVL1Params | FarnebackParams | DISParams | None = None
+    params: TVL1Params | FarnebackParams | DISParams | RAFTParams | None = None
     batch_size: int = 16  # frame pairs per estimator call (torch backend batches them)
     threads: int = 1  # OpenCV threads per worker; Ray runs one worker per core
 
@@ -123,8 +137,9 @@ class FlowConfig:
             raise ValueError(f"unknown flow algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown flow backend {self.backend!r}; choose one of {BACKENDS}")
-        if self.backend == "torch" and self.algorithm != "tvl1":
-            raise ValueError(f"the torch backend implements tvl1 only, not {self.algorithm!r}")
+        if self.algorithm not in _IMPLEMENTED[self.backend]:
+            raise ValueError(f"the {self.backend} backend implements {_IMPLEMENTED[self.backend]}, "
+                             f"not {self.algorithm!r}")
         if self.backend == "opencv" and self.device != "cpu":
             raise ValueError(f"the opencv backend runs on cpu only, not {self.device!r}")
         if self.step < 1:
@@ -148,7 +163,7 @@ class FlowConfig:
                 "bound": self.bound, "params": self.params_dict()}
 
 
-def params_from_dict(algorithm: str, values: dict) -> TVL1Params | FarnebackParams | DISParams:
+def params_from_dict(algorithm: str, values: dict) -> TVL1Params | FarnebackParams | DISParams | RAFTParams:
     """Build the typed parameter record of `algorithm` from a dict, naming any unknown key."""
     cls = PARAM_TYPES.get(algorithm)
     if cls is None:
@@ -172,6 +187,11 @@ class FlowEstimator(Protocol):
 
 def make_estimator(cfg: FlowConfig) -> FlowEstimator:
     """Build the estimator `cfg` names. Imports lazily so a CPU worker never imports torch."""
+    if cfg.algorithm.startswith("raft"):
+        from pipeline import flow_raft
+
+        return flow_raft.RAFTFlow(cfg.params.weights, model=cfg.algorithm, device=cfg.device,
+                                  num_flow_updates=cfg.params.num_flow_updates)
     if cfg.backend == "torch":
         from pipeline import flow_torch
 

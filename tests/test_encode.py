@@ -70,10 +70,12 @@ def test_from_sample_checks_member_counts():
 
 
 def test_flow_config_validation_names_the_bad_value():
-    with pytest.raises(ValueError, match="'raft'"):
-        FlowConfig(algorithm="raft")
-    with pytest.raises(ValueError, match="tvl1 only"):
+    with pytest.raises(ValueError, match="'pwc'"):
+        FlowConfig(algorithm="pwc")
+    with pytest.raises(ValueError, match="torch backend implements"):
         FlowConfig(algorithm="dis", backend="torch")
+    with pytest.raises(ValueError, match="opencv backend implements"):
+        FlowConfig(algorithm="raft_small")
     with pytest.raises(ValueError, match="unknown tvl1 parameter"):
         params_from_dict("tvl1", {"warpz": 3})
     assert params_from_dict("tvl1", {"lambda": 0.1, "warps": 3}).lambda_ == 0.1

@@ -271,3 +271,19 @@ def test_raft_loads_a_local_checkpoint_and_never_downloads(tmp_path, monkeypatch
     est = RAFTFlow(tmp_path / "raft_small.pth")
     loaded = est.net.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_make_estimator_builds_raft_from_a_local_checkpoint(tmp_path):
+    """--flow raft_small --flow-backend torch reaches torchvision's RAFT with the user's file."""
+    import torch
+    from torchvision.models.optical_flow import raft_small
+
+    from pipeline.flow import FlowConfig, RAFTParams, make_estimator
+
+    path = tmp_path / "raft_small.pth"
+    torch.save(raft_small(weights=None).state_dict(), path)
+    cfg = FlowConfig(algorithm="raft_small", backend="torch", params=RAFTParams(weights=str(path), num_flow_updates=1))
+    est = make_estimator(cfg)
+    out = est(np.zeros((1, 40, 56), np.uint8), np.zeros((1, 40, 56), np.uint8))
+    assert out.shape == (1, 40, 56, 2) and out.dtype == np.float32
+    assert cfg.output_dict()["params"] == {"weights": str(path), "num_flow_updates": 1}
