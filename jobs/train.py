@@ -1,0 +1,452 @@
+"""Two-stream training, evaluation and clip derivation: `flowshard clips|train|evaluate`.
+
+Single process (CPU or one GPU):
+
+    flowshard train DATASET --streams both --arch resnet50 --epochs 30 --output runs/ucf101
+
+Several GPUs on one machine (DDP, one process per GPU; the same flags):
+
+    torchrun --standalone --nproc_per_node=8 -m jobs.cli train DATASET --streams both --output runs/ucf101
+
+Several machines (run on each; node 0's address as the rendezvous endpoint):
+
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=NODE0:29500 \\
+        -m jobs.cli train DATASET --output runs/ucf101
+
+`python -m jobs.train train ...` runs the same command without the rest of the CLI.
+DATASET is a built video dataset (`flowshard build`) or a clip-shard folder (`flowshard
+clips`); its dataset.json "kind" says which. Writes DIR/epoch_NNN.pt and DIR/last.pt after
+every epoch, DIR/config.json, DIR/train.log, TensorBoard scalars in DIR/tb, evaluation
+metrics DIR/eval_epoch_NNN.json with a confusion-matrix PNG, and DIR/train_summary.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from pipeline.manifest import atomic_write_bytes, dump_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from training.config import TrainConfig
+    from training.distributed import DistInfo
+
+# torch and the training modules are imported inside the functions that use them, so
+# registering these commands keeps `flowshard build --help` fast.
+
+log = logging.getLogger(__name__)
+LAST = "last.pt"  # training.checkpoint.LAST
+
+
+# --- composition ---------------------------------------------------------------------------
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (TSN) or AdamW over the trainable parameters."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step cosine decay, after a linear warm-up of cfg.warmup_epochs.
+
+    Built-in schedulers only: their state dicts are plain data, so checkpoints load with
+    weights_only=True.
+    """
+    import torch
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup == 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
+    """Refuse to resume with another model/clip setup or on another dataset version."""
+    saved = ckpt["config"]
+    now = cfg.to_dict()
+    # Initial weights do not matter once the checkpoint's are loaded; everything else does.
+    differ = sorted(k for k in now["model"] if k != "weights" and saved["model"].get(k) != now["model"][k])
+    differ += [f"data.{k}" for k in ("streams", "clip_len") if saved["data"].get(k) != now["data"][k]]
+    if differ:
+        raise ValueError(f"cannot resume: the checkpoint was trained with other settings for {differ}")
+    if ckpt["dataset_version"] != version:
+        raise ValueError(f"cannot resume: the checkpoint was trained on dataset version {ckpt['dataset_version']}, "
+                         f"{cfg.dataset} is version {version}")
+
+
+def resolve_resume(resume: str | None, output: str) -> Path | None:
+    """--resume alone means OUTPUT/last.pt."""
+    if resume is None:
+        return None
+    return Path(output) / LAST if resume == "last" else Path(resume)
+
+
+def _file_logging(path: Path) -> logging.Handler:
+    """Copy what the logging configuration lets through (--log-level) to the run's log file."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Run training as configured (one process, or one rank under torchrun); returns the summary."""
+    from training import distributed
+
+    info = distributed.init_distributed(cfg.device)
+    try:
+        return _train(cfg, info, progress)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
+    import torch
+
+    from training import data
+
+    device = torch.device(info.device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    source = data.open_source(cfg.dataset)
+    if source.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{cfg.dataset} has {source.num_classes} classes, the model {cfg.model.num_classes}")
+    out = Path(cfg.output)
+    handler = None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = _file_logging(out / "train.log")
+        atomic_write_bytes(out / "config.json", dump_json(cfg.to_dict()))
+    try:
+        return _run(cfg, info, source, device, out, progress)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _run(cfg, info, source, device, out, progress) -> dict:
+    import torch
+
+    from training import checkpoint, data, distributed, engine
+    from training.config import amp_dtype
+    from training.models import build_model
+
+    steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size)
+    pin = device.type == "cuda"
+    train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin)
+    eval_loader = None
+    if cfg.eval_every and cfg.eval_split in source.splits():
+        eval_loader = data.make_loader(source, cfg.eval_split, cfg.data, train=False, pin_memory=pin)
+    model = build_model(cfg.model).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    dtype = amp_dtype(cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    start_epoch, step = 0, 0
+    resume = resolve_resume(cfg.resume, cfg.output)
+    if resume is not None:
+        ckpt = checkpoint.load_checkpoint(resume)
+        check_resume(ckpt, cfg, source.version)
+        step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                        rank=info.rank, world_size=info.world_size)
+        start_epoch = done + 1
+        log.info("resumed from %s at step %d (epoch %d done)", resume, step, done)
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
+    writer = _writer(out) if info.is_main else None
+    criterion = torch.nn.CrossEntropyLoss()
+    log.info("training %s on %s (%s, %d classes): %d steps/epoch x %d epochs, %d rank(s), batch %d per rank",
+             cfg.model.arch, cfg.dataset, source.kind, source.num_classes, steps, cfg.epochs, info.world_size,
+             cfg.data.batch_size)
+    results, stats = None, {}
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.set_epoch(epoch)
+        step, stats = engine.train_one_epoch(
+            model, criterion, optimizer, scheduler, train_loader, device, epoch, model_cfg=cfg.model, steps=steps,
+            step=step, scaler=scaler, amp_dtype=dtype, clip_grad=cfg.clip_grad, writer=writer,
+            log_every=cfg.log_every, progress=progress and info.is_main)
+        log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
+        rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
+        if info.is_main:
+            ckpt = checkpoint.make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                              step=step, epoch=epoch, config=cfg.to_dict(),
+                                              dataset_version=source.version, rng=rng)
+            checkpoint.save_checkpoint(ckpt, out, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+        last = epoch == cfg.epochs - 1
+        if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            results = engine.evaluate(model, eval_loader, device, model_cfg=cfg.model, amp_dtype=dtype,
+                                      progress=progress and info.is_main)
+            if info.is_main:
+                write_results(results, out / f"eval_epoch_{epoch:03d}.json", source.class_names, writer, step)
+    steps_per_rank = distributed.all_gather_object(step)
+    summary = {"steps": step, "steps_per_rank": steps_per_rank, "epochs": cfg.epochs, "steps_per_epoch": steps,
+               "world_size": info.world_size, "train": stats,
+               "eval": _headline(results) if results else None, "dataset_version": source.version}
+    if info.is_main:
+        atomic_write_bytes(out / "train_summary.json", dump_json(summary))
+        if writer is not None:
+            writer.close()
+    if len(set(steps_per_rank)) != 1:
+        raise RuntimeError(f"ranks finished at different steps {steps_per_rank}")
+    return summary
+
+
+def _writer(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out / "tb"))
+
+
+def _headline(results: dict) -> dict:
+    keys = ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy")
+    return {name: ({k: r[k] for k in keys} if r else None) for name, r in results.items()}
+
+
+def write_results(results: dict, path: Path, class_names: list[str], writer=None, step: int = 0,
+                  extra: dict | None = None) -> Path:
+    """Metrics JSON ({"rgb", "flow", "fused"} + extra) and the fused confusion-matrix PNG beside it."""
+    from training import metrics
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, dump_json({**results, **(extra or {})}))
+    png = path.with_name(f"{path.stem}_confusion.png")
+    metrics.plot_confusion(results["fused"]["confusion"], class_names, png, title=f"fused, {path.stem}")
+    if writer is not None:
+        for name, r in results.items():
+            for key in ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy"):
+                if r is not None and not math.isnan(r[key]):
+                    writer.add_scalar(f"eval/{name}/{key}", r[key], step)
+    log.info("evaluation: %s", json.dumps(_headline(results)))
+    return path
+
+
+def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str, batch_size: int | None,
+                        workers: int | None, test_clips: int | None, test_crops: int | None,
+                        progress: bool = True) -> tuple[dict, list[str], dict]:
+    """Evaluate a checkpoint on a split of DATASET; returns (results, class names, provenance)."""
+    import torch
+
+    from training import checkpoint, data, distributed, engine
+    from training.config import TrainConfig, amp_dtype
+    from training.models import build_model
+
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    source = data.open_source(dataset)
+    if source.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{dataset} has {source.num_classes} classes, the checkpoint's model {cfg.model.num_classes}")
+    transform = dataclasses.replace(cfg.data.transform, **_given(test_crops=test_crops))
+    data_cfg = dataclasses.replace(cfg.data, transform=transform,
+                                   **_given(batch_size=batch_size, workers=workers, test_clips=test_clips))
+    info = distributed.init_distributed(device)
+    try:
+        dev = torch.device(info.device)
+        model = build_model(cfg.model)
+        model.load_state_dict(ckpt["model"])
+        model.to(dev)
+        loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
+        dtype = amp_dtype(dataclasses.replace(cfg, device=info.device))
+        results = engine.evaluate(model, loader, dev, model_cfg=cfg.model, amp_dtype=dtype,
+                                  progress=progress and info.is_main)
+    finally:
+        distributed.cleanup()
+    provenance = {"checkpoint": {"path": str(ckpt_path), "step": ckpt["step"], "epoch": ckpt["epoch"],
+                                 "dataset_version": ckpt["dataset_version"]},
+                  "dataset": {"path": str(dataset), "kind": source.kind, "version": source.version, "split": split},
+                  "protocol": {"test_clips": data_cfg.test_clips, "test_crops": transform.test_crops,
+                               "crop_size": transform.crop_size}}
+    if source.version != ckpt["dataset_version"]:
+        log.info("evaluating on dataset version %s; the model was trained on %s", source.version,
+                 ckpt["dataset_version"])
+    return results, source.class_names, provenance
+
+
+def _given(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+# --- click commands (registered by jobs.cli) --------------------------------------------------
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: expected comma-separated numbers") from exc
+
+
+@click.command("train")
+@click.argument("dataset")
+@click.option("--output", "-o", required=True, help="Run folder: checkpoints (*.pt), logs, TensorBoard.")
+@click.option("--streams", default="both", show_default=True, type=click.Choice(["rgb", "flow", "both"]))
+@click.option("--arch", default="resnet50", show_default=True,
+              type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
+@click.option("--weights", default=None, help="'imagenet' (torchvision, downloads) or a local state-dict file.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Per rank.")
+@click.option("--lr", type=float, default=0.001, show_default=True)
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--clip-grad", type=float, default=40.0, show_default=True, help="Gradient-norm clip (0: off).")
+@click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip (L).")
+@click.option("--sampling", default="simonyan", show_default=True, type=click.Choice(["simonyan", "tsn"]))
+@click.option("--segments", type=int, default=3, show_default=True, help="TSN segments.")
+@click.option("--crop-size", type=int, default=224, show_default=True)
+@click.option("--flip/--no-flip", default=True, show_default=True)
+@click.option("--test-clips", type=int, default=25, show_default=True, help="Test clips per video sample.")
+@click.option("--test-crops", type=click.Choice(["1", "10"]), default="1", show_default=True)
+@click.option("--fusion", default="late", show_default=True, type=click.Choice(["late", "conv"]))
+@click.option("--fusion-weights", default="1,1.5", show_default=True, help="Late fusion rgb,flow.")
+@click.option("--fusion-kernel", type=click.Choice(["1", "3"]), default="1", show_default=True)
+@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
+@click.option("--shuffle-buffer", type=int, default=500, show_default=True)
+@click.option("--verify", default="stream", show_default=True, type=click.Choice(["stream", "open", "off"]))
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=0, show_default=True, help="0: one pass over the samples.")
+@click.option("--eval-every", type=int, default=1, show_default=True, help="Evaluate every N epochs (0: never).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", default=None, is_flag=False, flag_value="last",
+              help="Resume from a checkpoint (--resume alone: OUTPUT/last.pt).")
+@click.option("--log-every", type=int, default=10, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train_command(dataset: str, output: str, progress: bool, **o) -> None:
+    """Train a two-stream network on DATASET (a built dataset or clip shards)."""
+    from training import data
+
+    try:
+        source = data.open_source(dataset)
+        cfg = make_train_config(dataset, output, source.num_classes, o)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        summary = train(cfg, progress=progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if distributed_rank() == 0:
+        click.echo(json.dumps({"steps": summary["steps"], "eval": summary["eval"]}))
+
+
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> TrainConfig:
+    """Options -> a validated TrainConfig (ValueError naming the bad value)."""
+    from training.config import TrainConfig
+    from training.data import DataConfig
+    from training.models import ModelConfig
+    from training.transforms import TransformConfig
+
+    transform = TransformConfig(crop_size=o["crop_size"], flip=o["flip"], test_crops=int(o["test_crops"]))
+    data_cfg = DataConfig(streams=o["streams"], clip_len=o["clip_len"], sampler=o["sampling"], segments=o["segments"],
+                          test_clips=o["test_clips"], transform=transform, batch_size=o["batch_size"],
+                          workers=o["workers"], shuffle_buffer=o["shuffle_buffer"], seed=o["seed"], verify=o["verify"])
+    weights = _floats(o["fusion_weights"])
+    model_cfg = ModelConfig(arch=o["arch"], streams=o["streams"], num_classes=num_classes, clip_len=o["clip_len"],
+                            weights=o["weights"], dropout=o["dropout"], partial_bn=o["partial_bn"],
+                            fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]))
+    return TrainConfig(dataset=str(dataset), output=str(output), data=data_cfg, model=model_cfg, epochs=o["epochs"],
+                       lr=o["lr"], optimizer=o["optimizer"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                       warmup_epochs=o["warmup_epochs"], clip_grad=o["clip_grad"],
+                       device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
+                       steps_per_epoch=o["steps_per_epoch"], eval_every=o["eval_every"], seed=o["seed"],
+                       resume=o["resume"], log_every=o["log_every"])
+
+
+@click.command("evaluate")
+@click.argument("dataset")
+@click.argument("checkpoint_path", metavar="CHECKPOINT")
+@click.option("--json", "json_path", required=True, help="Metrics JSON to write (keys rgb, flow, fused).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--test-clips", type=int, default=None, help="Test clips per video sample (default: as trained).")
+@click.option("--test-crops", type=click.Choice(["1", "10"]), default=None, help="1 (centre) or 10 crops.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def evaluate_command(dataset: str, checkpoint_path: str, json_path: str, split: str, test_clips: int | None,
+                     test_crops: str | None, batch_size: int | None, workers: int | None, device: str | None,
+                     progress: bool) -> None:
+    """Score CHECKPOINT on DATASET's test clips: clip and video accuracy per stream and fused."""
+    try:
+        results, names, provenance = evaluate_checkpoint(
+            dataset, checkpoint_path, split=split, device=device or _default_device(), batch_size=batch_size,
+            workers=workers, test_clips=test_clips, test_crops=int(test_crops) if test_crops else None,
+            progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if distributed_rank() == 0:
+        write_results(results, Path(json_path), names, extra=provenance)
+        click.echo(json.dumps(_headline(results)))
+
+
+@click.command("clips")
+@click.argument("dataset")
+@click.argument("output", metavar="OUT")
+@click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip (L).")
+@click.option("--per-video", type=int, default=5, show_default=True, help="Clips per video sample.")
+@click.option("--sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "random"]))
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds random clips and the clip shuffle.")
+@click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum clips per tar.")
+@click.option("--shard-size", default="256MiB", show_default=True, help="Maximum tar size (e.g. 256MiB, 1GB).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check parent shard hashes first.")
+@click.option("--overwrite", is_flag=True, help="Replace clip shards already in OUT.")
+def clips_command(dataset: str, output: str, clip_len: int, per_video: int, sampling: str, seed: int,
+                  shard_samples: int, shard_size: str, verify: bool, overwrite: bool) -> None:
+    """Cut clip shards (centre frame + L stacked flow fields) from a built DATASET into OUT."""
+    from jobs.cli import parse_size  # here, not at import: jobs.cli imports this module
+    from pipeline.clips import ClipsConfig, derive_clips
+
+    try:
+        cfg = ClipsConfig(clip_len=clip_len, per_video=per_video, sampling=sampling, seed=seed,
+                          shard_samples=shard_samples, shard_bytes=parse_size(shard_size), verify=verify)
+        info = derive_clips(dataset, output, cfg, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    c = info["counts"]
+    click.echo(f"{output}: {sum(c['clips'].values())} clips of {sum(c['videos'].values())} videos "
+               f"({c['clips']}), {sum(c['shards'].values())} shard(s), {c['bytes'] / 1e6:.1f} MB; "
+               f"version {info['version']}")
+
+
+@click.group()
+def main() -> None:
+    """flowshard clips|train|evaluate (the same commands as in `flowshard`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+main.add_command(clips_command)
+main.add_command(train_command)
+main.add_command(evaluate_command)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Two-stream models: cross-modality init, shapes, consensus over views, fusion, partial BN."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from training import models
+from training.models import ModelConfig, build_model, class_scores, cross_modality_conv
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread keeps CPU steps steady when other processes share the cores
+    (OpenMP threads stall at every barrier while one of them is descheduled)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def cfg(**kw) -> ModelConfig:
+    base = {"arch": "resnet18", "num_classes": 5, "clip_len": 4}
+    return ModelConfig(**{**base, **kw})
+
+
+def batch(b=2, v=1, size=32, clip_len=4):
+    return {"rgb": torch.randn(b, v, 3, size, size), "flow": torch.randn(b, v, 2 * clip_len, size, size)}
+
+
+def test_cross_modality_init_averages_rgb_filters_into_every_flow_channel():
+    torch.manual_seed(0)
+    rgb_conv = torchvision.models.resnet18(weights=None).conv1
+    conv = cross_modality_conv(rgb_conv, 20)
+    assert conv.weight.shape == (64, 20, 7, 7)
+    mean = rgb_conv.weight.mean(dim=1)
+    for c in range(20):
+        torch.testing.assert_close(conv.weight[:, c], mean)
+
+
+def test_temporal_stream_takes_2L_channels_initialised_from_the_rgb_filters(tmp_path):
+    # Local weights (the user's own file): the flow stream's conv1 is their channel mean.
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model(cfg(weights=str(path), clip_len=10))
+    flow_conv = model.streams["flow"].trunk[0]
+    assert flow_conv.in_channels == 20
+    torch.testing.assert_close(flow_conv.weight[:, 7], reference.conv1.weight.mean(dim=1))
+    torch.testing.assert_close(model.streams["rgb"].trunk[0].weight, reference.conv1.weight)
+    torch.testing.assert_close(model.streams["flow"].trunk[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
+def test_in_channels_must_be_twice_the_clip_length():
+    with pytest.raises(ValueError, match="2 \\* clip_len = 20"):
+        cfg(clip_len=10, in_channels_flow=10)
+    with pytest.raises(ValueError, match="neither|existing file"):
+        build_model(cfg(weights="/no/such/file.pth"))
+    with pytest.raises(ValueError, match="unknown arch"):
+        cfg(arch="vgg16")
+    with pytest.raises(ValueError, match="conv fusion needs both"):
+        cfg(streams="rgb", fusion="conv")
+
+
+@pytest.mark.parametrize("fusion", ["late", "conv"])
+def test_forward_shapes_and_outputs(fusion):
+    model = build_model(cfg(fusion=fusion, fusion_kernel=3 if fusion == "conv" else 1)).eval()
+    out = model(batch())
+    assert set(out) == ({"rgb", "flow", "fused"} if fusion == "conv" else {"rgb", "flow"})
+    assert all(v.shape == (2, 5) for v in out.values())
+    scores = class_scores(out, model.cfg)
+    assert set(scores) == {"rgb", "flow", "fused"}
+    torch.testing.assert_close(scores["fused"].sum(1), torch.ones(2))
+
+
+def test_views_are_averaged_per_item():
+    torch.manual_seed(0)
+    model = build_model(cfg()).eval()
+    x = batch(b=2, v=3)
+    out = model(x)
+    single = [model({k: t[:, i:i + 1] for k, t in x.items()}) for i in range(3)]
+    torch.testing.assert_close(out["flow"], torch.stack([s["flow"] for s in single]).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_single_stream_model_and_late_fusion_weights():
+    model = build_model(cfg(streams="flow")).eval()
+    out = model({"flow": torch.randn(2, 1, 8, 32, 32)})
+    assert set(out) == {"flow"}
+    scores = class_scores(out, model.cfg)
+    torch.testing.assert_close(scores["fused"], scores["flow"])
+    logits = {"rgb": torch.tensor([[4.0, 0.0]]), "flow": torch.tensor([[0.0, 4.0]])}
+    two = cfg(num_classes=2)
+    fused = class_scores(logits, two)["fused"]
+    assert fused[0, 1] > fused[0, 0]  # flow weighs 1.5, rgb 1
+    p = torch.softmax(torch.tensor([4.0, 0.0]), 0)
+    torch.testing.assert_close(fused[0], (1.0 * p + 1.5 * p.flip(0)) / 2.5)
+
+
+def test_partial_bn_keeps_all_but_the_first_batchnorm_frozen():
+    model = build_model(cfg(partial_bn=True))
+    model.train()
+    for stream in model.streams.values():
+        bns = [m for m in stream.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns[0].training and bns[0].weight.requires_grad
+        assert all(not b.training and not b.weight.requires_grad for b in bns[1:])
+    before = model.streams["rgb"].trunk[4][0].bn1.running_mean.clone()
+    model(batch())
+    torch.testing.assert_close(model.streams["rgb"].trunk[4][0].bn1.running_mean, before)
+
+
+def test_resnet50_builds_with_2L_channels():
+    model = build_model(cfg(arch="resnet50", streams="flow", clip_len=10))
+    assert model.streams["flow"].trunk[0].in_channels == 20
+    assert model.streams["flow"].feature_dim == 2048
+
+
+def test_factory_is_an_explicit_dict():
+    assert {"resnet18", "resnet50"} <= set(models.ARCHS)

@@ -1,0 +1,124 @@
+"""Checkpoints: explicit dicts of state, written atomically, read with weights_only=True.
+
+A checkpoint holds tensors and plain types only:
+    {"format": 1, "model", "optimizer", "scheduler", "scaler": state dicts,
+     "step": optimizer steps done, "epoch": last completed epoch (0-based),
+     "config": the run's config as JSON types, "dataset_version": see dataset_version(),
+     "rng": per rank, the torch (and CUDA) generator states, so dropout draws on as it would have}
+so torch.load(weights_only=True) reads it and loading never runs code from the file.
+It is serialised to memory and written under a temporary name, then renamed: a crash
+mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline.manifest import DATASET_JSON, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+LAST = "last.pt"
+
+
+def epoch_name(epoch: int) -> str:
+    """File name of the checkpoint written after `epoch` (0-based)."""
+    return f"epoch_{epoch:03d}.pt"
+
+
+def dataset_version(folder: str | Path) -> str:
+    """A dataset's identity: its dataset.json "version" if present, else the sha256 of dataset.json."""
+    data = (Path(folder) / DATASET_JSON).read_bytes()
+    version = json.loads(data).get("version")
+    return str(version) if version else hashlib.sha256(data).hexdigest()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel (state dict keys without "module.")."""
+    return model.module if hasattr(model, "module") else model
+
+
+def rng_state() -> dict:
+    """This process's torch generator states (CPU, and CUDA when in use)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_checkpoint(*, model, optimizer, scheduler, scaler, step: int, epoch: int, config: dict,
+                    dataset_version: str, rng: list[dict] | None = None) -> dict:
+    """The checkpoint dict of the current training state."""
+    json.dumps(config)  # fail early (TypeError) on anything weights_only loading would refuse
+    return {
+        "format": FORMAT,
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "step": int(step),
+        "epoch": int(epoch),
+        "config": config,
+        "dataset_version": str(dataset_version),
+        "rng": rng if rng is not None else [rng_state()],
+    }
+
+
+def save_checkpoint(ckpt: dict, directory: str | Path, *, names: tuple[str, ...]) -> list[Path]:
+    """Write `ckpt` atomically under each of `names` in `directory` (e.g. epoch_003.pt, last.pt)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    data = buf.getvalue()
+    paths = []
+    for name in names:  # the stable name last, so it never points past a missing epoch file
+        atomic_write_bytes(directory / name, data)
+        paths.append(directory / name)
+    log.info("saved checkpoint step %d epoch %d -> %s", ckpt["step"], ckpt["epoch"], ", ".join(names))
+    return paths
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (weights_only=True, onto the CPU) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a flowshard checkpoint of format {FORMAT}")
+    return ckpt
+
+
+def restore(ckpt: dict, *, model, optimizer=None, scheduler=None, scaler=None, rank: int | None = None,
+            world_size: int = 1) -> tuple[int, int]:
+    """Load the state of `ckpt` into the given objects; returns (step, epoch).
+
+    With `rank`, also this rank's generator state (rank 0's when the world size changed).
+    """
+    unwrap(model).load_state_dict(ckpt["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    if rank is not None and ckpt.get("rng"):
+        states = ckpt["rng"]
+        if len(states) != world_size:
+            log.warning("checkpoint holds generator states of %d rank(s), this run has %d: all start from rank 0's",
+                        len(states), world_size)
+        set_rng_state(states[rank] if len(states) == world_size else states[0])
+    return int(ckpt["step"]), int(ckpt["epoch"])

@@ -1,0 +1,104 @@
+"""The configuration of a training run: optimisation and runtime settings, plus the
+data (training.data.DataConfig) and model (training.models.ModelConfig) configs they own.
+
+A TrainConfig converts to plain JSON types (`to_dict`) for checkpoints and logs, and back
+(`from_dict`), so a checkpoint never stores a Python object that needs unpickling.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from training.data import DataConfig
+from training.models import ModelConfig
+from training.transforms import TransformConfig
+
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. `amp="auto"` is bf16 on CUDA and off on CPU."""
+
+    dataset: str
+    output: str
+    data: DataConfig
+    model: ModelConfig
+    epochs: int = 30
+    lr: float = 0.001
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    clip_grad: float = 40.0  # TSN clips the gradient norm at 40 (flow) / 20 (rgb); 0 disables
+    device: str = "cuda"
+    amp: str = "auto"
+    channels_last: bool = True
+    steps_per_epoch: int = 0  # 0: one pass over the training samples per epoch
+    eval_every: int = 1  # evaluate every N epochs (0: only by `flowshard evaluate`)
+    train_split: str = "train"
+    eval_split: str = "test"
+    seed: int = 0
+    resume: str | None = None
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {DEVICES}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp mode {self.amp!r}; choose one of {AMP_MODES}")
+        if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
+            raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
+        if self.model.streams != self.data.streams:
+            raise ValueError(f"model streams {self.model.streams!r} and data streams {self.data.streams!r} differ")
+        if self.model.clip_len != self.data.clip_len:
+            raise ValueError(f"model clip_len {self.model.clip_len} and data clip_len {self.data.clip_len} differ: "
+                             f"the temporal stream takes 2 * clip_len channels")
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        data = dict(d.pop("data"))
+        data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))
+        model = ModelConfig(**_tuples(d.pop("model"), ("fusion_weights",)))
+        return cls(data=DataConfig(**data), model=model, **d)
+
+
+def _tuples(d: dict, keys: tuple[str, ...]) -> dict:
+    return {k: (tuple(v) if k in keys and v is not None else v) for k, v in d.items()}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def amp_dtype(cfg: TrainConfig):
+    """The autocast dtype of `cfg` (None: full precision)."""
+    import torch
+
+    mode = cfg.amp
+    if mode == "auto":
+        mode = "bf16" if cfg.device.startswith("cuda") else "off"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]

@@ -1,0 +1,556 @@
+"""Streaming training data: one WebDataset pipeline from shard files to batches.
+
+    shard list -> split by node -> split by worker -> open + hash -> tar samples
+      -> pick clips (sampling; keeps only the chosen members' bytes) -> shuffle buffer
+      -> decode the chosen frames and flow fields -> transforms -> batches
+
+The pipeline is the list in `build_pipeline`; each stage is a small iterator function.
+
+Sources. A dataset folder (a built video dataset, kind "videos", or derived clip shards,
+kind "clips") pins its exact shards and their sha256 in shards.parquet; a list of shard
+URLs is read as given, without hashes. Each sample says what it is in its json: "clip"
+samples (the fast path: one RGB frame and one stacked member of L flow fields) or "video"
+samples (every frame and field of a video, dense or built with --clips; clips are sampled
+here, which TSN's segments need).
+
+Hashes. Each shard's bytes are hashed as they stream through (no second read); when a
+shard ends its hash is compared with the manifest and a mismatch raises ShardHashError
+naming the shard. The last sample of a shard is held back until its hash is checked.
+verify="open" hashes a local file before streaming it instead, so not one sample of a
+corrupt shard is used, at the cost of reading it twice; verify="off" skips the check.
+
+Safety. Members are decoded only by flowshard's own decoders (json through
+encode.load_meta, RGB through encode.decode_rgb, flow fields as their stored (2H, W)
+planes by `decode_flow_plane`, FlowStack through encode.unpack_stack); any other member is
+dropped undecoded, nothing is unpickled.
+
+Epochs and DDP. Training draws shards with replacement from the whole list, from one
+seeded sequence per epoch that split_by_node and split_by_worker cut into disjoint
+slices, so no rank runs out of data; every rank runs the same number of steps per
+epoch, so DDP never waits for a rank that has finished (uneven shards cannot hang it).
+Evaluation reads each shard once, split across ranks and workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import tarfile
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+
+from pipeline import encode
+from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARDS, read_info, read_rows
+from pipeline.shard import sha256_file
+from training import sampling
+from training.checkpoint import dataset_version
+from training.sampling import Clip
+from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
+
+log = logging.getLogger(__name__)
+
+VERIFY_MODES = ("stream", "open", "off")
+STREAM_CHOICES = ("rgb", "flow", "both")
+
+def decode_flow_plane(data: bytes) -> np.ndarray:
+    """One flow member -> its quantized (2H, W) plane, x over y (encode's "x_over_y" layout).
+
+    The same values as encode.decode_flow_q without its (H, W, 2) interleaving copy, which
+    costs as much as the JPEG decode: transforms.stack_fields turns L planes into the
+    (2L, H, W) network layout with a free reshape.
+    """
+    plane = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if plane is None or plane.shape[0] % 2:
+        raise encode.SchemaError("a flow member is not a decodable (2H, W) greyscale JPEG")
+    return plane
+
+
+# The members flowshard decodes and the functions that decode them; nothing else is decoded.
+DECODERS = {"rgb": encode.decode_rgb, "flow": decode_flow_plane}
+
+
+class ShardHashError(ValueError):
+    """A shard's bytes do not match the sha256 its dataset's manifest pins."""
+
+
+class SampleError(ValueError):
+    """A sample could not be read; the message names its shard and key."""
+
+
+# --- sources ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard to read: where it is and, from a manifest, its split, size and hash."""
+
+    name: str
+    url: str
+    split: str = ""
+    samples: int = 0
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """The shards of a dataset folder (or URL list) and what training needs to know of it."""
+
+    kind: str
+    label_map: dict[str, int]
+    shards: tuple[ShardSpec, ...]
+    root: Path | None = None
+    version: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_map)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [name for name, _ in sorted(self.label_map.items(), key=lambda kv: kv[1])]
+
+    def splits(self) -> list[str]:
+        return sorted({s.split for s in self.shards})
+
+    def split_shards(self, split: str) -> list[ShardSpec]:
+        shards = [s for s in self.shards if s.split == split or self.kind == "urls"]
+        if not shards:
+            raise ValueError(f"no shards of split {split!r} in {self.root or 'the URL list'}; "
+                             f"splits present: {self.splits()}")
+        return shards
+
+    def num_samples(self, split: str) -> int:
+        return sum(s.samples for s in self.split_shards(split))
+
+
+def open_source(spec: str | Path) -> DataSource:
+    """A dataset folder: its kind, labels, version and the shards its manifest pins.
+
+    Built video datasets are read through pipeline.open_dataset, so "OUTPUT@VERSION" picks
+    a version; clip-shard folders (kind "clips") hold one version and are read directly.
+    """
+    path = Path(spec)
+    if (path / DATASET_JSON).is_file() and read_info(path).get("kind") == "clips":
+        info = read_info(path)
+        rows = read_rows(path / SHARDS)
+        shards = tuple(ShardSpec(name=r["name"], url=str(path / SHARD_DIR / r["name"]), split=r["split"],
+                                 samples=int(r["samples"]), sha256=r["sha256"]) for r in rows)
+        return DataSource(kind="clips", label_map=dict(info["label_map"]), shards=shards, root=path,
+                          version=dataset_version(path), info=info)
+    from pipeline import open_dataset
+
+    ds = open_dataset(spec)
+    if ds.info.get("kind", "videos") != "videos":
+        raise ValueError(f"{spec}: dataset kind {ds.info.get('kind')!r} is neither 'videos' nor 'clips'")
+    shards = tuple(ShardSpec(name=s.name, url=str(s.path), split=s.split, samples=int(s.samples), sha256=s.sha256)
+                   for s in ds.shards())
+    folder = getattr(ds, "folder", ds.root)  # the version's own folder where versions exist
+    return DataSource(kind="videos", label_map=dict(ds.label_map), shards=shards, root=Path(ds.root),
+                      version=dataset_version(folder), info=ds.info)
+
+
+def url_source(urls: Iterable[str], *, label_map: dict[str, int]) -> DataSource:
+    """Shards given as URLs or paths (brace patterns expanded); no hashes to check."""
+    expanded = [u for pattern in urls for u in wds.shardlists.expand_urls(pattern)]
+    if not expanded:
+        raise ValueError("the URL list is empty")
+    shards = tuple(ShardSpec(name=u.rsplit("/", 1)[-1], url=u) for u in expanded)
+    return DataSource(kind="urls", label_map=dict(label_map), shards=shards)
+
+
+# --- config -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """What the loader reads and how it samples, augments and batches."""
+
+    streams: str = "both"
+    clip_len: int = sampling.DEFAULT_CLIP_LEN
+    sampler: str = "simonyan"
+    segments: int = sampling.DEFAULT_SEGMENTS
+    test_clips: int = sampling.DEFAULT_TEST_CLIPS
+    transform: TransformConfig = TransformConfig()
+    batch_size: int = 32
+    workers: int = 4
+    shuffle_buffer: int = 500
+    seed: int = 0
+    verify: str = "stream"
+
+    def __post_init__(self) -> None:
+        if self.streams not in STREAM_CHOICES:
+            raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
+        if self.clip_len < 1:
+            raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
+        if self.sampler not in sampling.SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sampling.SAMPLERS}")
+        if self.segments < 1 or self.test_clips < 1:
+            raise ValueError(f"segments and test_clips must be >= 1, got {self.segments}, {self.test_clips}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"unknown verify mode {self.verify!r}; choose one of {VERIFY_MODES}")
+
+    @property
+    def uses_rgb(self) -> bool:
+        return self.streams in ("rgb", "both")
+
+    @property
+    def uses_flow(self) -> bool:
+        return self.streams in ("flow", "both")
+
+
+class EpochState:
+    """The epoch the seeded stages use; set it before each epoch's iter(loader).
+
+    Loader workers are started afresh for every epoch (no persistent workers), so each
+    gets a copy of the pipeline holding the epoch set just before.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+
+def _worker_info() -> tuple[int, int, int, int]:
+    """(rank, world size, loader worker, workers) as webdataset's splitters see them."""
+    return wds.utils.pytorch_worker_info()
+
+
+# --- stages: shard list, open, tar ----------------------------------------------------------
+
+class ShardList:
+    """First stage: the shards of one epoch as {"url", "name", "sha256"} dicts.
+
+    resample=True: an endless draw with replacement (training; every rank and worker
+    generates the same sequence and the splitters take disjoint slices of it).
+    resample=False: each shard once, in manifest order or shuffled (evaluation).
+    """
+
+    def __init__(self, shards: list[ShardSpec], *, resample: bool, shuffle: bool, seed: int, state: EpochState):
+        if not shards:
+            raise ValueError("no shards to read")
+        self.shards, self.resample, self.shuffle, self.seed, self.state = shards, resample, shuffle, seed, state
+
+    def __call__(self) -> Iterator[dict]:
+        rng = random.Random(f"shards/{self.seed}/{self.state.epoch}")
+        if self.resample:
+            while True:
+                yield _shard_dict(rng.choice(self.shards))
+        order = list(self.shards)
+        if self.shuffle:
+            rng.shuffle(order)
+        for spec in order:
+            yield _shard_dict(spec)
+
+
+def _shard_dict(spec: ShardSpec) -> dict:
+    return {"url": spec.url, "name": spec.name, "sha256": spec.sha256}
+
+
+class HashingReader:
+    """A read-only stream that hashes and counts the bytes passing through it."""
+
+    def __init__(self, raw, name: str, expected: str | None):
+        self.raw, self.name, self.expected = raw, name, expected
+        self.hash = hashlib.sha256()
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        self.bytes_read += len(data)
+        return data
+
+    def finish(self) -> None:
+        """Drain what the tar reader left (end-of-archive padding), close, compare hashes."""
+        while self.read(1 << 16):
+            pass
+        self.raw.close()
+        check_hash(self.name, self.hash.hexdigest(), self.expected)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __repr__(self) -> str:
+        return f"<shard {self.name}>"
+
+
+def check_hash(name: str, actual: str, expected: str | None) -> None:
+    """Raise ShardHashError naming the shard when a pinned hash does not match."""
+    if expected and actual != expected:
+        raise ShardHashError(f"shard {name}: sha256 {actual} does not match the manifest's {expected}: "
+                             "the file is corrupt or was changed after the dataset was built")
+
+
+def _open_url(url: str):
+    if "://" not in url and not url.startswith("pipe:"):
+        return open(url, "rb", buffering=1 << 20)
+    return wds.gopen.gopen(url)
+
+
+def open_shards(src: Iterable[dict], verify: str) -> Iterator[dict]:
+    """Open each shard as a HashingReader; verify="open" hashes a local file first."""
+    for shard in src:
+        expected = shard["sha256"] if verify != "off" else None
+        url = shard["url"]
+        if verify == "open" and expected and os.path.isfile(url):
+            check_hash(shard["name"], sha256_file(url), expected)
+            expected = None  # checked already; do not hash it again while streaming
+        try:
+            raw = _open_url(url)
+        except OSError as exc:
+            raise SampleError(f"shard {shard['name']}: cannot open {url} ({exc})") from exc
+        yield {**shard, "stream": HashingReader(raw, shard["name"], expected)}
+
+
+def tar_samples(src: Iterable[dict]) -> Iterator[dict]:
+    """Tar members grouped into samples {"__key__", "__url__", "__shard__", ext: bytes}.
+
+    A sample's members are contiguous; the last sample of a shard is yielded only after
+    the shard's hash is checked.
+    """
+    for shard in src:
+        stream: HashingReader = shard["stream"]
+        current = None
+        try:
+            for member in wds.tariterators.tar_file_iterator(stream):
+                key, ext = _split_name(member["fname"])
+                if key is None:
+                    continue
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": shard["url"], "__shard__": shard["name"]}
+                current[ext] = member["data"]
+            stream.finish()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise SampleError(f"shard {shard['name']}: cannot read it as a tar ({exc})") from exc
+        finally:
+            stream.close()  # also when the consumer stops early
+        if current is not None:
+            yield current
+
+
+def _split_name(fname: str) -> tuple[str | None, str]:
+    """Member path -> (sample key, extension), splitting at the first dot of the base name."""
+    base = fname.rsplit("/", 1)[-1]
+    key, dot, ext = base.partition(".")
+    return (key, ext) if dot and key else (None, "")
+
+
+# --- stages: pick, shuffle, decode, transform, batch ---------------------------------------
+
+@dataclass(frozen=True)
+class PickPlan:
+    """What the pick stage needs: streams, clip length, sampler and whether it trains."""
+
+    cfg: DataConfig
+    train: bool
+
+
+def _where(sample: dict) -> str:
+    return f"shard {sample.get('__shard__', '?')} sample {sample.get('__key__', '?')}"
+
+
+def pick_items(sample: dict, plan: PickPlan, epoch: int) -> list[dict]:
+    """The items a sample gives (its chosen clips), holding only the chosen members' bytes."""
+    meta = encode.load_meta(sample[encode.META], _where(sample))
+    kind = meta.get("kind")
+    if kind == "clip":
+        return [_clip_item(sample, meta, plan)]
+    if kind == "video":
+        return _video_items(sample, meta, plan, epoch)
+    raise encode.SchemaError(f"{_where(sample)}: unknown sample kind {kind!r}")
+
+
+def _item(sample: dict, meta: dict, clip: int) -> dict:
+    return {"__key__": sample["__key__"], "__shard__": sample.get("__shard__", ""), "video_id": meta["video_id"],
+            "label": int(meta["label_id"]), "clip": clip}
+
+
+def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
+    cfg = plan.cfg
+    if plan.train and cfg.sampler == "tsn":
+        raise ValueError(f"{_where(sample)}: tsn sampling needs video samples; a clip sample holds one snippet")
+    item = _item(sample, meta, int(meta.get("clip_index", 0)))
+    item["rgb"] = [sample[encode.RGB_CLIP]] if cfg.uses_rgb else None
+    if cfg.uses_flow:
+        stored = len(meta["flow_fields"])
+        select = list(sampling.centred_fields(list(range(stored)), cfg.clip_len))
+        item["flow"] = [encode.unpack_stack(sample[encode.FLOW_STACK], select=select)]
+    else:
+        item["flow"] = None
+    return item
+
+
+def _video_items(sample: dict, meta: dict, plan: PickPlan, epoch: int) -> list[dict]:
+    cfg = plan.cfg
+    cands = sampling.candidates(meta, cfg.clip_len if cfg.uses_flow else 0)
+    if len(cands) == 0:
+        log.warning("%s: no %s, skipped", _where(sample), "flow fields" if cfg.uses_flow else "frames")
+        return []
+    if plan.train:
+        rng = sampling.sample_rng(cfg.seed, epoch, sample["__key__"])
+        groups = [sampling.train_clips(cands, cfg.sampler, cfg.segments, rng)]
+    else:
+        groups = [[c] for c in sampling.eval_clips(cands, cfg.test_clips)]
+    return [_with_members(_item(sample, meta, j), sample, clips, cfg) for j, clips in enumerate(groups)]
+
+
+def _with_members(item: dict, sample: dict, clips: list[Clip], cfg: DataConfig) -> dict:
+    try:
+        item["rgb"] = [sample[encode.rgb_member(c.frame)] for c in clips] if cfg.uses_rgb else None
+        item["flow"] = ([[sample[encode.flow_member(f)] for f in c.fields] for c in clips]
+                        if cfg.uses_flow else None)
+    except KeyError as exc:
+        raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing") from exc
+    return item
+
+
+def pick(src: Iterable[dict], plan: PickPlan, state: EpochState) -> Iterator[dict]:
+    """Stage: sampling inside the loader; unchosen members are dropped here, undecoded."""
+    for sample in src:
+        try:
+            items = pick_items(sample, plan, state.epoch)
+        except (ValueError, KeyError) as exc:
+            raise SampleError(f"{_where(sample)}: {exc}") from exc
+        yield from items
+
+
+def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> Iterator[dict]:
+    """Stage: a shuffle buffer seeded per (seed, epoch, rank, worker)."""
+    rank, _, worker, _ = _worker_info()
+    rng = random.Random(f"shuffle/{seed}/{state.epoch}/{rank}/{worker}")
+    return wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(iter(src))
+
+
+def decode_item(item: dict) -> dict:
+    """Decode the chosen members: rgb -> (V, H, W, 3) uint8, flow -> V (2L, H, W) FieldPlanes, interleaved."""
+    if item["rgb"] is not None:
+        item["rgb"] = np.stack([DECODERS["rgb"](b) for b in item["rgb"]])
+    if item["flow"] is not None:
+        item["flow"] = [FieldPlanes([DECODERS["flow"](b) for b in fields]) for fields in item["flow"]]
+    return item
+
+
+def decode(src: Iterable[dict]) -> Iterator[dict]:
+    """Stage: decode with flowshard's decoders only."""
+    for item in src:
+        try:
+            yield decode_item(item)
+        except ValueError as exc:
+            raise SampleError(f"shard {item['__shard__']} sample {item['__key__']}: {exc}") from exc
+
+
+def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochState) -> Iterator[dict]:
+    """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking."""
+    for item in src:
+        if train:
+            rng = sampling.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
+            item["rgb"], item["flow"] = train_views(item["rgb"], item["flow"], cfg.transform, rng)
+        else:
+            item["rgb"], item["flow"] = eval_views(item["rgb"], item["flow"], cfg.transform)
+        yield item
+
+
+def collate(items: list[dict]) -> dict:
+    """Items -> a batch: {"rgb": (B, V, 3, S, S), "flow": (B, V, 2L, S, S), "label": (B,), ...}."""
+    batch = {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+             "video_id": [it["video_id"] for it in items], "clip": [it["clip"] for it in items],
+             "key": [it["__key__"] for it in items]}
+    for name in ("rgb", "flow"):
+        if items[0][name] is not None:
+            batch[name] = torch.from_numpy(np.stack([it[name] for it in items]))
+    return batch
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState) -> wds.DataPipeline:
+    """The one pipeline, from shard list to batches (see the module docstring).
+
+    Stages are module functions bound with functools.partial (not lambdas), so the
+    pipeline pickles for loader workers started with spawn or forkserver.
+    """
+    plan = PickPlan(cfg=cfg, train=train)
+    stages = [
+        # Shard list: pinned by the manifest; training resamples endlessly, evaluation reads each once.
+        ShardList(shards, resample=train, shuffle=train, seed=cfg.seed, state=state),
+        # Split by node: each rank takes every world_size-th shard (explicit: the default refuses DDP).
+        wds.split_by_node,
+        # Split by worker: each loader process takes every num_workers-th of its rank's shards.
+        wds.split_by_worker,
+        # Open: the stream hashes its bytes as they are read (verify="open": hash the file first).
+        partial(open_shards, verify=cfg.verify),
+        # Tar -> samples: members grouped by key; the hash is checked when each shard ends.
+        tar_samples,
+        # Pick: choose clips (Simonyan, TSN segments, uniform test clips); drop other members.
+        partial(pick, plan=plan, state=state),
+        # Shuffle buffer over picked items (compressed bytes only, so the buffer stays small).
+        partial(shuffle, bufsize=cfg.shuffle_buffer, seed=cfg.seed, state=state) if train else None,
+        # Decode only the chosen frames and flow fields.
+        decode,
+        # Transforms: paired crop and flip, normalization, interleaved flow stacking.
+        partial(transform, cfg=cfg, train=train, state=state),
+        # Batches: training drops the last partial batch so every step has one shape.
+        wds.batched(cfg.batch_size, collation_fn=collate, partial=not train),
+    ]
+    return wds.DataPipeline([s for s in stages if s is not None])
+
+
+@dataclass
+class Loader:
+    """A DataLoader over the pipeline, the epoch it draws, and its steps per epoch (training)."""
+
+    loader: torch.utils.data.DataLoader
+    state: EpochState
+    steps: int | None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.state.epoch = int(epoch)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def _init_worker(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one loader process per core already; OpenCV threads would oversubscribe
+    torch.set_num_threads(1)
+
+
+def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size: int) -> int:
+    """Optimizer steps per epoch: one pass over the split's samples, shared by all ranks."""
+    return max(1, source.num_samples(split) // (cfg.batch_size * world_size))
+
+
+def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool, steps: int | None = None,
+                pin_memory: bool = False) -> Loader:
+    """The loader of one split. train=True needs `steps`, the batches each rank takes per epoch."""
+    if train and source.kind == "clips" and cfg.sampler == "tsn":
+        raise ValueError("tsn sampling needs video samples: train on the built dataset, not on clip shards")
+    state = EpochState()
+    pipeline = build_pipeline(source.split_shards(split), cfg, train=train, state=state)
+    if train:
+        if steps is None or steps < 1:
+            raise ValueError(f"a training loader needs steps >= 1, got {steps}")
+        # Each worker yields its share; the training loop takes exactly `steps` batches.
+        pipeline = pipeline.with_epoch(math.ceil(steps / max(1, cfg.workers)))
+    loader = torch.utils.data.DataLoader(
+        pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
+        worker_init_fn=_init_worker if cfg.workers else None, persistent_workers=False,
+        prefetch_factor=4 if cfg.workers else None)
+    return Loader(loader=loader, state=state, steps=steps if train else None)
