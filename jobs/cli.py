@@ -71,11 +71,14 @@ def build_options(f):
         click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call."),
         click.option("--rgb-quality", type=int, default=90, show_default=True),
         click.option("--flow-quality", type=int, default=95, show_default=True),
+        click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,  # worker.DEFAULT_MAX_PIXELS
+                     help="Refuse (as an error row) a video whose frames are larger, before decoding it."),
         click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
         click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
         click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"])),
-        click.option("--address", default=None, help="Ray cluster address (default: an embedded local Ray)."),
+        click.option("--address", default=None, envvar="RAY_ADDRESS",
+                     help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray on loopback)."),
         click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)."),
         click.option("--flow-actors", type=int, default=None, help="Flow actors (default: one per GPU with cuda)."),
         click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),
@@ -92,7 +95,7 @@ def make_build_config(o: dict):
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
     from pipeline.flow import FlowConfig, params_from_dict
-    from pipeline.worker import EncodeConfig, SampleConfig, WorkerConfig
+    from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
         backend = "torch" if o["flow_device"].startswith("cuda") else o["flow_backend"]
@@ -102,7 +105,8 @@ def make_build_config(o: dict):
         worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
-                                                  chunk_frames=o["chunk_frames"]))
+                                                  chunk_frames=o["chunk_frames"]),
+                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS))
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
         return BuildConfig(worker=worker, shard=shard, split=o["split"])
     except ValueError as exc:
@@ -134,7 +138,9 @@ def run_build(input_path: str, output: str, o: dict):
 def echo_summary(s) -> None:
     click.echo(f"version {s.version}: {s.ok} of {s.videos} videos ok, {s.errors} error(s), {s.frames} frames, "
                f"{s.flow_fields} flow fields, {s.shards} shard(s), {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s "
-               f"({s.flow_fields / max(s.seconds, 1e-9):.1f} pairs/s); {s.units_skipped} unit(s) already done")
+               f"({s.flow_fields / max(s.seconds, 1e-9):.1f} pairs/s); {s.units_skipped} unit(s) already done; "
+               f"{s.computed} video(s) computed, {s.reused} copied from stored shards"
+               + (f"; previous version {s.parent}" if s.parent and s.parent != s.version else ""))
     for reason, n in sorted(s.failures.items(), key=lambda kv: -kv[1]):
         click.echo(f"  error x{n}: {reason}")
 
@@ -147,17 +153,17 @@ def build(input_path: str, output: str, **o) -> None:
     """Build a dataset from INPUT (class folders, a CSV/Parquet list, or a UCF101/HMDB51 root) into OUTPUT."""
     try:
         summary = run_build(input_path, output, o)
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     echo_summary(summary)
     click.echo(summary.version)
 
 
 @cli.command()
-@click.argument("dataset")
+@click.argument("dataset", metavar="OUTPUT[@VERSION]")
 @click.option("--quick", is_flag=True, help="Check hashes and metadata only, without decoding images.")
 def verify(dataset: str, quick: bool) -> None:
-    """Check every shard's hash and count and every sample's schema and decodability."""
+    """Check a version's shards (hash, size, count) and samples (schema, decodability); default: the latest."""
     from pipeline.verify import verify as run_verify
 
     report = run_verify(dataset, decode=not quick)
@@ -171,7 +177,7 @@ def verify(dataset: str, quick: bool) -> None:
 
 
 @cli.command()
-@click.argument("dataset")
+@click.argument("dataset", metavar="OUTPUT[@VERSION]")
 @click.option("--video", default=None, help="Video id (default: the first stored video).")
 @click.option("-o", "--output", "out", default=None, help="PNG to write (default: <video>.png).")
 @click.option("--columns", type=int, default=6, show_default=True)
@@ -204,6 +210,88 @@ def inspect(dataset: str, video: str | None, out: str | None, columns: int) -> N
 
 
 @cli.command()
+@click.argument("output", metavar="OUTPUT")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
+def versions(output: str, as_json: bool) -> None:
+    """List the versions built in OUTPUT (the latest marked *), with counts, sizes and dates."""
+    from pipeline.version import list_versions
+
+    rows = list_versions(output)
+    if not rows:
+        raise click.ClickException(f"{output}: no versions (no {output}/versions.parquet)")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"  {'VERSION':<16}  {'CREATED (UTC)':<19}  {'VIDEOS':>7}  {'ERRORS':>6}  {'SHARDS':>6}  "
+               f"{'SIZE':>10}  {'NEW':>10}  PARENT")
+    for r in rows:
+        click.echo(f"{'*' if r['latest'] else ' '} {r['version']:<16}  {r['created']:<19}  {r['videos']:>7}  "
+                   f"{r['errors']:>6}  {r['shards']:>6}  {_mb(r['bytes']):>10}  {_mb(r['new_bytes']):>10}  "
+                   f"{r['parent'] or '-'}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@cli.command()
+@click.argument("output", metavar="OUTPUT")
+@click.argument("old", metavar="A")
+@click.argument("new", metavar="B", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def diff(output: str, old: str, new: str | None, as_json: bool) -> None:
+    """Videos added, removed and changed, and label changes, from version A to B (default: the latest)."""
+    from pipeline.version import diff_versions
+
+    try:
+        d = diff_versions(output, old, new)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(d, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{d['from']} -> {d['to']}: {len(d['added'])} added, {len(d['removed'])} removed, "
+               f"{len(d['moved'])} moved, {len(d['changed'])} changed, {len(d['relabelled'])} relabelled")
+    for r in d["added"]:
+        click.echo(f"+ {r['id']}  ({r['label']})  {r['path']}")
+    for r in d["removed"]:
+        click.echo(f"- {r['id']}  ({r['label']})  {r['path']}")
+    for r in d["moved"]:
+        click.echo(f"> {r['from']} -> {r['to']}  {r['from_path']} -> {r['path']}")
+    for r in d["changed"]:
+        click.echo(f"~ {r['id']}  content changed  {r['path']}")
+    for what in ("added", "removed"):
+        if d["classes"][what]:
+            click.echo(f"classes {what}: {', '.join(d['classes'][what])}")
+    for r in d["classes"]["renumbered"]:
+        click.echo(f"label id of {r['label']}: {r['from']} -> {r['to']}")
+    for what in ("relabelled", "split_changed", "status_changed"):
+        for r in d[what]:
+            click.echo(f"{what.replace('_', ' ')}: {r['id']}  {r['from']} -> {r['to']}")
+    for r in d["settings"]:
+        click.echo(f"setting {r['setting']}: {r['from']!r} -> {r['to']!r}")
+
+
+@cli.command()
+@click.argument("dataset", metavar="OUTPUT[@VERSION]")
+@click.option("--json", "as_json", is_flag=True, help="Print the failures as JSON.")
+@click.option("--all", "every", is_flag=True, help="List every failed video, not one example per reason.")
+def report(dataset: str, as_json: bool, every: bool) -> None:
+    """List the videos a version could not store, grouped by reason."""
+    from pipeline.report import failure_groups, format_table
+
+    try:
+        groups = failure_groups(dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(groups, indent=2, ensure_ascii=False))
+        return
+    for line in format_table(groups, every=every):
+        click.echo(line)
+
+
+@cli.command()
 @click.option("--output", default="demo_out", show_default=True, help="Folder for the videos, dataset and PNG.")
 @click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(["tvl1", "farneback", "dis"]))
 @click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"]))
@@ -223,9 +311,21 @@ def demo(output: str, flow_algo: str, executor: str) -> None:
 
 def _defaults(command: click.Command, **overrides) -> dict:
     """Every option of `command` at its default, with `overrides` applied."""
-    values = {p.name: p.default for p in command.params if isinstance(p, click.Option)}
+    values = {}
+    for p in command.params:
+        if isinstance(p, click.Option):
+            # click leaves an unset sentinel as the default of a `multiple` option: use ()
+            multi_default = tuple(p.default) if isinstance(p.default, (list, tuple)) else ()
+            values[p.name] = multi_default if p.multiple else p.default
     values.update(overrides)
     return values
+
+
+from jobs.train import clips_command, evaluate_command, train_command  # noqa: E402  (needs `cli` defined)
+
+cli.add_command(clips_command)
+cli.add_command(train_command)
+cli.add_command(evaluate_command)
 
 
 def main() -> None:

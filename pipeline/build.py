@@ -1,22 +1,35 @@
-"""Build a dataset: discover inputs, plan shards, run the work, write the manifest.
+"""Build a dataset version: discover inputs, hash them, plan shards, run the work, commit.
 
 This is the composition of the pipeline's stages; where the work runs is the executor's
 business (`LocalExecutor` here, in this process; `pipeline.ray_runner.RayExecutor` on Ray).
-The unit of commit and resume is one planned shard: each finished unit leaves a record in
-OUTPUT/.flowshard/units/, and a rerun skips the units whose record and tars are intact.
+
+Versions and incremental builds (see `pipeline.version`): the version id is known before
+any work, from the inputs' content hashes and the settings. The shard plan is kept stable
+against the latest version: its units keep their videos (minus removed ones), new videos
+go into new units. A unit's tar name carries a hash of everything its bytes depend on, so
+an unchanged unit keeps its tar (shared by both versions, not rewritten) and a changed one
+gets a new tar beside the old. Videos whose frame and flow members are already stored are
+copied from the old shards (`pipeline.reuse`), not recomputed.
+
+Resume: the unit of commit is one planned shard. Each finished unit leaves a record in
+OUTPUT/.flowshard/units/<stem>.json; a rerun of the same command plans the same units
+(same inputs, same base version) and skips those whose record and tars are intact, so a
+killed build finishes with the same bytes an uninterrupted one would have written.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
-from pipeline import encode, inputs, manifest, shard
+from pipeline import encode, inputs, manifest, reuse, shard, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.flow import make_estimator
@@ -25,6 +38,7 @@ from pipeline.worker import WorkerConfig, process_video
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".flowshard"
+LOCK_FILE = "lock"
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB
 DEFAULT_SHARD_SAMPLES = 1000
 
@@ -63,15 +77,24 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class Unit:
-    """One planned shard: its name stem, split and videos in write order."""
+    """One planned shard: its place in the plan, split and videos in write order.
+
+    stem: the tar name stem, `name` plus a hash of everything the tar bytes depend on ("" until
+    `identify`); media: key -> (content sha256, media key); stored: videos copied from stored
+    samples instead of computed.
+    """
 
     name: str
     split: str
     refs: tuple[VideoRef, ...]
+    stem: str = ""
+    media: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    stored: Mapping[str, reuse.StoredVideo] = field(default_factory=dict)
 
-    def refs_hash(self) -> str:
-        text = json.dumps([[r.key, r.source, r.label, r.label_id, r.split] for r in self.refs])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    @property
+    def compute_refs(self) -> tuple[VideoRef, ...]:
+        """The videos that must be decoded and get flow computed, in write order."""
+        return tuple(r for r in self.refs if r.key not in self.stored)
 
 
 @dataclass
@@ -88,45 +111,133 @@ class BuildSummary:
     shards: int = 0
     bytes: int = 0
     units_skipped: int = 0
+    computed: int = 0  # videos decoded with flow computed in this run
+    reused: int = 0  # videos copied from stored samples in this run
+    parent: str = ""  # the latest version before this build
     seconds: float = 0.0
     failures: dict = field(default_factory=dict)  # reason -> count
 
 
-def plan_units(refs: list[VideoRef], cfg: ShardConfig) -> list[Unit]:
-    """Assign videos to shards: per split, a seeded shuffle of the sorted keys, cut every max_samples.
+# --- planning ---------------------------------------------------------------------------------
 
-    The shuffle mixes classes within a shard; sorting first makes the plan independent of
-    the order inputs were listed in.
+BasePlan = list[tuple[str, str, list[str]]]  # (unit name, split, video keys in order)
+
+
+def plan_units(refs: list[VideoRef], cfg: ShardConfig, base: BasePlan | None = None) -> list[Unit]:
+    """Assign videos to shards, stable against a base plan (the latest version's).
+
+    Base units keep their videos in their order, less the removed ones and those that moved
+    to another split; the other videos are new: per split, a seeded shuffle of their sorted
+    keys (mixing classes in a shard), cut every max_samples into units numbered after the
+    base's. Without a base this is a fresh plan, independent of the order inputs were listed in.
     """
+    by_key = {r.key: r for r in refs}
     units: list[Unit] = []
-    for split in sorted({r.split for r in refs}):
-        group = sorted((r for r in refs if r.split == split), key=lambda r: r.key)
+    placed: set[str] = set()
+    for name, split, keys in sorted(base or []):
+        kept = tuple(by_key[k] for k in keys if k in by_key and by_key[k].split == split and k not in placed)
+        placed.update(r.key for r in kept)
+        if kept:
+            units.append(Unit(name=name, split=split, refs=kept))
+    fresh = [r for r in refs if r.key not in placed]
+    for split in sorted({r.split for r in fresh}):
+        group = sorted((r for r in fresh if r.split == split), key=lambda r: r.key)
         random.Random(f"{cfg.seed}:{split}").shuffle(group)
+        first = 1 + max((_unit_number(n) for n, s, _ in base or [] if s == split), default=-1)
         for n, lo in enumerate(range(0, len(group), cfg.max_samples)):
-            units.append(Unit(name=f"{split}-{n:05d}", split=split, refs=tuple(group[lo:lo + cfg.max_samples])))
-    return units
+            units.append(Unit(name=f"{split}-{first + n:05d}", split=split,
+                              refs=tuple(group[lo:lo + cfg.max_samples])))
+    return sorted(units, key=lambda u: u.name)
 
+
+def _unit_number(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig) -> list[Unit]:
+    """Units with their media keys and stems (name + a hash of what their tars depend on)."""
+    out = []
+    for u in units:
+        media = {r.key: (hashes.get(r.key, ""), version.media_key(hashes.get(r.key, ""), cfg.worker))
+                 for r in u.refs}
+        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] for r in u.refs]
+        ident = hashlib.sha256(manifest.dump_json({"unit": u.name, "schema": encode.SCHEMA_VERSION,
+                                                   "config": cfg.output_dict(), "refs": refs})).hexdigest()
+        out.append(replace(u, media=media, stem=f"{u.name}-{ident[:10]}"))
+    return out
+
+
+def attach_stored(unit: Unit, index: Mapping[str, reuse.StoredVideo]) -> Unit:
+    """The unit with every video whose media key is stored marked for copying."""
+    stored = {r.key: index[unit.media[r.key][1]] for r in unit.refs if unit.media[r.key][1] in index}
+    return replace(unit, stored=stored)
+
+
+def base_plan(output: str | Path, vid: str | None, cfg: BuildConfig) -> BasePlan | None:
+    """The shard plan of committed version `vid`, if its shard settings match `cfg`'s."""
+    if not vid or not version.is_committed(output, vid):
+        return None
+    folder = Path(output) / version.VERSIONS_DIR / vid
+    if manifest.read_info(folder).get("config", {}).get("shard") != cfg.output_dict()["shard"]:
+        return None  # another shard layout: a fresh plan (stored samples are still copied)
+    return [(r["name"], r["split"], list(r["keys"])) for r in manifest.read_rows(folder / version.UNITS)]
+
+
+# --- writing a unit ---------------------------------------------------------------------------
 
 def write_unit(unit: Unit, results: Iterable[VideoResult], output: str | Path, cfg: BuildConfig) -> dict:
     """Write a unit's samples (in plan order) to its tar(s) and return the unit record.
 
-    `results` is consumed lazily, so only one video's samples are held at a time.
+    `results` holds the computed videos (`unit.compute_refs`, in order) and is consumed
+    lazily; stored videos are read from their shards in between, so only one video's
+    samples are held at a time.
     """
+    out = Path(output)
     rows: list[VideoResult] = []
 
     def samples():
-        for res in results:
+        for res in _in_plan_order(unit, results, out, cfg):
             rows.append(_slim(res))
             yield from res.samples
 
-    out = Path(output)
-    records = shard.write_rolling(samples(), out / SHARD_DIR, unit.name,
-                                  max_bytes=cfg.shard.max_bytes, max_samples=cfg.shard.max_samples)
+    try:
+        records = shard.write_rolling(samples(), out / SHARD_DIR, unit.stem,
+                                      max_bytes=cfg.shard.max_bytes, max_samples=cfg.shard.max_samples)
+    except OSError as exc:
+        raise manifest.os_error(exc, f"{out / SHARD_DIR}: cannot write the shard(s) of unit {unit.stem} "
+                                     f"({exc.strerror or exc}); no partial shard was left") from exc
     shard_of = {k: r.name for r in records for k in r.keys}
-    return {"unit": unit.name, "split": unit.split, "config": cfg.config_hash(), "refs": unit.refs_hash(),
+    reused = sum(1 for r in rows if r.stats.get("reused"))
+    return {"unit": unit.name, "stem": unit.stem, "split": unit.split, "computed": len(rows) - reused,
+            "reused": reused,
             "shards": [{"name": r.name, "split": unit.split, "samples": r.samples, "bytes": r.bytes,
                         "sha256": r.sha256} for r in records if r.samples],
-            "videos": [_row_of(r, shard_of) for r in rows]}
+            "videos": [_row_of(r, shard_of, unit) for r in rows]}
+
+
+def _in_plan_order(unit: Unit, results: Iterable[VideoResult], out: Path, cfg: BuildConfig) -> Iterator[VideoResult]:
+    computed = iter(results)
+    store = reuse.StoredSamples(out / SHARD_DIR, unit.stored.values())
+    for ref in unit.refs:
+        stored = unit.stored.get(ref.key)
+        if stored is not None:
+            yield _copy_or_compute(ref, stored, store, cfg)
+            continue
+        res = next(computed, None)
+        if res is None or res.ref.key != ref.key:
+            raise RuntimeError(f"{unit.stem}: expected the result of {ref.key}, got "
+                               f"{res.ref.key if res else 'none'}")
+        yield res
+
+
+def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.StoredSamples,
+                     cfg: BuildConfig) -> VideoResult:
+    """A stored video copied; recomputed here instead if its stored samples are gone or altered."""
+    try:
+        return reuse.load_video(ref, stored, store, cfg.worker)
+    except reuse.StaleSample as exc:
+        log.warning("%s; recomputing %s", exc, ref.source)
+        return process_video(ref, cfg.worker)
 
 
 def _slim(res: VideoResult) -> VideoResult:
@@ -137,24 +248,26 @@ def _slim(res: VideoResult) -> VideoResult:
                        frames=res.frames, flow_fields=res.flow_fields, info=res.info, stats=res.stats)
 
 
-def _row_of(res: VideoResult, shard_of: dict[str, str]) -> dict:
+def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
     s = res.samples
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
+    content, media = unit.media.get(res.ref.key, ("", ""))
     return {"id": res.ref.key, "path": res.ref.source, "label": res.ref.label, "label_id": res.ref.label_id,
             "split": res.ref.split, "status": res.status, "error": res.error, "frames": res.frames,
             "flow_fields": res.flow_fields, "parts": len(s),
             "shard": ",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
-            "bytes": sum(x["__bytes__"] for x in s), "sha256": digest}
+            "bytes": sum(x["__bytes__"] for x in s), "sha256": digest,
+            "content_sha256": content, "media_key": media if res.status == "ok" else ""}
 
 
 # --- resume ----------------------------------------------------------------------------------
 
 def unit_record_path(output: str | Path, unit: Unit) -> Path:
-    return Path(output) / STATE_DIR / "units" / f"{unit.name}.json"
+    return Path(output) / STATE_DIR / "units" / f"{unit.stem}.json"
 
 
-def load_finished(output: str | Path, unit: Unit, cfg: BuildConfig) -> dict | None:
-    """The unit's record if it finished with this config and these videos and its tars are intact."""
+def load_finished(output: str | Path, unit: Unit) -> dict | None:
+    """The unit's record if a unit with this stem finished and its tars are intact."""
     path = unit_record_path(output, unit)
     if not path.exists():
         return None
@@ -162,7 +275,7 @@ def load_finished(output: str | Path, unit: Unit, cfg: BuildConfig) -> dict | No
         rec = json.loads(path.read_text())
     except ValueError:
         return None
-    if rec.get("config") != cfg.config_hash() or rec.get("refs") != unit.refs_hash():
+    if rec.get("stem") != unit.stem:
         return None
     for s in rec["shards"]:
         tar = Path(output) / SHARD_DIR / s["name"]
@@ -190,11 +303,12 @@ class LocalExecutor:
     """Runs every unit in this process, one video at a time (debugging, tests, tiny inputs)."""
 
     def run(self, units, cfg, output, done, progress) -> None:
-        estimator = make_estimator(cfg.worker.flow)
+        estimators = []  # built on first use: a build that only copies stored samples needs none
 
         def results(unit: Unit):
-            for ref in unit.refs:
-                res = process_video(ref, cfg.worker, estimator)
+            for ref in unit.compute_refs:
+                estimators[:] = estimators or [make_estimator(cfg.worker.flow)]
+                res = process_video(ref, cfg.worker, estimators[0])
                 progress.video_done(res)
                 yield res
 
@@ -243,36 +357,66 @@ def make_executor(kind: str, *, address: str | None = None, num_cpus: int | None
 
 def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: Executor | None = None,
                   progress: bool = True) -> BuildSummary:
-    """Build (or resume) a dataset from INPUT into OUTPUT and return what was done."""
+    """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest."""
     t0 = time.perf_counter()
     refs, label_map = inputs.discover(input_path, split=cfg.split)
     if not refs:
         raise ValueError(f"{input_path}: no videos found")
     out = Path(output)
     _prepare_output(out)
-    units = plan_units(refs, cfg.shard)
+    with _build_lock(out):
+        _remove_temporaries(out)
+        hashes = version.content_hashes(refs, out / STATE_DIR)
+        vid = version.version_id(refs, hashes, label_map, cfg)
+        parent = version.latest_version(out)
+        if version.is_committed(out, vid) and _shards_intact(out, vid):
+            summary = _republish(out, vid, parent)
+        else:
+            summary = _build(out, refs, hashes, vid, parent, cfg, label_map, input_path,
+                             executor or LocalExecutor(), progress)
+    summary.parent = parent or ""
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _build(out: Path, refs: list[VideoRef], hashes: dict[str, str], vid: str, parent: str | None,
+           cfg: BuildConfig, label_map: dict[str, int], input_path: str, executor: Executor,
+           progress: bool) -> BuildSummary:
+    # A damaged committed version is rebuilt on its own plan (same tar names), anything else
+    # on the latest version's plan.
+    base = base_plan(out, vid if version.is_committed(out, vid) else parent, cfg)
+    units = identify(plan_units(refs, cfg.shard, base), hashes, cfg)
     records: dict[str, dict] = {}
     todo = []
     for unit in units:
-        rec = load_finished(out, unit, cfg)
+        rec = load_finished(out, unit)
         if rec is None:
             todo.append(unit)
         else:
-            records[unit.name] = rec
-    bar = Progress(sum(len(u.refs) for u in todo), enabled=progress)
-    log.info("%d videos in %d shard unit(s); %d already finished", len(refs), len(units), len(records))
+            records[unit.stem] = rec
+    if todo:
+        index = reuse.stored_videos(out, version.committed_versions(out))
+        todo = [attach_stored(u, index) for u in todo]
+    computing = sum(len(u.compute_refs) for u in todo)
+    log.info("version %s: %d videos in %d shard unit(s); %d unit(s) already written; %d video(s) to "
+             "compute, %d to copy from stored shards", vid, len(refs), len(units), len(records), computing,
+             sum(len(u.stored) for u in todo))
+    bar = Progress(computing, enabled=progress)
 
     def done(unit: Unit, record: dict) -> None:
         save_record(out, unit, record)
-        records[unit.name] = record
+        records[unit.stem] = record
 
+    # Copying stored samples needs no decoder or flow workers: no cluster is started for it.
+    runner = executor if computing else LocalExecutor()
     try:
-        (executor or LocalExecutor()).run(todo, cfg, str(out), done, bar)
+        runner.run(todo, cfg, str(out), done, bar)
     finally:
         bar.close()
-    summary = finish_build(out, units, records, cfg, label_map, input_path)
+    summary = finish_build(out, units, records, cfg, label_map, input_path, vid, parent)
     summary.units_skipped = len(units) - len(todo)
-    summary.seconds = time.perf_counter() - t0
+    summary.computed = sum(records[u.stem].get("computed", 0) for u in todo if u.stem in records)
+    summary.reused = sum(records[u.stem].get("reused", 0) for u in todo if u.stem in records)
     return summary
 
 
@@ -281,45 +425,100 @@ def _prepare_output(out: Path) -> None:
         (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
-    for stale in (out / SHARD_DIR).glob(".*.tmp-*"):
-        # Temporary files of a killed writer: never visible as shards, safe to remove.
-        stale.unlink(missing_ok=True)
+        raise manifest.os_error(exc, f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """Hold OUTPUT's build lock: one build per folder at a time. The kernel releases it when
+    the holder dies, so a killed build never leaves a stale lock behind."""
+    path = out / STATE_DIR / LOCK_FILE
+    try:
+        handle = open(path, "a")
+    except OSError as exc:
+        raise manifest.os_error(exc, f"{path}: cannot open the build lock ({exc.strerror or exc})") from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RuntimeError(f"{out}: another build is writing to this folder (it holds {path})") from exc
+        yield
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Temporary files of a killed writer: never visible as shards or manifests, safe to remove
+    (under the build lock, no other writer of this folder is alive)."""
+    folders = [out, out / SHARD_DIR, out / STATE_DIR, out / STATE_DIR / "units"]
+    folders += [p for p in (out / version.VERSIONS_DIR).glob("*") if p.is_dir()]
+    for folder in folders:
+        for stale in folder.glob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
+def _shards_intact(out: Path, vid: str) -> bool:
+    rows = manifest.read_rows(out / version.VERSIONS_DIR / vid / manifest.SHARDS)
+    return all((out / SHARD_DIR / r["name"]).is_file() and (out / SHARD_DIR / r["name"]).stat().st_size == r["bytes"]
+               for r in rows)
+
+
+def _republish(out: Path, vid: str, parent: str | None) -> BuildSummary:
+    """The version is already committed and whole: make it the latest again, compute nothing."""
+    folder = out / version.VERSIONS_DIR / vid
+    info = manifest.read_info(folder)
+    shards = manifest.read_rows(folder / manifest.SHARDS)
+    version.update_catalog(out, info, shards, parent)
+    manifest.publish_latest(out, folder)
+    log.info("version %s is already built in %s; it is the latest again", vid, out)
+    failures: dict[str, int] = {}
+    for v in manifest.read_rows(folder / manifest.MANIFEST):
+        if v["status"] != "ok":
+            failures[v["error"]] = failures.get(v["error"], 0) + 1
+    c = info["counts"]
+    return BuildSummary(output=str(out), version=vid, videos=c["videos"], ok=c["ok"], errors=c["errors"],
+                        frames=c["frames"], flow_fields=c["flow_fields"], shards=c["shards"], bytes=c["bytes"],
+                        units_skipped=len(manifest.read_rows(folder / version.UNITS)), failures=failures)
 
 
 def finish_build(out: Path, units: list[Unit], records: dict[str, dict], cfg: BuildConfig,
-                 label_map: dict[str, int], input_path: str) -> BuildSummary:
-    """Write the manifests and dataset.json (last) from the unit records."""
-    missing = [u.name for u in units if u.name not in records]
+                 label_map: dict[str, int], input_path: str, vid: str, parent: str | None) -> BuildSummary:
+    """Commit the version: its folder (manifests, plan, dataset.json last), the catalog row,
+    then the top-level copies (dataset.json, the latest-version pointer, last)."""
+    missing = [u.stem for u in units if u.stem not in records]
     if missing:
         raise RuntimeError(f"{out}: {len(missing)} shard unit(s) did not finish ({missing[:5]}); rerun to resume")
-    videos = [v for u in units for v in records[u.name]["videos"]]
-    shards = [s for u in units for s in records[u.name]["shards"]]
-    version = hashlib.sha256(manifest.dump_json({"config": cfg.output_dict(), "schema": encode.SCHEMA_VERSION,
-                             "videos": sorted((v["id"], v["label"], v["split"], v["sha256"]) for v in videos)})
-                             ).hexdigest()[:16]
+    videos = [v for u in units for v in records[u.stem]["videos"]]
+    shards = [s for u in units for s in records[u.stem]["shards"]]
     failures: dict[str, int] = {}
     for v in videos:
         if v["status"] != "ok":
             failures[v["error"]] = failures.get(v["error"], 0) + 1
-    counts = {"videos": len(videos), "ok": sum(v["status"] == "ok" for v in videos), "errors": sum(failures.values()), "frames": sum(v["frames"] for v in videos),
-              "flow_fields": sum(v["flow_fields"] for v in videos), "shards": len(shards),
-              "bytes": sum(s["bytes"] for s in shards),
+    counts = {"videos": len(videos), "ok": sum(v["status"] == "ok" for v in videos), "errors": sum(failures.values()),
+              "frames": sum(v["frames"] for v in videos), "flow_fields": sum(v["flow_fields"] for v in videos),
+              "shards": len(shards), "bytes": sum(s["bytes"] for s in shards),
               "splits": {sp: sum(v["split"] == sp and v["status"] == "ok" for v in videos)
                          for sp in sorted({v["split"] for v in videos})}}
-    info = {"format": "flowshard", "kind": "videos", "schema_version": encode.SCHEMA_VERSION, "version": version,
+    info = {"format": "flowshard", "kind": "videos", "schema_version": encode.SCHEMA_VERSION, "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
             "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split}
-    manifest.write_manifest(out, videos, shards, info)
-    return BuildSummary(output=str(out), version=version, videos=len(videos), ok=counts["ok"],
+    folder = out / version.VERSIONS_DIR / vid
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise manifest.os_error(exc, f"{folder}: cannot create the version folder ({exc.strerror or exc})") from exc
+    unit_rows = [{"name": u.name, "stem": u.stem, "split": u.split, "keys": [r.key for r in u.refs]} for u in units]
+    manifest.write_parquet(folder / version.UNITS, unit_rows, version.UNIT_SCHEMA)
+    manifest.write_manifest(folder, videos, shards, info)
+    version.update_catalog(out, info, shards, parent)
+    manifest.publish_latest(out, folder)
+    return BuildSummary(output=str(out), version=vid, videos=len(videos), ok=counts["ok"],
                         errors=counts["errors"], frames=counts["frames"], flow_fields=counts["flow_fields"],
                         shards=len(shards), bytes=counts["bytes"], failures=failures)
 
 
 def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version as package_version
 
     try:
-        return version("flowshard")
+        return package_version("flowshard")
     except PackageNotFoundError:
         return "unknown"

@@ -1,9 +1,14 @@
-"""Reading a built dataset: `open_dataset(OUTPUT)` for users, the trainer and `verify`.
+"""Reading a built dataset: `open_dataset(OUTPUT[@VERSION])` for users, the trainer and `verify`.
 
     from pipeline import open_dataset
-    ds = open_dataset("out/ucf101")
+    ds = open_dataset("out/ucf101")            # the latest version
+    ds = open_dataset("out/ucf101@3f2a9c")     # a version by id or unique prefix (>= 6 chars)
     for v in ds.videos(split="test"): ...
     s = ds.read(v.video_id)   # s.frames (T,H,W,3) uint8, s.flow (F,H,W,2) float32 px, s.meta
+
+Code that reads the files itself resolves a spec with `resolve_dataset(spec) -> (root, version)`
+and finds the version's dataset.json and manifests in `version_dir(root, version)`; shard
+files are always in root/shards/.
 """
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import encode, manifest, shard
+from pipeline import encode, manifest, shard, version as versions
 from pipeline.encode import DecodedSample, SchemaError
+from pipeline.version import version_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +57,40 @@ class ShardEntry:
     sha256: str
 
 
-class Dataset:
-    """A finished dataset folder (dataset.json present)."""
+def resolve_dataset(path: str | Path) -> tuple[Path, str]:
+    """Split "OUTPUT@VERSION" into (OUTPUT, full version id); "OUTPUT" alone means the latest.
 
-    def __init__(self, root: str | Path) -> None:
+    VERSION is a full id or a unique prefix of at least 6 characters. A path whose own name
+    contains "@" (an existing folder) is taken as a path. Raises FileNotFoundError when
+    OUTPUT holds no dataset and ValueError naming an unknown or ambiguous version.
+    """
+    text = str(path)
+    root, sep, spec = text.rpartition("@")
+    if not sep or not spec or "/" in spec or Path(text).is_dir() or not root:
+        root, spec = text, None
+    return Path(root), versions.resolve_version(root, spec)
+
+
+class Dataset:
+    """One committed version of a dataset folder.
+
+    root: the OUTPUT folder (shards live in root/shards/); folder: where this version's
+    dataset.json and manifests are.
+    """
+
+    def __init__(self, root: str | Path, version: str | None = None) -> None:
         self.root = Path(root)
-        self.info = manifest.read_info(self.root)
-        version = self.info.get("schema_version")
-        if version not in encode.KNOWN_SCHEMAS:
-            raise SchemaError(f"{self.root}: schema version {version!r} is not one this flowshard reads "
+        self.folder = version_dir(self.root, version) if version else self.root
+        self.info = manifest.read_info(self.folder)
+        if version and self.info.get("version") != version:
+            raise ValueError(f"{self.root}: version {version!r} is not committed here")
+        if not version and self.info.get("version"):
+            # The top-level dataset.json names the latest version; read that version's own
+            # folder, which is complete even if a crash interrupted refreshing the top-level copies.
+            self.folder = version_dir(self.root, self.info["version"])
+        schema = self.info.get("schema_version")
+        if schema not in encode.KNOWN_SCHEMAS:
+            raise SchemaError(f"{self.root}: schema version {schema!r} is not one this flowshard reads "
                               f"{encode.KNOWN_SCHEMAS}")
 
     @property
@@ -76,7 +107,7 @@ class Dataset:
 
     @cached_property
     def _videos(self) -> list[VideoEntry]:
-        rows = manifest.read_rows(self.root / manifest.MANIFEST)
+        rows = manifest.read_rows(self.folder / manifest.MANIFEST)
         return [VideoEntry(video_id=r["id"], path=r["path"], label=r["label"], label_id=r["label_id"],
                            split=r["split"], status=r["status"], error=r["error"] or "", frames=r["frames"],
                            flow_fields=r["flow_fields"], parts=r["parts"], shard=r["shard"] or "",
@@ -84,7 +115,7 @@ class Dataset:
 
     @cached_property
     def _shards(self) -> list[ShardEntry]:
-        rows = manifest.read_rows(self.root / manifest.SHARDS)
+        rows = manifest.read_rows(self.folder / manifest.SHARDS)
         return [ShardEntry(name=r["name"], path=str(self.root / manifest.SHARD_DIR / r["name"]), split=r["split"],
                            samples=r["samples"], bytes=r["bytes"], sha256=r["sha256"]) for r in rows]
 
@@ -136,5 +167,7 @@ class Dataset:
 
 
 def open_dataset(path: str | Path) -> Dataset:
-    """Open a finished dataset folder; raises FileNotFoundError or SchemaError with the reason."""
-    return Dataset(path)
+    """Open "OUTPUT" (the latest version) or "OUTPUT@VERSION"; raises FileNotFoundError,
+    ValueError (unknown or ambiguous version) or SchemaError with the reason."""
+    root, vid = resolve_dataset(path)
+    return Dataset(root, vid)

@@ -1,10 +1,13 @@
 """Manifests: Parquet rows per video and per shard, and dataset.json, the commit record.
 
 dataset.json is written last and atomically: a dataset folder without it is an unfinished
-build, and readers refuse it.
+build, and readers refuse it. Each version has its own folder (OUTPUT/versions/<id>/, see
+`pipeline.version`); the top-level files are copies of the latest version's, refreshed after
+the version's folder is complete, dataset.json last.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -22,6 +25,7 @@ VIDEO_SCHEMA = pa.schema([
     ("split", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("frames", pa.int64()), ("flow_fields", pa.int64()), ("parts", pa.int32()),
     ("shard", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
+    ("content_sha256", pa.string()), ("media_key", pa.string()),
 ])
 SHARD_SCHEMA = pa.schema([
     ("name", pa.string()), ("split", pa.string()), ("samples", pa.int64()),
@@ -30,7 +34,11 @@ SHARD_SCHEMA = pa.schema([
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file under a temporary name, fsync it, then rename it into place."""
+    """Write a file under a temporary name, fsync it, then rename it into place.
+
+    On failure (a full disk, an unwritable folder) the temporary file is removed, the old
+    file stays as it was, and the OSError names the file.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -39,9 +47,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise os_error(exc, f"{path}: cannot write it ({exc.strerror or exc})") from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise
+
+
+def os_error(exc: OSError, message: str) -> OSError:
+    """`exc` restated as `message` (naming the file), keeping its type and errno."""
+    err = type(exc)(message)
+    err.errno = exc.errno
+    return err
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # the folder itself is gone or unwritable: nothing was left behind
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EROFS, errno.EACCES):
+            raise
 
 
 def table_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
@@ -68,6 +94,13 @@ def write_manifest(output: str | Path, videos: list[dict], shards: list[dict], i
     write_parquet(output / MANIFEST, sorted(videos, key=lambda r: r["id"]), VIDEO_SCHEMA)
     write_parquet(output / SHARDS, sorted(shards, key=lambda r: r["name"]), SHARD_SCHEMA)
     atomic_write_bytes(output / DATASET_JSON, dump_json(info))
+
+
+def publish_latest(output: str | Path, version_folder: str | Path) -> None:
+    """Copy a committed version's manifests to the top level, dataset.json (the pointer) last."""
+    output, folder = Path(output), Path(version_folder)
+    for name in (MANIFEST, SHARDS, DATASET_JSON):
+        atomic_write_bytes(output / name, (folder / name).read_bytes())
 
 
 def read_info(output: str | Path) -> dict:

@@ -162,3 +162,50 @@ def write_rotated(path: str | Path, video: str | Path, degrees: float = 90.0) ->
     """Copy `video` into `path` (same codec data) with display-rotation metadata, counter-clockwise."""
     path = Path(path)
     return _run_ffmpeg(["-display_rotation", f"{degrees}", "-i", str(video), "-c", "copy", str(path)], path)
+
+
+# --- broken and hostile files (for tests of error rows and input safety) ------------------------
+
+def write_declared_size(path: str | Path, width: int, height: int) -> Path:
+    """A tiny YUV4MPEG2 file (any extension) whose header declares width x height frames.
+
+    A few hundred bytes that claim gigabytes per frame: decoders must refuse it by its header.
+    """
+    path = Path(path)
+    path.write_bytes(f"YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + b"\x80" * 1024)
+    return path
+
+
+def write_image(path: str | Path, height: int = 48, width: int = 64, seed: int = 0) -> Path:
+    """A still PNG image written under `path` whatever its extension (e.g. a .avi that is a picture)."""
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(texture(height, width, seed), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def write_unknown_codec(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0) -> Path:
+    """An AVI whose video stream carries a codec tag no decoder knows ("ZZZZ").
+
+    The stream is MPEG-4 Part 2 written by ffmpeg (tag FMP4); renaming the tag in the AVI
+    headers leaves a well-formed container whose codec is unknown.
+    """
+    path = Path(path)
+    write_video(path, frames, fps, codec="mpeg4")
+    data = path.read_bytes()
+    if b"FMP4" not in data:
+        raise RuntimeError(f"{path}: no FMP4 codec tag found to replace")
+    path.write_bytes(data.replace(b"FMP4", b"ZZZZ"))
+    return path
+
+
+def write_truncated(path: str | Path, source: str | Path, fraction: float = 0.5) -> Path:
+    """The first `fraction` of `source`'s bytes, as a file cut off mid-stream."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 1)")
+    path = Path(path)
+    data = Path(source).read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path

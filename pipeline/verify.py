@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import encode, manifest, shard
+from pipeline import encode, manifest, shard, version
 from pipeline.dataset import Dataset, open_dataset
 from pipeline.encode import SchemaError
 
@@ -28,8 +28,9 @@ class VerifyReport:
 
 
 def verify(path: str | Path, *, decode: bool = True) -> VerifyReport:
-    """Check every shard's size, sha256 and sample count, and every sample's schema and
-    decodability (`decode=False` checks hashes and metadata only)."""
+    """Check a version ("OUTPUT" for the latest, or "OUTPUT@VERSION"): every shard's size,
+    sha256 and sample count, and every sample's schema and decodability (`decode=False`
+    checks hashes and metadata only)."""
     report = VerifyReport()
     try:
         ds = open_dataset(path)
@@ -100,7 +101,10 @@ def _check_videos(ds: Dataset, expected: dict, seen: dict, report: VerifyReport)
 
 
 def _check_strays(ds: Dataset, report: VerifyReport) -> None:
+    # Shards are shared between versions: a tar is a stray only if no committed version lists it.
     known = {s.name for s in ds.shards()}
+    for vid in version.committed_versions(ds.root):
+        known.update(r["name"] for r in manifest.read_rows(version.version_dir(ds.root, vid) / manifest.SHARDS))
     for p in sorted((ds.root / manifest.SHARD_DIR).glob("*.tar")):
         if p.name not in known:
-            report.warnings.append(f"{p.name}: a tar in shards/ that this dataset's manifest does not list")
+            report.warnings.append(f"{p.name}: a tar in shards/ that no version of this dataset lists")

@@ -8,6 +8,9 @@ video into webdataset samples (the shard writer). `process_video` chains them in
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -21,6 +24,10 @@ from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimato
 from pipeline.records import EncodedChunk, FrameChunk, VideoInfo, VideoRef, VideoResult
 
 log = logging.getLogger(__name__)
+
+# 8K UHD: larger frames are refused before decoding, so a tiny file that declares a huge size
+# cannot make a worker allocate gigabytes (one rgb24 frame at this limit is about 100 MB).
+DEFAULT_MAX_PIXELS = 7680 * 4320
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,13 +71,19 @@ class WorkerConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a video whose source or stored frame is larger is an error row
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 4:
+            raise ValueError(f"max_pixels={self.max_pixels!r} must be an integer >= 4")
 
     def output_dict(self) -> dict:
         """Every setting that changes the stored bytes (hashed into dataset versions)."""
         s = self.sample
         return {"decode": self.decode.output_dict(), "flow": self.flow.output_dict(),
                 "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
-                "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames}}
+                "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
+                "limits": {"max_pixels": self.max_pixels}}
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,13 @@ def clip_starts(num_fields: int, clips: int, clip_len: int) -> list[int]:
 
 def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     """Probe the video and decide what to keep; raises DecodeError or ValueError with a reason."""
-    info = decode.probe(ref.uri)
+    try:
+        info = decode.probe(ref.uri)
+    except DecodeError as exc:
+        raise DecodeError(ref.uri, explain_probe_failure(ref.uri) or exc.reason) from exc
+    if info.codec in ("", "none"):
+        raise ValueError("unsupported codec: ffmpeg has no decoder for this video stream's codec")
+    check_pixels(info, cfg)
     s, step = cfg.sample, cfg.flow.step
     if not s.clips:
         return VideoPlan(info=info, total_frames=None, keep_frames=None, keep_fields=None)
@@ -124,6 +143,51 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     fields = frozenset(f for _, fs in clips for f in fs)
     return VideoPlan(info=info, total_frames=total, keep_frames=frozenset(c for c, _ in clips),
                      keep_fields=fields, clips=clips)
+
+
+def check_pixels(info: VideoInfo, cfg: WorkerConfig) -> None:
+    """Refuse a video whose declared or stored frame size exceeds cfg.max_pixels, before decoding."""
+    out_w, out_h = cfg.decode.output_size(info.width, info.height)
+    for what, (w, h) in (("declared resolution", (info.width, info.height)), ("stored frame size", (out_w, out_h))):
+        if w * h > cfg.max_pixels:
+            raise ValueError(f"{what} {w}x{h} ({_pixels(w * h)}) exceeds the limit of "
+                             f"{_pixels(cfg.max_pixels)} (max_pixels); not decoded")
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n} px"
+
+
+# ffmpeg lines that say plainly why a file could not be opened, though its last lines may not.
+_PROBE_CAUSES = (
+    (re.compile(r"Picture size (\d+)x(\d+) is invalid"),
+     "declared resolution {0}x{1} is invalid or too large to decode; not decoded"),
+    (re.compile(r"no decoder found for: ?(\S+)|Decoder \(codec (\S+)\) not found"),
+     "unsupported codec {0}: this ffmpeg has no decoder for it"),
+)
+
+
+def explain_probe_failure(uri: str) -> str | None:
+    """A clear reason from ffmpeg's full banner when probing failed, or None.
+
+    Only runs on the failure path: it reads the same banner again and looks for the line
+    that names the cause (e.g. an absurd declared size), which is often not among the last.
+    """
+    try:
+        path = decode.local_path(uri)
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            return None  # missing, empty or special files: the probe's own reason is already clear
+        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", "-i", path],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=60, check=False)
+    except (DecodeError, OSError, subprocess.TimeoutExpired):
+        return None
+    text = proc.stderr.decode("utf-8", errors="replace")
+    for pattern, reason in _PROBE_CAUSES:
+        m = pattern.search(text)
+        if m:
+            return reason.format(*[g for g in m.groups() if g is not None])
+    return None
 
 
 def count_frames(uri: str, cfg: DecodeConfig, info: VideoInfo) -> int:
@@ -323,22 +387,35 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
     meta = video_meta(ref, plan, cfg, chunks[0].size)
     if plan.keep_frames is not None:
         return [_clips_sample(ref, plan, meta, frames, fields)]
-    per = cfg.sample.max_frames
-    parts = -(-len(frames) // per)
+    return dense_samples(ref, meta, frames, fields, cfg.sample.max_frames)
+
+
+def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_frames: int) -> list[dict]:
+    """A dense video's samples: parts of `max_frames` frames, each with the fields starting in it.
+
+    frames: (index, pts, jpeg bytes); fields: (from, to, jpeg bytes); both in order. Also
+    used to re-pack stored members without recomputing them, so both paths give equal bytes.
+    """
+    parts = -(-len(frames) // max_frames)
     samples = []
     for k in range(parts):
-        lo, hi = k * per, (k + 1) * per
+        lo, hi = k * max_frames, (k + 1) * max_frames
         meta_k = {**meta, "part": k, "num_parts": parts, "clips": []}
         samples.append(_sample(part_key(ref, k, parts), meta_k, frames[lo:hi],
                                [f for f in fields if lo <= f[0] < hi]))
     return samples
 
 
+def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: list[dict]) -> dict:
+    """A clips-mode video's single sample; `clips` holds positions into frames and fields."""
+    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields)
+
+
 def _clips_sample(ref: VideoRef, plan: VideoPlan, meta: dict, frames: list, fields: list) -> dict:
     frame_pos = {i: n for n, (i, _, _) in enumerate(frames)}
     field_pos = {a: n for n, (a, _, _) in enumerate(fields)}
     clips = [{"frame": frame_pos[c], "flow": [field_pos[f] for f in fs]} for c, fs in plan.clips]
-    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields)
+    return clip_sample(ref, meta, frames, fields, clips)
 
 
 def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | None = None) -> VideoResult:

@@ -1,0 +1,73 @@
+"""`flowshard report`: the videos a version could not store, grouped by reason.
+
+Error rows carry the worker's full message ("<path>: <what went wrong>"); the report sorts
+them into a few stable kinds (first matching pattern wins) so a big build's failures read
+as a short table, with every video still listed under its kind.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pipeline.dataset import open_dataset
+
+# (kind, pattern) in priority order; the patterns match the worker's and decoder's messages.
+_KINDS: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern, re.IGNORECASE)) for kind, pattern in (
+    ("empty file", r"empty file"),
+    ("file not found", r"file not found"),
+    ("not a regular file", r"not a regular file"),
+    ("resolution too large", r"declared resolution|stored frame size|max_pixels"),
+    ("unsupported codec", r"unsupported codec|no decoder found|decoder \(codec \S+\) not found"),
+    ("not a media file", r"not a media file|invalid data found"),
+    ("no video stream", r"no video stream"),
+    ("too short", r"too short"),
+    ("unsupported input URI", r"URI scheme"),
+    ("decoding failed", r"ffmpeg|no frames decoded|unparsable|could not open|decod"),
+    ("task lost", r"worker|crash|died|RayError|ObjectLost"),
+))
+
+
+def classify(error: str) -> str:
+    """The kind of a per-video error message, e.g. "not a media file"; "other" if none fits."""
+    for kind, pattern in _KINDS:
+        if pattern.search(error or ""):
+            return kind
+    return "other"
+
+
+def detail(error: str, path: str) -> str:
+    """The error message without the video's path in front (the path is listed beside it)."""
+    text = error or ""
+    for prefix in (path, Path(path).name):
+        head, sep, tail = text.partition(f"{prefix}: ")
+        if sep and (not head or head.endswith("/")):
+            return tail
+    return text
+
+
+def failure_groups(dataset: str | Path) -> dict:
+    """The failures of a version ("OUTPUT" or "OUTPUT@VERSION") grouped by kind, largest first."""
+    ds = open_dataset(dataset)
+    groups: dict[str, list[dict]] = {}
+    for v in ds.errors():
+        groups.setdefault(classify(v.error), []).append(
+            {"id": v.video_id, "path": v.path, "split": v.split, "error": detail(v.error, v.path)})
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {"version": ds.version, "videos": len(ds.videos(include_errors=True)), "errors": len(ds.errors()),
+            "failures": [{"reason": kind, "count": len(rows), "videos": sorted(rows, key=lambda r: r["id"])}
+                         for kind, rows in ordered]}
+
+
+def format_table(report: dict, *, every: bool = False) -> list[str]:
+    """Lines of the report table: one per kind with an example, or every video with `every`."""
+    lines = [f"version {report['version']}: {report['errors']} of {report['videos']} videos failed"]
+    if not report["failures"]:
+        return lines
+    width = max(len("REASON"), *(len(g["reason"]) for g in report["failures"]))
+    lines.append(f"{'REASON':<{width}}  {'COUNT':>5}  {'VIDEO':<30}  DETAIL")
+    for g in report["failures"]:
+        rows = g["videos"] if every else g["videos"][:1]
+        for n, row in enumerate(rows):
+            reason, count = (g["reason"], str(g["count"])) if n == 0 else ("", "")
+            lines.append(f"{reason:<{width}}  {count:>5}  {row['path']:<30}  {row['error']}")
+    return lines

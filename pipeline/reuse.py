@@ -1,0 +1,154 @@
+"""Reusing stored samples: the shards of earlier versions are the cache of later builds.
+
+A video whose media key (content hash + the settings that shape its frame and flow members,
+see `pipeline.version.media_key`) matches a sample stored in OUTPUT/shards/ is not decoded
+and no flow is computed for it: its frame and flow members are copied byte for byte, and
+only its JSON member is written anew (label, split, source, key, parts). The copy goes
+through the same assembly code as a fresh computation, so both give identical bytes.
+
+Stored members are read by seeking to their offsets (one header scan per shard, keeping
+only the wanted samples), and each video's parts are checked against the hash its manifest
+recorded before they are used: an altered shard is never copied into a new version.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from pipeline import encode, manifest, shard, worker
+from pipeline.records import VideoRef, VideoResult
+from pipeline.version import VERSIONS_DIR
+
+log = logging.getLogger(__name__)
+
+_PER_PART = frozenset({"key", "part", "num_parts", "frames", "flow_fields", "clips"})
+_BY_REF = ("video_id", "source", "label", "label_id", "split")
+
+
+class StaleSample(ValueError):
+    """A stored sample is missing or does not match its recorded hash; the message names the shard."""
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    """Where a video's samples are stored: its sample key, shard file(s), part count and hash."""
+
+    key: str
+    shards: tuple[str, ...]
+    parts: int
+    sha256: str
+
+    def sample_keys(self) -> list[str]:
+        """The keys of its parts, as `worker.part_key` names them."""
+        if self.parts == 1:
+            return [self.key]
+        return [f"{self.key}_part{k:03d}" for k in range(self.parts)]
+
+
+# --- the index of stored videos (driver side) ------------------------------------------------
+
+def stored_videos(root: str | Path, versions: Iterable[str]) -> dict[str, StoredVideo]:
+    """media key -> StoredVideo over the given committed versions, keeping only videos whose
+    shards are all present with their recorded size."""
+    root = Path(root)
+    index: dict[str, StoredVideo] = {}
+    intact: dict[str, bool] = {}
+    for vid in versions:
+        folder = root / VERSIONS_DIR / vid
+        sizes = {r["name"]: r["bytes"] for r in manifest.read_rows(folder / manifest.SHARDS)}
+        for row in manifest.read_rows(folder / manifest.MANIFEST):
+            mk = row.get("media_key") or ""
+            if row["status"] != "ok" or not mk or mk in index:
+                continue
+            names = tuple(n for n in (row["shard"] or "").split(",") if n)
+            if names and all(_intact(root, n, sizes.get(n), intact) for n in names):
+                index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"])
+    return index
+
+
+def _intact(root: Path, name: str, size: int | None, seen: dict[str, bool]) -> bool:
+    if name not in seen:
+        path = root / manifest.SHARD_DIR / name
+        seen[name] = size is not None and path.is_file() and path.stat().st_size == size
+        if not seen[name]:
+            log.warning("%s: missing or not its recorded size; its videos will be recomputed", path)
+    return seen[name]
+
+
+# --- reading stored members (writer side) -----------------------------------------------------
+
+class StoredSamples:
+    """Reads the members of wanted stored samples from shards in OUTPUT/shards/."""
+
+    def __init__(self, shard_dir: str | Path, wanted: Iterable[StoredVideo]) -> None:
+        self.dir = Path(shard_dir)
+        self.wanted = {k for v in wanted for k in v.sample_keys()}
+        self._index: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
+
+    def _members(self, name: str) -> dict[str, list[tuple[str, int, int]]]:
+        """sample key -> [(member suffix, data offset, size)] of the wanted samples in a shard."""
+        if name not in self._index:
+            index: dict[str, list[tuple[str, int, int]]] = {}
+            path = self.dir / name
+            try:
+                with tarfile.open(path, mode="r:") as tar:  # seekable: reads headers, skips data
+                    for info in tar:
+                        key, _, ext = info.name.partition(".")
+                        if info.isfile() and key in self.wanted:
+                            index.setdefault(key, []).append((ext, info.offset_data, info.size))
+            except (tarfile.TarError, OSError) as exc:
+                raise StaleSample(f"{path}: cannot read the stored shard ({exc})") from exc
+            # Kept for the unit's whole write: only wanted samples are indexed, so this stays as
+            # small as the unit, and each source shard's headers are scanned once.
+            self._index[name] = index
+        return self._index[name]
+
+    def read(self, video: StoredVideo) -> list[dict]:
+        """The raw sample dicts of a stored video's parts, checked against its recorded hash."""
+        parts = [self._read_sample(video, key) for key in video.sample_keys()]
+        digest = hashlib.sha256("".join(shard.sample_sha256(p) for p in parts).encode()).hexdigest()
+        if digest != video.sha256:
+            raise StaleSample(f"{','.join(video.shards)}: stored sample {video.key} does not match the hash "
+                              f"its manifest recorded (the shard was altered)")
+        return parts
+
+    def _read_sample(self, video: StoredVideo, key: str) -> dict:
+        for name in video.shards:
+            members = self._members(name).get(key)
+            if members:
+                with open(self.dir / name, "rb") as f:
+                    sample = {"__key__": key}
+                    for ext, offset, size in members:
+                        f.seek(offset)
+                        sample[ext] = f.read(size)
+                return sample
+        raise StaleSample(f"{','.join(video.shards)}: stored sample {key} not found")
+
+
+# --- re-packing ---------------------------------------------------------------------------------
+
+def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
+    """New samples for `ref` from a stored video's parts: frame and flow members copied as they
+    are, metadata rewritten for the new key, label, split and source, parts re-cut."""
+    pairs = sorted(((encode.load_meta(p[encode.META], p["__key__"]), p) for p in parts),
+                   key=lambda mp: mp[0]["part"])
+    frames = [(f["index"], f["pts"], p[encode.rgb_member(i)]) for m, p in pairs for i, f in enumerate(m["frames"])]
+    fields = [(f["from"], f["to"], p[encode.flow_member(i)]) for m, p in pairs for i, f in enumerate(m["flow_fields"])]
+    first = pairs[0][0]
+    meta = {k: v for k, v in first.items() if k not in _PER_PART}
+    meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split)))
+    if meta["mode"] == "clips":
+        return [worker.clip_sample(ref, meta, frames, fields, first["clips"])]
+    return worker.dense_samples(ref, meta, frames, fields, max_frames)
+
+
+def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: worker.WorkerConfig) -> VideoResult:
+    """A stored video as a VideoResult for `ref`, without decoding or flow; raises StaleSample."""
+    samples = repack(ref, store.read(video), cfg.sample.max_frames)
+    metas = [encode.load_meta(s[encode.META]) for s in samples]
+    return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=sum(len(m["frames"]) for m in metas),
+                       flow_fields=sum(len(m["flow_fields"]) for m in metas), stats={"reused": True})
