@@ -58,8 +58,10 @@ def build_options(f):
         click.option("--resize", default="short:256", show_default=True, help="short:N, WxH (e.g. 340x256) or none."),
         click.option("--fps", type=float, default=None, help="Resample to this frame rate (default: keep every frame)."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(["tvl1", "farneback", "dis"])),
-        click.option("--flow-backend", default="opencv", show_default=True, type=click.Choice(["opencv", "torch"])),
-        click.option("--flow-device", default="cpu", show_default=True, help="cpu, or cuda[:N] with --flow-backend torch."),
+        click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
+                     help="auto: torch on GPUs (and for RAFT), else opencv."),
+        click.option("--flow-device", default="auto", show_default=True,
+                     help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs."),
         click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
                      help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names)."),
         click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
@@ -98,9 +100,12 @@ def make_build_config(o: dict):
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
-        backend = "torch" if o["flow_device"].startswith("cuda") else o["flow_backend"]
+        device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
+        backend = o["flow_backend"]
+        if backend == "auto":
+            backend = "torch" if device.startswith("cuda") or o["flow_algo"].startswith("raft") else "opencv"
         params = params_from_dict(o["flow_algo"], parse_params(o["flow_param"])) if o["flow_param"] else None
-        flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=o["flow_device"], step=o["step"],
+        flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
                           bound=o["bound"], params=params, batch_size=o["batch_size"])
         worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
@@ -126,11 +131,28 @@ def make_executor_from(o: dict, flow_device: str):
                          actor_resource=o["actor_resource"])
 
 
+def resolve_auto_device(o: dict) -> dict:
+    """`--flow-device auto`: cuda when TV-L1 is asked for (backend auto or torch) and the Ray
+    cluster the build runs on has GPUs; cpu otherwise. Connects to Ray only to ask."""
+    if o["flow_device"] != "auto":
+        return o
+    wants_gpu_flow = o["executor"] == "ray" and o["flow_algo"] == "tvl1" and o["flow_backend"] in ("auto", "torch")
+    gpus = 0.0
+    if wants_gpu_flow:
+        from pipeline.ray_runner import RayConfig, cluster_gpus
+
+        gpus = cluster_gpus(RayConfig(address=o["address"], num_cpus=o["num_cpus"]))
+    device = "cuda" if gpus else "cpu"
+    if gpus:
+        log.info("the Ray cluster has %g GPU(s): TV-L1 runs in torch flow actors on cuda", gpus)
+    return {**o, "flow_device": device}
+
+
 def run_build(input_path: str, output: str, o: dict):
     """Build with options `o`; shared by `flowshard build` and the job entrypoints."""
     from pipeline.build import build_dataset
 
-    cfg = make_build_config(o)
+    cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
     return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])
 

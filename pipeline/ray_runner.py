@@ -138,6 +138,12 @@ def init_ray(cfg: RayConfig) -> None:
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
+def cluster_gpus(cfg: RayConfig) -> float:
+    """GPUs the Ray cluster offers (starting or joining it as `cfg` says)."""
+    init_ray(cfg)
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
 @dataclass
 class _Video:
     ref: VideoRef

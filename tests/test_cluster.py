@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
+from pipeline import open_dataset
 from pipeline.build import BuildConfig, ShardConfig, build_dataset
 from pipeline.decode import DecodeConfig
 from pipeline.flow import FlowConfig
@@ -72,3 +73,69 @@ def test_cli_routes_flow_to_the_actor_resource(motion_videos, tmp_path, two_node
                                       "--actor-resource", FLOW_RESOURCE, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "8 of 8 videos ok" in result.output
+
+
+def _opts(**over):
+    from jobs.cli import _defaults, build
+
+    return {**_defaults(build, progress=False), **over}
+
+
+def test_auto_device_stays_on_cpu_without_gpus(two_nodes):
+    from jobs.cli import resolve_auto_device
+
+    cluster, _ = two_nodes
+    assert resolve_auto_device(_opts(address=cluster.address))["flow_device"] == "cpu"
+    assert resolve_auto_device(_opts(executor="local"))["flow_device"] == "cpu"  # no Ray asked
+
+
+def test_worker_node_removed_mid_build_loses_nothing(motion_videos, tmp_path, two_nodes):
+    """A node dies while it runs decode and flow tasks: Ray retries them elsewhere (or a
+    rerun resumes), and the result equals a build that never lost a node."""
+    import threading
+    import time
+
+    cluster, _ = two_nodes
+    extra = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    cfg = _cfg()
+    out = tmp_path / "lossy"
+    errors = []
+    executor = RayExecutor(address=cluster.address)
+
+    def run():
+        try:
+            build_dataset(str(motion_videos), str(out), cfg, executor=executor, progress=False)
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever ended the first run
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 120
+    # Remove the node once it has done work, so tasks on it are lost for real.
+    while extra.node_id not in executor.placement["decode"] + executor.placement["flow"]:
+        assert time.time() < deadline and thread.is_alive(), "the extra node never got work"
+        time.sleep(0.02)
+    cluster.remove_node(extra)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    if errors:  # the first run may fail; the same command resumes it
+        build_dataset(str(motion_videos), str(out), cfg, executor=RayExecutor(address=cluster.address),
+                      progress=False)
+    assert open_dataset(out).info["counts"]["ok"] == 8
+    build_dataset(str(motion_videos), str(tmp_path / "clean"), cfg, progress=False)
+    assert _files(out) == _files(tmp_path / "clean")
+
+
+def test_auto_device_picks_cuda_actors_when_the_cluster_has_gpus(two_nodes):
+    from jobs.cli import make_build_config, make_executor_from, resolve_auto_device
+
+    cluster, _ = two_nodes
+    cluster.add_node(num_cpus=1, num_gpus=1)  # declared GPU: enough to test the routing decision
+    cluster.wait_for_nodes()
+    o = resolve_auto_device(_opts(address=cluster.address))
+    cfg = make_build_config(o)
+    assert (o["flow_device"], cfg.worker.flow.backend, cfg.worker.flow.device) == ("cuda", "torch", "cuda")
+    executor = make_executor_from(o, cfg.worker.flow.device)
+    assert executor.cfg.flow_actors == -1 and executor.cfg.actor_gpus == 1.0  # one actor per GPU
+    assert resolve_auto_device(_opts(address=cluster.address, flow_algo="farneback"))["flow_device"] == "cpu"
