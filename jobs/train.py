@@ -312,7 +312,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
 @click.option("--clip-grad", type=float, default=40.0, show_default=True, help="Gradient-norm clip (0: off).")
-@click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip (L).")
+@click.option("--clip-len", type=int, default=None,
+              help="Flow fields per clip (L). Default: the clip shards' L, a --clips dataset's L, else 10.")
 @click.option("--sampling", default="simonyan", show_default=True, type=click.Choice(["simonyan", "tsn"]))
 @click.option("--segments", type=int, default=3, show_default=True, help="TSN segments.")
 @click.option("--crop-size", type=int, default=224, show_default=True)
@@ -343,6 +344,7 @@ def train_command(dataset: str, output: str, progress: bool, **o) -> None:
 
     try:
         source = data.open_source(dataset)
+        o["clip_len"] = o["clip_len"] or default_clip_len(source.info or {})
         cfg = make_train_config(dataset, output, source.num_classes, o)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -352,6 +354,14 @@ def train_command(dataset: str, output: str, progress: bool, **o) -> None:
         raise click.ClickException(str(exc)) from exc
     if distributed_rank() == 0:
         click.echo(json.dumps({"steps": summary["steps"], "eval": summary["eval"]}))
+
+
+def default_clip_len(info: dict) -> int:
+    """L stored in the dataset: clip shards' clip_len, or a `--clips` build's, else 10 (the papers')."""
+    if info.get("kind") == "clips":
+        return int(info["clip_len"])
+    sample = (info.get("config") or {}).get("sample") or {}
+    return int(sample["clip_len"]) if sample.get("mode") == "clips" else 10
 
 
 def distributed_rank() -> int:
