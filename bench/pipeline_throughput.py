@@ -64,7 +64,7 @@ def build_rate(root: Path, algo: str, workers: int) -> float:
     """Pairs/s of a whole build on a local Ray with `workers` CPUs (Ray start-up excluded)."""
     import ray
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         out = Path(tempfile.mkdtemp(prefix="fs-bench-"))
         cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm=algo)),
@@ -78,37 +78,75 @@ def build_rate(root: Path, algo: str, workers: int) -> float:
         ray.shutdown()
 
 
-def worker_peaks() -> dict[str, int]:
-    """Peak RSS (VmHWM, kB) of Ray worker processes, keyed by their current title."""
-    peaks: dict[str, int] = {}
+class WorkerSampler:
+    """Samples Ray worker processes while a build runs: the task titles each process showed
+    (workers are reused across tasks) and, at the end, its peak resident memory (VmHWM)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.titles: dict[str, set[str]] = {}
+        self.interval, self.stop = interval, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for pid, title in _ray_processes():
+                if title not in ("ray::IDLE",):
+                    self.titles.setdefault(pid, set()).add(title.split(" ")[0])
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> "WorkerSampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def peaks_mb(self) -> list[tuple[str, float]]:
+        """(tasks seen, peak RSS MB) per worker process that ran flowshard tasks."""
+        rows = []
+        for pid, titles in self.titles.items():
+            tasks = sorted(t for t in titles if t.startswith("ray::_") or "FlowActor" in t)
+            if tasks:
+                rows.append((", ".join(tasks), _vm_hwm_kb(pid) / 1024))
+        return sorted(rows)
+
+
+def _ray_processes():
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        if not title.startswith("ray::"):
-            continue
-        hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
-        peaks[title] = max(peaks.get(title, 0), hwm)
-    return peaks
+        if title.startswith("ray::"):
+            yield pid, title
 
 
-def long_video_memory(root: Path, seconds: int) -> tuple[int, dict[str, int]]:
+def _vm_hwm_kb(pid: str) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
+
+
+def long_video_memory(root: Path, seconds: int) -> tuple[int, list[tuple[str, float]]]:
     """Build one long video with DIS (fast) and read the worker peaks before Ray stops."""
     import ray
 
     video = root / "long" / "long.mp4"
     video.parent.mkdir(parents=True)
     synthetic.write_video(video, synthetic.moving_frames("right", seconds * 25, SIZE[1], SIZE[0]), 25.0)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = Path(tempfile.mkdtemp(prefix="fs-bench-long-"))
-        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"),
-                                              flow=FlowConfig(algorithm="dis", params=None),
+        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm="dis"),
                                               sample=SampleConfig(max_frames=1500)))
-        summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
-        peaks = worker_peaks()
+        with WorkerSampler() as sampler:
+            summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
+            peaks = sampler.peaks_mb()
         shutil.rmtree(out)
         return summary.frames, peaks
     finally:
@@ -137,9 +175,9 @@ def main() -> None:
     if args.long_seconds:
         frames, peaks = long_video_memory(tmp / "long_root", args.long_seconds)
         print(f"\nlong video: {frames} frames ({args.long_seconds} s at 25 fps, {SIZE[0]}x{SIZE[1]})")
-        print("| Ray worker (last task) | peak RSS MB |\n|---|---:|")
-        for title, kb in sorted(peaks.items()):
-            print(f"| {title} | {kb / 1024:.0f} |")
+        print("| Ray worker process (tasks it ran) | peak RSS MB |\n|---|---:|")
+        for tasks, mb in peaks:
+            print(f"| {tasks} | {mb:.0f} |")
     shutil.rmtree(tmp)
 
 

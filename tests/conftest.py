@@ -29,3 +29,15 @@ def ray_local():
                  runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op thread keeps CPU steps steady when other processes share the cores
+    (OpenMP threads stall at every barrier while one of them is descheduled)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,8 @@ from training.transforms import TransformConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread keeps CPU steps steady when other processes share the cores
-    (OpenMP threads stall at every barrier while one of them is descheduled)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_one_thread):
+    """Every test here runs with one intra-op thread (see conftest.torch_one_thread)."""
 
 def train_config(tmp_path, **kw) -> TrainConfig:
     data = DataConfig(streams="both", clip_len=2, batch_size=2, workers=0, transform=TransformConfig(crop_size=32))

@@ -34,13 +34,8 @@ FAST = ["--arch", "resnet18", "--workers", "0", "--device", "cpu", "--no-progres
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread keeps CPU steps steady when other processes share the cores
-    (OpenMP threads stall at every barrier while one of them is descheduled)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_one_thread):
+    """Every test here runs with one intra-op thread (see conftest.torch_one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,8 @@ from training.models import ModelConfig, build_model, class_scores, cross_modali
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread keeps CPU steps steady when other processes share the cores
-    (OpenMP threads stall at every barrier while one of them is descheduled)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_one_thread):
+    """Every test here runs with one intra-op thread (see conftest.torch_one_thread)."""
 
 def cfg(**kw) -> ModelConfig:
     base = {"arch": "resnet18", "num_classes": 5, "clip_len": 4}
