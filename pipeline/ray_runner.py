@@ -105,8 +105,11 @@ class RayConfig:
 
     address: str | None = None  # None: start an embedded local Ray on loopback
     num_cpus: int | None = None  # local Ray only; None: all cores
-    max_videos: int | None = None  # videos decoding at once (default: the cluster's CPUs)
-    max_chunks: int | None = None  # chunk tasks in flight (default: 2 x CPUs)
+    # Defaults leave a queue of about one chunk per CPU beyond those running, and decoders
+    # working ahead, so a CPU finishing a chunk never waits for a new video's probe and first
+    # decoded chunk; memory stays bounded by these counts times the chunk size.
+    max_videos: int | None = None  # videos decoding at once (default: 2 x CPUs)
+    max_chunks: int | None = None  # chunk tasks in flight (default: 3 x CPUs)
     # Decode, plan and write tasks reserve no CPU: a decoder waiting on back-pressure would
     # otherwise hold CPU that the flow tasks it waits for need (a deadlock), and ffmpeg's
     # work is small beside flow's. The driver bounds how many run instead (max_videos).
@@ -192,8 +195,8 @@ class _Scheduler:
         self.placement = placement
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.rcfg, self.cfg, self.output, self.done, self.progress = rcfg, cfg, output, done, progress
-        self.max_videos = rcfg.max_videos or cpus
-        self.max_chunks = rcfg.max_chunks or 2 * cpus
+        self.max_videos = rcfg.max_videos or 2 * cpus
+        self.max_chunks = rcfg.max_chunks or 3 * cpus
         self.videos: dict[str, _Video] = {}
         self.waiting: dict[Any, tuple[str, str]] = {}  # ref -> (kind, video key)
         self.unit_refs: dict[Any, Unit] = {}
