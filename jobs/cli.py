@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,12 +44,38 @@ def setup_logging(level: str) -> None:
                         stream=sys.stderr)
 
 
+def configure_storage(text: str | None) -> None:
+    """Object-storage settings for this process and the processes it starts (local Ray workers,
+    loader workers): AWS_REGION also as botocore's AWS_DEFAULT_REGION, and --storage-options
+    (JSON) applied here and exported as fsspec's FSSPEC_<PROTOCOL> variables."""
+    from pipeline import storage
+
+    if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+        os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]
+    if not text:
+        return
+    try:
+        options = storage.parse_options(text)
+        storage.configure(options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage-options") from exc
+    os.environ.update(storage.fsspec_env(options))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def cli(log_level: str) -> None:
-    """flowshard: labelled videos -> optical flow -> WebDataset shards -> two-stream training."""
+@click.option("--storage-options", default=None, metavar="JSON", envvar="FLOWSHARD_STORAGE_OPTIONS",
+              help="Options of the filesystems behind s3:// (any fsspec) URLs, per protocol or for all: "
+                   '\'{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Default: the AWS environment '
+                   "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) and fsspec's config. Env: FLOWSHARD_STORAGE_OPTIONS.")
+def cli(log_level: str, storage_options: str | None) -> None:
+    """flowshard: labelled videos -> optical flow -> WebDataset shards -> two-stream training.
+
+    INPUT, OUTPUT and DATASET may be local folders or object-storage URLs (s3://bucket/prefix).
+    """
     setup_logging(log_level)
+    configure_storage(storage_options)
 
 
 def build_options(f):

@@ -15,23 +15,27 @@ Resume: the unit of commit is one planned shard. Each finished unit leaves a rec
 OUTPUT/.flowshard/units/<stem>.json; a rerun of the same command plans the same units
 (same inputs, same base version) and skips those whose record and tars are intact, so a
 killed build finishes with the same bytes an uninterrupted one would have written.
+
+OUTPUT may be a local folder or a bucket prefix (s3://...): every file goes through
+`pipeline.storage`. On object storage a shard's key appears only once its upload completes,
+the unit record is written after its shards and dataset.json last, exactly as on disk; the
+build lock is an object refreshed while the build runs (see `storage.lock`).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
-from pipeline import encode, inputs, manifest, reuse, shard, version
+from pipeline import encode, inputs, manifest, reuse, shard, storage, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
+from pipeline.storage import Location
 from pipeline.flow import make_estimator
 from pipeline.worker import WorkerConfig, process_video
 
@@ -173,26 +177,27 @@ def attach_stored(unit: Unit, index: Mapping[str, reuse.StoredVideo]) -> Unit:
     return replace(unit, stored=stored)
 
 
-def base_plan(output: str | Path, vid: str | None, cfg: BuildConfig) -> BasePlan | None:
+def base_plan(output: Location, vid: str | None, cfg: BuildConfig) -> BasePlan | None:
     """The shard plan of committed version `vid`, if its shard settings match `cfg`'s."""
     if not vid or not version.is_committed(output, vid):
         return None
-    folder = Path(output) / version.VERSIONS_DIR / vid
+    folder = storage.join(output, version.VERSIONS_DIR, vid)
     if manifest.read_info(folder).get("config", {}).get("shard") != cfg.output_dict()["shard"]:
         return None  # another shard layout: a fresh plan (stored samples are still copied)
-    return [(r["name"], r["split"], list(r["keys"])) for r in manifest.read_rows(folder / version.UNITS)]
+    return [(r["name"], r["split"], list(r["keys"])) for r in manifest.read_rows(storage.join(folder, version.UNITS))]
 
 
 # --- writing a unit ---------------------------------------------------------------------------
 
-def write_unit(unit: Unit, results: Iterable[VideoResult], output: str | Path, cfg: BuildConfig) -> dict:
+def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg: BuildConfig) -> dict:
     """Write a unit's samples (in plan order) to its tar(s) and return the unit record.
 
     `results` holds the computed videos (`unit.compute_refs`, in order) and is consumed
     lazily; stored videos are read from their shards in between, so only one video's
     samples are held at a time.
     """
-    out = Path(output)
+    out = storage.location(output)
+    shard_dir = storage.join(out, SHARD_DIR)
     rows: list[VideoResult] = []
 
     def samples():
@@ -201,10 +206,10 @@ def write_unit(unit: Unit, results: Iterable[VideoResult], output: str | Path, c
             yield from res.samples
 
     try:
-        records = shard.write_rolling(samples(), out / SHARD_DIR, unit.stem,
+        records = shard.write_rolling(samples(), shard_dir, unit.stem,
                                       max_bytes=cfg.shard.max_bytes, max_samples=cfg.shard.max_samples)
     except OSError as exc:
-        raise manifest.os_error(exc, f"{out / SHARD_DIR}: cannot write the shard(s) of unit {unit.stem} "
+        raise manifest.os_error(exc, f"{shard_dir}: cannot write the shard(s) of unit {unit.stem} "
                                      f"({exc.strerror or exc}); no partial shard was left") from exc
     shard_of = {k: r.name for r in records for k in r.keys}
     reused = sum(1 for r in rows if r.stats.get("reused"))
@@ -215,19 +220,23 @@ def write_unit(unit: Unit, results: Iterable[VideoResult], output: str | Path, c
             "videos": [_row_of(r, shard_of, unit) for r in rows]}
 
 
-def _in_plan_order(unit: Unit, results: Iterable[VideoResult], out: Path, cfg: BuildConfig) -> Iterator[VideoResult]:
+def _in_plan_order(unit: Unit, results: Iterable[VideoResult], out: Location,
+                   cfg: BuildConfig) -> Iterator[VideoResult]:
     computed = iter(results)
-    store = reuse.StoredSamples(out / SHARD_DIR, unit.stored.values())
-    for ref in unit.refs:
-        stored = unit.stored.get(ref.key)
-        if stored is not None:
-            yield _copy_or_compute(ref, stored, store, cfg)
-            continue
-        res = next(computed, None)
-        if res is None or res.ref.key != ref.key:
-            raise RuntimeError(f"{unit.stem}: expected the result of {ref.key}, got "
-                               f"{res.ref.key if res else 'none'}")
-        yield res
+    store = reuse.StoredSamples(storage.join(out, SHARD_DIR), unit.stored.values())
+    try:
+        for ref in unit.refs:
+            stored = unit.stored.get(ref.key)
+            if stored is not None:
+                yield _copy_or_compute(ref, stored, store, cfg)
+                continue
+            res = next(computed, None)
+            if res is None or res.ref.key != ref.key:
+                raise RuntimeError(f"{unit.stem}: expected the result of {ref.key}, got "
+                                   f"{res.ref.key if res else 'none'}")
+            yield res
+    finally:
+        store.close()
 
 
 def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.StoredSamples,
@@ -262,31 +271,27 @@ def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
 
 # --- resume ----------------------------------------------------------------------------------
 
-def unit_record_path(output: str | Path, unit: Unit) -> Path:
-    return Path(output) / STATE_DIR / "units" / f"{unit.stem}.json"
+def unit_record_path(output: Location, unit: Unit) -> Location:
+    return storage.join(output, STATE_DIR, "units", f"{unit.stem}.json")
 
 
-def load_finished(output: str | Path, unit: Unit) -> dict | None:
+def load_finished(output: Location, unit: Unit) -> dict | None:
     """The unit's record if a unit with this stem finished and its tars are intact."""
-    path = unit_record_path(output, unit)
-    if not path.exists():
-        return None
     try:
-        rec = json.loads(path.read_text())
-    except ValueError:
+        rec = json.loads(storage.read_bytes(unit_record_path(output, unit)))
+    except (FileNotFoundError, ValueError):  # never finished, or a record from another layout
         return None
     if rec.get("stem") != unit.stem:
         return None
     for s in rec["shards"]:
-        tar = Path(output) / SHARD_DIR / s["name"]
-        if not tar.exists() or tar.stat().st_size != s["bytes"]:
+        if storage.size(storage.join(output, SHARD_DIR, s["name"])) != s["bytes"]:
             return None
     return rec
 
 
-def save_record(output: str | Path, unit: Unit, record: dict) -> None:
+def save_record(output: Location, unit: Unit, record: dict) -> None:
     path = unit_record_path(output, unit)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(storage.parent(path))
     manifest.atomic_write_bytes(path, manifest.dump_json(record))
 
 
@@ -362,26 +367,27 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
     refs, label_map = inputs.discover(input_path, split=cfg.split)
     if not refs:
         raise ValueError(f"{input_path}: no videos found")
-    out = Path(output)
+    out = storage.location(output)
     _prepare_output(out)
-    with _build_lock(out):
+    with _build_lock(out) as held:
         _remove_temporaries(out)
-        hashes = version.content_hashes(refs, out / STATE_DIR)
+        hashes = version.content_hashes(refs, storage.join(out, STATE_DIR))
         vid = version.version_id(refs, hashes, label_map, cfg)
         parent = version.latest_version(out)
         if version.is_committed(out, vid) and _shards_intact(out, vid):
+            held.check()
             summary = _republish(out, vid, parent)
         else:
             summary = _build(out, refs, hashes, vid, parent, cfg, label_map, input_path,
-                             executor or LocalExecutor(), progress)
+                             executor or LocalExecutor(), progress, held)
     summary.parent = parent or ""
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _build(out: Path, refs: list[VideoRef], hashes: dict[str, str], vid: str, parent: str | None,
+def _build(out: Location, refs: list[VideoRef], hashes: dict[str, str], vid: str, parent: str | None,
            cfg: BuildConfig, label_map: dict[str, int], input_path: str, executor: Executor,
-           progress: bool) -> BuildSummary:
+           progress: bool, held: storage.Lock) -> BuildSummary:
     # A damaged committed version is rebuilt on its own plan (same tar names), anything else
     # on the latest version's plan.
     base = base_plan(out, vid if version.is_committed(out, vid) else parent, cfg)
@@ -413,6 +419,7 @@ def _build(out: Path, refs: list[VideoRef], hashes: dict[str, str], vid: str, pa
         runner.run(todo, cfg, str(out), done, bar)
     finally:
         bar.close()
+    held.check()  # object storage: refuse to commit if another build took the lock over meanwhile
     summary = finish_build(out, units, records, cfg, label_map, input_path, vid, parent)
     summary.units_skipped = len(units) - len(todo)
     summary.computed = sum(records[u.stem].get("computed", 0) for u in todo if u.stem in records)
@@ -420,34 +427,39 @@ def _build(out: Path, refs: list[VideoRef], hashes: dict[str, str], vid: str, pa
     return summary
 
 
-def _prepare_output(out: Path) -> None:
+def _prepare_output(out: Location) -> None:
     try:
-        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        storage.makedirs(storage.join(out, SHARD_DIR))
+        storage.makedirs(storage.join(out, STATE_DIR))
     except OSError as exc:
         raise manifest.os_error(exc, f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
 
 
 @contextlib.contextmanager
-def _build_lock(out: Path) -> Iterator[None]:
-    """Hold OUTPUT's build lock: one build per folder at a time. The kernel releases it when
-    the holder dies, so a killed build never leaves a stale lock behind."""
-    path = out / STATE_DIR / LOCK_FILE
+def _build_lock(out: Location) -> Iterator[storage.Lock]:
+    """Hold OUTPUT's build lock: one build per folder at a time.
+
+    Locally the kernel releases it when the holder dies, so a killed build never leaves a
+    stale lock behind. On object storage it is an object that a killed build leaves behind:
+    the next build takes it over once its holder is a dead process on this machine or has not
+    refreshed it for `storage.LOCK_TTL_S` seconds (see `storage.lock`).
+    """
+    path = storage.join(out, STATE_DIR, LOCK_FILE)
     try:
-        handle = open(path, "a")
+        with storage.lock(path) as held:
+            yield held
+    except storage.LockHeld as exc:
+        raise RuntimeError(f"{out}: another build is writing to this folder ({exc})") from exc
     except OSError as exc:
         raise manifest.os_error(exc, f"{path}: cannot open the build lock ({exc.strerror or exc})") from exc
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise RuntimeError(f"{out}: another build is writing to this folder (it holds {path})") from exc
-        yield
 
 
-def _remove_temporaries(out: Path) -> None:
+def _remove_temporaries(out: Location) -> None:
     """Temporary files of a killed writer: never visible as shards or manifests, safe to remove
-    (under the build lock, no other writer of this folder is alive)."""
+    (under the build lock, no other writer of this folder is alive). On object storage there
+    are none: objects are written whole, shards assembled in local temporary files."""
+    if storage.is_remote(out):
+        return
     folders = [out, out / SHARD_DIR, out / STATE_DIR, out / STATE_DIR / "units"]
     folders += [p for p in (out / version.VERSIONS_DIR).glob("*") if p.is_dir()]
     for folder in folders:
@@ -455,31 +467,31 @@ def _remove_temporaries(out: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _shards_intact(out: Path, vid: str) -> bool:
-    rows = manifest.read_rows(out / version.VERSIONS_DIR / vid / manifest.SHARDS)
-    return all((out / SHARD_DIR / r["name"]).is_file() and (out / SHARD_DIR / r["name"]).stat().st_size == r["bytes"]
-               for r in rows)
+def _shards_intact(out: Location, vid: str) -> bool:
+    rows = manifest.read_rows(storage.join(out, version.VERSIONS_DIR, vid, manifest.SHARDS))
+    return all(storage.size(storage.join(out, SHARD_DIR, r["name"])) == r["bytes"] for r in rows)
 
 
-def _republish(out: Path, vid: str, parent: str | None) -> BuildSummary:
+def _republish(out: Location, vid: str, parent: str | None) -> BuildSummary:
     """The version is already committed and whole: make it the latest again, compute nothing."""
-    folder = out / version.VERSIONS_DIR / vid
+    folder = storage.join(out, version.VERSIONS_DIR, vid)
     info = manifest.read_info(folder)
-    shards = manifest.read_rows(folder / manifest.SHARDS)
+    shards = manifest.read_rows(storage.join(folder, manifest.SHARDS))
     version.update_catalog(out, info, shards, parent)
     manifest.publish_latest(out, folder)
     log.info("version %s is already built in %s; it is the latest again", vid, out)
     failures: dict[str, int] = {}
-    for v in manifest.read_rows(folder / manifest.MANIFEST):
+    for v in manifest.read_rows(storage.join(folder, manifest.MANIFEST)):
         if v["status"] != "ok":
             failures[v["error"]] = failures.get(v["error"], 0) + 1
     c = info["counts"]
     return BuildSummary(output=str(out), version=vid, videos=c["videos"], ok=c["ok"], errors=c["errors"],
                         frames=c["frames"], flow_fields=c["flow_fields"], shards=c["shards"], bytes=c["bytes"],
-                        units_skipped=len(manifest.read_rows(folder / version.UNITS)), failures=failures)
+                        units_skipped=len(manifest.read_rows(storage.join(folder, version.UNITS))),
+                        failures=failures)
 
 
-def finish_build(out: Path, units: list[Unit], records: dict[str, dict], cfg: BuildConfig,
+def finish_build(out: Location, units: list[Unit], records: dict[str, dict], cfg: BuildConfig,
                  label_map: dict[str, int], input_path: str, vid: str, parent: str | None) -> BuildSummary:
     """Commit the version: its folder (manifests, plan, dataset.json last), the catalog row,
     then the top-level copies (dataset.json, the latest-version pointer, last)."""
@@ -500,13 +512,13 @@ def finish_build(out: Path, units: list[Unit], records: dict[str, dict], cfg: Bu
     info = {"format": "flowshard", "kind": "videos", "schema_version": encode.SCHEMA_VERSION, "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
             "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split}
-    folder = out / version.VERSIONS_DIR / vid
+    folder = storage.join(out, version.VERSIONS_DIR, vid)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(folder)
     except OSError as exc:
         raise manifest.os_error(exc, f"{folder}: cannot create the version folder ({exc.strerror or exc})") from exc
     unit_rows = [{"name": u.name, "stem": u.stem, "split": u.split, "keys": [r.key for r in u.refs]} for u in units]
-    manifest.write_parquet(folder / version.UNITS, unit_rows, version.UNIT_SCHEMA)
+    manifest.write_parquet(storage.join(folder, version.UNITS), unit_rows, version.UNIT_SCHEMA)
     manifest.write_manifest(folder, videos, shards, info)
     version.update_catalog(out, info, shards, parent)
     manifest.publish_latest(out, folder)

@@ -19,7 +19,9 @@ Derivation runs in two passes with bounded memory:
 Splits never share a shard; OUT/manifest.parquet has a row per clip, OUT/shards.parquet
 a row per shard with its sha256, and OUT/dataset.json (kind "clips", with the parent's
 path, version and dataset.json hash) is written last. The same parent, config and seed
-give byte-identical shards. The parent must be a local folder (offsets are read with pread).
+give byte-identical shards. The parent and OUT may be local folders or bucket prefixes
+(`pipeline.storage`): remote members are read with range requests, and each clip shard is
+uploaded whole once written.
 
 `--per-video N` counts per video sample: a video longer than the build's --max-frames
 is stored as several parts and gives N clips per part.
@@ -37,8 +39,9 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import encode, manifest, shard
+from pipeline import encode, manifest, shard, storage
 from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARD_SCHEMA, SHARDS
+from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +119,10 @@ def _pad(n: int) -> int:
 
 # --- pass 1: index ----------------------------------------------------------------------
 
-def index_shard(path: str | Path) -> Iterator[tuple[str, dict[str, Member], bytes]]:
+def index_shard(path: Location) -> Iterator[tuple[str, dict[str, Member], bytes]]:
     """(sample key, {ext: Member}, json bytes) per sample, reading headers and json only."""
     path = str(path)
-    with tarfile.open(path, mode="r:") as tar:
+    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
         key, members, meta = None, {}, b""
         for info in tar:
             if not info.isfile():
@@ -229,27 +232,47 @@ def pack(clips: list[PlannedClip], cfg: ClipsConfig) -> list[list[PlannedClip]]:
 
 
 class MemberReader:
-    """Reads member bytes at their offsets, keeping parent shards open between reads."""
+    """Reads member bytes at their offsets, keeping parent shards open between reads.
+
+    Local shards are read with pread; remote ones through seekable file objects whose reads
+    are range requests (clips of one shard lie close together, so read-ahead serves most).
+    """
 
     def __init__(self, max_open: int = 256):
         self.fds: dict[str, int] = {}
+        self.files: dict[str, object] = {}
         self.max_open = max_open
 
     def read(self, m: Member) -> bytes:
-        fd = self.fds.get(m.path)
-        if fd is None:
-            if len(self.fds) >= self.max_open:
-                self.close()
-            fd = self.fds[m.path] = os.open(m.path, os.O_RDONLY)
-        data = os.pread(fd, m.size, m.offset)
+        if storage.is_remote(m.path):
+            data = self._read_remote(m)
+        else:
+            fd = self.fds.get(m.path)
+            if fd is None:
+                if len(self.fds) >= self.max_open:
+                    self.close()
+                fd = self.fds[m.path] = os.open(m.path, os.O_RDONLY)
+            data = os.pread(fd, m.size, m.offset)
         if len(data) != m.size:
             raise shard.ShardError(f"{m.path}: member at {m.offset} is truncated")
         return data
 
+    def _read_remote(self, m: Member) -> bytes:
+        f = self.files.get(m.path)
+        if f is None:
+            if len(self.files) >= self.max_open:
+                self.close()
+            f = self.files[m.path] = storage.open_read(m.path)
+        f.seek(m.offset)
+        return f.read(m.size)
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
+        for f in self.files.values():
+            f.close()
         self.fds.clear()
+        self.files.clear()
 
 
 def clip_sample(clip: PlannedClip, reader: MemberReader) -> dict:
@@ -258,36 +281,36 @@ def clip_sample(clip: PlannedClip, reader: MemberReader) -> dict:
             encode.FLOW_STACK: encode.pack_stack([reader.read(m) for m in clip.flow])}
 
 
-def write_group(group: list[PlannedClip], path: Path, reader: MemberReader, rows: list[dict]) -> shard.ShardRecord:
+def write_group(group: list[PlannedClip], path: Location, reader: MemberReader, rows: list[dict]) -> shard.ShardRecord:
     """Write one clip shard atomically; appends each clip's manifest row to `rows`."""
     def samples():
         for clip in group:
             sample = clip_sample(clip, reader)
-            rows.append({**clip.row, "shard": path.name, "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
+            rows.append({**clip.row, "shard": storage.name(path), "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
                          "sha256": shard.sample_sha256(sample)})
             yield sample
 
     return shard.write_shard(samples(), path)
 
 
-def derive_clips(dataset: str | Path, output: str | Path, cfg: ClipsConfig, *, overwrite: bool = False) -> dict:
+def derive_clips(dataset: Location, output: Location, cfg: ClipsConfig, *, overwrite: bool = False) -> dict:
     """Cut clip shards from the built dataset `dataset` ("OUTPUT" or "OUTPUT@VERSION") into `output`.
 
     Returns the new dataset.json.
     """
-    out = Path(output)
-    info = manifest.read_info(Path(dataset)) if (Path(dataset) / DATASET_JSON).is_file() else {}
+    out = storage.location(output)
+    info = manifest.read_info(dataset) if storage.isfile(storage.join(dataset, DATASET_JSON)) else {}
     if info.get("kind", "videos") != "videos":
         raise ValueError(f"{dataset}: kind {info.get('kind')!r}; clips are cut from a built video dataset")
     from pipeline import open_dataset
 
     parent = open_dataset(dataset)
     info = parent.info
-    if (out / DATASET_JSON).exists():
+    if storage.exists(storage.join(out, DATASET_JSON)):
         if not overwrite:
             raise FileExistsError(f"{out} already holds a dataset ({DATASET_JSON}); pass overwrite to replace it")
-        (out / DATASET_JSON).unlink()  # un-commit first: a crash from here on leaves no valid dataset
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        storage.remove(storage.join(out, DATASET_JSON))  # un-commit first: a crash from here on leaves no valid dataset
+    storage.makedirs(storage.join(out, SHARD_DIR))
     planned = plan_clips(parent.shards(), cfg)
     rows: list[dict] = []
     shard_rows: list[dict] = []
@@ -297,37 +320,37 @@ def derive_clips(dataset: str | Path, output: str | Path, cfg: ClipsConfig, *, o
             clips = sorted((c for c in planned if c.split == split), key=lambda c: c.key)
             random.Random(f"clips/{cfg.seed}/{split}").shuffle(clips)  # mixes videos and classes
             for n, group in enumerate(pack(clips, cfg)):
-                rec = write_group(group, out / SHARD_DIR / f"{split}-{n:05d}.tar", reader, rows)
+                rec = write_group(group, storage.join(out, SHARD_DIR, f"{split}-{n:05d}.tar"), reader, rows)
                 shard_rows.append({"name": rec.name, "split": split, "samples": rec.samples, "bytes": rec.bytes,
                                    "sha256": rec.sha256})
     finally:
         reader.close()
     _remove_stale(out, {r["name"] for r in shard_rows})
-    info_out = clips_info(Path(parent.root), Path(getattr(parent, "folder", parent.root)), info, cfg, rows,
-                          shard_rows)
-    manifest.write_parquet(out / manifest.MANIFEST, sorted(rows, key=lambda r: r["id"]), CLIP_SCHEMA)
-    manifest.write_parquet(out / SHARDS, sorted(shard_rows, key=lambda r: r["name"]), SHARD_SCHEMA)
-    manifest.atomic_write_bytes(out / DATASET_JSON, manifest.dump_json(info_out))  # the commit, last
+    info_out = clips_info(parent.root, getattr(parent, "folder", parent.root), info, cfg, rows, shard_rows)
+    manifest.write_parquet(storage.join(out, manifest.MANIFEST), sorted(rows, key=lambda r: r["id"]), CLIP_SCHEMA)
+    manifest.write_parquet(storage.join(out, SHARDS), sorted(shard_rows, key=lambda r: r["name"]), SHARD_SCHEMA)
+    manifest.atomic_write_bytes(storage.join(out, DATASET_JSON), manifest.dump_json(info_out))  # the commit, last
     log.info("%s: %d clips of %d videos in %d shards", out, len(rows), len({r["video_id"] for r in rows}),
              len(shard_rows))
     return info_out
 
 
-def _remove_stale(out: Path, keep: set[str]) -> None:
+def _remove_stale(out: Location, keep: set[str]) -> None:
     """Delete tars of an earlier derivation that the new one did not write."""
-    for path in (out / SHARD_DIR).glob("*.tar"):
-        if path.name not in keep:
-            path.unlink()
+    for name in storage.list_files(storage.join(out, SHARD_DIR), suffix=".tar"):
+        if name not in keep:
+            storage.remove(storage.join(out, SHARD_DIR, name))
 
 
-def clips_info(parent: Path, folder: Path, parent_info: dict, cfg: ClipsConfig, rows: list[dict],
+def clips_info(parent: Location, folder: Location, parent_info: dict, cfg: ClipsConfig, rows: list[dict],
                shard_rows: list[dict]) -> dict:
     """dataset.json of a clip-shard folder: kind, labels, counts, config, parent record, version.
 
     parent: the parent's OUTPUT folder; folder: where its (version's) dataset.json is.
     """
-    parent_sha = hashlib.sha256((folder / DATASET_JSON).read_bytes()).hexdigest()
-    parent_record = {"path": str(parent.absolute()), "version": parent_info.get("version"),
+    parent_sha = hashlib.sha256(storage.read_bytes(storage.join(folder, DATASET_JSON))).hexdigest()
+    path = str(parent) if storage.is_remote(parent) else str(Path(parent).absolute())
+    parent_record = {"path": path, "version": parent_info.get("version"),
                      "dataset_json_sha256": parent_sha}
     identity = {"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
                 "parent": parent_info.get("version") or parent_sha}

@@ -8,20 +8,21 @@
 
 Code that reads the files itself resolves a spec with `resolve_dataset(spec) -> (root, version)`
 and finds the version's dataset.json and manifests in `version_dir(root, version)`; shard
-files are always in root/shards/.
+files are always in root/shards/. OUTPUT may be a local folder or a bucket prefix
+("s3://bucket/out@3f2a9c"): files are read through `pipeline.storage`.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from pipeline import encode, manifest, shard, version as versions
+from pipeline import encode, manifest, shard, storage, version as versions
 from pipeline.encode import DecodedSample, SchemaError
+from pipeline.storage import Location
 from pipeline.version import version_dir
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,20 @@ class ShardEntry:
     sha256: str
 
 
-def resolve_dataset(path: str | Path) -> tuple[Path, str]:
+def resolve_dataset(path: Location) -> tuple[Location, str]:
     """Split "OUTPUT@VERSION" into (OUTPUT, full version id); "OUTPUT" alone means the latest.
 
     VERSION is a full id or a unique prefix of at least 6 characters. A path whose own name
     contains "@" (an existing folder) is taken as a path. Raises FileNotFoundError when
-    OUTPUT holds no dataset and ValueError naming an unknown or ambiguous version.
+    OUTPUT holds no dataset and ValueError naming an unknown or ambiguous version. OUTPUT is
+    a Path locally and a URL string on object storage.
     """
     text = str(path)
     root, sep, spec = text.rpartition("@")
-    if not sep or not spec or "/" in spec or Path(text).is_dir() or not root:
+    if not sep or not spec or "/" in spec or not root or storage.isdir(text):
         root, spec = text, None
-    return Path(root), versions.resolve_version(root, spec)
+    root = storage.location(root)
+    return root, versions.resolve_version(root, spec)
 
 
 class Dataset:
@@ -78,8 +81,8 @@ class Dataset:
     dataset.json and manifests are.
     """
 
-    def __init__(self, root: str | Path, version: str | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Location, version: str | None = None) -> None:
+        self.root = storage.location(root)
         self.folder = version_dir(self.root, version) if version else self.root
         self.info = manifest.read_info(self.folder)
         if version and self.info.get("version") != version:
@@ -107,7 +110,7 @@ class Dataset:
 
     @cached_property
     def _videos(self) -> list[VideoEntry]:
-        rows = manifest.read_rows(self.folder / manifest.MANIFEST)
+        rows = manifest.read_rows(storage.join(self.folder, manifest.MANIFEST))
         return [VideoEntry(video_id=r["id"], path=r["path"], label=r["label"], label_id=r["label_id"],
                            split=r["split"], status=r["status"], error=r["error"] or "", frames=r["frames"],
                            flow_fields=r["flow_fields"], parts=r["parts"], shard=r["shard"] or "",
@@ -115,8 +118,9 @@ class Dataset:
 
     @cached_property
     def _shards(self) -> list[ShardEntry]:
-        rows = manifest.read_rows(self.folder / manifest.SHARDS)
-        return [ShardEntry(name=r["name"], path=str(self.root / manifest.SHARD_DIR / r["name"]), split=r["split"],
+        rows = manifest.read_rows(storage.join(self.folder, manifest.SHARDS))
+        return [ShardEntry(name=r["name"], path=str(storage.join(self.root, manifest.SHARD_DIR, r["name"])),
+                           split=r["split"],
                            samples=r["samples"], bytes=r["bytes"], sha256=r["sha256"]) for r in rows]
 
     def videos(self, split: str | None = None, *, include_errors: bool = False) -> list[VideoEntry]:
@@ -149,7 +153,7 @@ class Dataset:
         """The raw sample dicts of a video (one per part), read from its shard(s)."""
         entry = self._entry(video_id)
         names = entry.shard.split(",")  # a long video's parts may span a unit's overflow tars
-        parts = [smp for name in names for smp in shard.iter_shard(self.root / manifest.SHARD_DIR / name)
+        parts = [smp for name in names for smp in shard.iter_shard(storage.join(self.root, manifest.SHARD_DIR, name))
                  if smp["__key__"] == video_id or smp["__key__"].startswith(f"{video_id}_part")]
         parts = [p for p in parts if encode.load_meta(p[encode.META], p["__key__"]).get("video_id") == video_id]
         if len(parts) != entry.parts:
@@ -166,7 +170,7 @@ class Dataset:
                              flow=np.concatenate([d.flow for d in decoded]), meta=meta)
 
 
-def open_dataset(path: str | Path) -> Dataset:
+def open_dataset(path: Location) -> Dataset:
     """Open "OUTPUT" (the latest version) or "OUTPUT@VERSION"; raises FileNotFoundError,
     ValueError (unknown or ambiguous version) or SchemaError with the reason."""
     root, vid = resolve_dataset(path)

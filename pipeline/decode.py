@@ -8,6 +8,12 @@ Everything comes from the ffmpeg binary itself (no ffprobe is needed):
   filter chain, whose stderr lines a background thread parses while draining stderr.
 - `iter_chunks` groups frames into `FrameChunk`s that own consecutive frames and carry the
   next few frames as look-ahead, the unit of flow compute.
+
+Remote inputs (s3://, gs://, ... any fsspec URL) are downloaded whole to a local cache
+first (`pipeline.storage.local_copy`, once per machine and object version) and decoded from
+there, not streamed into ffmpeg's stdin: containers whose index sits at the end (an mp4 whose
+moov atom follows the media data, as most cameras write it) cannot be read from a pipe, and a
+probe followed by a decode, possibly in two processes, reads the object once.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
+from pipeline import storage
 from pipeline.records import FrameChunk, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,6 @@ SCALE_FLAGS = "area+accurate_rnd+full_chroma_int"
 # logs a frame before the frame reaches the muxer, so the line is normally already there.
 _PTS_WAIT_S = 30.0
 _PROBE_TIMEOUT_S = 120  # reading a header is quick; a hang means a broken or blocking input
-_REMOTE_SCHEMES = ("http", "https", "s3", "gs", "gcs", "az", "abfs")
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,20 +161,22 @@ def local_path(uri: str) -> str:
     """The absolute local path of a local path or file:// URI.
 
     Absolute paths keep ffmpeg from reading a name such as "a:b.mp4" as protocol "a".
-    Remote URIs raise DecodeError (remote input arrives later as a byte stream).
+    Other URIs raise DecodeError: they have no local path (`_check_file` fetches them).
     """
     if uri.startswith("file://"):
         parsed = urllib.parse.urlparse(uri)
         return os.path.abspath(urllib.parse.unquote(parsed.path))
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme:
-        known = "remote" if scheme in _REMOTE_SCHEMES else "unknown"
-        raise DecodeError(uri, f"{known} URI scheme {scheme!r} is not supported for decoding yet")
+        raise DecodeError(uri, f"URI scheme {scheme!r} names no local file")
     return os.path.abspath(uri)
 
 
 def _check_file(uri: str) -> str:
-    """The local path of `uri`, or DecodeError for a missing, non-regular or empty file."""
+    """The local path of `uri` (a local copy for a remote object), or DecodeError for a missing,
+    non-regular or empty file."""
+    if storage.is_remote(uri):
+        return _fetch(uri)
     path = local_path(uri)
     if not os.path.exists(path):
         raise DecodeError(uri, "file not found")
@@ -177,6 +185,26 @@ def _check_file(uri: str) -> str:
     if os.path.getsize(path) == 0:
         raise DecodeError(uri, "empty file (0 bytes)")
     return path
+
+
+def _fetch(uri: str) -> str:
+    """A local copy of a remote object (see the module docstring), or DecodeError with the reason."""
+    from fsspec.registry import known_implementations, registry
+
+    scheme = storage.scheme(uri)
+    if scheme not in known_implementations and scheme not in registry:
+        raise DecodeError(uri, f"unknown URI scheme {scheme!r}")
+    try:
+        st = storage.stat(uri)
+        if st is None:
+            raise DecodeError(uri, "file not found")
+        if not st.is_file:
+            raise DecodeError(uri, "not a regular file")
+        if st.size == 0:
+            raise DecodeError(uri, "empty file (0 bytes)")
+        return storage.local_copy(uri, st)
+    except (OSError, ValueError) as exc:
+        raise DecodeError(uri, f"cannot read it ({exc})") from exc
 
 
 # --------------------------------------------------------------------------- probe
@@ -249,7 +277,7 @@ def parse_banner(uri: str, text: str) -> VideoInfo:
     if "Invalid data found when processing input" in text:
         raise DecodeError(uri, "not a media file (Invalid data found when processing input)")
     if "Input #0" not in text:
-        raise DecodeError(uri, f"ffmpeg could not open it: {_last_lines(text.splitlines()) or 'no output'}")
+        raise DecodeError(uri, f"ffmpeg could not open it: {_meaningful_lines(text.splitlines()) or 'no output'}")
     dur = _DURATION_RE.search(text)
     duration = int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3)) if dur else 0.0
     blocks = _stream_blocks(text)
@@ -275,7 +303,9 @@ def probe(uri: str) -> VideoInfo:
                               timeout=_PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
         raise DecodeError(uri, f"ffmpeg did not read the header within {_PROBE_TIMEOUT_S} s") from exc
-    return parse_banner(uri, proc.stderr.decode("utf-8", errors="replace"))
+    text = proc.stderr.decode("utf-8", errors="replace")
+    # A remote input's banner names its local copy: name the object instead in messages.
+    return parse_banner(uri, text.replace(path, uri) if storage.is_remote(uri) else text)
 
 
 # --------------------------------------------------------------------------- frames
@@ -284,10 +314,35 @@ _SHOWINFO_RE = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:\s*(\S+)")
 _LEVEL_RE = re.compile(r"\[(panic|fatal|error|warning)\]")
 
 
+_ADDRESS_RE = re.compile(r"\s@\s0x[0-9a-fA-F]+(?=\])")
+# Lines that name a cause; "Error opening input..." only says that opening failed.
+_CAUSE_RE = re.compile(r"error|invalid|not supported|unsupported|not found|no such|could not|cannot|unable|"
+                       r"failed|unknown|denied|too large|corrupt|missing|not implemented", re.IGNORECASE)
+_GENERIC_RE = re.compile(r"^(\[[^]]*\]\s*)?Error opening (input|output)( files?)?\b", re.IGNORECASE)
+
+
+def _clean(line: str) -> str:
+    """A stderr line without the object address ffmpeg puts in its prefix ("[in#0 @ 0x55d...]"),
+    which differs on every run and would make error rows differ between identical builds."""
+    return _ADDRESS_RE.sub("", line.strip())
+
+
 def _last_lines(lines, n: int = 3) -> str:
     """The last few non-empty lines, joined, for error messages."""
-    kept = [ln.strip() for ln in lines if ln.strip()]
+    kept = [_clean(ln) for ln in lines if ln.strip()]
     return " | ".join(kept[-n:])
+
+
+def _meaningful_lines(lines, n: int = 3) -> str:
+    """The lines that say why ffmpeg failed, joined: those naming a cause (e.g. "Picture size
+    30000x30000 is invalid", often far above the last lines), then the last generic error
+    line; the last lines when none names anything."""
+    kept = [_clean(ln) for ln in lines if ln.strip()]
+    causes = [ln for ln in kept if _CAUSE_RE.search(ln)]
+    specific = [ln for ln in causes if not _GENERIC_RE.search(ln)]
+    generic = [ln for ln in causes if _GENERIC_RE.search(ln)]
+    chosen = list(dict.fromkeys(specific[:n - 1] + generic[-1:] if specific else causes[-n:]))
+    return " | ".join(chosen) if chosen else _last_lines(kept, n)
 
 
 def build_command(source: str, size: tuple[int, int], cfg: DecodeConfig):
@@ -345,8 +400,8 @@ class _StderrReader(threading.Thread):
             self.other.append(line)
 
     def message(self) -> str:
-        """The last meaningful stderr lines: error/warning lines if any, else the last lines."""
-        return _last_lines(self.errors) or _last_lines(self.other) or "no error output"
+        """The meaningful stderr lines: error/warning lines if any, else the lines naming a cause."""
+        return _last_lines(self.errors) or _meaningful_lines(self.other) or "no error output"
 
 
 def _next_pts(reader: _StderrReader, index: int, fallback_fps: float) -> float:

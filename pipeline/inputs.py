@@ -9,6 +9,11 @@ Three input kinds are understood (see `discover`):
 
 Nothing is decoded here: a video named by a list or split file but missing on disk still gets a
 VideoRef (the worker reports it as an error row), so no input is silently dropped.
+
+Each kind may also live on object storage (`s3://bucket/prefix`, any fsspec URL): class
+folders are found with one recursive listing, and relative paths in a list or split file
+are taken relative to the prefix that holds it. Videos get the same keys and sources as
+they would from a local copy of the same tree, so both give the same dataset version.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from pipeline import storage
 from pipeline.records import SPLITS, VideoRef
+from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,18 @@ def _item(uri: str, source: str, label: str, label_id: int, split: str) -> dict:
     return {"uri": uri, "source": source, "label": label, "label_id": label_id, "split": split}
 
 
+def _uri(path: Location) -> str:
+    """What a worker opens: an absolute local path, or the URL."""
+    return str(path) if storage.is_remote(path) else str(Path(path).absolute())
+
+
+def _rel(path: Location, root: Location) -> str:
+    """`path` relative to `root`, as a POSIX path (the video's source)."""
+    if storage.is_remote(path):
+        return str(path)[len(str(root)):].lstrip("/")
+    return Path(path).relative_to(root).as_posix()
+
+
 # --------------------------------------------------------------------------- (a) folders
 
 
@@ -122,24 +141,45 @@ def _walk_videos(folder: Path) -> list[Path]:
     return found
 
 
-def _discover_folders(root: Path, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
-    """Layout (a): one sub-folder per class; labels are the sub-folder names."""
+def _local_classes(root: Path) -> tuple[dict[str, list[Location]], list[str]]:
+    """Class name -> its videos, and the names of loose videos, of a local folder."""
     loose = [p.name for p in root.iterdir() if p.is_file() and _is_video(p.name)]
-    if loose:
-        log.warning("ignoring %d video files directly in %s (not in a class folder), e.g. %s",
-                    len(loose), root, sorted(loose)[0])
-    by_label: dict[str, list[Path]] = {}
+    by_label: dict[str, list[Location]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
         videos = _walk_videos(sub)
         if videos:
             by_label[sub.name] = videos
+    return by_label, loose
+
+
+def _remote_classes(root: str) -> tuple[dict[str, list[Location]], list[str]]:
+    """Class name -> its videos, and the names of loose videos, below a prefix (one listing)."""
+    by_label: dict[str, list[Location]] = {}
+    loose = []
+    for rel in storage.walk_files(root):
+        parts = rel.split("/")
+        if any(_is_hidden(part) for part in parts) or not _is_video(parts[-1]):
+            continue
+        if len(parts) == 1:
+            loose.append(rel)
+        else:
+            by_label.setdefault(parts[0], []).append(storage.join(root, rel))
+    return dict(sorted(by_label.items())), loose
+
+
+def _discover_folders(root: Location, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
+    """Layout (a): one sub-folder per class; labels are the sub-folder names."""
+    by_label, loose = _remote_classes(root) if storage.is_remote(root) else _local_classes(root)
+    if loose:
+        log.warning("ignoring %d video files directly in %s (not in a class folder), e.g. %s",
+                    len(loose), root, sorted(loose)[0])
     if not by_label:
         raise ValueError(f"no videos found in class sub-folders of {root} "
                          f"(extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})")
     if len(by_label) == 1:
         log.warning("only one class folder with videos in %s: %s", root, next(iter(by_label)))
     labels = {name: i for i, name in enumerate(sorted(by_label))}
-    items = [_item(str(p.absolute()), p.relative_to(root).as_posix(), label, labels[label], default_split)
+    items = [_item(_uri(p), _rel(p, root), label, labels[label], default_split)
              for label, videos in by_label.items() for p in videos]
     return _assign_keys(items), labels
 
@@ -147,22 +187,27 @@ def _discover_folders(root: Path, default_split: str) -> tuple[list[VideoRef], d
 # --------------------------------------------------------------------------- (b) lists
 
 
-def _read_table(path: Path):
+def _read_table(path: Location):
     """A pyarrow Table of a CSV or Parquet list, with path/label/split read as strings."""
     import pyarrow as pa
 
-    if path.suffix.lower() == ".parquet":
+    source = pa.BufferReader(storage.read_bytes(path)) if storage.is_remote(path) else path
+    if _suffix(path) == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path)
+        return pq.read_table(source)
     import pyarrow.csv as pcsv
 
     # Strings throughout: a label "1" or a path "0001.avi" must not become a number.
     types = {name: pa.string() for name in ("path", "label", "split")}
-    return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=types))
+    return pcsv.read_csv(source, convert_options=pcsv.ConvertOptions(column_types=types))
 
 
-def _column(table, name: str, where: Path) -> list[str]:
+def _suffix(path: Location) -> str:
+    return os.path.splitext(storage.name(path))[1].lower()
+
+
+def _column(table, name: str, where: Location) -> list[str]:
     if name not in table.column_names:
         raise ValueError(f"{where}: missing required column {name!r} (columns: {table.column_names})")
     values = table.column(name).to_pylist()
@@ -172,14 +217,17 @@ def _column(table, name: str, where: Path) -> list[str]:
     return [str(v).strip() for v in values]
 
 
-def _list_uri(path: str, base: Path) -> str:
-    """URLs and absolute paths as written; relative paths against the list file's folder."""
+def _list_uri(path: str, base: Location) -> str:
+    """URLs and absolute paths as written; relative paths against the list file's folder
+    (its prefix, for a list on object storage)."""
     if "://" in path or os.path.isabs(path):
         return path
+    if storage.is_remote(base):
+        return storage.normalize_url(str(storage.join(base, path)))
     return os.path.abspath(os.path.join(base, path))
 
 
-def _discover_list(path: Path, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
+def _discover_list(path: Location, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
     """Layout (b): a CSV or Parquet file with columns path,label[,split]."""
     table = _read_table(path)
     paths, labels = _column(table, "path", path), _column(table, "label", path)
@@ -187,7 +235,7 @@ def _discover_list(path: Path, default_split: str) -> tuple[list[VideoRef], dict
         raise ValueError(f"{path}: the video list is empty")
     splits = _column(table, "split", path) if "split" in table.column_names else [default_split] * len(paths)
     ids = {name: i for i, name in enumerate(sorted(set(labels)))}
-    base = path.parent.absolute()
+    base = storage.parent(path) if storage.is_remote(path) else Path(path).parent.absolute()
     items = [_item(_list_uri(p, base), p, lab, ids[lab], _check_split(s, f"{path} row {row}"))
              for row, (p, lab, s) in enumerate(zip(paths, labels, splits), start=1)]
     _warn_missing(items, str(path))
@@ -197,15 +245,15 @@ def _discover_list(path: Path, default_split: str) -> tuple[list[VideoRef], dict
 # --------------------------------------------------------------------------- (c) split files
 
 
-def _first_dir(root: Path, names: tuple[str, ...]) -> Path:
+def _first_dir(root: Location, names: tuple[str, ...]) -> Location:
     """The first existing sub-folder of `root` among `names`, else `root` itself."""
     for name in names:
-        if (root / name).is_dir():
-            return root / name
+        if storage.isdir(storage.join(root, name)):
+            return storage.join(root, name)
     return root
 
 
-def _relative(entry: str, where: Path) -> str:
+def _relative(entry: str, where: Location) -> str:
     """A split-file entry as a POSIX relative path; absolute or escaping entries are refused."""
     rel = entry.replace("\\", "/")
     if rel.startswith("/") or ".." in PurePosixPath(rel).parts:
@@ -213,21 +261,22 @@ def _relative(entry: str, where: Path) -> str:
     return rel
 
 
-def _lines(path: Path) -> list[list[str]]:
+def _lines(path: Location) -> list[list[str]]:
     """Whitespace-split, non-empty lines (official lists use CRLF and trailing spaces)."""
-    return [ln.split() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    return [ln.split() for ln in storage.read_text(path, errors="replace").splitlines() if ln.strip()]
 
 
-def _ucf_files(root: Path, split: int) -> tuple[Path, Path, Path] | None:
+def _ucf_files(root: Location, split: int) -> tuple[Location, Location, Location] | None:
     for sub in _UCF_LIST_DIRS:
-        folder = root / sub if sub else root
-        files = (folder / "classInd.txt", folder / f"trainlist0{split}.txt", folder / f"testlist0{split}.txt")
-        if all(f.is_file() for f in files):
+        folder = storage.join(root, sub) if sub else root
+        files = tuple(storage.join(folder, n) for n in ("classInd.txt", f"trainlist0{split}.txt",
+                                                        f"testlist0{split}.txt"))
+        if all(storage.isfile(f) for f in files):
             return files
     return None
 
 
-def _ucf_classes(path: Path) -> dict[str, int]:
+def _ucf_classes(path: Location) -> dict[str, int]:
     classes = {}
     for parts in _lines(path):
         if len(parts) != 2 or not parts[0].isdigit():
@@ -236,7 +285,7 @@ def _ucf_classes(path: Path) -> dict[str, int]:
     return classes
 
 
-def _ucf_label(rel: str, number: str | None, classes: dict[str, int], where: Path) -> str:
+def _ucf_label(rel: str, number: str | None, classes: dict[str, int], where: Location) -> str:
     """The class of a UCF101 list entry: its number in trainlists, its folder otherwise."""
     if number is not None:
         names = [name for name, i in classes.items() if number.isdigit() and i == int(number) - 1]
@@ -252,7 +301,7 @@ def _ucf_label(rel: str, number: str | None, classes: dict[str, int], where: Pat
     raise ValueError(f"{where}: class folder {folder!r} of {rel!r} is not in classInd.txt")
 
 
-def _discover_ucf(root: Path, files: tuple[Path, Path, Path]) -> tuple[list[dict], dict[str, int]]:
+def _discover_ucf(root: Location, files: tuple[Location, Location, Location]) -> tuple[list[dict], dict[str, int]]:
     """Layout (c), UCF101: classInd.txt, trainlist0N.txt and testlist0N.txt."""
     class_ind, train, test = files
     classes = _ucf_classes(class_ind)
@@ -262,53 +311,54 @@ def _discover_ucf(root: Path, files: tuple[Path, Path, Path]) -> tuple[list[dict
         for parts in _lines(list_file):
             rel = _relative(parts[0], list_file)
             label = _ucf_label(rel, parts[1] if len(parts) > 1 else None, classes, list_file)
-            path = video_dir / rel
-            items.append(_item(str(path.absolute()), path.relative_to(root).as_posix(), label,
-                               classes[label], split))
+            path = storage.join(video_dir, rel)
+            items.append(_item(_uri(path), _rel(path, root), label, classes[label], split))
     return items, classes
 
 
-def _hmdb_files(root: Path, split: int) -> list[Path]:
+def _hmdb_files(root: Location, split: int) -> list[Location]:
     for sub in _HMDB_LIST_DIRS:
-        folder = root / sub if sub else root
-        found = sorted(folder.glob(f"*_test_split{split}.txt")) if folder.is_dir() else []
+        folder = storage.join(root, sub) if sub else root
+        if storage.is_remote(folder):
+            found = [storage.join(folder, n) for n in storage.list_files(folder, suffix=f"_test_split{split}.txt")]
+        else:
+            found = sorted(folder.glob(f"*_test_split{split}.txt")) if folder.is_dir() else []
         if found:
             return found
     return []
 
 
-def _discover_hmdb(root: Path, files: list[Path], split: int) -> tuple[list[dict], dict[str, int]]:
+def _discover_hmdb(root: Location, files: list[Location], split: int) -> tuple[list[dict], dict[str, int]]:
     """Layout (c), HMDB51: <class>_test_split<N>.txt with "name.avi 1|2|0" lines."""
     suffix = f"_test_split{split}.txt"
-    names = sorted(f.name[: -len(suffix)] for f in files)
+    names = sorted(storage.name(f)[: -len(suffix)] for f in files)
     classes = {name: i for i, name in enumerate(names)}
     video_dir = _first_dir(root, _HMDB_VIDEO_DIRS)
     items = []
     for list_file in files:
-        label = list_file.name[: -len(suffix)]
+        label = storage.name(list_file)[: -len(suffix)]
         for parts in _lines(list_file):
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise ValueError(f"{list_file}: expected '<video> 0|1|2' lines, got {' '.join(parts)!r}")
             if parts[1] == "0":
                 continue
-            path = video_dir / label / _relative(parts[0], list_file)
-            items.append(_item(str(path.absolute()), path.relative_to(root).as_posix(), label,
-                               classes[label], _HMDB_SPLIT[parts[1]]))
+            path = storage.join(video_dir, label, _relative(parts[0], list_file))
+            items.append(_item(_uri(path), _rel(path, root), label, classes[label], _HMDB_SPLIT[parts[1]]))
     return items, classes
 
 
-def _looked_for(root: Path, split: int | str) -> list[str]:
-    ucf = [str(root / sub / name) for sub in _UCF_LIST_DIRS
+def _looked_for(root: Location, split: int | str) -> list[str]:
+    ucf = [str(storage.join(root, sub, name)) for sub in _UCF_LIST_DIRS
            for name in ("classInd.txt", f"trainlist0{split}.txt", f"testlist0{split}.txt")]
-    hmdb = [str(root / sub / f"*_test_split{split}.txt") for sub in _HMDB_LIST_DIRS]
+    hmdb = [str(storage.join(root, sub, f"*_test_split{split}.txt")) for sub in _HMDB_LIST_DIRS]
     return ucf + hmdb
 
 
-def _has_split_files(root: Path) -> bool:
+def _has_split_files(root: Location) -> bool:
     return any(_ucf_files(root, n) or _hmdb_files(root, n) for n in (1, 2, 3))
 
 
-def _discover_split(root: Path, split: int) -> tuple[list[VideoRef], dict[str, int]]:
+def _discover_split(root: Location, split: int) -> tuple[list[VideoRef], dict[str, int]]:
     """Layout (c): UCF101 split files first, then HMDB51; ValueError naming what was looked for."""
     ucf = _ucf_files(root, split)
     hmdb = _hmdb_files(root, split) if ucf is None else []
@@ -336,11 +386,11 @@ def discover(input_path: str, *, split: int | None = None,
     if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 3):
         raise ValueError(f"split={split!r} must be 1, 2, 3 or None")
     _check_split(default_split, "default_split")
-    path = Path(input_path)
-    if not path.exists():
+    path = storage.location(input_path)
+    if not storage.exists(path):
         raise ValueError(f"input_path={input_path!r} does not exist")
-    if path.is_file():
-        if path.suffix.lower() not in LIST_SUFFIXES:
+    if storage.isfile(path):
+        if _suffix(path) not in LIST_SUFFIXES:
             raise ValueError(f"input_path={input_path!r} is a file but not a {' or '.join(LIST_SUFFIXES)} list")
         return _discover_list(path, default_split)
     if split is not None:

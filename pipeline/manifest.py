@@ -3,17 +3,18 @@
 dataset.json is written last and atomically: a dataset folder without it is an unfinished
 build, and readers refuse it. Each version has its own folder (OUTPUT/versions/<id>/, see
 `pipeline.version`); the top-level files are copies of the latest version's, refreshed after
-the version's folder is complete, dataset.json last.
+the version's folder is complete, dataset.json last. Every file goes through
+`pipeline.storage`, so a dataset folder may be a local path or a bucket prefix (s3://...).
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.storage import Location
 
 DATASET_JSON = "dataset.json"
 MANIFEST = "manifest.parquet"
@@ -33,26 +34,17 @@ SHARD_SCHEMA = pa.schema([
 ])
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file under a temporary name, fsync it, then rename it into place.
+def atomic_write_bytes(path: Location, data: bytes) -> None:
+    """Write a file so that readers see the old bytes or the new ones, never a part.
 
-    On failure (a full disk, an unwritable folder) the temporary file is removed, the old
-    file stays as it was, and the OSError names the file.
+    Locally: a temporary name, fsync, rename; on failure (a full disk, an unwritable
+    folder) the temporary file is removed and the old file stays as it was. On object
+    storage: one upload to the final key, visible only once complete. The OSError names the file.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        storage.write_bytes_atomic(path, data)
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise os_error(exc, f"{path}: cannot write it ({exc.strerror or exc})") from exc
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def os_error(exc: OSError, message: str) -> OSError:
@@ -60,14 +52,6 @@ def os_error(exc: OSError, message: str) -> OSError:
     err = type(exc)(message)
     err.errno = exc.errno
     return err
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:  # the folder itself is gone or unwritable: nothing was left behind
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EROFS, errno.EACCES):
-            raise
 
 
 def table_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
@@ -78,7 +62,7 @@ def table_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_parquet(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
+def write_parquet(path: Location, rows: list[dict], schema: pa.Schema) -> None:
     """Write rows as a Parquet file atomically."""
     atomic_write_bytes(path, table_bytes(rows, schema))
 
@@ -88,29 +72,31 @@ def dump_json(obj: dict) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def write_manifest(output: str | Path, videos: list[dict], shards: list[dict], info: dict) -> None:
+def write_manifest(output: Location, videos: list[dict], shards: list[dict], info: dict) -> None:
     """Write manifest.parquet and shards.parquet, then dataset.json last (the commit)."""
-    output = Path(output)
-    write_parquet(output / MANIFEST, sorted(videos, key=lambda r: r["id"]), VIDEO_SCHEMA)
-    write_parquet(output / SHARDS, sorted(shards, key=lambda r: r["name"]), SHARD_SCHEMA)
-    atomic_write_bytes(output / DATASET_JSON, dump_json(info))
+    write_parquet(storage.join(output, MANIFEST), sorted(videos, key=lambda r: r["id"]), VIDEO_SCHEMA)
+    write_parquet(storage.join(output, SHARDS), sorted(shards, key=lambda r: r["name"]), SHARD_SCHEMA)
+    atomic_write_bytes(storage.join(output, DATASET_JSON), dump_json(info))
 
 
-def publish_latest(output: str | Path, version_folder: str | Path) -> None:
+def publish_latest(output: Location, version_folder: Location) -> None:
     """Copy a committed version's manifests to the top level, dataset.json (the pointer) last."""
-    output, folder = Path(output), Path(version_folder)
     for name in (MANIFEST, SHARDS, DATASET_JSON):
-        atomic_write_bytes(output / name, (folder / name).read_bytes())
+        atomic_write_bytes(storage.join(output, name), storage.read_bytes(storage.join(version_folder, name)))
 
 
-def read_info(output: str | Path) -> dict:
+def read_info(output: Location) -> dict:
     """dataset.json of a finished dataset; a clear error when the folder holds none."""
-    path = Path(output) / DATASET_JSON
-    if not path.exists():
-        raise FileNotFoundError(f"{output}: no {DATASET_JSON}: not a flowshard dataset, or its build did not finish")
-    return json.loads(path.read_text())
+    try:
+        data = storage.read_bytes(storage.join(output, DATASET_JSON))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{output}: no {DATASET_JSON}: not a flowshard dataset, or its build did not "
+                                "finish") from None
+    return json.loads(data)
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_rows(path: Location) -> list[dict]:
     """All rows of a Parquet manifest as dicts."""
+    if storage.is_remote(path):
+        return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
     return pq.read_table(path).to_pylist()

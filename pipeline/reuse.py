@@ -8,7 +8,8 @@ through the same assembly code as a fresh computation, so both give identical by
 
 Stored members are read by seeking to their offsets (one header scan per shard, keeping
 only the wanted samples), and each video's parts are checked against the hash its manifest
-recorded before they are used: an altered shard is never copied into a new version.
+recorded before they are used: an altered shard is never copied into a new version. On
+object storage the same reads are range requests (`pipeline.storage.open_read`).
 """
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import hashlib
 import logging
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
-from pipeline import encode, manifest, shard, worker
+from pipeline import encode, manifest, shard, storage, worker
 from pipeline.records import VideoRef, VideoResult
+from pipeline.storage import Location
 from pipeline.version import VERSIONS_DIR
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,15 @@ class StoredVideo:
 
 # --- the index of stored videos (driver side) ------------------------------------------------
 
-def stored_videos(root: str | Path, versions: Iterable[str]) -> dict[str, StoredVideo]:
+def stored_videos(root: Location, versions: Iterable[str]) -> dict[str, StoredVideo]:
     """media key -> StoredVideo over the given committed versions, keeping only videos whose
     shards are all present with their recorded size."""
-    root = Path(root)
     index: dict[str, StoredVideo] = {}
     intact: dict[str, bool] = {}
     for vid in versions:
-        folder = root / VERSIONS_DIR / vid
-        sizes = {r["name"]: r["bytes"] for r in manifest.read_rows(folder / manifest.SHARDS)}
-        for row in manifest.read_rows(folder / manifest.MANIFEST):
+        folder = storage.join(root, VERSIONS_DIR, vid)
+        sizes = {r["name"]: r["bytes"] for r in manifest.read_rows(storage.join(folder, manifest.SHARDS))}
+        for row in manifest.read_rows(storage.join(folder, manifest.MANIFEST)):
             mk = row.get("media_key") or ""
             if row["status"] != "ok" or not mk or mk in index:
                 continue
@@ -70,10 +70,10 @@ def stored_videos(root: str | Path, versions: Iterable[str]) -> dict[str, Stored
     return index
 
 
-def _intact(root: Path, name: str, size: int | None, seen: dict[str, bool]) -> bool:
+def _intact(root: Location, name: str, size: int | None, seen: dict[str, bool]) -> bool:
     if name not in seen:
-        path = root / manifest.SHARD_DIR / name
-        seen[name] = size is not None and path.is_file() and path.stat().st_size == size
+        path = storage.join(root, manifest.SHARD_DIR, name)
+        seen[name] = size is not None and storage.size(path) == size
         if not seen[name]:
             log.warning("%s: missing or not its recorded size; its videos will be recomputed", path)
     return seen[name]
@@ -84,18 +84,35 @@ def _intact(root: Path, name: str, size: int | None, seen: dict[str, bool]) -> b
 class StoredSamples:
     """Reads the members of wanted stored samples from shards in OUTPUT/shards/."""
 
-    def __init__(self, shard_dir: str | Path, wanted: Iterable[StoredVideo]) -> None:
-        self.dir = Path(shard_dir)
+    MAX_OPEN = 16  # source shards kept open between reads (a unit copies from a few at a time)
+
+    def __init__(self, shard_dir: Location, wanted: Iterable[StoredVideo]) -> None:
+        self.dir = shard_dir
         self.wanted = {k for v in wanted for k in v.sample_keys()}
         self._index: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
+        self._files: dict[str, object] = {}
+
+    def _file(self, name: str):
+        if name not in self._files:
+            if len(self._files) >= self.MAX_OPEN:
+                self.close()
+            self._files[name] = storage.open_read(storage.join(self.dir, name))
+        return self._files[name]
+
+    def close(self) -> None:
+        """Close the source shards held open."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def _members(self, name: str) -> dict[str, list[tuple[str, int, int]]]:
         """sample key -> [(member suffix, data offset, size)] of the wanted samples in a shard."""
         if name not in self._index:
             index: dict[str, list[tuple[str, int, int]]] = {}
-            path = self.dir / name
+            path = storage.join(self.dir, name)
             try:
-                with tarfile.open(path, mode="r:") as tar:  # seekable: reads headers, skips data
+                # Seekable: reads headers and skips data (range requests on object storage).
+                with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
                     for info in tar:
                         key, _, ext = info.name.partition(".")
                         if info.isfile() and key in self.wanted:
@@ -120,11 +137,14 @@ class StoredSamples:
         for name in video.shards:
             members = self._members(name).get(key)
             if members:
-                with open(self.dir / name, "rb") as f:
+                try:
+                    f = self._file(name)
                     sample = {"__key__": key}
                     for ext, offset, size in members:
                         f.seek(offset)
                         sample[ext] = f.read(size)
+                except OSError as exc:
+                    raise StaleSample(f"{storage.join(self.dir, name)}: cannot read stored sample {key} ({exc})") from exc
                 return sample
         raise StaleSample(f"{','.join(video.shards)}: stored sample {key} not found")
 

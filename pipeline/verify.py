@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import encode, manifest, shard, version
+from pipeline import encode, manifest, shard, storage, version
 from pipeline.dataset import Dataset, open_dataset
 from pipeline.encode import SchemaError
 
@@ -49,14 +49,14 @@ def verify(path: str | Path, *, decode: bool = True) -> VerifyReport:
 
 
 def _check_file(entry, report: VerifyReport) -> bool:
-    p = Path(entry.path)
-    if not p.exists():
+    size = storage.size(entry.path)
+    if size is None:
         report.problems.append(f"{entry.name}: shard is missing")
         return False
-    if p.stat().st_size != entry.bytes:
-        report.problems.append(f"{entry.name}: {p.stat().st_size} bytes, the manifest says {entry.bytes} (truncated or altered)")
+    if size != entry.bytes:
+        report.problems.append(f"{entry.name}: {size} bytes, the manifest says {entry.bytes} (truncated or altered)")
         return False
-    if shard.sha256_file(p) != entry.sha256:
+    if shard.sha256_file(entry.path) != entry.sha256:
         report.problems.append(f"{entry.name}: sha256 does not match the manifest (altered)")
         return False
     return True
@@ -104,7 +104,8 @@ def _check_strays(ds: Dataset, report: VerifyReport) -> None:
     # Shards are shared between versions: a tar is a stray only if no committed version lists it.
     known = {s.name for s in ds.shards()}
     for vid in version.committed_versions(ds.root):
-        known.update(r["name"] for r in manifest.read_rows(version.version_dir(ds.root, vid) / manifest.SHARDS))
-    for p in sorted((ds.root / manifest.SHARD_DIR).glob("*.tar")):
-        if p.name not in known:
-            report.warnings.append(f"{p.name}: a tar in shards/ that no version of this dataset lists")
+        known.update(r["name"] for r in manifest.read_rows(storage.join(version.version_dir(ds.root, vid),
+                                                                          manifest.SHARDS)))
+    for name in storage.list_files(storage.join(ds.root, manifest.SHARD_DIR), suffix=".tar"):
+        if name not in known:
+            report.warnings.append(f"{name}: a tar in shards/ that no version of this dataset lists")

@@ -15,7 +15,8 @@ One OUTPUT holds several versions:
     OUTPUT/dataset.json, manifest.parquet, shards.parquet   copies of the latest version's
 
 OUTPUT/dataset.json is the pointer to the latest version; readers take that version's own
-folder, so a crash while the copies are refreshed never mixes two versions.
+folder, so a crash while the copies are refreshed never mixes two versions. OUTPUT may be
+a local folder or a bucket prefix: every file goes through `pipeline.storage`.
 """
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from pipeline import encode, manifest
+from pipeline import encode, manifest, storage
 from pipeline.shard import sha256_file
 from pipeline.records import VideoRef
+from pipeline.storage import Location
 
 if TYPE_CHECKING:
     from pipeline.build import BuildConfig
@@ -72,15 +73,34 @@ def _stat_key(uri: str) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
-def content_hashes(refs: list[VideoRef], state_dir: str | Path, *, threads: int = 4) -> dict[str, str]:
+def _stat_keys(refs: list[VideoRef]) -> dict[str, tuple | None]:
+    """Cache keys by video key: (size, mtime_ns) of a local file, (size, ETag) of a remote object.
+
+    The ETag changes whenever the object's bytes do, as mtime does for a file; remote
+    objects are listed once per folder rather than asked for one by one.
+    """
+    remote = [r.uri for r in refs if storage.is_remote(r.uri)]
+    stats = storage.stat_many(remote) if remote else {}
+    out: dict[str, tuple | None] = {}
+    for r in refs:
+        if r.uri in stats:
+            st = stats[r.uri]
+            out[r.key] = (st.size, st.tag) if st is not None and st.is_file else None
+        else:
+            out[r.key] = _stat_key(r.uri)
+    return out
+
+
+def content_hashes(refs: list[VideoRef], state_dir: Location, *, threads: int = 4) -> dict[str, str]:
     """sha256 of each video's bytes by key; "" where there is no regular file to read.
 
-    Hashes are cached in STATE_DIR/content_hashes.json by (path, size, mtime), so a rerun
-    only reads new or modified files. Special files (FIFOs, devices) are never opened.
+    Hashes are cached in STATE_DIR/content_hashes.json by (path, size, mtime) for local files
+    and (URL, size, ETag) for remote objects, so a rerun only reads new or modified inputs.
+    Special files (FIFOs, devices) are never opened.
     """
-    cache_path = Path(state_dir) / HASH_CACHE
+    cache_path = storage.join(state_dir, HASH_CACHE)
     cache = _read_hash_cache(cache_path)
-    stats = {r.key: _stat_key(r.uri) for r in refs}
+    stats = _stat_keys(refs)
     out: dict[str, str] = {}
     todo = []
     for r in refs:
@@ -98,7 +118,7 @@ def content_hashes(refs: list[VideoRef], state_dir: str | Path, *, threads: int 
         log.info("hashed %d new or modified input file(s); %d from the cache", len(todo), len(refs) - len(todo))
     fresh = {r.uri: [*stats[r.key], out[r.key]] for r in refs if stats[r.key] is not None and out[r.key]}
     if fresh != cache:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(storage.parent(cache_path))
         manifest.atomic_write_bytes(cache_path, manifest.dump_json({"files": fresh}))
     return out
 
@@ -111,9 +131,9 @@ def _safe_sha256(path: str) -> str:
         return ""
 
 
-def _read_hash_cache(path: Path) -> dict[str, list]:
+def _read_hash_cache(path: Location) -> dict[str, list]:
     try:
-        return dict(json.loads(path.read_text()).get("files", {}))
+        return dict(json.loads(storage.read_text(path)).get("files", {}))
     except FileNotFoundError:
         return {}
     except (ValueError, AttributeError, OSError) as exc:  # a damaged cache costs a rehash, nothing more
@@ -161,42 +181,41 @@ def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str
 
 # --- where versions live ----------------------------------------------------------------------
 
-def version_dir(root: str | Path, version: str) -> Path:
+def version_dir(root: Location, version: str) -> Location:
     """The folder holding a version's dataset.json and manifests.
 
     Datasets written before versions existed keep their manifests at the top level.
     """
-    root = Path(root)
-    folder = root / VERSIONS_DIR / version
-    return folder if (folder / manifest.DATASET_JSON).exists() else root
+    root = storage.location(root)
+    folder = storage.join(root, VERSIONS_DIR, version)
+    return folder if storage.exists(storage.join(folder, manifest.DATASET_JSON)) else root
 
 
-def is_committed(root: str | Path, version: str) -> bool:
+def is_committed(root: Location, version: str) -> bool:
     """True when the version's own dataset.json (its commit record) exists."""
-    return (Path(root) / VERSIONS_DIR / version / manifest.DATASET_JSON).exists()
+    return storage.exists(storage.join(root, VERSIONS_DIR, version, manifest.DATASET_JSON))
 
 
-def latest_version(root: str | Path) -> str | None:
+def latest_version(root: Location) -> str | None:
     """The id in OUTPUT/dataset.json (the latest version), or None when there is none."""
-    path = Path(root) / manifest.DATASET_JSON
-    if not path.exists():
+    try:
+        data = storage.read_bytes(storage.join(root, manifest.DATASET_JSON))
+    except FileNotFoundError:
         return None
-    return json.loads(path.read_text()).get("version") or None
+    return json.loads(data).get("version") or None
 
 
-def committed_versions(root: str | Path) -> list[str]:
+def committed_versions(root: Location) -> list[str]:
     """Ids of every committed version in OUTPUT/versions/, sorted."""
-    folder = Path(root) / VERSIONS_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if (p / manifest.DATASET_JSON).exists())
+    folder = storage.join(root, VERSIONS_DIR)
+    return sorted(v for v in storage.list_dirs(folder) if storage.exists(storage.join(folder, v, manifest.DATASET_JSON)))
 
 
-def resolve_version(root: str | Path, spec: str | None) -> str:
+def resolve_version(root: Location, spec: str | None) -> str:
     """A full version id from None (the latest), a full id or a unique prefix of >= 6 characters.
 
     "" for a dataset whose dataset.json names no version (one derived by other tools)."""
-    root = Path(root)
+    root = storage.location(root)
     if spec is None or spec in ("", "latest"):
         return manifest.read_info(root).get("version") or ""  # raises FileNotFoundError naming root
     latest = latest_version(root)
@@ -217,20 +236,20 @@ def resolve_version(root: str | Path, spec: str | None) -> str:
 
 # --- the catalog ------------------------------------------------------------------------------
 
-def read_catalog(root: str | Path) -> list[dict]:
+def read_catalog(root: Location) -> list[dict]:
     """Catalog rows (one per committed version), in creation order."""
-    path = Path(root) / CATALOG
-    rows = manifest.read_rows(path) if path.exists() else []
+    path = storage.join(root, CATALOG)
+    rows = manifest.read_rows(path) if storage.exists(path) else []
     return sorted(rows, key=lambda r: (r["seq"], r["version"]))
 
 
-def update_catalog(root: str | Path, info: dict, shards: list[dict], parent: str | None) -> dict:
+def update_catalog(root: Location, info: dict, shards: list[dict], parent: str | None) -> dict:
     """Add (or keep) the row of the version described by `info`; return its row.
 
     new_bytes counts the bytes of shards no earlier version referenced: what this version
     added to OUTPUT, since unchanged shards are shared, not copied.
     """
-    root = Path(root)
+    root = storage.location(root)
     # Rows of versions whose folder was deleted by hand are dropped: the catalog follows the disk.
     rows = {r["version"]: r for r in read_catalog(root) if is_committed(root, r["version"])}
     vid = info["version"]
@@ -244,25 +263,25 @@ def update_catalog(root: str | Path, info: dict, shards: list[dict], parent: str
                      "frames": counts["frames"], "flow_fields": counts["flow_fields"],
                      "config_hash": _digest(info["config"])[:16], "schema_version": info["schema_version"]}
     ordered = sorted(rows.values(), key=lambda r: (r["seq"], r["version"]))
-    manifest.write_parquet(root / CATALOG, ordered, CATALOG_SCHEMA)
+    manifest.write_parquet(storage.join(root, CATALOG), ordered, CATALOG_SCHEMA)
     return rows[vid]
 
 
-def _shard_rows(root: Path, vid: str) -> list[dict]:
-    path = root / VERSIONS_DIR / vid / manifest.SHARDS
-    return manifest.read_rows(path) if path.exists() else []
+def _shard_rows(root: Location, vid: str) -> list[dict]:
+    path = storage.join(root, VERSIONS_DIR, vid, manifest.SHARDS)
+    return manifest.read_rows(path) if storage.exists(path) else []
 
 
-def created_at(root: str | Path, vid: str) -> str:
+def created_at(root: Location, vid: str) -> str:
     """When a version was committed (UTC): its dataset.json's time, kept out of any hashed file
     so that two builds of the same inputs stay byte-identical."""
-    path = Path(root) / VERSIONS_DIR / vid / manifest.DATASET_JSON
-    if not path.exists():
+    st = storage.stat(storage.join(root, VERSIONS_DIR, vid, manifest.DATASET_JSON))
+    if st is None:
         return ""
-    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(st.mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def list_versions(root: str | Path) -> list[dict]:
+def list_versions(root: Location) -> list[dict]:
     """Catalog rows with `created` and `latest` added (what `flowshard versions` prints)."""
     latest = latest_version(root)
     return [{**r, "created": created_at(root, r["version"]), "latest": r["version"] == latest}
@@ -271,10 +290,10 @@ def list_versions(root: str | Path) -> list[dict]:
 
 # --- diffs ------------------------------------------------------------------------------------
 
-def diff_versions(root: str | Path, a: str, b: str) -> dict:
+def diff_versions(root: Location, a: str, b: str) -> dict:
     """What changed from version `a` to version `b`: videos added, removed, changed in content,
     relabelled, moved to another split or changed in status, and the settings that differ."""
-    root = Path(root)
+    root = storage.location(root)
     a, b = resolve_version(root, a), resolve_version(root, b)
     va, vb = (_video_rows(root, v) for v in (a, b))
     common = sorted(set(va) & set(vb))
@@ -315,8 +334,8 @@ def _class_diff(a: dict[str, int], b: dict[str, int]) -> dict:
             "renumbered": [{"label": k, "from": a[k], "to": b[k]} for k in sorted(set(a) & set(b)) if a[k] != b[k]]}
 
 
-def _video_rows(root: Path, vid: str) -> dict[str, dict]:
-    return {r["id"]: r for r in manifest.read_rows(version_dir(root, vid) / manifest.MANIFEST)}
+def _video_rows(root: Location, vid: str) -> dict[str, dict]:
+    return {r["id"]: r for r in manifest.read_rows(storage.join(version_dir(root, vid), manifest.MANIFEST))}
 
 
 def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[dict]:

@@ -7,8 +7,10 @@
 The pipeline is the list in `build_pipeline`; each stage is a small iterator function.
 
 Sources. A dataset folder (a built video dataset, kind "videos", or derived clip shards,
-kind "clips") pins its exact shards and their sha256 in shards.parquet; a list of shard
-URLs is read as given, without hashes. Each sample says what it is in its json: "clip"
+kind "clips"), local or on object storage (s3://bucket/prefix), optionally with "@VERSION",
+pins its exact shards and their sha256 in shards.parquet; a list of shard URLs is read as
+given, without hashes. Remote shards are streamed through fsspec file objects
+(`pipeline.storage.open_read`: sequential range requests, retried), never a shell pipe. Each sample says what it is in its json: "clip"
 samples (the fast path: one RGB frame and one stacked member of L flow fields) or "video"
 samples (every frame and field of a video, dense or built with --clips; clips are sampled
 here, which TSN's segments need).
@@ -33,6 +35,7 @@ Evaluation reads each shard once, split across ranks and workers.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -48,11 +51,11 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from pipeline import encode
+from pipeline import encode, storage
 from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARDS, read_info, read_rows
 from pipeline.shard import sha256_file
+from pipeline.storage import Location
 from training import sampling
-from training.checkpoint import dataset_version
 from training.sampling import Clip
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
 
@@ -106,7 +109,7 @@ class DataSource:
     kind: str
     label_map: dict[str, int]
     shards: tuple[ShardSpec, ...]
-    root: Path | None = None
+    root: Location | None = None
     version: str = ""
     info: dict = field(default_factory=dict)
 
@@ -135,27 +138,37 @@ class DataSource:
 def open_source(spec: str | Path) -> DataSource:
     """A dataset folder: its kind, labels, version and the shards its manifest pins.
 
-    Built video datasets are read through pipeline.open_dataset, so "OUTPUT@VERSION" picks
-    a version; clip-shard folders (kind "clips") hold one version and are read directly.
+    "OUTPUT@VERSION" picks a version (pipeline.dataset.resolve_dataset); the version's own
+    folder (pipeline.version.version_dir) holds its dataset.json and manifests, and the
+    shard files are in OUTPUT/shards/. Clip-shard folders (kind "clips") hold one version.
     """
-    path = Path(spec)
-    if (path / DATASET_JSON).is_file() and read_info(path).get("kind") == "clips":
-        info = read_info(path)
-        rows = read_rows(path / SHARDS)
-        shards = tuple(ShardSpec(name=r["name"], url=str(path / SHARD_DIR / r["name"]), split=r["split"],
-                                 samples=int(r["samples"]), sha256=r["sha256"]) for r in rows)
-        return DataSource(kind="clips", label_map=dict(info["label_map"]), shards=shards, root=path,
-                          version=dataset_version(path), info=info)
-    from pipeline import open_dataset
+    from pipeline.dataset import Dataset, resolve_dataset
+    from pipeline.version import version_dir
 
-    ds = open_dataset(spec)
+    root, vid = resolve_dataset(spec)
+    folder = version_dir(root, vid) if vid else root
+    info = read_info(folder)
+    if info.get("kind") == "clips":
+        rows = read_rows(storage.join(folder, SHARDS))
+        shards = tuple(ShardSpec(name=r["name"], url=str(storage.join(root, SHARD_DIR, r["name"])), split=r["split"],
+                                 samples=int(r["samples"]), sha256=r["sha256"]) for r in rows)
+        return DataSource(kind="clips", label_map=dict(info["label_map"]), shards=shards, root=root,
+                          version=_dataset_version(folder), info=info)
+    ds = Dataset(root, vid or None)
     if ds.info.get("kind", "videos") != "videos":
         raise ValueError(f"{spec}: dataset kind {ds.info.get('kind')!r} is neither 'videos' nor 'clips'")
     shards = tuple(ShardSpec(name=s.name, url=str(s.path), split=s.split, samples=int(s.samples), sha256=s.sha256)
                    for s in ds.shards())
-    folder = getattr(ds, "folder", ds.root)  # the version's own folder where versions exist
-    return DataSource(kind="videos", label_map=dict(ds.label_map), shards=shards, root=Path(ds.root),
-                      version=dataset_version(folder), info=ds.info)
+    return DataSource(kind="videos", label_map=dict(ds.label_map), shards=shards, root=ds.root,
+                      version=_dataset_version(ds.folder), info=ds.info)
+
+
+def _dataset_version(folder: Location) -> str:
+    """training.checkpoint.dataset_version, for a local or remote folder: the dataset.json
+    "version", else the sha256 of dataset.json."""
+    data = storage.read_bytes(storage.join(folder, DATASET_JSON))
+    version = json.loads(data).get("version")
+    return str(version) if version else hashlib.sha256(data).hexdigest()
 
 
 def url_source(urls: Iterable[str], *, label_map: dict[str, int]) -> DataSource:
@@ -295,17 +308,19 @@ def check_hash(name: str, actual: str, expected: str | None) -> None:
 
 
 def _open_url(url: str):
+    if storage.is_remote(url):
+        return storage.open_read(url)  # fsspec: range requests with retries, no subprocess
     if "://" not in url and not url.startswith("pipe:"):
         return open(url, "rb", buffering=1 << 20)
     return wds.gopen.gopen(url)
 
 
 def open_shards(src: Iterable[dict], verify: str) -> Iterator[dict]:
-    """Open each shard as a HashingReader; verify="open" hashes a local file first."""
+    """Open each shard as a HashingReader; verify="open" hashes a local or remote file first."""
     for shard in src:
         expected = shard["sha256"] if verify != "off" else None
         url = shard["url"]
-        if verify == "open" and expected and os.path.isfile(url):
+        if verify == "open" and expected and (storage.is_remote(url) or os.path.isfile(url)):
             check_hash(shard["name"], sha256_file(url), expected)
             expected = None  # checked already; do not hash it again while streaming
         try:
