@@ -126,11 +126,21 @@ class RayConfig:
             raise ValueError(f"decode_cpus must be in [0, 16], got {self.decode_cpus}")
 
 
+# Storage settings that remote workers need to open the same bucket the driver names. Keys
+# and secrets are not forwarded: cluster nodes should authenticate with their own role.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "FSSPEC_S3", "FLOWSHARD_STORAGE_OPTIONS")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The storage settings of this process that Ray workers get too."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Connect to `cfg.address`, or start a local Ray bound to 127.0.0.1 with no dashboard."""
     if ray.is_initialized():
         return
-    env = {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}
+    env = {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **forwarded_env()}}
     if cfg.address:
         ray.init(address=cfg.address, runtime_env=env, log_to_driver=False)
     else:

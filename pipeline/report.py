@@ -16,7 +16,7 @@ _KINDS: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern, re
     ("empty file", r"empty file"),
     ("file not found", r"file not found"),
     ("not a regular file", r"not a regular file"),
-    ("resolution too large", r"declared resolution|stored frame size|max_pixels"),
+    ("resolution too large", r"declared resolution|stored frame size|max_pixels|Picture size \d+x\d+ is invalid"),
     ("unsupported codec", r"unsupported codec|no decoder found|decoder \(codec \S+\) not found"),
     ("not a media file", r"not a media file|invalid data found"),
     ("no video stream", r"no video stream"),

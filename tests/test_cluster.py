@@ -139,3 +139,19 @@ def test_auto_device_picks_cuda_actors_when_the_cluster_has_gpus(two_nodes):
     executor = make_executor_from(o, cfg.worker.flow.device)
     assert executor.cfg.flow_actors == -1 and executor.cfg.actor_gpus == 1.0  # one actor per GPU
     assert resolve_auto_device(_opts(address=cluster.address, flow_algo="farneback"))["flow_device"] == "cpu"
+
+
+def test_storage_settings_reach_cluster_workers(two_nodes, monkeypatch):
+    """The endpoint and storage options the driver uses are visible in remote tasks (keys are not)."""
+    from pipeline.ray_runner import forwarded_env
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-forwarded")
+    env = forwarded_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and "AWS_SECRET_ACCESS_KEY" not in env
+
+    @ray.remote(num_cpus=0, runtime_env={"env_vars": env})
+    def read_env():
+        return os.environ.get("AWS_ENDPOINT_URL")
+
+    assert ray.get(read_env.remote()) == "http://127.0.0.1:9"
