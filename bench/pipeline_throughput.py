@@ -67,7 +67,8 @@ def build_rate(root: Path, algo: str, workers: int) -> float:
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         out = Path(tempfile.mkdtemp(prefix="fs-bench-"))
-        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm=algo)),
+        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none", threads=1),
+                                              flow=FlowConfig(algorithm=algo)),
                           shard=ShardConfig(max_samples=4))
         t0 = time.perf_counter()
         summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
@@ -142,7 +143,7 @@ def long_video_memory(root: Path, seconds: int) -> tuple[int, list[tuple[str, fl
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = Path(tempfile.mkdtemp(prefix="fs-bench-long-"))
-        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm="dis"),
+        cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none", threads=1), flow=FlowConfig(algorithm="dis"),
                                               sample=SampleConfig(max_frames=1500)))
         with WorkerSampler() as sampler:
             summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)

@@ -84,6 +84,8 @@ def build_options(f):
         click.option("--split", type=int, default=None, help="Official split N of a UCF101/HMDB51 root."),
         click.option("--resize", default="short:256", show_default=True, help="short:N, WxH (e.g. 340x256) or none."),
         click.option("--fps", type=float, default=None, help="Resample to this frame rate (default: keep every frame)."),
+        click.option("--decode-threads", type=int, default=1, show_default=True,
+                     help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(["tvl1", "farneback", "dis"])),
         click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
                      help="auto: torch on GPUs (and for RAFT), else opencv."),
@@ -134,7 +136,7 @@ def make_build_config(o: dict):
         params = params_from_dict(o["flow_algo"], parse_params(o["flow_param"])) if o["flow_param"] else None
         flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
                           bound=o["bound"], params=params, batch_size=o["batch_size"])
-        worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"]), flow=flow,
+        worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
                                                   chunk_frames=o["chunk_frames"]),

@@ -85,7 +85,7 @@ def test_command_maps_first_video_stream_and_keeps_timing():
     argv = build_command("/data/v.mp4", (42, 32), DecodeConfig(fps=10, threads=2)).compile(cmd=resolve_ffmpeg())
     graph = argv[argv.index("-filter_complex") + 1]
     assert graph.startswith("[0:V:0]fps=fps=10") and "scale=42:32:flags=area" in graph
-    assert graph.endswith("showinfo[s2]")  # timestamps of the frames actually output
+    assert graph.split(";")[-1].startswith("[s1]showinfo")  # timestamps of the frames actually output
     assert argv[argv.index("-threads") + 1] == "2" and "-i" in argv and "pipe:" in argv
     timing = ["-fps_mode", "passthrough"] if ffmpeg_version() >= (5, 1) else ["-vsync", "0"]
     assert any(argv[i:i + 2] == timing for i in range(len(argv)))
