@@ -24,6 +24,7 @@ build lock is an object refreshed while the build runs (see `storage.lock`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -202,8 +203,11 @@ def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg
 
     def samples():
         for res in _in_plan_order(unit, results, out, cfg):
-            rows.append(_slim(res))
-            yield from res.samples
+            digests = []
+            for sample in res.samples:  # may be a generator: digest each sample as it passes
+                digests.append(_digest(sample))
+                yield sample
+            rows.append(dataclasses.replace(res, samples=tuple(digests)))
 
     try:
         records = shard.write_rolling(samples(), shard_dir, unit.stem,
@@ -249,12 +253,10 @@ def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.Stor
         return process_video(ref, cfg.worker)
 
 
-def _slim(res: VideoResult) -> VideoResult:
-    """Keep what the manifest row needs, not the sample bytes (already streamed to the tar)."""
-    digest_samples = tuple({"__key__": s["__key__"], "__sha__": shard.sample_sha256(s),
-                            "__bytes__": shard.sample_bytes(s)} for s in res.samples)
-    return VideoResult(ref=res.ref, status=res.status, error=res.error, samples=digest_samples,
-                       frames=res.frames, flow_fields=res.flow_fields, info=res.info, stats=res.stats)
+def _digest(sample: dict) -> dict:
+    """What the manifest row needs of a sample, not its bytes (they are streamed to the tar)."""
+    return {"__key__": sample["__key__"], "__sha__": shard.sample_sha256(sample),
+            "__bytes__": shard.sample_bytes(sample)}
 
 
 def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:

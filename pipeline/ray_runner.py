@@ -58,25 +58,27 @@ def _decode(ref: VideoRef, plan: worker.VideoPlan, cfg: worker.WorkerConfig):
 def _flow(item: tuple, cfg: worker.WorkerConfig):
     job, decode_node = item
     encoded = worker.process_chunks([job], _estimator(cfg.flow), cfg)[0]
-    return (len(encoded.flow_pairs), decode_node, _node()), encoded
+    return (worker.summarize(encoded), decode_node, _node()), encoded
 
 
 @ray.remote(num_returns=2, max_retries=3)
 def _encode(item: tuple, fields: np.ndarray, flow_node: str, cfg: worker.WorkerConfig):
     job, decode_node = item
     encoded = worker.encode_chunk(job, fields, cfg)
-    return (len(encoded.flow_pairs), decode_node, flow_node), encoded
+    return (worker.summarize(encoded), decode_node, flow_node), encoded
 
 
 @ray.remote(max_retries=3)
 def _write_unit(unit: Unit, videos: list, output: str, cfg: BuildConfig) -> dict:
     def results():
-        for ref, plan, payload_refs, failure in videos:
+        for ref, plan, payload_refs, summaries, failure in videos:
             if failure is not None:
                 yield VideoResult(ref=ref, status="error", error=failure)
                 continue
-            # Fetch one video's chunks at a time: the unit never sits whole in this worker.
-            yield worker.finish_video(ref, plan, ray.get(payload_refs), cfg.worker)
+            # One chunk at a time, parts written as they complete: neither the unit nor a
+            # long video ever sits whole in this worker.
+            chunks = (ray.get(r) for r in payload_refs)
+            yield worker.stream_video(ref, plan, summaries, chunks, cfg.worker)
 
     return write_unit(unit, results(), output, cfg)
 
@@ -165,7 +167,8 @@ class _Video:
     failure: str | None = None
     gen: Any = None
     gen_done: bool = False
-    payloads: list = field(default_factory=list)
+    payloads: list = field(default_factory=list)  # in chunk order (chunks are pulled in order)
+    summaries: list = field(default_factory=list)
     pending: int = 0  # chunk results not yet known
     pairs: int = 0
 
@@ -343,8 +346,9 @@ class _Scheduler:
             return
         v.pending -= 1
         try:
-            pairs, decode_node, flow_node = ray.get(ref)
-            v.pairs += pairs
+            summary, decode_node, flow_node = ray.get(ref)
+            v.summaries.append(summary)
+            v.pairs += len(summary.flow_pairs)
             self.placement["decode"][decode_node] += 1
             self.placement["flow"][flow_node] += 1
         except ray.exceptions.RayError as exc:
@@ -367,7 +371,7 @@ class _Scheduler:
 
     def _write(self, unit: Unit) -> None:
         vids = [self.videos[r.key] for r in unit.compute_refs]
-        args = [(v.ref, v.plan, v.payloads, v.failure) for v in vids]
+        args = [(v.ref, v.plan, v.payloads, sorted(v.summaries, key=lambda c: c.index), v.failure) for v in vids]
         ref = _write_unit.options(num_cpus=self.rcfg.decode_cpus).remote(unit, args, self.output, self.cfg)
         self.unit_refs[ref] = unit
 

@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -323,6 +323,25 @@ def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
 
 # --- stage 3: samples ----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ChunkSummary:
+    """An EncodedChunk without its bytes: what coverage checks need, small enough for the driver."""
+
+    index: int
+    start: int
+    owned: int
+    frame_index: tuple[int, ...]
+    flow_pairs: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+    last: bool
+
+
+def summarize(chunk: EncodedChunk) -> ChunkSummary:
+    """The summary of an encoded chunk."""
+    return ChunkSummary(index=chunk.index, start=chunk.start, owned=chunk.owned, frame_index=chunk.frame_index,
+                        flow_pairs=chunk.flow_pairs, size=chunk.size, last=chunk.last)
+
+
 def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], step: int) -> tuple[int, int]:
     """Check the chunks cover the video without gaps; return (decoded frames, flow fields).
 
@@ -397,13 +416,53 @@ def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_fra
     used to re-pack stored members without recomputing them, so both paths give equal bytes.
     """
     parts = -(-len(frames) // max_frames)
-    samples = []
-    for k in range(parts):
-        lo, hi = k * max_frames, (k + 1) * max_frames
-        meta_k = {**meta, "part": k, "num_parts": parts, "clips": []}
-        samples.append(_sample(part_key(ref, k, parts), meta_k, frames[lo:hi],
-                               [f for f in fields if lo <= f[0] < hi]))
-    return samples
+    return [_part(ref, meta, k, parts, frames[k * max_frames:(k + 1) * max_frames],
+                  [f for f in fields if k * max_frames <= f[0] < (k + 1) * max_frames]) for k in range(parts)]
+
+
+def _part(ref: VideoRef, meta: dict, k: int, parts: int, frames: list, fields: list) -> dict:
+    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields)
+
+
+def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
+                 chunks: Iterable[EncodedChunk], cfg: WorkerConfig) -> VideoResult:
+    """Like `finish_video`, but the samples are produced while `chunks` (in index order) are
+    read, so a writer holds one part of a video at a time, however long the video is.
+
+    Coverage is checked on the summaries first: a video with a gap is an error result
+    before any of its samples reaches a shard.
+    """
+    if plan.keep_frames is not None:  # clips mode: a few frames, one small sample
+        return finish_video(ref, plan, list(chunks), cfg)
+    try:
+        frames, fields = check_coverage(ref, plan, summaries, cfg.flow.step)
+    except (ValueError, RuntimeError) as exc:
+        return VideoResult(ref=ref, status="error", error=_reason(ref, exc), info=plan.info)
+    meta = video_meta(ref, plan, cfg, summaries[0].size)
+    samples = _stream_parts(ref, meta, chunks, frames, cfg.sample.max_frames)
+    return VideoResult(ref=ref, status="ok", samples=samples, frames=frames, flow_fields=fields, info=plan.info)
+
+
+def _stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], total: int,
+                  max_frames: int) -> Iterator[dict]:
+    """Dense parts, each emitted as soon as the chunks holding its frames have been read.
+
+    A field (t, t+step) is encoded by the chunk that owns frame t, so once frame
+    (k+1) * max_frames - 1 has arrived, part k has all its frames and fields.
+    """
+    parts = -(-total // max_frames)
+    frames: list = []
+    fields: list = []
+    k = 0
+    for c in chunks:
+        frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes))
+        fields.extend((a, b, data) for (a, b), data in zip(c.flow_pairs, c.flow_bytes))
+        while len(frames) >= max_frames and k < parts - 1:
+            hi = (k + 1) * max_frames
+            yield _part(ref, meta, k, parts, frames[:max_frames], [f for f in fields if f[0] < hi])
+            frames, fields = frames[max_frames:], [f for f in fields if f[0] >= hi]
+            k += 1
+    yield _part(ref, meta, k, parts, frames, fields)
 
 
 def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: list[dict]) -> dict:
