@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -160,25 +161,26 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--long-seconds", type=int, default=300, help="0 skips the memory run")
     ap.add_argument("--algos", default="farneback,dis")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="fs-bench-videos-"))
     root = make_videos(tmp / "videos", args.videos, args.frames)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.videos} videos x {args.frames} frames "
-          f"at {SIZE[0]}x{SIZE[1]}")
+          f"at {SIZE[0]}x{SIZE[1]}; median of {args.repeat} runs")
     print("| flow | workers | bare flow pairs/s (1 thread) | whole build pairs/s | build / (bare x workers) |")
     print("|---|---:|---:|---:|---:|")
     for algo in args.algos.split(","):
-        bare = bare_rate(root, algo)
+        bare = statistics.median(bare_rate(root, algo) for _ in range(args.repeat))
         for workers in (1, 2):
-            rate = build_rate(root, algo, workers)
-            print(f"| {algo} | {workers} | {bare:.1f} | {rate:.1f} | {rate / (bare * workers):.0%} |")
+            rate = statistics.median(build_rate(root, algo, workers) for _ in range(args.repeat))
+            print(f"| {algo} | {workers} | {bare:.1f} | {rate:.1f} | {rate / (bare * workers):.0%} |", flush=True)
     if args.long_seconds:
-        frames, peaks = long_video_memory(tmp / "long_root", args.long_seconds)
-        print(f"\nlong video: {frames} frames ({args.long_seconds} s at 25 fps, {SIZE[0]}x{SIZE[1]})")
-        print("| Ray worker process (tasks it ran) | peak RSS MB |\n|---|---:|")
-        for tasks, mb in peaks:
-            print(f"| {tasks} | {mb:.0f} |")
+        print("\n| video | frames | Ray worker process (tasks it ran) | peak RSS MB |\n|---|---:|---|---:|")
+        for seconds in (max(1, args.long_seconds // 10), args.long_seconds):
+            frames, peaks = long_video_memory(tmp / f"long_root_{seconds}", seconds)
+            for tasks, mb in peaks:
+                print(f"| {seconds} s at 25 fps | {frames} | {tasks} | {mb:.0f} |", flush=True)
     shutil.rmtree(tmp)
 
 
