@@ -4,6 +4,7 @@
 
 For Farneback and DIS at 340x256, with 1 and 2 workers, it measures frame pairs per second
 of (a) bare flow: cv2 on frames already decoded into memory, one thread, in this process,
+(a') the same in `workers` processes at once (all cores busy, as during a build),
 and (b) the whole build: `build_dataset` on a local Ray limited to that many CPUs (decode,
 flow, JPEG encode, tar write, manifests; Ray start-up excluded). The ratio reported is
 build / (bare x workers). Then it builds one long video and reports the peak resident
@@ -61,6 +62,42 @@ def bare_rate(root: Path, algo: str) -> float:
     return pairs / (time.perf_counter() - t0)
 
 
+def _bare_worker(args: tuple[str, list[str]]) -> int:
+    algo, paths = args
+    cv2.setNumThreads(1)
+    est = make_estimator(FlowConfig(algorithm=algo))
+    cfg = DecodeConfig(resize="none")
+    greys = [np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f, _ in decode.iter_frames(p, cfg)]) for p in paths]
+    barrier.wait()  # decode first, then every process starts flow at the same moment
+    pairs = 0
+    for g in greys:
+        for i in range(len(g) - 1):
+            est(g[i:i + 1], g[i + 1:i + 2])
+            pairs += 1
+    return pairs
+
+
+def _init(b) -> None:
+    global barrier
+    barrier = b
+
+
+def bare_parallel_rate(root: Path, algo: str, workers: int) -> float:
+    """Pairs/s of the estimator alone in `workers` processes at once (every core busy, as in a
+    build: a lone busy core may run at a higher clock than all cores together)."""
+    import multiprocessing as mp
+
+    paths = [str(p) for p in sorted(root.glob("*/*.mp4"))]
+    ctx = mp.get_context("spawn")
+    b = ctx.Barrier(workers + 1)
+    with ctx.Pool(workers, initializer=_init, initargs=(b,)) as pool:
+        result = pool.map_async(_bare_worker, [(algo, paths[i::workers]) for i in range(workers)])
+        b.wait()
+        t0 = time.perf_counter()
+        pairs = sum(result.get())
+        return pairs / (time.perf_counter() - t0)
+
+
 def build_rate(root: Path, algo: str, workers: int) -> float:
     """Pairs/s of a whole build on a local Ray with `workers` CPUs (Ray start-up excluded)."""
     import ray
@@ -88,6 +125,7 @@ class WorkerSampler:
         import threading
 
         self.titles: dict[str, set[str]] = {}
+        self.anon: dict[str, int] = {}
         self.interval, self.stop = interval, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -96,6 +134,9 @@ class WorkerSampler:
             for pid, title in _ray_processes():
                 if title not in ("ray::IDLE",):
                     self.titles.setdefault(pid, set()).add(title.split(" ")[0])
+                # RssAnon: the process's own memory. VmHWM also counts object-store pages it
+                # mapped while reading chunks, which belong to the shared store, not to it.
+                self.anon[pid] = max(self.anon.get(pid, 0), _status_kb(pid, "RssAnon"))
             self.stop.wait(self.interval)
 
     def __enter__(self) -> "WorkerSampler":
@@ -106,13 +147,13 @@ class WorkerSampler:
         self.stop.set()
         self.thread.join()
 
-    def peaks_mb(self) -> list[tuple[str, float]]:
-        """(tasks seen, peak RSS MB) per worker process that ran flowshard tasks."""
+    def peaks_mb(self) -> list[tuple[str, float, float]]:
+        """(tasks seen, peak private MB, peak RSS MB incl. mapped object-store pages) per worker."""
         rows = []
         for pid, titles in self.titles.items():
             tasks = sorted(t for t in titles if t.startswith("ray::_") or "FlowActor" in t)
             if tasks:
-                rows.append((", ".join(tasks), _vm_hwm_kb(pid) / 1024))
+                rows.append((", ".join(tasks), self.anon.get(pid, 0) / 1024, _status_kb(pid, "VmHWM") / 1024))
         return sorted(rows)
 
 
@@ -126,15 +167,15 @@ def _ray_processes():
             yield pid, title
 
 
-def _vm_hwm_kb(pid: str) -> int:
+def _status_kb(pid: str, field: str) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field + ":")), 0)
 
 
-def long_video_memory(root: Path, seconds: int) -> tuple[int, list[tuple[str, float]]]:
+def long_video_memory(root: Path, seconds: int) -> tuple[int, list[tuple[str, float, float]]]:
     """Build one long video with DIS (fast) and read the worker peaks before Ray stops."""
     import ray
 
@@ -168,19 +209,23 @@ def main() -> None:
     root = make_videos(tmp / "videos", args.videos, args.frames)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.videos} videos x {args.frames} frames "
           f"at {SIZE[0]}x{SIZE[1]}; median of {args.repeat} runs")
-    print("| flow | workers | bare flow pairs/s (1 thread) | whole build pairs/s | build / (bare x workers) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| flow | workers | bare, 1 process | bare, `workers` processes at once | whole build "
+          "| build / (bare 1 process x workers) | build / bare at once |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for algo in args.algos.split(","):
         bare = statistics.median(bare_rate(root, algo) for _ in range(args.repeat))
         for workers in (1, 2):
+            together = statistics.median(bare_parallel_rate(root, algo, workers) for _ in range(args.repeat))
             rate = statistics.median(build_rate(root, algo, workers) for _ in range(args.repeat))
-            print(f"| {algo} | {workers} | {bare:.1f} | {rate:.1f} | {rate / (bare * workers):.0%} |", flush=True)
+            print(f"| {algo} | {workers} | {bare:.1f} | {together:.1f} | {rate:.1f} | {rate / (bare * workers):.0%} "
+                  f"| {rate / together:.0%} |", flush=True)
     if args.long_seconds:
-        print("\n| video | frames | Ray worker process (tasks it ran) | peak RSS MB |\n|---|---:|---|---:|")
+        print("\n| video | frames | Ray worker process (tasks it ran) | peak private MB (RssAnon) "
+              "| peak RSS MB (VmHWM) |\n|---|---:|---|---:|---:|")
         for seconds in (max(1, args.long_seconds // 10), args.long_seconds):
             frames, peaks = long_video_memory(tmp / f"long_root_{seconds}", seconds)
-            for tasks, mb in peaks:
-                print(f"| {seconds} s at 25 fps | {frames} | {tasks} | {mb:.0f} |", flush=True)
+            for tasks, anon, hwm in peaks:
+                print(f"| {seconds} s at 25 fps | {frames} | {tasks} | {anon:.0f} | {hwm:.0f} |", flush=True)
     shutil.rmtree(tmp)
 
 
