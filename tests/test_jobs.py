@@ -47,3 +47,12 @@ def test_job_runs_and_ends_with_a_json_summary(motion_videos, tmp_path):
     assert "job tiny done" in proc.stderr
     info = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert info["config"]["shard"]["seed"] == 3 and info["config"]["flow"]["params"]["preset"] == "fast"
+
+
+def test_raft_is_selectable_from_the_cli_options():
+    from jobs.cli import _defaults, build
+
+    o = {**_defaults(build), "flow_algo": "raft_small", "flow_param": ("weights=/models/raft_small.pth",)}
+    cfg = make_build_config(o)
+    flow = cfg.worker.flow
+    assert (flow.algorithm, flow.backend, flow.params.weights) == ("raft_small", "torch", "/models/raft_small.pth")
