@@ -64,19 +64,41 @@ def _run_pairs(fn, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | No
     return out
 
 
-class OpenCVTVL1:
+class _PairEstimator:
+    """Shared by the OpenCV estimators: typed params, thread count, and the batch contract
+    (N pairs in, (N, H, W, 2) float32 out) over a per-pair `_one`."""
+
+    name = ""
+    params_type: type = object
+
+    def __init__(self, params=None, threads: int = 1):
+        self.params = _check_params(params, self.params_type)
+        self.threads = threads
+        _set_threads(threads)
+
+    def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
+        """Flow prev -> nxt per pair; init_flow (N, H, W, 2) is used where the params ask for it."""
+        return _run_pairs(self._one, prev, nxt, init_flow)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threads={self.threads}, params={self.params})"
+
+
+class OpenCVTVL1(_PairEstimator):
     """cv2.optflow.DualTVL1OpticalFlow with every `TVL1Params` field, one pair at a time."""
 
     name = "opencv-tvl1"
+    params_type = TVL1Params
 
     def __init__(self, params: TVL1Params | None = None, threads: int = 1):
-        self.params = _check_params(params, TVL1Params)
+        super().__init__(params, threads)
         p = self.params
         if p.median_filtering > 1 and p.median_filtering not in (3, 5):
             # cv::medianBlur on float images supports 3x3 and 5x5 windows only.
             raise ValueError(f"OpenCV TV-L1 needs median_filtering of 0, 1, 3 or 5, got {p.median_filtering}")
-        self.threads = threads
-        _set_threads(threads)
         # Positional: the Python binding names the arguments lambda_ and innnerIterations (sic).
         self._tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
             p.tau, p.lambda_, p.theta, p.nscales, p.warps, p.epsilon, p.inner_iterations,
@@ -92,23 +114,11 @@ class OpenCVTVL1:
             return self._tvl1.calc(prev, nxt, init)
         return self._tvl1.calc(prev, nxt, None)
 
-    def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
-        """Flow prev -> nxt per pair; init_flow (N, H, W, 2) is used when params.use_initial_flow."""
-        return _run_pairs(self._one, prev, nxt, init_flow)
-
-    def __repr__(self) -> str:
-        return f"OpenCVTVL1(threads={self.threads}, params={self.params})"
-
-
-class Farneback:
+class Farneback(_PairEstimator):
     """cv2.calcOpticalFlowFarneback with `FarnebackParams`, one pair at a time."""
 
     name = "opencv-farneback"
-
-    def __init__(self, params: FarnebackParams | None = None, threads: int = 1):
-        self.params = _check_params(params, FarnebackParams)
-        self.threads = threads
-        _set_threads(threads)
+    params_type = FarnebackParams
 
     def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
         p = self.params
@@ -117,23 +127,14 @@ class Farneback:
         return cv2.calcOpticalFlowFarneback(prev, nxt, init, p.pyr_scale, p.levels, p.winsize,
                                             p.iterations, p.poly_n, p.poly_sigma, p.flags)
 
-    def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
-        """Flow prev -> nxt per pair; init_flow is used when flags has OPTFLOW_USE_INITIAL_FLOW."""
-        return _run_pairs(self._one, prev, nxt, init_flow)
-
-    def __repr__(self) -> str:
-        return f"Farneback(threads={self.threads}, params={self.params})"
-
-
-class DIS:
+class DIS(_PairEstimator):
     """cv2.DISOpticalFlow from a preset, with the non-None `DISParams` fields overriding it."""
 
     name = "opencv-dis"
+    params_type = DISParams
 
     def __init__(self, params: DISParams | None = None, threads: int = 1):
-        self.params = _check_params(params, DISParams)
-        self.threads = threads
-        _set_threads(threads)
+        super().__init__(params, threads)
         self._dis = self._build(self.params)
         log.debug("built %r", self)
 
@@ -152,11 +153,4 @@ class DIS:
         return dis
 
     def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
-        return self._dis.calc(prev, nxt, None)
-
-    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        """Flow prev -> nxt for each pair."""
-        return _run_pairs(self._one, prev, nxt)
-
-    def __repr__(self) -> str:
-        return f"DIS(threads={self.threads}, params={self.params})"
+        return self._dis.calc(prev, nxt, None)  # DIS takes no initial flow
