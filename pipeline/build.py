@@ -341,10 +341,6 @@ class Progress:
         self.bar.set_postfix(pairs_s=f"{self.pairs / elapsed:.1f}", errors=self.errors, refresh=False)
         self.bar.update(1)
 
-    def skip(self, n: int) -> None:
-        self.bar.total -= n
-        self.bar.refresh()
-
     def close(self) -> None:
         self.bar.close()
 

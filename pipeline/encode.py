@@ -92,11 +92,21 @@ def encode_flow_q(q: np.ndarray, quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def decode_flow_q(data: bytes) -> np.ndarray:
-    """One flow member -> quantized uint8 (H, W, 2), x then y."""
+def decode_flow_plane(data: bytes) -> np.ndarray:
+    """One flow member -> its quantized (2H, W) plane as stored, x over y.
+
+    Readers that want channels first (the trainer) take the plane as it is: x is
+    plane[:H], y is plane[H:], with no interleaving copy.
+    """
     plane = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if plane is None or plane.shape[0] % 2:
         raise SchemaError("a flow member is not a decodable (2H, W) grayscale JPEG")
+    return plane
+
+
+def decode_flow_q(data: bytes) -> np.ndarray:
+    """One flow member -> quantized uint8 (H, W, 2), x then y."""
+    plane = decode_flow_plane(data)
     h = plane.shape[0] // 2
     return np.stack([plane[:h], plane[h:]], axis=-1)
 

@@ -562,16 +562,6 @@ _CACHE = {"dir": None, "bytes": CACHE_BYTES}
 _CACHE_LOCK = threading.Lock()
 
 
-def set_cache(directory: str | Path | None = None, max_bytes: int | None = None) -> None:
-    """Where local copies of remote inputs go (default: the system temp folder) and their budget."""
-    if max_bytes is not None and max_bytes < 0:
-        raise ValueError(f"cache max_bytes must be >= 0, got {max_bytes}")
-    if directory is not None:
-        _CACHE["dir"] = str(directory)
-    if max_bytes is not None:
-        _CACHE["bytes"] = max_bytes
-
-
 def _cache_dir() -> Path:
     folder = Path(_CACHE["dir"] or Path(tempfile.gettempdir()) / "flowshard-inputs")
     folder.mkdir(parents=True, exist_ok=True)

@@ -503,8 +503,3 @@ def finish_video(ref: VideoRef, plan: VideoPlan, encoded: list[EncodedChunk], cf
     fields = sum(len(encode.load_meta(s[encode.META])["flow_fields"]) for s in samples)
     return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=frames, flow_fields=fields,
                        info=plan.info, stats={"seconds": seconds})
-
-
-def error_result(ref: VideoRef, reason: str) -> VideoResult:
-    """An error row for a video whose processing failed outside the decoder (e.g. a lost task)."""
-    return VideoResult(ref=ref, status="error", error=_reason(ref, ValueError(reason)))

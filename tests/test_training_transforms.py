@@ -28,7 +28,7 @@ def test_interleave_orders_channels_x_y_per_time_step():
 
 def test_stored_planes_stack_to_the_same_channels_as_decode_flow_q():
     from pipeline import encode
-    from training.data import decode_flow_plane
+    from pipeline.encode import decode_flow_plane
 
     rng = np.random.default_rng(0)
     members = [encode.encode_flow_q(rng.integers(0, 256, (24, 32, 2), dtype=np.uint8)) for _ in range(4)]

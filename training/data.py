@@ -23,7 +23,7 @@ corrupt shard is used, at the cost of reading it twice; verify="off" skips the c
 
 Safety. Members are decoded only by flowshard's own decoders (json through
 encode.load_meta, RGB through encode.decode_rgb, flow fields as their stored (2H, W)
-planes by `decode_flow_plane`, FlowStack through encode.unpack_stack); any other member is
+planes by `encode.decode_flow_plane`, FlowStack through encode.unpack_stack); any other member is
 dropped undecoded, nothing is unpickled.
 
 Epochs and DDP. Training draws shards with replacement from the whole list, from one
@@ -64,21 +64,8 @@ log = logging.getLogger(__name__)
 VERIFY_MODES = ("stream", "open", "off")
 STREAM_CHOICES = ("rgb", "flow", "both")
 
-def decode_flow_plane(data: bytes) -> np.ndarray:
-    """One flow member -> its quantized (2H, W) plane, x over y (encode's "x_over_y" layout).
-
-    The same values as encode.decode_flow_q without its (H, W, 2) interleaving copy, which
-    costs as much as the JPEG decode: transforms.stack_fields turns L planes into the
-    (2L, H, W) network layout with a free reshape.
-    """
-    plane = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if plane is None or plane.shape[0] % 2:
-        raise encode.SchemaError("a flow member is not a decodable (2H, W) greyscale JPEG")
-    return plane
-
-
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.
-DECODERS = {"rgb": encode.decode_rgb, "flow": decode_flow_plane}
+DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane}
 
 
 class ShardHashError(ValueError):
