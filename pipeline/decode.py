@@ -3,11 +3,16 @@
 Everything comes from the ffmpeg binary itself (no ffprobe is needed):
 
 - `probe` parses the stream banner that `ffmpeg -hide_banner -i FILE` prints.
-- `iter_frames` pipes raw RGB frames out of ffmpeg one at a time (never the whole video in
-  memory) and takes each frame's presentation time from a `showinfo` filter at the end of the
-  filter chain, whose stderr lines a background thread parses while draining stderr.
-- `iter_chunks` groups frames into `FrameChunk`s that own consecutive frames and carry the
-  next few frames as look-ahead, the unit of flow compute.
+- `iter_planes` pipes raw frames out of ffmpeg one at a time (never the whole video in memory)
+  as full-range BT.601 YUV 4:2:0 planes, the colour space JPEG stores: the luma plane is what
+  flow takes and the planes are JPEG-encoded as they are, so the build never converts a frame
+  to RGB (half the bytes through the pipe, no colour conversion before or inside the encoder).
+  Each frame's presentation time comes from a `showinfo` filter at the end of the filter
+  chain, whose stderr lines a background thread parses while draining stderr.
+- `iter_frames` is the same stream as RGB (exact-rounded, full-resolution chroma) for readers
+  that want RGB; `planes_to_rgb` turns planes into RGB where an estimator needs it.
+- `group_chunks` / `iter_chunks` group frames into chunks that own consecutive frames and carry
+  the next few frames as look-ahead, the unit of flow compute.
 
 Remote inputs (s3://, gs://, ... any fsspec URL) are downloaded whole to a local cache
 first (`pipeline.storage.local_copy`, once per machine and object version) and decoded from
@@ -31,6 +36,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterator
 
+import cv2
 import ffmpeg
 import numpy as np
 
@@ -43,6 +49,11 @@ log = logging.getLogger(__name__)
 # usual case: 320x240 -> short side 256 or smaller) without aliasing; accurate_rnd and
 # full_chroma_int make the YUV -> RGB conversion exact-rounded and full-resolution in chroma.
 SCALE_FLAGS = "area+accurate_rnd+full_chroma_int"
+# The build's frames: YUV 4:2:0, full range, BT.601 matrix (JFIF's), whatever the source's matrix
+# (swscale converts BT.709 and others). No RGB conversion happens, so the RGB-only flags above
+# would only slow the scaler down (they doubled ffmpeg's CPU per frame).
+PLANE_FLAGS = "area"
+PLANE_FORMAT = {"pix_fmt": "yuv420p", "range": "full", "matrix": "bt601"}
 
 # How long to wait for the timestamp of a frame that ffmpeg already wrote to stdout. showinfo
 # logs a frame before the frame reaches the muxer, so the line is normally already there.
@@ -151,7 +162,7 @@ class DecodeConfig:
         `threads` is left out: it changes speed, not the frames.
         """
         return {"resize": self.resize.strip().lower(), "fps": None if self.fps is None else float(self.fps),
-                "scale_flags": SCALE_FLAGS, "pix_fmt": "rgb24"}
+                "scale_flags": PLANE_FLAGS, **PLANE_FORMAT}
 
 
 # --------------------------------------------------------------------------- uris
@@ -353,8 +364,9 @@ def showinfo_has_checksum() -> bool:
     return "checksum" in proc.stdout + proc.stderr
 
 
-def build_command(source: str, size: tuple[int, int], cfg: DecodeConfig):
-    """The ffmpeg-python output node that decodes `source` to raw RGB24 frames of `size` on stdout.
+def build_command(source: str, size: tuple[int, int], cfg: DecodeConfig, pix_fmt: str = "rgb24"):
+    """The ffmpeg-python output node that decodes `source` to raw frames of `size` on stdout:
+    RGB24, or with pix_fmt="yuv420p" the planes `iter_planes` reads (PLANE_FORMAT).
 
     `.compile(cmd=resolve_ffmpeg())` gives the argv (no shell is ever involved).
 
@@ -367,14 +379,20 @@ def build_command(source: str, size: tuple[int, int], cfg: DecodeConfig):
     if cfg.fps is not None:
         stream = stream.filter("fps", fps=cfg.fps)
     width, height = size
-    stream = stream.filter("scale", width, height, flags=SCALE_FLAGS)
+    if pix_fmt == PLANE_FORMAT["pix_fmt"]:
+        stream = stream.filter("scale", width, height, flags=PLANE_FLAGS, out_range=PLANE_FORMAT["range"],
+                               out_color_matrix=PLANE_FORMAT["matrix"])
+    elif pix_fmt == "rgb24":
+        stream = stream.filter("scale", width, height, flags=SCALE_FLAGS)
+    else:
+        raise ValueError(f"pix_fmt={pix_fmt!r}: rgb24 or {PLANE_FORMAT['pix_fmt']}")
     # showinfo last: one log line per frame actually sent to the output, in output order.
     # Its per-plane checksums cost CPU on every frame and are never read: off where supported.
     stream = stream.filter("showinfo", **({"checksum": 0} if showinfo_has_checksum() else {}))
     # passthrough: with no fps filter, variable-rate frames are neither duplicated nor dropped;
     # after the fps filter the rate is already constant, so passthrough changes nothing.
     timing = {"fps_mode": "passthrough"} if ffmpeg_version() >= (5, 1) else {"vsync": "0"}
-    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", **timing)
+    out = stream.output("pipe:", format="rawvideo", pix_fmt=pix_fmt, **timing)
     # level+info tags every line with its level (errors are easy to pick) and keeps showinfo's
     # info-level lines; -nostats avoids carriage-return progress lines on stderr.
     return out.global_args("-nostdin", "-nostats", "-hide_banner", "-loglevel", "level+info")
@@ -470,11 +488,38 @@ def iter_frames(uri: str, cfg: DecodeConfig, info: VideoInfo | None = None) -> I
     Raises DecodeError naming the file when ffmpeg fails or yields no frame. Closing the
     generator early kills and reaps ffmpeg.
     """
+    yield from _iter_raw(uri, cfg, info, "rgb24")
+
+
+def iter_planes(uri: str, cfg: DecodeConfig, info: VideoInfo | None = None) -> Iterator[tuple[np.ndarray, float]]:
+    """Like `iter_frames`, but each frame is its YUV 4:2:0 planes (PLANE_FORMAT) in one
+    (3H/2, W) uint8 array, I420 layout: `split_planes` gives the Y, U and V views."""
+    yield from _iter_raw(uri, cfg, info, PLANE_FORMAT["pix_fmt"])
+
+
+def split_planes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views (Y (H, W), U (H/2, W/2), V (H/2, W/2)) of an I420 frame from `iter_planes`."""
+    h, w = frame.shape[0] * 2 // 3, frame.shape[1]
+    chroma = frame[h:].reshape(2, h // 2, w // 2)
+    return frame[:h], chroma[0], chroma[1]
+
+
+def planes_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) uint8 of an I420 frame from `iter_planes` (JFIF's full-range BT.601, chroma
+    upsampled bilinearly), for estimators that take colour."""
+    y, u, v = split_planes(frame)
+    size = (y.shape[1], y.shape[0])
+    up = [cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in (v, u)]
+    return cv2.cvtColor(cv2.merge([y, *up]), cv2.COLOR_YCrCb2RGB)
+
+
+def _iter_raw(uri: str, cfg: DecodeConfig, info: VideoInfo | None, pix_fmt: str) -> Iterator[tuple[np.ndarray, float]]:
     path = _check_file(uri)
     info = info or probe(uri)
     width, height = cfg.output_size(info.width, info.height)
-    frame_bytes = width * height * 3
-    node = build_command(path, (width, height), cfg)
+    shape = (height, width, 3) if pix_fmt == "rgb24" else (height * 3 // 2, width)
+    frame_bytes = width * height * 3 if pix_fmt == "rgb24" else width * height * 3 // 2
+    node = build_command(path, (width, height), cfg, pix_fmt)
     proc = node.run_async(cmd=resolve_ffmpeg(), pipe_stdout=True, pipe_stderr=True)
     reader = _StderrReader(proc.stderr)
     reader.start()
@@ -484,7 +529,7 @@ def iter_frames(uri: str, cfg: DecodeConfig, info: VideoInfo | None = None) -> I
             buf = _read_exact(proc.stdout, frame_bytes, uri)
             if buf is None:
                 break
-            frame = np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+            frame = np.frombuffer(buf, np.uint8).reshape(shape)
             pts = _next_pts(reader, count, cfg.fps or info.fps)
             count += 1
             yield frame, pts
@@ -502,20 +547,13 @@ def iter_frames(uri: str, cfg: DecodeConfig, info: VideoInfo | None = None) -> I
 # --------------------------------------------------------------------------- chunks
 
 
-def _make_chunk(key: str, index: int, start: int, owned: int, rows: list, last: bool) -> FrameChunk:
-    frames = np.stack([f for f, _ in rows])
-    return FrameChunk(video_key=key, index=index, start=start, owned=owned, frames=frames,
-                      pts=tuple(float(p) for _, p in rows), last=last)
-
-
-def iter_chunks(key: str, uri: str, cfg: DecodeConfig, *, chunk_frames: int, overlap: int,
-                info: VideoInfo | None = None) -> Iterator[FrameChunk]:
-    """Yield FrameChunks that own `chunk_frames` consecutive frames plus `overlap` look-ahead frames.
+def group_chunks(rows: Iterator, *, chunk_frames: int, overlap: int) -> Iterator[tuple[int, int, int, list, bool]]:
+    """Group a stream of per-frame rows into chunks: (index, start, owned, rows, last).
 
     Every chunk but the last owns exactly `chunk_frames` frames; the last owns the rest
     (1..chunk_frames) with no look-ahead and has last=True. A non-last chunk carries `overlap`
-    look-ahead frames, or fewer when the video ends inside them. At most
-    chunk_frames + overlap + 1 decoded frames are held (one extra to know whether more follow).
+    look-ahead rows (the next chunk's first frames), or fewer when the video ends inside them.
+    At most chunk_frames + overlap + 1 rows are held (one extra to know whether more follow).
     """
     if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
         raise ValueError(f"chunk_frames={chunk_frames!r} must be an integer >= 1")
@@ -524,17 +562,27 @@ def iter_chunks(key: str, uri: str, cfg: DecodeConfig, *, chunk_frames: int, ove
     window = chunk_frames + overlap
     buf: collections.deque = collections.deque()
     index = start = 0
-    for row in iter_frames(uri, cfg, info):
+    for row in rows:
         buf.append(row)
         if len(buf) > window:  # a frame beyond the window exists, so this chunk is not the last
-            yield _make_chunk(key, index, start, chunk_frames, list(buf)[:window], last=False)
+            yield index, start, chunk_frames, list(buf)[:window], False
             for _ in range(chunk_frames):
                 buf.popleft()
             index, start = index + 1, start + chunk_frames
     while len(buf) > chunk_frames:  # the video ended inside the look-ahead: shorter look-ahead
-        yield _make_chunk(key, index, start, chunk_frames, list(buf), last=False)
+        yield index, start, chunk_frames, list(buf), False
         for _ in range(chunk_frames):
             buf.popleft()
         index, start = index + 1, start + chunk_frames
     if buf:
-        yield _make_chunk(key, index, start, len(buf), list(buf), last=True)
+        yield index, start, len(buf), list(buf), True
+
+
+def iter_chunks(key: str, uri: str, cfg: DecodeConfig, *, chunk_frames: int, overlap: int,
+                info: VideoInfo | None = None) -> Iterator[FrameChunk]:
+    """Yield RGB FrameChunks that own `chunk_frames` consecutive frames plus `overlap` look-ahead
+    frames (see `group_chunks`)."""
+    groups = group_chunks(iter_frames(uri, cfg, info), chunk_frames=chunk_frames, overlap=overlap)
+    for index, start, owned, rows, last in groups:
+        yield FrameChunk(video_key=key, index=index, start=start, owned=owned, frames=np.stack([f for f, _ in rows]),
+                         pts=tuple(float(p) for _, p in rows), last=last)

@@ -25,8 +25,9 @@ from typing import Mapping
 
 import cv2
 import numpy as np
+import simplejpeg
 
-from pipeline.flow import dequantize, quantize
+from pipeline.flow import dequantize, quantize_inplace
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMAS = (1,)
@@ -73,6 +74,18 @@ def encode_rgb(frame: np.ndarray, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+def encode_planes(y: np.ndarray, u: np.ndarray, v: np.ndarray, quality: int = 90) -> bytes:
+    """Full-range BT.601 YUV 4:2:0 planes (what the decoder gives) -> JPEG bytes (baseline).
+
+    The planes are JPEG's own colour space, so libjpeg-turbo encodes them as they are: no RGB
+    conversion and no chroma downsampling, the same picture `encode_rgb` gives of their RGB.
+    """
+    try:
+        return simplejpeg.encode_jpeg_yuv_planes(y, u, v, int(quality))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"JPEG encoding failed for planes of shape {y.shape}: {exc}") from exc
+
+
 def decode_rgb(data: bytes) -> np.ndarray:
     """JPEG bytes -> RGB uint8 (H, W, 3)."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -85,10 +98,13 @@ def encode_flow_q(q: np.ndarray, quality: int = 95) -> bytes:
     """Quantized flow uint8 (H, W, 2) -> one grayscale JPEG of (2H, W): x on top, y below."""
     if q.dtype != np.uint8 or q.ndim != 3 or q.shape[2] != 2:
         raise ValueError(f"quantized flow must be uint8 (H, W, 2), got {q.dtype} {q.shape}")
-    plane = np.ascontiguousarray(np.concatenate([q[..., 0], q[..., 1]], axis=0))
+    return _encode_plane(np.concatenate([q[..., 0], q[..., 1]], axis=0), quality)
+
+
+def _encode_plane(plane: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", plane, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise ValueError(f"JPEG encoding failed for a flow field of shape {q.shape}")
+        raise ValueError(f"JPEG encoding failed for a flow plane of shape {plane.shape}")
     return buf.tobytes()
 
 
@@ -112,8 +128,16 @@ def decode_flow_q(data: bytes) -> np.ndarray:
 
 
 def encode_flow(flow: np.ndarray, bound: float, quality: int = 95) -> bytes:
-    """Float flow (H, W, 2) in pixels -> quantized flow member bytes."""
-    return encode_flow_q(quantize(flow, bound), quality)
+    """Float flow (H, W, 2) in pixels -> quantized flow member bytes.
+
+    Quantized straight into the (2H, W) plane: one float copy, no uint8 (H, W, 2) in between.
+    """
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
+    h = flow.shape[0]
+    plane = np.empty((2 * h, flow.shape[1]), np.float32)
+    plane[:h], plane[h:] = flow[..., 0], flow[..., 1]
+    return _encode_plane(quantize_inplace(plane, bound), quality)
 
 
 def decode_flow(data: bytes, bound: float) -> np.ndarray:

@@ -25,10 +25,21 @@ _IMPLEMENTED = {"opencv": ("tvl1", "farneback", "dis"), "torch": ("tvl1", "raft_
 
 def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
     """Map float flow (pixels) to uint8 with the shared convention; values beyond +-bound clip."""
+    return quantize_inplace(np.array(flow, dtype=np.float32), bound)
+
+
+def quantize_inplace(values: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """`quantize` of a float32 array that may be overwritten (no temporaries: the encoder's path)."""
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")
-    q = np.rint((np.asarray(flow, dtype=np.float32) + bound) * (255.0 / (2.0 * bound)))
-    return np.clip(q, 0, 255).astype(np.uint8)
+    if values.dtype != np.float32:
+        raise ValueError(f"quantize_inplace needs float32 values, got {values.dtype}")
+    # float32 throughout, in the formula's order: the same bytes as the expression written out.
+    values += np.float32(bound)
+    values *= np.float32(255.0 / (2.0 * bound))
+    np.rint(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return values.astype(np.uint8)
 
 
 def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
@@ -176,13 +187,25 @@ def params_from_dict(algorithm: str, values: dict) -> TVL1Params | FarnebackPara
     return cls(**values)
 
 
-class FlowEstimator(Protocol):
-    """Computes dense flow for a batch of grayscale frame pairs.
+INPUTS = ("grey", "rgb")  # what an estimator takes: luma (N, H, W) or colour (N, H, W, 3), uint8
 
-    prev, nxt: (N, H, W) uint8 grayscale. Returns (N, H, W, 2) float32, x then y, in pixels.
+
+class FlowEstimator(Protocol):
+    """Computes dense flow for a batch of frame pairs.
+
+    `input` says what the frames are: "grey", (N, H, W) uint8 luma, or "rgb", (N, H, W, 3)
+    uint8 RGB (learned estimators see colour; grey copied to three channels is not RGB).
+    Returns (N, H, W, 2) float32, x then y, in pixels.
     """
 
+    input: str
+
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray: ...
+
+
+def estimator_input(cfg: FlowConfig) -> str:
+    """The `input` of the estimator `cfg` names, known without building it (decoders send that)."""
+    return "rgb" if cfg.algorithm.startswith("raft") else "grey"
 
 
 def make_estimator(cfg: FlowConfig) -> FlowEstimator:

@@ -69,6 +69,7 @@ class _PairEstimator:
     (N pairs in, (N, H, W, 2) float32 out) over a per-pair `_one`."""
 
     name = ""
+    input = "grey"  # every OpenCV estimator here takes luma (N, H, W) uint8
     params_type: type = object
 
     def __init__(self, params=None, threads: int = 1):

@@ -3,8 +3,8 @@
 Weights are never downloaded: they come from a checkpoint path the user gives, or from the
 file torchvision would have cached (torch.hub's checkpoints folder) after an earlier download
 elsewhere. RAFT needs sides divisible by 8 and at least 128, so frames are padded (replicated
-border) and the flow cropped back. Grayscale frames are repeated to RGB and scaled to [-1, 1], torchvision's
-OpticalFlow preset. Flow is frame 0 -> frame 1, x right, y down, pixels (OpenCV's convention).
+border) and the flow cropped back. Frames are RGB (the estimator's `input` is "rgb": decoders send
+colour, never grey copied to three channels), scaled to [-1, 1] as torchvision's OpticalFlow preset does. Flow is frame 0 -> frame 1, x right, y down, pixels (OpenCV's convention).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow_cpu import check_pair_batch
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,24 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 8,
     return x, (h, w)
 
 
+def check_rgb_pairs(prev: np.ndarray, nxt: np.ndarray) -> None:
+    """Raise ValueError unless prev and nxt are equal-shape (N, H, W, 3) uint8 RGB arrays."""
+    for name, arr in (("prev", prev), ("nxt", nxt)):
+        if not isinstance(arr, np.ndarray) or arr.ndim != 4 or arr.shape[3] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"{name} must be (N, H, W, 3) uint8 RGB, got "
+                             f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}")
+    if prev.shape != nxt.shape:
+        raise ValueError(f"prev and nxt must have one shape, got {prev.shape} and {nxt.shape}")
+
+
 class RAFTFlow:
-    """Batched RAFT estimator: est(prev, nxt) with (N, H, W) uint8 -> (N, H, W, 2) float32.
+    """Batched RAFT estimator: est(prev, nxt) with (N, H, W, 3) uint8 RGB -> (N, H, W, 2) float32.
 
     random_init=True builds the network with random weights (for wiring tests only).
     """
 
     name = "torch-raft"
+    input = "rgb"
 
     def __init__(self, weights: str | Path | None = None, *, model: str = "raft_small", device: str = "cpu",
                  num_flow_updates: int = 12, random_init: bool = False):
@@ -92,14 +102,15 @@ class RAFTFlow:
         self.net = self.net.eval().to(self.device)
 
     def _to_input(self, frames: np.ndarray) -> torch.Tensor:
-        """(N, H, W) uint8 -> (N, 3, H, W) float in [-1, 1] on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).float()
-        return (x * (2.0 / 255.0) - 1.0)[:, None].expand(-1, 3, -1, -1)
+        """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float in [-1, 1] on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
+        return x * (2.0 / 255.0) - 1.0
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        """Flow prev -> nxt for each pair (padded internally to sides divisible by 8, >= 128)."""
-        check_pair_batch(prev, nxt)
-        n, h, w = prev.shape
+        """Flow prev -> nxt for each pair of (N, H, W, 3) uint8 RGB frames (padded internally to
+        sides divisible by 8, >= 128)."""
+        check_rgb_pairs(prev, nxt)
+        n, h, w = prev.shape[:3]
         if n == 0:
             return np.zeros((0, h, w, 2), np.float32)
         a, _ = pad_to_multiple(self._to_input(prev))

@@ -439,6 +439,7 @@ class TorchTVL1:
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
         self.name = "torch-tvl1"
+        self.input = "grey"  # luma (N, H, W) uint8, as OpenCV's TV-L1 takes it
         self.compile, self.dtype, self.sync_every = compile, dtype, sync_every
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:

@@ -1,9 +1,14 @@
 """One video's path through the pipeline, without Ray: decode -> flow -> encode -> samples.
 
 The three stages are separate functions because Ray runs them in different places:
-`video_jobs` streams decoded chunks (a CPU task), `encode_chunk` computes and encodes flow
-for one chunk (a CPU task or a GPU actor), `assemble_video` turns the encoded chunks of a
-video into webdataset samples (the shard writer). `process_video` chains them in-process.
+`video_jobs` streams decoded chunks (a CPU task), `process_chunks` computes and encodes flow
+for chunks (a CPU task; on GPU builds `compute_fields` runs in an actor and `encode_chunk`
+after it), `assemble_video` turns the encoded chunks of a video into webdataset samples (the
+shard writer). `process_video` chains them in-process.
+
+What crosses between them is what the next stage needs and no more: the decoder JPEG-encodes
+each kept frame from its YUV planes where it was decoded and hands flow only the luma planes
+(or RGB, for an estimator whose `input` is "rgb"); flow hands on encoded fields.
 """
 from __future__ import annotations
 
@@ -15,13 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-import cv2
 import numpy as np
 
 from pipeline import decode, encode
 from pipeline.decode import DecodeConfig, DecodeError
-from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
-from pipeline.records import EncodedChunk, FrameChunk, VideoInfo, VideoRef, VideoResult
+from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, estimator_input, make_estimator
+from pipeline.records import EncodedChunk, VideoInfo, VideoRef, VideoResult
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +92,15 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """Decided before the first chunk: the stream, and which frames and fields to keep."""
+    """Decided before the first chunk: the stream, and which frames and fields to keep.
+
+    In clips mode the layout comes from the frame count the header promises (`expected_frames`),
+    so the video is decoded once; the decoder and the writer settle it on the count actually
+    decoded (`settle_plan`), which is what the layout always depends on.
+    """
 
     info: VideoInfo
-    total_frames: int | None  # known up front only in clips mode (counted by a cheap pass)
+    total_frames: int | None  # known up front only in clips mode (expected, or counted)
     keep_frames: frozenset[int] | None  # None: every frame (dense)
     keep_fields: frozenset[int] | None  # field i is the pair (i, i + step)
     clips: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (centre frame, its L field starts)
@@ -99,11 +108,26 @@ class VideoPlan:
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """A chunk of frames plus what to keep of it: the input of `encode_chunk`."""
+    """A chunk as the flow stage takes it: the input of `process_chunks` / `compute_fields`.
 
-    chunk: FrameChunk
-    keep_frames: frozenset[int] | None
-    keep_fields: frozenset[int] | None
+    Frames are JPEG-encoded where they were decoded, so only what flow needs crosses to it:
+    `frames` holds luma (n, H, W) uint8, or RGB (n, H, W, 3) for an estimator whose input is
+    "rgb", one row per entry of `frame_ids` (consecutive frames in dense mode; in clips mode
+    only the frames the clips use). `flow_inputs` gives the pairs.
+    """
+
+    video_key: str
+    index: int  # chunk number within the video, 0-based
+    start: int  # first frame this chunk owns
+    owned: int  # frames start .. start + owned - 1 are this chunk's (kept or not)
+    last: bool
+    frame_ids: tuple[int, ...]  # global index of each row of `frames`
+    frames: np.ndarray
+    fields: tuple[int, ...]  # t of each field (t, t + step) computed from this chunk
+    frame_index: tuple[int, ...]  # kept frames owned here, with their pts and JPEG bytes
+    frame_pts: tuple[float, ...]
+    frame_bytes: tuple[bytes, ...]
+    size: tuple[int, int]  # (width, height) of the stored frames
 
 
 @dataclass(frozen=True)
@@ -134,15 +158,38 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     if info.codec in ("", "none"):
         raise ValueError("unsupported codec: ffmpeg has no decoder for this video stream's codec")
     check_pixels(info, cfg)
-    s, step = cfg.sample, cfg.flow.step
-    if not s.clips:
+    if not cfg.sample.clips:
         return VideoPlan(info=info, total_frames=None, keep_frames=None, keep_fields=None)
-    total = count_frames(ref.uri, cfg.decode, info)
+    expected = expected_frames(info, cfg.decode)
+    if expected > cfg.flow.step:
+        try:
+            return clips_plan(info, expected, cfg)
+        except ValueError:
+            pass  # too short by the header: count the frames before calling it too short
+    return clips_plan(info, count_frames(ref.uri, cfg.decode, info), cfg)
+
+
+def clips_plan(info: VideoInfo, total: int, cfg: WorkerConfig) -> VideoPlan:
+    """The clips-mode plan of a video of `total` decoded frames (ValueError when too short)."""
+    s, step = cfg.sample, cfg.flow.step
     starts = clip_starts(total - step, s.clips, s.clip_len)
     clips = tuple((st + s.clip_len // 2, tuple(range(st, st + s.clip_len))) for st in starts)
     fields = frozenset(f for _, fs in clips for f in fs)
     return VideoPlan(info=info, total_frames=total, keep_frames=frozenset(c for c, _ in clips),
                      keep_fields=fields, clips=clips)
+
+
+def settle_plan(plan: VideoPlan, total: int, cfg: WorkerConfig) -> VideoPlan:
+    """The plan for `total` frames actually decoded: `plan` itself when its count was right."""
+    if plan.keep_frames is None or plan.total_frames == total:
+        return plan
+    return clips_plan(plan.info, total, cfg)
+
+
+def expected_frames(info: VideoInfo, cfg: DecodeConfig) -> int:
+    """Frames the decode should give by the header (duration x rate), 0 when unknown."""
+    rate = cfg.fps or info.fps
+    return int(round(info.duration * rate)) if rate > 0 and info.duration > 0 else 0
 
 
 def check_pixels(info: VideoInfo, cfg: WorkerConfig) -> None:
@@ -200,12 +247,77 @@ def count_frames(uri: str, cfg: DecodeConfig, info: VideoInfo) -> int:
 # --- stage 1: decode -------------------------------------------------------------------------
 
 def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[ChunkJob]:
-    """Stream the video's frames as ChunkJobs; a decode failure raises DecodeError."""
-    chunks = decode.iter_chunks(ref.key, ref.uri, cfg.decode, chunk_frames=cfg.sample.chunk_frames,
-                                overlap=cfg.flow.step, info=plan.info)
-    for chunk in chunks:
-        yield ChunkJob(chunk=_trim(chunk, plan, cfg.flow.step), keep_frames=plan.keep_frames,
-                       keep_fields=plan.keep_fields)
+    """Stream the video's frames as ChunkJobs; a decode failure raises DecodeError.
+
+    Dense: one job per `chunk_frames` frames, sent while the rest decodes. Clips mode: the
+    frames the clips use are held while the video decodes once, then sent as one job.
+    """
+    if plan.keep_frames is not None:
+        yield _clips_job(ref, plan, cfg)
+        return
+    step, kind, quality = cfg.flow.step, estimator_input(cfg.flow), cfg.encode.rgb_quality
+    rows = ((_flow_frame(f, kind), pts, encode.encode_planes(*decode.split_planes(f), quality))
+            for f, pts in decode.iter_planes(ref.uri, cfg.decode, plan.info))
+    groups = decode.group_chunks(rows, chunk_frames=cfg.sample.chunk_frames, overlap=step)
+    for index, start, owned, group, last in groups:
+        n = len(group)
+        yield ChunkJob(video_key=ref.key, index=index, start=start, owned=owned, last=last,
+                       frame_ids=tuple(range(start, start + n)), frames=np.stack([g[0] for g in group]),
+                       fields=tuple(start + r for r in range(owned) if r + step < n),
+                       frame_index=tuple(range(start, start + owned)),
+                       frame_pts=tuple(float(g[1]) for g in group[:owned]),
+                       frame_bytes=tuple(g[2] for g in group[:owned]), size=_size(group[0][0]))
+
+
+def _flow_frame(frame: np.ndarray, kind: str) -> np.ndarray:
+    """What flow takes of an I420 frame: its luma plane (a view), or RGB."""
+    return decode.split_planes(frame)[0] if kind == "grey" else decode.planes_to_rgb(frame)
+
+
+def _size(flow_frame: np.ndarray) -> tuple[int, int]:
+    return flow_frame.shape[1], flow_frame.shape[0]
+
+
+def needed_frames(plan: VideoPlan, step: int) -> frozenset[int]:
+    """The frames a clips-mode plan uses: kept frames and both ends of every kept field."""
+    return plan.keep_frames | {f + d for f in plan.keep_fields for d in (0, step)}
+
+
+def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
+    """Decode once, holding the frames the clips use; settle the plan on the decoded count.
+
+    The clip layout depends on the frame count, taken from the header before decoding. When
+    the decode gives another count (a header that lies, a file cut short) the layout moves,
+    and the video is decoded a second time only if the new layout needs frames not held.
+    """
+    step = cfg.flow.step
+    held, total = _hold(ref, plan, needed_frames(plan, step), cfg)
+    settled = settle_plan(plan, total, cfg)
+    need = needed_frames(settled, step)
+    if not need <= held.keys():
+        log.info("%s: decoded %d frames, the header said %d: decoding again for the clips", ref.source,
+                 total, plan.total_frames)
+        held, again = _hold(ref, plan, need, cfg)
+        if again != total:
+            raise DecodeError(ref.uri, f"decoded {total} frames, then {again}: the decode is not repeatable")
+    kind, quality = estimator_input(cfg.flow), cfg.encode.rgb_quality
+    ids = sorted(need)
+    keep = sorted(settled.keep_frames)
+    return ChunkJob(video_key=ref.key, index=0, start=0, owned=total, last=True, frame_ids=tuple(ids),
+                    frames=np.stack([_flow_frame(held[i][0], kind) for i in ids]),
+                    fields=tuple(sorted(settled.keep_fields)), frame_index=tuple(keep),
+                    frame_pts=tuple(held[i][1] for i in keep),
+                    frame_bytes=tuple(encode.encode_planes(*decode.split_planes(held[i][0]), quality) for i in keep),
+                    size=_size(decode.split_planes(held[ids[0]][0])[0]))
+
+
+def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfig) -> tuple[dict, int]:
+    """One decode pass: {frame index: (I420 frame, pts)} for the frames in `need`, and the count."""
+    held, total = {}, 0
+    for total, (frame, pts) in enumerate(decode.iter_planes(ref.uri, cfg.decode, plan.info), start=1):
+        if total - 1 in need:
+            held[total - 1] = (frame, float(pts))
+    return held, total
 
 
 def safe_plan(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan | VideoFailure:
@@ -233,79 +345,67 @@ def _reason(ref: VideoRef, exc: Exception) -> str:
     return text if ref.uri in text or ref.source in text else f"{ref.source}: {text}"
 
 
-def _trim(chunk: FrameChunk, plan: VideoPlan, step: int) -> FrameChunk:
-    """Drop frames no kept frame or field needs (clips mode), so less crosses the object store."""
-    if plan.keep_frames is None:
-        return chunk
-    need = set(plan.keep_frames) | {f + d for f in plan.keep_fields for d in (0, step)}
-    rows = [i for i in range(len(chunk.frames)) if chunk.start + i in need]
-    if len(rows) == len(chunk.frames):
-        return chunk
-    # Rows that are not needed are zeroed rather than removed, so row i is still frame start+i.
-    frames = chunk.frames.copy()
-    mask = np.ones(len(frames), bool)
-    mask[rows] = False
-    frames[mask] = 0
-    return FrameChunk(video_key=chunk.video_key, index=chunk.index, start=chunk.start, owned=chunk.owned,
-                      frames=frames, pts=chunk.pts, last=chunk.last)
-
-
 # --- stage 2: flow + encode ------------------------------------------------------------------
 
-def chunk_pairs(job: ChunkJob, step: int) -> list[int]:
-    """Rows t of the chunk whose field (t, t+step) is computed here."""
-    ch = job.chunk
-    rows = [r for r in range(ch.owned) if r + step < len(ch.frames)]
-    if job.keep_fields is not None:
-        rows = [r for r in rows if ch.start + r in job.keep_fields]
-    return rows
+def flow_inputs(job: ChunkJob, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and second frames of every pair the job computes, in `job.fields` order:
+    (F, H, W) uint8 luma, or (F, H, W, 3) RGB for estimators that take RGB. Views into the
+    job's frames where the rows are consecutive (dense chunks), so nothing is copied."""
+    row = {f: r for r, f in enumerate(job.frame_ids)}
+    return _rows(job.frames, [row[t] for t in job.fields]), _rows(job.frames, [row[t + step] for t in job.fields])
 
 
-def gray(frames: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) RGB uint8 -> (N, H, W) luma uint8, as the estimators take it."""
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else \
-        np.zeros(frames.shape[:3], np.uint8)
+def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+        return frames[rows[0]:rows[0] + len(rows)]
+    return frames[rows]
 
 
 def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConfig) -> list[np.ndarray]:
-    """Flow for every needed pair of several chunks, in batches of cfg.batch_size pairs.
+    """Float flow (F, H, W, 2) of every pair of several chunks, in batches of cfg.batch_size pairs.
 
     Pairs from different chunks (and videos) share a batch when their sizes match, which
-    is what keeps a GPU estimator busy; the result lists one (F, H, W, 2) array per job.
+    is what keeps a GPU estimator busy; the result lists one array per job.
     """
-    pairs = [(j, r) for j, job in enumerate(jobs) for r in chunk_pairs(job, cfg.step)]
+    inputs = [flow_inputs(job, cfg.step) for job in jobs]
     out: list[list[np.ndarray]] = [[] for _ in jobs]
-    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for j, r in pairs:
-        by_size.setdefault(jobs[j].chunk.frames.shape[1:3], []).append((j, r))
-    results: dict[tuple[int, int], np.ndarray] = {}
+    by_size: dict[tuple, list[int]] = {}
+    for j, (prev, _) in enumerate(inputs):
+        by_size.setdefault(prev.shape[1:], []).append(j)
     for group in by_size.values():
-        for b in range(0, len(group), cfg.batch_size):
-            batch = group[b:b + cfg.batch_size]
-            prev = gray(np.stack([jobs[j].chunk.frames[r] for j, r in batch]))
-            nxt = gray(np.stack([jobs[j].chunk.frames[r + cfg.step] for j, r in batch]))
-            for (j, r), fl in zip(batch, estimator(prev, nxt)):
-                results[(j, r)] = fl
-    for j, r in pairs:
-        out[j].append(results[(j, r)])
-    return [np.stack(o) if o else np.zeros((0, 1, 1, 2), np.float32) for o in out]
+        prev = _concat([inputs[j][0] for j in group])
+        nxt = _concat([inputs[j][1] for j in group])
+        owner = [j for j in group for _ in range(len(inputs[j][0]))]
+        for b in range(0, len(prev), cfg.batch_size):
+            for j, fl in zip(owner[b:b + cfg.batch_size], estimator(prev[b:b + cfg.batch_size], nxt[b:b + cfg.batch_size])):
+                out[j].append(fl)
+    return [np.stack(o) if o else np.zeros((0, job.size[1], job.size[0], 2), np.float32) for o, job in zip(out, jobs)]
 
 
-def encode_chunk(job: ChunkJob, fields: np.ndarray, cfg: WorkerConfig) -> EncodedChunk:
-    """JPEG-encode a chunk's kept frames and its computed flow fields."""
-    ch, step = job.chunk, cfg.flow.step
-    rows = [r for r in range(ch.owned) if job.keep_frames is None or ch.start + r in job.keep_frames]
-    pair_rows = chunk_pairs(job, step)
-    if len(pair_rows) != len(fields):
-        raise RuntimeError(f"{ch.video_key}: {len(fields)} flow fields for {len(pair_rows)} pairs")
-    h, w = ch.frames.shape[1:3]
-    return EncodedChunk(
-        video_key=ch.video_key, index=ch.index, start=ch.start,
-        frame_bytes=tuple(encode.encode_rgb(ch.frames[r], cfg.encode.rgb_quality) for r in rows),
-        frame_index=tuple(ch.start + r for r in rows), frame_pts=tuple(float(ch.pts[r]) for r in rows),
-        flow_bytes=tuple(_encode_field(f, cfg) for f in fields),
-        flow_pairs=tuple((ch.start + r, ch.start + r + step) for r in pair_rows),
-        size=(w, h), last=ch.last, owned=ch.owned)
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def flow_bytes(job: ChunkJob, estimator: FlowEstimator, cfg: WorkerConfig) -> tuple[bytes, ...]:
+    """Compute and encode the job's fields a batch at a time: float flow is never held for the
+    whole chunk (64 float fields at 1280x720 would be 470 MB)."""
+    prev, nxt = flow_inputs(job, cfg.flow.step)
+    size = cfg.flow.batch_size
+    return tuple(_encode_field(fl, cfg) for b in range(0, len(prev), size)
+                 for fl in estimator(prev[b:b + size], nxt[b:b + size]))
+
+
+def encode_chunk(job: ChunkJob, fields: Iterable[np.ndarray] | tuple[bytes, ...], cfg: WorkerConfig) -> EncodedChunk:
+    """The chunk's encoded output: its frames (encoded at decode) and its fields, given as
+    arrays (float or quantized) to encode here, or as encoded bytes."""
+    encoded = tuple(f if isinstance(f, bytes) else _encode_field(f, cfg) for f in fields)
+    if len(encoded) != len(job.fields):
+        raise RuntimeError(f"{job.video_key}: {len(encoded)} flow fields for {len(job.fields)} pairs")
+    step = cfg.flow.step
+    return EncodedChunk(video_key=job.video_key, index=job.index, start=job.start, frame_bytes=job.frame_bytes,
+                        frame_index=job.frame_index, frame_pts=job.frame_pts, flow_bytes=encoded,
+                        flow_pairs=tuple((t, t + step) for t in job.fields), size=job.size, last=job.last,
+                        owned=job.owned)
 
 
 def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
@@ -317,8 +417,7 @@ def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
 
 def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[EncodedChunk]:
     """Stage 2 for a batch of chunks (possibly of several videos)."""
-    fields = compute_fields(jobs, estimator, cfg.flow)
-    return [encode_chunk(job, f, cfg) for job, f in zip(jobs, fields)]
+    return [encode_chunk(job, flow_bytes(job, estimator, cfg), cfg) for job in jobs]
 
 
 # --- stage 3: samples ----------------------------------------------------------------------
@@ -358,8 +457,11 @@ def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], s
         if got != list(range(total)) or pairs != list(range(max(0, total - step))):
             raise RuntimeError(f"{ref.source}: {len(got)} frames and {len(pairs)} fields encoded, "
                                f"{total} frames decoded")
-    elif plan.total_frames != total:
-        raise RuntimeError(f"{ref.source}: decoded {total} frames, the counting pass saw {plan.total_frames}")
+    else:
+        got = sorted(i for c in chunks for i in c.frame_index)
+        pairs = sorted(p[0] for c in chunks for p in c.flow_pairs)
+        if plan.total_frames != total or got != sorted(plan.keep_frames) or pairs != sorted(plan.keep_fields):
+            raise RuntimeError(f"{ref.source}: the clips encoded do not match the plan for {total} decoded frames")
     if total <= step:
         raise ValueError(f"{ref.source}: too short: {total} frame(s) decoded, need at least {step + 1} "
                          f"for one flow field at --step {step}")
@@ -400,6 +502,8 @@ def _sample(key: str, meta: dict, frames: list, fields: list) -> dict:
 def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], cfg: WorkerConfig) -> list[dict]:
     """Turn a video's encoded chunks into its webdataset samples (parts of max_frames frames)."""
     chunks = sorted(chunks, key=lambda c: c.index)
+    if chunks and chunks[-1].last:
+        plan = settle_plan(plan, _total_frames(chunks), cfg)  # clips: the layout of the decoded count
     check_coverage(ref, plan, chunks, cfg.flow.step)
     frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
     fields = [(a, b, data) for c in chunks for (a, b), data in zip(c.flow_pairs, c.flow_bytes)]

@@ -5,6 +5,7 @@ import io
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -329,3 +330,46 @@ def test_truncated_file_yields_the_frames_it_has(tmp_path):
     frames, pts = _decode(cut, resize="none")
     assert 0 < len(frames) < 30 and len(pts) == len(frames)
     assert pts == pytest.approx([i * 0.04 for i in range(len(frames))], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- planes (the build's frames)
+
+
+def test_planes_are_jpeg_colour_space_of_the_source(media):
+    """iter_planes gives full-range BT.601 I420: luma equals the source's grey (what flow takes)
+    and planes_to_rgb gives back its RGB up to 4:2:0 chroma."""
+    from pipeline.decode import iter_planes, planes_to_rgb, split_planes
+
+    rows = list(iter_planes(str(media["ffv1"]), DecodeConfig(resize="none")))
+    assert len(rows) == N and rows[0][0].shape == (H * 3 // 2, W) and rows[0][0].dtype == np.uint8
+    assert [p for _, p in rows] == _decode(media["ffv1"], resize="none")[1]
+    y, u, v = split_planes(rows[0][0])
+    assert y.shape == (H, W) and u.shape == v.shape == (H // 2, W // 2)
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in media["src"]])
+    luma = np.stack([split_planes(f)[0] for f, _ in rows])
+    assert np.abs(luma.astype(int) - grey).max() <= 1  # full range: no 16..235 squeeze
+    rgb = np.stack([planes_to_rgb(f) for f, _ in rows])
+    assert _psnr(rgb, np.stack(media["src"])) > 28
+    assert _psnr(rgb[..., ::-1], np.stack(media["src"])) < 20
+
+
+def test_planes_use_jfif_matrix_whatever_the_source_matrix(tmp_path):
+    """A BT.709-tagged video still gives BT.601 luma (JPEG's), as the RGB path would."""
+    from pipeline.decode import iter_planes, split_planes
+
+    src = _frames(4)
+    path = synthetic.write_video(tmp_path / "hd.mp4", src, quality="0", pix_fmt="yuv444p", extra_args=(
+        "-vf", "scale=out_color_matrix=bt709", "-colorspace", "bt709", "-color_primaries", "bt709",
+        "-color_trc", "bt709"))
+    luma = np.stack([split_planes(f)[0] for f, _ in iter_planes(str(path), DecodeConfig(resize="none"))])
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in src])
+    assert abs(float(luma.mean()) - float(grey.mean())) < 0.5 and _psnr(luma, grey) > 40
+
+
+def test_plane_command_converts_in_the_scaler(media):
+    args = build_command("in.mp4", (64, 48), DecodeConfig(), "yuv420p").compile(cmd="ffmpeg")
+    chain = args[args.index("-filter_complex") + 1]
+    assert "out_range=full" in chain and "out_color_matrix=bt601" in chain and "accurate_rnd" not in chain
+    assert args[args.index("-pix_fmt") + 1] == "yuv420p"
+    with pytest.raises(ValueError, match="pix_fmt"):
+        build_command("in.mp4", (64, 48), DecodeConfig(), "gray")

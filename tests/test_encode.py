@@ -79,3 +79,36 @@ def test_flow_config_validation_names_the_bad_value():
     with pytest.raises(ValueError, match="unknown tvl1 parameter"):
         params_from_dict("tvl1", {"warpz": 3})
     assert params_from_dict("tvl1", {"lambda": 0.1, "warps": 3}).lambda_ == 0.1
+
+
+def test_fused_flow_encoder_gives_the_bytes_of_quantize_then_encode():
+    from pipeline.flow import quantize_inplace
+
+    flow = (np.random.default_rng(3).normal(0, 8, (30, 44, 2))).astype(np.float32)
+    flow[0, :4, 0] = [-20.0, 20.0, 127.5 * 40 / 255 - 20, 1e6]  # ends, a rounding tie, beyond the bound
+    assert encode.encode_flow(flow, 20.0, 95) == encode.encode_flow_q(quantize(flow, 20.0), 95)
+    values = flow.copy()
+    np.testing.assert_array_equal(quantize_inplace(values, 20.0), quantize(flow, 20.0))
+    with pytest.raises(ValueError, match="float32"):
+        quantize_inplace(flow.astype(np.float64), 20.0)
+
+
+def test_frames_encode_from_planes_like_rgb():
+    """JPEG from the decoder's YUV planes decodes to the picture the planes show."""
+    import cv2
+
+    from pipeline.decode import planes_to_rgb, split_planes
+
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    rgb = cv2.resize(cv2.resize(rgb, (8, 6)), (16, 12), interpolation=cv2.INTER_CUBIC)  # smooth
+    ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+    chroma = [cv2.resize(ycrcb[..., c], (8, 6), interpolation=cv2.INTER_AREA) for c in (2, 1)]
+    i420 = np.concatenate([ycrcb[..., 0], chroma[0].reshape(3, 16), chroma[1].reshape(3, 16)])
+    data = encode.encode_planes(*split_planes(i420), quality=95)
+    back = encode.decode_rgb(data)
+    assert back.shape == (12, 16, 3)
+    truth = planes_to_rgb(i420).astype(int)
+    assert np.abs(back - truth).mean() < 3
+    # No worse than converting to RGB and encoding that (which resamples chroma twice).
+    via_rgb = encode.decode_rgb(encode.encode_rgb(planes_to_rgb(i420), quality=95))
+    assert np.abs(back - truth).mean() <= np.abs(via_rgb - truth).mean()
