@@ -111,7 +111,9 @@ def build_options(f):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
         click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"])),
         click.option("--address", default=None, envvar="RAY_ADDRESS",
-                     help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray on loopback)."),
+                     help="Ray cluster address; 'auto' reuses the Ray that `ray start --head` runs on this machine "
+                          "(no start-up per build). Default: $RAY_ADDRESS, else a private local Ray on loopback, "
+                          "started once the inputs are checked."),
         click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)."),
         click.option("--flow-actors", type=int, default=None, help="Flow actors (default: one per GPU with cuda)."),
         click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),

@@ -139,7 +139,12 @@ def forwarded_env() -> dict[str, str]:
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Connect to `cfg.address`, or start a local Ray bound to 127.0.0.1 with no dashboard."""
+    """Connect to `cfg.address`, or start a local Ray bound to 127.0.0.1 with no dashboard.
+
+    Called only once there is work for Ray (after the inputs were checked and hashed). A
+    running instance is reused with address "auto" (`ray start --head` once, then every build
+    with `--address auto` or RAY_ADDRESS=auto): no start-up is paid per build.
+    """
     if ray.is_initialized():
         return
     env = {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **forwarded_env()}}
@@ -154,9 +159,29 @@ def init_ray(cfg: RayConfig) -> None:
 
 
 def cluster_gpus(cfg: RayConfig) -> float:
-    """GPUs the Ray cluster offers (starting or joining it as `cfg` says)."""
+    """GPUs the Ray cluster offers: joining it when `cfg` names one; for the local Ray a build
+    would start, counted the way Ray counts them, without starting it (a start costs seconds
+    and must wait until the inputs have been checked)."""
+    if not cfg.address and not ray.is_initialized():
+        gpus = local_gpus()
+        if gpus is not None:
+            return gpus
     init_ray(cfg)
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def local_gpus() -> float | None:
+    """GPUs a local Ray would detect on this machine (CUDA_VISIBLE_DEVICES, else NVML), or None
+    when Ray's detector cannot be asked (then the caller starts Ray and asks it)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return float(len(visible) if visible is not None else manager.get_current_node_num_accelerators())
+    except Exception as exc:  # a private Ray API: any change there falls back to asking a started Ray
+        log.debug("cannot count local GPUs without Ray (%s)", exc)
+        return None
 
 
 @dataclass

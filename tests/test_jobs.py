@@ -56,3 +56,20 @@ def test_raft_is_selectable_from_the_cli_options():
     cfg = make_build_config(o)
     flow = cfg.worker.flow
     assert (flow.algorithm, flow.backend, flow.params.weights) == ("raft_small", "torch", "/models/raft_small.pth")
+
+
+def test_build_checks_inputs_before_starting_ray(tmp_path, monkeypatch):
+    """A default build (tvl1, --flow-device auto) on a bad input fails on the input, and never
+    starts Ray: the local GPU count comes from Ray's detector without a Ray instance."""
+    import ray
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from pipeline import ray_runner
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `flowshard build`
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the inputs were checked"))
+    result = CliRunner().invoke(cli, ["build", str(tmp_path / "missing"), str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code != 0 and "missing" in (result.output + str(result.exception))
+    gpus = ray_runner.local_gpus()
+    assert gpus is not None and gpus >= 0 and ray_runner.cluster_gpus(ray_runner.RayConfig()) == gpus
