@@ -195,7 +195,8 @@ class FlowEstimator(Protocol):
 
     `input` says what the frames are: "grey", (N, H, W) uint8 luma, or "rgb", (N, H, W, 3)
     uint8 RGB (learned estimators see colour; grey copied to three channels is not RGB).
-    Returns (N, H, W, 2) float32, x then y, in pixels.
+    Returns (N, H, W, 2) float32, x then y, in pixels. An estimator whose `batched` is False
+    computes pairs one by one, so callers gain nothing from batches and pass one pair per call.
     """
 
     input: str

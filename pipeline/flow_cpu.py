@@ -57,6 +57,8 @@ def _run_pairs(fn, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | No
     n, h, w = prev.shape
     if init_flow is not None and np.shape(init_flow) != (n, h, w, 2):
         raise ValueError(f"init_flow must be (N, H, W, 2) = {(n, h, w, 2)}, got {np.shape(init_flow)}")
+    if n == 1 and init_flow is None:  # the flow task's call: OpenCV's own array, not copied
+        return fn(np.ascontiguousarray(prev[0]), np.ascontiguousarray(nxt[0]), None)[None]
     out = np.empty((n, h, w, 2), np.float32)
     for i in range(n):
         init = None if init_flow is None else np.array(init_flow[i], np.float32)
@@ -70,6 +72,7 @@ class _PairEstimator:
 
     name = ""
     input = "grey"  # every OpenCV estimator here takes luma (N, H, W) uint8
+    batched = False  # pairs are computed one by one: a larger batch only adds a copy
     params_type: type = object
 
     def __init__(self, params=None, threads: int = 1):

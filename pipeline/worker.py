@@ -390,7 +390,7 @@ def flow_bytes(job: ChunkJob, estimator: FlowEstimator, cfg: WorkerConfig) -> tu
     """Compute and encode the job's fields a batch at a time: float flow is never held for the
     whole chunk (64 float fields at 1280x720 would be 470 MB)."""
     prev, nxt = flow_inputs(job, cfg.flow.step)
-    size = cfg.flow.batch_size
+    size = cfg.flow.batch_size if getattr(estimator, "batched", True) else 1
     return tuple(_encode_field(fl, cfg) for b in range(0, len(prev), size)
                  for fl in estimator(prev[b:b + size], nxt[b:b + size]))
 

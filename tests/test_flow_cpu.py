@@ -139,3 +139,14 @@ def test_make_estimator_every_algorithm_and_backend(algorithm, backend):
     assert flow.shape == (2, 64, 64, 2) and flow.dtype == np.float32
     np.testing.assert_allclose(interior_median(flow[:1]), [2.0, 0.0], atol=0.25)
     np.testing.assert_allclose(interior_median(flow[1:]), [0.0, 0.0], atol=0.05)  # identical frames
+
+
+def test_one_pair_calls_equal_batches_without_a_copy():
+    est = make_estimator(FlowConfig(algorithm="dis"))
+    assert est.batched is False
+    prev, nxt = gray_pair("right")
+    pairs = np.concatenate([prev, nxt]), np.concatenate([nxt, prev])
+    batch = est(*pairs)
+    singles = [est(pairs[0][i:i + 1], pairs[1][i:i + 1]) for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(singles), batch)
+    assert all(s.shape == (1, 64, 64, 2) and s.dtype == np.float32 and s.base is not None for s in singles)
