@@ -6,9 +6,12 @@ For Farneback and DIS, with 1 and 2 workers, it measures frame pairs per second
 of (a) bare flow: cv2 on frames already decoded into memory, one thread, in this process,
 (a') the same in `workers` processes at once (all cores busy, as during a build),
 and (b) the whole build: `build_dataset` on a local Ray limited to that many CPUs (decode,
-flow, JPEG encode, tar write, manifests; Ray start-up excluded). The ratio reported is
-build / (bare x workers). Then it builds one long video and reports the peak resident
-memory (VmHWM) of every Ray worker process, by the task it last ran.
+flow, JPEG encode, tar write, manifests; Ray start-up excluded). The throughput ratio is the
+median over repeats of build / bare-at-once, each pair measured back to back. It also reports
+CPU per pair: the bare estimator's, and the build's, every process of it counted (driver, Ray,
+workers, ffmpeg): their ratio is what the build would reach on cores it has to itself, and
+stays meaningful when other jobs share the machine. Then it builds one long video and reports
+the peak resident memory (VmHWM) of every Ray worker process, by the task it last ran.
 
 Data: `synthetic` is moving textures at 340x256 (H.264); `mixed` is the photo videos of
 `bench/media.py` at their native sizes, 176x144 to 1280x720 (--videos copies of the 4 sizes).
@@ -64,17 +67,17 @@ def lumas(path: str) -> np.ndarray:
     return np.stack([decode.split_planes(f)[0] for f, _ in decode.iter_planes(path, DecodeConfig(resize="none"))])
 
 
-def bare_rate(root: Path, algo: str) -> float:
-    """Pairs/s of the estimator alone on pre-decoded grey frames (one thread)."""
+def bare_rate(root: Path, algo: str) -> tuple[float, float]:
+    """(pairs/s, CPU ms per pair) of the estimator alone on pre-decoded grey frames (one thread)."""
     est = make_estimator(FlowConfig(algorithm=algo))
     greys = [lumas(p) for p in video_paths(root)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pairs = 0
     for g in greys:
         for i in range(len(g) - 1):
             est(g[i:i + 1], g[i + 1:i + 2])
             pairs += 1
-    return pairs / (time.perf_counter() - t0)
+    return pairs / (time.perf_counter() - t0), (time.process_time() - c0) / pairs * 1000
 
 
 def _bare_worker(args: tuple[str, list[str]]) -> int:
@@ -112,8 +115,10 @@ def bare_parallel_rate(root: Path, algo: str, workers: int) -> float:
         return pairs / (time.perf_counter() - t0)
 
 
-def build_rate(root: Path, algo: str, workers: int) -> float:
-    """Pairs/s of a whole build on a local Ray with `workers` CPUs (Ray start-up excluded)."""
+def build_rate(root: Path, algo: str, workers: int) -> tuple[float, float]:
+    """(pairs/s, CPU ms per pair) of a whole build on a local Ray with `workers` CPUs (Ray
+    start-up excluded). The CPU is that of every process of the build: this driver, Ray's
+    processes and workers, and the ffmpeg decoders they ran."""
     import ray
 
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
@@ -122,13 +127,36 @@ def build_rate(root: Path, algo: str, workers: int) -> float:
         cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none", threads=1),
                                               flow=FlowConfig(algorithm=algo)),
                           shard=ShardConfig(max_samples=4))
-        t0 = time.perf_counter()
+        c0, t0 = tree_cpu(), time.perf_counter()
         summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
         rate = summary.flow_fields / (time.perf_counter() - t0)
+        cpu = (tree_cpu() - c0) / summary.flow_fields * 1000
         shutil.rmtree(out)
-        return rate
+        return rate, cpu
     finally:
         ray.shutdown()
+
+
+def tree_cpu() -> float:
+    """CPU seconds of this process and all its descendants, the exited ones their parents
+    reaped included (utime + stime + cutime + cstime of each live process)."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parent[int(pid)] = int(fields[1])
+        ticks[int(pid)] = sum(int(x) for x in fields[11:15])
+    me, total = os.getpid(), 0
+    for pid, t in ticks.items():
+        p = pid
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        total += t if p == me else 0
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerSampler:
@@ -230,20 +258,23 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
           f"{what} x {args.frames} frames; median of {args.repeat} runs")
     print("| flow | workers | bare, 1 process | bare, `workers` processes at once | whole build "
-          "| build / (bare 1 process x workers) | build / bare at once |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| build / bare at once | CPU ms/pair, bare | CPU ms/pair, build | bare CPU / build CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for algo in args.algos.split(","):
-        bare = statistics.median(bare_rate(root, algo) for _ in range(args.repeat))
+        bare = [bare_rate(root, algo) for _ in range(args.repeat)]
+        rate1 = statistics.median(r for r, _ in bare)
+        cpu1 = min(c for _, c in bare)  # the least disturbed run
         for workers in map(int, args.workers.split(",")):
             # Side by side: each repeat measures bare-at-once and the build back to back, so a
             # change in the machine's load moves both.
             runs = [(bare_parallel_rate(root, algo, workers), build_rate(root, algo, workers))
                     for _ in range(args.repeat)]
             together = statistics.median(t for t, _ in runs)
-            rate = statistics.median(b for _, b in runs)
-            ratio = statistics.median(b / t for t, b in runs)
-            print(f"| {algo} | {workers} | {bare:.1f} | {together:.1f} | {rate:.1f} | {rate / (bare * workers):.0%} "
-                  f"| {ratio:.0%} |", flush=True)
+            rate = statistics.median(b for _, (b, _) in runs)
+            ratio = statistics.median(b / t for t, (b, _) in runs)
+            cpu = min(c for _, (_, c) in runs)
+            print(f"| {algo} | {workers} | {rate1:.1f} | {together:.1f} | {rate:.1f} | {ratio:.0%} "
+                  f"| {cpu1:.2f} | {cpu:.2f} | {cpu1 / cpu:.0%} |", flush=True)
     if args.long_seconds:
         print("\n| video | frames | Ray worker process (tasks it ran) | peak private MB (RssAnon) "
               "| peak RSS MB (VmHWM) |\n|---|---:|---|---:|---:|")
