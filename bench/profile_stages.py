@@ -19,7 +19,7 @@ frame and one field are stored per pair), single-threaded, the way a Ray worker 
 "before" is the previous path (RGB decode with exact-rounding scaler flags, RGB -> grey and
 RGB -> BGR conversions, OpenCV's JPEG of the RGB frame, quantize then restack the planes),
 "now" the current one. Ray's start-up is timed once: a fresh local instance, and connecting
-to a running one (`ray start --head`, then address "auto").
+to a running one (as a build with `--address` does to the instance `ray start --head` runs).
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,25 +115,22 @@ def tar_ms(frames_jpeg: list[bytes], fields_jpeg: list[bytes], tmp: Path) -> flo
 
 
 def ray_startup() -> tuple[float, float]:
-    """Seconds to a usable Ray: a fresh local instance; connecting to a running one."""
+    """Seconds to a first task: starting a fresh local Ray; connecting to a running one."""
     import ray
+
+    from ray_instance import running_ray
 
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.get(ray.remote(lambda: 1).remote())
     fresh = time.perf_counter() - t0
     ray.shutdown()
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
-                    "--node-ip-address", "127.0.0.1"], check=True, capture_output=True)
-    try:
+    with running_ray(2) as address:
         t0 = time.perf_counter()
-        ray.init(address="auto", log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
         ray.get(ray.remote(lambda: 1).remote())
         reuse = time.perf_counter() - t0
         ray.shutdown()
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
     return fresh, reuse
 
 
