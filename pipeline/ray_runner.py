@@ -1,7 +1,7 @@
 """The only module that imports Ray: it schedules the pipeline's stages, nothing more.
 
-Per video: a small `_plan` task probes it; a `_decode` generator task streams its frames
-in chunks; each chunk goes to a `_flow` CPU task (flow + encode) or, on GPU builds, to a
+Per video: a `_decode` generator task probes it (its first item is the plan) and streams
+its frames in chunks (one task and one worker per video, from the probe to the last frame); each chunk goes to a `_flow` CPU task (flow + encode) or, on GPU builds, to a
 `FlowActor` (flow only, batched across videos) followed by an `_encode` CPU task. When
 every video of a planned shard is done, a `_write_unit` task assembles and writes its tars.
 Work in flight is bounded (videos decoding, chunks queued), so memory stays flat; results
@@ -38,18 +38,17 @@ def _estimator(flow_cfg):
     return _ESTIMATORS[key]
 
 
-@ray.remote(num_cpus=0.1, max_retries=3)
-def _plan(ref: VideoRef, cfg: worker.WorkerConfig):
-    return worker.safe_plan(ref, cfg)
-
-
 def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
 @ray.remote(max_retries=3)
-def _decode(ref: VideoRef, plan: worker.VideoPlan, cfg: worker.WorkerConfig):
+def _decode(ref: VideoRef, cfg: worker.WorkerConfig):
     node = _node()
+    plan = worker.safe_plan(ref, cfg)
+    yield plan, node  # first the plan (or the video's failure), then its chunks
+    if isinstance(plan, worker.VideoFailure):
+        return
     for job in worker.chunk_jobs(ref, plan, cfg):
         yield job, node  # the node rides along so the driver can report placement
 
@@ -153,8 +152,10 @@ def init_ray(cfg: RayConfig) -> None:
     else:
         # "local": always a fresh private instance. Without it ray.init() attaches to whatever
         # cluster `ray start` last left on this machine (another user's, or a dead one's address).
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env=env)
+        # No runtime_env: its workers are this process's descendants and inherit its environment
+        # (the settings above included), while a runtime_env would leave the workers Ray prestarts
+        # unusable for this job and start new ones (seconds of CPU on a small machine).
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
@@ -286,9 +287,10 @@ class _Scheduler:
         return sum(1 for v in self.videos.values() if not v.complete and not v.gen_done)
 
     def _start_video(self, unit: Unit, ref: VideoRef) -> None:
-        self.videos[ref.key] = _Video(ref=ref, unit=unit.name)
-        plan_ref = _plan.options(num_cpus=self.rcfg.decode_cpus).remote(ref, self.cfg_ref)
-        self.waiting[plan_ref] = ("plan", ref.key)
+        v = self.videos[ref.key] = _Video(ref=ref, unit=unit.name)
+        # SPREAD: decoders go to every node, so frames start out next to the CPUs that need them.
+        v.gen = _decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy="SPREAD",
+                                _generator_backpressure_num_objects=2).remote(ref, self.cfg_ref)
 
     def _wait(self) -> list:
         objs = list(self.waiting) + list(self.unit_refs)
@@ -315,6 +317,8 @@ class _Scheduler:
             v.gen_done = True
             self._maybe_finish(v)
             return
+        if v.plan is None:
+            return self._plan_done(v, job_ref)
         v.pending += 1
         self.chunks_in_flight += 1
         if self.actors:
@@ -344,25 +348,22 @@ class _Scheduler:
         if obj in self.unit_refs:
             return self._unit_written(obj)
         if obj in self.waiting:
-            kind, key = self.waiting.pop(obj)
-            return self._plan_done(obj, key) if kind == "plan" else self._chunk_done(obj, key)
+            _, key = self.waiting.pop(obj)
+            return self._chunk_done(obj, key)
         for v in self.videos.values():  # a generator with a chunk ready
             if v.gen is obj:
                 return self._next_chunk(v)
 
-    def _plan_done(self, ref, key: str) -> None:
-        v = self.videos[key]
+    def _plan_done(self, v: _Video, ref) -> None:
+        """The decoder's first item: the plan, or the video's failure (then the decoder is done)."""
         try:
-            plan = ray.get(ref)
+            plan, _ = ray.get(ref)
         except ray.exceptions.RayError as exc:
             plan = worker.VideoFailure(reason=f"{v.ref.source}: {_error_text(exc)}")
         if isinstance(plan, worker.VideoFailure):
-            v.failure = plan.reason
+            v.failure, v.gen_done = plan.reason, True
             return self._maybe_finish(v)
         v.plan = plan
-        # SPREAD: decoders go to every node, so frames start out next to the CPUs that need them.
-        v.gen = _decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy="SPREAD",
-                                _generator_backpressure_num_objects=2).remote(v.ref, plan, self.cfg_ref)
 
     def _chunk_done(self, ref, key: str) -> None:
         self.chunks_in_flight -= 1
