@@ -128,7 +128,7 @@ def make_build_config(o: dict):
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
         backend = o["flow_backend"]
         if backend == "auto":
-            backend = "torch" if device.startswith("cuda") or o["flow_algo"].startswith("raft") else "opencv"
+            backend = "torch" if device.startswith("cuda") or "raft" in o["flow_algo"] else "opencv"
         values, options = split_torch_options(parse_params(o["flow_param"])) if o["flow_param"] else ({}, TorchOptions())
         params = params_from_dict(o["flow_algo"], values) if values else None
         flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
