@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.flow import DEFAULT_BOUND, check_frames
+from pipeline.flow import DEFAULT_BOUND
+from pipeline.flow_params import check_frames
 
 log = logging.getLogger(__name__)
 

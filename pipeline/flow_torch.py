@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow import TVL1Params
 from pipeline.flow_device import DeviceEstimator, torch_dtype
+from pipeline.flow_params import TVL1Params
 
 log = logging.getLogger(__name__)
 
