@@ -12,6 +12,7 @@ import click
 
 log = logging.getLogger("flowshard")
 
+FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large"]  # pipeline.flow.ALGORITHMS
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
           "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}
@@ -87,7 +88,7 @@ def build_options(f):
         click.option("--decode-threads", type=int, default=1, show_default=True,
                      help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True,
-                     type=click.Choice(["tvl1", "farneback", "dis", "raft_small", "raft_large"]),
+                     type=click.Choice(FLOW_CHOICES),
                      help="raft_* run torchvision RAFT from --flow-param weights=FILE (never downloaded)."),
         click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
                      help="auto: torch on GPUs (and for RAFT), else opencv."),
@@ -127,17 +128,12 @@ def make_build_config(o: dict):
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
-    from pipeline.flow import FlowConfig, params_from_dict
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
-        backend = o["flow_backend"]
-        if backend == "auto":
-            backend = "torch" if device.startswith("cuda") or o["flow_algo"].startswith("raft") else "opencv"
-        params = params_from_dict(o["flow_algo"], parse_params(o["flow_param"])) if o["flow_param"] else None
-        flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
-                          bound=o["bound"], params=params, batch_size=o["batch_size"])
+        flow = make_flow_config(o["flow_algo"], o["flow_backend"], device, o["flow_param"], step=o["step"],
+                                bound=o["bound"], batch_size=o["batch_size"])
         worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
@@ -147,6 +143,17 @@ def make_build_config(o: dict):
         return BuildConfig(worker=worker, shard=shard, split=o["split"])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[str, ...], **kw):
+    """A FlowConfig from CLI values; backend "auto" is torch on cuda and for RAFT, else opencv.
+    Raises ValueError with the reason."""
+    from pipeline.flow import FlowConfig, params_from_dict
+
+    if backend == "auto":
+        backend = "torch" if device.startswith("cuda") or algorithm.startswith("raft") else "opencv"
+    typed = params_from_dict(algorithm, parse_params(params)) if params else None
+    return FlowConfig(algorithm=algorithm, backend=backend, device=device, params=typed, **kw)
 
 
 def make_executor_from(o: dict, flow_device: str):
@@ -342,6 +349,59 @@ def report(dataset: str, as_json: bool, every: bool) -> None:
         return
     for line in format_table(groups, every=every):
         click.echo(line)
+
+
+@cli.command("flow-check")
+@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(FLOW_CHOICES))
+@click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
+              help="auto: torch on cuda and for RAFT, else opencv.")
+@click.option("--flow-param", multiple=True, metavar="KEY=VALUE", help="Estimator parameter, repeatable.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (torch backend).")
+@click.option("--size", default="340x256", show_default=True, metavar="WxH", help="Size of the built-in pairs.")
+@click.option("--pairs", type=int, default=4, show_default=True, help="Built-in photo pairs per motion.")
+@click.option("--builtin/--no-builtin", default=True, show_default=True, help="Score the built-in photo pairs.")
+@click.option("--pair", "user_pairs", type=(str, str), multiple=True, metavar="A B",
+              help="Two frames of your own (any image files), scored against the next --gt; repeatable.")
+@click.option("--gt", "user_gt", multiple=True, metavar="FILE.flo", help="Middlebury .flo ground truth of a --pair.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call.")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the scores as JSON.")
+def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin, user_pairs, user_gt,
+               batch_size, json_path) -> None:
+    """Score an estimator on pairs with known motion: EPE, outliers > 3 px and pairs/s.
+
+    The built-in pairs are photographs warped by known fields (sub-pixel and pixel shifts,
+    zoom, rotation, a smooth deformation), the ones bench/gpu_flow.py scores. OpenCV
+    estimators run on one thread, as in a build worker.
+    """
+    from pipeline import flow_eval
+    from pipeline.flow import make_estimator
+
+    if len(user_pairs) != len(user_gt):
+        raise click.UsageError(f"{len(user_pairs)} --pair and {len(user_gt)} --gt: give one .flo per pair")
+    try:
+        cfg = make_flow_config(flow_algo, flow_backend, device, flow_param, batch_size=batch_size)
+        w, h = _wxh(size)
+        cases = flow_eval.builtin_cases(h, w, pairs) if builtin else []
+        cases += [flow_eval.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt)]
+        if not cases:
+            raise ValueError("nothing to score: --no-builtin and no --pair")
+        scores = flow_eval.evaluate(make_estimator(cfg), cases, batch_size=batch_size)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{cfg.algorithm} ({cfg.backend}, {cfg.device}), params {json.dumps(cfg.params_dict())}")
+    for line in flow_eval.format_table(scores):
+        click.echo(line)
+    if json_path:
+        report = {"flow": {**cfg.output_dict(), "device": cfg.device, "batch_size": batch_size},
+                  "cases": [s.as_dict() for s in scores], "overall": flow_eval.overall(scores).as_dict()}
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _wxh(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 16:
+        raise ValueError(f"--size {text!r}: expected WxH of at least 16x16, e.g. 340x256")
+    return int(m.group(1)), int(m.group(2))
 
 
 @cli.command()
