@@ -96,6 +96,10 @@ def build_options(f):
                      help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs."),
         click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
                      help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names)."),
+        click.option("--flow-warp", is_flag=True, default=False,
+                     help="Also store warped flow (camera motion removed by a homography, TSN's third modality)."),
+        click.option("--warp-features", default="orb", show_default=True, type=click.Choice(["orb", "sift"]),
+                     help="Descriptors matched to estimate the camera motion (--flow-warp)."),
         click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
         click.option("--bound", type=float, default=20.0, show_default=True, help="Quantization bound in pixels."),
         click.option("--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."),
@@ -128,6 +132,7 @@ def make_build_config(o: dict):
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
+    from pipeline.warp import WarpConfig
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
@@ -138,7 +143,8 @@ def make_build_config(o: dict):
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
                                                   chunk_frames=o["chunk_frames"]),
-                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS))
+                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
+                              warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
         return BuildConfig(worker=worker, shard=shard, split=o["split"])
     except ValueError as exc:

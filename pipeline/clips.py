@@ -7,7 +7,8 @@ fields centred on it. A dense video sample holds hundreds of frames and fields o
 a step uses 11, so streaming video samples reads ~20x more bytes than it uses; clip shards
 read about what they use. Clips are derived by copying stored member bytes: the RGB
 frame's JPEG becomes `rgb.jpg` and the L flow JPEGs are packed unchanged into one
-`flow.fstk` (encode.pack_stack); nothing is decoded or re-encoded.
+`flow.fstk` (encode.pack_stack); nothing is decoded or re-encoded. A parent built with
+--flow-warp gives each clip its L warped fields too, as `warped.fstk`.
 
 Derivation runs in two passes with bounded memory:
   1. index: read each parent shard's tar headers and json members only (tarfile seeks
@@ -104,11 +105,14 @@ class PlannedClip:
     rgb: Member
     flow: tuple[Member, ...]
     row: dict  # its manifest row, less shard/bytes/sha256
+    warped: tuple[Member, ...] = ()  # the warped fields of the same pairs, when the parent has them
 
     def tar_bytes(self) -> int:
         """Its size in a tar: a header per member, data padded to 512, GNU long-name records."""
-        sizes = [len(self.meta), self.rgb.size, 13 + 4 * len(self.flow) + sum(m.size for m in self.flow)]
-        names = [f"{self.key}.{ext}" for ext in (encode.META, encode.RGB_CLIP, encode.FLOW_STACK)]
+        stacks = [self.flow] + ([self.warped] if self.warped else [])
+        sizes = [len(self.meta), self.rgb.size, *(13 + 4 * len(s) + sum(m.size for m in s) for s in stacks)]
+        exts = (encode.META, encode.RGB_CLIP, encode.FLOW_STACK) + ((encode.WARPED_STACK,) if self.warped else ())
+        names = [f"{self.key}.{ext}" for ext in exts]
         longname = sum(512 + _pad(len(n) + 1) for n in names if len(n) >= 100)
         return sum(512 + _pad(s) for s in sizes) + longname
 
@@ -170,19 +174,21 @@ def plan_sample(key: str, members: dict[str, Member], meta_bytes: bytes, shard_n
         try:
             rgb = members[encode.rgb_member(clip.frame)]
             flow = tuple(members[encode.flow_member(f)] for f in clip.fields)
+            warped = tuple(members[encode.warped_member(f)] for f in clip.fields) if encode.has_warped(meta) else ()
         except KeyError as exc:
             raise encode.SchemaError(f"{where}: member {exc} named by its metadata is missing") from exc
-        out.append(_planned(key, j, clip, meta, rgb, flow, shard_name, cfg))
+        out.append(_planned(key, j, clip, meta, rgb, flow, shard_name, cfg, warped))
     return out
 
 
 def clip_meta(key: str, j: int, clip, meta: dict, shard_name: str, cfg: ClipsConfig) -> dict:
     """The json of a clip sample."""
     frame = meta["frames"][clip.frame]
-    fields = [{"position": p, "from": meta["flow_fields"][p]["from"], "to": meta["flow_fields"][p]["to"]}
-              for p in clip.fields]
+    fields = [{"position": p, **meta["flow_fields"][p]} for p in clip.fields]  # from, to (and camera)
+    warped = {"warp": meta["warp"]} if encode.has_warped(meta) else {}
     return {
-        "schema_version": encode.SCHEMA_VERSION, "kind": "clip", "key": f"{key}_c{j:03d}",
+        **warped,
+        "schema_version": encode.schema_version(bool(warped)), "kind": "clip", "key": f"{key}_c{j:03d}",
         "video_id": meta["video_id"], "label": meta["label"], "label_id": meta["label_id"], "split": meta["split"],
         "source": meta.get("source", ""), "part": meta.get("part", 0), "num_parts": meta.get("num_parts", 1),
         "clip_index": j, "clip_len": cfg.clip_len, "fps": meta.get("fps"), "size": meta["size"],
@@ -192,13 +198,14 @@ def clip_meta(key: str, j: int, clip, meta: dict, shard_name: str, cfg: ClipsCon
     }
 
 
-def _planned(key, j, clip, meta, rgb, flow, shard_name, cfg) -> PlannedClip:
+def _planned(key, j, clip, meta, rgb, flow, shard_name, cfg, warped=()) -> PlannedClip:
     cm = clip_meta(key, j, clip, meta, shard_name, cfg)
     row = {"id": cm["key"], "video_id": cm["video_id"], "source": cm["source"], "label": cm["label"],
            "label_id": cm["label_id"], "split": cm["split"], "clip": j, "frame": cm["frame"]["index"],
            "flow_from": cm["flow_fields"][0]["from"], "flow_fields": len(flow), "parent_key": key,
            "parent_shard": shard_name}
-    return PlannedClip(key=cm["key"], split=cm["split"], meta=encode.dump_meta(cm), rgb=rgb, flow=flow, row=row)
+    return PlannedClip(key=cm["key"], split=cm["split"], meta=encode.dump_meta(cm), rgb=rgb, flow=flow, row=row,
+                       warped=warped)
 
 
 def plan_clips(shards: list, cfg: ClipsConfig) -> list[PlannedClip]:
@@ -277,8 +284,11 @@ class MemberReader:
 
 def clip_sample(clip: PlannedClip, reader: MemberReader) -> dict:
     """The webdataset sample of a clip: json, the frame's JPEG, the fields' JPEGs stacked."""
-    return {"__key__": clip.key, encode.META: clip.meta, encode.RGB_CLIP: reader.read(clip.rgb),
-            encode.FLOW_STACK: encode.pack_stack([reader.read(m) for m in clip.flow])}
+    sample = {"__key__": clip.key, encode.META: clip.meta, encode.RGB_CLIP: reader.read(clip.rgb),
+              encode.FLOW_STACK: encode.pack_stack([reader.read(m) for m in clip.flow])}
+    if clip.warped:
+        sample[encode.WARPED_STACK] = encode.pack_stack([reader.read(m) for m in clip.warped])
+    return sample
 
 
 def write_group(group: list[PlannedClip], path: Location, reader: MemberReader, rows: list[dict]) -> shard.ShardRecord:
@@ -359,7 +369,8 @@ def clips_info(parent: Location, folder: Location, parent_info: dict, cfg: Clips
               "videos": {s: len({r["video_id"] for r in rows if r["split"] == s}) for s in splits},
               "shards": {s: sum(r["split"] == s for r in shard_rows) for s in splits},
               "bytes": sum(r["bytes"] for r in shard_rows)}
-    return {"format": "flowshard", "kind": "clips", "schema_version": encode.SCHEMA_VERSION,
+    warped = "warp" in parent_info.get("config", {})
+    return {"format": "flowshard", "kind": "clips", "schema_version": encode.schema_version(warped),
             "version": hashlib.sha256(manifest.dump_json(identity)).hexdigest()[:16],
             "label_map": parent_info["label_map"], "num_classes": len(parent_info["label_map"]),
             "clip_len": cfg.clip_len, "config": cfg.output_dict(), "counts": counts, "parent": parent_record}

@@ -62,9 +62,9 @@ def _flow(item: tuple, cfg: worker.WorkerConfig):
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def _encode(item: tuple, fields: np.ndarray, flow_node: str, cfg: worker.WorkerConfig):
-    job, decode_node = item
-    encoded = worker.encode_chunk(job, fields, cfg)
+def _encode(item: tuple, computed: tuple, flow_node: str, cfg: worker.WorkerConfig):
+    (job, decode_node), (fields, warped) = item, computed
+    encoded = worker.encode_chunk(job, fields, cfg, warped)
     return (worker.summarize(encoded), decode_node, flow_node), encoded
 
 
@@ -95,8 +95,11 @@ class FlowActor:
 
     def compute(self, *items: tuple) -> list[np.ndarray]:
         # Quantized on the actor: uint8 fields are a quarter of float32 through the object store.
-        fields = worker.compute_fields([job for job, _ in items], self.estimator, self.cfg.flow)
-        q = [quantize(f, self.cfg.flow.bound) for f in fields]
+        jobs = [job for job, _ in items]
+        fields = worker.compute_fields(jobs, self.estimator, self.cfg.flow)
+        warped = worker.compute_warped(jobs, self.estimator, self.cfg)  # None each without --flow-warp
+        q = [(quantize(f, self.cfg.flow.bound), w and worker.quantized(w, self.cfg.flow.bound))
+             for f, w in zip(fields, warped)]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
 
