@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from jobs.model_options import MODELS, family_flags, model_options, model_takes_snippets, resolve_defaults
+from jobs.parsing import parse_numbers, parse_size
 from pipeline.manifest import atomic_write_bytes, dump_json
 
 if TYPE_CHECKING:
@@ -291,16 +293,16 @@ def _default_device() -> str:
 
 
 def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError as exc:
-        raise click.BadParameter(f"{text!r}: expected comma-separated numbers") from exc
+    return parse_numbers(text, float)
 
 
 @click.command("train")
 @click.argument("dataset")
 @click.option("--output", "-o", required=True, help="Run folder: checkpoints (*.pt), logs, TensorBoard.")
-@click.option("--streams", default="both", show_default=True, type=click.Choice(["rgb", "flow", "both"]))
+@click.option("--model", default="two_stream", show_default=True, type=click.Choice(list(MODELS)),
+              help="Model family (see README: one command per model).")
+@click.option("--streams", default=None, type=click.Choice(["rgb", "flow", "both"]),
+              help="Streams to train. Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
               type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
 @click.option("--weights", default=None, help="'imagenet' (torchvision, downloads) or a local state-dict file.")
@@ -313,18 +315,27 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
 @click.option("--clip-grad", type=float, default=40.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--clip-len", type=int, default=None,
-              help="Flow fields per clip (L). Default: the clip shards' L, a --clips dataset's L, else 10.")
-@click.option("--sampling", default="simonyan", show_default=True, type=click.Choice(["simonyan", "tsn"]))
+              help="Flow fields per snippet (L). Default: the clip shards' L, a --clips dataset's L, else 10.")
+@click.option("--rgb-frames", type=int, default=None, help="RGB frames per snippet (F). Default: the model's (1).")
+@click.option("--frame-stride", type=int, default=None, help="Stored frames between a snippet's RGB frames (1).")
+@click.option("--sampling", default=None, type=click.Choice(["simonyan", "tsn", "strided"]),
+              help="Snippets per item: simonyan 1, tsn --segments, strided --snippets --strides. Default: the model's.")
 @click.option("--segments", type=int, default=3, show_default=True, help="TSN segments.")
-@click.option("--crop-size", type=int, default=224, show_default=True)
+@click.option("--snippets", type=int, default=None, help="Snippets per clip with --sampling strided (T).")
+@click.option("--strides", default=None,
+              help="Frames between strided snippets, e.g. 1,5,10 (one drawn per clip: multi-timescale).")
+@click.option("--crop-size", type=int, default=None, help="Default: the model's (224).")
 @click.option("--flip/--no-flip", default=True, show_default=True)
-@click.option("--test-clips", type=int, default=25, show_default=True, help="Test clips per video sample.")
+@click.option("--test-clips", type=int, default=25, show_default=True,
+              help="Test clips per video sample (per stride with --sampling strided).")
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default="1", show_default=True)
-@click.option("--fusion", default="late", show_default=True, type=click.Choice(["late", "conv"]))
+@click.option("--fusion", default="late", show_default=True, type=click.Choice(["late", "conv"]),
+              help="two_stream: late score fusion or a conv layer on the last maps.")
 @click.option("--fusion-weights", default="1,1.5", show_default=True, help="Late fusion rgb,flow.")
 @click.option("--fusion-kernel", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--dropout", type=float, default=None, help="Default: the model's (0.5).")
 @click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
+@family_flags
 @click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
 @click.option("--shuffle-buffer", type=int, default=500, show_default=True)
 @click.option("--verify", default="stream", show_default=True, type=click.Choice(["stream", "open", "off"]))
@@ -345,7 +356,7 @@ def train_command(dataset: str, output: str, progress: bool, **o) -> None:
     try:
         source = data.open_source(dataset)
         o["clip_len"] = o["clip_len"] or default_clip_len(source.info or {})
-        cfg = make_train_config(dataset, output, source.num_classes, o)
+        cfg = make_train_config(dataset, output, source.num_classes, resolve_defaults(o))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -370,20 +381,27 @@ def distributed_rank() -> int:
 
 
 def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> TrainConfig:
-    """Options -> a validated TrainConfig (ValueError naming the bad value)."""
+    """Options (unset data flags already resolved, `resolve_defaults`) -> a validated
+    TrainConfig (ValueError naming the bad value)."""
     from training.config import TrainConfig
     from training.data import DataConfig
     from training.models import ModelConfig
     from training.transforms import TransformConfig
 
     transform = TransformConfig(crop_size=o["crop_size"], flip=o["flip"], test_crops=int(o["test_crops"]))
-    data_cfg = DataConfig(streams=o["streams"], clip_len=o["clip_len"], sampler=o["sampling"], segments=o["segments"],
-                          test_clips=o["test_clips"], transform=transform, batch_size=o["batch_size"],
-                          workers=o["workers"], shuffle_buffer=o["shuffle_buffer"], seed=o["seed"], verify=o["verify"])
+    strides = parse_numbers(o["strides"], int)
+    data_cfg = DataConfig(streams=o["streams"], clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
+                          frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
+                          snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], transform=transform,
+                          batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
+                          seed=o["seed"], verify=o["verify"])
     weights = _floats(o["fusion_weights"])
-    model_cfg = ModelConfig(arch=o["arch"], streams=o["streams"], num_classes=num_classes, clip_len=o["clip_len"],
+    model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
+                            clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
+                            snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
                             weights=o["weights"], dropout=o["dropout"], partial_bn=o["partial_bn"],
-                            fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]))
+                            fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]),
+                            options=model_options(o["model"], o))
     return TrainConfig(dataset=str(dataset), output=str(output), data=data_cfg, model=model_cfg, epochs=o["epochs"],
                        lr=o["lr"], optimizer=o["optimizer"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                        warmup_epochs=o["warmup_epochs"], clip_grad=o["clip_grad"],
@@ -422,23 +440,25 @@ def evaluate_command(dataset: str, checkpoint_path: str, json_path: str, split: 
 @click.command("clips")
 @click.argument("dataset")
 @click.argument("output", metavar="OUT")
-@click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip (L).")
-@click.option("--per-video", type=int, default=5, show_default=True, help="Clips per video sample.")
+@click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per snippet (L; 0: RGB only).")
+@click.option("--rgb-frames", type=int, default=1, show_default=True, help="RGB frames per snippet (F).")
+@click.option("--frame-stride", type=int, default=1, show_default=True, help="Stored frames between them.")
+@click.option("--snippets", type=int, default=1, show_default=True, help="Snippets per clip (T).")
+@click.option("--strides", default="1", show_default=True,
+              help="Frames between the snippets of a clip; several (1,5,10) cut one clip set per stride.")
+@click.option("--per-video", type=int, default=5, show_default=True, help="Clips per video sample (and stride).")
 @click.option("--sampling", default="uniform", show_default=True, type=click.Choice(["uniform", "random"]))
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds random clips and the clip shuffle.")
 @click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum clips per tar.")
 @click.option("--shard-size", default="256MiB", show_default=True, help="Maximum tar size (e.g. 256MiB, 1GB).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check parent shard hashes first.")
 @click.option("--overwrite", is_flag=True, help="Replace clip shards already in OUT.")
-def clips_command(dataset: str, output: str, clip_len: int, per_video: int, sampling: str, seed: int,
-                  shard_samples: int, shard_size: str, verify: bool, overwrite: bool) -> None:
-    """Cut clip shards (centre frame + L stacked flow fields) from a built DATASET into OUT."""
-    from jobs.cli import parse_size  # here, not at import: jobs.cli imports this module
+def clips_command(dataset: str, output: str, strides: str, shard_size: str, overwrite: bool, **o) -> None:
+    """Cut clip shards (snippets of frames + stacked flow fields, bytes copied) from a built DATASET into OUT."""
     from pipeline.clips import ClipsConfig, derive_clips
 
     try:
-        cfg = ClipsConfig(clip_len=clip_len, per_video=per_video, sampling=sampling, seed=seed,
-                          shard_samples=shard_samples, shard_bytes=parse_size(shard_size), verify=verify)
+        cfg = ClipsConfig(strides=parse_numbers(strides, int), shard_bytes=parse_size(shard_size), **o)
         info = derive_clips(dataset, output, cfg, overwrite=overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -8,22 +8,30 @@ A video sample (key K) holds:
     K.rgb.NNNNNN.jpg    RGB frame number NNNNNN of this sample (position, not global index)
     K.flow.NNNNNN.jpg   flow field NNNNNN: one grayscale JPEG of shape (2H, W), the
                         quantized x component on top and y below
-    K.warped.NNNNNN.jpg schema 2 (--flow-warp) only: the warped flow of the same pair as
+    K.warped.NNNNNN.jpg schema 3 (--flow-warp) only: the warped flow of the same pair as
                         flow field NNNNNN (camera motion removed), same codec
 A clip sample (key K) holds:
     K.json              metadata (label, video id, frame positions)
     K.rgb.jpg           the RGB frame at the clip's centre
     K.flow.fstk         its L flow fields, stacked in time: a FlowStack container of the
                         stored per-field JPEG bytes, copied without re-encoding
-    K.warped.fstk       schema 2 only: its L warped fields, likewise
+    K.warped.fstk       schema 3 only: its L warped fields, likewise
+A clip sample of several frames or snippets (schema 2) holds instead:
+    K.rgb.stk           its distinct RGB frames in time order, a FlowStack container of
+                        their stored JPEG bytes (absent when no frame is stored)
+    K.flow.fstk         its distinct flow fields in time order (absent with clip_len 0)
+    K.warped.fstk       schema 3 only: the warped fields of the same pairs, likewise
+    and its json's "snippets" lists, per snippet, positions into the stacks
 Every member is decodable on its own, so one frame or one field never needs the rest.
 
-Schema versions: 2 is 1 plus the warped members, the warp settings (meta "warp") and each
-field's camera motion (flow_fields[i]["camera"]). A sample without warped flow is still
-written as schema 1, byte for byte as before, so datasets built without --flow-warp keep
-their version ids and stored shards (ids hash SCHEMA_VERSION, the base schema, and the
-settings, which name the warp when it is on). Data with warped flow says 2, so a reader
-that knows only 1 refuses it instead of silently dropping the third modality.
+Schema versions: each sample is written with the lowest version that describes it, and a
+reader of version N reads every version up to N. 2 adds the snippet clip layout; 3 adds the
+warped members, the warp settings (meta "warp") and each field's camera motion
+(flow_fields[i]["camera"]). A sample without warped flow is written exactly as before, so
+datasets built without --flow-warp keep their version ids and stored shards (ids hash
+SCHEMA_VERSION, the base schema, and the settings, which name the warp when it is on).
+Data with warped flow says 3, so a reader that does not know warped flow refuses it instead
+of silently dropping the third modality.
 """
 from __future__ import annotations
 
@@ -39,11 +47,15 @@ import numpy as np
 from pipeline.flow import dequantize, quantize
 
 SCHEMA_VERSION = 1  # the base schema; what dataset and shard ids hash
-WARPED_SCHEMA_VERSION = 2  # schema 1 plus warped flow members
-KNOWN_SCHEMAS = (1, 2)
+# Clip samples of several frames or snippets (their json maps snippets to stacked members).
+SNIPPETS_SCHEMA_VERSION = 2
+# Samples with warped flow members (--flow-warp), of any layout.
+WARPED_SCHEMA_VERSION = 3
+KNOWN_SCHEMAS = (1, 2, 3)
 
 META = "json"
 RGB_CLIP = "rgb.jpg"
+RGB_STACK = "rgb.stk"
 FLOW_STACK = "flow.fstk"
 WARPED_STACK = "warped.fstk"
 _RGB_RE = re.compile(r"^rgb\.(\d{6})\.jpg$")
@@ -74,9 +86,12 @@ def warped_member(i: int) -> str:
     return f"warped.{i:06d}.jpg"
 
 
-def schema_version(warped: bool) -> int:
-    """The schema a sample is written with: 2 when it holds warped flow, else 1."""
-    return WARPED_SCHEMA_VERSION if warped else SCHEMA_VERSION
+def schema_version(warped: bool, snippets: bool = False) -> int:
+    """The lowest schema that describes a sample: 3 with warped flow, else 2 for a snippet
+    clip layout, else 1."""
+    if warped:
+        return WARPED_SCHEMA_VERSION
+    return SNIPPETS_SCHEMA_VERSION if snippets else SCHEMA_VERSION
 
 
 def check_key(key: str) -> str:
@@ -149,8 +164,14 @@ def pack_stack(fields: list[bytes]) -> bytes:
 
     Layout (little-endian): b"FSTK", u8 version, u32 count, count x u32 lengths, payloads.
     """
+    # Stacks hold flow fields (flow.fstk) or RGB frames (rgb.stk): the container is the same.
     head = STACK_MAGIC + struct.pack("<BI", STACK_VERSION, len(fields))
     return head + struct.pack(f"<{len(fields)}I", *map(len, fields)) + b"".join(fields)
+
+
+def stack_size(lengths: list[int]) -> int:
+    """Bytes of a FlowStack container holding members of these lengths."""
+    return 9 + 4 * len(lengths) + sum(lengths)
 
 
 def unpack_stack(data: bytes, select: list[int] | None = None) -> list[bytes]:

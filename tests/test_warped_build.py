@@ -1,4 +1,4 @@
-"""--flow-warp end to end: warped members beside flow, the homography per pair, schema 2,
+"""--flow-warp end to end: warped members beside flow, the homography per pair, schema 3,
 readers, verify, incremental copies, Ray (tasks and flow actors) byte-identical to in-process."""
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ def warped_ds(camera_videos, tmp_path_factory):
 
 def test_warped_members_metadata_and_reader(warped_ds):
     ds = open_dataset(warped_ds)
-    assert ds.info["schema_version"] == 2 and ds.info["config"]["warp"]["features"] == "orb"
+    assert ds.info["schema_version"] == 3 and ds.info["config"]["warp"]["features"] == "orb"
     s = ds.read("pan_v_pan_g00")
     assert s.warped is not None and s.warped.shape == s.flow.shape == (5, 96, 128, 2)
     m = s.meta
-    assert m["schema_version"] == 2 and m["warp"]["method"] == "homography" and m["warp"]["ransac_threshold"] == 1.0
+    assert m["schema_version"] == 3 and m["warp"]["method"] == "homography" and m["warp"]["ransac_threshold"] == 1.0
     scene = sc.render_scene(SCENES["pan"])
     for field, true_h in zip(m["flow_fields"], scene.homographies):
         cam = field["camera"]
@@ -72,7 +72,7 @@ def test_verify_checks_warped_members(warped_ds):
         encode.from_sample(sample, "s")
 
 
-def test_a_schema_1_reader_refuses_warped_data_and_reads_old_data(warped_ds, camera_videos, tmp_path, monkeypatch):
+def test_an_older_reader_refuses_warped_data_and_old_data_reads_as_before(warped_ds, camera_videos, tmp_path, monkeypatch):
     build(camera_videos, tmp_path / "plain", "--executor", "local")
     plain = open_dataset(tmp_path / "plain")
     assert plain.info["schema_version"] == 1 and "warp" not in plain.info["config"]
@@ -81,8 +81,8 @@ def test_a_schema_1_reader_refuses_warped_data_and_reads_old_data(warped_ds, cam
     # flow members are the same whether or not warped flow is stored beside them
     warped = open_dataset(warped_ds).raw("pan_v_pan_g00")[0]
     assert plain.raw("pan_v_pan_g00")[0][encode.flow_member(3)] == warped[encode.flow_member(3)]
-    monkeypatch.setattr(encode, "KNOWN_SCHEMAS", (1,))
-    with pytest.raises(encode.SchemaError, match="schema version 2 is not one this flowshard reads"):
+    monkeypatch.setattr(encode, "KNOWN_SCHEMAS", (1, 2))
+    with pytest.raises(encode.SchemaError, match="schema version 3 is not one this flowshard reads"):
         open_dataset(warped_ds)
     assert open_dataset(tmp_path / "plain").read("pan_v_pan_g00").warped is None
 
@@ -126,13 +126,13 @@ def test_clip_shards_carry_warped_stacks(warped_ds, tmp_path):
     from pipeline.clips import ClipsConfig, derive_clips
 
     info = derive_clips(str(warped_ds), tmp_path / "clips", ClipsConfig(clip_len=3, per_video=2))
-    assert info["schema_version"] == 2
+    assert info["schema_version"] == 3
     parent = {v.video_id: open_dataset(warped_ds).raw(v.video_id)[0] for v in open_dataset(warped_ds).videos()}
     samples = [s for p in sorted((tmp_path / "clips" / "shards").glob("*.tar")) for s in shard.iter_shard(p)]
     assert len(samples) == 4
     for s in samples:
         meta = encode.load_meta(s[encode.META])
-        assert meta["schema_version"] == 2 and meta["warp"]["method"] == "homography"
+        assert meta["schema_version"] == 3 and meta["warp"]["method"] == "homography"
         positions = [f["position"] for f in meta["flow_fields"]]
         src = parent[meta["video_id"]]
         assert encode.unpack_stack(s[encode.WARPED_STACK]) == [src[encode.warped_member(p)] for p in positions]

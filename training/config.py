@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from training import models
 from training.data import DataConfig
 from training.models import ModelConfig
 from training.transforms import TransformConfig
@@ -65,9 +66,7 @@ class TrainConfig:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
         if self.model.streams != self.data.streams:
             raise ValueError(f"model streams {self.model.streams!r} and data streams {self.data.streams!r} differ")
-        if self.model.clip_len != self.data.clip_len:
-            raise ValueError(f"model clip_len {self.model.clip_len} and data clip_len {self.data.clip_len} differ: "
-                             f"the temporal stream takes 2 * clip_len channels")
+        check_model_data(self.model, self.data)
 
     def to_dict(self) -> dict:
         """Plain JSON types (tuples become lists)."""
@@ -78,8 +77,22 @@ class TrainConfig:
         d = dict(d)
         data = dict(d.pop("data"))
         data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))
-        model = ModelConfig(**_tuples(d.pop("model"), ("fusion_weights",)))
-        return cls(data=DataConfig(**data), model=model, **d)
+        model = models.model_config_from_dict(d.pop("model"))
+        return cls(data=DataConfig(**_tuples(data, ("strides",))), model=model, **d)
+
+
+def check_model_data(model: ModelConfig, data: DataConfig) -> None:
+    """The loader must give the network the input it is built for (ValueError naming the mismatch)."""
+    models.check(model)
+    if model.clip_len != data.clip_len:
+        raise ValueError(f"model clip_len {model.clip_len} and data clip_len {data.clip_len} differ: "
+                         f"the temporal stream takes 2 * clip_len channels")
+    if model.rgb_frames != data.rgb_frames:
+        raise ValueError(f"model rgb_frames {model.rgb_frames} and data rgb_frames {data.rgb_frames} differ")
+    if model.snippets and (data.sampler != "strided" or data.snippets != model.snippets):
+        raise ValueError(f"model {model.model!r} takes clips of {model.snippets} snippets in time order: use "
+                         f"--sampling strided --snippets {model.snippets} (got sampler {data.sampler!r} with "
+                         f"{data.clip_spec.length})")
 
 
 def _tuples(d: dict, keys: tuple[str, ...]) -> dict:

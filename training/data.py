@@ -1,7 +1,7 @@
 """Streaming training data: one WebDataset pipeline from shard files to batches.
 
     shard list -> split by node -> split by worker -> open + hash -> tar samples
-      -> pick clips (sampling; keeps only the chosen members' bytes) -> shuffle buffer
+      -> pick clips (pipeline.snippets; keeps only the chosen members' bytes) -> shuffle buffer
       -> decode the chosen frames and flow fields -> transforms -> batches
 
 The pipeline is the list in `build_pipeline`; each stage is a small iterator function.
@@ -55,8 +55,8 @@ from pipeline import encode, storage
 from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARDS, read_info, read_rows
 from pipeline.shard import sha256_file
 from pipeline.storage import Location
-from training import sampling
-from training.sampling import Clip
+from pipeline import snippets as snip  # `snippets` is also a DataConfig field
+from pipeline.snippets import Clip, ClipSpec, SnippetShape
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
 
 log = logging.getLogger(__name__)
@@ -171,13 +171,22 @@ def url_source(urls: Iterable[str], *, label_map: dict[str, int]) -> DataSource:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """What the loader reads and how it samples, augments and batches."""
+    """What the loader reads and how it samples, augments and batches.
+
+    An item is a clip of K snippets (pipeline.snippets): K = 1 (simonyan), `segments`
+    (tsn) or `snippets` (strided, `strides` apart); each snippet holds `rgb_frames` RGB
+    frames `frame_stride` apart and `clip_len` flow fields.
+    """
 
     streams: str = "both"
-    clip_len: int = sampling.DEFAULT_CLIP_LEN
+    clip_len: int = snip.DEFAULT_CLIP_LEN
+    rgb_frames: int = 1
+    frame_stride: int = 1
     sampler: str = "simonyan"
-    segments: int = sampling.DEFAULT_SEGMENTS
-    test_clips: int = sampling.DEFAULT_TEST_CLIPS
+    segments: int = snip.DEFAULT_SEGMENTS
+    snippets: int = 1
+    strides: tuple[int, ...] = (1,)
+    test_clips: int = snip.DEFAULT_TEST_CLIPS
     transform: TransformConfig = TransformConfig()
     batch_size: int = 32
     workers: int = 4
@@ -188,12 +197,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.streams not in STREAM_CHOICES:
             raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
-        if self.clip_len < 1:
-            raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
-        if self.sampler not in sampling.SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {sampling.SAMPLERS}")
-        if self.segments < 1 or self.test_clips < 1:
-            raise ValueError(f"segments and test_clips must be >= 1, got {self.segments}, {self.test_clips}")
+        if self.uses_flow and self.clip_len < 1:
+            raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
+        self.shape  # validates rgb_frames and frame_stride
+        self.clip_spec  # validates the sampler and its counts
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
@@ -210,6 +217,17 @@ class DataConfig:
     @property
     def uses_flow(self) -> bool:
         return self.streams in ("flow", "both")
+
+    @property
+    def shape(self) -> SnippetShape:
+        """One snippet: L fields when the flow stream is read (0 otherwise) and F frames."""
+        return SnippetShape(clip_len=self.clip_len if self.uses_flow else 0, rgb_frames=self.rgb_frames,
+                            frame_stride=self.frame_stride)
+
+    @property
+    def clip_spec(self) -> ClipSpec:
+        return ClipSpec(sampler=self.sampler, segments=self.segments, snippets=self.snippets,
+                        strides=tuple(self.strides), test_clips=self.test_clips)
 
 
 class EpochState:
@@ -383,39 +401,62 @@ def _item(sample: dict, meta: dict, clip: int) -> dict:
 
 
 def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
+    """A clip sample is one item: its stored snippets (centred subsets when shorter ones are asked for)."""
     cfg = plan.cfg
     if plan.train and cfg.sampler == "tsn":
-        raise ValueError(f"{_where(sample)}: tsn sampling needs video samples; a clip sample holds one snippet")
+        raise ValueError(f"{_where(sample)}: tsn sampling needs video samples; a clip sample holds its stored snippets")
     item = _item(sample, meta, int(meta.get("clip_index", 0)))
-    item["rgb"] = [sample[encode.RGB_CLIP]] if cfg.uses_rgb else None
+    stored = _stored_snippets(meta)
+    want = cfg.clip_spec.length
+    if plan.train and len(stored) != want:
+        raise ValueError(f"{_where(sample)}: the clip holds {len(stored)} snippet(s), the sampler asks for {want} "
+                         f"(clip shards made with --snippets {len(stored)} train with --sampling "
+                         f"{'strided' if len(stored) > 1 else 'simonyan'} --snippets {len(stored)})")
+    clip = tuple(snip.Snippet(frames=snip.centred(s.frames, cfg.rgb_frames, "RGB frames"),
+                              fields=snip.centred(s.fields, cfg.clip_len) if cfg.uses_flow else ())
+                 for s in stored)
+    if cfg.uses_rgb:
+        frames = ([sample[encode.RGB_CLIP]] if encode.RGB_CLIP in sample
+                  else encode.unpack_stack(sample[encode.RGB_STACK]))
+        item["rgb"] = [[frames[f] for f in s.frames] for s in clip]
+    else:
+        item["rgb"] = None
     if cfg.uses_flow:
-        stored = len(meta["flow_fields"])
-        select = list(sampling.centred_fields(list(range(stored)), cfg.clip_len))
-        item["flow"] = [encode.unpack_stack(sample[encode.FLOW_STACK], select=select)]
+        fields = encode.unpack_stack(sample[encode.FLOW_STACK])
+        item["flow"] = [[fields[f] for f in s.fields] for s in clip]
     else:
         item["flow"] = None
     return item
 
 
+def _stored_snippets(meta: dict) -> Clip:
+    """The snippets a clip sample stores, as positions into its rgb and flow stacks.
+
+    Schema 1 clips (one frame, one snippet) list no snippets: frame 0 and every field.
+    """
+    if "snippets" not in meta:
+        return (snip.Snippet(frames=(0,), fields=tuple(range(len(meta["flow_fields"])))),)
+    return tuple(snip.Snippet(frames=tuple(s["frames"]), fields=tuple(s["fields"])) for s in meta["snippets"])
+
+
 def _video_items(sample: dict, meta: dict, plan: PickPlan, epoch: int) -> list[dict]:
     cfg = plan.cfg
-    cands = sampling.candidates(meta, cfg.clip_len if cfg.uses_flow else 0)
+    cands = snip.candidates(meta, cfg.shape)
     if len(cands) == 0:
         log.warning("%s: no %s, skipped", _where(sample), "flow fields" if cfg.uses_flow else "frames")
         return []
     if plan.train:
-        rng = sampling.sample_rng(cfg.seed, epoch, sample["__key__"])
-        groups = [sampling.train_clips(cands, cfg.sampler, cfg.segments, rng)]
+        rng = snip.sample_rng(cfg.seed, epoch, sample["__key__"])
+        clips = [snip.train_clip(cands, cfg.clip_spec, rng)]
     else:
-        groups = [[c] for c in sampling.eval_clips(cands, cfg.test_clips)]
-    return [_with_members(_item(sample, meta, j), sample, clips, cfg) for j, clips in enumerate(groups)]
+        clips = snip.eval_clips(cands, cfg.clip_spec)
+    return [_with_members(_item(sample, meta, j), sample, clip, cfg) for j, clip in enumerate(clips)]
 
 
-def _with_members(item: dict, sample: dict, clips: list[Clip], cfg: DataConfig) -> dict:
+def _with_members(item: dict, sample: dict, clip: Clip, cfg: DataConfig) -> dict:
     try:
-        item["rgb"] = [sample[encode.rgb_member(c.frame)] for c in clips] if cfg.uses_rgb else None
-        item["flow"] = ([[sample[encode.flow_member(f)] for f in c.fields] for c in clips]
-                        if cfg.uses_flow else None)
+        item["rgb"] = ([[sample[encode.rgb_member(f)] for f in s.frames] for s in clip] if cfg.uses_rgb else None)
+        item["flow"] = ([[sample[encode.flow_member(f)] for f in s.fields] for s in clip] if cfg.uses_flow else None)
     except KeyError as exc:
         raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing") from exc
     return item
@@ -439,9 +480,9 @@ def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> 
 
 
 def decode_item(item: dict) -> dict:
-    """Decode the chosen members: rgb -> (V, H, W, 3) uint8, flow -> V (2L, H, W) FieldPlanes, interleaved."""
+    """Decode the chosen members: rgb -> (K, F, H, W, 3) uint8, flow -> K (2L, H, W) FieldPlanes, interleaved."""
     if item["rgb"] is not None:
-        item["rgb"] = np.stack([DECODERS["rgb"](b) for b in item["rgb"]])
+        item["rgb"] = np.stack([np.stack([DECODERS["rgb"](b) for b in frames]) for frames in item["rgb"]])
     if item["flow"] is not None:
         item["flow"] = [FieldPlanes([DECODERS["flow"](b) for b in fields]) for fields in item["flow"]]
     return item
@@ -460,7 +501,7 @@ def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochSta
     """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking."""
     for item in src:
         if train:
-            rng = sampling.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
+            rng = snip.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
             item["rgb"], item["flow"] = train_views(item["rgb"], item["flow"], cfg.transform, rng)
         else:
             item["rgb"], item["flow"] = eval_views(item["rgb"], item["flow"], cfg.transform)
@@ -468,7 +509,10 @@ def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochSta
 
 
 def collate(items: list[dict]) -> dict:
-    """Items -> a batch: {"rgb": (B, V, 3, S, S), "flow": (B, V, 2L, S, S), "label": (B,), ...}."""
+    """Items -> a batch: {"rgb": (B, V, K, 3F, S, S), "flow": (B, V, K, 2L, S, S), "label": (B,), ...}.
+
+    V: views (crops), K: snippets in time order, F frames and L fields per snippet.
+    """
     batch = {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
              "video_id": [it["video_id"] for it in items], "clip": [it["clip"] for it in items],
              "key": [it["__key__"] for it in items]}
