@@ -348,6 +348,29 @@ def report(dataset: str, as_json: bool, every: bool) -> None:
         click.echo(line)
 
 
+@cli.command()
+@click.argument("dataset", metavar="DATASET[@VERSION]")
+@click.argument("output", metavar="OUT")
+@click.option("--format", "fmt", default="rawframes", show_default=True, type=click.Choice(["rawframes"]),
+              help="rawframes: mmaction2's layout (img_%05d.jpg, flow_x_/flow_y_%05d.jpg, annotation lists).")
+@click.option("--flow-quality", type=int, default=None,
+              help="JPEG quality of the separate x and y images (default: the dataset's flow quality).")
+def export(dataset: str, output: str, fmt: str, flow_quality: int | None) -> None:
+    """Export a dataset for other tools: mmaction2 rawframes (RGB JPEG bytes copied, flow x/y split).
+
+    docs/FORMAT.md ("mmaction2 rawframes export") says which list a config takes and what
+    the pixel values mean.
+    """
+    from pipeline.export import export_rawframes
+
+    try:
+        s = export_rawframes(dataset, output, flow_quality=flow_quality)
+    except (FileNotFoundError, FileExistsError, ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{output}: {s.videos} video folders, {s.frames} frames, {s.flow_fields} flow fields"
+               f"{' (and warped flow)' if s.warped else ''}; lists {', '.join(s.lists)}")
+
+
 @cli.command("flow-check")
 @click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(FLOW_CHOICES))
 @click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),

@@ -138,3 +138,18 @@ def test_clip_shards_carry_warped_stacks(warped_ds, tmp_path):
         assert encode.unpack_stack(s[encode.WARPED_STACK]) == [src[encode.warped_member(p)] for p in positions]
         assert encode.unpack_stack(s[encode.FLOW_STACK]) == [src[encode.flow_member(p)] for p in positions]
         assert all(f["camera"]["estimated"] for f in meta["flow_fields"])
+
+
+def test_rawframes_export_writes_warped_flow(warped_ds, tmp_path):
+    import cv2
+
+    from pipeline.export import export_rawframes
+
+    summary = export_rawframes(str(warped_ds), tmp_path / "mm")
+    assert summary.warped and summary.flow_fields == 10
+    folder = tmp_path / "mm" / "rawframes" / "pan_v_pan_g00"
+    assert len(list(folder.glob("warp_x_*.jpg"))) == len(list(folder.glob("flow_y_*.jpg"))) == 5
+    s = open_dataset(warped_ds).read("pan_v_pan_g00")
+    x = cv2.imread(str(folder / "warp_x_00003.jpg"), cv2.IMREAD_GRAYSCALE).astype(float) * 40 / 255 - 20
+    assert np.abs(x - s.warped[2, ..., 0]).mean() < 0.1  # warp_*_k: the warped flow of field k - 1
+    assert json.loads((tmp_path / "mm" / "export.json").read_text())["warp_template"] == "warp_{}_{:05d}.jpg"
