@@ -183,10 +183,25 @@ def resolve_auto_device(o: dict) -> dict:
     return {**o, "flow_device": device}
 
 
+def check_input(input_path: str, split: int | None) -> None:
+    """Fail on a missing, empty or unreadable input before anything starts.
+
+    `--flow-device auto` asks Ray for its GPUs, which starts a local Ray: a wrong path
+    should be reported before that, not after. Listing the input once more is cheap beside
+    the build that follows.
+    """
+    from pipeline import inputs
+
+    refs, _ = inputs.discover(input_path, split=split)
+    if not refs:
+        raise ValueError(f"{input_path}: no videos found")
+
+
 def run_build(input_path: str, output: str, o: dict):
     """Build with options `o`; shared by `flowshard build` and the job entrypoints."""
     from pipeline.build import build_dataset
 
+    check_input(input_path, o["split"])
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
     return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])

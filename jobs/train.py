@@ -413,7 +413,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
 @click.command("evaluate")
 @click.argument("dataset")
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
-@click.option("--json", "json_path", required=True, help="Metrics JSON to write (keys rgb, flow, fused).")
+@click.option("--json", "json_path", default=None, help="Also write the metrics JSON here (keys rgb, flow, fused).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--test-clips", type=int, default=None, help="Test clips per video sample (default: as trained).")
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default=None, help="1 (centre) or 10 crops.")
@@ -421,7 +421,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
 @click.option("--workers", type=int, default=None)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def evaluate_command(dataset: str, checkpoint_path: str, json_path: str, split: str, test_clips: int | None,
+def evaluate_command(dataset: str, checkpoint_path: str, json_path: str | None, split: str, test_clips: int | None,
                      test_crops: str | None, batch_size: int | None, workers: int | None, device: str | None,
                      progress: bool) -> None:
     """Score CHECKPOINT on DATASET's test clips: clip and video accuracy per stream and fused."""
@@ -433,8 +433,22 @@ def evaluate_command(dataset: str, checkpoint_path: str, json_path: str, split: 
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if distributed_rank() == 0:
-        write_results(results, Path(json_path), names, extra=provenance)
-        click.echo(json.dumps(_headline(results)))
+        for line in results_table(results):
+            click.echo(line)
+        if json_path:
+            write_results(results, Path(json_path), names, extra=provenance)
+            click.echo(f"metrics -> {json_path}")
+
+
+def results_table(results: dict) -> list[str]:
+    """The headline metrics as text lines, one per stream ("-" for a stream the model lacks)."""
+    keys = ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy")
+    lines = [f"{'STREAM':<8} {'CLIP TOP-1':>10} {'VIDEO TOP-1':>11} {'VIDEO TOP-5':>11} {'MEAN CLASS':>10} {'VIDEOS':>6}"]
+    for name, r in results.items():
+        cells = [f"{r[k]:.4f}" for k in keys] if r else ["-"] * 4
+        lines.append(f"{name:<8} {cells[0]:>10} {cells[1]:>11} {cells[2]:>11} {cells[3]:>10} "
+                     f"{(r or {}).get('videos', '-'):>6}")
+    return lines
 
 
 @click.command("clips")
