@@ -301,8 +301,9 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--output", "-o", required=True, help="Run folder: checkpoints (*.pt), logs, TensorBoard.")
 @click.option("--model", default="two_stream", show_default=True, type=click.Choice(list(MODELS)),
               help="Model family (see README: one command per model).")
-@click.option("--streams", default=None, type=click.Choice(["rgb", "flow", "both"]),
-              help="Streams to train. Default: the model's (two_stream: both).")
+@click.option("--streams", default=None, metavar="rgb|flow|both|rgb,flow,warped",
+              help="Streams to train: one, both (rgb,flow), or a comma list of rgb, flow and warped (warped flow "
+                   "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
               type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
 @click.option("--weights", default=None, help="'imagenet' (torchvision, downloads) or a local state-dict file.")
@@ -331,7 +332,10 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default="1", show_default=True)
 @click.option("--fusion", default="late", show_default=True, type=click.Choice(["late", "conv"]),
               help="two_stream: late score fusion or a conv layer on the last maps.")
-@click.option("--fusion-weights", default="1,1.5", show_default=True, help="Late fusion rgb,flow.")
+@click.option("--fusion-weights", default=None,
+              help="Late fusion weights rgb,flow[,warped]. Default: TSN's 1,1.5, or 1,1,0.5 with warped.")
+@click.option("--flow-mean-subtract", is_flag=True, default=False,
+              help="Subtract each flow (and warped) field's mean vector from the input (Simonyan & Zisserman).")
 @click.option("--fusion-kernel", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option("--dropout", type=float, default=None, help="Default: the model's (0.5).")
 @click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
@@ -394,8 +398,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
                           snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], transform=transform,
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
-                          seed=o["seed"], verify=o["verify"])
-    weights = _floats(o["fusion_weights"])
+                          seed=o["seed"], verify=o["verify"], flow_mean_subtract=o.get("flow_mean_subtract", False))
+    weights = _floats(o["fusion_weights"]) if o.get("fusion_weights") else None  # None: the streams' defaults
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                             snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
