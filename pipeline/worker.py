@@ -336,15 +336,13 @@ def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
 
 @dataclass(frozen=True)
 class WarpInputs:
-    """A chunk's warped pairs, ready for the estimator: frames[i] and frames[n + i] are pair i's
-    first frame and its camera-compensated second frame (in the estimator's input form)."""
+    """A chunk's warped pairs, ready for the estimator, in the form it takes (grey (n, H, W),
+    or RGB (n, H, W, 3) for estimators that take RGB): first frames and camera-compensated
+    second frames."""
 
-    frames: np.ndarray  # (2n, H, W) grey, or (2n, H, W, 3) RGB for estimators that take RGB
+    firsts: np.ndarray
+    seconds: np.ndarray
     cameras: tuple[dict, ...]  # per pair: warp.CameraMotion.as_meta()
-
-    def pairs(self) -> list[tuple[int, int]]:
-        n = len(self.cameras)
-        return [(i, n + i) for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -379,22 +377,22 @@ def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False) -> WarpInpu
         firsts.append(src[r])
         seconds.append(warp.compensate(src[r], src[r + step], cam.matrix, cfg.warp.border))
         cams.append(cam.as_meta())
-    shape = (0, *(frames.shape[1:] if rgb else g.shape[1:]))
-    stacked = np.stack(firsts + seconds) if rows else np.zeros(shape, np.uint8)
-    return WarpInputs(frames=stacked, cameras=tuple(cams))
+    empty = np.zeros((0, *(frames.shape[1:] if rgb else g.shape[1:])), np.uint8)
+    return WarpInputs(firsts=np.stack(firsts) if rows else empty, seconds=np.stack(seconds) if rows else empty,
+                      cameras=tuple(cams))
 
 
 def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[WarpedFields | None]:
     """Warped flow of every pair of several chunks (one entry per job; None each without --flow-warp)."""
     if cfg.warp is None:
         return [None] * len(jobs)
-    rgb = getattr(estimator, "input", "gray") == "rgb"
+    rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
+    b = cfg.flow.batch_size
     out = []
     for job in jobs:
         wi = warp_inputs(job, cfg, rgb)
-        n, h, w = len(wi.cameras), *job.chunk.frames.shape[1:3]
-        fields = [estimator(wi.frames[b:min(b + cfg.flow.batch_size, n)], wi.frames[n + b:n + min(b + cfg.flow.batch_size, n)])
-                  for b in range(0, n, cfg.flow.batch_size)]
+        fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
+        h, w = job.chunk.frames.shape[1:3]
         out.append(WarpedFields(fields=np.concatenate(fields) if fields else np.zeros((0, h, w, 2), np.float32),
                                 cameras=wi.cameras))
     return out
