@@ -16,8 +16,9 @@ camera's motion from the flow between frames t and t+step:
 What remains is the motion relative to the background: the camera's pan, zoom and rotation
 cancel, a person's own motion stays. Unlike iDT and TSN's denseflow, matches come from
 descriptors only (not also from the plain flow), so H does not depend on the estimator and
-the warped pairs can share a batch with the plain pairs. `exclusion_mask` is the hook for
-person boxes: `estimate_camera(..., mask=exclusion_mask(shape, boxes))`.
+the warped pairs can share a batch with the plain pairs. Person boxes, when a dataset has
+them, keep features off people: `estimate_camera(..., mask=exclusion_mask(shape, boxes))`,
+which `worker.warp_inputs(..., boxes=...)` does per pair.
 """
 from __future__ import annotations
 

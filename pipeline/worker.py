@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import cv2
 import numpy as np
@@ -360,19 +360,23 @@ def quantized(w: WarpedFields, bound: float) -> WarpedFields:
     return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
 
 
-def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False) -> WarpInputs:
+def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
+                boxes: Mapping[int, list] | None = None) -> WarpInputs:
     """Estimate the camera motion of each pair the chunk computes and warp its second frame back.
 
     Runs on a CPU (feature matching, RANSAC, remap); the flow of the warped pairs is then
     computed like any other pairs, by whichever estimator computes the plain flow.
+    boxes: global frame index -> person boxes (x0, y0, x1, y1) in stored pixels; a pair's
+    camera motion is then estimated outside the boxes of both its frames.
     """
-    frames, step = job.chunk.frames, cfg.flow.step
+    frames, step, start = job.chunk.frames, cfg.flow.step, job.chunk.start
     rows = chunk_pairs(job, step)
     g = gray(frames)
     firsts, seconds, cams = [], [], []
     for r in rows:
-        # Hook for person boxes (not in the dataset yet): mask=warp.exclusion_mask(g[r].shape, boxes).
-        cam = warp.estimate_camera(g[r], g[r + step], cfg.warp)
+        people = [*boxes.get(start + r, []), *boxes.get(start + r + step, [])] if boxes else []
+        mask = warp.exclusion_mask(g[r].shape, people) if people else None
+        cam = warp.estimate_camera(g[r], g[r + step], cfg.warp, mask)
         src = frames if rgb else g
         firsts.append(src[r])
         seconds.append(warp.compensate(src[r], src[r + step], cam.matrix, cfg.warp.border))

@@ -115,3 +115,20 @@ def test_config_is_validated():
         warp.WarpConfig(features="surf")
     with pytest.raises(ValueError):
         warp.WarpConfig(ratio=1.5)
+
+
+def test_worker_keeps_camera_features_off_person_boxes(scene):
+    """worker.warp_inputs: boxes of a pair's frames become its exclusion mask."""
+    from pipeline.records import FrameChunk
+    from pipeline.worker import ChunkJob, WorkerConfig, warp_inputs
+
+    chunk = FrameChunk(video_key="v", index=0, start=10, owned=3, frames=scene.frames, pts=(0.0,) * 4, last=True)
+    job = ChunkJob(chunk=chunk, keep_frames=None, keep_fields=None)
+    cfg = WorkerConfig(warp=warp.WarpConfig())
+    free = warp_inputs(job, cfg)
+    assert [c["estimated"] for c in free.cameras] == [True, True, True] and free.seconds.shape == (3, 96, 128)
+    everywhere = {11: [(0, 0, 128, 96)]}  # frame 11 (row 1) fully covered: pairs 10->11 and 11->12 see nothing
+    boxed = warp_inputs(job, cfg, boxes=everywhere)
+    assert [c["estimated"] for c in boxed.cameras] == [False, False, True]
+    assert [c["matches"] for c in boxed.cameras][:2] == [0, 0]
+    assert np.array_equal(boxed.seconds[0], grey(scene.frames)[1])  # identity: frame t+1 as it is
