@@ -18,14 +18,16 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
+import cv2
 import numpy as np
 
-from pipeline import decode, encode
+from pipeline import decode, encode, warp
 from pipeline.decode import DecodeConfig, DecodeError
-from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, estimator_input, make_estimator
+from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, VideoInfo, VideoRef, VideoResult
+from pipeline.warp import WarpConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class WorkerConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     max_pixels: int = DEFAULT_MAX_PIXELS  # a video whose source or stored frame is larger is an error row
+    warp: WarpConfig | None = None  # --flow-warp: also store camera-compensated (warped) flow
 
     def __post_init__(self) -> None:
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 4:
@@ -84,10 +87,13 @@ class WorkerConfig:
     def output_dict(self) -> dict:
         """Every setting that changes the stored bytes (hashed into dataset versions)."""
         s = self.sample
-        return {"decode": self.decode.output_dict(), "flow": self.flow.output_dict(),
-                "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
-                "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
-                "limits": {"max_pixels": self.max_pixels}}
+        out = {"decode": self.decode.output_dict(), "flow": self.flow.output_dict(),
+               "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
+               "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
+               "limits": {"max_pixels": self.max_pixels}}
+        if self.warp is not None:  # only when on: ids of builds without warped flow stay as they were
+            out["warp"] = self.warp.output_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,7 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
     if plan.keep_frames is not None:
         yield _clips_job(ref, plan, cfg)
         return
-    step, kind, quality = cfg.flow.step, estimator_input(cfg.flow), cfg.encode.rgb_quality
+    step, kind, quality = cfg.flow.step, cfg.flow.input, cfg.encode.rgb_quality
     rows = ((_flow_frame(f, kind), pts, encode.encode_planes(*decode.split_planes(f), quality))
             for f, pts in decode.iter_planes(ref.uri, cfg.decode, plan.info))
     groups = decode.group_chunks(rows, chunk_frames=cfg.sample.chunk_frames, overlap=step)
@@ -271,7 +277,7 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
 
 def _flow_frame(frame: np.ndarray, kind: str) -> np.ndarray:
     """What flow takes of an I420 frame: its luma plane (a view), or RGB."""
-    return decode.split_planes(frame)[0] if kind == "grey" else decode.planes_to_rgb(frame)
+    return decode.split_planes(frame)[0] if kind == "gray" else decode.planes_to_rgb(frame)
 
 
 def _size(flow_frame: np.ndarray) -> tuple[int, int]:
@@ -300,7 +306,7 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
         held, again = _hold(ref, plan, need, cfg)
         if again != total:
             raise DecodeError(ref.uri, f"decoded {total} frames, then {again}: the decode is not repeatable")
-    kind, quality = estimator_input(cfg.flow), cfg.encode.rgb_quality
+    kind, quality = cfg.flow.input, cfg.encode.rgb_quality
     ids = sorted(need)
     keep = sorted(settled.keep_frames)
     return ChunkJob(video_key=ref.key, index=0, start=0, owned=total, last=True, frame_ids=tuple(ids),
@@ -347,12 +353,37 @@ def _reason(ref: VideoRef, exc: Exception) -> str:
 
 # --- stage 2: flow + encode ------------------------------------------------------------------
 
+def pair_rows(job: ChunkJob, step: int) -> list[tuple[int, int]]:
+    """(row of t, row of t + step) in `job.frames` for every field t the job computes."""
+    row = {f: r for r, f in enumerate(job.frame_ids)}
+    return [(row[t], row[t + step]) for t in job.fields]
+
+
 def flow_inputs(job: ChunkJob, step: int) -> tuple[np.ndarray, np.ndarray]:
     """The first and second frames of every pair the job computes, in `job.fields` order:
     (F, H, W) uint8 luma, or (F, H, W, 3) RGB for estimators that take RGB. Views into the
     job's frames where the rows are consecutive (dense chunks), so nothing is copied."""
-    row = {f: r for r, f in enumerate(job.frame_ids)}
-    return _rows(job.frames, [row[t] for t in job.fields]), _rows(job.frames, [row[t + step] for t in job.fields])
+    rows = pair_rows(job, step)
+    return _rows(job.frames, [a for a, _ in rows]), _rows(job.frames, [b for _, b in rows])
+
+
+def gray(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) RGB uint8 -> (N, H, W) luma uint8 (for frames that come as RGB)."""
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else \
+        np.zeros(frames.shape[:3], np.uint8)
+
+
+def frames_job(frames: np.ndarray, key: str, index: int, start: int, owned: int, last: bool, *,
+               kind: str = "gray", step: int = 1, rgb_quality: int = 90) -> ChunkJob:
+    """A dense ChunkJob of RGB frames (N, H, W, 3) already in memory, as a decoder would send
+    it: flow frames in the estimator's form `kind`, owned frames JPEG-encoded (tests, benchmarks)."""
+    n = len(frames)
+    return ChunkJob(video_key=key, index=index, start=start, owned=owned, last=last,
+                    frame_ids=tuple(range(start, start + n)), frames=gray(frames) if kind == "gray" else frames,
+                    fields=tuple(start + r for r in range(owned) if r + step < n),
+                    frame_index=tuple(range(start, start + owned)), frame_pts=tuple(float(start + r) for r in range(owned)),
+                    frame_bytes=tuple(encode.encode_rgb(f, rgb_quality) for f in frames[:owned]),
+                    size=(frames.shape[2], frames.shape[1]))
 
 
 def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
@@ -362,7 +393,7 @@ def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
 
 
 def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConfig) -> list[np.ndarray]:
-    """Float flow (F, H, W, 2) of every pair of several chunks, in batches of cfg.batch_size pairs.
+    """Float flow (F, H, W, 2) of every pair of several chunks, in batches of cfg.batch_for(h, w) pairs.
 
     Pairs from different chunks (and videos) share a batch when their sizes match, which
     is what keeps a GPU estimator busy; the result lists one array per job.
@@ -376,8 +407,9 @@ def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConf
         prev = _concat([inputs[j][0] for j in group])
         nxt = _concat([inputs[j][1] for j in group])
         owner = [j for j in group for _ in range(len(inputs[j][0]))]
-        for b in range(0, len(prev), cfg.batch_size):
-            for j, fl in zip(owner[b:b + cfg.batch_size], estimator(prev[b:b + cfg.batch_size], nxt[b:b + cfg.batch_size])):
+        size = cfg.batch_for(*prev.shape[1:3])
+        for b in range(0, len(prev), size):
+            for j, fl in zip(owner[b:b + size], estimator(prev[b:b + size], nxt[b:b + size])):
                 out[j].append(fl)
     return [np.stack(o) if o else np.zeros((0, job.size[1], job.size[0], 2), np.float32) for o, job in zip(out, jobs)]
 
@@ -390,22 +422,28 @@ def flow_bytes(job: ChunkJob, estimator: FlowEstimator, cfg: WorkerConfig) -> tu
     """Compute and encode the job's fields a batch at a time: float flow is never held for the
     whole chunk (64 float fields at 1280x720 would be 470 MB)."""
     prev, nxt = flow_inputs(job, cfg.flow.step)
-    size = cfg.flow.batch_size if getattr(estimator, "batched", True) else 1
+    size = cfg.flow.batch_for(prev.shape[1], prev.shape[2]) if getattr(estimator, "batched", True) else 1
     return tuple(_encode_field(fl, cfg) for b in range(0, len(prev), size)
                  for fl in estimator(prev[b:b + size], nxt[b:b + size]))
 
 
-def encode_chunk(job: ChunkJob, fields: Iterable[np.ndarray] | tuple[bytes, ...], cfg: WorkerConfig) -> EncodedChunk:
-    """The chunk's encoded output: its frames (encoded at decode) and its fields, given as
-    arrays (float or quantized) to encode here, or as encoded bytes."""
+def encode_chunk(job: ChunkJob, fields: Iterable[np.ndarray] | tuple[bytes, ...], cfg: WorkerConfig,
+                 warped: "WarpedFields | None" = None) -> EncodedChunk:
+    """The chunk's encoded output: its frames (encoded at decode), its fields and (--flow-warp)
+    its warped fields, given as arrays (float or quantized) to encode here, or as encoded bytes."""
     encoded = tuple(f if isinstance(f, bytes) else _encode_field(f, cfg) for f in fields)
     if len(encoded) != len(job.fields):
         raise RuntimeError(f"{job.video_key}: {len(encoded)} flow fields for {len(job.fields)} pairs")
+    if (warped is not None) != (cfg.warp is not None) or (warped is not None and len(warped.fields) != len(encoded)):
+        raise RuntimeError(f"{job.video_key}: warped fields do not match the flow fields or --flow-warp")
     step = cfg.flow.step
     return EncodedChunk(video_key=job.video_key, index=job.index, start=job.start, frame_bytes=job.frame_bytes,
                         frame_index=job.frame_index, frame_pts=job.frame_pts, flow_bytes=encoded,
                         flow_pairs=tuple((t, t + step) for t in job.fields), size=job.size, last=job.last,
-                        owned=job.owned)
+                        owned=job.owned,
+                        warped_bytes=tuple(f if isinstance(f, bytes) else _encode_field(f, cfg)
+                                           for f in warped.fields) if warped else (),
+                        cameras=warped.cameras if warped else ())
 
 
 def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
@@ -417,7 +455,79 @@ def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
 
 def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[EncodedChunk]:
     """Stage 2 for a batch of chunks (possibly of several videos)."""
-    return [encode_chunk(job, flow_bytes(job, estimator, cfg), cfg) for job in jobs]
+    warped = compute_warped(jobs, estimator, cfg)
+    return [encode_chunk(job, flow_bytes(job, estimator, cfg), cfg, wf) for job, wf in zip(jobs, warped)]
+
+
+# --- stage 2b: warped flow (--flow-warp) -----------------------------------------------------
+
+@dataclass(frozen=True)
+class WarpInputs:
+    """A chunk's warped pairs, ready for the estimator, in the form it takes (grey (n, H, W),
+    or RGB (n, H, W, 3) for estimators that take RGB): first frames and camera-compensated
+    second frames."""
+
+    firsts: np.ndarray
+    seconds: np.ndarray
+    cameras: tuple[dict, ...]  # per pair: warp.CameraMotion.as_meta()
+
+
+@dataclass(frozen=True)
+class WarpedFields:
+    """A chunk's warped flow fields (F, H, W, 2) (float px, or uint8 quantized) and camera motions."""
+
+    fields: np.ndarray
+    cameras: tuple[dict, ...]
+
+
+def quantized(w: WarpedFields, bound: float) -> WarpedFields:
+    """The same warped fields quantized to uint8 (a quarter of the bytes through the object store)."""
+    from pipeline.flow import quantize
+
+    return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
+
+
+def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
+                boxes: Mapping[int, list] | None = None) -> WarpInputs:
+    """Estimate the camera motion of each pair the chunk computes and warp its second frame back.
+
+    Runs on a CPU (feature matching, RANSAC, remap); the flow of the warped pairs is then
+    computed like any other pairs, by whichever estimator computes the plain flow.
+    boxes: global frame index -> person boxes (x0, y0, x1, y1) in stored pixels; a pair's
+    camera motion is then estimated outside the boxes of both its frames.
+    """
+    step = cfg.flow.step
+    firsts_in, seconds_in = flow_inputs(job, step)  # in the estimator's form: luma, or RGB
+    grey = firsts_in.ndim == 3
+    firsts, seconds, cams = [], [], []
+    for i, t in enumerate(job.fields):
+        a, b = firsts_in[i], seconds_in[i]
+        ga, gb = (a, b) if grey else (cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY))
+        people = [*boxes.get(t, []), *boxes.get(t + step, [])] if boxes else []
+        mask = warp.exclusion_mask(ga.shape, people) if people else None
+        cam = warp.estimate_camera(ga, gb, cfg.warp, mask)
+        firsts.append(a)  # the job's frames are already in the estimator's form
+        seconds.append(warp.compensate(a, b, cam.matrix, cfg.warp.border))
+        cams.append(cam.as_meta())
+    empty = np.zeros((0, *firsts_in.shape[1:]), np.uint8)
+    return WarpInputs(firsts=np.stack(firsts) if cams else empty, seconds=np.stack(seconds) if cams else empty,
+                      cameras=tuple(cams))
+
+
+def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[WarpedFields | None]:
+    """Warped flow of every pair of several chunks (one entry per job; None each without --flow-warp)."""
+    if cfg.warp is None:
+        return [None] * len(jobs)
+    rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
+    out = []
+    for job in jobs:
+        wi = warp_inputs(job, cfg, rgb)
+        w, h = job.size
+        b = cfg.flow.batch_for(h, w)
+        fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
+        out.append(WarpedFields(fields=np.concatenate(fields) if fields else np.zeros((0, h, w, 2), np.float32),
+                                cameras=wi.cameras))
+    return out
 
 
 # --- stage 3: samples ----------------------------------------------------------------------
@@ -476,8 +586,11 @@ def video_meta(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, size: tuple[in
     """Metadata shared by every part of a video (per-part frame lists are added later)."""
     info, f = plan.info, cfg.flow
     fps = cfg.decode.fps or info.fps
+    warped = {"warp": {**cfg.warp.output_dict(), "method": "homography"}} if cfg.warp is not None else {}
     return {
-        "schema_version": encode.SCHEMA_VERSION, "kind": "video", "video_id": ref.key, "source": ref.source,
+        **warped,
+        "schema_version": encode.schema_version(cfg.warp is not None), "kind": "video", "video_id": ref.key,
+        "source": ref.source,
         "label": ref.label, "label_id": ref.label_id, "split": ref.split, "fps": fps, "source_fps": info.fps,
         "source_size": [info.width, info.height], "size": list(size), "mode": cfg.sample.mode,
         "decode": cfg.decode.output_dict(),
@@ -492,11 +605,34 @@ def part_key(ref: VideoRef, part: int, parts: int) -> str:
     return ref.key if parts == 1 else f"{ref.key}_part{part:03d}"
 
 
-def _sample(key: str, meta: dict, frames: list, fields: list) -> dict:
+class Field(NamedTuple):
+    """A flow field on its way into a sample: its frame pair, its member bytes and, with
+    --flow-warp, its warped member and camera motion."""
+
+    start: int
+    end: int
+    data: bytes
+    warped: bytes | None = None
+    camera: dict | None = None
+
+
+def chunk_fields(c: EncodedChunk) -> list[Field]:
+    """The fields of an encoded chunk, in order."""
+    n = len(c.flow_bytes)
+    return [Field(a, b, data, w, cam) for (a, b), data, w, cam in
+            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n)]
+
+
+def _field_meta(f: Field) -> dict:
+    return {"from": f.start, "to": f.end} if f.camera is None else {"from": f.start, "to": f.end, "camera": f.camera}
+
+
+def _sample(key: str, meta: dict, frames: list, fields: list[Field]) -> dict:
     meta = {**meta, "key": key,
             "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
-            "flow_fields": [{"from": a, "to": b} for a, b, _ in fields]}
-    return encode.to_sample(key, meta, [b for *_, b in frames], [b for *_, b in fields])
+            "flow_fields": [_field_meta(f) for f in fields]}
+    warped = [f.warped for f in fields] if encode.has_warped(meta) else None
+    return encode.to_sample(key, meta, [b for *_, b in frames], [f.data for f in fields], warped)
 
 
 def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], cfg: WorkerConfig) -> list[dict]:
@@ -506,7 +642,7 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
         plan = settle_plan(plan, _total_frames(chunks), cfg)  # clips: the layout of the decoded count
     check_coverage(ref, plan, chunks, cfg.flow.step)
     frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
-    fields = [(a, b, data) for c in chunks for (a, b), data in zip(c.flow_pairs, c.flow_bytes)]
+    fields = [f for c in chunks for f in chunk_fields(c)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
     if plan.keep_frames is not None:
         return [_clips_sample(ref, plan, meta, frames, fields)]
@@ -516,7 +652,7 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
 def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_frames: int) -> list[dict]:
     """A dense video's samples: parts of `max_frames` frames, each with the fields starting in it.
 
-    frames: (index, pts, jpeg bytes); fields: (from, to, jpeg bytes); both in order. Also
+    frames: (index, pts, jpeg bytes); fields: `Field`s; both in order. Also
     used to re-pack stored members without recomputing them, so both paths give equal bytes.
     """
     parts = -(-len(frames) // max_frames)
@@ -560,7 +696,7 @@ def _stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tot
     k = 0
     for c in chunks:
         frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes))
-        fields.extend((a, b, data) for (a, b), data in zip(c.flow_pairs, c.flow_bytes))
+        fields.extend(chunk_fields(c))
         while len(frames) >= max_frames and k < parts - 1:
             hi = (k + 1) * max_frames
             yield _part(ref, meta, k, parts, frames[:max_frames], [f for f in fields if f[0] < hi])
@@ -576,7 +712,7 @@ def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: li
 
 def _clips_sample(ref: VideoRef, plan: VideoPlan, meta: dict, frames: list, fields: list) -> dict:
     frame_pos = {i: n for n, (i, _, _) in enumerate(frames)}
-    field_pos = {a: n for n, (a, _, _) in enumerate(fields)}
+    field_pos = {f.start: n for n, f in enumerate(fields)}
     clips = [{"frame": frame_pos[c], "flow": [field_pos[f] for f in fs]} for c, fs in plan.clips]
     return clip_sample(ref, meta, frames, fields, clips)
 

@@ -244,24 +244,23 @@ def test_raft_pads_and_crops_any_size():
     assert padded.shape[-2:] == (136, 128) and size == (130, 61)
     torch.manual_seed(0)
     est = RAFTFlow(random_init=True, num_flow_updates=1)  # random weights: wiring only
+    assert est.input == "rgb"
     prev = np.random.default_rng(0).integers(0, 255, (2, 50, 61, 3), dtype=np.uint8)
     flow = est(prev, prev[::-1].copy())
     assert flow.shape == (2, 50, 61, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    with pytest.raises(ValueError, match="RGB"):  # grey copied to 3 channels is not what RAFT learned
+        est(prev[..., 0], prev[..., 0])
 
 
-def test_raft_takes_rgb_and_uses_colour():
-    """RAFT's input is RGB: grey is refused, and the colour channels reach the network (a
-    channel swap changes the flow, which grey copied to three channels could never show)."""
-    from pipeline.flow import FlowConfig, estimator_input
+def test_raft_uses_colour():
+    """The colour channels reach the network: a channel swap changes the flow, which grey
+    copied to three channels could never show."""
     from pipeline.flow_raft import RAFTFlow
 
     torch.manual_seed(0)
     est = RAFTFlow(random_init=True, num_flow_updates=1)
-    assert est.input == "rgb" == estimator_input(FlowConfig(algorithm="raft_small", backend="torch"))
     rng = np.random.default_rng(1)
     a, b = (rng.integers(0, 255, (1, 32, 40, 3), dtype=np.uint8) for _ in range(2))
-    with pytest.raises(ValueError, match=r"\(N, H, W, 3\) uint8 RGB"):
-        est(a[..., 0], b[..., 0])
     assert not np.allclose(est(a, b), est(a[..., ::-1].copy(), b[..., ::-1].copy()))
 
 

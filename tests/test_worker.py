@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline import decode, encode, worker
-from pipeline.flow import FlowConfig, estimator_input, make_estimator
+from pipeline.flow import FlowConfig, make_estimator
 from pipeline.inputs import discover
 from pipeline.worker import SampleConfig, WorkerConfig
 
@@ -55,7 +55,7 @@ def test_rgb_estimators_get_rgb(ref):
                                                 ("tvl1", "torch")])
 def test_estimators_say_what_they_take(algorithm, backend):
     cfg = FlowConfig(algorithm=algorithm, backend=backend)
-    assert make_estimator(cfg).input == estimator_input(cfg) == "grey"
+    assert make_estimator(cfg).input == cfg.input == "gray"
 
 
 def test_batches_across_jobs_give_the_fields_of_each(ref):
