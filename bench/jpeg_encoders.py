@@ -6,7 +6,9 @@ Frames are those of the mixed-resolution photo videos (`bench/media.py`), qualit
 fields are Farneback flow of the same videos, quantized into the (2H, W) x-over-y plane,
 quality 95, greyscale. Each encoder is timed single-threaded (CPU ms per picture, best of 3
 passes) and run twice on every picture: "same bytes" says both runs gave identical bytes (a
-build's shards must be byte-reproducible). Sizes are the mean bytes per picture.
+build's shards must be byte-reproducible). Sizes are the mean bytes per picture. For frames,
+PSNR is that of the decoded JPEG against the exact RGB decode of the frame (ffmpeg's RGB with
+exact rounding and full-resolution chroma), whatever the encoder was fed.
 
 - OpenCV: `cv2.imencode` (OpenCV's bundled libjpeg-turbo), fed BGR as it wants, so the RGB
   frame is converted first (what the build did before);
@@ -35,15 +37,22 @@ from pipeline.decode import DecodeConfig  # noqa: E402
 from pipeline.flow import FlowConfig, make_estimator, quantize  # noqa: E402
 
 
-def measure(fn, items) -> tuple[float, float, bool]:
-    """(CPU ms per item, mean bytes, same bytes on a second run)."""
+def measure(fn, items) -> tuple[float, float, bool, list[bytes]]:
+    """(CPU ms per item, mean bytes, same bytes on a second run, the bytes)."""
     best, first = float("inf"), None
     for _ in range(3):
         t0 = time.process_time()
         out = [fn(x) for x in items]
         best = min(best, (time.process_time() - t0) / len(items) * 1000)
         first = first or out
-    return best, sum(map(len, first)) / len(first), first == out
+    return best, sum(map(len, first)) / len(first), first == out, first
+
+
+def psnr(jpegs: list[bytes], reference: list[np.ndarray]) -> float:
+    """PSNR (dB) of the decoded JPEGs against the exact RGB decode of the same frames."""
+    got = np.stack([encode.decode_rgb(b) for b in jpegs]).astype(np.float64)
+    mse = float(np.mean((got - np.stack(reference).astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0 ** 2 / mse)
 
 
 def main() -> None:
@@ -67,23 +76,24 @@ def main() -> None:
     }
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
           f"OpenCV {cv2.__version__}, simplejpeg {simplejpeg.__version__}; CPU ms per picture, best of 3")
-    print("| picture | size | encoder | CPU ms | KB | same bytes |\n|---|---|---|---:|---:|---|")
+    print("| picture | size | encoder | CPU ms | KB | same bytes | PSNR dB |\n|---|---|---|---:|---:|---|---:|")
     for path in paths:
         cfg = DecodeConfig(resize="none")
         rgb = [f for f, _ in decode.iter_frames(str(path), cfg)]
         yuv = [f for f, _ in decode.iter_planes(str(path), cfg)]
         size = f"{rgb[0].shape[1]}x{rgb[0].shape[0]}"
         for name, (fn, kind) in frame_encoders.items():
-            ms, nbytes, same = measure(fn, rgb if kind == "rgb" else yuv)
-            print(f"| frame (q90) | {size} | {name} | {ms:.3f} | {nbytes / 1000:.1f} | {'yes' if same else 'NO'} |")
+            ms, nbytes, same, jpegs = measure(fn, rgb if kind == "rgb" else yuv)
+            print(f"| frame (q90) | {size} | {name} | {ms:.3f} | {nbytes / 1000:.1f} | {'yes' if same else 'NO'} "
+                  f"| {psnr(jpegs, rgb):.2f} |")
         lumas = [decode.split_planes(f)[0] for f in yuv[:9]]
         planes = []
         for a, b in zip(lumas, lumas[1:]):
             q = quantize(farneback(a[None], b[None])[0], 20.0)
             planes.append(np.ascontiguousarray(np.concatenate([q[..., 0], q[..., 1]])))
         for name, fn in field_encoders.items():
-            ms, nbytes, same = measure(fn, planes)
-            print(f"| field (q95) | {size} | {name} | {ms:.3f} | {nbytes / 1000:.1f} | {'yes' if same else 'NO'} |")
+            ms, nbytes, same, _ = measure(fn, planes)
+            print(f"| field (q95) | {size} | {name} | {ms:.3f} | {nbytes / 1000:.1f} | {'yes' if same else 'NO'} | |")
 
 
 if __name__ == "__main__":
