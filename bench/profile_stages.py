@@ -219,7 +219,7 @@ def report(rows: dict, startup, args) -> None:
             for s in sizes) + " |")
     if startup:
         print(f"\nRay start-up to a first task: fresh local instance {startup[0]:.1f} s; "
-              f"connecting to a running one (`--address auto`) {startup[1]:.1f} s")
+              f"connecting to a running one (`--address`) {startup[1]:.1f} s")
 
 
 if __name__ == "__main__":
