@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Protocol
 
-from pipeline import encode, inputs, manifest, reuse, storage, version
+from pipeline import encode, failures, inputs, manifest, reuse, storage, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
@@ -177,12 +177,23 @@ class LocalExecutor:
         def results(unit: Unit):
             for ref in unit.compute_refs:
                 estimators[:] = estimators or [make_estimator(cfg.worker.flow)]
-                res = process_video(ref, cfg.worker, estimators[0])
+                res = _process_with_retries(ref, cfg, estimators[0])
                 progress.video_done(res)
                 yield res
 
         for unit in units:
             done(unit, write_unit(unit, results(unit), output, cfg))
+
+
+def _process_with_retries(ref: VideoRef, cfg: BuildConfig, estimator) -> VideoResult:
+    """`process_video`, tried again (up to failures.MAX_ATTEMPTS) while it fails transiently."""
+    for attempt in range(1, failures.MAX_ATTEMPTS + 1):
+        res = process_video(ref, cfg.worker, estimator)
+        if res.status == "ok" or res.error_kind != failures.TRANSIENT or attempt == failures.MAX_ATTEMPTS:
+            break
+        log.warning("%s; transient, trying again (%d of %d)", res.error, attempt + 1, failures.MAX_ATTEMPTS)
+    content = version.fetched_sha256(ref.uri) if res.status == "ok" else ""
+    return replace(res, stats={**res.stats, "content_sha256": content}) if content else res
 
 
 class Progress:

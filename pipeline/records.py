@@ -89,6 +89,7 @@ class VideoResult:
     ref: VideoRef
     status: str  # "ok" | "error"
     error: str = ""
+    error_kind: str = ""  # "transient" | "permanent" for an error (see pipeline.failures)
     samples: tuple[dict, ...] = ()  # webdataset sample dicts ("__key__" + member bytes)
     frames: int = 0
     flow_fields: int = 0

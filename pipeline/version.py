@@ -348,3 +348,14 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[dict]:
         elif x != y:
             out.append({"setting": name, "from": x, "to": y})
     return out
+
+
+def fetched_sha256(uri: str) -> str:
+    """sha256 of a remote input's bytes, read from the local copy its decoder uses; "" for a
+    local file (the driver hashes those) or when no copy could be made (the video fails anyway)."""
+    if not storage.is_remote(uri):
+        return ""
+    try:
+        return sha256_file(storage.local_copy(uri))
+    except (OSError, ValueError):
+        return ""

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from pipeline import decode, encode
+from pipeline import decode, encode, failures
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, FrameChunk, VideoInfo, VideoRef, VideoResult
@@ -111,6 +111,7 @@ class VideoFailure:
     """A per-video failure, carried as data so the build goes on."""
 
     reason: str
+    kind: str = failures.PERMANENT  # failures.TRANSIENT when retrying may help
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def safe_plan(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan | VideoFailure:
     try:
         return plan_video(ref, cfg)
     except (DecodeError, ValueError, OSError) as exc:
-        return VideoFailure(reason=_reason(ref, exc))
+        return VideoFailure(reason=_reason(ref, exc), kind=failures.kind_of(exc))
 
 
 def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJob | VideoFailure]:
@@ -225,7 +226,7 @@ def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJo
     try:
         yield from chunk_jobs(ref, plan, cfg)
     except (DecodeError, ValueError, OSError) as exc:
-        yield VideoFailure(reason=_reason(ref, exc))
+        yield VideoFailure(reason=_reason(ref, exc), kind=failures.kind_of(exc))
 
 
 def _reason(ref: VideoRef, exc: Exception) -> str:
@@ -484,7 +485,7 @@ def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | N
     plan, encoded = None, []
     for item in video_jobs(ref, cfg):
         if isinstance(item, VideoFailure):
-            return VideoResult(ref=ref, status="error", error=item.reason)
+            return VideoResult(ref=ref, status="error", error=item.reason, error_kind=item.kind)
         if isinstance(item, VideoPlan):
             plan = item
         else:
