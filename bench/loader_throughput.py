@@ -181,7 +181,7 @@ def shard_reader(source: data.DataSource, split: str | None, cfg: data.DataConfi
             stages = data.tar_samples(data.open_shards(data.ShardList(shards, resample=False, shuffle=False,
                                                                       seed=0, state=state)(), verify="stream"))
             for item in data.pick(stages, plan, state):
-                used += len(item["rgb"][0]) + sum(len(b) for b in item["flow"][0])
+                used += len(item["rgb"][0][0]) + sum(len(b) for b in item["flow"][0])
                 if work != "read":
                     item = data.decode_item(item)
                 if work == "transform":
@@ -227,7 +227,7 @@ def gpu_decode(clips_dir: Path) -> dict | None:
     for s in data.tar_samples(data.open_shards([data._shard_dict(x) for x in source.shards], verify="off")):
         items.extend(data.pick_items(s, data.PickPlan(cfg=cfg, train=True), 0))
     batch = 32
-    tensors = [[torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in [it["rgb"][0], *it["flow"][0]]]
+    tensors = [[torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in [it["rgb"][0][0], *it["flow"][0]]]
                for it in items]
     for _ in range(2):  # warm-up: nvJPEG handles and allocations
         torchvision.io.decode_jpeg([t for c in tensors[:batch] for t in c], device="cuda")

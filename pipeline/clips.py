@@ -1,17 +1,23 @@
 """Clip shards: training shards of clip samples, cut from a built dataset without new flow.
 
     flowshard clips DATASET OUT --clip-len 10 --per-video 5 [--sampling uniform|random] [--seed 0]
+        [--snippets T --strides 1,5,10] [--rgb-frames F --frame-stride D]
 
-A clip sample is what a Simonyan/TSN training step reads: one RGB frame and the L flow
-fields centred on it. A dense video sample holds hundreds of frames and fields of which
-a step uses 11, so streaming video samples reads ~20x more bytes than it uses; clip shards
-read about what they use. Clips are derived by copying stored member bytes: the RGB
-frame's JPEG becomes `rgb.jpg` and the L flow JPEGs are packed unchanged into one
-`flow.fstk` (encode.pack_stack); nothing is decoded or re-encoded.
+A clip sample is what one training item reads (pipeline.snippets): by default one RGB
+frame and the L flow fields centred on it (a Simonyan snippet); with `--snippets T
+--strides 1,5,10` T snippets a stride apart, one clip set per stride (Feichtenhofer et
+al.'s multi-timescale clips); with `--rgb-frames F` runs of F frames (C3D-style clips;
+`--clip-len 0` stores no flow). A dense video sample holds hundreds of frames and fields
+of which a step uses a few, so streaming video samples reads ~20x more bytes than it
+uses; clip shards read about what they use. Clips are derived by copying stored member
+bytes: nothing is decoded or re-encoded. A one-frame, one-snippet clip stores the frame's
+JPEG as `rgb.jpg` and its L flow JPEGs packed into one `flow.fstk` (encode.pack_stack);
+any other clip stores each distinct frame once in `rgb.stk` and each distinct field once
+in `flow.fstk` (overlapping snippets share them), and its json maps snippets to them.
 
 Derivation runs in two passes with bounded memory:
   1. index: read each parent shard's tar headers and json members only (tarfile seeks
-     past the image data), choose each sample's clips (training.sampling's definition of
+     past the image data), choose each sample's clips (pipeline.snippets' definition of
      a clip) and remember where their members' bytes lie (shard, offset, size);
   2. write: per split, shuffle every clip of every video together (seeded), cut the list
      into shards by count and size, and write each shard atomically, reading the member
@@ -23,7 +29,7 @@ give byte-identical shards. The parent and OUT may be local folders or bucket pr
 (`pipeline.storage`): remote members are read with range requests, and each clip shard is
 uploaded whole once written.
 
-`--per-video N` counts per video sample: a video longer than the build's --max-frames
+`--per-video N` counts per video sample and stride: a video longer than the build's --max-frames
 is stored as several parts and gives N clips per part.
 """
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import encode, manifest, shard, storage
+from pipeline import encode, manifest, shard, snippets, storage
 from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARD_SCHEMA, SHARDS
 from pipeline.storage import Location
 
@@ -51,17 +57,27 @@ MAX_PER_VIDEO = 1000  # clip keys end in _cNNN
 CLIP_SCHEMA = pa.schema([
     ("id", pa.string()), ("video_id", pa.string()), ("source", pa.string()), ("label", pa.string()),
     ("label_id", pa.int32()), ("split", pa.string()), ("clip", pa.int32()), ("frame", pa.int64()),
-    ("flow_from", pa.int64()), ("flow_fields", pa.int32()), ("parent_key", pa.string()),
-    ("parent_shard", pa.string()), ("shard", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
+    ("flow_from", pa.int64()), ("flow_fields", pa.int32()), ("snippets", pa.int32()), ("stride", pa.int32()),
+    ("parent_key", pa.string()), ("parent_shard", pa.string()), ("shard", pa.string()), ("bytes", pa.int64()),
+    ("sha256", pa.string()),
 ])
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClipsConfig:
-    """How clips are chosen and sharded."""
+    """How clips are chosen and sharded.
+
+    A clip is `snippets` snippets `stride` frames apart (one clip set per stride in
+    `strides`: multi-timescale), each snippet `rgb_frames` frames `frame_stride` apart and
+    the `clip_len` flow fields centred on them (pipeline.snippets).
+    """
 
     clip_len: int = 10
-    per_video: int = 5
+    rgb_frames: int = 1
+    frame_stride: int = 1
+    snippets: int = 1
+    strides: tuple[int, ...] = (1,)
+    per_video: int = 5  # clips per video sample and stride
     sampling: str = "uniform"
     seed: int = 0
     shard_samples: int = 1000
@@ -69,20 +85,33 @@ class ClipsConfig:
     verify: bool = True  # check each parent shard's sha256 against its manifest first
 
     def __post_init__(self) -> None:
-        if self.clip_len < 1:
-            raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
-        if not 1 <= self.per_video <= MAX_PER_VIDEO:
-            raise ValueError(f"per_video must be in [1, {MAX_PER_VIDEO}], got {self.per_video}")
+        snippets.SnippetShape(clip_len=self.clip_len, rgb_frames=self.rgb_frames, frame_stride=self.frame_stride)
+        snippets.ClipSpec(sampler="strided", snippets=self.snippets, strides=self.strides)
+        if not 1 <= self.per_video * len(self.strides) <= MAX_PER_VIDEO:
+            raise ValueError(f"per_video x strides must be in [1, {MAX_PER_VIDEO}], got "
+                             f"{self.per_video} x {len(self.strides)}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
         if self.shard_samples < 1 or self.shard_bytes < 1 << 16:
             raise ValueError(f"shard_samples must be >= 1 and shard_bytes >= 64 KiB, got "
                              f"{self.shard_samples}, {self.shard_bytes}")
 
+    @property
+    def shape(self) -> snippets.SnippetShape:
+        return snippets.SnippetShape(clip_len=self.clip_len, rgb_frames=self.rgb_frames,
+                                     frame_stride=self.frame_stride)
+
+    @property
+    def single(self) -> bool:
+        """One frame and one snippet per clip: the compact layout (rgb.jpg + flow.fstk)."""
+        return self.rgb_frames == 1 and self.snippets == 1 and self.clip_len > 0
+
     def output_dict(self) -> dict:
         """Settings that change the output bytes."""
-        return {"clip_len": self.clip_len, "per_video": self.per_video, "sampling": self.sampling,
-                "seed": self.seed, "shard_samples": self.shard_samples, "shard_bytes": self.shard_bytes}
+        return {"clip_len": self.clip_len, "rgb_frames": self.rgb_frames, "frame_stride": self.frame_stride,
+                "snippets": self.snippets, "strides": list(self.strides), "per_video": self.per_video,
+                "sampling": self.sampling, "seed": self.seed, "shard_samples": self.shard_samples,
+                "shard_bytes": self.shard_bytes}
 
 
 @dataclass(frozen=True)
@@ -96,21 +125,38 @@ class Member:
 
 @dataclass(frozen=True)
 class PlannedClip:
-    """One clip to write: its key, metadata bytes and where its RGB and flow bytes are."""
+    """One clip to write: its key, metadata bytes and where its frames' and fields' bytes are.
+
+    rgb and flow hold each distinct frame and field once, in time order (snippets that
+    overlap share them); the metadata maps snippets to positions in these stacks.
+    """
 
     key: str
     split: str
     meta: bytes
-    rgb: Member
+    rgb: tuple[Member, ...]
     flow: tuple[Member, ...]
+    single: bool  # the compact layout: rgb.jpg + flow.fstk
     row: dict  # its manifest row, less shard/bytes/sha256
+
+    def members(self) -> list[tuple[str, int]]:
+        """(member extension, size in bytes) of each member this clip's sample holds."""
+        out = [(encode.META, len(self.meta))]
+        if self.single:
+            out.append((encode.RGB_CLIP, self.rgb[0].size))
+        elif self.rgb:
+            out.append((encode.RGB_STACK, encode.stack_size([m.size for m in self.rgb])))
+        if self.flow:
+            out.append((encode.FLOW_STACK, encode.stack_size([m.size for m in self.flow])))
+        return out
 
     def tar_bytes(self) -> int:
         """Its size in a tar: a header per member, data padded to 512, GNU long-name records."""
-        sizes = [len(self.meta), self.rgb.size, 13 + 4 * len(self.flow) + sum(m.size for m in self.flow)]
-        names = [f"{self.key}.{ext}" for ext in (encode.META, encode.RGB_CLIP, encode.FLOW_STACK)]
-        longname = sum(512 + _pad(len(n) + 1) for n in names if len(n) >= 100)
-        return sum(512 + _pad(s) for s in sizes) + longname
+        total = 0
+        for ext, size in self.members():
+            name = f"{self.key}.{ext}"
+            total += 512 + _pad(size) + (512 + _pad(len(name) + 1) if len(name) >= 100 else 0)
+        return total
 
 
 def _pad(n: int) -> int:
@@ -139,66 +185,106 @@ def index_shard(path: Location) -> Iterator[tuple[str, dict[str, Member], bytes]
             yield key, members, meta
 
 
-def choose(num_candidates: int, cfg: ClipsConfig, key: str) -> list[int]:
-    """Which candidate clips of a sample to keep (uniformly spaced, or seeded random)."""
-    from training import sampling
-
+def choose(num_starts: int, cfg: ClipsConfig, key: str) -> list[int]:
+    """Which starts of a sample to keep (uniformly spaced, or seeded random)."""
     if cfg.sampling == "uniform":
-        return sampling.uniform_indices(num_candidates, cfg.per_video)
-    return sampling.random_indices(num_candidates, cfg.per_video, sampling.sample_rng(cfg.seed, 0, key))
+        return snippets.uniform_indices(num_starts, cfg.per_video)
+    return snippets.random_indices(num_starts, cfg.per_video, snippets.sample_rng(cfg.seed, 0, key))
+
+
+def sample_clips(cands: snippets.Candidates, cfg: ClipsConfig, key: str) -> list[tuple[int, snippets.Clip]]:
+    """(stride, clip) of each clip cut from a sample: per stride, `per_video` starts."""
+    n = len(cands)
+    out = []
+    for stride in cfg.strides:
+        # One stride keeps the sample key as the seed, so single-scale clips stay as they were.
+        seed_key = key if len(cfg.strides) == 1 else f"{key}/s{stride}"
+        for start in choose(snippets.strided_starts(n, cfg.snippets, stride), cfg, seed_key):
+            positions = snippets.strided_indices(n, cfg.snippets, stride, start)
+            out.append((stride, tuple(cands[i] for i in positions)))
+    return out
 
 
 def plan_sample(key: str, members: dict[str, Member], meta_bytes: bytes, shard_name: str,
                 cfg: ClipsConfig) -> list[PlannedClip]:
     """The clips of one video sample, with their metadata and member locations."""
-    from training import sampling
-
     where = f"{shard_name} sample {key}"
     meta = encode.load_meta(meta_bytes, where)
     if meta.get("kind") != "video":
         raise encode.SchemaError(f"{where}: kind {meta.get('kind')!r}; clips are cut from video samples")
     try:
-        cands = sampling.candidates(meta, cfg.clip_len)
+        cands = snippets.candidates(meta, cfg.shape)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     if len(cands) == 0:
-        log.warning("%s: no flow fields, no clips", where)
+        log.warning("%s: no %s, no clips", where, "flow fields" if cfg.clip_len else "frames")
         return []
     out = []
-    for j, i in enumerate(choose(len(cands), cfg, key)):
-        clip = cands[i]
+    for j, (stride, clip) in enumerate(sample_clips(cands, cfg, key)):
+        frames = [clip[0].frame] if cfg.single else sorted({f for s in clip for f in s.frames})
+        fields = sorted({f for s in clip for f in s.fields})
         try:
-            rgb = members[encode.rgb_member(clip.frame)]
-            flow = tuple(members[encode.flow_member(f)] for f in clip.fields)
+            rgb = tuple(members[encode.rgb_member(f)] for f in frames)
+            flow = tuple(members[encode.flow_member(f)] for f in fields)
         except KeyError as exc:
             raise encode.SchemaError(f"{where}: member {exc} named by its metadata is missing") from exc
-        out.append(_planned(key, j, clip, meta, rgb, flow, shard_name, cfg))
+        cm = clip_meta(key, j, clip, stride, meta, shard_name, cfg)
+        out.append(_planned(cm, key, stride, len(clip), rgb, flow, shard_name, cfg))
     return out
 
 
-def clip_meta(key: str, j: int, clip, meta: dict, shard_name: str, cfg: ClipsConfig) -> dict:
-    """The json of a clip sample."""
-    frame = meta["frames"][clip.frame]
-    fields = [{"position": p, "from": meta["flow_fields"][p]["from"], "to": meta["flow_fields"][p]["to"]}
-              for p in clip.fields]
-    return {
+def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, shard_name: str,
+              cfg: ClipsConfig) -> dict:
+    """The json of a clip sample.
+
+    The compact layout (one frame, one snippet) keeps schema 1's keys: "frame" and
+    "flow_fields". Other clips (schema 2) list every stacked frame and field once, in time
+    order, and "snippets" maps each snippet to positions in those stacks.
+    """
+    out = {
         "schema_version": encode.SCHEMA_VERSION, "kind": "clip", "key": f"{key}_c{j:03d}",
         "video_id": meta["video_id"], "label": meta["label"], "label_id": meta["label_id"], "split": meta["split"],
         "source": meta.get("source", ""), "part": meta.get("part", 0), "num_parts": meta.get("num_parts", 1),
         "clip_index": j, "clip_len": cfg.clip_len, "fps": meta.get("fps"), "size": meta["size"],
-        "frame": {"position": clip.frame, "index": frame["index"], "pts": frame.get("pts")},
-        "flow_fields": fields, "bound": meta["flow"]["bound"], "flow": meta["flow"], "rgb": meta.get("rgb", {}),
+        "bound": meta["flow"]["bound"], "flow": meta["flow"], "rgb": meta.get("rgb", {}),
         "parent": {"key": key, "shard": shard_name},
     }
+    if cfg.single:
+        snip = clip[0]
+        frame = meta["frames"][snip.frame]
+        out["frame"] = {"position": snip.frame, "index": frame["index"], "pts": frame.get("pts")}
+        out["flow_fields"] = [_field(meta, p) for p in snip.fields]
+        return out
+    frames = sorted({f for s in clip for f in s.frames})
+    fields = sorted({f for s in clip for f in s.fields})
+    frame_at = {f: i for i, f in enumerate(frames)}
+    field_at = {f: i for i, f in enumerate(fields)}
+    out.update({
+        "schema_version": encode.SNIPPETS_SCHEMA_VERSION, "rgb_frames": cfg.rgb_frames,
+        "frame_stride": cfg.frame_stride, "stride": stride,
+        "frames": [{"position": p, "index": meta["frames"][p]["index"], "pts": meta["frames"][p].get("pts")}
+                   for p in frames],
+        "flow_fields": [_field(meta, p) for p in fields],
+        "snippets": [{"frames": [frame_at[f] for f in s.frames], "fields": [field_at[f] for f in s.fields]}
+                     for s in clip],
+    })
+    return out
 
 
-def _planned(key, j, clip, meta, rgb, flow, shard_name, cfg) -> PlannedClip:
-    cm = clip_meta(key, j, clip, meta, shard_name, cfg)
+def _field(meta: dict, position: int) -> dict:
+    f = meta["flow_fields"][position]
+    return {"position": position, "from": f["from"], "to": f["to"]}
+
+
+def _planned(cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name: str,
+             cfg: ClipsConfig) -> PlannedClip:
+    first = cm["frame"] if cfg.single else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]]
     row = {"id": cm["key"], "video_id": cm["video_id"], "source": cm["source"], "label": cm["label"],
-           "label_id": cm["label_id"], "split": cm["split"], "clip": j, "frame": cm["frame"]["index"],
-           "flow_from": cm["flow_fields"][0]["from"], "flow_fields": len(flow), "parent_key": key,
-           "parent_shard": shard_name}
-    return PlannedClip(key=cm["key"], split=cm["split"], meta=encode.dump_meta(cm), rgb=rgb, flow=flow, row=row)
+           "label_id": cm["label_id"], "split": cm["split"], "clip": cm["clip_index"], "frame": first["index"],
+           "flow_from": cm["flow_fields"][0]["from"] if flow else -1, "flow_fields": len(flow),
+           "snippets": length, "stride": stride, "parent_key": key, "parent_shard": shard_name}
+    return PlannedClip(key=cm["key"], split=cm["split"], meta=encode.dump_meta(cm), rgb=rgb, flow=flow,
+                       single=cfg.single, row=row)
 
 
 def plan_clips(shards: list, cfg: ClipsConfig) -> list[PlannedClip]:
@@ -276,9 +362,15 @@ class MemberReader:
 
 
 def clip_sample(clip: PlannedClip, reader: MemberReader) -> dict:
-    """The webdataset sample of a clip: json, the frame's JPEG, the fields' JPEGs stacked."""
-    return {"__key__": clip.key, encode.META: clip.meta, encode.RGB_CLIP: reader.read(clip.rgb),
-            encode.FLOW_STACK: encode.pack_stack([reader.read(m) for m in clip.flow])}
+    """The webdataset sample of a clip: json, the frames' JPEGs (one, or stacked), the fields' JPEGs stacked."""
+    sample = {"__key__": clip.key, encode.META: clip.meta}
+    if clip.single:
+        sample[encode.RGB_CLIP] = reader.read(clip.rgb[0])
+    elif clip.rgb:
+        sample[encode.RGB_STACK] = encode.pack_stack([reader.read(m) for m in clip.rgb])
+    if clip.flow:
+        sample[encode.FLOW_STACK] = encode.pack_stack([reader.read(m) for m in clip.flow])
+    return sample
 
 
 def write_group(group: list[PlannedClip], path: Location, reader: MemberReader, rows: list[dict]) -> shard.ShardRecord:

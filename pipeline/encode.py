@@ -13,6 +13,11 @@ A clip sample (key K) holds:
     K.rgb.jpg           the RGB frame at the clip's centre
     K.flow.fstk         its L flow fields, stacked in time: a FlowStack container of the
                         stored per-field JPEG bytes, copied without re-encoding
+A clip sample of several frames or snippets (schema 2) holds instead:
+    K.rgb.stk           its distinct RGB frames in time order, a FlowStack container of
+                        their stored JPEG bytes (absent when no frame is stored)
+    K.flow.fstk         its distinct flow fields in time order (absent with clip_len 0)
+    and its json's "snippets" lists, per snippet, positions into both stacks
 Every member is decodable on its own, so one frame or one field never needs the rest.
 """
 from __future__ import annotations
@@ -29,10 +34,14 @@ import numpy as np
 from pipeline.flow import dequantize, quantize
 
 SCHEMA_VERSION = 1
-KNOWN_SCHEMAS = (1,)
+# Clip samples of several frames or snippets (their json maps snippets to stacked members);
+# every other sample is still written as schema 1.
+SNIPPETS_SCHEMA_VERSION = 2
+KNOWN_SCHEMAS = (1, 2)
 
 META = "json"
 RGB_CLIP = "rgb.jpg"
+RGB_STACK = "rgb.stk"
 FLOW_STACK = "flow.fstk"
 _RGB_RE = re.compile(r"^rgb\.(\d{6})\.jpg$")
 _FLOW_RE = re.compile(r"^flow\.(\d{6})\.jpg$")
@@ -126,8 +135,14 @@ def pack_stack(fields: list[bytes]) -> bytes:
 
     Layout (little-endian): b"FSTK", u8 version, u32 count, count x u32 lengths, payloads.
     """
+    # Stacks hold flow fields (flow.fstk) or RGB frames (rgb.stk): the container is the same.
     head = STACK_MAGIC + struct.pack("<BI", STACK_VERSION, len(fields))
     return head + struct.pack(f"<{len(fields)}I", *map(len, fields)) + b"".join(fields)
+
+
+def stack_size(lengths: list[int]) -> int:
+    """Bytes of a FlowStack container holding members of these lengths."""
+    return 9 + 4 * len(lengths) + sum(lengths)
 
 
 def unpack_stack(data: bytes, select: list[int] | None = None) -> list[bytes]:

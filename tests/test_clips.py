@@ -171,3 +171,56 @@ def test_config_validation_names_the_bad_value():
         ClipsConfig(sampling="dense")
     with pytest.raises(ValueError, match="per_video"):
         ClipsConfig(per_video=0)
+
+
+def test_multi_timescale_clips_store_each_member_once_and_map_snippets_to_them(built, tmp_path):
+    cfg = ClipsConfig(clip_len=4, snippets=3, strides=(1, 5), per_video=2)
+    info = derive_clips(built, tmp_path / "clips", cfg)
+    assert info["counts"]["clips"] == {"train": 8 * 2 * 2, "test": 4 * 2 * 2}
+    parents = read_all(built)
+    strides = set()
+    for clip in read_all(tmp_path / "clips").values():
+        meta = encode.load_meta(clip["json"])
+        assert meta["schema_version"] == encode.SNIPPETS_SCHEMA_VERSION and len(meta["snippets"]) == 3
+        parent = parents[meta["parent"]["key"]]
+        frames = encode.unpack_stack(clip["rgb.stk"])
+        fields = encode.unpack_stack(clip["flow.fstk"])
+        # Each distinct member once, bytes copied unchanged, in time order.
+        assert frames == [parent[encode.rgb_member(f["position"])] for f in meta["frames"]]
+        assert fields == [parent[encode.flow_member(f["position"])] for f in meta["flow_fields"]]
+        positions = [f["position"] for f in meta["flow_fields"]]
+        assert positions == sorted(set(positions))
+        centres = []
+        for snip in meta["snippets"]:
+            froms = [meta["flow_fields"][i]["from"] for i in snip["fields"]]
+            assert froms == list(range(froms[0], froms[0] + 4))
+            centre = meta["frames"][snip["frames"][0]]["index"]
+            assert centre == froms[2]  # the frame is where field L // 2 starts
+            centres.append(centre)
+        step = {b - a for a, b in zip(centres, centres[1:])}
+        assert step == {meta["stride"]}
+        strides.add(meta["stride"])
+        assert sorted(clip) == ["__key__", "__shard__", "flow.fstk", "json", "rgb.stk"]
+    assert strides == {1, 5}
+
+
+def test_rgb_run_clips_without_flow(built, tmp_path):
+    info = derive_clips(built, tmp_path / "clips", ClipsConfig(clip_len=0, rgb_frames=8, frame_stride=2, per_video=1))
+    assert info["counts"]["clips"]["train"] == 8
+    parents = read_all(built)
+    for clip in read_all(tmp_path / "clips").values():
+        meta = encode.load_meta(clip["json"])
+        assert "flow.fstk" not in clip and len(meta["snippets"][0]["frames"]) == 8
+        indices = [meta["frames"][i]["index"] for i in meta["snippets"][0]["frames"]]
+        assert [b - a for a, b in zip(indices, indices[1:])] == [2] * 7
+        parent = parents[meta["parent"]["key"]]
+        assert encode.unpack_stack(clip["rgb.stk"]) == [parent[encode.rgb_member(f["position"])] for f in meta["frames"]]
+
+
+def test_multi_snippet_config_validation():
+    with pytest.raises(ValueError, match="strides"):
+        ClipsConfig(snippets=3, strides=(0,))
+    with pytest.raises(ValueError, match="per_video x strides"):
+        ClipsConfig(per_video=400, strides=(1, 5, 10))
+    with pytest.raises(ValueError, match="rgb_frames"):
+        ClipsConfig(rgb_frames=0)

@@ -28,7 +28,7 @@ def train_config(tmp_path, **kw) -> TrainConfig:
 
 
 def one_step(model, optimizer, scheduler):
-    x = {"rgb": torch.randn(2, 1, 3, 32, 32), "flow": torch.randn(2, 1, 4, 32, 32)}
+    x = {"rgb": torch.randn(2, 1, 1, 3, 32, 32), "flow": torch.randn(2, 1, 1, 4, 32, 32)}
     out = model(x)
     loss = sum(torch.nn.functional.cross_entropy(v, torch.tensor([0, 2])) for v in out.values())
     optimizer.zero_grad()

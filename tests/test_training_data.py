@@ -5,6 +5,7 @@ and -2 px in y, so a batch tells which frame and fields the sampler chose.
 """
 from __future__ import annotations
 
+import itertools
 import pickle
 import shutil
 
@@ -97,8 +98,8 @@ def test_video_samples_give_centred_clips_with_fields_in_time_order(tmp_path):
     source = data.open_source(uneven_dataset(tmp_path / "ds"))
     loader = data.make_loader(source, "train", exact_cfg(), train=True, steps=5)
     for batch in batches(loader, 5):
-        assert batch["rgb"].shape == (2, 1, 3, H, H) and batch["flow"].shape == (2, 1, 8, H, H)
-        for rgb, flow in zip(batch["rgb"][:, 0].numpy(), batch["flow"][:, 0].numpy()):
+        assert batch["rgb"].shape == (2, 1, 1, 3, H, H) and batch["flow"].shape == (2, 1, 1, 8, H, H)
+        for rgb, flow in zip(batch["rgb"][:, 0, 0].numpy(), batch["flow"][:, 0, 0].numpy()):
             dx = field_dx(flow)
             start = round(dx[0]) + 7
             assert dx == pytest.approx([start + j - 7.0 for j in range(4)], abs=0.2)  # x_t, x_t+1, ...
@@ -113,7 +114,7 @@ def test_clip_shards_give_the_centred_subset_for_a_shorter_clip_len(tmp_path):
     source = data.open_source(tmp_path / "clips")
     assert source.kind == "clips"
     for b in data.make_loader(source, "test", exact_cfg(clip_len=2), train=False):
-        for rgb, flow in zip(b["rgb"][:, 0].numpy(), b["flow"][:, 0].numpy()):
+        for rgb, flow in zip(b["rgb"][:, 0, 0].numpy(), b["flow"][:, 0, 0].numpy()):
             dx = field_dx(flow)
             assert len(dx) == 2 and dx[1] - dx[0] == pytest.approx(1.0, abs=0.2)
             assert frame_index(rgb) == round(dx[0]) + 7 + 1
@@ -158,8 +159,8 @@ def test_only_the_chosen_members_are_decoded_and_nothing_is_unpickled(tmp_path, 
     source = data.open_source(write_dataset(tmp_path / "ds", {"train-00000.tar": samples}))
     for train in (True, False):
         for b in batches(data.make_loader(source, "train", exact_cfg(), train=train, steps=2), 2):
-            assert frame_index(b["rgb"][0, 0].numpy()) == 6
-            assert field_dx(b["flow"][0, 0].numpy()) == pytest.approx([-3.0, -2.0, -1.0, 0.0], abs=0.2)
+            assert frame_index(b["rgb"][0, 0, 0].numpy()) == 6
+            assert field_dx(b["flow"][0, 0, 0].numpy()) == pytest.approx([-3.0, -2.0, -1.0, 0.0], abs=0.2)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -208,8 +209,8 @@ def test_tsn_gives_one_snippet_per_segment_and_needs_video_samples(tmp_path):
     root = uneven_dataset(tmp_path / "ds")
     cfg = exact_cfg(sampler="tsn", segments=3)
     b = batches(data.make_loader(data.open_source(root), "train", cfg, train=True, steps=1), 1)[0]
-    assert b["flow"].shape == (2, 3, 8, H, H)
-    starts = [round(field_dx(v.numpy())[0]) + 7 for v in b["flow"][0]]
+    assert b["flow"].shape == (2, 1, 3, 8, H, H)
+    starts = [round(field_dx(v.numpy())[0]) + 7 for v in b["flow"][0, 0]]
     assert starts == sorted(starts)  # segments in time order
     derive_clips(root, tmp_path / "clips", ClipsConfig(clip_len=4, per_video=2))
     with pytest.raises(ValueError, match="tsn sampling needs video samples"):
@@ -219,7 +220,7 @@ def test_tsn_gives_one_snippet_per_segment_and_needs_video_samples(tmp_path):
 def test_rgb_only_reads_no_flow(tmp_path):
     source = data.open_source(uneven_dataset(tmp_path / "ds"))
     b = batches(data.make_loader(source, "train", exact_cfg(streams="rgb"), train=True, steps=1), 1)[0]
-    assert "flow" not in b and b["rgb"].shape == (2, 1, 3, H, H)
+    assert "flow" not in b and b["rgb"].shape == (2, 1, 1, 3, H, H)
 
 
 def test_an_unknown_schema_version_names_shard_and_sample(tmp_path):
@@ -244,3 +245,102 @@ def test_data_config_validation_names_the_bad_value():
         DataConfig(verify="md5")
     with pytest.raises(ValueError, match="unknown sampler 'dense'"):
         DataConfig(sampler="dense")
+
+
+def test_strided_clips_of_video_samples_come_in_time_order_a_stride_apart(tmp_path):
+    source = data.open_source(uneven_dataset(tmp_path / "ds"))
+    cfg = exact_cfg(sampler="strided", snippets=3, strides=(1, 4))
+    seen = set()
+    for b in batches(data.make_loader(source, "train", cfg, train=True, steps=6), 6):
+        assert b["rgb"].shape == (2, 1, 3, 3, H, H) and b["flow"].shape == (2, 1, 3, 8, H, H)
+        for rgb, flow in zip(b["rgb"][:, 0].numpy(), b["flow"][:, 0].numpy()):
+            frames = [frame_index(r) for r in rgb]
+            step = {q - p for p, q in zip(frames, frames[1:])}
+            assert len(step) == 1
+            seen |= step
+            assert [round(field_dx(f)[0]) + 7 + 2 for f in flow] == frames  # each stack centred on its frame
+    assert seen == {1, 4}
+    tests = batches(data.make_loader(source, "test", exact_cfg(sampler="strided", snippets=3, strides=(1, 4),
+                                                               test_clips=2), train=False))
+    assert sum(len(b["label"]) for b in tests) == 3 * 2 * 2  # 3 videos x 2 strides x 2 starts
+
+
+def test_rgb_runs_of_F_frames_stack_on_channels_in_time_order(tmp_path):
+    source = data.open_source(uneven_dataset(tmp_path / "ds"))
+    cfg = exact_cfg(streams="rgb", rgb_frames=4, frame_stride=2)
+    b = batches(data.make_loader(source, "train", cfg, train=True, steps=2), 1)[0]
+    assert b["rgb"].shape == (2, 1, 1, 12, H, H)
+    for run in b["rgb"][:, 0, 0].numpy():
+        frames = [frame_index(run[3 * j:3 * j + 3]) for j in range(4)]
+        assert [q - p for p, q in zip(frames, frames[1:])] == [2, 2, 2]
+
+
+def test_clip_shards_with_snippets_read_back_equal_to_the_dense_dataset(tmp_path):
+    from pipeline.clips import ClipsConfig, derive_clips
+
+    root = uneven_dataset(tmp_path / "ds")
+    derive_clips(root, tmp_path / "clips", ClipsConfig(clip_len=4, rgb_frames=3, snippets=2, strides=(3,),
+                                                      per_video=2))
+    cfg = exact_cfg(sampler="strided", snippets=2, strides=(3,), rgb_frames=3)
+    loader = data.make_loader(data.open_source(tmp_path / "clips"), "train", cfg, train=True, steps=4)
+    for b in batches(loader, 4):
+        assert b["rgb"].shape == (2, 1, 2, 9, H, H) and b["flow"].shape == (2, 1, 2, 8, H, H)
+        for rgb, flow in zip(b["rgb"][:, 0].numpy(), b["flow"][:, 0].numpy()):
+            centres = [frame_index(r[3:6]) for r in rgb]  # frame F // 2 of each snippet
+            assert centres[1] - centres[0] == 3
+            for r, c in zip(rgb, centres):
+                assert [frame_index(r[3 * j:3 * j + 3]) for j in range(3)] == [c - 1, c, c + 1]
+            assert [round(field_dx(f)[0]) + 7 + 2 for f in flow] == centres
+    with pytest.raises(data.SampleError, match="holds 2 snippet"):
+        batches(data.make_loader(data.open_source(tmp_path / "clips"), "train", exact_cfg(rgb_frames=3),
+                                 train=True, steps=1), 1)
+
+
+def stream_keys(source, cfg, epoch: int, rank: int, world: int, worker: int, workers: int, steps: int,
+                monkeypatch) -> list[str]:
+    """The sample keys one simulated stream (rank x loader worker) uses in an epoch."""
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("WORKER", worker), ("NUM_WORKERS", workers)):
+        monkeypatch.setenv(name, str(value))
+    state = data.EpochState()
+    state.epoch = epoch
+    per_worker = -(-steps // workers)
+    pipeline = data.build_pipeline(source.split_shards("train"), cfg, train=True, state=state,
+                                   block=per_worker * cfg.batch_size).with_epoch(per_worker)
+    return [k for b in pipeline for k in b["key"]]
+
+
+def test_every_sample_is_used_equally_often_across_ranks_workers_and_epochs(tmp_path, monkeypatch):
+    source = data.open_source(uneven_dataset(tmp_path / "ds"))  # shards of 7, 3 and 1 samples
+    cfg = exact_cfg(workers=2)
+    steps = data.steps_per_epoch(source, "train", cfg, world_size=2)  # 11 // (2 x 2) = 2 batches per rank
+    visits = {f"v{i:02d}": 0 for i in range(11)}
+    for epoch in range(11):
+        epoch_keys = []
+        for rank in range(2):
+            for worker in range(2):
+                keys = stream_keys(source, cfg, epoch, rank, 2, worker, 2, steps, monkeypatch)
+                assert len(keys) == 2  # one batch of 2 per worker: its whole block
+                epoch_keys += keys
+        # Streams read adjacent blocks: a sample repeats in an epoch only across a cycle boundary.
+        assert max(epoch_keys.count(k) for k in epoch_keys) <= 2
+        for k in epoch_keys:
+            visits[k] += 1
+    # 11 epochs x 4 streams x 2 samples = 88 reads = 8 whole cycles of the 11 samples.
+    assert set(visits.values()) == {8}
+
+
+def test_a_block_that_starts_inside_a_shard_still_hashes_all_of_it(tmp_path, monkeypatch):
+    root = uneven_dataset(tmp_path / "ds")
+    source = data.open_source(root)
+    cfg = exact_cfg(workers=2, batch_size=5)
+    # Worker 1 of 2, blocks of 5: its block starts at sample 5 of the first shard of cycle 0.
+    spec, skip = next(data.block_reads(list(source.split_shards("train")), cfg.seed, 5, 1))
+    assert spec.name == "train-00000.tar" and skip == 5
+    assert len(stream_keys(source, cfg, 0, 0, 1, 1, 2, 2, monkeypatch)) == 5
+    # Its last byte changed: the stream read samples 0-4 without using them, hashed them,
+    # and fails at the shard's end, naming it.
+    path = root / "shards" / spec.name
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(data.ShardHashError, match="train-00000.tar"):
+        stream_keys(source, cfg, 0, 0, 1, 1, 2, 2, monkeypatch)

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from training import models
-from training.models import ModelConfig, build_model, class_scores, cross_modality_conv
+from training.models import ModelConfig, build_model, cross_modality_conv
 
 
 
@@ -19,8 +19,8 @@ def cfg(**kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-def batch(b=2, v=1, size=32, clip_len=4):
-    return {"rgb": torch.randn(b, v, 3, size, size), "flow": torch.randn(b, v, 2 * clip_len, size, size)}
+def batch(b=2, v=1, size=32, clip_len=4, k=1):
+    return {"rgb": torch.randn(b, v, k, 3, size, size), "flow": torch.randn(b, v, k, 2 * clip_len, size, size)}
 
 
 def test_cross_modality_init_averages_rgb_filters_into_every_flow_channel():
@@ -53,9 +53,13 @@ def test_in_channels_must_be_twice_the_clip_length():
     with pytest.raises(ValueError, match="neither|existing file"):
         build_model(cfg(weights="/no/such/file.pth"))
     with pytest.raises(ValueError, match="unknown arch"):
-        cfg(arch="vgg16")
+        models.check(cfg(arch="vgg16"))
     with pytest.raises(ValueError, match="conv fusion needs both"):
-        cfg(streams="rgb", fusion="conv")
+        models.check(cfg(streams="rgb", fusion="conv"))
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model(cfg(model="no_such_family"))
+    with pytest.raises(ValueError, match="one RGB frame"):
+        build_model(cfg(rgb_frames=4))
 
 
 @pytest.mark.parametrize("fusion", ["late", "conv"])
@@ -64,29 +68,30 @@ def test_forward_shapes_and_outputs(fusion):
     out = model(batch())
     assert set(out) == ({"rgb", "flow", "fused"} if fusion == "conv" else {"rgb", "flow"})
     assert all(v.shape == (2, 5) for v in out.values())
-    scores = class_scores(out, model.cfg)
+    scores = model.scores(out)
     assert set(scores) == {"rgb", "flow", "fused"}
     torch.testing.assert_close(scores["fused"].sum(1), torch.ones(2))
 
 
-def test_views_are_averaged_per_item():
+def test_views_and_snippets_are_averaged_per_item():
     torch.manual_seed(0)
     model = build_model(cfg()).eval()
-    x = batch(b=2, v=3)
+    x = batch(b=2, v=3, k=2)
     out = model(x)
-    single = [model({k: t[:, i:i + 1] for k, t in x.items()}) for i in range(3)]
+    single = [model({n: t[:, i:i + 1, j:j + 1] for n, t in x.items()}) for i in range(3) for j in range(2)]
     torch.testing.assert_close(out["flow"], torch.stack([s["flow"] for s in single]).mean(0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, V, K, C, H, W\)"):
+        model({"rgb": torch.randn(2, 1, 3, 32, 32), "flow": torch.randn(2, 1, 8, 32, 32)})
 
 
 def test_single_stream_model_and_late_fusion_weights():
     model = build_model(cfg(streams="flow")).eval()
-    out = model({"flow": torch.randn(2, 1, 8, 32, 32)})
+    out = model({"flow": torch.randn(2, 1, 1, 8, 32, 32)})
     assert set(out) == {"flow"}
-    scores = class_scores(out, model.cfg)
+    scores = model.scores(out)
     torch.testing.assert_close(scores["fused"], scores["flow"])
     logits = {"rgb": torch.tensor([[4.0, 0.0]]), "flow": torch.tensor([[0.0, 4.0]])}
-    two = cfg(num_classes=2)
-    fused = class_scores(logits, two)["fused"]
+    fused = build_model(cfg(num_classes=2)).scores(logits)["fused"]
     assert fused[0, 1] > fused[0, 0]  # flow weighs 1.5, rgb 1
     p = torch.softmax(torch.tensor([4.0, 0.0]), 0)
     torch.testing.assert_close(fused[0], (1.0 * p + 1.5 * p.flip(0)) / 2.5)
@@ -112,3 +117,15 @@ def test_resnet50_builds_with_2L_channels():
 
 def test_factory_is_an_explicit_dict():
     assert {"resnet18", "resnet50"} <= set(models.ARCHS)
+    assert "two_stream" in models.FAMILIES
+
+
+def test_cli_model_names_match_the_factory():
+    from jobs.model_options import MODELS
+
+    assert sorted(MODELS) == sorted(models.FAMILIES)
+
+
+def test_model_config_round_trips_through_json_types():
+    c = cfg(fusion="conv", fusion_weights=(1.0, 2.0))
+    assert models.model_config_from_dict(c.to_dict()) == c

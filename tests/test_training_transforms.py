@@ -13,9 +13,9 @@ from training.transforms import TransformConfig
 def coordinate_item(h: int = 48, w: int = 64, length: int = 3):
     """RGB whose red channel is x and green y; flow whose x field is x and y field is y (+ field index)."""
     ys, xs = np.mgrid[0:h, 0:w]
-    rgb = np.stack([xs * 2, ys * 2, np.full_like(xs, 7)], axis=-1).astype(np.uint8)[None]
+    rgb = np.stack([xs * 2, ys * 2, np.full_like(xs, 7)], axis=-1).astype(np.uint8)[None, None]
     flow = np.stack([np.stack([xs * 2 + i, ys * 2 + i], axis=-1) for i in range(length)]).astype(np.uint8)
-    return rgb, T.interleave(flow)[None]  # (1, H, W, 3), (1, 2L, H, W)
+    return rgb, T.interleave(flow)[None]  # (K=1, F=1, H, W, 3), K=1 x (2L, H, W)
 
 
 def test_interleave_orders_channels_x_y_per_time_step():
@@ -69,7 +69,7 @@ def test_train_views_flip_negates_x_of_real_motion():
     flips = {}
     for seed in range(20):
         _, flow = T.train_views(None, q, cfg, random.Random(seed))
-        flips[bool(flow[0, 0].mean() < 0)] = flow[0]
+        flips[bool(flow[0, 0, 0].mean() < 0)] = flow[0, 0]
     assert set(flips) == {True, False}  # both outcomes drawn
     assert flips[True][0::2].mean() == pytest.approx(-32 / 128) and flips[True][1::2].mean() == pytest.approx(12 / 128)
     assert flips[False][0::2].mean() == pytest.approx(32 / 128) and flips[False][1::2].mean() == pytest.approx(12 / 128)
@@ -88,15 +88,32 @@ def test_train_crops_of_both_streams_stay_aligned(seed):
     rgb, flow = coordinate_item()
     cfg = TransformConfig(crop_size=40)
     out_rgb, out_flow = T.train_views(rgb, flow, cfg, random.Random(seed))
-    assert out_rgb.shape == (1, 3, 40, 40) and out_flow.shape == (1, 6, 40, 40)
-    red, green, fx, fy = _decode_coords(out_rgb[0], out_flow[0])
+    assert out_rgb.shape == (1, 1, 3, 40, 40) and out_flow.shape == (1, 1, 6, 40, 40)
+    red, green, fx, fy = _decode_coords(out_rgb[0, 0], out_flow[0, 0])
     flipped = red[0, 0] > red[0, -1]
     # Same pixels in both streams: flow y equals RGB green; flow x equals RGB red, negated if flipped.
     # (atol: the uint8 resize rounds each channel on its own.)
     np.testing.assert_allclose(fy, green, atol=1.01)
     np.testing.assert_allclose(fx, (256 - red) if flipped else red, atol=1.01)
     # Later fields keep their own values (+1 per field), so the stack is in time order.
-    np.testing.assert_allclose(out_flow[0][3] * 128 + 128, green + 1, atol=1.01)
+    np.testing.assert_allclose(out_flow[0, 0][3] * 128 + 128, green + 1, atol=1.01)
+
+
+def test_every_snippet_and_frame_shares_one_crop_and_keeps_its_time_order():
+    rgb, flow = coordinate_item()
+    # K = 2 snippets of F = 3 frames: frame j of snippet k is the coordinate image + 10 * (3k + j).
+    frames = np.stack([np.stack([rgb[0, 0] + np.uint8(10 * (3 * k + j)) for j in range(3)]) for k in range(2)])
+    stacks = [flow[0], flow[0] + np.uint8(50)]
+    for seed in range(6):
+        out_rgb, out_flow = T.train_views(frames, stacks, TransformConfig(crop_size=32), random.Random(seed))
+        assert out_rgb.shape == (1, 2, 9, 32, 32) and out_flow.shape == (1, 2, 6, 32, 32)
+        base = out_rgb[0, 0, 0:3]
+        for k in range(2):
+            for j in range(3):
+                shift = 10 * (3 * k + j) / 255 / T.IMAGENET_STD[1]
+                level = 1.01 / 255 / T.IMAGENET_STD[1]  # one uint8 level of resize rounding
+                np.testing.assert_allclose(out_rgb[0, k, 3 * j + 1], base[1] + shift, atol=level)  # same crop
+        np.testing.assert_allclose(out_flow[0, 1, 1], out_flow[0, 0, 1] + 50 / 128, atol=1.01 / 128)
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -128,19 +145,19 @@ def test_multiscale_boxes_stay_inside_the_frame_and_use_tsn_scales():
 def test_eval_views_centre_and_ten_crop():
     rgb, flow = coordinate_item(h=48, w=64)
     one_rgb, one_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=32, test_crops=1))
-    assert one_rgb.shape == (1, 3, 32, 32) and one_flow.shape == (1, 6, 32, 32)
-    red, green, fx, fy = _decode_coords(one_rgb[0], one_flow[0])
+    assert one_rgb.shape == (1, 1, 3, 32, 32) and one_flow.shape == (1, 1, 6, 32, 32)
+    red, green, fx, fy = _decode_coords(one_rgb[0, 0], one_flow[0, 0])
     assert red[0, 0] == pytest.approx(2 * 16, abs=1) and green[0, 0] == pytest.approx(2 * 8, abs=1)  # centred
     ten_rgb, ten_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=32, test_crops=10))
-    assert ten_rgb.shape == (10, 3, 32, 32) and ten_flow.shape == (10, 6, 32, 32)
-    np.testing.assert_array_equal(ten_flow[5][0::2], -ten_flow[0][0::2, :, ::-1])  # view 5 = view 0 flipped
-    np.testing.assert_array_equal(ten_flow[5][1::2], ten_flow[0][1::2, :, ::-1])
+    assert ten_rgb.shape == (10, 1, 3, 32, 32) and ten_flow.shape == (10, 1, 6, 32, 32)
+    np.testing.assert_array_equal(ten_flow[5, 0][0::2], -ten_flow[0, 0][0::2, :, ::-1])  # view 5 = view 0 flipped
+    np.testing.assert_array_equal(ten_flow[5, 0][1::2], ten_flow[0, 0][1::2, :, ::-1])
 
 
 def test_eval_views_upscale_small_frames_to_the_crop():
     rgb, flow = coordinate_item(h=24, w=32)
     out_rgb, out_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=48))
-    assert out_rgb.shape == (1, 3, 48, 48) and out_flow.shape == (1, 6, 48, 48)
+    assert out_rgb.shape == (1, 1, 3, 48, 48) and out_flow.shape == (1, 1, 6, 48, 48)
 
 
 def test_streams_of_different_sizes_are_refused():

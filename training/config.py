@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from training import models
 from training.data import DataConfig
 from training.models import ModelConfig
 from training.transforms import TransformConfig
@@ -16,6 +17,7 @@ from training.transforms import TransformConfig
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("cpu", "cuda")
+EPOCH_SIZES = ("samples", "videos")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +41,8 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the training samples per epoch
     eval_every: int = 1  # evaluate every N epochs (0: only by `flowshard evaluate`)
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = "auto"  # "auto": test, else val (jobs.train.resolve_eval_split)
+    epoch_size: str = "samples"  # an epoch is one pass over the samples, or one clip per video
     seed: int = 0
     resume: str | None = None
     log_every: int = 10
@@ -61,13 +64,13 @@ class TrainConfig:
             raise ValueError(f"unknown device {self.device!r}; choose one of {DEVICES}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {self.amp!r}; choose one of {AMP_MODES}")
+        if self.epoch_size not in EPOCH_SIZES:
+            raise ValueError(f"unknown epoch size {self.epoch_size!r}; choose one of {EPOCH_SIZES}")
         if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
         if self.model.streams != self.data.streams:
             raise ValueError(f"model streams {self.model.streams!r} and data streams {self.data.streams!r} differ")
-        if self.model.clip_len != self.data.clip_len:
-            raise ValueError(f"model clip_len {self.model.clip_len} and data clip_len {self.data.clip_len} differ: "
-                             f"the temporal stream takes 2 * clip_len channels")
+        check_model_data(self.model, self.data)
 
     def to_dict(self) -> dict:
         """Plain JSON types (tuples become lists)."""
@@ -78,8 +81,22 @@ class TrainConfig:
         d = dict(d)
         data = dict(d.pop("data"))
         data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))
-        model = ModelConfig(**_tuples(d.pop("model"), ("fusion_weights",)))
-        return cls(data=DataConfig(**data), model=model, **d)
+        model = models.model_config_from_dict(d.pop("model"))
+        return cls(data=DataConfig(**_tuples(data, ("strides",))), model=model, **d)
+
+
+def check_model_data(model: ModelConfig, data: DataConfig) -> None:
+    """The loader must give the network the input it is built for (ValueError naming the mismatch)."""
+    models.check(model)
+    if model.clip_len != data.clip_len:
+        raise ValueError(f"model clip_len {model.clip_len} and data clip_len {data.clip_len} differ: "
+                         f"the temporal stream takes 2 * clip_len channels")
+    if model.rgb_frames != data.rgb_frames:
+        raise ValueError(f"model rgb_frames {model.rgb_frames} and data rgb_frames {data.rgb_frames} differ")
+    if model.snippets and (data.sampler != "strided" or data.snippets != model.snippets):
+        raise ValueError(f"model {model.model!r} takes clips of {model.snippets} snippets in time order: use "
+                         f"--sampling strided --snippets {model.snippets} (got sampler {data.sampler!r} with "
+                         f"{data.clip_spec.length})")
 
 
 def _tuples(d: dict, keys: tuple[str, ...]) -> dict:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from training import distributed, metrics
 from training.checkpoint import unwrap
-from training.models import ModelConfig, class_scores, loss_outputs
+from training.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
     number of forward/backward passes whatever its shards hold.
     """
     model.train()
-    outputs = loss_outputs(model_cfg)
+    net = unwrap(model)
+    outputs = net.loss_keys
     totals = {"loss": 0.0, "samples": 0}
     correct: dict[str, torch.Tensor] = {}  # on device: no sync per step
     batches = iter(loader)
@@ -67,7 +68,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
         totals["loss"] += value * len(labels)
         totals["samples"] += len(labels)
         with torch.no_grad():
-            for name, s in class_scores({k: v.detach() for k, v in logits.items()}, model_cfg).items():
+            for name, s in net.scores({k: v.detach() for k, v in logits.items()}).items():
                 correct[name] = correct.get(name, 0) + (s.argmax(1) == labels).sum()
         if progress:
             bar.set_postfix(loss=f"{value:.3f}")
@@ -102,9 +103,8 @@ def _epoch_stats(totals: dict, seconds: float, device: torch.device) -> dict:
     """Mean loss and top-1 per output over the epoch, averaged across ranks."""
     n = max(1, totals["samples"])
     stats = {"loss": totals["loss"] / n, "clips_per_s": totals["samples"] / max(seconds, 1e-9)}
-    for name in metrics.OUTPUTS:
-        if f"top1_{name}" in totals:
-            stats[f"top1_{name}"] = totals[f"top1_{name}"] / n
+    for key in [k for k in totals if k.startswith("top1_")]:
+        stats[key] = totals[key] / n
     return {k: distributed.all_reduce_mean(v, str(device)) for k, v in stats.items()}
 
 
@@ -125,7 +125,7 @@ def evaluate(model, loader, device: torch.device, *, model_cfg: ModelConfig, amp
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
         with autocast(device, amp_dtype):
             logits = net(stream_inputs(batch, model_cfg.stream_names, device))
-        for name, s in class_scores(logits, model_cfg).items():
+        for name, s in net.scores(logits).items():
             scores.setdefault(name, []).append(s.float().cpu().numpy())
         labels.append(batch["label"].numpy())
         videos.extend(batch["video_id"])

@@ -79,9 +79,11 @@ def summarize(scores: np.ndarray, labels: np.ndarray, video_ids: list[str], num_
 
 def summarize_outputs(scores: dict[str, np.ndarray], labels: np.ndarray, video_ids: list[str],
                       num_classes: int) -> dict:
-    """{"rgb", "flow", "fused"} -> summary; an output the model lacks maps to None."""
+    """{"rgb", "flow", "fused", + any other output of the model} -> summary; one of the
+    three the model lacks maps to None."""
+    names = list(OUTPUTS) + sorted(set(scores) - set(OUTPUTS))
     return {name: (summarize(scores[name], labels, video_ids, num_classes) if name in scores else None)
-            for name in OUTPUTS}
+            for name in names}
 
 
 def plot_confusion(cm: np.ndarray | list, class_names: list[str], path: str | Path, title: str = "") -> Path:

@@ -1,14 +1,16 @@
 """Paired transforms of the two streams: crop, resize, flip, normalize, stack.
 
-Inputs are what the loader decodes: RGB frames (V, H, W, 3) uint8 and, per snippet, a
-quantized flow stack of shape (2L, H, W), channels interleaved (a (V, 2L, H, W) array, or
-V `FieldPlanes`), V snippets of one item, both at the stored resolution. Outputs are
-float32 arrays (V', 3, S, S) and (V', 2L, S, S).
+Inputs are what the loader decodes for one item of K snippets (pipeline.snippets): RGB
+frames (K, F, H, W, 3) uint8 (F frames per snippet) and, per snippet, a quantized flow
+stack of shape (2L, H, W), channels interleaved (K arrays or `FieldPlanes`), both at the
+stored resolution. Outputs are float32 arrays (V, K, 3F, S, S) and (V, K, 2L, S, S): V
+views (1 in training; 1 or 10 test crops), K snippets in time order, and the F frames of
+a snippet stacked on channels in time order ([r_0, g_0, b_0, r_1, ...]) as its L fields are.
 Flow stays channels-first throughout: a stored field is one (2H, W) plane, x over y, so
 its top and bottom halves are channels 2l and 2l + 1 as they are (`FieldPlanes`, no copy),
 and resizing each channel on its own is faster than one 2L-channel resize.
 
-- One crop box and one flip decision per item, shared by every snippet and both streams,
+- One crop box and one flip decision per item, shared by every snippet, frame and stream,
   so the RGB frame and its flow stay pixel-aligned (TSN's group transforms).
 - Flow channels are stacked interleaved per time step: [x_t, y_t, x_t+1, y_t+1, ...].
 - Normalization: RGB with ImageNet mean/std; flow as (q - 128) / 128, so zero motion is 0.
@@ -227,11 +229,11 @@ def hflip_flow(x: np.ndarray) -> np.ndarray:
 
 # --- item transforms ----------------------------------------------------------------------
 
-def _frame_size(rgb: np.ndarray | None, flow: np.ndarray | None) -> tuple[int, int]:
+def _frame_size(rgb: np.ndarray | None, flow: list | None) -> tuple[int, int]:
     """(H, W) shared by both streams; they must match for a shared crop to align them."""
     sizes = set()
     if rgb is not None:
-        sizes.add(tuple(rgb.shape[1:3]))
+        sizes.add(tuple(rgb.shape[2:4]))  # (K, F, H, W, 3)
     if flow is not None:
         sizes.add(tuple(flow[0].shape[1:3]))  # each snippet (2L, H, W)
     if len(sizes) != 1:
@@ -240,19 +242,26 @@ def _frame_size(rgb: np.ndarray | None, flow: np.ndarray | None) -> tuple[int, i
 
 
 def _apply(rgb, flow, boxes_flips, size):
-    """Crop, resize, normalize and optionally flip each snippet for each (box, flip) view.
+    """Crop, resize, normalize and optionally flip every snippet for each (box, flip) view.
 
-    Views are written straight into the output arrays, view-major then snippet.
+    rgb (K, F, H, W, 3) uint8 -> (V, K, 3F, S, S); flow K x (2L, H, W) -> (V, K, 2L, S, S).
+    Views are written straight into the output arrays.
     """
+    views = len(boxes_flips)
     out_rgb = out_flow = None
     if rgb is not None:
-        out_rgb = np.empty((len(boxes_flips) * len(rgb), 3, size, size), np.float32)
-        for i, (box, flip, frame) in enumerate((b, f, x) for b, f in boxes_flips for x in rgb):
-            _rgb_view(frame, box, flip, size, out_rgb[i])
+        k, f = rgb.shape[:2]
+        out_rgb = np.empty((views, k, f, 3, size, size), np.float32)
+        for v, (box, flip) in enumerate(boxes_flips):
+            for i in range(k):
+                for j in range(f):
+                    _rgb_view(rgb[i, j], box, flip, size, out_rgb[v, i, j])
+        out_rgb = out_rgb.reshape(views, k, 3 * f, size, size)
     if flow is not None:
-        out_flow = np.empty((len(boxes_flips) * len(flow), len(flow[0]), size, size), np.float32)
-        for i, (box, flip, stack) in enumerate((b, f, x) for b, f in boxes_flips for x in flow):
-            _flow_view(stack, box, flip, size, out_flow[i])
+        out_flow = np.empty((views, len(flow), len(flow[0]), size, size), np.float32)
+        for v, (box, flip) in enumerate(boxes_flips):
+            for i, stack in enumerate(flow):
+                _flow_view(stack, box, flip, size, out_flow[v, i])
     return out_rgb, out_flow
 
 
@@ -291,21 +300,25 @@ def _flow_view(stack, box: Box, flip: bool, size: int, out: np.ndarray | None = 
     return out
 
 
-def train_views(rgb: np.ndarray | None, flow: np.ndarray | None, cfg: TransformConfig,
+def train_views(rgb: np.ndarray | None, flow: list | None, cfg: TransformConfig,
                 rng: random.Random) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """One random multi-scale crop and flip for all V snippets of both streams."""
+    """One random multi-scale crop and flip shared by every snippet, frame and stream.
+
+    rgb: (K, F, H, W, 3) uint8 (K snippets of F frames); flow: K stacks of (2L, H, W)
+    (arrays or FieldPlanes). Returns (1, K, 3F, S, S) and (1, K, 2L, S, S) float32.
+    """
     h, w = _frame_size(rgb, flow)
     box = multiscale_box(h, w, cfg, rng)
     flip = cfg.flip and rng.random() < 0.5
     return _apply(rgb, flow, [(box, flip)], cfg.crop_size)
 
 
-def eval_views(rgb: np.ndarray | None, flow: np.ndarray | None,
+def eval_views(rgb: np.ndarray | None, flow: list | None,
                cfg: TransformConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Centre crop (1 view per snippet) or 10 crops (corners + centre, and their mirrors)."""
+    """Centre crop (V = 1) or 10 crops (corners + centre, and their mirrors: V = 10)."""
     size = cfg.crop_size
     if rgb is not None:
-        rgb = np.stack([upscale_rgb(f, size) for f in rgb])
+        rgb = np.stack([np.stack([upscale_rgb(f, size) for f in snippet]) for snippet in rgb])
     if flow is not None:
         flow = [upscale_planes(s, size) for s in flow]
     h, w = _frame_size(rgb, flow)

@@ -1,0 +1,56 @@
+"""`--model` and the per-family options of `flowshard train`: flags -> ModelConfig.options.
+
+Each model family (training.models.FAMILIES) may have its own flags; they are declared
+here, next to the function that turns them into the family's Options, so the CLI stays
+the only place that reads argv. `INPUT_DEFAULTS` gives, per family, the data settings a
+flag left unset takes (a C3D clip is 16 frames at 112 pixels, a two-stream snippet one
+frame at 224); any flag the user gives wins.
+
+The training modules (and torch) are imported inside the functions, so registering the
+commands keeps `flowshard --help` fast.
+"""
+from __future__ import annotations
+
+import click
+
+# The names of training.models.FAMILIES (a test keeps both lists equal).
+MODELS = ("two_stream",)
+
+# Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
+BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
+                 "strides": "1", "crop_size": 224, "dropout": 0.5}
+INPUT_DEFAULTS: dict[str, dict] = {
+    "two_stream": {},
+}
+
+# Flags of single families (each help text names its family).
+FAMILY_FLAGS: list = []
+
+
+def family_flags(f):
+    """Apply every family's flags to a click command."""
+    for option in reversed(FAMILY_FLAGS):
+        f = option(f)
+    return f
+
+
+def resolve_defaults(o: dict) -> dict:
+    """The options with each unset (None) data flag taken from the model's defaults."""
+    defaults = {**BASE_DEFAULTS, **INPUT_DEFAULTS.get(o["model"], {})}
+    return {**o, **{k: v for k, v in defaults.items() if o.get(k) is None}}
+
+
+def model_options(model: str, o: dict):
+    """The family Options the flags describe (None: the family has none)."""
+    if model == "two_stream":
+        return None
+    raise click.BadParameter(f"unknown model {model!r}; choose one of {MODELS}")
+
+
+def model_takes_snippets(model: str) -> bool:
+    """Whether the family's network takes clips of a fixed number of snippets in time order
+    (its module sets ORDERED_SNIPPETS; then ModelConfig.snippets = --snippets); otherwise it
+    averages whatever number of snippets it is given."""
+    from training.models import family
+
+    return bool(getattr(family(model), "ORDERED_SNIPPETS", False))

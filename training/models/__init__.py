@@ -1,0 +1,56 @@
+"""Model families, all reading the same shards through training.data.
+
+One module per family, one explicit factory: `FAMILIES` maps a `--model` name to its
+module, which provides `check(cfg)` (raise ValueError on a setting it cannot build),
+`build(cfg) -> VideoClassifier`, and optionally `Options` (its frozen config dataclass,
+`ModelConfig.options`) and `INPUT` (the data defaults the CLI uses when a flag is not
+given). See training.models.base for the batch layout and outputs every family shares.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+from training.models import two_stream
+from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
+from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
+
+FAMILIES: dict[str, ModuleType] = {
+    "two_stream": two_stream,
+}
+
+
+def family(name: str) -> ModuleType:
+    """The module of model family `name` (ValueError naming it when unknown)."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(FAMILIES)}") from None
+
+
+def check(cfg: ModelConfig) -> None:
+    """Validate `cfg` for its family (options included) without building anything."""
+    fam = family(cfg.model)
+    options_cls = getattr(fam, "Options", None)
+    if cfg.options is not None and (options_cls is None or not isinstance(cfg.options, options_cls)):
+        raise ValueError(f"model {cfg.model!r} takes {options_cls.__name__ if options_cls else 'no'} options, "
+                         f"got {type(cfg.options).__name__}")
+    fam.check(cfg)
+
+
+def build_model(cfg: ModelConfig) -> VideoClassifier:
+    """The network of `cfg`, built by its family's factory."""
+    check(cfg)
+    return family(cfg.model).build(cfg)
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """The inverse of ModelConfig.to_dict (checkpoints store plain JSON types)."""
+    d = dict(d)
+    d["fusion_weights"] = tuple(d.get("fusion_weights", (1.0, 1.5)))
+    options_cls = getattr(family(d.get("model", "two_stream")), "Options", None)
+    d["options"] = options_from_dict(options_cls, d.get("options")) if options_cls else None
+    return ModelConfig(**d)
+
+
+__all__ = ["ARCHS", "FAMILIES", "STREAMS", "STREAM_CHOICES", "ModelConfig", "VideoClassifier", "build_model",
+           "check", "cross_modality_conv", "family", "load_backbone", "model_config_from_dict"]

@@ -1,0 +1,125 @@
+"""What every model family shares: the model config, the batch layout and score fusion.
+
+A batch holds, per stream, a tensor (B, V, K, C, S, S): B items, V views of each (crops
+at test time, 1 in training), K snippets in time order (pipeline.snippets), C channels
+(3F for F RGB frames, 2L for L flow fields, both stacked in time order) and S x S pixels.
+A model's forward takes {"rgb": ..., "flow": ...} (the streams it reads) and returns
+logits per output, one row per item: {"rgb": (B, N), "flow": (B, N), "fused": (B, N), ...}.
+`VideoClassifier.loss_keys` says which outputs the loss sums and `scores` turns logits
+into class probabilities, with "fused" as the model's final prediction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+STREAMS = ("rgb", "flow")
+STREAM_CHOICES = ("rgb", "flow", "both")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """What network to build (`model` names its family, training.models.FAMILIES).
+
+    weights: None, "imagenet" (torchvision) or a local file. rgb_frames (F) and snippets
+    (K, 0: any number, averaged) are the input the network is built for; `options` holds
+    the family's own frozen config (None: its defaults). fusion, fusion_weights and
+    fusion_kernel are the two-stream family's late/conv fusion settings; fusion_weights
+    also weighs the rgb and flow scores of any model that fuses late.
+    """
+
+    model: str = "two_stream"
+    arch: str = "resnet50"
+    streams: str = "both"
+    num_classes: int
+    clip_len: int = 10
+    rgb_frames: int = 1
+    snippets: int = 0
+    in_channels_flow: int | None = None  # defaults to 2 * clip_len; checked when given
+    weights: str | None = None
+    dropout: float = 0.5
+    partial_bn: bool = False
+    fusion: str = "late"
+    fusion_weights: tuple[float, float] = (1.0, 1.5)  # rgb, flow
+    fusion_kernel: int = 1
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        if self.streams not in STREAM_CHOICES:
+            raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.streams != "rgb" and self.clip_len < 1:
+            raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
+        if self.in_channels_flow is not None and self.in_channels_flow != 2 * self.clip_len:
+            raise ValueError(f"the temporal stream takes 2 * clip_len = {2 * self.clip_len} channels "
+                             f"(x and y per field), got in_channels_flow={self.in_channels_flow}")
+        if self.rgb_frames < 1 or self.snippets < 0:
+            raise ValueError(f"rgb_frames must be >= 1 and snippets >= 0, got {self.rgb_frames}, {self.snippets}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0 or sum(self.fusion_weights) <= 0:
+            raise ValueError(f"fusion_weights must be two non-negative numbers, got {self.fusion_weights}")
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        return STREAMS if self.streams == "both" else (self.streams,)
+
+    def to_dict(self) -> dict:
+        """Plain JSON types; the family options become a dict."""
+        d = dataclasses.asdict(self)
+        d["fusion_weights"] = list(self.fusion_weights)
+        return d
+
+
+def options_from_dict(cls, values: dict | None):
+    """A family options dataclass from its JSON dict (lists become tuples)."""
+    if values is None:
+        return None
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def check_input(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless `x` has the batch layout (B, V, K, C, H, W)."""
+    if x.dim() != 6:
+        raise ValueError(f"{name} input must be (B, V, K, C, H, W), got shape {tuple(x.shape)}")
+
+
+class VideoClassifier(nn.Module):
+    """Base of every family: which logits the loss sums and how they become class scores."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        """The outputs of forward that the training loss sums (default: all of them)."""
+        return self.output_keys
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        return self.cfg.stream_names
+
+    def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
+        return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},
+                           self.cfg.fusion_weights)
+
+
+def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, float]) -> dict[str, torch.Tensor]:
+    """`scores` plus "fused": kept when present, else the weighted average of rgb and flow
+    probabilities (not logits: a stream that is unsure pulls the fused score little), else
+    the only output, else the mean of all."""
+    if "fused" in scores:
+        return scores
+    if "rgb" in scores and "flow" in scores:
+        w_rgb, w_flow = weights
+        fused = (w_rgb * scores["rgb"] + w_flow * scores["flow"]) / (w_rgb + w_flow)
+    else:
+        fused = torch.stack(list(scores.values())).mean(0)
+    return {**scores, "fused": fused}

@@ -1,0 +1,153 @@
+"""Two-stream networks (Simonyan & Zisserman 2014; TSN): a spatial stream on one RGB frame,
+a temporal stream on 2L flow channels, fused late or by a conv layer.
+
+Both streams are torchvision ResNets. The temporal stream's first convolution takes 2L
+channels and is initialised by cross-modality pre-training (backbones.cross_modality_conv).
+
+Fusion:
+    late  weighted average of the streams' class scores (softmax), rgb:flow = 1:1.5 by
+          default as in TSN; each stream is trained with its own loss.
+    conv  the last conv maps of both streams are concatenated, fused by a 1x1 or 3x3
+          convolution, pooled and classified; trained with the fused loss plus each
+          stream's loss, so per-stream scores stay meaningful. (training.models.fusion has
+          Feichtenhofer et al.'s fusion family with temporal pooling.)
+
+The V views and K snippets of an item are scored one by one and their scores averaged
+(TSN's segmental consensus).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.models.backbones import check_arch, cross_modality_conv, load_backbone, resnet_trunk
+from training.models.base import ModelConfig, VideoClassifier, check_input
+
+FUSIONS = ("late", "conv")
+
+
+def check(cfg: ModelConfig) -> None:
+    """Raise ValueError naming the first setting this family cannot build."""
+    check_arch(cfg.arch)
+    if cfg.fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
+    if cfg.fusion == "conv" and cfg.streams != "both":
+        raise ValueError(f"conv fusion needs both streams, got streams={cfg.streams!r}")
+    if cfg.fusion_kernel not in (1, 3):
+        raise ValueError(f"fusion_kernel must be 1 or 3, got {cfg.fusion_kernel}")
+    if cfg.rgb_frames != 1:
+        raise ValueError(f"the spatial stream sees one RGB frame per snippet, got rgb_frames={cfg.rgb_frames}")
+
+
+class Stream(nn.Module):
+    """One stream: a ResNet trunk (conv1 ... layer4), global pooling, dropout, classifier."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
+        super().__init__()
+        self.trunk = resnet_trunk(backbone)
+        self.feature_dim = backbone.fc.in_features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def classify(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.pool(maps), 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.trunk(x))
+
+
+def build_stream(cfg: ModelConfig, stream: str) -> Stream:
+    """The spatial (rgb) or temporal (flow) stream of `cfg`."""
+    backbone = load_backbone(cfg.arch, cfg.weights)
+    if stream == "flow":
+        channels = cfg.in_channels_flow or 2 * cfg.clip_len
+        backbone.conv1 = cross_modality_conv(backbone.conv1, channels)
+    return Stream(backbone, cfg.num_classes, cfg.dropout)
+
+
+class ConvFusion(nn.Module):
+    """Concatenate two streams' last conv maps, fuse with a 1x1/3x3 conv, pool, classify."""
+
+    def __init__(self, channels: int, num_classes: int, kernel: int, dropout: float):
+        super().__init__()
+        self.fuse = nn.Sequential(nn.Conv2d(2 * channels, channels, kernel, padding=kernel // 2, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, rgb_maps: torch.Tensor, flow_maps: torch.Tensor) -> torch.Tensor:
+        fused = self.fuse(torch.cat([rgb_maps, flow_maps], dim=1))
+        return self.fc(self.dropout(torch.flatten(self.pool(fused), 1)))
+
+
+def run_trunk(trunk: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Apply a trunk to (N, C, H, W), matching the weights' memory format (no layout copy in conv1)."""
+    if trunk[0].weight.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return trunk(x)
+
+
+class TwoStream(VideoClassifier):
+    """The streams of `cfg` plus optional conv fusion; forward returns logits per output.
+
+    forward(batch) takes {"rgb": (B, V, K, 3, H, W), "flow": (B, V, K, 2L, H, W)} (the
+    streams it has) and returns {"rgb": (B, N), "flow": (B, N)[, "fused": (B, N) for conv
+    fusion]}, each averaged over the V views and K snippets.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        check(cfg)
+        super().__init__(cfg)
+        self.streams = nn.ModuleDict({s: build_stream(cfg, s) for s in cfg.stream_names})
+        self.fusion = None
+        if cfg.fusion == "conv":
+            dim = self.streams["rgb"].feature_dim
+            self.fusion = ConvFusion(dim, cfg.num_classes, cfg.fusion_kernel, cfg.dropout)
+        if cfg.partial_bn:
+            freeze_partial_bn(self)
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        return self.cfg.stream_names + (("fused",) if self.fusion is not None else ())
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        maps, views = {}, None
+        for name, stream in self.streams.items():
+            x = batch[name]
+            check_input(x, name)
+            views = x.shape[:3]
+            maps[name] = run_trunk(stream.trunk, x.flatten(0, 2))
+        out = {name: self.streams[name].classify(m).unflatten(0, views).mean((1, 2)) for name, m in maps.items()}
+        if self.fusion is not None:
+            out["fused"] = self.fusion(maps["rgb"], maps["flow"]).unflatten(0, views).mean((1, 2))
+        return out
+
+    def train(self, mode: bool = True) -> "TwoStream":
+        super().train(mode)
+        if mode and self.cfg.partial_bn:
+            for bn in frozen_bns(self):
+                bn.eval()  # keep ImageNet statistics: small batches of flow would wreck them
+        return self
+
+
+def frozen_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """Partial BN (TSN): every BatchNorm of each stream except the first one."""
+    out = []
+    for stream in model.streams.values():
+        bns = [m for m in stream.trunk.modules() if isinstance(m, nn.BatchNorm2d)]
+        out.extend(bns[1:])
+    return out
+
+
+def freeze_partial_bn(model: nn.Module) -> None:
+    """Freeze the affine parameters of the BatchNorms partial BN keeps in eval mode."""
+    for bn in frozen_bns(model):
+        bn.weight.requires_grad_(False)
+        bn.bias.requires_grad_(False)
+
+
+def build(cfg: ModelConfig) -> TwoStream:
+    """The two-stream (or single-stream) network of `cfg`."""
+    return TwoStream(cfg)
