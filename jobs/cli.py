@@ -105,6 +105,9 @@ def build_options(f):
         click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
         click.option("--progress/--no-progress", default=True, show_default=True),
+        click.option("--retry-errors", is_flag=True,
+                     help="Compute the error rows of the version these inputs and settings gave again, "
+                          "into a new version that shares every other shard."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -173,7 +176,8 @@ def run_build(input_path: str, output: str, o: dict):
 
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
-    return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])
+    return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"],
+                         retry_errors=o.get("retry_errors", False))
 
 
 def echo_summary(s) -> None:

@@ -80,8 +80,11 @@ class FlowConfig:
 
     def output_dict(self) -> dict:
         """Every setting that changes the stored flow bytes (not batch size, threads or device)."""
+        # Weights are named by their content hash in the build's tools (`pipeline.tools`), not
+        # by their path: the same weights elsewhere give the same bytes.
+        params = {k: v for k, v in self.params_dict().items() if k != "weights"}
         return {"algorithm": self.algorithm, "backend": self.backend, "step": self.step,
-                "bound": self.bound, "params": self.params_dict()}
+                "bound": self.bound, "params": params}
 
 
 def params_from_dict(algorithm: str, values: dict) -> TVL1Params | FarnebackParams | DISParams | RAFTParams:

@@ -45,11 +45,15 @@ class BuildConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     split: int | None = None  # official split number for UCF101/HMDB51 roots
+    # {tool: version} of the tools that make the bytes (`pipeline.tools.fingerprint`); the
+    # build fills it in, so a changed tool gives another version id.
+    tools: Mapping[str, str] = field(default_factory=dict)
 
     def output_dict(self) -> dict:
-        """Settings that change the output bytes."""
-        return {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
-                "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
+        """Settings (and tools) that change the output bytes."""
+        out = {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
+               "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
+        return {**out, "tools": dict(sorted(self.tools.items()))} if self.tools else out
 
     def config_hash(self) -> str:
         return hashlib.sha256(manifest.dump_json(self.output_dict())).hexdigest()[:16]

@@ -27,7 +27,7 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import pyarrow as pa
 
@@ -159,16 +159,17 @@ def media_settings(cfg: "WorkerConfig") -> dict:
     return d
 
 
-def media_key(content_sha256: str, cfg: "WorkerConfig") -> str:
-    """Identity of a video's frame and flow members: its bytes' hash plus the media settings.
+def media_key(content_sha256: str, cfg: "WorkerConfig", tools: Mapping[str, str] | None = None) -> str:
+    """Identity of a video's frame and flow members: its bytes' hash plus the media settings
+    and the tools that made them (`pipeline.tools`).
 
     Two videos with the same media key have byte-identical frame and flow members, so a
     stored sample can be copied instead of recomputed. "" for a video with no content hash.
     """
     if not content_sha256:
         return ""
-    return _digest({"content": content_sha256, "schema": encode.SCHEMA_VERSION,
-                    "media": media_settings(cfg)})[:32]
+    ident = {"content": content_sha256, "schema": encode.SCHEMA_VERSION, "media": media_settings(cfg)}
+    return _digest({**ident, "tools": dict(sorted(tools.items()))} if tools else ident)[:32]
 
 
 def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
@@ -177,6 +178,12 @@ def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str
     videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] for r in refs)
     return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
                     "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
+
+
+def retry_id(base: str, retried: str) -> str:
+    """The id of the version that computes the error rows of version `retried` again
+    (`flowshard build --retry-errors`); `base` is the id its inputs and settings give."""
+    return _digest({"base": base, "retry_of": retried})[:ID_CHARS]
 
 
 # --- where versions live ----------------------------------------------------------------------
