@@ -32,18 +32,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Protocol
 
-from pipeline import encode, failures, inputs, manifest, reuse, shard, storage, tools, version
+from pipeline import encode, failures, inputs, manifest, reuse, shard, shared_paths, storage, tools, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
 from pipeline.flow import make_estimator
 # BuildConfig and ShardConfig are the build's public settings: importable from here too.
-from pipeline.units import BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
+from pipeline.units import STATE_DIR, BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
 from pipeline.worker import process_video
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".flowshard"
 LOCK_FILE = "lock"
 
 
@@ -219,12 +218,18 @@ def save_record(output: Location, unit: Unit, record: dict) -> None:
 class Executor(Protocol):
     """Runs units and calls `done(unit, record)` as each finishes (in any order)."""
 
+    def prepare(self, input_path: str, refs: list[VideoRef], output: Location, cfg: BuildConfig) -> None:
+        """Before any work: refuse (RuntimeError) a build the machines it runs on cannot do right."""
+
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done: Callable[[Unit, dict], None],
             progress: "Progress") -> None: ...
 
 
 class LocalExecutor:
     """Runs every unit in this process, one video at a time (debugging, tests, tiny inputs)."""
+
+    def prepare(self, input_path, refs, output, cfg) -> None:
+        """Nothing to check: this process reads the inputs and writes the output itself."""
 
     def run(self, units, cfg, output, done, progress) -> None:
         estimators = []  # built on first use: a build that only copies stored samples needs none
@@ -300,8 +305,10 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
     out = storage.location(output)
     _prepare_output(out)
     cfg = cfg if cfg.tools else replace(cfg, tools=tools.fingerprint(cfg.worker))
+    executor = executor or LocalExecutor()
     with _build_lock(out) as held:
         _remove_temporaries(out)
+        executor.prepare(input_path, refs, out, cfg)  # e.g. every node of a cluster sees INPUT and OUTPUT
         hashes = version.content_hashes(refs, storage.join(out, STATE_DIR))
         parent = version.latest_version(out)
         vid, retry = target_version(out, version.version_id(refs, hashes, label_map, cfg), parent, refs,
@@ -311,7 +318,7 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
             summary = _republish(out, vid, parent)
         else:
             summary = _build(out, refs, hashes, vid, parent, cfg, label_map, input_path,
-                             executor or LocalExecutor(), progress, held, retry)
+                             executor, progress, held, retry)
     summary.parent = parent or ""
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -428,6 +435,8 @@ def _remove_temporaries(out: Location) -> None:
     for folder in folders:
         for stale in folder.glob(".*.tmp-*"):
             stale.unlink(missing_ok=True)
+    for probe in (out / STATE_DIR).glob(f"{shared_paths.PROBE_PREFIX}*"):  # a killed build's cluster check
+        probe.unlink(missing_ok=True)
 
 
 def _shards_intact(out: Location, vid: str) -> bool:

@@ -20,6 +20,7 @@ error row at once. A writer lost with its node restarts its unit.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import failures, version, worker
+from pipeline import failures, shared_paths, storage, tools, version, worker
 from pipeline.assembly import UnitAssembler, VideoOutcome
 from pipeline.flow import make_estimator, quantize
 from pipeline.records import VideoRef, VideoResult
-from pipeline.units import BuildConfig, Unit
+from pipeline.units import STATE_DIR, BuildConfig, Unit
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,13 @@ def _encode(item: tuple, fields: np.ndarray, flow_node: str, cfg: worker.WorkerC
     job, decode_node = item
     encoded = worker.encode_chunk(job, fields, cfg)
     return (worker.summarize(encoded), decode_node, flow_node), encoded
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _look(checks: list, cfg: worker.WorkerConfig) -> dict:
+    import socket
+
+    return {"failed": shared_paths.look(checks), "tools": tools.fingerprint(cfg), "host": socket.gethostname()}
 
 
 class FlowActor:
@@ -219,14 +227,54 @@ def _error_text(exc: Exception) -> str:
 
 
 class RayExecutor:
-    """Runs the build's units on Ray (see the module docstring for the task graph)."""
+    """Runs the build's units on Ray (see the module docstring for the task graph).
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
+    path_view (tests only): (node id, path) -> the path as that node sees it, to play a
+    cluster whose nodes do not share a filesystem on one machine.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *, path_view=None,
+                 **kwargs) -> None:
         self.cfg = RayConfig(address=address, num_cpus=num_cpus, **kwargs)
+        self.path_view = path_view
         self.placement: dict[str, Counter] = {"decode": Counter(), "flow": Counter()}  # node id -> chunks
         # What the last run held at most: chunks between decoder and writer, writers at once,
         # and the writers' peak resident memory (bytes).
         self.stats: dict[str, int] = {}
+
+    def prepare(self, input_path: str, refs: list[VideoRef], output, cfg: BuildConfig) -> None:
+        """On a cluster of several nodes, before any work: every node must see the local INPUT
+        videos and OUTPUT (`pipeline.shared_paths`) and run the tools the version names
+        (`pipeline.tools`), or the build stops with what to fix. A local Ray is one machine:
+        nothing to check, and Ray is not started for it."""
+        if not self.cfg.address and not ray.is_initialized():
+            return
+        init_ray(self.cfg)
+        nodes = sorted((n["NodeID"], n["NodeManagerAddress"]) for n in ray.nodes() if n["Alive"])
+        if len(nodes) < 2:
+            return
+        checks = shared_paths.plan(refs, output, storage.join(output, STATE_DIR))
+        try:
+            looks = ray.get([_look.options(scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node, soft=False)).remote(self._view(node, checks), cfg.worker) for node, _ in nodes])
+        finally:
+            shared_paths.clean(checks)
+        for (node, address), seen in zip(nodes, looks):
+            name = f"{address} ({seen['host']}, node {node[:12]})"
+            if seen["failed"]:
+                raise RuntimeError(shared_paths.refusal(name, seen["failed"], input_path, output))
+            differ = {k: (seen["tools"].get(k), v) for k, v in sorted(cfg.tools.items()) if seen["tools"].get(k) != v}
+            if differ:
+                raise RuntimeError(f"node {name} runs other tools than this driver "
+                                   f"({', '.join(f'{k} {a} there, {b} here' for k, (a, b) in differ.items())}): one "
+                                   f"version's bytes must come from one set of tools; install the same versions on "
+                                   f"every node and the driver")
+        log.info("%d nodes see INPUT and OUTPUT and run the same tools", len(nodes))
+
+    def _view(self, node: str, checks: list) -> list:
+        if self.path_view is None:
+            return checks
+        return [dataclasses.replace(c, path=self.path_view(node, c.path)) for c in checks]
 
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done, progress) -> None:
         if not units:

@@ -19,6 +19,7 @@ from pipeline.worker import WorkerConfig, process_video
 
 log = logging.getLogger(__name__)
 
+STATE_DIR = ".flowshard"  # OUTPUT's build state: unit records, hash cache, lock, probes
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB
 DEFAULT_SHARD_SAMPLES = 1000
 
