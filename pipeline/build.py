@@ -119,8 +119,9 @@ def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig, ret
     """
     out = []
     for u in units:
-        media = {r.key: (hashes.get(r.key, ""), version.media_key(hashes.get(r.key, ""), cfg.worker, cfg.tools))
-                 for r in u.refs}
+        # A remote object's content sha256 is only known once a worker has read it: "" here.
+        media = {r.key: (ident if version.is_sha256(ident) else "", version.media_key(ident, cfg.worker, cfg.tools))
+                 for r in u.refs for ident in [hashes.get(r.key, "")]}
         refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] for r in u.refs]
         what = {"unit": u.name, "schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(), "refs": refs}
         if retry is not None and any(r.key in retry.keys for r in u.refs):

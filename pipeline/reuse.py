@@ -42,6 +42,7 @@ class StoredVideo:
     shards: tuple[str, ...]
     parts: int
     sha256: str
+    content_sha256: str = ""  # of the input's bytes, as its manifest row recorded it
 
     def sample_keys(self) -> list[str]:
         """The keys of its parts, as `worker.part_key` names them."""
@@ -66,7 +67,8 @@ def stored_videos(root: Location, versions: Iterable[str]) -> dict[str, StoredVi
                 continue
             names = tuple(n for n in (row["shard"] or "").split(",") if n)
             if names and all(_intact(root, n, sizes.get(n), intact) for n in names):
-                index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"])
+                index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"],
+                                        content_sha256=row.get("content_sha256") or "")
     return index
 
 
@@ -171,4 +173,5 @@ def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: wor
     samples = repack(ref, store.read(video), cfg.sample.max_frames)
     metas = [encode.load_meta(s[encode.META]) for s in samples]
     return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=sum(len(m["frames"]) for m in metas),
-                       flow_fields=sum(len(m["flow_fields"]) for m in metas), stats={"reused": True})
+                       flow_fields=sum(len(m["flow_fields"]) for m in metas),
+                       stats={"reused": True, "content_sha256": video.content_sha256})
