@@ -19,6 +19,7 @@ _KINDS: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern, re
     ("resolution too large", r"declared resolution|stored frame size|max_pixels|Picture size \d+x\d+ is invalid"),
     ("unsupported codec", r"unsupported codec|no decoder found|decoder \(codec \S+\) not found"),
     ("not a media file", r"not a media file|invalid data found"),
+    ("container not allowed", r"container not allowed"),
     ("no video stream", r"no video stream"),
     ("too short", r"too short"),
     ("unsupported input URI", r"URI scheme"),

@@ -178,7 +178,7 @@ def explain_probe_failure(uri: str) -> str | None:
         path = decode.local_path(uri)
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             return None  # missing, empty or special files: the probe's own reason is already clear
-        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", "-i", path],
+        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", *decode.guarded_input(path)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=60, check=False)
     except (DecodeError, OSError, subprocess.TimeoutExpired):
