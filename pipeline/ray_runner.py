@@ -384,8 +384,15 @@ class _Scheduler:
             self.stats["writer_peak_rss"] = max(ray.get([w.peak_rss.remote() for w in self.writers]), default=0)
             self.stats["writers"] = len(self.writers)
         finally:
-            for w in self.writers:
-                ray.kill(w)
+            self._close_writers()
+
+    def _close_writers(self) -> None:
+        """Writers drop what they hold (a unit cut short leaves no temporary tar or spool), then go."""
+        if self.active:
+            aborts = [a.writer.abort.remote() for a in self.active.values()]
+            ray.wait(aborts, num_returns=len(aborts), timeout=30)
+        for w in self.writers:
+            ray.kill(w)
 
     def _activate(self) -> None:
         """Open units (in plan order) while writers are free."""
@@ -403,14 +410,16 @@ class _Scheduler:
             self._maybe_finish_unit(a)  # a unit of copies alone is written at once
 
     def _start_videos(self) -> None:
+        decoding = self._decoding()
         for a in self.active.values():
-            while a.todo and self._decoding() < self.max_videos:
+            while a.todo and decoding < self.max_videos:
+                decoding += 1
                 ref = a.todo.popleft()
                 self.tries += 1
                 attempt = self.tries
                 self.videos[ref.key] = _Video(ref=ref, unit=a.unit.name, attempt=attempt)
                 # SPREAD: probes (and the decoders that follow them) go to every node.
-                plan_ref = _plan.options(num_cpus=self.rcfg.decode_cpus or 0.1,
+                plan_ref = _plan.options(num_cpus=self.rcfg.decode_cpus,
                                          scheduling_strategy="SPREAD").remote(ref, self.cfg_ref)
                 self.waiting[plan_ref] = ("plan", ref.key, attempt, None)
 

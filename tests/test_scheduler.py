@@ -111,3 +111,22 @@ def test_transient_failures_are_retried_within_the_build(motion_videos, tmp_path
         assert summary.ok == 7 and tries == ray_runner.MAX_ATTEMPTS
         row = rows["left_v_left_g00"]
         assert (row.status, row.error_kind) == ("error", "transient") and "connection reset" in row.error
+
+
+@pytest.mark.timeout(400)
+def test_one_cpu_and_a_flow_actor_still_finish(motion_videos, tmp_path):
+    """`flowshard build --num-cpus 1 --flow-actors 1` in a fresh process (its own Ray): the actor
+    may not take the only CPU from the encode tasks, and a part batch must still be sent."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(repo), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "build", str(motion_videos), str(tmp_path / "ds"),
+                           "--flow", "dis", "--resize", "none", "--num-cpus", "1", "--flow-actors", "1",
+                           "--no-progress"], cwd=repo, env=env, capture_output=True, text=True, timeout=360)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8 of 8 videos ok" in proc.stdout
