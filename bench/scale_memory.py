@@ -134,9 +134,20 @@ def row(label: str, r: dict) -> str:
             f"| {r['writer_private_mb']:.0f} | {r['writer_rss_mb']:.0f} | {r['seconds']:.0f} |")
 
 
+def compare_shard_sizes(root: Path, cfg: WorkerConfig) -> None:
+    results = {}
+    for label, shard_bytes in (("--shard-size 1GB", 10 ** 9), ("--shard-size 64MB", 64 * 10 ** 6)):
+        results[label] = build_once(root, shard_bytes, cfg)
+        print(row(label, results[label]), flush=True)
+    a, b = results.values()
+    print(f"\n1GB / 64MB: object store {a['store_mb'] / b['store_mb']:.2f}x, writer private memory "
+          f"{a['writer_private_mb'] / b['writer_private_mb']:.2f}x, writer RSS "
+          f"{a['writer_rss_mb'] / b['writer_rss_mb']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--videos", type=int, default=16, help="0 skips the shard-size comparison")
     ap.add_argument("--frames", type=int, default=250)
     ap.add_argument("--size", default="320x240", help="WxH of the short videos")
     ap.add_argument("--long-minutes", type=float, default=30.0, help="0 skips the long video")
@@ -148,19 +159,12 @@ def main() -> None:
     cfg = WorkerConfig(decode=DecodeConfig(resize="none", threads=1), flow=FlowConfig(algorithm="dis"),
                        sample=SampleConfig(max_frames=1500))
     try:
-        root = make_videos(tmp / "videos", args.videos, args.frames, size)
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; local Ray with 2 CPUs; DIS flow; "
               f"{args.videos} videos x {args.frames} frames at {args.size}, one unit (--shard-samples 1000)")
         print("| build | videos | frames | shards | output MB | peak object store MB | peak writer private MB "
               "| peak writer RSS MB | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        results = {}
-        for label, shard_bytes in (("--shard-size 1GB", 10 ** 9), ("--shard-size 64MB", 64 * 10 ** 6)):
-            results[label] = build_once(root, shard_bytes, cfg)
-            print(row(label, results[label]), flush=True)
-        a, b = results.values()
-        print(f"\n1GB / 64MB: object store {a['store_mb'] / b['store_mb']:.2f}x, writer private memory "
-              f"{a['writer_private_mb'] / b['writer_private_mb']:.2f}x, writer RSS "
-              f"{a['writer_rss_mb'] / b['writer_rss_mb']:.2f}x")
+        if args.videos:
+            compare_shard_sizes(make_videos(tmp / "videos", args.videos, args.frames, size), cfg)
         if args.long_minutes:
             long_size = tuple(int(x) for x in args.long_size.split("x"))
             frames = int(args.long_minutes * 60 * 25)
