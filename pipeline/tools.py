@@ -91,8 +91,7 @@ def fingerprint(cfg: "WorkerConfig") -> dict[str, str]:
 
         out["torch"] = torch.__version__
         out["flow_device"] = flow.device.split(":", 1)[0]
-        dtype = getattr(flow, "dtype", None) or getattr(flow.params, "dtype", None) or "float32"
-        out["flow_dtype"] = str(dtype).removeprefix("torch.")
+        out["flow_dtype"] = str(getattr(getattr(flow, "torch_options", None), "dtype", None) or "fp32")
         if out["flow_device"] == "cuda":
             out["cuda"] = str(torch.version.cuda)
     if flow.algorithm.startswith("raft"):  # torchvision's RAFT model code

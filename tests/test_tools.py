@@ -39,7 +39,7 @@ def test_the_fingerprint_names_the_tools_the_settings_use(tmp_path):
     opencv = tools.fingerprint(WorkerConfig())
     assert set(opencv) >= {"ffmpeg", "opencv"} and "torch" not in opencv and opencv["ffmpeg"] != "unknown"
     torch_cpu = tools.fingerprint(WorkerConfig(flow=FlowConfig(backend="torch")))
-    assert (torch_cpu["flow_device"], torch_cpu["flow_dtype"]) == ("cpu", "float32") and torch_cpu["torch"]
+    assert (torch_cpu["flow_device"], torch_cpu["flow_dtype"]) == ("cpu", "fp32") and torch_cpu["torch"]
     a, b = tmp_path / "a.pth", tmp_path / "b" / "weights.pth"
     b.parent.mkdir()
     a.write_bytes(b"the same weights")
