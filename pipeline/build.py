@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
-from pipeline import encode, inputs, manifest, reuse, shard, storage, version
+from pipeline import boxes, encode, inputs, manifest, reuse, shard, storage, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
@@ -70,6 +70,7 @@ class BuildConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     split: int | None = None  # official split number for UCF101/HMDB51 roots
+    boxes: boxes.BoxesConfig | None = None  # `--boxes FILE`: per-frame boxes stored with the samples
 
     def output_dict(self) -> dict:
         """Settings that change the output bytes."""
@@ -165,7 +166,8 @@ def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig) -> 
     for u in units:
         media = {r.key: (hashes.get(r.key, ""), version.media_key(hashes.get(r.key, ""), cfg.worker))
                  for r in u.refs}
-        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] for r in u.refs]
+        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] + version.boxes_id(r)
+                for r in u.refs]
         ident = hashlib.sha256(manifest.dump_json({"unit": u.name, "schema": encode.SCHEMA_VERSION,
                                                    "config": cfg.output_dict(), "refs": refs})).hexdigest()
         out.append(replace(u, media=media, stem=f"{u.name}-{ident[:10]}"))
@@ -256,7 +258,7 @@ def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.Stor
 def _digest(sample: dict) -> dict:
     """What the manifest row needs of a sample, not its bytes (they are streamed to the tar)."""
     return {"__key__": sample["__key__"], "__sha__": shard.sample_sha256(sample),
-            "__bytes__": shard.sample_bytes(sample)}
+            "__bytes__": shard.sample_bytes(sample), "__boxes__": boxes.sample_tubes(sample)}
 
 
 def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
@@ -268,7 +270,8 @@ def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
             "flow_fields": res.flow_fields, "parts": len(s),
             "shard": ",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
             "bytes": sum(x["__bytes__"] for x in s), "sha256": digest,
-            "content_sha256": content, "media_key": media if res.status == "ok" else ""}
+            "content_sha256": content, "media_key": media if res.status == "ok" else "",
+            "boxes": boxes.manifest_value([x["__boxes__"] for x in s])}
 
 
 # --- resume ----------------------------------------------------------------------------------
@@ -365,6 +368,7 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
     refs, label_map = inputs.discover(input_path, split=cfg.split)
     if not refs:
         raise ValueError(f"{input_path}: no videos found")
+    refs = boxes.attach(refs, cfg.boxes)
     out = storage.location(output)
     _prepare_output(out)
     with _build_lock(out) as held:
@@ -509,7 +513,8 @@ def finish_build(out: Location, units: list[Unit], records: dict[str, dict], cfg
                          for sp in sorted({v["split"] for v in videos})}}
     info = {"format": "flowshard", "kind": "videos", "schema_version": encode.SCHEMA_VERSION, "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
-            "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split}
+            "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split,
+            **boxes.dataset_info((r for u in units for r in u.refs), cfg.boxes)}
     folder = storage.join(out, version.VERSIONS_DIR, vid)
     try:
         storage.makedirs(folder)

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from pipeline import decode, encode
+from pipeline import boxes, decode, encode
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, FrameChunk, VideoInfo, VideoRef, VideoResult
@@ -134,6 +134,7 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     if info.codec in ("", "none"):
         raise ValueError("unsupported codec: ffmpeg has no decoder for this video stream's codec")
     check_pixels(info, cfg)
+    boxes.check_frame_size(ref.boxes, info.width, info.height)
     s, step = cfg.sample, cfg.flow.step
     if not s.clips:
         return VideoPlan(info=info, total_frames=None, keep_frames=None, keep_fields=None)
@@ -390,17 +391,26 @@ def part_key(ref: VideoRef, part: int, parts: int) -> str:
     return ref.key if parts == 1 else f"{ref.key}_part{part:03d}"
 
 
-def _sample(key: str, meta: dict, frames: list, fields: list) -> dict:
+def check_box_frames(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, total: int) -> None:
+    """ValueError (an error row) when the video's boxes name a frame past its `total` decoded frames."""
+    if ref.boxes is not None:
+        boxes.check_frames(ref.boxes, total, boxes.source_rate(cfg.decode.fps, plan.info.fps))
+
+
+def _sample(key: str, meta: dict, frames: list, fields: list, annotations: boxes.VideoBoxes | None) -> dict:
     meta = {**meta, "key": key,
             "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
             "flow_fields": [{"from": a, "to": b} for a, b, _ in fields]}
+    if annotations is not None:
+        meta = boxes.annotate(meta, annotations)
     return encode.to_sample(key, meta, [b for *_, b in frames], [b for *_, b in fields])
 
 
 def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], cfg: WorkerConfig) -> list[dict]:
     """Turn a video's encoded chunks into its webdataset samples (parts of max_frames frames)."""
     chunks = sorted(chunks, key=lambda c: c.index)
-    check_coverage(ref, plan, chunks, cfg.flow.step)
+    total, _ = check_coverage(ref, plan, chunks, cfg.flow.step)
+    check_box_frames(ref, plan, cfg, total)
     frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
     fields = [(a, b, data) for c in chunks for (a, b), data in zip(c.flow_pairs, c.flow_bytes)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
@@ -421,7 +431,8 @@ def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_fra
 
 
 def _part(ref: VideoRef, meta: dict, k: int, parts: int, frames: list, fields: list) -> dict:
-    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields)
+    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields,
+                   ref.boxes)
 
 
 def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
@@ -436,6 +447,7 @@ def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
         return finish_video(ref, plan, list(chunks), cfg)
     try:
         frames, fields = check_coverage(ref, plan, summaries, cfg.flow.step)
+        check_box_frames(ref, plan, cfg, frames)
     except (ValueError, RuntimeError) as exc:
         return VideoResult(ref=ref, status="error", error=_reason(ref, exc), info=plan.info)
     meta = video_meta(ref, plan, cfg, summaries[0].size)
@@ -467,7 +479,7 @@ def _stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tot
 
 def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: list[dict]) -> dict:
     """A clips-mode video's single sample; `clips` holds positions into frames and fields."""
-    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields)
+    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields, ref.boxes)
 
 
 def _clips_sample(ref: VideoRef, plan: VideoPlan, meta: dict, frames: list, fields: list) -> dict:
