@@ -57,12 +57,14 @@ from pipeline.shard import sha256_file
 from pipeline.storage import Location
 from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import Clip, ClipSpec, SnippetShape
+from training.detection import data as detection
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
 
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("stream", "open", "off")
 STREAM_CHOICES = ("rgb", "flow", "both")
+TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
 
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.
 DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane}
@@ -193,8 +195,11 @@ class DataConfig:
     shuffle_buffer: int = 500
     seed: int = 0
     verify: str = "stream"
+    task: str = "classify"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.streams not in STREAM_CHOICES:
             raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
         if self.uses_flow and self.clip_len < 1:
@@ -387,6 +392,8 @@ def _where(sample: dict) -> str:
 def pick_items(sample: dict, plan: PickPlan, epoch: int) -> list[dict]:
     """The items a sample gives (its chosen clips), holding only the chosen members' bytes."""
     meta = encode.load_meta(sample[encode.META], _where(sample))
+    if plan.cfg.task == "detect":
+        return detection.pick_items(sample, meta, plan.cfg, plan.train, epoch, _where(sample))
     kind = meta.get("kind")
     if kind == "clip":
         return [_clip_item(sample, meta, plan)]
@@ -500,6 +507,9 @@ def decode(src: Iterable[dict]) -> Iterator[dict]:
 def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochState) -> Iterator[dict]:
     """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking."""
     for item in src:
+        if cfg.task == "detect":
+            yield detection.transform_item(item, cfg, train, state.epoch)
+            continue
         if train:
             rng = snip.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
             item["rgb"], item["flow"] = train_views(item["rgb"], item["flow"], cfg.transform, rng)
@@ -551,7 +561,8 @@ def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, sta
         # Transforms: paired crop and flip, normalization, interleaved flow stacking.
         partial(transform, cfg=cfg, train=train, state=state),
         # Batches: training drops the last partial batch so every step has one shape.
-        wds.batched(cfg.batch_size, collation_fn=collate, partial=not train),
+        wds.batched(cfg.batch_size, collation_fn=detection.collate if cfg.task == "detect" else collate,
+                    partial=not train),
     ]
     return wds.DataPipeline([s for s in stages if s is not None])
 

@@ -42,6 +42,15 @@ class TubeConfig:
             raise ValueError(f"threshold must be in [0, 1] and penalty >= 0, got {self.threshold}, {self.penalty}")
 
 
+def tube_config(params: dict) -> TubeConfig:
+    """A TubeConfig from KEY=VALUE settings, ValueError naming an unknown key."""
+    known = set(TubeConfig.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown tube setting(s) {unknown}; known: {sorted(known)}")
+    return TubeConfig(**params)
+
+
 @dataclass(frozen=True)
 class Tube:
     """A tube of action `label`: one box per frame of `frames` (consecutive stored frames)."""
