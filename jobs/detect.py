@@ -40,7 +40,7 @@ def train_detector(cfg, info, progress: bool) -> dict:
     """Train the detector as configured (one process, or one rank under torchrun); returns the summary."""
     import torch
 
-    from jobs.train import run_folder
+    from jobs.train import resolve_eval_split, run_folder
     from training import data
 
     device = torch.device(info.device)
@@ -49,11 +49,12 @@ def train_detector(cfg, info, progress: bool) -> dict:
     names = action_names(source.info, cfg.dataset)
     if len(names) + 1 != cfg.model.num_classes:
         raise ValueError(f"{cfg.dataset} has {len(names)} actions, the model {cfg.model.num_classes - 1}")
-    with run_folder(cfg, info) as out:
-        return _run(cfg, info, source, names, device, out, progress)
+    eval_split = resolve_eval_split(cfg, source.splits())
+    with run_folder(cfg, info) as run:
+        return _run(cfg, info, source, names, device, run, eval_split, progress)
 
 
-def _run(cfg, info, source, names, device, out, progress) -> dict:
+def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
     from jobs.train import _writer, prepare_run, save_epoch
     from training import data
     from training.detection import engine
@@ -64,31 +65,37 @@ def _run(cfg, info, source, names, device, out, progress) -> dict:
     pin = device.type == "cuda"
     train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin)
     eval_loader = None
-    if cfg.eval_every and cfg.eval_split in source.splits():
-        eval_loader = data.make_loader(source, cfg.eval_split, cfg.data, train=False, pin_memory=pin)
-    run = prepare_run(cfg, info, source, device, steps, find_unused=True)
-    writer = _writer(out) if info.is_main else None
+    if eval_split is not None:
+        eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
+    state = prepare_run(cfg, info, source, device, steps, find_unused=True)
+    writer = _writer(run.local) if run is not None else None
     streams = cfg.model.stream_names
-    log.info("training a %s detector (%s) on %s: %d actions, %d steps/epoch x %d epochs, batch %d per rank",
-             "+".join(streams), cfg.model.arch, cfg.dataset, len(names), steps, cfg.epochs, cfg.data.batch_size)
-    results, stats, step = None, {}, run.step
-    for epoch in range(run.start_epoch, cfg.epochs):
+    log.info("training a %s detector (%s) on %s: %d actions, %d steps/epoch x %d epochs, batch %d per rank; "
+             "evaluating on %s", "+".join(streams), cfg.model.arch, cfg.dataset, len(names), steps, cfg.epochs,
+             cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
+    results, stats, step = None, {}, state.step
+    for epoch in range(state.start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
         step, stats = engine.train_one_epoch(
-            run.model, run.optimizer, run.scheduler, train_loader, device, epoch, streams=streams, steps=steps,
-            step=step, scaler=run.scaler, amp_dtype=run.dtype, clip_grad=cfg.clip_grad, writer=writer,
+            state.model, state.optimizer, state.scheduler, train_loader, device, epoch, streams=streams, steps=steps,
+            step=step, scaler=state.scaler, amp_dtype=state.dtype, clip_grad=cfg.clip_grad, writer=writer,
             log_every=cfg.log_every, progress=progress and info.is_main)
-        save_epoch(run, cfg, info, source, out, epoch, step, stats)
+        save_epoch(state, cfg, source, run, epoch, step, stats)
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            results = engine.evaluate(run.model, eval_loader, device, streams=streams, class_names=names,
-                                      tube_cfg=TubeConfig(), amp_dtype=run.dtype, progress=progress and info.is_main)
-            if info.is_main:
-                write_detection_results(results, out / f"eval_epoch_{epoch:03d}.json", names, writer, step)
+            results = engine.evaluate(state.model, eval_loader, device, streams=streams, class_names=names,
+                                      tube_cfg=TubeConfig(), amp_dtype=state.dtype, progress=progress and info.is_main)
+            if run is not None:
+                write_detection_results(results, run.local / f"eval_epoch_{epoch:03d}.json", names, writer, step)
+        if run is not None:
+            if writer is not None:
+                writer.flush()
+            run.sync()
     summary = {"steps": step, "epochs": cfg.epochs, "steps_per_epoch": steps, "world_size": info.world_size,
-               "train": stats, "eval": headline(results) if results else None, "dataset_version": source.version}
-    if info.is_main:
-        atomic_write_bytes(out / "train_summary.json", dump_json(summary))
+               "train": stats, "eval_split": eval_split, "eval": headline(results) if results else None,
+               "dataset_version": source.version}
+    if run is not None:
+        atomic_write_bytes(run.local / "train_summary.json", dump_json(summary))
         if writer is not None:
             writer.close()
     return summary
@@ -118,13 +125,14 @@ def evaluate_detector(dataset: str, ckpt_path: str, ckpt: dict, cfg, *, split: s
                       batch_size: int | None, workers: int | None, tube_params: dict,
                       progress: bool = True) -> tuple[dict, list[str], dict]:
     """Evaluate a detector checkpoint on a split of DATASET; returns (results, action names, provenance)."""
-    from jobs.train import evaluation_provenance, run_evaluation
+    from jobs.train import evaluation_provenance, pick_split, run_evaluation
     from training import data
     from training.detection import engine
     from training.detection.tubes import tube_config
 
     source = data.open_source(dataset)
     names = action_names(source.info, dataset)
+    split = pick_split(split, source.splits(), dataset)
     if len(names) + 1 != cfg.model.num_classes:
         raise ValueError(f"{dataset} has {len(names)} actions, the checkpoint's detector {cfg.model.num_classes - 1}")
     tube_cfg = tube_config(tube_params)
