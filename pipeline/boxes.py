@@ -162,10 +162,10 @@ def _number(value: str, what: str, where: str) -> float:
     return x
 
 
-def _frame_number(value, where: str) -> int:
-    x = _number(value, "frame", where)
+def _whole(value, where: str, what: str = "frame") -> int:
+    x = _number(value, what, where)
     if x != int(x) or x < 0:
-        raise ValueError(f"{where}: frame {value!r} must be a whole number >= 0")
+        raise ValueError(f"{where}: {what} {value!r} must be a whole number >= 0")
     return int(x)
 
 
@@ -182,8 +182,8 @@ def read_csv(path: str, tolerance: float = 1.0) -> BoxesFile:
         video, label = (row["video"] or "").strip(), (row["label"] or "").strip()
         if not video or not label:
             raise ValueError(f"{where}: empty video or label")
-        track = int(_frame_number(row.get("track") or "0", where)) if row.get("track") not in (None, "") else 0
-        frame = _frame_number(row["frame"], where)
+        track = _whole(row.get("track") or 0, where, "track")
+        frame = _whole(row["frame"], where)
         box = tuple(_number(row[c], c, where) for c in ("x1", "y1", "x2", "y2"))
         t = tracks.setdefault((video, track), {"label": label, "boxes": {}})
         if t["label"] != label:
@@ -229,7 +229,7 @@ def read_pickle(path: str, tolerance: float = 1.0) -> BoxesFile:
 def _array(x, cols: int, where: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != cols or not np.isfinite(a).all():
-        raise ValueError(f"{where}: expected a finite ({'n'}, {cols}) array, got shape {a.shape}")
+        raise ValueError(f"{where}: expected a finite (n, {cols}) array, got shape {a.shape}")
     return a
 
 
@@ -246,7 +246,7 @@ def _act_layout(path: str, data: dict, tolerance: float) -> BoxesFile:
                 a = _array(tube, 5, f"{path}: video {video}")
                 boxes = {}
                 for row in a:  # 1-based frame numbers
-                    boxes[_frame_number(row[0] - 1, f"{path}: video {video}")] = tuple(row[1:5])
+                    boxes[_whole(row[0] - 1, f"{path}: video {video}")] = tuple(row[1:5])
                 tracks.append((len(tracks), labels[int(label_index)], boxes))
         raw[str(video)] = tracks
         if video in data.get("resolution", {}):

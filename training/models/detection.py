@@ -16,7 +16,8 @@ both streams' proposals are pooled into one set, each stream computes its fc7 fe
 (TwoMLPHead) of every region on its own feature maps, and then
 
     concat  one classifier and box regressor over the concatenated features, trained with
-            its own loss (the paper's fusion, with a softmax classifier instead of SVMs)
+            its own loss on the streams' features without changing them (the paper's fusion:
+            SVMs on fixed fc7 features; here a softmax classifier trained alongside)
     late    the streams' class probabilities and box regressions averaged with
             ModelConfig.fusion_weights (rgb, flow; 1:1.5 as in the two-stream networks)
 
@@ -208,7 +209,9 @@ class TwoStreamDetector(nn.Module):
         rgb = self.streams["rgb"]
         proposals, _, labels, regression = rgb.roi_heads.select_training_samples(self._union(runs),
                                                                                  runs["rgb"]["targets"])
-        x = torch.cat([_box_features(self.streams[s], runs[s]["features"], proposals, runs[s]["sizes"])
+        # Detached: as the paper's SVMs on fixed fc7 features, the fused head learns on top of the
+        # streams without changing them, so "rgb" and "flow" stay single-stream detectors.
+        x = torch.cat([_box_features(self.streams[s], runs[s]["features"], proposals, runs[s]["sizes"]).detach()
                        for s in ("rgb", "flow")], dim=1)
         logits, boxes = self.fused(x)
         cls, reg = fastrcnn_loss(logits, boxes, labels, regression)
