@@ -218,10 +218,13 @@ def _boxes_file(path: str, fmt: str, raw: dict[str, list], sizes: dict[str, tupl
 def read_pickle(path: str, tolerance: float = 1.0) -> BoxesFile:
     """A UCF101-24 annotation pickle (ACT-detector or corrected layout) -> BoxesFile."""
     data = restricted_load(storage.read_bytes(path), str(path))
-    if isinstance(data, dict) and "gttubes" in data:
-        return _act_layout(path, data, tolerance)
-    if isinstance(data, dict) and data and all(isinstance(v, dict) and "annotations" in v for v in data.values()):
-        return _corrected_layout(path, data, tolerance)
+    try:
+        if isinstance(data, dict) and "gttubes" in data:
+            return _act_layout(path, data, tolerance)
+        if isinstance(data, dict) and data and all(isinstance(v, dict) and "annotations" in v for v in data.values()):
+            return _corrected_layout(path, data, tolerance)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: malformed UCF101-24 annotations ({type(exc).__name__}: {exc})") from exc
     raise ValueError(f"{path}: not a UCF101-24 annotation pickle (expected the 'gttubes' layout of "
                      "UCF101v2-GT.pkl or the per-video 'annotations' layout of pyannot.pkl)")
 
@@ -315,7 +318,9 @@ def read_puppet_masks(folder: str, tolerance: float = 1.0) -> BoxesFile:
 
 def normalize_name(name: str) -> str:
     """A video name as annotation files and lists write it: POSIX separators, no extension."""
-    text = str(name).replace("\\", "/").strip().lstrip("./")
+    text = str(name).replace("\\", "/").strip()
+    while text.startswith("./"):
+        text = text[2:]
     stem, dot, ext = text.rpartition(".")
     return stem if dot and stem and "/" not in ext else text
 
