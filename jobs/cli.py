@@ -75,21 +75,25 @@ def build_options(f):
         click.option("--decode-threads", type=int, default=1, show_default=True,
                      help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True,
-                     type=click.Choice(["tvl1", "farneback", "dis", "raft_small", "raft_large"]),
-                     help="raft_* run torchvision RAFT from --flow-param weights=FILE (never downloaded)."),
+                     type=click.Choice(["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]),
+                     help="raft_* run torchvision RAFT, sea_raft_* SEA-RAFT, both on RGB frames, from "
+                          "--flow-param weights=FILE (never downloaded)."),
         click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
                      help="auto: torch on GPUs (and for RAFT), else opencv."),
         click.option("--flow-device", default="auto", show_default=True,
                      help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs."),
         click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
-                     help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names)."),
+                     help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names); "
+                          "torch backend also: compile=1, dtype=fp32|fp16|bf16, sync_every=N (0: fixed iterations)."),
         click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
         click.option("--bound", type=float, default=20.0, show_default=True, help="Quantization bound in pixels."),
         click.option("--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."),
         click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip."),
         click.option("--max-frames", type=int, default=1500, show_default=True, help="Frames per sample; longer videos become parts."),
         click.option("--chunk-frames", type=int, default=64, show_default=True, help="Frames per unit of flow work."),
-        click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Frame pairs per estimator call (default: by estimator and frame size, e.g. 16 on CPU, "
+                          "about 128 TV-L1 pairs at 340x256 on a GPU)."),
         click.option("--rgb-quality", type=int, default=90, show_default=True),
         click.option("--flow-quality", type=int, default=95, show_default=True),
         click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,  # worker.DEFAULT_MAX_PIXELS
@@ -108,6 +112,8 @@ def build_options(f):
         click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)."),
         click.option("--flow-actors", type=int, default=None, help="Flow actors (default: one per GPU with cuda)."),
         click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),
+        click.option("--actors-per-gpu", type=int, default=None,
+                     help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave."),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
         click.option("--progress/--no-progress", default=True, show_default=True),
     ]
@@ -121,17 +127,18 @@ def make_build_config(o: dict):
     from pipeline.boxes import BoxesConfig
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
-    from pipeline.flow import FlowConfig, params_from_dict
+    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, split_torch_options
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
         backend = o["flow_backend"]
         if backend == "auto":
-            backend = "torch" if device.startswith("cuda") or o["flow_algo"].startswith("raft") else "opencv"
-        params = params_from_dict(o["flow_algo"], parse_params(o["flow_param"])) if o["flow_param"] else None
+            backend = "torch" if device.startswith("cuda") or "raft" in o["flow_algo"] else "opencv"
+        values, options = split_torch_options(parse_params(o["flow_param"])) if o["flow_param"] else ({}, TorchOptions())
+        params = params_from_dict(o["flow_algo"], values) if values else None
         flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
-                          bound=o["bound"], params=params, batch_size=o["batch_size"])
+                          bound=o["bound"], params=params, batch_size=o["batch_size"], torch_options=options)
         worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
@@ -153,16 +160,29 @@ def make_executor_from(o: dict, flow_device: str):
     if actors is None and flow_device.startswith("cuda"):
         actors = -1  # one per GPU, resolved once Ray is up
     return make_executor("ray", address=o["address"], num_cpus=o["num_cpus"], flow_actors=actors or 0,
-                         actor_gpus=o["actor_gpus"] if flow_device.startswith("cuda") else 0.0,
+                         actor_gpus=actor_gpus(o) if flow_device.startswith("cuda") else 0.0,
                          actor_resource=o["actor_resource"])
 
 
+def actor_gpus(o: dict) -> float:
+    """GPUs per flow actor: 1 / --actors-per-gpu when given, else --actor-gpus."""
+    per_gpu = o.get("actors_per_gpu")
+    if per_gpu is None:
+        return o["actor_gpus"]
+    if per_gpu < 1:
+        raise click.BadParameter(f"must be >= 1, got {per_gpu}", param_hint="--actors-per-gpu")
+    if o["actor_gpus"] != 1.0:
+        raise click.UsageError("give --actors-per-gpu or --actor-gpus, not both")
+    return 1.0 / per_gpu
+
+
 def resolve_auto_device(o: dict) -> dict:
-    """`--flow-device auto`: cuda when TV-L1 is asked for (backend auto or torch) and the Ray
+    """`--flow-device auto`: cuda when TV-L1 or a learned flow is asked for (backend auto or torch) and the Ray
     cluster the build runs on has GPUs; cpu otherwise. Connects to Ray only to ask."""
     if o["flow_device"] != "auto":
         return o
-    wants_gpu_flow = o["executor"] == "ray" and o["flow_algo"] == "tvl1" and o["flow_backend"] in ("auto", "torch")
+    torch_flow = o["flow_algo"] in ("tvl1", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m")
+    wants_gpu_flow = o["executor"] == "ray" and torch_flow and o["flow_backend"] in ("auto", "torch")
     gpus = 0.0
     if wants_gpu_flow:
         from pipeline.ray_runner import RayConfig, cluster_gpus

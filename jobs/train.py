@@ -227,10 +227,11 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
     steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size,
                                                         per=cfg.epoch_size)
     pin = device.type == "cuda"
-    train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin)
+    train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin,
+                                    device=device)
     eval_loader = None
     if eval_split is not None:
-        eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
+        eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin, device=device)
     state = prepare_run(cfg, info, source, device, steps)
     model, dtype, step = state.model, state.dtype, state.step
     writer = _writer(run.local) if run is not None else None
@@ -487,6 +488,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
 @click.option("--shuffle-buffer", type=int, default=500, show_default=True)
 @click.option("--verify", default="stream", show_default=True, type=click.Choice(["stream", "open", "off"]))
+@click.option("--gpu-decode/--no-gpu-decode", default=False, show_default=True,
+              help="Decode the JPEGs (nvJPEG, batched) and crop/flip/normalize on --device; loader processes only read.")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
@@ -554,7 +557,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
                           snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], transform=transform,
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
-                          seed=o["seed"], verify=o["verify"], task=o.get("task", "classify"))
+                          seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
+                          task=o.get("task", "classify"))
     weights = _floats(o["fusion_weights"])
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],

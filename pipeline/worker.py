@@ -269,7 +269,7 @@ def gray(frames: np.ndarray) -> np.ndarray:
 
 
 def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConfig) -> list[np.ndarray]:
-    """Flow for every needed pair of several chunks, in batches of cfg.batch_size pairs.
+    """Flow for every needed pair of several chunks, in batches of cfg.batch_for(h, w) pairs.
 
     Pairs from different chunks (and videos) share a batch when their sizes match, which
     is what keeps a GPU estimator busy; the result lists one (F, H, W, 2) array per job.
@@ -280,11 +280,13 @@ def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConf
     for j, r in pairs:
         by_size.setdefault(jobs[j].chunk.frames.shape[1:3], []).append((j, r))
     results: dict[tuple[int, int], np.ndarray] = {}
-    for group in by_size.values():
-        for b in range(0, len(group), cfg.batch_size):
-            batch = group[b:b + cfg.batch_size]
-            prev = gray(np.stack([jobs[j].chunk.frames[r] for j, r in batch]))
-            nxt = gray(np.stack([jobs[j].chunk.frames[r + cfg.step] for j, r in batch]))
+    to_input = gray if getattr(estimator, "input", "gray") == "gray" else np.asarray  # learned ones take RGB
+    for (h, w), group in by_size.items():
+        size = cfg.batch_for(h, w)
+        for b in range(0, len(group), size):
+            batch = group[b:b + size]
+            prev = to_input(np.stack([jobs[j].chunk.frames[r] for j, r in batch]))
+            nxt = to_input(np.stack([jobs[j].chunk.frames[r + cfg.step] for j, r in batch]))
             for (j, r), fl in zip(batch, estimator(prev, nxt)):
                 results[(j, r)] = fl
     for j, r in pairs:

@@ -65,6 +65,7 @@ from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import Clip, ClipSpec, SnippetShape
 from training.detection import data as detection
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
+from training import gpu_decode
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,14 @@ class DataConfig:
     shuffle_buffer: int = 500
     seed: int = 0
     verify: str = "stream"
+    gpu_decode: bool = False  # decode JPEGs and augment on the training device (training.gpu_decode)
     task: str = "classify"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.task == "detect" and self.gpu_decode:
+            raise ValueError("--gpu-decode serves classification; detection decodes on the CPU loader")
         if self.streams not in STREAM_CHOICES:
             raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
         if self.uses_flow and self.clip_len < 1:
@@ -683,15 +687,21 @@ def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, sta
         partial(pick, plan=plan, state=state),
         # Shuffle buffer over picked items (compressed bytes only, so the buffer stays small).
         partial(shuffle, bufsize=cfg.shuffle_buffer, seed=cfg.seed, state=state) if train else None,
-        # Decode only the chosen frames and flow fields.
-        decode,
+        # Decode only the chosen frames and flow fields (--gpu-decode: later, on the device).
+        None if cfg.gpu_decode else decode,
         # Transforms: paired crop and flip, normalization, interleaved flow stacking.
-        partial(transform, cfg=cfg, train=train, state=state),
+        None if cfg.gpu_decode else partial(transform, cfg=cfg, train=train, state=state),
         # Batches: training drops the last partial batch so every step has one shape.
-        wds.batched(cfg.batch_size, collation_fn=detection.collate if cfg.task == "detect" else collate,
-                    partial=not train),
+        wds.batched(cfg.batch_size, collation_fn=_collation(cfg), partial=not train),
     ]
     return wds.DataPipeline([s for s in stages if s is not None])
+
+
+def _collation(cfg: DataConfig):
+    """How items become a batch: detection's lists, raw bytes for --gpu-decode, else stacked tensors."""
+    if cfg.task == "detect":
+        return detection.collate
+    return gpu_decode.raw_collate if cfg.gpu_decode else collate
 
 
 @dataclass
@@ -701,12 +711,14 @@ class Loader:
     loader: torch.utils.data.DataLoader
     state: EpochState
     steps: int | None
+    post: gpu_decode.GpuBatchDecoder | None = None  # --gpu-decode: bytes -> tensors on the device
 
     def set_epoch(self, epoch: int) -> None:
         self.state.epoch = int(epoch)
 
     def __iter__(self):
-        return iter(self.loader)
+        batches = iter(self.loader)
+        return gpu_decode.decode_batches(batches, self.post) if self.post else batches
 
 
 def _init_worker(_: int) -> None:
@@ -727,8 +739,11 @@ def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size:
 
 
 def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool, steps: int | None = None,
-                pin_memory: bool = False) -> Loader:
-    """The loader of one split. train=True needs `steps`, the batches each rank takes per epoch."""
+                pin_memory: bool = False, device: str | torch.device = "cpu") -> Loader:
+    """The loader of one split. train=True needs `steps`, the batches each rank takes per epoch.
+
+    With cfg.gpu_decode the batches are decoded and augmented on `device` in this process.
+    """
     if train and source.kind == "clips" and cfg.sampler == "tsn":
         raise ValueError("tsn sampling needs video samples: train on the built dataset, not on clip shards")
     state = EpochState()
@@ -744,4 +759,5 @@ def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool,
         pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
         worker_init_fn=_init_worker if cfg.workers else None, persistent_workers=False,
         prefetch_factor=4 if cfg.workers else None)
-    return Loader(loader=loader, state=state, steps=steps if train else None)
+    post = gpu_decode.GpuBatchDecoder(cfg, device, train=train, state=state) if cfg.gpu_decode else None
+    return Loader(loader=loader, state=state, steps=steps if train else None, post=post)
