@@ -1,7 +1,7 @@
 """Action detection on the synthetic detection set: RGB-only, flow-only and fused detectors.
 
     python bench/detection.py [--work DIR] [--size 96x72] [--frames 24] [--train 12] [--test 4]
-                              [--epochs 12] [--batch-size 8] [--arch resnet18] [--out results.json]
+                              [--epochs 15] [--batch-size 8] [--arch resnet18] [--out results.json]
 
 Runs the README's commands end to end: generate the set (pipeline.synthetic_detection:
 three actions, textured objects on photographs, a distractor in most videos), `flowshard
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=4, help="test videos per action")
     ap.add_argument("--flow", default="tvl1")
     ap.add_argument("--clip-len", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--segments", type=int, default=8, help="training frames per video and epoch")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.02)
