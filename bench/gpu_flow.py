@@ -18,14 +18,14 @@ Prints a Markdown report; --out also writes it.
     PYTHONPATH=. python bench/gpu_flow.py --out bench_flow.md      # GPU: full run, a few minutes on an H100
     PYTHONPATH=. python bench/gpu_flow.py --quick --cpu-costs      # CPU
 
-The ground-truth generator lives here and the tests import it (tests/test_flow_torch.py).
+The warped-photo ground truth and the scores come from pipeline.flow_eval, which `flowshard
+flow-check` uses too: both report the same EPE for the same estimator, size and pairs.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import platform
 import time
@@ -35,100 +35,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.flow_eval import (MOTIONS, builtin_cases, eval_margin, evaluate, mean_epe,  # noqa: F401  (re-exported)
+                                 motion_batch, photo_pair)
+
 log = logging.getLogger("bench.gpu_flow")
 
-PHOTOS = ("astronaut", "camera", "coffee", "chelsea")  # real photographs shipped with scikit-image
-MOTIONS = ("shift_subpixel", "shift_pixels", "zoom", "rotate", "smooth_field")
 POOL = 4  # distinct pairs the speed rows cycle through
-
-
-# ----------------------------------------------------------------------------- ground truth
-
-def photo_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A float32 grayscale crop (0..255) of a scikit-image photograph, at least (height, width).
-
-    The photo is shrunk (area interpolation, no aliasing) so that small frames still hold a
-    good part of the scene rather than a flat patch of it.
-    """
-    import skimage.data
-
-    rng = np.random.default_rng(seed)
-    img = getattr(skimage.data, PHOTOS[seed % len(PHOTOS)])()
-    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-    side = min(gray.shape)
-    scale = min(1.0, 1.3 * max(height, width) / side)
-    scale = max(scale, height / gray.shape[0], width / gray.shape[1])
-    size = (max(width, round(gray.shape[1] * scale)), max(height, round(gray.shape[0] * scale)))
-    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    y = rng.integers(0, small.shape[0] - height + 1)
-    x = rng.integers(0, small.shape[1] - width + 1)
-    return np.ascontiguousarray(small[y:y + height, x:x + width])
-
-
-def _smooth_field(height: int, width: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random (H, W, 2) field with max |component| = amplitude."""
-    sigma = 0.15 * min(height, width)
-    noise = rng.standard_normal((height, width, 2)).astype(np.float32)
-    field = cv2.GaussianBlur(noise, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    return field * (amplitude / max(1e-6, float(np.abs(field).max())))
-
-
-def motion_field(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Ground-truth flow d (H, W, 2), x right / y down, pixels, on frame 0's grid."""
-    rng = np.random.default_rng(1000 + seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    if kind == "shift_subpixel":
-        d = rng.uniform(0.2, 0.8, 2) * rng.choice([-1, 1], 2)
-        return np.broadcast_to(d.astype(np.float32), (height, width, 2)).copy()
-    if kind == "shift_pixels":
-        d = rng.uniform(2.0, 4.0, 2) * rng.choice([-1, 1], 2)
-        return np.broadcast_to(d.astype(np.float32), (height, width, 2)).copy()
-    if kind == "zoom":  # 3 % expansion about the centre
-        return np.stack([0.03 * (xs - cx), 0.03 * (ys - cy)], axis=-1)
-    if kind == "rotate":  # 2 degrees about the centre
-        a = math.radians(2.0)
-        rx = math.cos(a) * (xs - cx) - math.sin(a) * (ys - cy) + cx
-        ry = math.sin(a) * (xs - cx) + math.cos(a) * (ys - cy) + cy
-        return np.stack([rx - xs, ry - ys], axis=-1).astype(np.float32)
-    if kind == "smooth_field":
-        return _smooth_field(height, width, 2.5, rng)
-    raise ValueError(f"unknown motion {kind!r}; choose one of {MOTIONS}")
-
-
-def photo_pair(kind: str, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two uint8 frames and the true flow d from frame 0 to frame 1: I0(p) = I1(p + d(p)).
-
-    Frame 1 is a crop of a photograph; frame 0 samples the same photograph at p + d(p)
-    (cv2.remap, bicubic), so d is exact on frame 0's grid, the convention every estimator uses.
-    A margin of photograph around the crop keeps every sample inside real content.
-    """
-    flow = motion_field(kind, height, width, seed)
-    pad = int(math.ceil(float(np.abs(flow).max()))) + 4
-    src = photo_texture(height + 2 * pad, width + 2 * pad, seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x, map_y = xs + flow[..., 0] + pad, ys + flow[..., 1] + pad
-    frame0 = cv2.remap(src, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    frame1 = src[pad:pad + height, pad:pad + width]
-    to_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return to_u8(frame0), to_u8(frame1), flow
-
-
-def eval_margin(flow: np.ndarray) -> int:
-    """Border to leave out of the EPE: content there leaves the frame or has no neighbours."""
-    return int(math.ceil(float(np.abs(flow).max()))) + 6
-
-
-def mean_epe(estimate: np.ndarray, truth: np.ndarray, margin: int) -> float:
-    """Mean end-point error over (..., H, W, 2) arrays, `margin` pixels in from every side."""
-    diff = (estimate - truth)[..., margin:-margin, margin:-margin, :]
-    return float(np.sqrt((diff ** 2).sum(-1)).mean())
-
-
-def motion_batch(kind: str, height: int, width: int, pairs: int, seed: int = 0):
-    """`pairs` photo pairs of one motion (different photos and draws): (prev, nxt, flow) stacked."""
-    triples = [photo_pair(kind, height, width, seed + k) for k in range(pairs)]
-    return tuple(np.stack(parts) for parts in zip(*triples))
 
 
 # ----------------------------------------------------------------------------- stereo

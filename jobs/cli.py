@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import click
 from jobs.parsing import parse_size
 
 log = logging.getLogger("flowshard")
+
+FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]  # pipeline.flow.ALGORITHMS
+
 
 def parse_params(items: tuple[str, ...]) -> dict:
     """('tau=0.25', 'warps=3') -> {'tau': 0.25, 'warps': 3} (numbers, booleans and words)."""
@@ -75,7 +79,7 @@ def build_options(f):
         click.option("--decode-threads", type=int, default=1, show_default=True,
                      help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True,
-                     type=click.Choice(["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]),
+                     type=click.Choice(FLOW_CHOICES),
                      help="raft_* run torchvision RAFT, sea_raft_* SEA-RAFT, both on RGB frames, from "
                           "--flow-param weights=FILE (never downloaded)."),
         click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
@@ -85,6 +89,10 @@ def build_options(f):
         click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
                      help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names); "
                           "torch backend also: compile=1, dtype=fp32|fp16|bf16, sync_every=N (0: fixed iterations)."),
+        click.option("--flow-warp", is_flag=True, default=False,
+                     help="Also store warped flow (camera motion removed by a homography, TSN's third modality)."),
+        click.option("--warp-features", default="orb", show_default=True, type=click.Choice(["orb", "sift"]),
+                     help="Descriptors matched to estimate the camera motion (--flow-warp)."),
         click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
         click.option("--bound", type=float, default=20.0, show_default=True, help="Quantization bound in pixels."),
         click.option("--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."),
@@ -127,28 +135,36 @@ def make_build_config(o: dict):
     from pipeline.boxes import BoxesConfig
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
-    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, split_torch_options
+    from pipeline.warp import WarpConfig
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
-        backend = o["flow_backend"]
-        if backend == "auto":
-            backend = "torch" if device.startswith("cuda") or "raft" in o["flow_algo"] else "opencv"
-        values, options = split_torch_options(parse_params(o["flow_param"])) if o["flow_param"] else ({}, TorchOptions())
-        params = params_from_dict(o["flow_algo"], values) if values else None
-        flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
-                          bound=o["bound"], params=params, batch_size=o["batch_size"], torch_options=options)
+        flow = make_flow_config(o["flow_algo"], o["flow_backend"], device, o["flow_param"], step=o["step"],
+                                bound=o["bound"], batch_size=o["batch_size"])
         worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
                                                   chunk_frames=o["chunk_frames"]),
-                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS))
+                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
+                              warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
         boxes = BoxesConfig(path=o["boxes_path"], tolerance=o.get("box_tolerance", 1.0)) if o.get("boxes_path") else None
         return BuildConfig(worker=worker, shard=shard, split=o["split"], boxes=boxes)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[str, ...], **kw):
+    """A FlowConfig from CLI values; backend "auto" is torch on cuda and for RAFT, else opencv.
+    Raises ValueError with the reason."""
+    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, split_torch_options
+
+    if backend == "auto":
+        backend = "torch" if device.startswith("cuda") or "raft" in algorithm else "opencv"
+    values, options = split_torch_options(parse_params(params)) if params else ({}, TorchOptions())
+    typed = params_from_dict(algorithm, values) if values else None
+    return FlowConfig(algorithm=algorithm, backend=backend, device=device, params=typed, torch_options=options, **kw)
 
 
 def make_executor_from(o: dict, flow_device: str):
@@ -194,10 +210,25 @@ def resolve_auto_device(o: dict) -> dict:
     return {**o, "flow_device": device}
 
 
+def check_input(input_path: str, split: int | None) -> None:
+    """Fail on a missing, empty or unreadable input before anything starts.
+
+    `--flow-device auto` asks Ray for its GPUs, which starts a local Ray: a wrong path
+    should be reported before that, not after. Listing the input once more is cheap beside
+    the build that follows.
+    """
+    from pipeline import inputs
+
+    refs, _ = inputs.discover(input_path, split=split)
+    if not refs:
+        raise ValueError(f"{input_path}: no videos found")
+
+
 def run_build(input_path: str, output: str, o: dict):
     """Build with options `o`; shared by `flowshard build` and the job entrypoints."""
     from pipeline.build import build_dataset
 
+    check_input(input_path, o["split"])
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
     return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])
@@ -357,6 +388,82 @@ def report(dataset: str, as_json: bool, every: bool) -> None:
         return
     for line in format_table(groups, every=every):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("dataset", metavar="DATASET[@VERSION]")
+@click.argument("output", metavar="OUT")
+@click.option("--format", "fmt", default="rawframes", show_default=True, type=click.Choice(["rawframes"]),
+              help="rawframes: mmaction2's layout (img_%05d.jpg, flow_x_/flow_y_%05d.jpg, annotation lists).")
+@click.option("--flow-quality", type=int, default=None,
+              help="JPEG quality of the separate x and y images (default: the dataset's flow quality).")
+def export(dataset: str, output: str, fmt: str, flow_quality: int | None) -> None:
+    """Export a dataset for other tools: mmaction2 rawframes (RGB JPEG bytes copied, flow x/y split).
+
+    docs/FORMAT.md ("mmaction2 rawframes export") says which list a config takes and what
+    the pixel values mean.
+    """
+    from pipeline.export import export_rawframes
+
+    try:
+        s = export_rawframes(dataset, output, flow_quality=flow_quality)
+    except (FileNotFoundError, FileExistsError, ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{output}: {s.videos} video folders, {s.frames} frames, {s.flow_fields} flow fields"
+               f"{' (and warped flow)' if s.warped else ''}; lists {', '.join(s.lists)}")
+
+
+@cli.command("flow-check")
+@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(FLOW_CHOICES))
+@click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
+              help="auto: torch on cuda and for RAFT, else opencv.")
+@click.option("--flow-param", multiple=True, metavar="KEY=VALUE", help="Estimator parameter, repeatable.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (torch backend).")
+@click.option("--size", default="340x256", show_default=True, metavar="WxH", help="Size of the built-in pairs.")
+@click.option("--pairs", type=int, default=4, show_default=True, help="Built-in photo pairs per motion.")
+@click.option("--builtin/--no-builtin", default=True, show_default=True, help="Score the built-in photo pairs.")
+@click.option("--pair", "user_pairs", type=(str, str), multiple=True, metavar="A B",
+              help="Two frames of your own (any image files), scored against the next --gt; repeatable.")
+@click.option("--gt", "user_gt", multiple=True, metavar="FILE.flo", help="Middlebury .flo ground truth of a --pair.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call.")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the scores as JSON.")
+def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin, user_pairs, user_gt,
+               batch_size, json_path) -> None:
+    """Score an estimator on pairs with known motion: EPE, outliers > 3 px and pairs/s.
+
+    The built-in pairs are photographs warped by known fields (sub-pixel and pixel shifts,
+    zoom, rotation, a smooth deformation), the ones bench/gpu_flow.py scores. OpenCV
+    estimators run on one thread, as in a build worker.
+    """
+    from pipeline import flow_eval
+    from pipeline.flow import make_estimator
+
+    if len(user_pairs) != len(user_gt):
+        raise click.UsageError(f"{len(user_pairs)} --pair and {len(user_gt)} --gt: give one .flo per pair")
+    try:
+        cfg = make_flow_config(flow_algo, flow_backend, device, flow_param, batch_size=batch_size)
+        w, h = _wxh(size)
+        cases = flow_eval.builtin_cases(h, w, pairs) if builtin else []
+        cases += [flow_eval.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt)]
+        if not cases:
+            raise ValueError("nothing to score: --no-builtin and no --pair")
+        scores = flow_eval.evaluate(make_estimator(cfg), cases, batch_size=batch_size)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{cfg.algorithm} ({cfg.backend}, {cfg.device}), params {json.dumps(cfg.params_dict())}")
+    for line in flow_eval.format_table(scores):
+        click.echo(line)
+    if json_path:
+        report = {"flow": {**cfg.output_dict(), "device": cfg.device, "batch_size": batch_size},
+                  "cases": [s.as_dict() for s in scores], "overall": flow_eval.overall(scores).as_dict()}
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _wxh(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 16:
+        raise ValueError(f"--size {text!r}: expected WxH of at least 16x16, e.g. 340x256")
+    return int(m.group(1)), int(m.group(2))
 
 
 @cli.command()

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.flow import DEFAULT_BOUND
-from pipeline.flow_params import check_frames
+from pipeline.flow_params import DEFAULT_BOUND, check_frames
 
 log = logging.getLogger(__name__)
 

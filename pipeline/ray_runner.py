@@ -63,9 +63,9 @@ def _flow(item: tuple, cfg: worker.WorkerConfig):
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def _encode(item: tuple, fields: np.ndarray, flow_node: str, cfg: worker.WorkerConfig):
-    job, decode_node = item
-    encoded = worker.encode_chunk(job, fields, cfg)
+def _encode(item: tuple, computed: tuple, flow_node: str, cfg: worker.WorkerConfig):
+    (job, decode_node), (fields, warped) = item, computed
+    encoded = worker.encode_chunk(job, fields, cfg, warped)
     return (worker.summarize(encoded), decode_node, flow_node), encoded
 
 
@@ -109,11 +109,23 @@ class FlowActor:
     def node_id(self) -> str:
         return _node()
 
-    def compute(self, *items: tuple) -> list[np.ndarray]:
-        futures = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job, _ in items]
-        q = [f.result() for f in futures]
+    def compute(self, *items: tuple) -> list[tuple]:
+        jobs = [job for job, _ in items]
+        plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
+        warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp
+        q = [(p.result(), None if w is None else worker.WarpedFields(fields=w[0].result(), cameras=w[1]))
+             for p, w in zip(plain, warped)]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
+
+    def _submit_warped(self, job: worker.ChunkJob):
+        """Queue a chunk's camera-compensated pairs in the same batches: (future, cameras), or None."""
+        if self.cfg.warp is None:
+            return None
+        wi = worker.warp_inputs(job, self.cfg, rgb=self.cfg.flow.input == "rgb")
+        n = len(wi.cameras)
+        frames = np.concatenate([wi.firsts, wi.seconds]) if n else wi.firsts
+        return self.batcher.submit(frames, [(i, n + i) for i in range(n)]), wi.cameras
 
     def stats(self) -> dict:
         """Batches run and pairs per batch so far."""

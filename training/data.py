@@ -63,18 +63,20 @@ from pipeline.shard import sha256_file
 from pipeline.storage import Location
 from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import Clip, ClipSpec, SnippetShape
+from training import streams as stream_spec
 from training.detection import data as detection
+from training.mean_flow import subtract_mean_flow
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
 from training import gpu_decode
 
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("stream", "open", "off")
-STREAM_CHOICES = ("rgb", "flow", "both")
+STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.STREAMS ("rgb,flow,warped")
 TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
 
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.
-DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane}
+DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane, "warped": encode.decode_flow_plane}
 
 
 class ShardHashError(ValueError):
@@ -204,6 +206,7 @@ class DataConfig:
     snippets: int = 1
     strides: tuple[int, ...] = (1,)
     test_clips: int = snip.DEFAULT_TEST_CLIPS
+    flow_mean_subtract: bool = False  # Simonyan & Zisserman: each field of a flow/warped input loses its mean
     transform: TransformConfig = TransformConfig()
     batch_size: int = 32
     workers: int = 4
@@ -218,9 +221,8 @@ class DataConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.task == "detect" and self.gpu_decode:
             raise ValueError("--gpu-decode serves classification; detection decodes on the CPU loader")
-        if self.streams not in STREAM_CHOICES:
-            raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
-        if self.uses_flow and self.clip_len < 1:
+        stream_spec.stream_names(self.streams)  # ValueError naming a bad setting
+        if stream_spec.uses_fields(self.streams) and self.clip_len < 1:
             raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
         self.shape  # validates rgb_frames and frame_stride
         self.clip_spec  # validates the sampler and its counts
@@ -235,17 +237,21 @@ class DataConfig:
 
     @property
     def uses_rgb(self) -> bool:
-        return self.streams in ("rgb", "both")
+        return "rgb" in stream_spec.stream_names(self.streams)
 
     @property
     def uses_flow(self) -> bool:
-        return self.streams in ("flow", "both")
+        return "flow" in stream_spec.stream_names(self.streams)
+
+    @property
+    def uses_warped(self) -> bool:
+        return "warped" in stream_spec.stream_names(self.streams)
 
     @property
     def shape(self) -> SnippetShape:
-        """One snippet: L fields when the flow stream is read (0 otherwise) and F frames."""
-        return SnippetShape(clip_len=self.clip_len if self.uses_flow else 0, rgb_frames=self.rgb_frames,
-                            frame_stride=self.frame_stride)
+        """One snippet: L fields when a flow or warped stream is read (0 otherwise) and F frames."""
+        return SnippetShape(clip_len=self.clip_len if stream_spec.uses_fields(self.streams) else 0,
+                            rgb_frames=self.rgb_frames, frame_stride=self.frame_stride)
 
     @property
     def clip_spec(self) -> ClipSpec:
@@ -503,7 +509,8 @@ def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
                          f"(clip shards made with --snippets {len(stored)} train with --sampling "
                          f"{'strided' if len(stored) > 1 else 'simonyan'} --snippets {len(stored)})")
     clip = tuple(snip.Snippet(frames=snip.centred(s.frames, cfg.rgb_frames, "RGB frames"),
-                              fields=snip.centred(s.fields, cfg.clip_len) if cfg.uses_flow else ())
+                              fields=snip.centred(s.fields, cfg.clip_len) if stream_spec.uses_fields(cfg.streams)
+                              else ())
                  for s in stored)
     if cfg.uses_rgb:
         frames = ([sample[encode.RGB_CLIP]] if encode.RGB_CLIP in sample
@@ -511,11 +518,13 @@ def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
         item["rgb"] = [[frames[f] for f in s.frames] for s in clip]
     else:
         item["rgb"] = None
-    if cfg.uses_flow:
-        fields = encode.unpack_stack(sample[encode.FLOW_STACK])
-        item["flow"] = [[fields[f] for f in s.fields] for s in clip]
-    else:
-        item["flow"] = None
+    for name, member, use in (("flow", encode.FLOW_STACK, cfg.uses_flow), ("warped", encode.WARPED_STACK,
+                                                                          cfg.uses_warped)):
+        if use and member not in sample:
+            raise encode.SchemaError(f"{_where(sample)}: no {member} member (warped flow needs a dataset built "
+                                     f"with --flow-warp)")
+        fields = encode.unpack_stack(sample[member]) if use else None
+        item[name] = [[fields[f] for f in s.fields] for s in clip] if use else None
     return item
 
 
@@ -547,8 +556,12 @@ def _with_members(item: dict, sample: dict, clip: Clip, cfg: DataConfig) -> dict
     try:
         item["rgb"] = ([[sample[encode.rgb_member(f)] for f in s.frames] for s in clip] if cfg.uses_rgb else None)
         item["flow"] = ([[sample[encode.flow_member(f)] for f in s.fields] for s in clip] if cfg.uses_flow else None)
+        item["warped"] = ([[sample[encode.warped_member(f)] for f in s.fields] for s in clip]
+                          if cfg.uses_warped else None)
     except KeyError as exc:
-        raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing") from exc
+        raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing"
+                                 + (" (warped flow needs a dataset built with --flow-warp)" if "warped" in str(exc)
+                                    else "")) from exc
     return item
 
 
@@ -589,11 +602,13 @@ def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> 
 
 
 def decode_item(item: dict) -> dict:
-    """Decode the chosen members: rgb -> (K, F, H, W, 3) uint8, flow -> K (2L, H, W) FieldPlanes, interleaved."""
+    """Decode the chosen members: rgb -> (K, F, H, W, 3) uint8, flow (and warped) -> K (2L, H, W)
+    FieldPlanes, interleaved."""
     if item["rgb"] is not None:
         item["rgb"] = np.stack([np.stack([DECODERS["rgb"](b) for b in frames]) for frames in item["rgb"]])
-    if item["flow"] is not None:
-        item["flow"] = [FieldPlanes([DECODERS["flow"](b) for b in fields]) for fields in item["flow"]]
+    for name in stream_spec.FIELD_STREAMS:
+        if item.get(name) is not None:
+            item[name] = [FieldPlanes([DECODERS[name](b) for b in fields]) for fields in item[name]]
     return item
 
 
@@ -607,17 +622,30 @@ def decode(src: Iterable[dict]) -> Iterator[dict]:
 
 
 def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochState) -> Iterator[dict]:
-    """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking."""
+    """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking;
+    with flow_mean_subtract, each flow and warped field then loses its mean vector."""
     for item in src:
         if cfg.task == "detect":
             yield detection.transform_item(item, cfg, train, state.epoch)
             continue
+        fields, names = joint_fields(item)
         if train:
             rng = snip.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
-            item["rgb"], item["flow"] = train_views(item["rgb"], item["flow"], cfg.transform, rng)
+            item["rgb"], fields = train_views(item["rgb"], fields, cfg.transform, rng)
         else:
-            item["rgb"], item["flow"] = eval_views(item["rgb"], item["flow"], cfg.transform)
+            item["rgb"], fields = eval_views(item["rgb"], fields, cfg.transform)
+        for name, part in zip(names, np.split(fields, len(names), axis=2) if names else ()):
+            item[name] = subtract_mean_flow(part) if cfg.flow_mean_subtract else part
         yield item
+
+
+def joint_fields(item: dict) -> tuple[list | None, list[str]]:
+    """The flow and warped stacks of each snippet as one stack (warped channels after flow's),
+    so both get the same crop and flip (x stays on even channels), and the names in order."""
+    names = [n for n in stream_spec.FIELD_STREAMS if item.get(n) is not None]
+    if len(names) < 2:
+        return (item[names[0]] if names else None), names
+    return [FieldPlanes(f.planes + w.planes) for f, w in zip(item["flow"], item["warped"])], names
 
 
 def collate(items: list[dict]) -> dict:
@@ -628,8 +656,8 @@ def collate(items: list[dict]) -> dict:
     batch = {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
              "video_id": [it["video_id"] for it in items], "clip": [it["clip"] for it in items],
              "key": [it["__key__"] for it in items]}
-    for name in ("rgb", "flow"):
-        if items[0][name] is not None:
+    for name in stream_spec.STREAMS:
+        if items[0].get(name) is not None:
             batch[name] = torch.from_numpy(np.stack([it[name] for it in items]))
     return batch
 

@@ -83,6 +83,8 @@ def options(cfg: ModelConfig) -> Options:
 def check(cfg: ModelConfig) -> None:
     """Raise ValueError naming the first setting this family cannot build."""
     check_arch(cfg.arch)
+    if "warped" in cfg.stream_names:
+        raise ValueError(f"the detector's streams are rgb and flow, got streams={cfg.streams!r}")
     if cfg.rgb_frames != 1 or cfg.snippets:
         raise ValueError(f"the detector reads one frame (and its flow stack) per item, got rgb_frames="
                          f"{cfg.rgb_frames}, snippets={cfg.snippets}")
