@@ -476,6 +476,12 @@ def stored_box(box, source_size: tuple[int, int], size: tuple[int, int]) -> list
             round(y2 * h / sh, DIGITS)]
 
 
+def frame_boxes(vb: VideoBoxes, index: int, rate: float, source_size, size) -> list[list[float]]:
+    """Stored frame `index`'s boxes in stored pixels, each [x1, y1, x2, y2, track]."""
+    found = [(t.track, track_box(t, index * rate)) for t in vb.tracks]
+    return [stored_box(b, source_size, size) + [tr] for tr, b in found if b is not None]
+
+
 def annotate(meta: dict, vb: VideoBoxes) -> dict:
     """Sample metadata with the video's "tracks" and each frame's "boxes" ([x1, y1, x2, y2, track]).
 
@@ -484,10 +490,7 @@ def annotate(meta: dict, vb: VideoBoxes) -> dict:
     rate = source_rate(meta["decode"].get("fps"), meta.get("source_fps", 0.0))
     frames = []
     for f in meta["frames"]:
-        s = f["index"] * rate
-        found = [(t.track, track_box(t, s)) for t in vb.tracks]
-        boxes = [stored_box(b, meta["source_size"], meta["size"]) + [tr] for tr, b in found if b is not None]
-        frames.append({**f, "boxes": boxes})
+        frames.append({**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])})
     tracks = [{"track": t.track, "label": t.label, "label_id": t.label_id} for t in vb.tracks]
     return {**meta, "frames": frames, "tracks": tracks}
 

@@ -109,6 +109,9 @@ class ChunkJob:
     chunk: FrameChunk
     keep_frames: frozenset[int] | None
     keep_fields: frozenset[int] | None
+    # --flow-warp with --boxes: global frame index -> person boxes in stored pixels, left out
+    # of the camera-motion estimate (the actor's own motion is not the camera's)
+    people: Mapping[int, list] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,8 +213,21 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
     chunks = decode.iter_chunks(ref.key, ref.uri, cfg.decode, chunk_frames=cfg.sample.chunk_frames,
                                 overlap=cfg.flow.step, info=plan.info)
     for chunk in chunks:
-        yield ChunkJob(chunk=_trim(chunk, plan, cfg.flow.step), keep_frames=plan.keep_frames,
-                       keep_fields=plan.keep_fields)
+        chunk = _trim(chunk, plan, cfg.flow.step)
+        yield ChunkJob(chunk=chunk, keep_frames=plan.keep_frames, keep_fields=plan.keep_fields,
+                       people=chunk_people(ref, plan, chunk, cfg))
+
+
+def chunk_people(ref: VideoRef, plan: VideoPlan, chunk: FrameChunk, cfg: WorkerConfig) -> dict[int, list] | None:
+    """The annotated boxes of a chunk's frames in stored pixels, when warped flow needs them."""
+    if cfg.warp is None or ref.boxes is None or not len(chunk.frames):
+        return None
+    rate = boxes.source_rate(cfg.decode.fps, plan.info.fps)
+    size = (chunk.frames.shape[2], chunk.frames.shape[1])
+    source = (plan.info.width, plan.info.height)
+    found = {chunk.start + i: [b[:4] for b in boxes.frame_boxes(ref.boxes, chunk.start + i, rate, source, size)]
+             for i in range(len(chunk.frames))}
+    return {i: b for i, b in found.items() if b}
 
 
 def safe_plan(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan | VideoFailure:
@@ -396,7 +412,7 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
     rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
     out = []
     for job in jobs:
-        wi = warp_inputs(job, cfg, rgb)
+        wi = warp_inputs(job, cfg, rgb, job.people)
         h, w = job.chunk.frames.shape[1:3]
         b = cfg.flow.batch_for(h, w)
         fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]

@@ -239,3 +239,25 @@ def test_changed_boxes_make_a_new_version_copied_not_recomputed(det_set, tmp_pat
     assert len({s.name for s in old.shards()} & {s.name for s in new.shards()}) == 1
     shared = next(v for v in new.videos() if v.shard in {s.name for s in old.shards()})
     assert old.raw(shared.video_id)[0]["json"] == new.raw(shared.video_id)[0]["json"]
+
+
+def test_warped_flow_is_told_where_the_annotated_people_are():
+    """--flow-warp with --boxes: each chunk carries its frames' boxes in stored pixels, which
+    the camera-motion estimate leaves out."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipeline import warp, worker
+    from pipeline.records import FrameChunk, VideoInfo, VideoRef
+
+    vb = _video_boxes(range(3, 6), lambda f: (10.0, 8.0, 30.0, 24.0))
+    ref = VideoRef(key="v", uri="v.mp4", source="v.mp4", label="jump", label_id=0, split="train", boxes=vb)
+    plan = worker.VideoPlan(info=VideoInfo(width=64, height=48, fps=25.0, duration=1.0, stream_index=0),
+                            total_frames=None, keep_frames=None, keep_fields=None)
+    chunk = FrameChunk(video_key="v", index=0, start=2, owned=4, frames=np.zeros((5, 24, 32, 3), np.uint8),
+                       pts=tuple(range(5)), last=False)
+    cfg = worker.WorkerConfig(warp=warp.WarpConfig())
+    people = worker.chunk_people(ref, plan, chunk, cfg)
+    assert people == {i: [[5.0, 4.0, 15.0, 12.0]] for i in (3, 4, 5)}  # frames 3-5, half size
+    assert worker.chunk_people(ref, plan, chunk, dataclasses.replace(cfg, warp=None)) is None
