@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Protocol
 
-from pipeline import encode, failures, inputs, manifest, reuse, shard, shared_paths, storage, tools, version
+from pipeline import boxes, encode, failures, inputs, manifest, reuse, shard, shared_paths, storage, tools, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
@@ -122,7 +122,8 @@ def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig, ret
         # A remote object's content sha256 is only known once a worker has read it: "" here.
         media = {r.key: (ident if version.is_sha256(ident) else "", version.media_key(ident, cfg.worker, cfg.tools))
                  for r in u.refs for ident in [hashes.get(r.key, "")]}
-        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] for r in u.refs]
+        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] + version.boxes_id(r)
+                for r in u.refs]
         what = {"unit": u.name, "schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(), "refs": refs}
         if retry is not None and any(r.key in retry.keys for r in u.refs):
             what["retry_of"] = retry.of
@@ -303,6 +304,7 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
     refs, label_map = inputs.discover(input_path, split=cfg.split)
     if not refs:
         raise ValueError(f"{input_path}: no videos found")
+    refs = boxes.attach(refs, cfg.boxes)
     out = storage.location(output)
     _prepare_output(out)
     cfg = cfg if cfg.tools else replace(cfg, tools=tools.fingerprint(cfg.worker))
@@ -486,7 +488,8 @@ def finish_build(out: Location, units: list[Unit], records: dict[str, dict], cfg
     info = {"format": "flowshard", "kind": "videos", "schema_version": encode.schema_version(cfg.worker.warp is not None),
             "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
-            "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split}
+            "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split,
+            **boxes.dataset_info((r for u in units for r in u.refs), cfg.boxes)}
     if retry is not None:  # what it retried, and the id the same inputs give without retries
         info.update(retry_of=retry.of, base_version=manifest.read_info(
             storage.join(out, version.VERSIONS_DIR, retry.of)).get("base_version", retry.of))

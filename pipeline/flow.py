@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.flow_params import (DEFAULT_BOUND, PARAM_TYPES, DISParams, FarnebackParams, RAFTParams, SEARAFTParams,  # noqa: F401
-                                  TVL1Params, check_frames)
+from pipeline.flow_params import (DEFAULT_BOUND, PARAM_TYPES, DISParams, FarnebackParams, RAFTParams,  # noqa: F401
+                                  SEARAFTParams, TVL1Params, check_frames)
 
 QUANTIZATION = "q = clip(round(255 * (d + b) / (2 * b)), 0, 255); d = q * 2 * b / 255 - b"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_BOUND = 20.0  # quantization bound in pixels (see pipeline.flow)
+DEFAULT_BOUND = 20.0  # quantization bound in pixels (pipeline.flow: TSN's convention)
 
 
 @dataclass(frozen=True, kw_only=True)

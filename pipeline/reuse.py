@@ -19,7 +19,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterable
 
-from pipeline import encode, manifest, shard, storage, worker
+from pipeline import boxes, encode, manifest, shard, storage, worker
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
 from pipeline.version import VERSIONS_DIR
@@ -168,6 +168,18 @@ def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     return worker.dense_samples(ref, meta, frames, fields, max_frames)
 
 
+def _check_boxes(ref: VideoRef, metas: list[dict], cfg: worker.WorkerConfig) -> None:
+    """The checks a computed video's boxes get, on its stored metadata (dense samples hold every
+    frame; a clips-mode sample does not say how many frames the video had, so only sizes are checked)."""
+    if ref.boxes is None:
+        return
+    first = metas[0]
+    boxes.check_frame_size(ref.boxes, *first["source_size"])
+    if first.get("mode") != "clips":
+        rate = boxes.source_rate(cfg.decode.fps, first.get("source_fps", 0.0))
+        boxes.check_frames(ref.boxes, sum(len(m["frames"]) for m in metas), rate)
+
+
 def stored_field(meta: dict, sample: dict, i: int) -> worker.Field:
     """Field position i of a stored sample: its pair, flow member and, if stored, warped member
     and camera motion (all copied as they are)."""
@@ -177,8 +189,17 @@ def stored_field(meta: dict, sample: dict, i: int) -> worker.Field:
 
 
 def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: worker.WorkerConfig) -> VideoResult:
-    """A stored video as a VideoResult for `ref`, without decoding or flow; raises StaleSample."""
-    samples = repack(ref, store.read(video), cfg.sample.max_frames)
+    """A stored video as a VideoResult for `ref`, without decoding or flow; raises StaleSample.
+
+    Its boxes (`ref.boxes`, which may be new) are checked against the stored frames: a box
+    that no longer fits is an error row, as in a fresh computation.
+    """
+    parts = store.read(video)
+    try:
+        _check_boxes(ref, [encode.load_meta(p[encode.META], p["__key__"]) for p in parts], cfg)
+        samples = repack(ref, parts, cfg.sample.max_frames)
+    except ValueError as exc:
+        return VideoResult(ref=ref, status="error", error=f"{ref.source}: {exc}")
     metas = [encode.load_meta(s[encode.META]) for s in samples]
     return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=sum(len(m["frames"]) for m in metas),
                        flow_fields=sum(len(m["flow_fields"]) for m in metas),

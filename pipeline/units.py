@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from pipeline import manifest, reuse, shard, storage
+from pipeline import boxes, manifest, reuse, shard, storage
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
@@ -49,6 +49,7 @@ class BuildConfig:
     # {tool: version} of the tools that make the bytes (`pipeline.tools.fingerprint`); the
     # build fills it in, so a changed tool gives another version id.
     tools: Mapping[str, str] = field(default_factory=dict)
+    boxes: boxes.BoxesConfig | None = None  # `--boxes FILE`: per-frame boxes stored with the samples
 
     def output_dict(self) -> dict:
         """Settings (and tools) that change the output bytes."""
@@ -182,7 +183,7 @@ def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.Stor
 def _digest(sample: dict) -> dict:
     """What the manifest row needs of a sample, not its bytes (they are streamed to the tar)."""
     return {"__key__": sample["__key__"], "__sha__": shard.sample_sha256(sample),
-            "__bytes__": shard.sample_bytes(sample)}
+            "__bytes__": shard.sample_bytes(sample), "__boxes__": boxes.sample_tubes(sample)}
 
 
 def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
@@ -196,4 +197,5 @@ def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
             "flow_fields": res.flow_fields, "parts": len(s),
             "shard": ",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
             "bytes": sum(x["__bytes__"] for x in s), "sha256": digest,
-            "content_sha256": content, "media_key": media if res.status == "ok" else ""}
+            "content_sha256": content, "media_key": media if res.status == "ok" else "",
+            "boxes": boxes.manifest_value([x["__boxes__"] for x in s])}

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import pyarrow as pa
 
-from pipeline import encode, manifest, storage
+from pipeline import boxes, encode, manifest, storage
 from pipeline.shard import sha256_file
 from pipeline.records import VideoRef
 from pipeline.storage import Location
@@ -177,7 +177,7 @@ def media_key(content_sha256: str, cfg: "WorkerConfig", tools: Mapping[str, str]
 def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
                cfg: "BuildConfig") -> str:
     """The dataset version id: a hash of inputs, labels, output settings and schema version."""
-    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] for r in refs)
+    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] + boxes_id(r) for r in refs)
     return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
                     "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
 
@@ -186,6 +186,11 @@ def retry_id(base: str, retried: str) -> str:
     """The id of the version that computes the error rows of version `retried` again
     (`flowshard build --retry-errors`); `base` is the id its inputs and settings give."""
     return _digest({"base": base, "retry_of": retried})[:ID_CHARS]
+
+
+def boxes_id(ref: VideoRef) -> list[str]:
+    """A video's box digest, for ids (nothing for an unannotated video: ids stay as they were)."""
+    return [boxes.digest(ref.boxes)] if ref.boxes is not None else []
 
 
 # --- where versions live ----------------------------------------------------------------------
