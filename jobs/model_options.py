@@ -14,17 +14,34 @@ from __future__ import annotations
 import click
 
 # The names of training.models.FAMILIES (a test keeps both lists equal).
-MODELS = ("two_stream",)
+MODELS = ("two_stream", "detection")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
 BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
                  "strides": "1", "crop_size": 224, "dropout": 0.5}
 INPUT_DEFAULTS: dict[str, dict] = {
     "two_stream": {},
+    "detection": {},
 }
 
 # Flags of single families (each help text names its family).
-FAMILY_FLAGS: list = []
+FAMILY_FLAGS: list = [
+    click.option("--det-fusion", default="concat", show_default=True, type=click.Choice(["concat", "late"]),
+                 help="detection: per-region fusion, concat (fc7 of both streams, the paper's) or late "
+                      "(scores averaged with --fusion-weights)."),
+    click.option("--det-min-size", type=int, default=0, show_default=True,
+                 help="detection: resize frames to this short side (0: as stored)."),
+    click.option("--det-max-size", type=int, default=0, show_default=True,
+                 help="detection: cap on the long side when resizing (0: none)."),
+    click.option("--det-anchor-sizes", default="32,64,128,256,512", show_default=True,
+                 help="detection: anchor size per FPN level (5)."),
+    click.option("--det-fpn-channels", type=int, default=256, show_default=True, help="detection: FPN width."),
+    click.option("--det-head-dim", type=int, default=1024, show_default=True, help="detection: fc6/fc7 width."),
+    click.option("--det-proposals", type=int, default=1000, show_default=True,
+                 help="detection: RPN proposals per frame and stream at test time (twice that in training)."),
+    click.option("--det-roi-batch", type=int, default=512, show_default=True,
+                 help="detection: regions sampled per frame for the box losses."),
+]
 
 
 def family_flags(f):
@@ -44,6 +61,13 @@ def model_options(model: str, o: dict):
     """The family Options the flags describe (None: the family has none)."""
     if model == "two_stream":
         return None
+    if model == "detection":
+        from jobs.parsing import parse_numbers
+        from training.models.detection import Options
+
+        return Options(fusion=o["det_fusion"], min_size=o["det_min_size"], max_size=o["det_max_size"],
+                       anchor_sizes=parse_numbers(o["det_anchor_sizes"], int), fpn_channels=o["det_fpn_channels"],
+                       head_dim=o["det_head_dim"], proposals=o["det_proposals"], roi_batch=o["det_roi_batch"])
     raise click.BadParameter(f"unknown model {model!r}; choose one of {MODELS}")
 
 

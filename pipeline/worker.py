@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple
 import cv2
 import numpy as np
 
-from pipeline import decode, encode, warp
+from pipeline import boxes, decode, encode, failures, warp
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, VideoInfo, VideoRef, VideoResult
@@ -134,6 +134,9 @@ class ChunkJob:
     frame_pts: tuple[float, ...]
     frame_bytes: tuple[bytes, ...]
     size: tuple[int, int]  # (width, height) of the stored frames
+    # --flow-warp with --boxes: global frame index -> person boxes in stored pixels, left out
+    # of the camera-motion estimate (the actor's own motion is not the camera's)
+    people: Mapping[int, list] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class VideoFailure:
     """A per-video failure, carried as data so the build goes on."""
 
     reason: str
+    kind: str = failures.PERMANENT  # failures.TRANSIENT when retrying may help
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -164,6 +168,7 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     if info.codec in ("", "none"):
         raise ValueError("unsupported codec: ffmpeg has no decoder for this video stream's codec")
     check_pixels(info, cfg)
+    boxes.check_frame_size(ref.boxes, info.width, info.height)
     if not cfg.sample.clips:
         return VideoPlan(info=info, total_frames=None, keep_frames=None, keep_fields=None)
     expected = expected_frames(info, cfg.decode)
@@ -230,7 +235,7 @@ def explain_probe_failure(uri: str) -> str | None:
         path = decode.local_path(uri)
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             return None  # missing, empty or special files: the probe's own reason is already clear
-        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", "-i", path],
+        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", *decode.guarded_input(path)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=60, check=False)
     except (DecodeError, OSError, subprocess.TimeoutExpired):
@@ -272,7 +277,8 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
                        fields=tuple(start + r for r in range(owned) if r + step < n),
                        frame_index=tuple(range(start, start + owned)),
                        frame_pts=tuple(float(g[1]) for g in group[:owned]),
-                       frame_bytes=tuple(g[2] for g in group[:owned]), size=_size(group[0][0]))
+                       frame_bytes=tuple(g[2] for g in group[:owned]), size=_size(group[0][0]),
+                       people=chunk_people(ref, plan, range(start, start + n), _size(group[0][0]), cfg))
 
 
 def _flow_frame(frame: np.ndarray, kind: str) -> np.ndarray:
@@ -309,12 +315,13 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
     kind, quality = cfg.flow.input, cfg.encode.rgb_quality
     ids = sorted(need)
     keep = sorted(settled.keep_frames)
+    size = _size(decode.split_planes(held[ids[0]][0])[0])
     return ChunkJob(video_key=ref.key, index=0, start=0, owned=total, last=True, frame_ids=tuple(ids),
                     frames=np.stack([_flow_frame(held[i][0], kind) for i in ids]),
                     fields=tuple(sorted(settled.keep_fields)), frame_index=tuple(keep),
                     frame_pts=tuple(held[i][1] for i in keep),
                     frame_bytes=tuple(encode.encode_planes(*decode.split_planes(held[i][0]), quality) for i in keep),
-                    size=_size(decode.split_planes(held[ids[0]][0])[0]))
+                    size=size, people=chunk_people(ref, settled, ids, size, cfg))
 
 
 def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfig) -> tuple[dict, int]:
@@ -326,12 +333,23 @@ def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfi
     return held, total
 
 
+def chunk_people(ref: VideoRef, plan: VideoPlan, frame_ids, size: tuple[int, int],
+                 cfg: WorkerConfig) -> dict[int, list] | None:
+    """The annotated boxes of a chunk's frames in stored pixels, when warped flow needs them."""
+    if cfg.warp is None or ref.boxes is None or not len(frame_ids):
+        return None
+    rate = boxes.source_rate(cfg.decode.fps, plan.info.fps)
+    source = (plan.info.width, plan.info.height)
+    found = {i: [b[:4] for b in boxes.frame_boxes(ref.boxes, i, rate, source, size)] for i in frame_ids}
+    return {i: b for i, b in found.items() if b}
+
+
 def safe_plan(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan | VideoFailure:
     """`plan_video`, with a per-video failure returned as data."""
     try:
         return plan_video(ref, cfg)
     except (DecodeError, ValueError, OSError) as exc:
-        return VideoFailure(reason=_reason(ref, exc))
+        return VideoFailure(reason=_reason(ref, exc), kind=failures.kind_of(exc))
 
 
 def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJob | VideoFailure]:
@@ -343,7 +361,7 @@ def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJo
     try:
         yield from chunk_jobs(ref, plan, cfg)
     except (DecodeError, ValueError, OSError) as exc:
-        yield VideoFailure(reason=_reason(ref, exc))
+        yield VideoFailure(reason=_reason(ref, exc), kind=failures.kind_of(exc))
 
 
 def _reason(ref: VideoRef, exc: Exception) -> str:
@@ -521,7 +539,7 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
     rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
     out = []
     for job in jobs:
-        wi = warp_inputs(job, cfg, rgb)
+        wi = warp_inputs(job, cfg, rgb, job.people)
         w, h = job.size
         b = cfg.flow.batch_for(h, w)
         fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
@@ -605,6 +623,12 @@ def part_key(ref: VideoRef, part: int, parts: int) -> str:
     return ref.key if parts == 1 else f"{ref.key}_part{part:03d}"
 
 
+def check_box_frames(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, total: int) -> None:
+    """ValueError (an error row) when the video's boxes name a frame past its `total` decoded frames."""
+    if ref.boxes is not None:
+        boxes.check_frames(ref.boxes, total, boxes.source_rate(cfg.decode.fps, plan.info.fps))
+
+
 class Field(NamedTuple):
     """A flow field on its way into a sample: its frame pair, its member bytes and, with
     --flow-warp, its warped member and camera motion."""
@@ -627,10 +651,12 @@ def _field_meta(f: Field) -> dict:
     return {"from": f.start, "to": f.end} if f.camera is None else {"from": f.start, "to": f.end, "camera": f.camera}
 
 
-def _sample(key: str, meta: dict, frames: list, fields: list[Field]) -> dict:
+def _sample(key: str, meta: dict, frames: list, fields: list[Field], annotations: boxes.VideoBoxes | None) -> dict:
     meta = {**meta, "key": key,
             "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
             "flow_fields": [_field_meta(f) for f in fields]}
+    if annotations is not None:
+        meta = boxes.annotate(meta, annotations)
     warped = [f.warped for f in fields] if encode.has_warped(meta) else None
     return encode.to_sample(key, meta, [b for *_, b in frames], [f.data for f in fields], warped)
 
@@ -640,7 +666,8 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
     chunks = sorted(chunks, key=lambda c: c.index)
     if chunks and chunks[-1].last:
         plan = settle_plan(plan, _total_frames(chunks), cfg)  # clips: the layout of the decoded count
-    check_coverage(ref, plan, chunks, cfg.flow.step)
+    total, _ = check_coverage(ref, plan, chunks, cfg.flow.step)
+    check_box_frames(ref, plan, cfg, total)
     frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
     fields = [f for c in chunks for f in chunk_fields(c)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
@@ -661,7 +688,8 @@ def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_fra
 
 
 def _part(ref: VideoRef, meta: dict, k: int, parts: int, frames: list, fields: list) -> dict:
-    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields)
+    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields,
+                   ref.boxes)
 
 
 def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
@@ -676,6 +704,7 @@ def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
         return finish_video(ref, plan, list(chunks), cfg)
     try:
         frames, fields = check_coverage(ref, plan, summaries, cfg.flow.step)
+        check_box_frames(ref, plan, cfg, frames)
     except (ValueError, RuntimeError) as exc:
         return VideoResult(ref=ref, status="error", error=_reason(ref, exc), info=plan.info)
     meta = video_meta(ref, plan, cfg, summaries[0].size)
@@ -707,7 +736,7 @@ def _stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tot
 
 def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: list[dict]) -> dict:
     """A clips-mode video's single sample; `clips` holds positions into frames and fields."""
-    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields)
+    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields, ref.boxes)
 
 
 def _clips_sample(ref: VideoRef, plan: VideoPlan, meta: dict, frames: list, fields: list) -> dict:
@@ -724,7 +753,7 @@ def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | N
     plan, encoded = None, []
     for item in video_jobs(ref, cfg):
         if isinstance(item, VideoFailure):
-            return VideoResult(ref=ref, status="error", error=item.reason)
+            return VideoResult(ref=ref, status="error", error=item.reason, error_kind=item.kind)
         if isinstance(item, VideoPlan):
             plan = item
         else:
