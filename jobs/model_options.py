@@ -14,17 +14,32 @@ from __future__ import annotations
 import click
 
 # The names of training.models.FAMILIES (a test keeps both lists equal).
-MODELS = ("two_stream",)
+MODELS = ("two_stream", "fusion")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
 BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
-                 "strides": "1", "crop_size": 224, "dropout": 0.5}
+                 "strides": "1", "crop_size": 224, "dropout": 0.5, "flow_dropout": None}
 INPUT_DEFAULTS: dict[str, dict] = {
     "two_stream": {},
+    # Feichtenhofer et al.: T = 5 snippets a stride apart, dropout 0.85 (their code).
+    "fusion": {"sampling": "strided", "snippets": 5, "strides": "1,5,10", "dropout": 0.85},
 }
 
 # Flags of single families (each help text names its family).
-FAMILY_FLAGS: list = []
+FAMILY_FLAGS: list = [
+    click.option("--fusion-type", default="conv", show_default=True,
+                 type=click.Choice(["sum", "max", "concat", "conv", "bilinear"]),
+                 help="fusion: how the two streams' maps are fused at --fusion-layer (conv: 1x1 conv "
+                      "initialised as their sum)."),
+    click.option("--fusion-layer", default="layer4", show_default=True,
+                 type=click.Choice(["layer1", "layer2", "layer3", "layer4"]),
+                 help="fusion: the ResNet stage after whose last block (before its ReLU) the streams are fused."),
+    click.option("--temporal-pool", default="3d", show_default=True, type=click.Choice(["3d", "none"]),
+                 help="fusion: 3d = the T snippets' fused maps pooled by 3D conv + 3D max pooling; "
+                      "none = each snippet scored alone, scores averaged."),
+    click.option("--temporal-tower/--no-temporal-tower", default=True, show_default=True,
+                 help="fusion: keep the temporal stream's own tower and classifier (averaged with the fused one)."),
+]
 
 
 def family_flags(f):
@@ -44,6 +59,11 @@ def model_options(model: str, o: dict):
     """The family Options the flags describe (None: the family has none)."""
     if model == "two_stream":
         return None
+    if model == "fusion":
+        from training.models.fusion import Options
+
+        return Options(fusion_type=o["fusion_type"], fusion_layer=o["fusion_layer"],
+                       temporal_pool=o["temporal_pool"], temporal_tower=o["temporal_tower"])
     raise click.BadParameter(f"unknown model {model!r}; choose one of {MODELS}")
 
 

@@ -147,6 +147,7 @@ def _run(cfg, info, source, device, out, progress) -> dict:
     from training import checkpoint, data, distributed, engine
     from training.config import amp_dtype
     from training.models import build_model
+    from training.models.base import channels_last_
 
     steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size)
     pin = device.type == "cuda"
@@ -156,7 +157,7 @@ def _run(cfg, info, source, device, out, progress) -> dict:
         eval_loader = data.make_loader(source, cfg.eval_split, cfg.data, train=False, pin_memory=pin)
     model = build_model(cfg.model).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        channels_last_(model)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, cfg, steps)
     dtype = amp_dtype(cfg)
@@ -333,7 +334,10 @@ def _floats(text: str) -> tuple[float, ...]:
               help="two_stream: late score fusion or a conv layer on the last maps.")
 @click.option("--fusion-weights", default="1,1.5", show_default=True, help="Late fusion rgb,flow.")
 @click.option("--fusion-kernel", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option("--dropout", type=float, default=None, help="Default: the model's (0.5).")
+@click.option("--dropout", type=float, default=None,
+              help="Before the classifier: spatial stream and fused heads. Default: the model's (0.5; fusion 0.85).")
+@click.option("--flow-dropout", type=float, default=None,
+              help="The temporal stream's dropout (default: --dropout). Wang et al.: --dropout 0.8 --flow-dropout 0.9.")
 @click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
 @family_flags
 @click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
@@ -399,7 +403,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                             snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
-                            weights=o["weights"], dropout=o["dropout"], partial_bn=o["partial_bn"],
+                            weights=o["weights"], dropout=o["dropout"], flow_dropout=o["flow_dropout"],
+                            partial_bn=o["partial_bn"],
                             fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]),
                             options=model_options(o["model"], o))
     return TrainConfig(dataset=str(dataset), output=str(output), data=data_cfg, model=model_cfg, epochs=o["epochs"],

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from training.models import two_stream
+from training.models import fusion, two_stream
 from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
 from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
 
 FAMILIES: dict[str, ModuleType] = {
     "two_stream": two_stream,
+    "fusion": fusion,
 }
 
 

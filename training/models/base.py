@@ -25,7 +25,9 @@ STREAM_CHOICES = ("rgb", "flow", "both")
 class ModelConfig:
     """What network to build (`model` names its family, training.models.FAMILIES).
 
-    weights: None, "imagenet" (torchvision) or a local file. rgb_frames (F) and snippets
+    weights: None, "imagenet" (torchvision) or a local file. dropout is the spatial stream's
+    (and a fused head's), flow_dropout the temporal stream's (None: the same); Wang et al.
+    use 0.8 and 0.9. rgb_frames (F) and snippets
     (K, 0: any number, averaged) are the input the network is built for; `options` holds
     the family's own frozen config (None: its defaults). fusion, fusion_weights and
     fusion_kernel are the two-stream family's late/conv fusion settings; fusion_weights
@@ -42,6 +44,7 @@ class ModelConfig:
     in_channels_flow: int | None = None  # defaults to 2 * clip_len; checked when given
     weights: str | None = None
     dropout: float = 0.5
+    flow_dropout: float | None = None
     partial_bn: bool = False
     fusion: str = "late"
     fusion_weights: tuple[float, float] = (1.0, 1.5)  # rgb, flow
@@ -60,10 +63,15 @@ class ModelConfig:
                              f"(x and y per field), got in_channels_flow={self.in_channels_flow}")
         if self.rgb_frames < 1 or self.snippets < 0:
             raise ValueError(f"rgb_frames must be >= 1 and snippets >= 0, got {self.rgb_frames}, {self.snippets}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, p in (("dropout", self.dropout), ("flow_dropout", self.flow_dropout)):
+            if p is not None and not 0 <= p < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
         if len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0 or sum(self.fusion_weights) <= 0:
             raise ValueError(f"fusion_weights must be two non-negative numbers, got {self.fusion_weights}")
+
+    def stream_dropout(self, stream: str) -> float:
+        """The dropout before `stream`'s classifier."""
+        return self.flow_dropout if stream == "flow" and self.flow_dropout is not None else self.dropout
 
     @property
     def stream_names(self) -> tuple[str, ...]:
@@ -109,6 +117,15 @@ class VideoClassifier(nn.Module):
         """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
         return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},
                            self.cfg.fusion_weights)
+
+
+def channels_last_(model: nn.Module) -> nn.Module:
+    """Put the 2D convolutions' weights in channels-last layout (faster on GPUs with AMP);
+    3D ones keep theirs (channels_last is a 4D layout, and Module.to would refuse them)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+    return model
 
 
 def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, float]) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ def build_stream(cfg: ModelConfig, stream: str) -> Stream:
     if stream == "flow":
         channels = cfg.in_channels_flow or 2 * cfg.clip_len
         backbone.conv1 = cross_modality_conv(backbone.conv1, channels)
-    return Stream(backbone, cfg.num_classes, cfg.dropout)
+    return Stream(backbone, cfg.num_classes, cfg.stream_dropout(stream))
 
 
 class ConvFusion(nn.Module):
