@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 # The names of training.models.FAMILIES (a test keeps both lists equal).
-MODELS = ("two_stream", "fusion")
+MODELS = ("two_stream", "fusion", "st_resnet")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
 BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
@@ -23,6 +23,8 @@ INPUT_DEFAULTS: dict[str, dict] = {
     "two_stream": {},
     # Feichtenhofer et al.: T = 5 snippets a stride apart, dropout 0.85 (their code).
     "fusion": {"sampling": "strided", "snippets": 5, "strides": "1,5,10", "dropout": 0.85},
+    # Feichtenhofer et al. (ST-ResNet): T = 5 snippets a stride apart.
+    "st_resnet": {"sampling": "strided", "snippets": 5, "strides": "1,5,10"},
 }
 
 # Flags of single families (each help text names its family).
@@ -39,6 +41,13 @@ FAMILY_FLAGS: list = [
                       "none = each snippet scored alone, scores averaged."),
     click.option("--temporal-tower/--no-temporal-tower", default=True, show_default=True,
                  help="fusion: keep the temporal stream's own tower and classifier (averaged with the fused one)."),
+    click.option("--st-connection", default="additive", show_default=True,
+                 type=click.Choice(["additive", "multiplicative", "none"]),
+                 help="st_resnet: residual connections from the motion into the appearance stream."),
+    click.option("--st-temporal-convs/--no-st-temporal-convs", default=True, show_default=True,
+                 help="st_resnet: convs of each stage's second unit made 3D over the snippets (centre-slice init)."),
+    click.option("--st-temporal-pool", default="max", show_default=True, type=click.Choice(["max", "avg"]),
+                 help="st_resnet: pooling over the T snippets before each stream's classifier."),
 ]
 
 
@@ -64,6 +73,11 @@ def model_options(model: str, o: dict):
 
         return Options(fusion_type=o["fusion_type"], fusion_layer=o["fusion_layer"],
                        temporal_pool=o["temporal_pool"], temporal_tower=o["temporal_tower"])
+    if model == "st_resnet":
+        from training.models.st_resnet import Options
+
+        return Options(connection=o["st_connection"], temporal_convs=o["st_temporal_convs"],
+                       temporal_pool=o["st_temporal_pool"])
     raise click.BadParameter(f"unknown model {model!r}; choose one of {MODELS}")
 
 

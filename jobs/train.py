@@ -155,7 +155,9 @@ def _run(cfg, info, source, device, out, progress) -> dict:
     eval_loader = None
     if cfg.eval_every and cfg.eval_split in source.splits():
         eval_loader = data.make_loader(source, cfg.eval_split, cfg.data, train=False, pin_memory=pin)
-    model = build_model(cfg.model).to(device)
+    resume = resolve_resume(cfg.resume, cfg.output)
+    # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
+    model = build_model(cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None)).to(device)
     if cfg.channels_last:
         channels_last_(model)
     optimizer = make_optimizer(cfg, model)
@@ -163,7 +165,6 @@ def _run(cfg, info, source, device, out, progress) -> dict:
     dtype = amp_dtype(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_epoch, step = 0, 0
-    resume = resolve_resume(cfg.resume, cfg.output)
     if resume is not None:
         ckpt = checkpoint.load_checkpoint(resume)
         check_resume(ckpt, cfg, source.version)
@@ -261,7 +262,7 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     info = distributed.init_distributed(device)
     try:
         dev = torch.device(info.device)
-        model = build_model(cfg.model)
+        model = build_model(dataclasses.replace(cfg.model, weights=None))  # the checkpoint's weights replace them
         model.load_state_dict(ckpt["model"])
         model.to(dev)
         loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
@@ -306,7 +307,9 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Streams to train. Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
               type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
-@click.option("--weights", default=None, help="'imagenet' (torchvision, downloads) or a local state-dict file.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Initial weights of both streams: 'imagenet' (torchvision's cache, downloaded into it when "
+                   "missing), a local torchvision state-dict file, or 'none' (random).")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Per rank.")
 @click.option("--lr", type=float, default=0.001, show_default=True)
@@ -400,10 +403,11 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
                           seed=o["seed"], verify=o["verify"])
     weights = _floats(o["fusion_weights"])
+    initial = None if o["weights"] in (None, "none") else o["weights"]
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                             snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
-                            weights=o["weights"], dropout=o["dropout"], flow_dropout=o["flow_dropout"],
+                            weights=initial, dropout=o["dropout"], flow_dropout=o["flow_dropout"],
                             partial_bn=o["partial_bn"],
                             fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]),
                             options=model_options(o["model"], o))

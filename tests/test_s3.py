@@ -288,7 +288,8 @@ def test_training_streams_clip_shards_from_the_bucket(bucket_build, local, tmp_p
 
     monkeypatch.setattr(storage, "open_read", recording_open)
     run = tmp_path / "run"
-    flowshard("train", clips, "--output", str(run), "--epochs", "1", "--arch", "resnet18", "--crop-size", "32",
+    flowshard("train", clips, "--output", str(run), "--epochs", "1", "--arch", "resnet18", "--weights", "none",
+              "--crop-size", "32",
               "--batch-size", "4", "--clip-len", "4", "--workers", "0", "--device", "cpu", "--eval-every", "0",
               "--no-progress")
     assert (run / "last.pt").is_file()
