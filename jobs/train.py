@@ -330,6 +330,12 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Frames between strided snippets, e.g. 1,5,10 (one drawn per clip: multi-timescale).")
 @click.option("--crop-size", type=int, default=None, help="Default: the model's (224).")
 @click.option("--flip/--no-flip", default=True, show_default=True)
+@click.option("--crop-scales", default="1,0.875,0.75,0.66", show_default=True,
+              help="Training crop sides, as fractions of the short side (multi-scale cropping; 1: whole frame).")
+@click.option("--max-distort", type=int, default=1, show_default=True,
+              help="Scale steps a crop's width and height may differ (Wang et al.: 3, any pair).")
+@click.option("--crop-positions", type=click.Choice(["5", "13"]), default="13", show_default=True,
+              help="Crop offsets: 5 = corners + centre (Wang et al.'s corner cropping), 13 = TSN's.")
 @click.option("--test-clips", type=int, default=25, show_default=True,
               help="Test clips per video sample (per stride with --sampling strided).")
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default="1", show_default=True)
@@ -395,7 +401,9 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
     from training.models import ModelConfig
     from training.transforms import TransformConfig
 
-    transform = TransformConfig(crop_size=o["crop_size"], flip=o["flip"], test_crops=int(o["test_crops"]))
+    transform = TransformConfig(crop_size=o["crop_size"], scales=_floats(o["crop_scales"]), max_distort=o["max_distort"],
+                                crop_positions=int(o["crop_positions"]), flip=o["flip"],
+                                test_crops=int(o["test_crops"]))
     strides = parse_numbers(o["strides"], int)
     data_cfg = DataConfig(streams=o["streams"], clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                           frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
