@@ -195,6 +195,7 @@ def choose(num_starts: int, cfg: ClipsConfig, key: str) -> list[int]:
 def sample_clips(cands: snippets.Candidates, cfg: ClipsConfig, key: str) -> list[tuple[int, snippets.Clip]]:
     """(stride, clip) of each clip cut from a sample: per stride, `per_video` starts."""
     n = len(cands)
+    snippets.check_frame_strides(cands, cfg.snippets)
     out = []
     for stride in cfg.strides:
         # One stride keeps the sample key as the seed, so single-scale clips stay as they were.

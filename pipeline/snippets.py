@@ -269,6 +269,14 @@ class ClipSpec:
         return {"simonyan": 1, "tsn": self.segments, "strided": self.snippets}[self.sampler]
 
 
+def check_frame_strides(cands: Candidates, snippets: int) -> None:
+    """Strides count stored frames: refuse T > 1 snippets on a sample whose candidates are not
+    one frame apart (a `build --clips` sample keeps a few separate clips per video)."""
+    if snippets > 1 and cands.stored:
+        raise ValueError(f"strided clips of {snippets} snippets are a stride of frames apart, but this sample was "
+                         "built with --clips and keeps separate clips, not every frame: build the dataset densely")
+
+
 def train_clip(cands: Candidates, spec: ClipSpec, rng: random.Random) -> Clip:
     """The snippets of one training item: 1 (simonyan), K segments (tsn) or T strided."""
     n = len(cands)
@@ -276,6 +284,7 @@ def train_clip(cands: Candidates, spec: ClipSpec, rng: random.Random) -> Clip:
         return (cands[simonyan_index(n, rng)],)
     if spec.sampler == "tsn":
         return tuple(cands[i] for i in tsn_indices(n, spec.segments, rng))
+    check_frame_strides(cands, spec.snippets)
     stride = rng.choice(spec.strides)
     start = rng.randrange(strided_starts(n, spec.snippets, stride))
     return tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, start))
@@ -291,6 +300,7 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     n = len(cands)
     if spec.sampler != "strided":
         return [(cands[i],) for i in uniform_indices(n, spec.test_clips)]
+    check_frame_strides(cands, spec.snippets)
     out = []
     for stride in spec.strides:
         starts = strided_starts(n, spec.snippets, stride)

@@ -116,6 +116,19 @@ def test_strided_clips_are_T_snippets_a_stride_apart_with_the_stride_drawn_per_c
     assert starts == sorted(starts) and starts[-1] - starts[0] > 20
 
 
+def test_strided_clips_need_frames_one_apart_not_clips_kept_by_a_clips_build():
+    meta = {"mode": "clips", "frames": [], "flow_fields": [],
+            "clips": [{"frame": 10 * i + 5, "flow": list(range(10 * i, 10 * i + 10))} for i in range(6)]}
+    cands = sampling.candidates(meta, 4)
+    spec = ClipSpec(sampler="strided", snippets=3, strides=(5,))
+    with pytest.raises(ValueError, match="built with --clips"):
+        sampling.train_clip(cands, spec, random.Random(0))
+    with pytest.raises(ValueError, match="built with --clips"):
+        sampling.eval_clips(cands, spec)
+    single = ClipSpec(sampler="strided", snippets=1, strides=(5,))  # one snippet: no stride to measure
+    assert len(sampling.train_clip(cands, single, random.Random(0))) == 1
+
+
 def test_strided_clips_of_a_short_video_clamp_to_its_last_snippet():
     cands = sampling.candidates(dense_meta(8), 4)  # 4 candidates
     clip = sampling.train_clip(cands, ClipSpec(sampler="strided", snippets=3, strides=(5,)), random.Random(0))
