@@ -82,7 +82,8 @@ def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
     saved = ckpt["config"]
     now = cfg.to_dict()
     # Initial weights do not matter once the checkpoint's are loaded; everything else does.
-    differ = sorted(k for k in now["model"] if k != "weights" and saved["model"].get(k) != now["model"][k])
+    differ = sorted(k for k in now["model"]
+                    if k not in ("weights", "flow_weights") and saved["model"].get(k) != now["model"][k])
     differ += [f"data.{k}" for k in ("streams", "clip_len") if saved["data"].get(k) != now["data"][k]]
     if differ:
         raise ValueError(f"cannot resume: the checkpoint was trained with other settings for {differ}")
@@ -157,7 +158,8 @@ def _run(cfg, info, source, device, out, progress) -> dict:
         eval_loader = data.make_loader(source, cfg.eval_split, cfg.data, train=False, pin_memory=pin)
     resume = resolve_resume(cfg.resume, cfg.output)
     # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
-    model = build_model(cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None)).to(device)
+    initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
+    model = build_model(initial).to(device)
     if cfg.channels_last:
         channels_last_(model)
     optimizer = make_optimizer(cfg, model)
@@ -262,7 +264,8 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     info = distributed.init_distributed(device)
     try:
         dev = torch.device(info.device)
-        model = build_model(dataclasses.replace(cfg.model, weights=None))  # the checkpoint's weights replace them
+        # The checkpoint's weights replace any initial ones.
+        model = build_model(dataclasses.replace(cfg.model, weights=None, flow_weights=None))
         model.load_state_dict(ckpt["model"])
         model.to(dev)
         loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
@@ -310,6 +313,9 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--weights", default="imagenet", show_default=True,
               help="Initial weights of both streams: 'imagenet' (torchvision's cache, downloaded into it when "
                    "missing), a local torchvision state-dict file, or 'none' (random).")
+@click.option("--flow-weights", default=None,
+              help="A pre-trained temporal stream (a checkpoint of `flowshard train PRETRAIN --streams flow`, "
+                   "see `flowshard pretrain-flow`, or a state-dict file) for the temporal stream.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Per rank.")
 @click.option("--lr", type=float, default=0.001, show_default=True)
@@ -415,7 +421,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                             snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
-                            weights=initial, dropout=o["dropout"], flow_dropout=o["flow_dropout"],
+                            weights=initial, flow_weights=o["flow_weights"], dropout=o["dropout"],
+                            flow_dropout=o["flow_dropout"],
                             partial_bn=o["partial_bn"],
                             fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]),
                             options=model_options(o["model"], o))

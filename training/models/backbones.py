@@ -159,13 +159,52 @@ def stage_channels(backbone: nn.Module, stage: str) -> int:
     return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
 
 
-def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int) -> nn.Module:
+def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
+                    flow_weights: str | None = None) -> nn.Module:
     """A torchvision ResNet for the spatial (rgb) or temporal (flow) stream, without its fc.
 
-    The temporal stream's conv1 takes 2L channels, cross-modality initialised.
+    The temporal stream's conv1 takes 2L channels, cross-modality initialised from `weights`,
+    unless `flow_weights` names a pre-trained temporal stream (e.g. trained on
+    `flowshard pretrain-flow` data), whose weights then replace all of it.
     """
-    backbone = load_backbone(arch, weights)
+    backbone = load_backbone(arch, None if stream == "flow" and flow_weights else weights)
     if stream == "flow":
         backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * clip_len)
     backbone.fc = nn.Identity()
+    if stream == "flow" and flow_weights:
+        load_flow_weights(backbone, flow_weights)
     return backbone
+
+
+# Names of the entries of two_stream's trunk Sequential, in torchvision's naming.
+TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A temporal stream's weights in torchvision's names, from a flowshard checkpoint (a
+    two_stream or fusion model with a flow stream) or a torchvision state-dict file."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj["model"] if isinstance(obj, dict) and "model" in obj and "config" in obj else obj
+    out = {}
+    for key, value in state.items():
+        if key.startswith("streams.flow.trunk."):
+            index, _, rest = key[len("streams.flow.trunk."):].partition(".")
+            out[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value
+        elif key.startswith("flow.") and not key.startswith("flow_"):
+            out[key[len("flow."):]] = value
+    return out or dict(state)
+
+
+def load_flow_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a pre-trained temporal stream into `backbone` (ValueError naming the file when it does not fit)."""
+    if not Path(path).is_file():
+        raise ValueError(f"flow weights: no file {path}")
+    state = {k: v for k, v in flow_state_dict(path).items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape differs, e.g. conv1 trained for another clip length
+        raise ValueError(f"flow weights {path} do not fit this temporal stream: {exc}") from exc
+    if missing or unexpected:
+        raise ValueError(f"flow weights {path} do not fit this temporal stream: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    log.info("temporal stream initialised from %s", path)

@@ -43,6 +43,7 @@ class ModelConfig:
     snippets: int = 0
     in_channels_flow: int | None = None  # defaults to 2 * clip_len; checked when given
     weights: str | None = None
+    flow_weights: str | None = None  # a pre-trained temporal stream (checkpoint or state dict)
     dropout: float = 0.5
     flow_dropout: float | None = None
     partial_bn: bool = False

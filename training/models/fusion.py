@@ -210,7 +210,7 @@ class FusionNet(VideoClassifier):
         super().__init__(cfg)
         opt = self.opt = options(cfg)
         self.rgb = stream_backbone(cfg.arch, cfg.weights, "rgb", cfg.clip_len)
-        self.flow = stream_backbone(cfg.arch, cfg.weights, "flow", cfg.clip_len)
+        self.flow = stream_backbone(cfg.arch, cfg.weights, "flow", cfg.clip_len, cfg.flow_weights)
         channels = stage_channels(self.rgb, opt.fusion_layer)
         self.fuse = Fuse(opt.fusion_type, channels)
         top = stage_channels(self.rgb, STAGES[-1])

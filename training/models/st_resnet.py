@@ -129,7 +129,7 @@ class STResNet(VideoClassifier):
         super().__init__(cfg)
         self.opt = options(cfg)
         self.rgb = stream_backbone(cfg.arch, cfg.weights, "rgb", cfg.clip_len)
-        self.flow = stream_backbone(cfg.arch, cfg.weights, "flow", cfg.clip_len)
+        self.flow = stream_backbone(cfg.arch, cfg.weights, "flow", cfg.clip_len, cfg.flow_weights)
         if self.opt.temporal_convs:
             temporal_convs_(self.rgb, cfg.snippets)
             temporal_convs_(self.flow, cfg.snippets)
