@@ -85,3 +85,15 @@ def test_imagenet_weights_come_from_the_cache_and_offline_say_how_to_go_on(monke
     torch.save(reference.state_dict(), path)
     loaded = backbones.load_backbone("resnet18", "imagenet")
     torch.testing.assert_close(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+
+
+def test_train_help_lists_the_models_and_their_options():
+    from jobs.cli import cli
+
+    text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
+    assert "[two_stream|fusion|st_resnet" in text
+    for flag in ("--fusion-type [sum|max|concat|conv|bilinear]", "--fusion-layer", "--temporal-pool [3d|none]",
+                 "--temporal-tower", "--st-connection [additive|multiplicative|none]", "--flow-weights",
+                 "--flow-dropout", "--crop-positions [5|13]", "--max-distort"):
+        assert flag in text, flag
+    assert "pretrain-flow" in CliRunner().invoke(cli, ["--help"]).output
