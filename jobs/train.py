@@ -26,6 +26,8 @@ import json
 import logging
 import math
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,9 @@ import click
 
 from jobs.model_options import MODELS, family_flags, model_options, model_takes_snippets, resolve_defaults
 from jobs.parsing import parse_numbers, parse_size
+from pipeline import storage
 from pipeline.manifest import atomic_write_bytes, dump_json
+from pipeline.storage import Location
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LAST = "last.pt"  # training.checkpoint.LAST
+TRAIN_LOG = "train.log"
 
 
 # --- composition ---------------------------------------------------------------------------
@@ -92,11 +97,11 @@ def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
                          f"{cfg.dataset} is version {version}")
 
 
-def resolve_resume(resume: str | None, output: str) -> Path | None:
-    """--resume alone means OUTPUT/last.pt."""
+def resolve_resume(resume: str | None, output: str) -> Location | None:
+    """--resume alone means OUTPUT/last.pt (OUTPUT local or on object storage)."""
     if resume is None:
         return None
-    return Path(output) / LAST if resume == "last" else Path(resume)
+    return storage.join(storage.location(output), LAST) if resume == "last" else storage.location(resume)
 
 
 def _file_logging(path: Path) -> logging.Handler:
@@ -105,6 +110,65 @@ def _file_logging(path: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run's files go.
+
+    `output` is OUTPUT, a local folder or a bucket prefix. Checkpoints are written there
+    whole and atomically. Files that grow piecewise (train.log, TensorBoard events) and the
+    metrics are written in `local`: OUTPUT itself when it is local; on object storage a
+    local staging folder whose files `sync` uploads after every epoch and at the end.
+    """
+
+    output: Location
+    local: Path
+
+    def sync(self) -> None:
+        """Upload the staged files (object storage only; each file whole, as it is now)."""
+        if not storage.is_remote(self.output):
+            return
+        for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            storage.put_file(path, storage.join(self.output, *path.relative_to(self.local).parts))
+
+
+def open_run_folder(output: str) -> RunFolder:
+    """The run folder of OUTPUT, created (a staging folder too when OUTPUT is remote, holding
+    the run's existing train.log so a resumed run appends to it as it does locally)."""
+    out = storage.location(output)
+    if not storage.is_remote(out):
+        out.mkdir(parents=True, exist_ok=True)
+        return RunFolder(output=out, local=out)
+    local = Path(tempfile.mkdtemp(prefix="flowshard-run-"))
+    if storage.isfile(storage.join(out, TRAIN_LOG)):
+        (local / TRAIN_LOG).write_bytes(storage.read_bytes(storage.join(out, TRAIN_LOG)))
+    return RunFolder(output=out, local=local)
+
+
+def resolve_eval_split(cfg: TrainConfig, splits: list[str]) -> str | None:
+    """The split evaluated during training (None only when --eval-every 0): see pick_split."""
+    if not cfg.eval_every:
+        return None
+    return pick_split(cfg.eval_split, splits, cfg.dataset, hint="or train without evaluation: --eval-every 0")
+
+
+def pick_split(requested: str, splits: list[str], dataset: str, hint: str = "") -> str:
+    """`requested`, or for "auto": test, else val (Kinetics has no test split).
+
+    Evaluation is never skipped silently: a split the dataset lacks is an error naming the
+    splits it has.
+    """
+    if requested != "auto":
+        if requested in splits:
+            return requested
+        raise ValueError(f"{dataset} has no split {requested!r} to evaluate (splits: {splits}); name one with "
+                         f"--eval-split / --split{', ' + hint if hint else ''}")
+    for split in ("test", "val", "validation"):
+        if split in splits:
+            return split
+    raise ValueError(f"{dataset} has no test or val split to evaluate (splits: {splits}); name one with "
+                     f"--eval-split / --split{', ' + hint if hint else ''}")
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
@@ -128,21 +192,22 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
     source = data.open_source(cfg.dataset)
     if source.num_classes != cfg.model.num_classes:
         raise ValueError(f"{cfg.dataset} has {source.num_classes} classes, the model {cfg.model.num_classes}")
-    out = Path(cfg.output)
+    eval_split = resolve_eval_split(cfg, source.splits())
+    run = open_run_folder(cfg.output) if info.is_main else None
     handler = None
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = _file_logging(out / "train.log")
-        atomic_write_bytes(out / "config.json", dump_json(cfg.to_dict()))
+    if run is not None:
+        handler = _file_logging(run.local / TRAIN_LOG)
+        atomic_write_bytes(run.local / "config.json", dump_json(cfg.to_dict()))
     try:
-        return _run(cfg, info, source, device, out, progress)
+        return _run(cfg, info, source, device, run, eval_split, progress)
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+            run.sync()
 
 
-def _run(cfg, info, source, device, out, progress) -> dict:
+def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | None, progress) -> dict:
     import torch
 
     from training import checkpoint, data, distributed, engine
@@ -150,12 +215,13 @@ def _run(cfg, info, source, device, out, progress) -> dict:
     from training.models import build_model
     from training.models.base import channels_last_
 
-    steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size)
+    steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size,
+                                                        per=cfg.epoch_size)
     pin = device.type == "cuda"
     train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin)
     eval_loader = None
-    if cfg.eval_every and cfg.eval_split in source.splits():
-        eval_loader = data.make_loader(source, cfg.eval_split, cfg.data, train=False, pin_memory=pin)
+    if eval_split is not None:
+        eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
     resume = resolve_resume(cfg.resume, cfg.output)
     # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
     initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
@@ -176,11 +242,11 @@ def _run(cfg, info, source, device, out, progress) -> dict:
         log.info("resumed from %s at step %d (epoch %d done)", resume, step, done)
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
-    writer = _writer(out) if info.is_main else None
+    writer = _writer(run.local) if run is not None else None
     criterion = torch.nn.CrossEntropyLoss()
-    log.info("training %s on %s (%s, %d classes): %d steps/epoch x %d epochs, %d rank(s), batch %d per rank",
-             cfg.model.arch, cfg.dataset, source.kind, source.num_classes, steps, cfg.epochs, info.world_size,
-             cfg.data.batch_size)
+    log.info("training %s (%s) on %s (%s, %d classes): %d steps/epoch x %d epochs, %d rank(s), batch %d per rank; "
+             "evaluating on %s", cfg.model.model, cfg.model.arch, cfg.dataset, source.kind, source.num_classes, steps,
+             cfg.epochs, info.world_size, cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
     results, stats = None, {}
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
@@ -190,23 +256,27 @@ def _run(cfg, info, source, device, out, progress) -> dict:
             log_every=cfg.log_every, progress=progress and info.is_main)
         log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
         rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
-        if info.is_main:
+        if run is not None:
             ckpt = checkpoint.make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                               step=step, epoch=epoch, config=cfg.to_dict(),
                                               dataset_version=source.version, rng=rng)
-            checkpoint.save_checkpoint(ckpt, out, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+            checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             results = engine.evaluate(model, eval_loader, device, model_cfg=cfg.model, amp_dtype=dtype,
                                       progress=progress and info.is_main)
-            if info.is_main:
-                write_results(results, out / f"eval_epoch_{epoch:03d}.json", source.class_names, writer, step)
+            if run is not None:
+                write_results(results, run.local / f"eval_epoch_{epoch:03d}.json", source.class_names, writer, step)
+        if run is not None:
+            if writer is not None:
+                writer.flush()
+            run.sync()
     steps_per_rank = distributed.all_gather_object(step)
     summary = {"steps": step, "steps_per_rank": steps_per_rank, "epochs": cfg.epochs, "steps_per_epoch": steps,
-               "world_size": info.world_size, "train": stats,
+               "world_size": info.world_size, "train": stats, "eval_split": eval_split,
                "eval": _headline(results) if results else None, "dataset_version": source.version}
-    if info.is_main:
-        atomic_write_bytes(out / "train_summary.json", dump_json(summary))
+    if run is not None:
+        atomic_write_bytes(run.local / "train_summary.json", dump_json(summary))
         if writer is not None:
             writer.close()
     if len(set(steps_per_rank)) != 1:
@@ -258,6 +328,7 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     source = data.open_source(dataset)
     if source.num_classes != cfg.model.num_classes:
         raise ValueError(f"{dataset} has {source.num_classes} classes, the checkpoint's model {cfg.model.num_classes}")
+    split = pick_split(split, source.splits(), dataset)
     transform = dataclasses.replace(cfg.data.transform, **_given(test_crops=test_crops))
     data_cfg = dataclasses.replace(cfg.data, transform=transform,
                                    **_given(batch_size=batch_size, workers=workers, test_clips=test_clips))
@@ -361,7 +432,13 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
-@click.option("--steps-per-epoch", type=int, default=0, show_default=True, help="0: one pass over the samples.")
+@click.option("--steps-per-epoch", type=int, default=0, show_default=True, help="0: one pass (see --epoch-size).")
+@click.option("--epoch-size", default="samples", show_default=True, type=click.Choice(["samples", "videos"]),
+              help="An epoch: one pass over the samples, or one item per video (clip shards: epochs walk through "
+                   "the stored clips).")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--eval-split", default="auto", show_default=True,
+              help="Split evaluated after epochs; auto: test, else val (Kinetics). Missing: an error.")
 @click.option("--eval-every", type=int, default=1, show_default=True, help="Evaluate every N epochs (0: never).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", default=None, is_flag=False, flag_value="last",
@@ -430,7 +507,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                        lr=o["lr"], optimizer=o["optimizer"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                        warmup_epochs=o["warmup_epochs"], clip_grad=o["clip_grad"],
                        device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
-                       steps_per_epoch=o["steps_per_epoch"], eval_every=o["eval_every"], seed=o["seed"],
+                       steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],
+                       train_split=o["train_split"], eval_split=o["eval_split"], seed=o["seed"],
                        resume=o["resume"], log_every=o["log_every"])
 
 
@@ -438,7 +516,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
 @click.argument("dataset")
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
 @click.option("--json", "json_path", required=True, help="Metrics JSON to write (keys rgb, flow, fused).")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="auto", show_default=True, help="auto: test, else val.")
 @click.option("--test-clips", type=int, default=None, help="Test clips per video sample (default: as trained).")
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default=None, help="1 (centre) or 10 crops.")
 @click.option("--batch-size", type=int, default=None)

@@ -10,10 +10,12 @@ so zero motion maps to 128 (127.5 rounded half to even is 128) and one level is 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from pipeline.flow_params import PARAM_TYPES, DISParams, FarnebackParams, RAFTParams, TVL1Params
 
 DEFAULT_BOUND = 20.0
 QUANTIZATION = "q = clip(round(255 * (d + b) / (2 * b)), 0, 255); d = q * 2 * b / 255 - b"
@@ -36,87 +38,6 @@ def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
     if bound <= 0:
         raise ValueError(f"bound must be positive, got {bound}")
     return np.asarray(q, dtype=np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TVL1Params:
-    """TV-L1 parameters with OpenCV's DualTVL1OpticalFlow names and defaults."""
-
-    tau: float = 0.25
-    lambda_: float = 0.15
-    theta: float = 0.3
-    nscales: int = 5
-    warps: int = 5
-    epsilon: float = 0.01
-    inner_iterations: int = 30
-    outer_iterations: int = 10
-    scale_step: float = 0.8
-    gamma: float = 0.0
-    median_filtering: int = 5
-    use_initial_flow: bool = False
-
-    def __post_init__(self) -> None:
-        if self.nscales < 1 or self.warps < 1:
-            raise ValueError(f"nscales and warps must be >= 1, got {self.nscales}, {self.warps}")
-        if not 0 < self.scale_step < 1:
-            raise ValueError(f"scale_step must be in (0, 1), got {self.scale_step}")
-        if self.tau <= 0 or self.lambda_ <= 0 or self.theta <= 0 or self.epsilon <= 0:
-            raise ValueError("tau, lambda, theta and epsilon must be positive")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FarnebackParams:
-    """cv2.calcOpticalFlowFarneback parameters (OpenCV's names)."""
-
-    pyr_scale: float = 0.5
-    levels: int = 3
-    winsize: int = 15
-    iterations: int = 3
-    poly_n: int = 5
-    poly_sigma: float = 1.2
-    flags: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.pyr_scale < 1:
-            raise ValueError(f"pyr_scale must be in (0, 1), got {self.pyr_scale}")
-        if self.poly_n not in (5, 7):
-            raise ValueError(f"poly_n must be 5 or 7, got {self.poly_n}")
-        if self.levels < 1 or self.winsize < 1 or self.iterations < 1:
-            raise ValueError("levels, winsize and iterations must be >= 1")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DISParams:
-    """cv2.DISOpticalFlow parameters; `preset` is ultrafast, fast or medium."""
-
-    preset: str = "medium"
-    finest_scale: int | None = None
-    patch_size: int | None = None
-    patch_stride: int | None = None
-    gradient_descent_iterations: int | None = None
-    variational_refinement_iterations: int | None = None
-    use_mean_normalization: bool = True
-    use_spatial_propagation: bool = True
-
-    def __post_init__(self) -> None:
-        if self.preset not in ("ultrafast", "fast", "medium"):
-            raise ValueError(f"DIS preset must be ultrafast, fast or medium, got {self.preset!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RAFTParams:
-    """torchvision RAFT: a local checkpoint (never downloaded) and the refinement steps."""
-
-    weights: str | None = None  # None: the file torchvision caches after a download elsewhere
-    num_flow_updates: int = 12
-
-    def __post_init__(self) -> None:
-        if self.num_flow_updates < 1:
-            raise ValueError(f"num_flow_updates must be >= 1, got {self.num_flow_updates}")
-
-
-PARAM_TYPES = {"tvl1": TVL1Params, "farneback": FarnebackParams, "dis": DISParams,
-               "raft_small": RAFTParams, "raft_large": RAFTParams}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ import logging
 import cv2
 import numpy as np
 
-from pipeline.flow import DISParams, FarnebackParams, TVL1Params
+from pipeline.flow_params import DISParams, FarnebackParams, TVL1Params
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow import TVL1Params
+from pipeline.flow_params import TVL1Params
 from pipeline.flow_cpu import check_pair_batch
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import worker
-from pipeline.build import BuildConfig, Unit, write_unit
+from pipeline.units import BuildConfig, Unit, write_unit
 from pipeline.flow import make_estimator, quantize
 from pipeline.records import VideoRef, VideoResult
 

@@ -78,37 +78,65 @@ def sha256_file(path: Location, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class _TarStream:
+    """One shard being written: samples are appended to its temporary tar as they come, so
+    the writer holds one sample at a time, never the whole shard; `commit` makes it visible."""
+
+    def __init__(self, path: Location) -> None:
+        self.remote = storage.is_remote(path)
+        self.final = storage.location(path)
+        self.name = storage.name(self.final)
+        self.tmp = _temporary(self.final, self.remote)
+        self.keys: list[str] = []
+        self.raw = open(self.tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.GNU_FORMAT)
+
+    def add(self, sample: dict) -> None:
+        """Append one sample's members (sorted by name) to the temporary tar."""
+        self.keys.append(sample["__key__"])
+        for name, data in sample_members(sample):
+            self.tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        self.raw.flush()  # to the page cache: nothing of a written sample stays in this process
+
+    def commit(self) -> ShardRecord:
+        """End the tar, fsync it, and rename (locally) or upload it whole (remotely)."""
+        try:
+            self.tar.close()
+            self.raw.flush()
+            os.fsync(self.raw.fileno())
+            self.raw.close()
+            if len(set(self.keys)) != len(self.keys):
+                raise ValueError(f"{self.name}: duplicate sample keys in one shard")
+            digest, size = sha256_file(self.tmp), self.tmp.stat().st_size
+            if self.remote:
+                storage.put_file(self.tmp, self.final)
+            else:
+                os.replace(self.tmp, self.final)
+        finally:
+            self.abort()
+        log.debug("wrote %s: %d samples, %d bytes", self.name, len(self.keys), size)
+        return ShardRecord(name=self.name, samples=len(self.keys), bytes=size, sha256=digest, keys=tuple(self.keys))
+
+    def abort(self) -> None:
+        """Drop the temporary tar (nothing of it was ever visible under the shard's name)."""
+        self.raw.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_shard(samples: Iterable[dict], path: Location) -> ShardRecord:
     """Write samples to a tar at `path` atomically and describe it.
 
     Locally: a temporary name beside it, fsync, rename. Remotely: a local temporary file,
     uploaded whole once complete (`storage.put_file`), so the key never holds a partial tar.
     """
-    remote = storage.is_remote(path)
-    final = storage.location(path)
-    shard_name = storage.name(final)
-    tmp = _temporary(final, remote)
-    keys: list[str] = []
+    stream = _TarStream(path)
     try:
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                for sample in samples:
-                    keys.append(sample["__key__"])
-                    for name, data in sample_members(sample):
-                        tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-            raw.flush()
-            os.fsync(raw.fileno())
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"{shard_name}: duplicate sample keys in one shard")
-        digest, size = sha256_file(tmp), tmp.stat().st_size
-        if remote:
-            storage.put_file(tmp, final)
-        else:
-            os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.debug("wrote %s: %d samples, %d bytes", shard_name, len(keys), size)
-    return ShardRecord(name=shard_name, samples=len(keys), bytes=size, sha256=digest, keys=tuple(keys))
+        for sample in samples:
+            stream.add(sample)
+    except BaseException:
+        stream.abort()
+        raise
+    return stream.commit()
 
 
 def _temporary(final: Location, remote: bool) -> Path:
@@ -130,25 +158,35 @@ def write_rolling(samples: Iterable[dict], directory: Location, stem: str, *,
                   max_bytes: int, max_samples: int) -> list[ShardRecord]:
     """Write samples in order into `stem.tar`, then `stem_1.tar`, ... each within the bounds.
 
-    A sample larger than max_bytes on its own still goes into a shard by itself.
+    Each sample goes into the open shard's temporary tar as it arrives (one sample held at a
+    time); a shard is committed when the next sample would not fit. A sample larger than
+    max_bytes on its own still goes into a shard by itself; no samples give one empty shard.
     """
     records: list[ShardRecord] = []
-    batch: list[dict] = []
-    size = 0
+    current: _TarStream | None = None
+    size = count = 0
 
-    def flush() -> None:
-        name = f"{stem}.tar" if not records else f"{stem}_{len(records)}.tar"
-        records.append(write_shard(batch, storage.join(directory, name)))
+    def shard_path() -> Location:
+        return storage.join(directory, f"{stem}.tar" if not records else f"{stem}_{len(records)}.tar")
 
-    for sample in samples:
-        nbytes = sample_bytes(sample)
-        if batch and (size + nbytes > max_bytes or len(batch) >= max_samples):
-            flush()
-            batch, size = [], 0
-        batch.append(sample)
-        size += nbytes
-    if batch or not records:
-        flush()
+    try:
+        for sample in samples:
+            nbytes = sample_bytes(sample)
+            if current is not None and (size + nbytes > max_bytes or count >= max_samples):
+                records.append(current.commit())
+                current = None
+            if current is None:
+                current, size, count = _TarStream(shard_path()), 0, 0
+            current.add(sample)
+            size, count = size + nbytes, count + 1
+        if current is None and not records:
+            current = _TarStream(shard_path())
+    except BaseException:
+        if current is not None:
+            current.abort()
+        raise
+    if current is not None:
+        records.append(current.commit())
     return records
 
 

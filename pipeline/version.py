@@ -37,7 +37,7 @@ from pipeline.records import VideoRef
 from pipeline.storage import Location
 
 if TYPE_CHECKING:
-    from pipeline.build import BuildConfig
+    from pipeline.units import BuildConfig
     from pipeline.worker import WorkerConfig
 
 log = logging.getLogger(__name__)

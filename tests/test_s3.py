@@ -297,6 +297,30 @@ def test_training_streams_clip_shards_from_the_bucket(bucket_build, local, tmp_p
     assert any(u.startswith(f"{clips}/shards/") for u in opened)  # streamed from the bucket
 
 
+def test_training_writes_checkpoints_and_logs_to_the_bucket_and_resumes_from_it(bucket_build, caplog):
+    caplog.set_level(logging.INFO)  # what the run's log file copies
+    out, v1, _, _ = bucket_build
+    clips, run = f"{BUCKET}/clips_run", f"{BUCKET}/runs/r18"
+    flowshard("clips", f"{out}@{v1[:8]}", clips, "--clip-len", "4", "--per-video", "2")
+    args = ["train", clips, "--output", run, "--arch", "resnet18", "--weights", "none", "--crop-size", "32",
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress", "--eval-split", "train",
+            "--test-clips", "1"]
+    flowshard(*args, "--epochs", "1")
+    files = set(storage.walk_files(run))
+    assert {"last.pt", "epoch_000.pt", "config.json", "train.log", "train_summary.json",
+            "eval_epoch_000.json", "eval_epoch_000_confusion.png"} <= files
+    assert any(f.startswith("tb/events.out.tfevents") for f in files)
+    summary = json.loads(storage.read_bytes(f"{run}/train_summary.json"))
+    assert summary["eval_split"] == "train" and summary["steps"] == summary["steps_per_epoch"]
+    # --resume alone reads OUTPUT/last.pt from the bucket and goes on from its step.
+    flowshard(*args, "--epochs", "2", "--resume")
+    resumed = json.loads(storage.read_bytes(f"{run}/train_summary.json"))
+    assert resumed["steps"] == 2 * summary["steps"]
+    assert storage.isfile(f"{run}/epoch_001.pt")
+    log_text = storage.read_bytes(f"{run}/train.log")
+    assert log_text.count(b"training two_stream (resnet18)") == 2 and b"resumed from" in log_text  # appended
+
+
 # --- a flaky server -------------------------------------------------------------------------
 
 # (status, code, message, whether the request reaches the server first: a lost response)

@@ -53,3 +53,31 @@ def test_truncated_shard_is_named(tmp_path):
     (tmp_path / "t.tar").write_bytes(data[:7000])
     with pytest.raises(shard.ShardError, match="t.tar"):
         list(shard.iter_shard(tmp_path / "t.tar"))
+
+
+def test_rolling_streams_each_sample_into_the_open_tar(tmp_path):
+    """The writer holds one sample: by the time the next is asked for, the previous one is on disk."""
+    seen = []
+
+    def samples():
+        for i, sample in enumerate(_samples(7, size=2000)):
+            temporaries = sorted(tmp_path.glob(".*.tmp-*"))
+            seen.append(sum(p.stat().st_size for p in temporaries))
+            if i % 3:  # the open shard (3 samples each) already holds the samples before this one
+                assert seen[-1] >= (i % 3) * shard.sample_bytes(sample), (i, seen)
+            yield sample
+
+    recs = shard.write_rolling(samples(), tmp_path, "s", max_bytes=1 << 30, max_samples=3)
+    assert [r.samples for r in recs] == [3, 3, 1] and not list(tmp_path.glob(".*.tmp-*"))
+    whole = shard.write_shard(_samples(3, size=2000), tmp_path / "whole.tar")
+    assert (tmp_path / "s.tar").read_bytes() == (tmp_path / "whole.tar").read_bytes() and whole.sha256 == recs[0].sha256
+
+
+def test_a_failure_mid_shard_removes_its_temporary_tar(tmp_path):
+    def broken():
+        yield from _samples(4)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        shard.write_rolling(broken(), tmp_path, "s", max_bytes=1 << 30, max_samples=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tar"]  # the full first shard, no temporary

@@ -5,6 +5,7 @@ and -2 px in y, so a batch tells which frame and fields the sampler chose.
 """
 from __future__ import annotations
 
+import itertools
 import pickle
 import shutil
 
@@ -317,3 +318,53 @@ def test_clip_shards_with_snippets_read_back_equal_to_the_dense_dataset(tmp_path
     with pytest.raises(data.SampleError, match="holds 2 snippet"):
         batches(data.make_loader(data.open_source(tmp_path / "clips"), "train", exact_cfg(rgb_frames=3),
                                  train=True, steps=1), 1)
+
+
+def stream_keys(source, cfg, epoch: int, rank: int, world: int, worker: int, workers: int, steps: int,
+                monkeypatch) -> list[str]:
+    """The sample keys one simulated stream (rank x loader worker) uses in an epoch."""
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("WORKER", worker), ("NUM_WORKERS", workers)):
+        monkeypatch.setenv(name, str(value))
+    state = data.EpochState()
+    state.epoch = epoch
+    per_worker = -(-steps // workers)
+    pipeline = data.build_pipeline(source.split_shards("train"), cfg, train=True, state=state,
+                                   block=per_worker * cfg.batch_size).with_epoch(per_worker)
+    return [k for b in pipeline for k in b["key"]]
+
+
+def test_every_sample_is_used_equally_often_across_ranks_workers_and_epochs(tmp_path, monkeypatch):
+    source = data.open_source(uneven_dataset(tmp_path / "ds"))  # shards of 7, 3 and 1 samples
+    cfg = exact_cfg(workers=2)
+    steps = data.steps_per_epoch(source, "train", cfg, world_size=2)  # 11 // (2 x 2) = 2 batches per rank
+    visits = {f"v{i:02d}": 0 for i in range(11)}
+    for epoch in range(11):
+        epoch_keys = []
+        for rank in range(2):
+            for worker in range(2):
+                keys = stream_keys(source, cfg, epoch, rank, 2, worker, 2, steps, monkeypatch)
+                assert len(keys) == 2  # one batch of 2 per worker: its whole block
+                epoch_keys += keys
+        # Streams read adjacent blocks: a sample repeats in an epoch only across a cycle boundary.
+        assert max(epoch_keys.count(k) for k in epoch_keys) <= 2
+        for k in epoch_keys:
+            visits[k] += 1
+    # 11 epochs x 4 streams x 2 samples = 88 reads = 8 whole cycles of the 11 samples.
+    assert set(visits.values()) == {8}
+
+
+def test_a_block_that_starts_inside_a_shard_still_hashes_all_of_it(tmp_path, monkeypatch):
+    root = uneven_dataset(tmp_path / "ds")
+    source = data.open_source(root)
+    cfg = exact_cfg(workers=2, batch_size=5)
+    # Worker 1 of 2, blocks of 5: its block starts at sample 5 of the first shard of cycle 0.
+    spec, skip = next(data.block_reads(list(source.split_shards("train")), cfg.seed, 5, 1))
+    assert spec.name == "train-00000.tar" and skip == 5
+    assert len(stream_keys(source, cfg, 0, 0, 1, 1, 2, 2, monkeypatch)) == 5
+    # Its last byte changed: the stream read samples 0-4 without using them, hashed them,
+    # and fails at the shard's end, naming it.
+    path = root / "shards" / spec.name
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(data.ShardHashError, match="train-00000.tar"):
+        stream_keys(source, cfg, 0, 0, 1, 1, 2, 2, monkeypatch)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline import storage
 from pipeline.manifest import DATASET_JSON, atomic_write_bytes
+from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +78,34 @@ def make_checkpoint(*, model, optimizer, scheduler, scaler, step: int, epoch: in
     }
 
 
-def save_checkpoint(ckpt: dict, directory: str | Path, *, names: tuple[str, ...]) -> list[Path]:
-    """Write `ckpt` atomically under each of `names` in `directory` (e.g. epoch_003.pt, last.pt)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(ckpt: dict, directory: Location, *, names: tuple[str, ...]) -> list[Location]:
+    """Write `ckpt` atomically under each of `names` in `directory` (e.g. epoch_003.pt, last.pt).
+
+    `directory` may be a local folder or a bucket prefix (an object appears only once its
+    upload is complete).
+    """
+    directory = storage.location(directory)
+    storage.makedirs(directory)
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     data = buf.getvalue()
     paths = []
     for name in names:  # the stable name last, so it never points past a missing epoch file
-        atomic_write_bytes(directory / name, data)
-        paths.append(directory / name)
+        atomic_write_bytes(storage.join(directory, name), data)
+        paths.append(storage.join(directory, name))
     log.info("saved checkpoint step %d epoch %d -> %s", ckpt["step"], ckpt["epoch"], ", ".join(names))
     return paths
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (weights_only=True, onto the CPU) and check its format."""
-    path = Path(path)
-    if not path.is_file():
+def load_checkpoint(path: Location) -> dict:
+    """Read a checkpoint safely (weights_only=True, onto the CPU) and check its format.
+
+    `path` may be a local file or an object (s3://...).
+    """
+    path = storage.location(path)
+    if not storage.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a flowshard checkpoint of format {FORMAT}")
     return ckpt

@@ -17,6 +17,7 @@ from training.transforms import TransformConfig
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("cpu", "cuda")
+EPOCH_SIZES = ("samples", "videos")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +41,8 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the training samples per epoch
     eval_every: int = 1  # evaluate every N epochs (0: only by `flowshard evaluate`)
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = "auto"  # "auto": test, else val (jobs.train.resolve_eval_split)
+    epoch_size: str = "samples"  # an epoch is one pass over the samples, or one clip per video
     seed: int = 0
     resume: str | None = None
     log_every: int = 10
@@ -62,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"unknown device {self.device!r}; choose one of {DEVICES}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown amp mode {self.amp!r}; choose one of {AMP_MODES}")
+        if self.epoch_size not in EPOCH_SIZES:
+            raise ValueError(f"unknown epoch size {self.epoch_size!r}; choose one of {EPOCH_SIZES}")
         if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
         if self.model.streams != self.data.streams:

@@ -26,11 +26,17 @@ encode.load_meta, RGB through encode.decode_rgb, flow fields as their stored (2H
 planes by `encode.decode_flow_plane`, FlowStack through encode.unpack_stack); any other member is
 dropped undecoded, nothing is unpickled.
 
-Epochs and DDP. Training draws shards with replacement from the whole list, from one
-seeded sequence per epoch that split_by_node and split_by_worker cut into disjoint
-slices, so no rank runs out of data; every rank runs the same number of steps per
-epoch, so DDP never waits for a rank that has finished (uneven shards cannot hang it).
-Evaluation reads each shard once, split across ranks and workers.
+Epochs and DDP. Training on a manifest reads one endless sequence of samples: cycles,
+each every sample of every shard in a seeded shard order. Every stream (a rank's loader
+worker) uses, per epoch, one block of it: stream g of G takes block epoch * G + g, of
+ceil(steps / workers) batches (EpochBlocks). So the streams of an epoch read adjacent,
+disjoint blocks and, over epochs, walk the whole sequence: every sample is used once per
+cycle, shard tails as often as heads (bench/loader_visits.py), and every rank runs the same
+number of steps, so DDP never waits for a rank that has finished (uneven shards cannot
+hang it). A block that starts inside a shard reads the samples before it without using
+them, so each shard a stream reads to its end is hashed whole. The shuffle buffer empties
+at each block's end. A bare URL list (no sample counts) draws shards with replacement
+instead. Evaluation reads each shard once, split across ranks and workers.
 """
 from __future__ import annotations
 
@@ -120,6 +126,14 @@ class DataSource:
 
     def num_samples(self, split: str) -> int:
         return sum(s.samples for s in self.split_shards(split))
+
+    def num_videos(self, split: str) -> int:
+        """Videos of a split: the counts dataset.json records, else its samples."""
+        counts = self.info.get("counts") or {}
+        by_split = counts.get("videos") if self.kind == "clips" else counts.get("splits")
+        if isinstance(by_split, dict) and split in by_split:
+            return int(by_split[split])
+        return self.num_samples(split)
 
 
 def open_source(spec: str | Path) -> DataSource:
@@ -273,8 +287,67 @@ class ShardList:
             yield _shard_dict(spec)
 
 
-def _shard_dict(spec: ShardSpec) -> dict:
-    return {"url": spec.url, "name": spec.name, "sha256": spec.sha256}
+def _shard_dict(spec: ShardSpec, skip: int = 0, block_end: int = 0) -> dict:
+    return {"url": spec.url, "name": spec.name, "sha256": spec.sha256, "skip": skip, "block_end": block_end}
+
+
+def cycle_order(shards: list[ShardSpec], seed: int, cycle: int) -> list[ShardSpec]:
+    """Cycle `cycle`'s shard order: a seeded permutation of every shard."""
+    order = list(shards)
+    random.Random(f"cycle/{seed}/{cycle}").shuffle(order)
+    return order
+
+
+def block_reads(shards: list[ShardSpec], seed: int, block: int, index: int) -> Iterator[tuple[ShardSpec, int]]:
+    """(shard, samples to skip in it) from the start of block `index`, endlessly.
+
+    The training sequence is one endless concatenation of cycles, each cycle every sample
+    of every shard in a seeded shard order. Block i is samples [i * block, (i + 1) * block)
+    of it; stream g of G (a rank's loader worker) reads block epoch * G + g in each epoch.
+    So the streams of an epoch read adjacent, disjoint blocks, and over epochs they walk
+    the sequence end to end: every sample is read once per cycle, shard tails as often as
+    heads, whatever the number of ranks, workers or shards.
+    """
+    total = sum(s.samples for s in shards)
+    if total < 1:
+        raise ValueError("the shards hold no samples: cannot draw training blocks")
+    cycle, pos = divmod(index * block, total)
+    while True:
+        for spec in cycle_order(shards, seed, cycle):
+            if pos >= spec.samples:
+                pos -= spec.samples
+                continue
+            yield spec, pos
+            pos = 0
+        cycle += 1
+
+
+class EpochBlocks:
+    """First stage of training on a manifest: this stream's block of the sample sequence.
+
+    Yields shard dicts {"url", "name", "sha256", "skip", "block_end"}: read `skip` samples
+    without using them (they are still hashed), then use samples until the block's last,
+    which `block_end` (a 1-based count within this shard, 0: not in this shard) marks so
+    the shuffle buffer can flush at the block boundary; reading goes on past it, so a
+    stream never runs dry when samples are skipped.
+    """
+
+    def __init__(self, shards: list[ShardSpec], *, block: int, seed: int, state: EpochState):
+        if not shards:
+            raise ValueError("no shards to read")
+        if block < 1:
+            raise ValueError(f"a training block needs >= 1 sample, got {block}")
+        self.shards, self.block, self.seed, self.state = shards, block, seed, state
+
+    def __call__(self) -> Iterator[dict]:
+        rank, world, worker, workers = _worker_info()
+        streams, stream = world * workers, rank * workers + worker
+        left = self.block
+        for spec, skip in block_reads(self.shards, self.seed, self.block, self.state.epoch * streams + stream):
+            n = spec.samples - skip
+            end = left if 0 < left <= n else 0
+            left -= n
+            yield _shard_dict(spec, skip, end)
 
 
 class HashingReader:
@@ -339,27 +412,33 @@ def tar_samples(src: Iterable[dict]) -> Iterator[dict]:
     """Tar members grouped into samples {"__key__", "__url__", "__shard__", ext: bytes}.
 
     A sample's members are contiguous; the last sample of a shard is yielded only after
-    the shard's hash is checked.
+    the shard's hash is checked. The first `skip` samples of a shard are read (and hashed)
+    but not yielded; the `block_end`-th yielded sample carries "__block_end__".
     """
     for shard in src:
         stream: HashingReader = shard["stream"]
         current = None
+        count = 0  # samples of this shard so far
+        skip, end = shard.get("skip", 0), shard.get("block_end", 0)
         try:
             for member in wds.tariterators.tar_file_iterator(stream):
                 key, ext = _split_name(member["fname"])
                 if key is None:
                     continue
                 if current is None or current["__key__"] != key:
-                    if current is not None:
+                    if current is not None and count > skip:
                         yield current
+                    count += 1
                     current = {"__key__": key, "__url__": shard["url"], "__shard__": shard["name"]}
+                    if count == skip + end and end:
+                        current["__block_end__"] = True
                 current[ext] = member["data"]
             stream.finish()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise SampleError(f"shard {shard['name']}: cannot read it as a tar ({exc})") from exc
         finally:
             stream.close()  # also when the consumer stops early
-        if current is not None:
+        if current is not None and count > skip:
             yield current
 
 
@@ -469,14 +548,33 @@ def pick(src: Iterable[dict], plan: PickPlan, state: EpochState) -> Iterator[dic
             items = pick_items(sample, plan, state.epoch)
         except (ValueError, KeyError) as exc:
             raise SampleError(f"{_where(sample)}: {exc}") from exc
+        if items and sample.get("__block_end__"):
+            items[-1]["__block_end__"] = True
         yield from items
 
 
 def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> Iterator[dict]:
-    """Stage: a shuffle buffer seeded per (seed, epoch, rank, worker)."""
+    """Stage: a shuffle buffer seeded per (seed, epoch, rank, worker), flushed at block ends.
+
+    Every item of a stream's block (EpochBlocks) leaves the buffer before any item read
+    after the block: the block's samples are what the epoch uses, each exactly once.
+    """
     rank, _, worker, _ = _worker_info()
     rng = random.Random(f"shuffle/{seed}/{state.epoch}/{rank}/{worker}")
-    return wds.shuffle(bufsize, initial=min(bufsize, 100), rng=rng)(iter(src))
+    buf: list[dict] = []
+    for item in src:
+        end = item.pop("__block_end__", False)
+        buf.append(item)
+        if end:
+            rng.shuffle(buf)
+            yield from buf
+            buf.clear()
+        elif len(buf) >= bufsize:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
 
 
 def decode_item(item: dict) -> dict:
@@ -537,25 +635,54 @@ def collate(items: list[dict]) -> dict:
 
 # --- the pipeline ---------------------------------------------------------------------------
 
-def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState) -> wds.DataPipeline:
-    """The one pipeline, from shard list to batches (see the module docstring).
+def shard_stages(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState,
+                 block: int) -> list:
+    """The first stages: which shards (and samples of them) this rank and worker read.
 
-    Stages are module functions bound with functools.partial (not lambdas), so the
-    pipeline pickles for loader workers started with spawn or forkserver.
+    Training on a manifest (every shard's sample count known): this stream's block of the
+    endless sample sequence (EpochBlocks). Training on a bare URL list: shards drawn with
+    replacement, split by node and worker. Evaluation: each shard once, split likewise.
     """
-    plan = PickPlan(cfg=cfg, train=train)
-    stages = [
-        # Shard list: pinned by the manifest; training resamples endlessly, evaluation reads each once.
+    if train and block and all(s.samples > 0 for s in shards):
+        _warn_large_shards(shards, block)
+        return [EpochBlocks(shards, block=block, seed=cfg.seed, state=state)]
+    return [
         ShardList(shards, resample=train, shuffle=train, seed=cfg.seed, state=state),
         # Split by node: each rank takes every world_size-th shard (explicit: the default refuses DDP).
         wds.split_by_node,
         # Split by worker: each loader process takes every num_workers-th of its rank's shards.
         wds.split_by_worker,
+    ]
+
+
+def _warn_large_shards(shards: list[ShardSpec], block: int) -> None:
+    """A block that starts inside a shard reads (and hashes) the samples before it unused: on
+    average half a shard per stream and epoch. Say so when that is a large part of a block."""
+    mean = sum(s.samples for s in shards) / len(shards)
+    if mean / 2 > 0.25 * block:
+        log.warning("shards hold %.0f samples on average and each loader stream uses %d per epoch: about %.0f%% "
+                    "more samples are read than used (a block starting inside a shard reads the samples before "
+                    "it); smaller shards (flowshard clips --shard-samples) or fewer loader workers read less",
+                    mean, block, 100 * mean / 2 / block)
+
+
+def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState,
+                   block: int = 0) -> wds.DataPipeline:
+    """The one pipeline, from shard list to batches (see the module docstring).
+
+    `block`: samples each stream (rank x loader worker) uses per training epoch.
+    Stages are module functions bound with functools.partial (not lambdas), so the
+    pipeline pickles for loader workers started with spawn or forkserver.
+    """
+    plan = PickPlan(cfg=cfg, train=train)
+    stages = [
+        # Shards: this rank's and worker's block of the sample sequence (training), or each shard once.
+        *shard_stages(shards, cfg, train=train, state=state, block=block),
         # Open: the stream hashes its bytes as they are read (verify="open": hash the file first).
         partial(open_shards, verify=cfg.verify),
         # Tar -> samples: members grouped by key; the hash is checked when each shard ends.
         tar_samples,
-        # Pick: choose clips (Simonyan, TSN segments, uniform test clips); drop other members.
+        # Pick: choose clips (Simonyan, TSN segments, strided, test clips); drop other members.
         partial(pick, plan=plan, state=state),
         # Shuffle buffer over picked items (compressed bytes only, so the buffer stays small).
         partial(shuffle, bufsize=cfg.shuffle_buffer, seed=cfg.seed, state=state) if train else None,
@@ -591,9 +718,14 @@ def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size: int) -> int:
-    """Optimizer steps per epoch: one pass over the split's samples, shared by all ranks."""
-    return max(1, source.num_samples(split) // (cfg.batch_size * world_size))
+def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size: int, *,
+                    per: str = "samples") -> int:
+    """Optimizer steps per epoch, shared by all ranks: one pass over the split's samples
+    (per="samples"), or about one item per video (per="videos": on clip shards of N clips
+    per video, successive epochs walk through the stored clips, a different one per video
+    each epoch on average: per-epoch temporal jitter from stored offsets)."""
+    count = source.num_videos(split) if per == "videos" else source.num_samples(split)
+    return max(1, count // (cfg.batch_size * world_size))
 
 
 def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool, steps: int | None = None,
@@ -602,12 +734,14 @@ def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool,
     if train and source.kind == "clips" and cfg.sampler == "tsn":
         raise ValueError("tsn sampling needs video samples: train on the built dataset, not on clip shards")
     state = EpochState()
-    pipeline = build_pipeline(source.split_shards(split), cfg, train=train, state=state)
+    if train and (steps is None or steps < 1):
+        raise ValueError(f"a training loader needs steps >= 1, got {steps}")
+    # Each worker yields its share; the training loop takes exactly `steps` batches.
+    per_worker = math.ceil(steps / max(1, cfg.workers)) if train else 0
+    pipeline = build_pipeline(source.split_shards(split), cfg, train=train, state=state,
+                              block=per_worker * cfg.batch_size)
     if train:
-        if steps is None or steps < 1:
-            raise ValueError(f"a training loader needs steps >= 1, got {steps}")
-        # Each worker yields its share; the training loop takes exactly `steps` batches.
-        pipeline = pipeline.with_epoch(math.ceil(steps / max(1, cfg.workers)))
+        pipeline = pipeline.with_epoch(per_worker)
     loader = torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
         worker_init_fn=_init_worker if cfg.workers else None, persistent_workers=False,

@@ -1,0 +1,79 @@
+"""Local copies of remote inputs, one per machine and object version, pruned by size."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import posixpath
+import tempfile
+import threading
+from pathlib import Path
+
+from pipeline.store.files import FileStat, stat
+from pipeline.store.locations import Location, is_remote, name
+from pipeline.store.retry import remote as _remote
+
+CACHE_BYTES = 8 << 30  # local copies of remote inputs kept per machine
+
+
+_CACHE = {"dir": None, "bytes": CACHE_BYTES}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    folder = Path(_CACHE["dir"] or Path(tempfile.gettempdir()) / "flowshard-inputs")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def local_copy(loc: Location, st: FileStat | None = None) -> str:
+    """A local file holding the bytes of `loc` (a local path is returned as it is).
+
+    Remote objects are downloaded whole into a per-machine cache named by the object's URL,
+    ETag and size, so a probe and the decode that follows (possibly in another process)
+    download it once. Decoders get a seekable file: containers whose index sits at the end
+    (an mp4 moov atom) cannot be read from a pipe. The least recently used copies are
+    removed when the cache outgrows its budget. Raises FileNotFoundError when nothing is there.
+    """
+    if not is_remote(loc):
+        return str(loc)
+    url = str(loc)
+    st = st or stat(url)
+    if st is None or not st.is_file:
+        raise FileNotFoundError(errno.ENOENT, f"{url}: no such object")
+    ident = hashlib.sha256(f"{url}\0{st.tag}\0{st.size}".encode()).hexdigest()[:32]
+    suffix = posixpath.splitext(name(url).split("?", 1)[0])[1][:16]
+    path = _cache_dir() / f"{ident}{suffix}"
+    if path.is_file() and path.stat().st_size == st.size:
+        os.utime(path)  # most recently used
+        return str(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        _remote(url, "cannot download it", lambda fs, p: fs.get_file(p, str(tmp)))
+        if tmp.stat().st_size != st.size:
+            raise OSError(errno.EIO, f"{url}: downloaded {tmp.stat().st_size} bytes, the object has {st.size}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _prune_cache(keep=path)
+    return str(path)
+
+
+def _prune_cache(keep: Path) -> None:
+    with _CACHE_LOCK:
+        files = []
+        for p in _cache_dir().iterdir():
+            if p.name.startswith("."):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another process pruned it first
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(s for _, s, _ in files)
+        for _, nbytes, p in sorted(files):
+            if total <= _CACHE["bytes"]:
+                break
+            if p != keep:
+                p.unlink(missing_ok=True)  # a decoder that has it open keeps reading it
+                total -= nbytes
+

@@ -1,0 +1,160 @@
+"""A build's settings and its unit of commit: one planned shard, and how its tars are written.
+
+Shared by the build (`pipeline.build`, which plans, resumes and commits) and the executors
+that run units (`pipeline.ray_runner`), so neither imports the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping
+
+from pipeline import manifest, reuse, shard, storage
+from pipeline.manifest import SHARD_DIR
+from pipeline.records import VideoRef, VideoResult
+from pipeline.storage import Location
+from pipeline.worker import WorkerConfig, process_video
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB
+DEFAULT_SHARD_SAMPLES = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """How samples are grouped into tar shards."""
+
+    max_bytes: int = DEFAULT_SHARD_BYTES
+    max_samples: int = DEFAULT_SHARD_SAMPLES
+    seed: int = 0  # seeds the shuffle that assigns videos to shards
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 << 16:
+            raise ValueError(f"shard size must be at least 64 KiB, got {self.max_bytes}")
+        if self.max_samples < 1:
+            raise ValueError(f"shard sample count must be >= 1, got {self.max_samples}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """A whole build: per-video work plus shard layout."""
+
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    split: int | None = None  # official split number for UCF101/HMDB51 roots
+
+    def output_dict(self) -> dict:
+        """Settings that change the output bytes."""
+        return {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
+                "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(manifest.dump_json(self.output_dict())).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One planned shard: its place in the plan, split and videos in write order.
+
+    stem: the tar name stem, `name` plus a hash of everything the tar bytes depend on ("" until
+    `identify`); media: key -> (content sha256, media key); stored: videos copied from stored
+    samples instead of computed.
+    """
+
+    name: str
+    split: str
+    refs: tuple[VideoRef, ...]
+    stem: str = ""
+    media: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    stored: Mapping[str, reuse.StoredVideo] = field(default_factory=dict)
+
+    @property
+    def compute_refs(self) -> tuple[VideoRef, ...]:
+        """The videos that must be decoded and get flow computed, in write order."""
+        return tuple(r for r in self.refs if r.key not in self.stored)
+
+
+# --- writing a unit ---------------------------------------------------------------------------
+
+def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg: BuildConfig) -> dict:
+    """Write a unit's samples (in plan order) to its tar(s) and return the unit record.
+
+    `results` holds the computed videos (`unit.compute_refs`, in order) and is consumed
+    lazily; stored videos are read from their shards in between, so only one video's
+    samples are held at a time.
+    """
+    out = storage.location(output)
+    shard_dir = storage.join(out, SHARD_DIR)
+    rows: list[VideoResult] = []
+
+    def samples():
+        for res in _in_plan_order(unit, results, out, cfg):
+            digests = []
+            for sample in res.samples:  # may be a generator: digest each sample as it passes
+                digests.append(_digest(sample))
+                yield sample
+            rows.append(dataclasses.replace(res, samples=tuple(digests)))
+
+    try:
+        records = shard.write_rolling(samples(), shard_dir, unit.stem,
+                                      max_bytes=cfg.shard.max_bytes, max_samples=cfg.shard.max_samples)
+    except OSError as exc:
+        raise manifest.os_error(exc, f"{shard_dir}: cannot write the shard(s) of unit {unit.stem} "
+                                     f"({exc.strerror or exc}); no partial shard was left") from exc
+    shard_of = {k: r.name for r in records for k in r.keys}
+    reused = sum(1 for r in rows if r.stats.get("reused"))
+    return {"unit": unit.name, "stem": unit.stem, "split": unit.split, "computed": len(rows) - reused,
+            "reused": reused,
+            "shards": [{"name": r.name, "split": unit.split, "samples": r.samples, "bytes": r.bytes,
+                        "sha256": r.sha256} for r in records if r.samples],
+            "videos": [_row_of(r, shard_of, unit) for r in rows]}
+
+
+def _in_plan_order(unit: Unit, results: Iterable[VideoResult], out: Location,
+                   cfg: BuildConfig) -> Iterator[VideoResult]:
+    computed = iter(results)
+    store = reuse.StoredSamples(storage.join(out, SHARD_DIR), unit.stored.values())
+    try:
+        for ref in unit.refs:
+            stored = unit.stored.get(ref.key)
+            if stored is not None:
+                yield _copy_or_compute(ref, stored, store, cfg)
+                continue
+            res = next(computed, None)
+            if res is None or res.ref.key != ref.key:
+                raise RuntimeError(f"{unit.stem}: expected the result of {ref.key}, got "
+                                   f"{res.ref.key if res else 'none'}")
+            yield res
+    finally:
+        store.close()
+
+
+def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.StoredSamples,
+                     cfg: BuildConfig) -> VideoResult:
+    """A stored video copied; recomputed here instead if its stored samples are gone or altered."""
+    try:
+        return reuse.load_video(ref, stored, store, cfg.worker)
+    except reuse.StaleSample as exc:
+        log.warning("%s; recomputing %s", exc, ref.source)
+        return process_video(ref, cfg.worker)
+
+
+def _digest(sample: dict) -> dict:
+    """What the manifest row needs of a sample, not its bytes (they are streamed to the tar)."""
+    return {"__key__": sample["__key__"], "__sha__": shard.sample_sha256(sample),
+            "__bytes__": shard.sample_bytes(sample)}
+
+
+def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
+    s = res.samples
+    digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
+    content, media = unit.media.get(res.ref.key, ("", ""))
+    return {"id": res.ref.key, "path": res.ref.source, "label": res.ref.label, "label_id": res.ref.label_id,
+            "split": res.ref.split, "status": res.status, "error": res.error, "frames": res.frames,
+            "flow_fields": res.flow_fields, "parts": len(s),
+            "shard": ",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
+            "bytes": sum(x["__bytes__"] for x in s), "sha256": digest,
+            "content_sha256": content, "media_key": media if res.status == "ok" else ""}
