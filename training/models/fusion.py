@@ -117,7 +117,6 @@ class Fuse(nn.Module):
 
 def bilinear(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum over positions of a (x) b per item -> (N, C*C), signed square root, L2-normalised."""
-    n, c = a.shape[:2]
     y = torch.bmm(a.flatten(2).float(), b.flatten(2).float().transpose(1, 2)).flatten(1)
     y = torch.sign(y) * torch.sqrt(y.abs() + 1e-12)
     return F.normalize(y, dim=1).to(a.dtype)
