@@ -54,7 +54,7 @@ LONG_RANGE_RUNS = {
 }
 SETS = {
     # 48x48 frames, 12 px squares: layer4 of a 48 px crop is 2x2, layer3 3x3.
-    "binding": (synthetic_sets.SetConfig(per_class=60, test_per_class=15, num_frames=20, size=(48, 48),
+    "binding": (synthetic_sets.SetConfig(per_class=60, test_per_class=15, num_frames=16, size=(48, 48),
                                          object_size=12, speed=1, seed=0), BINDING_RUNS, ["--strides", "3"]),
     "long_range": (synthetic_sets.SetConfig(per_class=60, test_per_class=15, num_frames=36, size=(48, 48),
                                             object_size=10, speed=1, seed=0), LONG_RANGE_RUNS, []),
