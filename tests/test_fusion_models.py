@@ -121,6 +121,11 @@ def test_earlier_fusion_continues_in_the_spatial_stream():
     model = build_model(cfg(fusion_layer="layer2", fusion_type="sum")).eval()
     assert stage_channels(model.rgb, "layer2") == 128
     assert model(clip(size=32))["fusion"].shape == (2, N)
+    # Without the temporal tower the temporal stream stops at the fusion: every weight gets a gradient.
+    alone = build_model(cfg(fusion_layer="layer2", fusion_type="sum", temporal_tower=False))
+    sum(v.sum() for v in alone(clip(size=32)).values()).backward()
+    assert all(p.grad is not None for p in alone.parameters())
+    assert count(alone) < count(model) - count(torchvision.models.resnet18().layer4)
 
 
 def test_options_name_what_cannot_be_built():

@@ -218,7 +218,10 @@ class FusionNet(VideoClassifier):
         self.head = (Head(top, cfg.num_classes, cfg.dropout, TemporalPool(fused, top)) if pooled
                      else Head(fused, cfg.num_classes, cfg.dropout, None))
         self.flow_head = None
-        if opt.temporal_tower:
+        if not opt.temporal_tower:  # the temporal stream ends at the fusion: no unused weights (DDP refuses them)
+            for stage in STAGES[STAGES.index(opt.fusion_layer) + 1:]:
+                setattr(self.flow, stage, nn.Sequential())
+        else:
             self.flow_head = Head(top, cfg.num_classes, cfg.stream_dropout("flow"),
                                   TemporalPool(top) if pooled else None)
 
