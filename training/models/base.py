@@ -105,6 +105,18 @@ class VideoClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    # Parameter names of the temporal stream in every family (two_stream: streams.flow;
+    # fusion: flow, flow_head; st_resnet: flow, heads.flow), for its own learning rate.
+    TEMPORAL_PREFIXES = ("streams.flow.", "flow.", "flow_head.", "heads.flow.")
+
+    def param_groups(self, lr: float, flow_lr: float | None = None) -> list[dict]:
+        """Trainable parameters as optimizer groups: the temporal stream's at flow_lr, the rest at lr."""
+        temporal, rest = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (temporal if flow_lr is not None and name.startswith(self.TEMPORAL_PREFIXES) else rest).append(p)
+        return [g for g in ({"params": rest, "lr": lr}, {"params": temporal, "lr": flow_lr}) if g["params"]]
+
     @property
     def loss_keys(self) -> tuple[str, ...]:
         """The outputs of forward that the training loss sums (default: all of them)."""
