@@ -19,6 +19,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from training.streams import FIELD_STREAMS
+
 log = logging.getLogger(__name__)
 
 # Explicit factory: architecture name -> (constructor, ImageNet weights enum).
@@ -163,15 +165,16 @@ def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
                     flow_weights: str | None = None) -> nn.Module:
     """A torchvision ResNet for the spatial (rgb) or temporal (flow) stream, without its fc.
 
-    The temporal stream's conv1 takes 2L channels, cross-modality initialised from `weights`,
-    unless `flow_weights` names a pre-trained temporal stream (e.g. trained on
-    `flowshard pretrain-flow` data), whose weights then replace all of it.
+    A temporal stream's (flow or warped flow) conv1 takes 2L channels, cross-modality
+    initialised from `weights`, unless `flow_weights` names a pre-trained temporal stream
+    (e.g. trained on `flowshard pretrain-flow` data), whose weights then replace all of it.
     """
-    backbone = load_backbone(arch, None if stream == "flow" and flow_weights else weights)
-    if stream == "flow":
+    fields = stream in FIELD_STREAMS
+    backbone = load_backbone(arch, None if fields and flow_weights else weights)
+    if fields:
         backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * clip_len)
     backbone.fc = nn.Identity()
-    if stream == "flow" and flow_weights:
+    if fields and flow_weights:
         load_flow_weights(backbone, flow_weights)
     return backbone
 
