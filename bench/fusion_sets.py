@@ -10,8 +10,9 @@ data, seed, steps, batch size and learning rate, and evaluates it on the held-ou
 Reported: video top-1 of the model's prediction ("fused") and of each output.
 
 binding     late fusion (two_stream, scores of the two streams averaged), each fusion type
-            at layer4 with and without 3D temporal pooling, and ST-ResNet; all see the same
-            clips of T snippets (strided sampling) and are trained from random weights.
+            at layer2 with and without 3D temporal pooling, conv fusion at layer4 (the
+            default), and ST-ResNet; all see the same clips of T snippets (strided
+            sampling) and are trained from random weights.
 long_range  the fusion model (conv fusion + 3D pooling) with single-scale clips (stride 1)
             against multi-timescale clips (strides 1, 5, 10), trained and tested alike.
 
@@ -39,14 +40,19 @@ COMMON = ["--arch", "resnet18", "--weights", "none", "--clip-len", "5", "--crop-
           "--dropout", "0.5", "--optimizer", "adamw", "--lr", "0.0005", "--weight-decay", "0.0001",
           "--warmup-epochs", "0"]
 FUSION = ["--model", "fusion", "--fusion-layer", "layer4"]
+# Binding needs fused maps fine enough to keep the two squares apart: layer4 of a 48 px crop
+# is 2x2, layer2 6x6 (cells of 8 px, a square over about 1.5 of them, as an actor spans a few
+# of conv5's 14x14 cells at 224 px in the paper).
+FUSION_L2 = ["--model", "fusion", "--fusion-layer", "layer2"]
 
 BINDING_RUNS = {
     "late": ["--model", "two_stream", "--fusion", "late"],
-    "conv_3d": [*FUSION, "--fusion-type", "conv", "--temporal-pool", "3d"],
-    **{f"{kind}_{pool}": [*FUSION, "--fusion-type", kind, "--temporal-pool", pool]
+    "conv_3d": [*FUSION_L2, "--fusion-type", "conv", "--temporal-pool", "3d"],
+    **{f"{kind}_{pool}": [*FUSION_L2, "--fusion-type", kind, "--temporal-pool", pool]
        for kind in ("sum", "max", "concat", "conv") for pool in ("none", "3d") if (kind, pool) != ("conv", "3d")},
-    "bilinear_none": [*FUSION, "--fusion-type", "bilinear", "--temporal-pool", "none"],
+    "bilinear_none": [*FUSION_L2, "--fusion-type", "bilinear", "--temporal-pool", "none"],
     "st_resnet": ["--model", "st_resnet", "--st-connection", "additive"],
+    "conv_3d_layer4": [*FUSION, "--fusion-type", "conv", "--temporal-pool", "3d"],
 }
 LONG_RANGE_RUNS = {
     "single_scale": [*FUSION, "--fusion-type", "conv", "--temporal-pool", "3d", "--strides", "1"],

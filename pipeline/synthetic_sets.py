@@ -1,6 +1,6 @@
 """Labelled synthetic video sets on which one model family should beat another.
 
-Both write videos (H.264, like pipeline.synthetic) and a list.csv (path,label,split) that
+Both write videos (H.264 in 4:4:4, so no chroma subsampling) and a list.csv (path,label,split) that
 `flowshard build` reads; every video is drawn from one seeded generator, so the same
 config and photos give the same videos.
 
@@ -206,7 +206,8 @@ def write_set(root: str | Path, kind: str, cfg: SetConfig, pictures: list[np.nda
         for i in range(cfg.per_class + cfg.test_per_class):
             rng = random.Random(f"{kind}/{cfg.seed}/{label}/{i}")
             rel = f"videos/{label}/{kind}_{label}_{i:03d}.mp4"
-            synthetic.write_video(root / rel, make(label, cfg, pictures, rng), cfg.fps)
+            # 4:4:4: with 4:2:0 chroma the tint would bleed into the grey around the squares.
+            synthetic.write_video(root / rel, make(label, cfg, pictures, rng), cfg.fps, pix_fmt="yuv444p")
             rows.append({"path": rel, "label": label, "split": "train" if i < cfg.per_class else "test"})
     listing = root / "list.csv"
     with open(listing, "w", newline="") as f:

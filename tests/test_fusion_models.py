@@ -117,6 +117,25 @@ def test_bilinear_is_the_signed_root_normalised_outer_product_over_positions():
     assert y.shape == (2, 9)
 
 
+def test_concatenation_and_bilinear_fusion_below_layer4():
+    r18 = count(torchvision.models.resnet18()) - (512 * 1000 + 1000)
+    base = 2 * r18 + 64 * 49 * (8 - 3) + 2 * (512 * N + N)
+    concat = build_model(cfg(fusion_layer="layer2", fusion_type="concat", temporal_pool="none")).eval()
+    # layer3's first conv (3x3, 128 -> 256) and projection (1x1) take [a, b]: 256 channels.
+    assert count(concat) == base + 128 * 256 * 9 + 128 * 256
+    a, b = torch.randn(2, 128, 4, 4), torch.randn(2, 128, 4, 4)
+    block = concat.rgb.layer3[0]
+    widened = torch.nn.functional.conv2d(torch.cat([a, b], 1), block.conv1.weight, stride=2, padding=1)
+    torch.testing.assert_close(widened, torch.nn.functional.conv2d(a + b, block.conv1.weight[:, :128], stride=2,
+                                                                   padding=1), atol=1e-5, rtol=1e-4)
+    assert concat(clip(size=32))["fusion"].shape == (2, N)
+    bil = build_model(cfg(fusion_layer="layer2", fusion_type="bilinear", temporal_pool="none"))
+    rgb_later = count(torchvision.models.resnet18().layer3) + count(torchvision.models.resnet18().layer4)
+    assert count(bil) == base - rgb_later + (128 * 128 - 512) * N
+    sum(v.sum() for v in bil(clip(size=32)).values()).backward()
+    assert all(p.grad is not None for p in bil.parameters())
+
+
 def test_earlier_fusion_continues_in_the_spatial_stream():
     model = build_model(cfg(fusion_layer="layer2", fusion_type="sum")).eval()
     assert stage_channels(model.rgb, "layer2") == 128
@@ -131,8 +150,6 @@ def test_earlier_fusion_continues_in_the_spatial_stream():
 def test_options_name_what_cannot_be_built():
     with pytest.raises(ValueError, match="unknown fusion type"):
         Options(fusion_type="product")
-    with pytest.raises(ValueError, match="fuse at layer4"):
-        Options(fusion_type="concat", fusion_layer="layer3")
     with pytest.raises(ValueError, match="no positions"):
         Options(fusion_type="bilinear", temporal_pool="3d")
     with pytest.raises(ValueError, match="needs both streams"):

@@ -8,12 +8,13 @@ channel for channel at the same pixel, are fused:
 
     sum        y = a + b
     max        y = max(a, b)
-    concat     y = [a, b]                          (2C channels)
+    concat     y = [a, b]                          (2C channels; fused below layer4, the next
+               stage's first convolutions take 2C channels, their weights repeated)
     conv       y = W [a, b] + bias, a 1x1 conv from 2C to C channels initialised as the sum of
                identities W = [I, I] (bias 0), so that it starts as sum fusion
     bilinear   y = sum over positions of ReLU(a) outer ReLU(b) (C^2 values), signed square root,
-               L2 normalisation; no positions are left, so it fuses at layer4 only and takes no
-               temporal pooling
+               L2 normalisation, then the classifier: no positions are left for later stages
+               or for temporal pooling
 
 followed by the block's ReLU and, when fused below layer4, the spatial stream's remaining
 stages ("fusing into the spatial stream", as in the paper's final model).
@@ -67,9 +68,6 @@ class Options:
             raise ValueError(f"unknown fusion layer {self.fusion_layer!r}; choose one of {STAGES}")
         if self.temporal_pool not in TEMPORAL_POOLS:
             raise ValueError(f"unknown temporal pooling {self.temporal_pool!r}; choose one of {TEMPORAL_POOLS}")
-        if self.fusion_type in ("concat", "bilinear") and self.fusion_layer != STAGES[-1]:
-            raise ValueError(f"{self.fusion_type} fusion changes what the next stage takes (channels or positions): "
-                             f"fuse at {STAGES[-1]}, got {self.fusion_layer}")
         if self.fusion_type == "bilinear" and self.temporal_pool != "none":
             raise ValueError("bilinear fusion leaves no positions to pool in 3D: use temporal_pool='none'")
 
@@ -179,6 +177,26 @@ class Head(nn.Module):
 
 # --- the model ------------------------------------------------------------------------------------
 
+def repeat_input(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
+    """A copy of `conv` taking `factor` times its input channels, its weights repeated along
+    them: on concatenated maps [a, b] it starts as the conv of a + b."""
+    new = nn.Conv2d(conv.in_channels * factor, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(torch.cat([conv.weight] * factor, dim=1))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def widen_input_(block: nn.Module, factor: int = 2) -> None:
+    """Let the first block of the stage after a concatenation fusion take the 2C channels."""
+    if block.downsample is None:
+        raise ValueError("concatenation fusion needs a projection shortcut after it (fuse below layer4 of a ResNet)")
+    block.conv1 = repeat_input(block.conv1, factor)
+    block.downsample[0] = repeat_input(block.downsample[0], factor)
+
+
 def run_to(backbone: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """A stream from its input to the end of `layer`, its last block stopped before the ReLU."""
     x = stem(backbone, x)
@@ -211,9 +229,16 @@ class FusionNet(VideoClassifier):
         self.rgb = stream_backbone(cfg.arch, cfg.weights, "rgb", cfg.clip_len)
         self.flow = stream_backbone(cfg.arch, cfg.weights, "flow", cfg.clip_len, cfg.flow_weights)
         channels = stage_channels(self.rgb, opt.fusion_layer)
-        self.fuse = Fuse(opt.fusion_type, channels)
         top = stage_channels(self.rgb, STAGES[-1])
-        fused = self.fuse.out_channels(top)
+        later = STAGES[STAGES.index(opt.fusion_layer) + 1:]
+        self.fuse = Fuse(opt.fusion_type, channels)
+        if opt.fusion_type == "concat" and later:  # the next stage takes [a, b]: 2C channels
+            widen_input_(getattr(self.rgb, later[0])[0])
+        ends = opt.fusion_type == "bilinear" or not later  # the fused tower ends at the fusion
+        if opt.fusion_type == "bilinear":  # no positions left for the spatial stages after it
+            for stage in later:
+                setattr(self.rgb, stage, nn.Sequential())
+        fused = self.fuse.out_channels(channels) if ends else top
         pooled = opt.temporal_pool == "3d"
         self.head = (Head(top, cfg.num_classes, cfg.dropout, TemporalPool(fused, top)) if pooled
                      else Head(fused, cfg.num_classes, cfg.dropout, None))
