@@ -20,14 +20,14 @@ followed by the block's ReLU and, when fused below layer4, the spatial stream's 
 stages ("fusing into the spatial stream", as in the paper's final model).
 
 Temporal pooling (`temporal_pool="3d"`, the paper's): a clip is T snippets in time order
-(pipeline.snippets' strided sampler: T snippets `stride` frames apart); the fused maps of
-the T snippets are stacked in time into (C, T, H, W) and pooled by a 3D convolution
-(3x3x3, C -> C, initialised as the identity times a normalised 3D Gaussian, sigma 1, as
-in the authors' code) with ReLU, then 3D max pooling (3x3x3, stride 2 in time and space),
-then global average pooling and the classifier (concatenated maps: the 3D conv maps 2C
-to C channels, initialised as the sum of the two halves: the paper's 3D conv fusion).
-`temporal_pool="none"`: each snippet's
-fused maps are pooled and classified on their own and the T scores averaged.
+(pipeline.snippets' strided sampler: T snippets `stride` frames apart); the fused tower's
+last maps (at layer4) of the T snippets are stacked in time into (C, T, H, W) and pooled
+by a 3D convolution (3x3x3, C -> C, initialised as the identity times a normalised 3D
+Gaussian, sigma 1, as in the authors' code) with ReLU, then 3D max pooling (3x3x3, stride
+2 in time and space), then global average pooling and the classifier (maps concatenated at
+layer4: the 3D conv maps 2C to C channels, initialised as the sum of the two halves: the
+paper's 3D conv fusion). `temporal_pool="none"`: each snippet's maps are pooled and
+classified on their own and the T scores averaged.
 
 `temporal_tower` keeps the temporal stream's own tower after the fusion point (its
 remaining stages, 3D max pooling when pooling in time, its classifier), as in the paper's
