@@ -21,7 +21,7 @@ from jobs.cli import _defaults, build, parse_params, run_build, setup_logging
 
 log = logging.getLogger("flowshard.job")
 
-_ALIASES = {"flow": "flow_algo"}  # YAML keys are the CLI flags; --flow's parameter is named flow_algo
+_ALIASES = {"flow": "flow_algo", "boxes": "boxes_path"}  # YAML keys are the CLI flags (their parameter names differ)
 
 
 def load_job_config(path: str | Path, overrides: dict | None = None) -> dict:

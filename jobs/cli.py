@@ -109,6 +109,11 @@ def build_options(f):
         click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
         click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
+        click.option("--boxes", "boxes_path", default=None, metavar="FILE",
+                     help="Per-frame action boxes to store with the samples: a CSV video,frame,x1,y1,x2,y2,"
+                          "label[,track], a UCF101-24 .pkl, or a folder of J-HMDB puppet_mask.mat files."),
+        click.option("--box-tolerance", type=float, default=1.0, show_default=True,
+                     help="Pixels a box may stick out of the frame (clipped) before its video is an error row."),
         click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"])),
         click.option("--address", default=None, envvar="RAY_ADDRESS",
                      help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray on loopback)."),
@@ -119,6 +124,9 @@ def build_options(f):
                      help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave."),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
         click.option("--progress/--no-progress", default=True, show_default=True),
+        click.option("--retry-errors", is_flag=True,
+                     help="Compute the error rows of the version these inputs and settings gave again, "
+                          "into a new version that shares every other shard."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -127,6 +135,7 @@ def build_options(f):
 
 def make_build_config(o: dict):
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
+    from pipeline.boxes import BoxesConfig
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
     from pipeline.warp import WarpConfig
@@ -143,7 +152,8 @@ def make_build_config(o: dict):
                               max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
                               warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
-        return BuildConfig(worker=worker, shard=shard, split=o["split"])
+        boxes = BoxesConfig(path=o["boxes_path"], tolerance=o.get("box_tolerance", 1.0)) if o.get("boxes_path") else None
+        return BuildConfig(worker=worker, shard=shard, split=o["split"], boxes=boxes)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -224,7 +234,8 @@ def run_build(input_path: str, output: str, o: dict):
     check_input(input_path, o["split"])
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
-    return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])
+    return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"],
+                         retry_errors=o.get("retry_errors", False))
 
 
 def echo_summary(s) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 # The names of training.models.FAMILIES (a test keeps both lists equal).
-MODELS = ("two_stream", "fusion", "st_resnet")
+MODELS = ("two_stream", "fusion", "st_resnet", "detection")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
 BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
@@ -25,6 +25,7 @@ INPUT_DEFAULTS: dict[str, dict] = {
     "fusion": {"sampling": "strided", "snippets": 5, "strides": "1,5,10", "dropout": 0.85},
     # Feichtenhofer et al. (ST-ResNet): T = 5 snippets a stride apart.
     "st_resnet": {"sampling": "strided", "snippets": 5, "strides": "1,5,10"},
+    "detection": {},
 }
 
 # Flags of single families (each help text names its family).
@@ -48,6 +49,21 @@ FAMILY_FLAGS: list = [
                  help="st_resnet: convs of each stage's second unit made 3D over the snippets (centre-slice init)."),
     click.option("--st-temporal-pool", default="max", show_default=True, type=click.Choice(["max", "avg"]),
                  help="st_resnet: pooling over the T snippets before each stream's classifier."),
+    click.option("--det-fusion", default="concat", show_default=True, type=click.Choice(["concat", "late"]),
+                 help="detection: per-region fusion, concat (fc7 of both streams, the paper's) or late "
+                      "(scores averaged with --fusion-weights)."),
+    click.option("--det-min-size", type=int, default=0, show_default=True,
+                 help="detection: resize frames to this short side (0: as stored)."),
+    click.option("--det-max-size", type=int, default=0, show_default=True,
+                 help="detection: cap on the long side when resizing (0: none)."),
+    click.option("--det-anchor-sizes", default="32,64,128,256,512", show_default=True,
+                 help="detection: anchor size per FPN level (5)."),
+    click.option("--det-fpn-channels", type=int, default=256, show_default=True, help="detection: FPN width."),
+    click.option("--det-head-dim", type=int, default=1024, show_default=True, help="detection: fc6/fc7 width."),
+    click.option("--det-proposals", type=int, default=1000, show_default=True,
+                 help="detection: RPN proposals per frame and stream at test time (twice that in training)."),
+    click.option("--det-roi-batch", type=int, default=512, show_default=True,
+                 help="detection: regions sampled per frame for the box losses."),
 ]
 
 
@@ -78,6 +94,13 @@ def model_options(model: str, o: dict):
 
         return Options(connection=o["st_connection"], temporal_convs=o["st_temporal_convs"],
                        temporal_pool=o["st_temporal_pool"])
+    if model == "detection":
+        from jobs.parsing import parse_numbers
+        from training.models.detection import Options
+
+        return Options(fusion=o["det_fusion"], min_size=o["det_min_size"], max_size=o["det_max_size"],
+                       anchor_sizes=parse_numbers(o["det_anchor_sizes"], int), fpn_channels=o["det_fpn_channels"],
+                       head_dim=o["det_head_dim"], proposals=o["det_proposals"], roi_batch=o["det_roi_batch"])
     raise click.BadParameter(f"unknown model {model!r}; choose one of {MODELS}")
 
 

@@ -21,6 +21,7 @@ metrics DIR/eval_epoch_NNN.json with a confusion-matrix PNG, and DIR/train_summa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,7 +30,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
@@ -60,7 +61,9 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     at --flow-lr when given (Wang et al.: 0.001 for the spatial, 0.005 for the temporal net)."""
     import torch
 
-    params = model.param_groups(cfg.lr, cfg.flow_lr)
+    from training.models.base import param_groups
+
+    params = param_groups(model, cfg.lr, cfg.flow_lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -178,6 +181,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     info = distributed.init_distributed(cfg.device)
     try:
+        if cfg.data.task == "detect":
+            from jobs.detect import train_detector
+
+            return train_detector(cfg, info, progress)
         return _train(cfg, info, progress)
     finally:
         distributed.cleanup()
@@ -194,13 +201,21 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
     if source.num_classes != cfg.model.num_classes:
         raise ValueError(f"{cfg.dataset} has {source.num_classes} classes, the model {cfg.model.num_classes}")
     eval_split = resolve_eval_split(cfg, source.splits())
+    with run_folder(cfg, info) as run:
+        return _run(cfg, info, source, device, run, eval_split, progress)
+
+
+@contextlib.contextmanager
+def run_folder(cfg: TrainConfig, info: DistInfo) -> Iterator[RunFolder | None]:
+    """Rank 0's RunFolder (None on other ranks), with config.json written and the log copied to
+    train.log while the run lasts, then synced."""
     run = open_run_folder(cfg.output) if info.is_main else None
     handler = None
     if run is not None:
         handler = _file_logging(run.local / TRAIN_LOG)
         atomic_write_bytes(run.local / "config.json", dump_json(cfg.to_dict()))
     try:
-        return _run(cfg, info, source, device, run, eval_split, progress)
+        yield run
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
@@ -211,10 +226,7 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
 def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | None, progress) -> dict:
     import torch
 
-    from training import checkpoint, data, distributed, engine
-    from training.config import amp_dtype
-    from training.models import build_model
-    from training.models.base import channels_last_
+    from training import data, distributed, engine
 
     steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size,
                                                         per=cfg.epoch_size)
@@ -224,45 +236,21 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
     eval_loader = None
     if eval_split is not None:
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin, device=device)
-    resume = resolve_resume(cfg.resume, cfg.output)
-    # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
-    initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
-    model = build_model(initial).to(device)
-    if cfg.channels_last:
-        channels_last_(model)
-    optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(optimizer, cfg, steps)
-    dtype = amp_dtype(cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start_epoch, step = 0, 0
-    if resume is not None:
-        ckpt = checkpoint.load_checkpoint(resume)
-        check_resume(ckpt, cfg, source.version)
-        step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                        rank=info.rank, world_size=info.world_size)
-        start_epoch = done + 1
-        log.info("resumed from %s at step %d (epoch %d done)", resume, step, done)
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if pin else None)
+    state = prepare_run(cfg, info, source, device, steps)
+    model, dtype, step = state.model, state.dtype, state.step
     writer = _writer(run.local) if run is not None else None
     criterion = torch.nn.CrossEntropyLoss()
     log.info("training %s (%s) on %s (%s, %d classes): %d steps/epoch x %d epochs, %d rank(s), batch %d per rank; "
              "evaluating on %s", cfg.model.model, cfg.model.arch, cfg.dataset, source.kind, source.num_classes, steps,
              cfg.epochs, info.world_size, cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
     results, stats = None, {}
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state.start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
         step, stats = engine.train_one_epoch(
-            model, criterion, optimizer, scheduler, train_loader, device, epoch, model_cfg=cfg.model, steps=steps,
-            step=step, scaler=scaler, amp_dtype=dtype, clip_grad=cfg.clip_grad, writer=writer,
+            model, criterion, state.optimizer, state.scheduler, train_loader, device, epoch, model_cfg=cfg.model,
+            steps=steps, step=step, scaler=state.scaler, amp_dtype=dtype, clip_grad=cfg.clip_grad, writer=writer,
             log_every=cfg.log_every, progress=progress and info.is_main)
-        log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
-        rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
-        if run is not None:
-            ckpt = checkpoint.make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                              step=step, epoch=epoch, config=cfg.to_dict(),
-                                              dataset_version=source.version, rng=rng)
-            checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+        save_epoch(state, cfg, source, run, epoch, step, stats)
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             results = engine.evaluate(model, eval_loader, device, model_cfg=cfg.model, amp_dtype=dtype,
@@ -286,6 +274,71 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
     return summary
 
 
+@dataclass
+class RunState:
+    """What a training run carries from epoch to epoch (besides its loaders)."""
+
+    model: torch.nn.Module  # on its device, inside DistributedDataParallel when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # autocast
+    start_epoch: int
+    step: int
+
+
+def prepare_run(cfg: TrainConfig, info: DistInfo, source, device: torch.device, steps: int, *,
+                find_unused: bool = False) -> RunState:
+    """The model, optimizer, scheduler and scaler of `cfg`, resumed from --resume when given.
+
+    find_unused: DDP looks for parameters a step did not use (a detector's unused heads).
+    """
+    import torch
+
+    from training import checkpoint
+    from training.config import amp_dtype
+    from training.models import build_model
+    from training.models.base import channels_last_
+
+    resume = resolve_resume(cfg.resume, cfg.output)
+    # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
+    initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
+    model = build_model(initial).to(device)
+    if cfg.channels_last and cfg.data.task == "classify":
+        channels_last_(model)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    dtype = amp_dtype(cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    start_epoch, step = 0, 0
+    if resume is not None:
+        ckpt = checkpoint.load_checkpoint(resume)
+        check_resume(ckpt, cfg, source.version)
+        step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                        rank=info.rank, world_size=info.world_size)
+        start_epoch = done + 1
+        log.info("resumed from %s at step %d (epoch %d done)", resume, step, done)
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+    return RunState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype,
+                    start_epoch=start_epoch, step=step)
+
+
+def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
+               stats: dict) -> None:
+    """Log an epoch's stats and write its checkpoint (epoch_NNN.pt and last.pt) from rank 0."""
+    from training import checkpoint, distributed
+
+    log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
+    rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
+    if run is not None:
+        ckpt = checkpoint.make_checkpoint(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                                          scaler=state.scaler, step=step, epoch=epoch, config=cfg.to_dict(),
+                                          dataset_version=source.version, rng=rng)
+        checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+
+
 def _writer(out: Path):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -293,8 +346,8 @@ def _writer(out: Path):
 
 
 def _headline(results: dict) -> dict:
-    keys = ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy")
-    return {name: ({k: r[k] for k in keys} if r else None) for name, r in results.items()}
+    keys = ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy", "frame_map", "video_map")
+    return {name: ({k: r[k] for k in keys if k in r} if r else None) for name, r in results.items()}
 
 
 def write_results(results: dict, path: Path, class_names: list[str], writer=None, step: int = 0,
@@ -317,16 +370,22 @@ def write_results(results: dict, path: Path, class_names: list[str], writer=None
 
 def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str, batch_size: int | None,
                         workers: int | None, test_clips: int | None, test_crops: int | None,
-                        progress: bool = True) -> tuple[dict, list[str], dict]:
-    """Evaluate a checkpoint on a split of DATASET; returns (results, class names, provenance)."""
-    import torch
+                        progress: bool = True, tube_params: dict | None = None) -> tuple[dict, list[str], dict]:
+    """Evaluate a checkpoint on a split of DATASET; returns (results, class names, provenance).
 
-    from training import checkpoint, data, distributed, engine
-    from training.config import TrainConfig, amp_dtype
-    from training.models import build_model
+    A detector (`train --task detect`) is scored on every frame (jobs.detect); tube_params
+    set its tube linking (training.detection.tubes.TubeConfig).
+    """
+    from training import checkpoint, data, engine
+    from training.config import TrainConfig
 
     ckpt = checkpoint.load_checkpoint(ckpt_path)
     cfg = TrainConfig.from_dict(ckpt["config"])
+    if cfg.data.task == "detect":
+        from jobs.detect import evaluate_detector
+
+        return evaluate_detector(dataset, ckpt_path, ckpt, cfg, split=split, device=device, batch_size=batch_size,
+                                 workers=workers, tube_params=tube_params or {}, progress=progress)
     source = data.open_source(dataset)
     if source.num_classes != cfg.model.num_classes:
         raise ValueError(f"{dataset} has {source.num_classes} classes, the checkpoint's model {cfg.model.num_classes}")
@@ -334,6 +393,24 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     transform = dataclasses.replace(cfg.data.transform, **_given(test_crops=test_crops))
     data_cfg = dataclasses.replace(cfg.data, transform=transform,
                                    **_given(batch_size=batch_size, workers=workers, test_clips=test_clips))
+    results = run_evaluation(cfg, ckpt, source, split, data_cfg, device, lambda model, loader, dev, dtype, main:
+                             engine.evaluate(model, loader, dev, model_cfg=cfg.model, amp_dtype=dtype,
+                                             progress=progress and main))
+    provenance = evaluation_provenance(ckpt_path, ckpt, dataset, source, split,
+                                       {"test_clips": data_cfg.test_clips, "test_crops": transform.test_crops,
+                                        "crop_size": transform.crop_size})
+    return results, source.class_names, provenance
+
+
+def run_evaluation(cfg: TrainConfig, ckpt: dict, source, split: str, data_cfg, device: str, evaluate):
+    """evaluate(model, loader, device, amp dtype, is rank 0) with the checkpoint's model rebuilt on
+    `device` (this rank's under torchrun) and a loader of the split."""
+    import torch
+
+    from training import data, distributed
+    from training.config import amp_dtype
+    from training.models import build_model
+
     info = distributed.init_distributed(device)
     try:
         dev = torch.device(info.device)
@@ -342,20 +419,20 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
         model.load_state_dict(ckpt["model"])
         model.to(dev)
         loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
-        dtype = amp_dtype(dataclasses.replace(cfg, device=info.device))
-        results = engine.evaluate(model, loader, dev, model_cfg=cfg.model, amp_dtype=dtype,
-                                  progress=progress and info.is_main)
+        return evaluate(model, loader, dev, amp_dtype(dataclasses.replace(cfg, device=info.device)), info.is_main)
     finally:
         distributed.cleanup()
-    provenance = {"checkpoint": {"path": str(ckpt_path), "step": ckpt["step"], "epoch": ckpt["epoch"],
-                                 "dataset_version": ckpt["dataset_version"]},
-                  "dataset": {"path": str(dataset), "kind": source.kind, "version": source.version, "split": split},
-                  "protocol": {"test_clips": data_cfg.test_clips, "test_crops": transform.test_crops,
-                               "crop_size": transform.crop_size}}
+
+
+def evaluation_provenance(ckpt_path: str, ckpt: dict, dataset: str, source, split: str, protocol: dict) -> dict:
+    """What an evaluation report says it evaluated: the checkpoint, the dataset version and the protocol."""
     if source.version != ckpt["dataset_version"]:
         log.info("evaluating on dataset version %s; the model was trained on %s", source.version,
                  ckpt["dataset_version"])
-    return results, source.class_names, provenance
+    return {"checkpoint": {"path": str(ckpt_path), "step": ckpt["step"], "epoch": ckpt["epoch"],
+                           "dataset_version": ckpt["dataset_version"]},
+            "dataset": {"path": str(dataset), "kind": source.kind, "version": source.version, "split": split},
+            "protocol": protocol}
 
 
 def _given(**kw) -> dict:
@@ -377,6 +454,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.command("train")
 @click.argument("dataset")
 @click.option("--output", "-o", required=True, help="Run folder: checkpoints (*.pt), logs, TensorBoard.")
+@click.option("--task", default="classify", show_default=True, type=click.Choice(["classify", "detect"]),
+              help="detect: a two-stream region detector on a dataset built with --boxes (model 'detection').")
 @click.option("--model", default="two_stream", show_default=True, type=click.Choice(list(MODELS)),
               help="Model family (see README: one command per model).")
 @click.option("--streams", default=None, metavar="rgb|flow|both|rgb,flow,warped",
@@ -462,7 +541,13 @@ def train_command(dataset: str, output: str, progress: bool, **o) -> None:
     try:
         source = data.open_source(dataset)
         o["clip_len"] = o["clip_len"] or default_clip_len(source.info or {})
-        cfg = make_train_config(dataset, output, source.num_classes, resolve_defaults(o))
+        num_classes = source.num_classes
+        if o["task"] == "detect":
+            from jobs.detect import action_names
+
+            o["model"] = "detection"
+            num_classes = len(action_names(source.info or {}, dataset)) + 1  # and background
+        cfg = make_train_config(dataset, output, num_classes, resolve_defaults(o))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -503,7 +588,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], transform=transform,
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
                           seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
-                          flow_mean_subtract=o.get("flow_mean_subtract", False))
+                          flow_mean_subtract=o.get("flow_mean_subtract", False), task=o.get("task", "classify"))
     weights = _floats(o["fusion_weights"]) if o.get("fusion_weights") else None  # None: the streams' defaults
     initial = None if o["weights"] in (None, "none") else o["weights"]
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
@@ -533,16 +618,22 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
 @click.option("--batch-size", type=int, default=None)
 @click.option("--workers", type=int, default=None)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
+@click.option("--tube-param", multiple=True, metavar="KEY=VALUE",
+              help="Detectors: tube linking setting, repeatable (overlap_weight, candidates, max_tubes, trim, "
+                   "threshold, penalty, min_frames; training.detection.tubes.TubeConfig).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def evaluate_command(dataset: str, checkpoint_path: str, json_path: str | None, split: str, test_clips: int | None,
                      test_crops: str | None, batch_size: int | None, workers: int | None, device: str | None,
-                     progress: bool) -> None:
-    """Score CHECKPOINT on DATASET's test clips: clip and video accuracy per stream and fused."""
+                     tube_param: tuple[str, ...], progress: bool) -> None:
+    """Score CHECKPOINT on DATASET's test clips: clip and video accuracy per stream and fused
+    (a detector: frame-mAP, video-mAP and accuracy on every frame)."""
+    from jobs.cli import parse_params
+
     try:
         results, names, provenance = evaluate_checkpoint(
             dataset, checkpoint_path, split=split, device=device or _default_device(), batch_size=batch_size,
             workers=workers, test_clips=test_clips, test_crops=int(test_crops) if test_crops else None,
-            progress=progress)
+            progress=progress, tube_params=parse_params(tube_param))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if distributed_rank() == 0:

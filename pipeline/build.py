@@ -32,18 +32,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Protocol
 
-from pipeline import encode, inputs, manifest, reuse, storage, version
+from pipeline import boxes, encode, failures, inputs, manifest, reuse, shard, shared_paths, storage, tools, version
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
 from pipeline.flow import make_estimator
 # BuildConfig and ShardConfig are the build's public settings: importable from here too.
-from pipeline.units import BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
+from pipeline.units import STATE_DIR, BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
 from pipeline.worker import process_video
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".flowshard"
 LOCK_FILE = "lock"
 
 
@@ -104,15 +103,31 @@ def _unit_number(name: str) -> int:
     return int(name.rsplit("-", 1)[1])
 
 
-def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig) -> list[Unit]:
-    """Units with their media keys and stems (name + a hash of what their tars depend on)."""
+@dataclass(frozen=True)
+class Retry:
+    """`--retry-errors`: recompute the error rows `keys` of version `of`, sharing the rest."""
+
+    of: str
+    keys: frozenset[str]
+
+
+def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig, retry: Retry | None = None) -> list[Unit]:
+    """Units with their media keys and stems (name + a hash of what their tars depend on).
+
+    A unit holding videos to retry gets a stem of its own, so it is written anew (its other
+    videos copied from the stored shards); every other unit keeps its stem and its tars.
+    """
     out = []
     for u in units:
-        media = {r.key: (hashes.get(r.key, ""), version.media_key(hashes.get(r.key, ""), cfg.worker))
-                 for r in u.refs}
-        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] for r in u.refs]
-        ident = hashlib.sha256(manifest.dump_json({"unit": u.name, "schema": encode.SCHEMA_VERSION,
-                                                   "config": cfg.output_dict(), "refs": refs})).hexdigest()
+        # A remote object's content sha256 is only known once a worker has read it: "" here.
+        media = {r.key: (ident if version.is_sha256(ident) else "", version.media_key(ident, cfg.worker, cfg.tools))
+                 for r in u.refs for ident in [hashes.get(r.key, "")]}
+        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] + version.boxes_id(r)
+                for r in u.refs]
+        what = {"unit": u.name, "schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(), "refs": refs}
+        if retry is not None and any(r.key in retry.keys for r in u.refs):
+            what["retry_of"] = retry.of
+        ident = hashlib.sha256(manifest.dump_json(what)).hexdigest()
         out.append(replace(u, media=media, stem=f"{u.name}-{ident[:10]}"))
     return out
 
@@ -140,7 +155,8 @@ def unit_record_path(output: Location, unit: Unit) -> Location:
 
 
 def load_finished(output: Location, unit: Unit) -> dict | None:
-    """The unit's record if a unit with this stem finished and its tars are intact."""
+    """The unit's record if a unit with this stem finished and its tars are intact: of their
+    recorded size and sha256 (a tar altered in place, same size, is written again)."""
     try:
         rec = json.loads(storage.read_bytes(unit_record_path(output, unit)))
     except (FileNotFoundError, ValueError):  # never finished, or a record from another layout
@@ -148,9 +164,49 @@ def load_finished(output: Location, unit: Unit) -> dict | None:
     if rec.get("stem") != unit.stem:
         return None
     for s in rec["shards"]:
-        if storage.size(storage.join(output, SHARD_DIR, s["name"])) != s["bytes"]:
+        path = storage.join(output, SHARD_DIR, s["name"])
+        if storage.size(path) != s["bytes"] or _sha256(path) != s["sha256"]:
+            log.warning("%s: not the tar unit %s recorded; writing the unit again", path, unit.stem)
             return None
     return rec
+
+
+def _sha256(path: Location) -> str:
+    try:
+        return shard.sha256_file(path)
+    except OSError:
+        return ""
+
+
+def stored_tars(output: Location, versions: list[str]) -> dict[tuple[str, int], str]:
+    """(sha256, bytes) -> name of every tar the given committed versions hold."""
+    out: dict[tuple[str, int], str] = {}
+    for vid in versions:
+        for row in manifest.read_rows(storage.join(output, version.VERSIONS_DIR, vid, manifest.SHARDS)):
+            out.setdefault((row["sha256"], row["bytes"]), row["name"])
+    return out
+
+
+def share_identical(output: Location, record: dict, known: Mapping[tuple[str, int], str]) -> dict:
+    """The unit record with each new tar that is byte for byte a stored one replaced by it.
+
+    A new tool (another ffmpeg, say) gives a new version id and new tar names, though its
+    bytes are often the same: then the version points at the tar already stored and the copy
+    is removed, so versions share what is identical. Stored tars are never rewritten.
+    """
+    renamed = {}
+    for s in record["shards"]:
+        twin = known.get((s["sha256"], s["bytes"]))
+        if twin and twin != s["name"] and storage.size(storage.join(output, SHARD_DIR, twin)) == s["bytes"]:
+            storage.remove(storage.join(output, SHARD_DIR, s["name"]))
+            renamed[s["name"]] = twin
+    if not renamed:
+        return record
+    log.info("unit %s: %d tar(s) identical to stored ones, shared", record["stem"], len(renamed))
+    shards = [{**s, "name": renamed.get(s["name"], s["name"])} for s in record["shards"]]
+    videos = [{**v, "shard": ",".join(renamed.get(n, n) for n in v["shard"].split(",")) if v["shard"] else ""}
+              for v in record["videos"]]
+    return {**record, "shards": shards, "videos": videos}
 
 
 def save_record(output: Location, unit: Unit, record: dict) -> None:
@@ -164,6 +220,9 @@ def save_record(output: Location, unit: Unit, record: dict) -> None:
 class Executor(Protocol):
     """Runs units and calls `done(unit, record)` as each finishes (in any order)."""
 
+    def prepare(self, input_path: str, refs: list[VideoRef], output: Location, cfg: BuildConfig) -> None:
+        """Before any work: refuse (RuntimeError) a build the machines it runs on cannot do right."""
+
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done: Callable[[Unit, dict], None],
             progress: "Progress") -> None: ...
 
@@ -171,18 +230,32 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs every unit in this process, one video at a time (debugging, tests, tiny inputs)."""
 
+    def prepare(self, input_path, refs, output, cfg) -> None:
+        """Nothing to check: this process reads the inputs and writes the output itself."""
+
     def run(self, units, cfg, output, done, progress) -> None:
         estimators = []  # built on first use: a build that only copies stored samples needs none
 
         def results(unit: Unit):
             for ref in unit.compute_refs:
                 estimators[:] = estimators or [make_estimator(cfg.worker.flow)]
-                res = process_video(ref, cfg.worker, estimators[0])
+                res = _process_with_retries(ref, cfg, estimators[0])
                 progress.video_done(res)
                 yield res
 
         for unit in units:
             done(unit, write_unit(unit, results(unit), output, cfg))
+
+
+def _process_with_retries(ref: VideoRef, cfg: BuildConfig, estimator) -> VideoResult:
+    """`process_video`, tried again (up to failures.MAX_ATTEMPTS) while it fails transiently."""
+    for attempt in range(1, failures.MAX_ATTEMPTS + 1):
+        res = process_video(ref, cfg.worker, estimator)
+        if res.status == "ok" or res.error_kind != failures.TRANSIENT or attempt == failures.MAX_ATTEMPTS:
+            break
+        log.warning("%s; transient, trying again (%d of %d)", res.error, attempt + 1, failures.MAX_ATTEMPTS)
+    content = version.fetched_sha256(ref.uri) if res.status == "ok" else ""
+    return replace(res, stats={**res.stats, "content_sha256": content}) if content else res
 
 
 class Progress:
@@ -221,37 +294,75 @@ def make_executor(kind: str, *, address: str | None = None, num_cpus: int | None
 # --- the build ------------------------------------------------------------------------------
 
 def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: Executor | None = None,
-                  progress: bool = True) -> BuildSummary:
-    """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest."""
+                  progress: bool = True, retry_errors: bool = False) -> BuildSummary:
+    """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest.
+
+    retry_errors: compute the error rows of the version these inputs and settings already
+    have again, into a new version that shares everything else (see `target_version`).
+    """
     t0 = time.perf_counter()
     refs, label_map = inputs.discover(input_path, split=cfg.split)
     if not refs:
         raise ValueError(f"{input_path}: no videos found")
+    refs = boxes.attach(refs, cfg.boxes)
     out = storage.location(output)
     _prepare_output(out)
+    cfg = cfg if cfg.tools else replace(cfg, tools=tools.fingerprint(cfg.worker))
+    executor = executor or LocalExecutor()
     with _build_lock(out) as held:
         _remove_temporaries(out)
+        executor.prepare(input_path, refs, out, cfg)  # e.g. every node of a cluster sees INPUT and OUTPUT
         hashes = version.content_hashes(refs, storage.join(out, STATE_DIR))
-        vid = version.version_id(refs, hashes, label_map, cfg)
         parent = version.latest_version(out)
+        vid, retry = target_version(out, version.version_id(refs, hashes, label_map, cfg), parent, refs,
+                                    retry_errors)
         if version.is_committed(out, vid) and _shards_intact(out, vid):
             held.check()
             summary = _republish(out, vid, parent)
         else:
             summary = _build(out, refs, hashes, vid, parent, cfg, label_map, input_path,
-                             executor or LocalExecutor(), progress, held)
+                             executor, progress, held, retry)
     summary.parent = parent or ""
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
+def target_version(out: Location, base: str, latest: str | None, refs: list[VideoRef],
+                   retry_errors: bool) -> tuple[str, Retry | None]:
+    """The version to build or republish, and what to retry.
+
+    `base` is the id the inputs, settings and tools give. The latest version stands for it
+    when it is a retry of it (its error rows computed again): rebuilding the same inputs
+    keeps that better version. With retry_errors, the error rows of that version are
+    computed again into a new version, whose id is derived from `base` and the version it
+    retries (deterministic: the same retry of the same version gives the same id).
+    """
+    current = base
+    if latest and latest != base and version.is_committed(out, latest) and _shards_intact(out, latest):
+        if manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base:
+            current = latest
+    if not retry_errors:
+        return current, None
+    if not version.is_committed(out, current):
+        log.info("no version of these inputs and settings is built yet: building it (nothing to retry)")
+        return base, None
+    keys = {r.key for r in refs}
+    rows = manifest.read_rows(storage.join(out, version.VERSIONS_DIR, current, manifest.MANIFEST))
+    errors = frozenset(r["id"] for r in rows if r["status"] != "ok" and r["id"] in keys)
+    if not errors:
+        log.info("version %s has no error rows to retry", current)
+        return current, None
+    log.info("retrying %d error row(s) of version %s", len(errors), current)
+    return version.retry_id(base, current), Retry(of=current, keys=errors)
+
+
 def _build(out: Location, refs: list[VideoRef], hashes: dict[str, str], vid: str, parent: str | None,
            cfg: BuildConfig, label_map: dict[str, int], input_path: str, executor: Executor,
-           progress: bool, held: storage.Lock) -> BuildSummary:
-    # A damaged committed version is rebuilt on its own plan (same tar names), anything else
-    # on the latest version's plan.
-    base = base_plan(out, vid if version.is_committed(out, vid) else parent, cfg)
-    units = identify(plan_units(refs, cfg.shard, base), hashes, cfg)
+           progress: bool, held: storage.Lock, retry: Retry | None = None) -> BuildSummary:
+    # A damaged committed version is rebuilt on its own plan (same tar names), a retry on the
+    # plan of the version it retries, anything else on the latest version's plan.
+    planned_on = retry.of if retry else vid if version.is_committed(out, vid) else parent
+    units = identify(plan_units(refs, cfg.shard, base_plan(out, planned_on, cfg)), hashes, cfg, retry)
     records: dict[str, dict] = {}
     todo = []
     for unit in units:
@@ -268,8 +379,10 @@ def _build(out: Location, refs: list[VideoRef], hashes: dict[str, str], vid: str
              "compute, %d to copy from stored shards", vid, len(refs), len(units), len(records), computing,
              sum(len(u.stored) for u in todo))
     bar = Progress(computing, enabled=progress)
+    known = stored_tars(out, version.committed_versions(out)) if todo else {}
 
     def done(unit: Unit, record: dict) -> None:
+        record = share_identical(out, record, known)
         save_record(out, unit, record)
         records[unit.stem] = record
 
@@ -280,7 +393,7 @@ def _build(out: Location, refs: list[VideoRef], hashes: dict[str, str], vid: str
     finally:
         bar.close()
     held.check()  # object storage: refuse to commit if another build took the lock over meanwhile
-    summary = finish_build(out, units, records, cfg, label_map, input_path, vid, parent)
+    summary = finish_build(out, units, records, cfg, label_map, input_path, vid, parent, retry)
     summary.units_skipped = len(units) - len(todo)
     summary.computed = sum(records[u.stem].get("computed", 0) for u in todo if u.stem in records)
     summary.reused = sum(records[u.stem].get("reused", 0) for u in todo if u.stem in records)
@@ -325,6 +438,8 @@ def _remove_temporaries(out: Location) -> None:
     for folder in folders:
         for stale in folder.glob(".*.tmp-*"):
             stale.unlink(missing_ok=True)
+    for probe in (out / STATE_DIR).glob(f"{shared_paths.PROBE_PREFIX}*"):  # a killed build's cluster check
+        probe.unlink(missing_ok=True)
 
 
 def _shards_intact(out: Location, vid: str) -> bool:
@@ -352,7 +467,8 @@ def _republish(out: Location, vid: str, parent: str | None) -> BuildSummary:
 
 
 def finish_build(out: Location, units: list[Unit], records: dict[str, dict], cfg: BuildConfig,
-                 label_map: dict[str, int], input_path: str, vid: str, parent: str | None) -> BuildSummary:
+                 label_map: dict[str, int], input_path: str, vid: str, parent: str | None,
+                 retry: Retry | None = None) -> BuildSummary:
     """Commit the version: its folder (manifests, plan, dataset.json last), the catalog row,
     then the top-level copies (dataset.json, the latest-version pointer, last)."""
     missing = [u.stem for u in units if u.stem not in records]
@@ -372,7 +488,11 @@ def finish_build(out: Location, units: list[Unit], records: dict[str, dict], cfg
     info = {"format": "flowshard", "kind": "videos", "schema_version": encode.schema_version(cfg.worker.warp is not None),
             "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
-            "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split}
+            "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split,
+            **boxes.dataset_info((r for u in units for r in u.refs), cfg.boxes)}
+    if retry is not None:  # what it retried, and the id the same inputs give without retries
+        info.update(retry_of=retry.of, base_version=manifest.read_info(
+            storage.join(out, version.VERSIONS_DIR, retry.of)).get("base_version", retry.of))
     folder = storage.join(out, version.VERSIONS_DIR, vid)
     try:
         storage.makedirs(folder)

@@ -45,6 +45,7 @@ class VideoEntry:
     parts: int
     shard: str  # the tar(s) holding its samples, comma-separated when its parts span several
     sha256: str
+    error_kind: str = ""  # "transient" or "permanent" for an error row ("" in manifests older than it)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Dataset:
         return [VideoEntry(video_id=r["id"], path=r["path"], label=r["label"], label_id=r["label_id"],
                            split=r["split"], status=r["status"], error=r["error"] or "", frames=r["frames"],
                            flow_fields=r["flow_fields"], parts=r["parts"], shard=r["shard"] or "",
-                           sha256=r["sha256"] or "") for r in rows]
+                           sha256=r["sha256"] or "", error_kind=r.get("error_kind") or "") for r in rows]
 
     @cached_property
     def _shards(self) -> list[ShardEntry]:

@@ -49,6 +49,21 @@ SCALE_FLAGS = "area+accurate_rnd+full_chroma_int"
 _PTS_WAIT_S = 30.0
 _PROBE_TIMEOUT_S = 120  # reading a header is quick; a hang means a broken or blocking input
 
+# Inputs are untrusted. A playlist (HLS), a concat list or a DASH manifest names other files or
+# URLs for ffmpeg to open: a crafted one could make a worker fetch URLs or read local files
+# outside INPUT into a dataset. So ffmpeg may open local files and pipes only, and only with
+# demuxers of video containers (and still images) that read nothing but their own input.
+PROTOCOLS = "file,pipe"
+CONTAINERS = ("mov", "matroska", "avi", "flv", "asf", "mpeg", "mpegts", "mpegvideo", "m4v", "h264", "hevc",
+              "ogg", "mxf", "nut", "dv", "yuv4mpegpipe", "mjpeg", "gif", "apng", "png_pipe", "jpeg_pipe",
+              "bmp_pipe", "webp_pipe", "tiff_pipe")
+INPUT_GUARDS = {"protocol_whitelist": PROTOCOLS, "format_whitelist": ",".join(CONTAINERS)}
+
+
+def guarded_input(path: str) -> list[str]:
+    """ffmpeg arguments that open `path` under INPUT_GUARDS."""
+    return [arg for k, v in INPUT_GUARDS.items() for arg in (f"-{k}", v)] + ["-i", path]
+
 
 @functools.lru_cache(maxsize=1)
 def resolve_ffmpeg() -> str:
@@ -276,6 +291,9 @@ def parse_banner(uri: str, text: str) -> VideoInfo:
     """VideoInfo of the first real video stream (cover art skipped) from ffmpeg's input banner."""
     if "Invalid data found when processing input" in text:
         raise DecodeError(uri, "not a media file (Invalid data found when processing input)")
+    if "Format not on whitelist" in text:
+        raise DecodeError(uri, "container not allowed: a playlist or list that names other files or URLs "
+                               "(HLS, concat, DASH), or a format that is no video container; not opened")
     if "Input #0" not in text:
         raise DecodeError(uri, f"ffmpeg could not open it: {_meaningful_lines(text.splitlines()) or 'no output'}")
     dur = _DURATION_RE.search(text)
@@ -298,7 +316,7 @@ def probe(uri: str) -> VideoInfo:
     path = _check_file(uri)
     # ffmpeg without an output exits 1 ("At least one output file must be specified"): expected.
     try:
-        proc = subprocess.run([resolve_ffmpeg(), "-hide_banner", "-nostdin", "-i", path],
+        proc = subprocess.run([resolve_ffmpeg(), "-hide_banner", "-nostdin", *guarded_input(path)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=_PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -363,7 +381,7 @@ def build_command(source: str, size: tuple[int, int], cfg: DecodeConfig):
     first); audio, subtitles and data are dropped because only that stream is mapped.
     ffmpeg's default autorotation stays on, so frames come out upright in probe's size.
     """
-    stream = ffmpeg.input(source, **({"threads": cfg.threads} if cfg.threads else {}))["V:0"]
+    stream = ffmpeg.input(source, **INPUT_GUARDS, **({"threads": cfg.threads} if cfg.threads else {}))["V:0"]
     if cfg.fps is not None:
         stream = stream.filter("fps", fps=cfg.fps)
     width, height = size

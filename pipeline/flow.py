@@ -135,9 +135,12 @@ class FlowConfig:
 
     def output_dict(self) -> dict:
         """Every setting that changes the stored flow bytes (not batch size, threads, device,
-        compile or sync_every; a reduced precision does change them and is recorded)."""
+        compile or sync_every; a reduced precision does change them and is recorded). Weights
+        count by their content hash in the build's tools (`pipeline.tools`), not by their path:
+        the same weights elsewhere give the same bytes."""
+        params = {k: v for k, v in self.params_dict().items() if k != "weights"}
         out = {"algorithm": self.algorithm, "backend": self.backend, "step": self.step,
-               "bound": self.bound, "params": self.params_dict()}
+               "bound": self.bound, "params": params}
         if self.torch_options.dtype != "fp32":
             out["dtype"] = self.torch_options.dtype
         return out

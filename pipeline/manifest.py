@@ -23,10 +23,10 @@ SHARD_DIR = "shards"
 
 VIDEO_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("label", pa.string()), ("label_id", pa.int32()),
-    ("split", pa.string()), ("status", pa.string()), ("error", pa.string()),
+    ("split", pa.string()), ("status", pa.string()), ("error", pa.string()), ("error_kind", pa.string()),
     ("frames", pa.int64()), ("flow_fields", pa.int64()), ("parts", pa.int32()),
     ("shard", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
-    ("content_sha256", pa.string()), ("media_key", pa.string()),
+    ("content_sha256", pa.string()), ("media_key", pa.string()), ("boxes", pa.string()),
 ])
 SHARD_SCHEMA = pa.schema([
     ("name", pa.string()), ("split", pa.string()), ("samples", pa.int64()),

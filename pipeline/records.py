@@ -27,6 +27,7 @@ class VideoRef:
     label: str
     label_id: int
     split: str = "train"
+    boxes: VideoBoxes | None = None  # per-frame action boxes (`build --boxes`), None when unannotated
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,45 @@ class VideoResult:
     ref: VideoRef
     status: str  # "ok" | "error"
     error: str = ""
+    error_kind: str = ""  # "transient" | "permanent" for an error (see pipeline.failures)
     samples: tuple[dict, ...] = ()  # webdataset sample dicts ("__key__" + member bytes)
     frames: int = 0
     flow_fields: int = 0
     info: VideoInfo | None = None
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One annotated actor of a video: its label and a box in each annotated source frame.
+
+    frames are 0-based indices of the video's frames as decoded at the source rate;
+    boxes are (x1, y1, x2, y2) in pixels of the source frame as displayed, (x1, y1) the
+    top-left corner and (x2, y2) the bottom-right one (a box over pixel columns 0..9 has
+    x1 = 0, x2 = 10).
+    """
+
+    track: int
+    label: str
+    label_id: int
+    frames: tuple[int, ...]
+    boxes: tuple[tuple[float, float, float, float], ...]
+
+
+@dataclass(frozen=True)
+class VideoBoxes:
+    """A video's annotations as imported (pipeline.boxes): its tracks and where they came from.
+
+    file, format: the annotation file and its format; labels: the file's label names (a
+    track's label_id indexes them); size: the (width, height) the file says the video's
+    frames have, None when it says nothing; tolerance: pixels a box may stick out of the
+    frame before it is an error (such boxes are clipped to the frame).
+    """
+
+    file: str
+    format: str
+    video: str
+    tracks: tuple[Track, ...]
+    labels: tuple[str, ...] = ()
+    size: tuple[int, int] | None = None
+    tolerance: float = 1.0

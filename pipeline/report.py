@@ -19,6 +19,7 @@ _KINDS: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern, re
     ("resolution too large", r"declared resolution|stored frame size|max_pixels|Picture size \d+x\d+ is invalid"),
     ("unsupported codec", r"unsupported codec|no decoder found|decoder \(codec \S+\) not found"),
     ("not a media file", r"not a media file|invalid data found"),
+    ("container not allowed", r"container not allowed"),
     ("no video stream", r"no video stream"),
     ("too short", r"too short"),
     ("unsupported input URI", r"URI scheme"),
@@ -46,28 +47,41 @@ def detail(error: str, path: str) -> str:
 
 
 def failure_groups(dataset: str | Path) -> dict:
-    """The failures of a version ("OUTPUT" or "OUTPUT@VERSION") grouped by kind, largest first."""
+    """The failures of a version ("OUTPUT" or "OUTPUT@VERSION") grouped by reason, largest first.
+
+    Each video says whether its failure was transient (worth `flowshard build --retry-errors`)
+    or permanent (a broken file), as its manifest row recorded; each group lists the kinds
+    among its videos.
+    """
     ds = open_dataset(dataset)
     groups: dict[str, list[dict]] = {}
     for v in ds.errors():
         groups.setdefault(classify(v.error), []).append(
-            {"id": v.video_id, "path": v.path, "split": v.split, "error": detail(v.error, v.path)})
+            {"id": v.video_id, "path": v.path, "split": v.split, "kind": v.error_kind or "unknown",
+             "error": detail(v.error, v.path)})
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    return {"version": ds.version, "videos": len(ds.videos(include_errors=True)), "errors": len(ds.errors()),
-            "failures": [{"reason": kind, "count": len(rows), "videos": sorted(rows, key=lambda r: r["id"])}
-                         for kind, rows in ordered]}
+    errors = ds.errors()
+    return {"version": ds.version, "videos": len(ds.videos(include_errors=True)), "errors": len(errors),
+            "transient": sum(v.error_kind == "transient" for v in errors),
+            "failures": [{"reason": reason, "count": len(rows), "kind": "+".join(sorted({r["kind"] for r in rows})),
+                          "videos": sorted(rows, key=lambda r: r["id"])} for reason, rows in ordered]}
 
 
 def format_table(report: dict, *, every: bool = False) -> list[str]:
     """Lines of the report table: one per kind with an example, or every video with `every`."""
-    lines = [f"version {report['version']}: {report['errors']} of {report['videos']} videos failed"]
+    lines = [f"version {report['version']}: {report['errors']} of {report['videos']} videos failed"
+             + (f", {report['transient']} of them transient (flowshard build --retry-errors computes them again)"
+                if report.get("transient") else "")]
     if not report["failures"]:
         return lines
     width = max(len("REASON"), *(len(g["reason"]) for g in report["failures"]))
-    lines.append(f"{'REASON':<{width}}  {'COUNT':>5}  {'VIDEO':<30}  DETAIL")
+    kinds = max(len("KIND"), *(len(g["kind"]) for g in report["failures"]),
+                *(len(r["kind"]) for g in report["failures"] for r in g["videos"]))
+    lines.append(f"{'REASON':<{width}}  {'COUNT':>5}  {'KIND':<{kinds}}  {'VIDEO':<30}  DETAIL")
     for g in report["failures"]:
         rows = g["videos"] if every else g["videos"][:1]
         for n, row in enumerate(rows):
             reason, count = (g["reason"], str(g["count"])) if n == 0 else ("", "")
-            lines.append(f"{reason:<{width}}  {count:>5}  {row['path']:<30}  {row['error']}")
+            kind = row["kind"] if every else g["kind"]
+            lines.append(f"{reason:<{width}}  {count:>5}  {kind:<{kinds}}  {row['path']:<30}  {row['error']}")
     return lines

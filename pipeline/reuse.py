@@ -19,7 +19,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterable
 
-from pipeline import encode, manifest, shard, storage, worker
+from pipeline import boxes, encode, manifest, shard, storage, worker
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
 from pipeline.version import VERSIONS_DIR
@@ -42,6 +42,7 @@ class StoredVideo:
     shards: tuple[str, ...]
     parts: int
     sha256: str
+    content_sha256: str = ""  # of the input's bytes, as its manifest row recorded it
 
     def sample_keys(self) -> list[str]:
         """The keys of its parts, as `worker.part_key` names them."""
@@ -66,7 +67,8 @@ def stored_videos(root: Location, versions: Iterable[str]) -> dict[str, StoredVi
                 continue
             names = tuple(n for n in (row["shard"] or "").split(",") if n)
             if names and all(_intact(root, n, sizes.get(n), intact) for n in names):
-                index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"])
+                index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"],
+                                        content_sha256=row.get("content_sha256") or "")
     return index
 
 
@@ -166,6 +168,18 @@ def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     return worker.dense_samples(ref, meta, frames, fields, max_frames)
 
 
+def _check_boxes(ref: VideoRef, metas: list[dict], cfg: worker.WorkerConfig) -> None:
+    """The checks a computed video's boxes get, on its stored metadata (dense samples hold every
+    frame; a clips-mode sample does not say how many frames the video had, so only sizes are checked)."""
+    if ref.boxes is None:
+        return
+    first = metas[0]
+    boxes.check_frame_size(ref.boxes, *first["source_size"])
+    if first.get("mode") != "clips":
+        rate = boxes.source_rate(cfg.decode.fps, first.get("source_fps", 0.0))
+        boxes.check_frames(ref.boxes, sum(len(m["frames"]) for m in metas), rate)
+
+
 def stored_field(meta: dict, sample: dict, i: int) -> worker.Field:
     """Field position i of a stored sample: its pair, flow member and, if stored, warped member
     and camera motion (all copied as they are)."""
@@ -175,8 +189,18 @@ def stored_field(meta: dict, sample: dict, i: int) -> worker.Field:
 
 
 def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: worker.WorkerConfig) -> VideoResult:
-    """A stored video as a VideoResult for `ref`, without decoding or flow; raises StaleSample."""
-    samples = repack(ref, store.read(video), cfg.sample.max_frames)
+    """A stored video as a VideoResult for `ref`, without decoding or flow; raises StaleSample.
+
+    Its boxes (`ref.boxes`, which may be new) are checked against the stored frames: a box
+    that no longer fits is an error row, as in a fresh computation.
+    """
+    parts = store.read(video)
+    try:
+        _check_boxes(ref, [encode.load_meta(p[encode.META], p["__key__"]) for p in parts], cfg)
+        samples = repack(ref, parts, cfg.sample.max_frames)
+    except ValueError as exc:
+        return VideoResult(ref=ref, status="error", error=f"{ref.source}: {exc}")
     metas = [encode.load_meta(s[encode.META]) for s in samples]
     return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=sum(len(m["frames"]) for m in metas),
-                       flow_fields=sum(len(m["flow_fields"]) for m in metas), stats={"reused": True})
+                       flow_fields=sum(len(m["flow_fields"]) for m in metas),
+                       stats={"reused": True, "content_sha256": video.content_sha256})

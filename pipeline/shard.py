@@ -154,40 +154,63 @@ def sample_bytes(sample: dict) -> int:
     return sum(512 + -(-len(data) // 512) * 512 for _, data in sample_members(sample))
 
 
-def write_rolling(samples: Iterable[dict], directory: Location, stem: str, *,
-                  max_bytes: int, max_samples: int) -> list[ShardRecord]:
-    """Write samples in order into `stem.tar`, then `stem_1.tar`, ... each within the bounds.
+class RollingWriter:
+    """Writes samples in order into `stem.tar`, then `stem_1.tar`, ... each within the bounds.
 
-    Each sample goes into the open shard's temporary tar as it arrives (one sample held at a
-    time); a shard is committed when the next sample would not fit. A sample larger than
+    Each sample goes into the open shard's temporary tar as it is added (one sample held at
+    a time); a shard is committed when the next sample would not fit. A sample larger than
     max_bytes on its own still goes into a shard by itself; no samples give one empty shard.
     """
-    records: list[ShardRecord] = []
-    current: _TarStream | None = None
-    size = count = 0
 
-    def shard_path() -> Location:
-        return storage.join(directory, f"{stem}.tar" if not records else f"{stem}_{len(records)}.tar")
+    def __init__(self, directory: Location, stem: str, *, max_bytes: int, max_samples: int) -> None:
+        self.directory, self.stem = directory, stem
+        self.max_bytes, self.max_samples = max_bytes, max_samples
+        self.records: list[ShardRecord] = []
+        self.current: _TarStream | None = None
+        self.size = self.count = 0
 
+    def _open(self) -> None:
+        name = f"{self.stem}.tar" if not self.records else f"{self.stem}_{len(self.records)}.tar"
+        self.current, self.size, self.count = _TarStream(storage.join(self.directory, name)), 0, 0
+
+    def add(self, sample: dict) -> None:
+        """Append a sample, committing the open shard first if the sample would not fit in it."""
+        nbytes = sample_bytes(sample)
+        if self.current is not None and (self.size + nbytes > self.max_bytes or self.count >= self.max_samples):
+            self.records.append(self.current.commit())
+            self.current = None
+        if self.current is None:
+            self._open()
+        self.current.add(sample)
+        self.size, self.count = self.size + nbytes, self.count + 1
+
+    def close(self) -> list[ShardRecord]:
+        """Commit the open shard and return the records of every shard written."""
+        if self.current is None and not self.records:
+            self._open()
+        if self.current is not None:
+            current, self.current = self.current, None
+            self.records.append(current.commit())
+        return self.records
+
+    def abort(self) -> None:
+        """Drop the open shard's temporary tar; committed shards stay (a rerun rewrites them)."""
+        if self.current is not None:
+            self.current.abort()
+            self.current = None
+
+
+def write_rolling(samples: Iterable[dict], directory: Location, stem: str, *,
+                  max_bytes: int, max_samples: int) -> list[ShardRecord]:
+    """`RollingWriter` over an iterable of samples."""
+    writer = RollingWriter(directory, stem, max_bytes=max_bytes, max_samples=max_samples)
     try:
         for sample in samples:
-            nbytes = sample_bytes(sample)
-            if current is not None and (size + nbytes > max_bytes or count >= max_samples):
-                records.append(current.commit())
-                current = None
-            if current is None:
-                current, size, count = _TarStream(shard_path()), 0, 0
-            current.add(sample)
-            size, count = size + nbytes, count + 1
-        if current is None and not records:
-            current = _TarStream(shard_path())
+            writer.add(sample)
     except BaseException:
-        if current is not None:
-            current.abort()
+        writer.abort()
         raise
-    if current is not None:
-        records.append(current.commit())
-    return records
+    return writer.close()
 
 
 def check_complete(path: Location) -> None:

@@ -9,9 +9,9 @@ import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
-from pipeline import manifest, reuse, shard, storage
+from pipeline import boxes, manifest, reuse, shard, storage
 from pipeline.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
@@ -19,6 +19,7 @@ from pipeline.worker import WorkerConfig, process_video
 
 log = logging.getLogger(__name__)
 
+STATE_DIR = ".flowshard"  # OUTPUT's build state: unit records, hash cache, lock, probes
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB
 DEFAULT_SHARD_SAMPLES = 1000
 
@@ -45,11 +46,16 @@ class BuildConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     split: int | None = None  # official split number for UCF101/HMDB51 roots
+    # {tool: version} of the tools that make the bytes (`pipeline.tools.fingerprint`); the
+    # build fills it in, so a changed tool gives another version id.
+    tools: Mapping[str, str] = field(default_factory=dict)
+    boxes: boxes.BoxesConfig | None = None  # `--boxes FILE`: per-frame boxes stored with the samples
 
     def output_dict(self) -> dict:
-        """Settings that change the output bytes."""
-        return {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
-                "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
+        """Settings (and tools) that change the output bytes."""
+        out = {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
+               "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
+        return {**out, "tools": dict(sorted(self.tools.items()))} if self.tools else out
 
     def config_hash(self) -> str:
         return hashlib.sha256(manifest.dump_json(self.output_dict())).hexdigest()[:16]
@@ -79,6 +85,74 @@ class Unit:
 
 # --- writing a unit ---------------------------------------------------------------------------
 
+class UnitWriter:
+    """Writes one unit's tar(s) from computed results handed over one at a time, in plan order.
+
+    Stored videos (copied from earlier shards) are written in their places in between, so
+    the tar's sample order is the plan's whichever way results arrive. Every sample goes
+    straight into the open temporary tar (`shard.RollingWriter`): only one video's samples,
+    one at a time, are ever held.
+    """
+
+    def __init__(self, unit: Unit, output: Location, cfg: BuildConfig) -> None:
+        self.unit, self.cfg = unit, cfg
+        out = storage.location(output)
+        self.shard_dir = storage.join(out, SHARD_DIR)
+        self.tars = shard.RollingWriter(self.shard_dir, unit.stem, max_bytes=cfg.shard.max_bytes,
+                                        max_samples=cfg.shard.max_samples)
+        self.store = reuse.StoredSamples(self.shard_dir, unit.stored.values())
+        self.rows: list[VideoResult] = []
+        self.next = 0  # position in unit.refs of the next video to write
+
+    def add(self, res: VideoResult) -> None:
+        """Write the next computed video (and the stored ones planned before it)."""
+        self._copy_stored()
+        expected = self.unit.refs[self.next].key if self.next < len(self.unit.refs) else "none"
+        if res.ref.key != expected:
+            raise RuntimeError(f"{self.unit.stem}: expected the result of {expected}, got {res.ref.key}")
+        self._write(res)
+
+    def close(self) -> dict:
+        """Write the stored videos left, commit the tar(s) and return the unit record."""
+        self._copy_stored()
+        if self.next != len(self.unit.refs):
+            raise RuntimeError(f"{self.unit.stem}: expected the result of {self.unit.refs[self.next].key}, got none")
+        self.store.close()
+        records = self._guard(self.tars.close)
+        shard_of = {k: r.name for r in records for k in r.keys}
+        reused = sum(1 for r in self.rows if r.stats.get("reused"))
+        return {"unit": self.unit.name, "stem": self.unit.stem, "split": self.unit.split,
+                "computed": len(self.rows) - reused, "reused": reused,
+                "shards": [{"name": r.name, "split": self.unit.split, "samples": r.samples, "bytes": r.bytes,
+                            "sha256": r.sha256} for r in records if r.samples],
+                "videos": [_row_of(r, shard_of, self.unit) for r in self.rows]}
+
+    def abort(self) -> None:
+        """Drop the open temporary tar and close the stored shards."""
+        self.store.close()
+        self.tars.abort()
+
+    def _copy_stored(self) -> None:
+        while self.next < len(self.unit.refs) and self.unit.refs[self.next].key in self.unit.stored:
+            ref = self.unit.refs[self.next]
+            self._write(_copy_or_compute(ref, self.unit.stored[ref.key], self.store, self.cfg))
+
+    def _write(self, res: VideoResult) -> None:
+        digests = []
+        for sample in res.samples:  # may be a generator: digest each sample as it passes
+            digests.append(_digest(sample))
+            self._guard(lambda: self.tars.add(sample))
+        self.rows.append(dataclasses.replace(res, samples=tuple(digests)))
+        self.next += 1
+
+    def _guard(self, write):
+        try:
+            return write()
+        except OSError as exc:
+            raise manifest.os_error(exc, f"{self.shard_dir}: cannot write the shard(s) of unit {self.unit.stem} "
+                                         f"({exc.strerror or exc}); no partial shard was left") from exc
+
+
 def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg: BuildConfig) -> dict:
     """Write a unit's samples (in plan order) to its tar(s) and return the unit record.
 
@@ -86,50 +160,14 @@ def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg
     lazily; stored videos are read from their shards in between, so only one video's
     samples are held at a time.
     """
-    out = storage.location(output)
-    shard_dir = storage.join(out, SHARD_DIR)
-    rows: list[VideoResult] = []
-
-    def samples():
-        for res in _in_plan_order(unit, results, out, cfg):
-            digests = []
-            for sample in res.samples:  # may be a generator: digest each sample as it passes
-                digests.append(_digest(sample))
-                yield sample
-            rows.append(dataclasses.replace(res, samples=tuple(digests)))
-
+    writer = UnitWriter(unit, output, cfg)
     try:
-        records = shard.write_rolling(samples(), shard_dir, unit.stem,
-                                      max_bytes=cfg.shard.max_bytes, max_samples=cfg.shard.max_samples)
-    except OSError as exc:
-        raise manifest.os_error(exc, f"{shard_dir}: cannot write the shard(s) of unit {unit.stem} "
-                                     f"({exc.strerror or exc}); no partial shard was left") from exc
-    shard_of = {k: r.name for r in records for k in r.keys}
-    reused = sum(1 for r in rows if r.stats.get("reused"))
-    return {"unit": unit.name, "stem": unit.stem, "split": unit.split, "computed": len(rows) - reused,
-            "reused": reused,
-            "shards": [{"name": r.name, "split": unit.split, "samples": r.samples, "bytes": r.bytes,
-                        "sha256": r.sha256} for r in records if r.samples],
-            "videos": [_row_of(r, shard_of, unit) for r in rows]}
-
-
-def _in_plan_order(unit: Unit, results: Iterable[VideoResult], out: Location,
-                   cfg: BuildConfig) -> Iterator[VideoResult]:
-    computed = iter(results)
-    store = reuse.StoredSamples(storage.join(out, SHARD_DIR), unit.stored.values())
-    try:
-        for ref in unit.refs:
-            stored = unit.stored.get(ref.key)
-            if stored is not None:
-                yield _copy_or_compute(ref, stored, store, cfg)
-                continue
-            res = next(computed, None)
-            if res is None or res.ref.key != ref.key:
-                raise RuntimeError(f"{unit.stem}: expected the result of {ref.key}, got "
-                                   f"{res.ref.key if res else 'none'}")
-            yield res
-    finally:
-        store.close()
+        for res in results:
+            writer.add(res)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.StoredSamples,
@@ -145,16 +183,19 @@ def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.Stor
 def _digest(sample: dict) -> dict:
     """What the manifest row needs of a sample, not its bytes (they are streamed to the tar)."""
     return {"__key__": sample["__key__"], "__sha__": shard.sample_sha256(sample),
-            "__bytes__": shard.sample_bytes(sample)}
+            "__bytes__": shard.sample_bytes(sample), "__boxes__": boxes.sample_tubes(sample)}
 
 
 def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
     s = res.samples
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
     content, media = unit.media.get(res.ref.key, ("", ""))
+    content = res.stats.get("content_sha256") or content  # hashed by the worker that read the bytes
     return {"id": res.ref.key, "path": res.ref.source, "label": res.ref.label, "label_id": res.ref.label_id,
-            "split": res.ref.split, "status": res.status, "error": res.error, "frames": res.frames,
+            "split": res.ref.split, "status": res.status, "error": res.error,
+            "error_kind": (res.error_kind or "permanent") if res.status != "ok" else "", "frames": res.frames,
             "flow_fields": res.flow_fields, "parts": len(s),
             "shard": ",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
             "bytes": sum(x["__bytes__"] for x in s), "sha256": digest,
-            "content_sha256": content, "media_key": media if res.status == "ok" else ""}
+            "content_sha256": content, "media_key": media if res.status == "ok" else "",
+            "boxes": boxes.manifest_value([x["__boxes__"] for x in s])}

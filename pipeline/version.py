@@ -1,7 +1,8 @@
 """Dataset versions: content hashes of the inputs, version ids, the catalog and diffs.
 
 A version id is a hash of what the dataset is made of, never random: every video's key,
-source path, label, split and content hash (sha256 of the file's bytes), the label map,
+source path, label, split and content identity (sha256 of a local file's bytes; a remote
+object's ETag, size and version id, so the driver never downloads it), the label map,
 every output setting (`BuildConfig.output_dict()`) and the schema version. The same inputs
 and settings always give the same id, on any machine.
 
@@ -27,11 +28,11 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import pyarrow as pa
 
-from pipeline import encode, manifest, storage
+from pipeline import boxes, encode, manifest, storage
 from pipeline.shard import sha256_file
 from pipeline.records import VideoRef
 from pipeline.storage import Location
@@ -73,39 +74,40 @@ def _stat_key(uri: str) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
-def _stat_keys(refs: list[VideoRef]) -> dict[str, tuple | None]:
-    """Cache keys by video key: (size, mtime_ns) of a local file, (size, ETag) of a remote object.
+def object_identity(st: storage.FileStat) -> str:
+    """What names a remote object's bytes without reading them: its ETag (which changes
+    whenever its bytes do), size and version id where the store keeps versions."""
+    ident = f"etag:{st.tag};size:{st.size}"
+    return f"{ident};version:{st.version_id}" if st.version_id else ident
 
-    The ETag changes whenever the object's bytes do, as mtime does for a file; remote
-    objects are listed once per folder rather than asked for one by one.
-    """
-    remote = [r.uri for r in refs if storage.is_remote(r.uri)]
-    stats = storage.stat_many(remote) if remote else {}
-    out: dict[str, tuple | None] = {}
-    for r in refs:
-        if r.uri in stats:
-            st = stats[r.uri]
-            out[r.key] = (st.size, st.tag) if st is not None and st.is_file else None
-        else:
-            out[r.key] = _stat_key(r.uri)
-    return out
+
+def is_sha256(ident: str) -> bool:
+    """True for a sha256 hex digest (a local file's identity), False for an object identity."""
+    return len(ident) == 64 and all(c in "0123456789abcdef" for c in ident)
 
 
 def content_hashes(refs: list[VideoRef], state_dir: Location, *, threads: int = 4) -> dict[str, str]:
-    """sha256 of each video's bytes by key; "" where there is no regular file to read.
+    """The identity of each video's bytes by key; "" where there is no regular file to read.
 
-    Hashes are cached in STATE_DIR/content_hashes.json by (path, size, mtime) for local files
-    and (URL, size, ETag) for remote objects, so a rerun only reads new or modified inputs.
+    A local file: the sha256 of its bytes, cached in STATE_DIR/content_hashes.json by (path,
+    size, mtime), so a rerun only reads new or modified files. A remote object: its identity
+    from one listing per folder (`object_identity`), so the driver never reads its bytes: the
+    worker that fetches it to decode it hashes it there, for the manifest's content_sha256.
     Special files (FIFOs, devices) are never opened.
     """
     cache_path = storage.join(state_dir, HASH_CACHE)
     cache = _read_hash_cache(cache_path)
-    stats = _stat_keys(refs)
+    remote = [r.uri for r in refs if storage.is_remote(r.uri)]
+    objects = storage.stat_many(remote) if remote else {}
+    stats = {r.key: _stat_key(r.uri) for r in refs if r.uri not in objects}
     out: dict[str, str] = {}
     todo = []
     for r in refs:
         hit = cache.get(r.uri)
-        if stats[r.key] is None:
+        if r.uri in objects:
+            st = objects[r.uri]
+            out[r.key] = object_identity(st) if st is not None and st.is_file else ""
+        elif stats[r.key] is None:
             out[r.key] = ""
         elif hit and tuple(hit[:2]) == stats[r.key]:
             out[r.key] = hit[2]
@@ -116,7 +118,7 @@ def content_hashes(refs: list[VideoRef], state_dir: Location, *, threads: int = 
             out[r.key] = digest
     if todo:
         log.info("hashed %d new or modified input file(s); %d from the cache", len(todo), len(refs) - len(todo))
-    fresh = {r.uri: [*stats[r.key], out[r.key]] for r in refs if stats[r.key] is not None and out[r.key]}
+    fresh = {r.uri: [*stats[r.key], out[r.key]] for r in refs if stats.get(r.key) is not None and out[r.key]}
     if fresh != cache:
         storage.makedirs(storage.parent(cache_path))
         manifest.atomic_write_bytes(cache_path, manifest.dump_json({"files": fresh}))
@@ -159,24 +161,36 @@ def media_settings(cfg: "WorkerConfig") -> dict:
     return d
 
 
-def media_key(content_sha256: str, cfg: "WorkerConfig") -> str:
-    """Identity of a video's frame and flow members: its bytes' hash plus the media settings.
+def media_key(content_sha256: str, cfg: "WorkerConfig", tools: Mapping[str, str] | None = None) -> str:
+    """Identity of a video's frame and flow members: its bytes' hash plus the media settings
+    and the tools that made them (`pipeline.tools`).
 
     Two videos with the same media key have byte-identical frame and flow members, so a
     stored sample can be copied instead of recomputed. "" for a video with no content hash.
     """
     if not content_sha256:
         return ""
-    return _digest({"content": content_sha256, "schema": encode.SCHEMA_VERSION,
-                    "media": media_settings(cfg)})[:32]
+    ident = {"content": content_sha256, "schema": encode.SCHEMA_VERSION, "media": media_settings(cfg)}
+    return _digest({**ident, "tools": dict(sorted(tools.items()))} if tools else ident)[:32]
 
 
 def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
                cfg: "BuildConfig") -> str:
     """The dataset version id: a hash of inputs, labels, output settings and schema version."""
-    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] for r in refs)
+    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] + boxes_id(r) for r in refs)
     return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
                     "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
+
+
+def retry_id(base: str, retried: str) -> str:
+    """The id of the version that computes the error rows of version `retried` again
+    (`flowshard build --retry-errors`); `base` is the id its inputs and settings give."""
+    return _digest({"base": base, "retry_of": retried})[:ID_CHARS]
+
+
+def boxes_id(ref: VideoRef) -> list[str]:
+    """A video's box digest, for ids (nothing for an unannotated video: ids stay as they were)."""
+    return [boxes.digest(ref.boxes)] if ref.boxes is not None else []
 
 
 # --- where versions live ----------------------------------------------------------------------
@@ -348,3 +362,14 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[dict]:
         elif x != y:
             out.append({"setting": name, "from": x, "to": y})
     return out
+
+
+def fetched_sha256(uri: str) -> str:
+    """sha256 of a remote input's bytes, read from the local copy its decoder uses; "" for a
+    local file (the driver hashes those) or when no copy could be made (the video fails anyway)."""
+    if not storage.is_remote(uri):
+        return ""
+    try:
+        return sha256_file(storage.local_copy(uri))
+    except (OSError, ValueError):
+        return ""

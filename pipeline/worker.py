@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple
 import cv2
 import numpy as np
 
-from pipeline import decode, encode, warp
+from pipeline import boxes, decode, encode, failures, warp
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, FrameChunk, VideoInfo, VideoRef, VideoResult
@@ -109,6 +109,9 @@ class ChunkJob:
     chunk: FrameChunk
     keep_frames: frozenset[int] | None
     keep_fields: frozenset[int] | None
+    # --flow-warp with --boxes: global frame index -> person boxes in stored pixels, left out
+    # of the camera-motion estimate (the actor's own motion is not the camera's)
+    people: Mapping[int, list] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class VideoFailure:
     """A per-video failure, carried as data so the build goes on."""
 
     reason: str
+    kind: str = failures.PERMANENT  # failures.TRANSIENT when retrying may help
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -139,6 +143,7 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     if info.codec in ("", "none"):
         raise ValueError("unsupported codec: ffmpeg has no decoder for this video stream's codec")
     check_pixels(info, cfg)
+    boxes.check_frame_size(ref.boxes, info.width, info.height)
     s, step = cfg.sample, cfg.flow.step
     if not s.clips:
         return VideoPlan(info=info, total_frames=None, keep_frames=None, keep_fields=None)
@@ -182,7 +187,7 @@ def explain_probe_failure(uri: str) -> str | None:
         path = decode.local_path(uri)
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             return None  # missing, empty or special files: the probe's own reason is already clear
-        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", "-i", path],
+        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", *decode.guarded_input(path)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=60, check=False)
     except (DecodeError, OSError, subprocess.TimeoutExpired):
@@ -209,8 +214,21 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
     chunks = decode.iter_chunks(ref.key, ref.uri, cfg.decode, chunk_frames=cfg.sample.chunk_frames,
                                 overlap=cfg.flow.step, info=plan.info)
     for chunk in chunks:
-        yield ChunkJob(chunk=_trim(chunk, plan, cfg.flow.step), keep_frames=plan.keep_frames,
-                       keep_fields=plan.keep_fields)
+        chunk = _trim(chunk, plan, cfg.flow.step)
+        yield ChunkJob(chunk=chunk, keep_frames=plan.keep_frames, keep_fields=plan.keep_fields,
+                       people=chunk_people(ref, plan, chunk, cfg))
+
+
+def chunk_people(ref: VideoRef, plan: VideoPlan, chunk: FrameChunk, cfg: WorkerConfig) -> dict[int, list] | None:
+    """The annotated boxes of a chunk's frames in stored pixels, when warped flow needs them."""
+    if cfg.warp is None or ref.boxes is None or not len(chunk.frames):
+        return None
+    rate = boxes.source_rate(cfg.decode.fps, plan.info.fps)
+    size = (chunk.frames.shape[2], chunk.frames.shape[1])
+    source = (plan.info.width, plan.info.height)
+    found = {chunk.start + i: [b[:4] for b in boxes.frame_boxes(ref.boxes, chunk.start + i, rate, source, size)]
+             for i in range(len(chunk.frames))}
+    return {i: b for i, b in found.items() if b}
 
 
 def safe_plan(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan | VideoFailure:
@@ -218,7 +236,7 @@ def safe_plan(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan | VideoFailure:
     try:
         return plan_video(ref, cfg)
     except (DecodeError, ValueError, OSError) as exc:
-        return VideoFailure(reason=_reason(ref, exc))
+        return VideoFailure(reason=_reason(ref, exc), kind=failures.kind_of(exc))
 
 
 def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJob | VideoFailure]:
@@ -230,7 +248,7 @@ def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJo
     try:
         yield from chunk_jobs(ref, plan, cfg)
     except (DecodeError, ValueError, OSError) as exc:
-        yield VideoFailure(reason=_reason(ref, exc))
+        yield VideoFailure(reason=_reason(ref, exc), kind=failures.kind_of(exc))
 
 
 def _reason(ref: VideoRef, exc: Exception) -> str:
@@ -395,7 +413,7 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
     rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
     out = []
     for job in jobs:
-        wi = warp_inputs(job, cfg, rgb)
+        wi = warp_inputs(job, cfg, rgb, job.people)
         h, w = job.chunk.frames.shape[1:3]
         b = cfg.flow.batch_for(h, w)
         fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
@@ -476,6 +494,12 @@ def part_key(ref: VideoRef, part: int, parts: int) -> str:
     return ref.key if parts == 1 else f"{ref.key}_part{part:03d}"
 
 
+def check_box_frames(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, total: int) -> None:
+    """ValueError (an error row) when the video's boxes name a frame past its `total` decoded frames."""
+    if ref.boxes is not None:
+        boxes.check_frames(ref.boxes, total, boxes.source_rate(cfg.decode.fps, plan.info.fps))
+
+
 class Field(NamedTuple):
     """A flow field on its way into a sample: its frame pair, its member bytes and, with
     --flow-warp, its warped member and camera motion."""
@@ -498,10 +522,12 @@ def _field_meta(f: Field) -> dict:
     return {"from": f.start, "to": f.end} if f.camera is None else {"from": f.start, "to": f.end, "camera": f.camera}
 
 
-def _sample(key: str, meta: dict, frames: list, fields: list[Field]) -> dict:
+def _sample(key: str, meta: dict, frames: list, fields: list[Field], annotations: boxes.VideoBoxes | None) -> dict:
     meta = {**meta, "key": key,
             "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
             "flow_fields": [_field_meta(f) for f in fields]}
+    if annotations is not None:
+        meta = boxes.annotate(meta, annotations)
     warped = [f.warped for f in fields] if encode.has_warped(meta) else None
     return encode.to_sample(key, meta, [b for *_, b in frames], [f.data for f in fields], warped)
 
@@ -509,7 +535,8 @@ def _sample(key: str, meta: dict, frames: list, fields: list[Field]) -> dict:
 def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], cfg: WorkerConfig) -> list[dict]:
     """Turn a video's encoded chunks into its webdataset samples (parts of max_frames frames)."""
     chunks = sorted(chunks, key=lambda c: c.index)
-    check_coverage(ref, plan, chunks, cfg.flow.step)
+    total, _ = check_coverage(ref, plan, chunks, cfg.flow.step)
+    check_box_frames(ref, plan, cfg, total)
     frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
     fields = [f for c in chunks for f in chunk_fields(c)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
@@ -530,7 +557,8 @@ def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_fra
 
 
 def _part(ref: VideoRef, meta: dict, k: int, parts: int, frames: list, fields: list) -> dict:
-    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields)
+    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields,
+                   ref.boxes)
 
 
 def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
@@ -545,6 +573,7 @@ def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
         return finish_video(ref, plan, list(chunks), cfg)
     try:
         frames, fields = check_coverage(ref, plan, summaries, cfg.flow.step)
+        check_box_frames(ref, plan, cfg, frames)
     except (ValueError, RuntimeError) as exc:
         return VideoResult(ref=ref, status="error", error=_reason(ref, exc), info=plan.info)
     meta = video_meta(ref, plan, cfg, summaries[0].size)
@@ -576,7 +605,7 @@ def _stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tot
 
 def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: list[dict]) -> dict:
     """A clips-mode video's single sample; `clips` holds positions into frames and fields."""
-    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields)
+    return _sample(ref.key, {**meta, "part": 0, "num_parts": 1, "clips": clips}, frames, fields, ref.boxes)
 
 
 def _clips_sample(ref: VideoRef, plan: VideoPlan, meta: dict, frames: list, fields: list) -> dict:
@@ -593,7 +622,7 @@ def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | N
     plan, encoded = None, []
     for item in video_jobs(ref, cfg):
         if isinstance(item, VideoFailure):
-            return VideoResult(ref=ref, status="error", error=item.reason)
+            return VideoResult(ref=ref, status="error", error=item.reason, error_kind=item.kind)
         if isinstance(item, VideoPlan):
             plan = item
         else:

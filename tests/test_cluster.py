@@ -155,3 +155,49 @@ def test_storage_settings_reach_cluster_workers(two_nodes, monkeypatch):
         return os.environ.get("AWS_ENDPOINT_URL")
 
     assert ray.get(read_env.remote()) == "http://127.0.0.1:9"
+
+
+# --- storage every node must see ------------------------------------------------------------
+
+def _unseen_on(node_id, hidden):
+    """A path view in which `node_id` does not have the folder `hidden` (the driver does):
+    what a node of a real cluster sees of another machine's local disk."""
+    def view(node, path):
+        return path.replace(str(hidden), f"{hidden}-not-on-this-node") if node == node_id else path
+
+    return view
+
+
+def test_a_local_input_only_the_driver_sees_is_refused_before_any_work(motion_videos, tmp_path, two_nodes):
+    cluster, worker_node = two_nodes
+    out = tmp_path / "ds"
+    executor = RayExecutor(address=cluster.address, path_view=_unseen_on(worker_node.node_id, motion_videos))
+    with pytest.raises(RuntimeError) as err:
+        build_dataset(str(motion_videos), str(out), _cfg(), executor=executor, progress=False)
+    text = str(err.value)
+    assert f"INPUT {motion_videos}" in text and worker_node.node_id[:12] in text
+    assert "s3://" in text and "shared mount" in text and "OUTPUT" not in text.split("cannot see")[0]
+    assert not list((out / "shards").iterdir()) and not (out / "versions").exists()  # nothing computed
+    assert not list((out / ".flowshard").glob("probe-*"))  # the probe is cleaned up
+
+
+def test_a_local_output_only_the_driver_sees_is_refused(motion_videos, tmp_path, two_nodes):
+    cluster, worker_node = two_nodes
+    out = tmp_path / "ds"
+    executor = RayExecutor(address=cluster.address, path_view=_unseen_on(worker_node.node_id, out))
+    with pytest.raises(RuntimeError, match=rf"OUTPUT {out} is a local path that node .* cannot see"):
+        build_dataset(str(motion_videos), str(out), _cfg(), executor=executor, progress=False)
+    # Every node sees both: the same check lets the build through.
+    summary = build_dataset(str(motion_videos), str(out), _cfg(), executor=RayExecutor(address=cluster.address),
+                            progress=False)
+    assert summary.ok == 8
+
+
+def test_nodes_with_other_tools_than_the_driver_are_refused(motion_videos, tmp_path, two_nodes, monkeypatch):
+    from pipeline import tools
+
+    cluster, _ = two_nodes
+    monkeypatch.setattr(tools, "ffmpeg_version", lambda exe: "0.0-driver-only")  # this process only
+    with pytest.raises(RuntimeError, match=r"runs other tools than this driver \(ffmpeg .* there, 0.0-driver-only here"):
+        build_dataset(str(motion_videos), str(tmp_path / "ds"), _cfg(), executor=RayExecutor(address=cluster.address),
+                      progress=False)

@@ -289,4 +289,5 @@ def test_make_estimator_builds_raft_from_a_local_checkpoint(tmp_path):
     est = make_estimator(cfg)
     out = est(np.zeros((1, 40, 56, 3), np.uint8), np.zeros((1, 40, 56, 3), np.uint8))
     assert out.shape == (1, 40, 56, 2) and out.dtype == np.float32
-    assert cfg.output_dict()["params"] == {"weights": str(path), "num_flow_updates": 1}
+    # The weights count by their bytes (pipeline.tools), not their path: the path is no setting.
+    assert cfg.output_dict()["params"] == {"num_flow_updates": 1}

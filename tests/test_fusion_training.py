@@ -102,14 +102,15 @@ def test_train_help_lists_the_models_and_their_options():
 @pytest.mark.parametrize("model", ["two_stream", "fusion", "st_resnet"])
 def test_the_temporal_stream_can_have_its_own_learning_rate(model):
     from training.models import ModelConfig, build_model
+    from training.models.base import param_groups
 
     net = build_model(ModelConfig(model=model, arch="resnet18", num_classes=4, clip_len=4,
                                   snippets=0 if model == "two_stream" else 2))
-    spatial, temporal = net.param_groups(0.001, 0.005)
+    spatial, temporal = param_groups(net, 0.001, 0.005)
     assert (spatial["lr"], temporal["lr"]) == (0.001, 0.005)
     ids = {id(p) for p in temporal["params"]}
     flow = net.streams["flow"] if model == "two_stream" else net.flow
     rgb = net.streams["rgb"] if model == "two_stream" else net.rgb
     assert all(id(p) in ids for p in flow.parameters()) and not any(id(p) in ids for p in rgb.parameters())
     assert len(spatial["params"]) + len(temporal["params"]) == len(list(net.parameters()))
-    assert len(net.param_groups(0.001)) == 1  # no --flow-lr: one group
+    assert len(param_groups(net, 0.001)) == 1  # no --flow-lr: one group

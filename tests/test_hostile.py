@@ -8,6 +8,8 @@ import pickle
 import re
 import subprocess
 import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,9 @@ EXPECTED = {
     "big_header.mkv": ("error", "resolution too large", "16000x16000"),
     "unknown_codec.avi": ("error", "unsupported codec", "unsupported codec"),
     "fifo.mp4": ("error", "not a regular file", "not a regular file"),
+    # Playlists that name other files and URLs: refused, nothing fetched (see `http_server`).
+    "hls_playlist.mp4": ("error", "not a media file", "not a media file"),
+    "concat_list.mp4": ("error", "container not allowed", "container not allowed"),
     "device_link.mp4": ("error", "not a regular file", "not a regular file"),
     "truncated.mkv": ("ok",),
     "vfr.mkv": ("ok",),
@@ -52,7 +57,38 @@ def frames(n=12, h=48, w=64, seed=0):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def http_server():
+    """A web server on 127.0.0.1 that counts the requests it gets: hostile playlists point here."""
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+    server.server_close()
+
+
+def hls_playlist(*segments: str) -> bytes:
+    body = "".join(f"#EXTINF:10.0,\n{s}\n" for s in segments)
+    return ("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+            f"{body}#EXT-X-ENDLIST\n").encode()
+
+
+def concat_list(*files: str) -> bytes:
+    return ("ffconcat version 1.0\n" + "".join(f"file {f}\n" for f in files)).encode()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, http_server):
     """INPUT/broken: one file of each broken kind; INPUT/names: good videos with hostile names."""
     root = tmp_path_factory.mktemp("hostile") / "input"
     bad, names = root / "broken", root / "names"
@@ -67,6 +103,8 @@ def corpus(tmp_path_factory):
     synthetic.write_declared_size(bad / "big_header.mkv", 16000, 16000)
     synthetic.write_unknown_codec(bad / "unknown_codec.avi", frames(8))
     os.mkfifo(bad / "fifo.mp4")
+    (bad / "hls_playlist.mp4").write_bytes(hls_playlist("/etc/passwd", f"{http_server[0]}/x.ts"))
+    (bad / "concat_list.mp4").write_bytes(concat_list("/etc/passwd", f"{http_server[0]}/y.mp4"))
     (bad / "device_link.mp4").symlink_to("/dev/zero")
     whole = synthetic.write_video(root / "whole.mkv", frames(30), extra_args=("-g", "4"))
     synthetic.write_truncated(bad / "truncated.mkv", whole, 0.6)
@@ -90,8 +128,9 @@ def built(corpus, tmp_path_factory, ray_local):
     return out, result.output
 
 
-def test_every_broken_file_gives_a_sample_or_a_clear_reason(built):
+def test_every_broken_file_gives_a_sample_or_a_clear_reason(built, http_server):
     out, text = built
+    assert http_server[1] == []  # no playlist made a worker fetch anything
     n_ok = sum(e[0] == "ok" for e in EXPECTED.values()) + len(HOSTILE_NAMES)
     assert f"{n_ok} of {len(EXPECTED) + len(HOSTILE_NAMES)} videos ok" in text
     ds = open_dataset(out)
@@ -141,13 +180,14 @@ def test_report_groups_failures_by_reason(built):
     table = CliRunner().invoke(cli, ["report", str(out)])
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
-    assert "10 of 23 videos failed" in lines[0] and lines[1].split()[:2] == ["REASON", "COUNT"]
+    assert "12 of 25 videos failed" in lines[0] and lines[1].split()[:2] == ["REASON", "COUNT"]
     assert re.search(r"^not a regular file\s+2\s", table.output, re.M)
     assert re.search(r"^resolution too large\s+2\s", table.output, re.M)
     data = json.loads(CliRunner().invoke(cli, ["report", str(out), "--json"]).output)
     counts = {g["reason"]: g["count"] for g in data["failures"]}
     assert counts == {"too short": 2, "resolution too large": 2, "not a regular file": 2, "empty file": 1,
-                      "not a media file": 1, "no video stream": 1, "unsupported codec": 1}
+                      "not a media file": 2, "no video stream": 1, "unsupported codec": 1,
+                      "container not allowed": 1}
     fifo = next(v for g in data["failures"] for v in g["videos"] if v["path"].endswith("fifo.mp4"))
     assert fifo["error"] == "not a regular file"
     every = CliRunner().invoke(cli, ["report", str(out), "--all"]).output
@@ -249,3 +289,27 @@ def test_max_pixels_refuses_large_frames_before_decoding(motion_videos, tmp_path
     assert "0 of 8 videos ok, 8 error(s)" in result.output
     errors = open_dataset(tmp_path / "ds").errors()
     assert all("declared resolution 64x48 (3072 px) exceeds the limit of 3000 px" in e.error for e in errors)
+
+
+def test_a_playlist_cannot_pull_other_local_files_or_urls_into_a_dataset(tmp_path, http_server):
+    """An HLS playlist whose segments are a video outside INPUT and a URL, and a concat list
+    naming /etc/passwd and a URL (listed by name, as a CSV list may): ffmpeg opens local files
+    and video containers only, so both are error rows and nothing is fetched or copied."""
+    url, hits = http_server
+    before = len(hits)
+    (tmp_path / "elsewhere").mkdir()
+    private = synthetic.write_video(tmp_path / "elsewhere" / "private.ts", frames(12), extra_args=("-f", "mpegts"))
+    inp = tmp_path / "input"
+    inp.mkdir()
+    (inp / "leak.m3u8").write_bytes(hls_playlist(str(private), f"{url}/segment.ts"))
+    (inp / "leak.ffconcat").write_bytes(concat_list("/etc/passwd", f"{url}/clip.mp4"))
+    synthetic.write_video(inp / "fine.mp4", frames(6))
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path,label\n{inp}/leak.m3u8,a\n{inp}/leak.ffconcat,a\n{inp}/fine.mp4,b\n")
+    result = CliRunner().invoke(cli, ["build", str(listing), str(tmp_path / "ds"), *ARGS, "--executor", "local"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = {Path(v.path).name: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
+    for name in ("leak.m3u8", "leak.ffconcat"):
+        assert rows[name].status == "error" and "container not allowed" in rows[name].error, rows[name]
+        assert rows[name].error_kind == "permanent"
+    assert rows["fine.mp4"].status == "ok" and len(hits) == before

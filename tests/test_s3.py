@@ -238,18 +238,25 @@ def test_a_second_version_in_the_bucket_shares_unchanged_shards(bucket_build, mo
     assert version.diff_versions(out, v1, v2)["removed"][0]["path"] == "down/v_down_g00.mp4"
 
 
-def test_inputs_in_the_bucket_give_the_local_version(s3, motion_videos, local, tmp_path):
-    local_out, local_vid = local
+@pytest.fixture(scope="module")
+def bucket_videos(s3, motion_videos):
+    """The motion videos under BUCKET/videos (and two files that are not videos); their bytes."""
     for p in sorted(motion_videos.glob("*/*.mp4")):
         storage.put_file(p, f"{BUCKET}/videos/{p.parent.name}/{p.name}")
     storage.write_bytes_atomic(f"{BUCKET}/videos/left/.hidden.mp4", b"not listed")
     storage.write_bytes_atomic(f"{BUCKET}/videos/left/notes.txt", b"not a video")
+    return f"{BUCKET}/videos", sum(p.stat().st_size for p in motion_videos.glob("*/*.mp4"))
+
+
+def test_inputs_in_the_bucket_give_the_local_bytes(s3, bucket_videos, motion_videos, local, tmp_path):
+    local_out, local_vid = local
     out = tmp_path / "from_bucket"
-    assert build(f"{BUCKET}/videos", out) == local_vid  # same keys, sources, labels and content hashes
-    assert tree(out / "shards") == tree(local_out / "shards")
-    cache = json.loads((out / ".flowshard" / "content_hashes.json").read_text())["files"]
-    etags = {u: i.tag for u, i in storage.stat_many(sorted(cache)).items()}
-    assert len(cache) == 8 and all(entry[1] == etags[u] for u, entry in cache.items())  # keyed by (size, ETag)
+    vid = build(bucket_videos[0], out)
+    assert build(bucket_videos[0], tmp_path / "again") == vid  # named by ETag, size and version: deterministic
+    # Objects are named by their ETag (never downloaded by the driver), files by their sha256:
+    # another version id, the same samples byte for byte.
+    assert vid != local_vid and sorted(tree(out / "shards").values()) == sorted(tree(local_out / "shards").values())
+    assert not (out / ".flowshard" / "content_hashes.json").exists()  # nothing was hashed by the driver
 
     # A CSV list in the bucket: relative paths are relative to the list's prefix.
     rows = ["path,label,split"] + [f"../videos/{p.parent.name}/{p.name},{p.parent.name},{'test' if p.stem.endswith('1') else 'train'}"
@@ -260,7 +267,7 @@ def test_inputs_in_the_bucket_give_the_local_version(s3, motion_videos, local, t
     assert listed.info["counts"]["splits"] == {"test": 4, "train": 4}
     hashes = [{r["path"].rsplit("/", 1)[-1]: r["content_sha256"] for r in manifest.read_rows(f"{root}/manifest.parquet")}
               for root in (str(local_out), f"{BUCKET}/from_list")]
-    assert hashes[0] == hashes[1] and all(hashes[0].values())  # the objects' bytes were hashed
+    assert hashes[0] == hashes[1] and all(hashes[0].values())  # hashed where they were decoded
     reference = open_dataset(local_out)
     for v in listed.videos():
         twin = reference.read(v.path.replace("../videos/", "").replace("/", "_").removesuffix(".mp4"))
@@ -340,6 +347,7 @@ class FlakyProxy:
         self.every = every
         self.requests = 0
         self.failures = {"503": 0, "500": 0, "500 after": 0}
+        self.served: dict[str, int] = {}  # path -> body bytes of the GET responses sent
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -411,6 +419,10 @@ class FlakyProxy:
                     data = resp.read()
                     out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP | {"content-length"}]
                     length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+                    if reply and self.command == "GET":
+                        path = self.path.split("?", 1)[0]
+                        with proxy.lock:
+                            proxy.served[path] = proxy.served.get(path, 0) + len(data)
                     if reply:
                         self._reply(resp.status, out + [("Content-Length", length or "0")], data)
                 finally:
@@ -440,3 +452,60 @@ def test_a_flaky_server_loses_nothing(s3, motion_videos, local, monkeypatch):
     assert min(failures.values()) >= 3  # every kind of failure happened, and was retried
     assert output.strip().splitlines()[-1] == local_vid
     assert tree(out) == tree(local_out)  # nothing lost or changed: byte-identical to the clean build
+
+
+# --- inputs read once ------------------------------------------------------------------------
+
+def _fetched(proxy: FlakyProxy, prefix: str) -> int:
+    """Bytes of the objects under `prefix` (s3://bucket/key) the proxy served."""
+    path = "/" + prefix.split("://", 1)[1] + "/"
+    return sum(n for p, n in proxy.served.items() if p.startswith(path))
+
+
+@pytest.fixture
+def counting(s3, tmp_path, monkeypatch):
+    """A proxy in front of the server that counts the bytes it serves, and an empty input cache."""
+    from pipeline.store import cache
+
+    proxy = FlakyProxy(s3, every=10**9)  # never fails
+    monkeypatch.setenv("FSSPEC_S3", "{}")  # the CLI exports --storage-options here; restored after the test
+    monkeypatch.setitem(cache._CACHE, "dir", str(tmp_path / "input-cache"))
+    yield proxy
+    storage.reset()
+    proxy.stop()
+
+
+def test_bucket_inputs_are_read_once(bucket_videos, counting, tmp_path):
+    """The driver names objects by their ETag without reading them; the worker that decodes a
+    video fetches it once and hashes it there (the manifest's content_sha256)."""
+    prefix, size = bucket_videos
+    options = json.dumps({"s3": {"endpoint_url": counting.url}})
+    flowshard("--storage-options", options, "build", prefix, str(tmp_path / "ds"), *ARGS)
+    ratio = _fetched(counting, prefix) / size
+    print(f"bytes fetched per input byte, in-process build: {ratio:.3f}")
+    assert 1.0 <= ratio <= 1.05
+    rows = manifest.read_rows(tmp_path / "ds" / "manifest.parquet")
+    assert all(len(r["content_sha256"]) == 64 for r in rows)
+
+
+def test_bucket_inputs_are_read_once_on_ray(bucket_videos, counting, tmp_path):
+    """On Ray the probe (which fetches the object) and the decoder run on the same node: one read."""
+    import ray
+
+    prefix, size = bucket_videos
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           "FSSPEC_S3": json.dumps({"endpoint_url": counting.url}), "TMPDIR": str(tmp_path)}
+    ray.shutdown()  # a Ray whose workers reach this server (test keys, never forwarded in production)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        options = json.dumps({"s3": {"endpoint_url": counting.url}})
+        flowshard("--storage-options", options, "build", prefix, str(tmp_path / "ds"), *ARGS[:-3], "--no-progress")
+    finally:
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}})
+    ratio = _fetched(counting, prefix) / size
+    print(f"bytes fetched per input byte, Ray build: {ratio:.3f}")
+    assert 1.0 <= ratio <= 1.05
+    assert open_dataset(tmp_path / "ds").info["counts"]["ok"] == 8

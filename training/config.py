@@ -88,6 +88,9 @@ class TrainConfig:
 
 def check_model_data(model: ModelConfig, data: DataConfig) -> None:
     """The loader must give the network the input it is built for (ValueError naming the mismatch)."""
+    if (data.task == "detect") != (model.model == "detection"):
+        raise ValueError(f"task {data.task!r} with model {model.model!r}: --task detect trains the detection "
+                         "model, and the detection model trains only with --task detect")
     models.check(model)
     if model.clip_len != data.clip_len:
         raise ValueError(f"model clip_len {model.clip_len} and data clip_len {data.clip_len} differ: "

@@ -64,6 +64,7 @@ from pipeline.storage import Location
 from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import Clip, ClipSpec, SnippetShape
 from training import streams as stream_spec
+from training.detection import data as detection
 from training.mean_flow import subtract_mean_flow
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
 from training import gpu_decode
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("stream", "open", "off")
 STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.STREAMS ("rgb,flow,warped")
+TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
 
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.
 DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane, "warped": encode.decode_flow_plane}
@@ -212,8 +214,13 @@ class DataConfig:
     seed: int = 0
     verify: str = "stream"
     gpu_decode: bool = False  # decode JPEGs and augment on the training device (training.gpu_decode)
+    task: str = "classify"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.task == "detect" and self.gpu_decode:
+            raise ValueError("--gpu-decode serves classification; detection decodes on the CPU loader")
         stream_spec.stream_names(self.streams)  # ValueError naming a bad setting
         if stream_spec.uses_fields(self.streams) and self.clip_len < 1:
             raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
@@ -474,6 +481,8 @@ def _where(sample: dict) -> str:
 def pick_items(sample: dict, plan: PickPlan, epoch: int) -> list[dict]:
     """The items a sample gives (its chosen clips), holding only the chosen members' bytes."""
     meta = encode.load_meta(sample[encode.META], _where(sample))
+    if plan.cfg.task == "detect":
+        return detection.pick_items(sample, meta, plan.cfg, plan.train, epoch, _where(sample))
     kind = meta.get("kind")
     if kind == "clip":
         return [_clip_item(sample, meta, plan)]
@@ -629,6 +638,9 @@ def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochSta
     """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking;
     with flow_mean_subtract, each flow and warped field then loses its mean vector."""
     for item in src:
+        if cfg.task == "detect":
+            yield detection.transform_item(item, cfg, train, state.epoch)
+            continue
         fields, names = joint_fields(item)
         if train:
             rng = snip.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
@@ -721,10 +733,16 @@ def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, sta
         # Transforms: paired crop and flip, normalization, interleaved flow stacking.
         None if cfg.gpu_decode else partial(transform, cfg=cfg, train=train, state=state),
         # Batches: training drops the last partial batch so every step has one shape.
-        wds.batched(cfg.batch_size, collation_fn=gpu_decode.raw_collate if cfg.gpu_decode else collate,
-                    partial=not train),
+        wds.batched(cfg.batch_size, collation_fn=_collation(cfg), partial=not train),
     ]
     return wds.DataPipeline([s for s in stages if s is not None])
+
+
+def _collation(cfg: DataConfig):
+    """How items become a batch: detection's lists, raw bytes for --gpu-decode, else stacked tensors."""
+    if cfg.task == "detect":
+        return detection.collate
+    return gpu_decode.raw_collate if cfg.gpu_decode else collate
 
 
 @dataclass

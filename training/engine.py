@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import time
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -46,45 +47,70 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
     outputs = net.loss_keys
     totals = {"loss": 0.0, "samples": 0}
     correct: dict[str, torch.Tensor] = {}  # on device: no sync per step
-    batches = iter(loader)
-    bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
-    for i in bar:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            raise RuntimeError(f"the training loader ran dry after {i} of {steps} batches") from None
+    for bar, batch in epoch_batches(loader, steps, epoch, progress):
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(stream_inputs(batch, model_cfg.stream_names, device))
         loss = sum(criterion(logits[o].float(), labels) for o in outputs)
-        value = loss.item()  # the one host sync per step
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        _backward_step(loss, model, optimizer, scaler, clip_grad)
-        scheduler.step()
+        value = optimize(loss, model, optimizer, scheduler, scaler, clip_grad, step)
         step += 1
         totals["loss"] += value * len(labels)
         totals["samples"] += len(labels)
         with torch.no_grad():
             for name, s in net.scores({k: v.detach() for k, v in logits.items()}).items():
                 correct[name] = correct.get(name, 0) + (s.argmax(1) == labels).sum()
-        if progress:
-            bar.set_postfix(loss=f"{value:.3f}")
-        if writer is not None and step % log_every == 0:
-            writer.add_scalar("train/loss", value, step)
-            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-    bar.close()
+        log_step(bar, writer, value, optimizer, step, log_every)
     totals.update({f"top1_{name}": float(c) for name, c in correct.items()})
     stats = _epoch_stats(totals, time.perf_counter() - start, device)
-    if writer is not None:
-        for key, value in stats.items():
-            writer.add_scalar(f"train_epoch/{key}", value, step)
+    write_epoch(writer, stats, step)
     return step, stats
 
 
-def _backward_step(loss, model, optimizer, scaler, clip_grad: float) -> None:
+def epoch_batches(loader, steps: int, epoch: int, progress: bool) -> Iterator[tuple[tqdm, dict]]:
+    """Exactly `steps` batches of `loader`, with the progress bar; RuntimeError if it runs dry."""
+    batches = iter(loader)
+    bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for i in bar:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise RuntimeError(f"the training loader ran dry after {i} of {steps} batches") from None
+            yield bar, batch
+    finally:
+        bar.close()
+
+
+def optimize(loss, model, optimizer, scheduler, scaler, clip_grad: float, step: int) -> float:
+    """One optimizer step on `loss`; returns its value (the one host sync per step)."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    backward_step(loss, model, optimizer, scaler, clip_grad)
+    scheduler.step()
+    return value
+
+
+def log_step(bar, writer, value: float, optimizer, step: int, log_every: int) -> None:
+    """The step's loss on the progress bar, and loss and learning rate in TensorBoard every log_every steps."""
+    if not bar.disable:
+        bar.set_postfix(loss=f"{value:.3f}")
+    if writer is not None and step % log_every == 0:
+        writer.add_scalar("train/loss", value, step)
+        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+
+
+def write_epoch(writer, stats: dict, step: int) -> None:
+    """An epoch's stats in TensorBoard."""
+    if writer is not None:
+        for key, value in stats.items():
+            writer.add_scalar(f"train_epoch/{key}", value, step)
+
+
+def backward_step(loss, model, optimizer, scaler, clip_grad: float) -> None:
+    """Backward pass and optimizer step, with loss scaling (fp16) and gradient-norm clipping."""
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
         if clip_grad:

@@ -23,12 +23,14 @@ class FileStat:
     """Size, modification time (seconds) and identity tag of a file or object.
 
     tag: the object's ETag remotely (changes when its bytes change), mtime_ns locally.
+    version_id: the object's version where the store keeps versions (S3 versioning), else "".
     """
 
     size: int
     mtime: float
     tag: str
     is_file: bool
+    version_id: str = ""
 
 
 def stat(loc: Location) -> FileStat | None:
@@ -58,8 +60,9 @@ def _file_stat(info: dict) -> FileStat:
 
         mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
     tag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("checksum") or "")
+    version = info.get("VersionId") or info.get("version_id") or info.get("generation") or ""
     return FileStat(size=int(info.get("size") or 0), mtime=float(mtime), tag=tag.strip('"'),
-                    is_file=info.get("type", "file") == "file")
+                    is_file=info.get("type", "file") == "file", version_id="" if version == "null" else str(version))
 
 
 def size(loc: Location) -> int | None:

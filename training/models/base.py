@@ -114,18 +114,6 @@ class VideoClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    # Parameter names of the temporal streams in every family (two_stream: streams.flow and
-    # streams.warped; fusion: flow, flow_head; st_resnet: flow, heads.flow), for their own lr.
-    TEMPORAL_PREFIXES = ("streams.flow.", "streams.warped.", "flow.", "flow_head.", "heads.flow.")
-
-    def param_groups(self, lr: float, flow_lr: float | None = None) -> list[dict]:
-        """Trainable parameters as optimizer groups: the temporal stream's at flow_lr, the rest at lr."""
-        temporal, rest = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (temporal if flow_lr is not None and name.startswith(self.TEMPORAL_PREFIXES) else rest).append(p)
-        return [g for g in ({"params": rest, "lr": lr}, {"params": temporal, "lr": flow_lr}) if g["params"]]
-
     @property
     def loss_keys(self) -> tuple[str, ...]:
         """The outputs of forward that the training loss sums (default: all of them)."""
@@ -139,6 +127,21 @@ class VideoClassifier(nn.Module):
         """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
         return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},
                            self.cfg.fusion_weights)
+
+
+# Parameter names of the temporal streams in every family (two_stream: streams.flow and
+# streams.warped; fusion: flow, flow_head; st_resnet: flow, heads.flow), for their own lr.
+TEMPORAL_PREFIXES = ("streams.flow.", "streams.warped.", "flow.", "flow_head.", "heads.flow.")
+
+
+def param_groups(model: nn.Module, lr: float, flow_lr: float | None = None) -> list[dict]:
+    """Trainable parameters as optimizer groups: the temporal streams' at flow_lr (when given
+    and the model has them by those names), the rest at lr."""
+    temporal, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (temporal if flow_lr is not None and name.startswith(TEMPORAL_PREFIXES) else rest).append(p)
+    return [g for g in ({"params": rest, "lr": lr}, {"params": temporal, "lr": flow_lr}) if g["params"]]
 
 
 def channels_last_(model: nn.Module) -> nn.Module:

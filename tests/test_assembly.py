@@ -1,0 +1,94 @@
+"""The unit writer for computed chunks, without Ray: chunks in any order, tars in plan order."""
+import os
+import random
+from pathlib import Path
+
+from pipeline import shard, worker
+from pipeline.assembly import ChunkSpool, UnitAssembler, VideoOutcome
+from pipeline.build import BuildConfig, ShardConfig, identify, plan_units
+from pipeline.decode import DecodeConfig
+from pipeline.flow import FlowConfig, make_estimator
+from pipeline.inputs import discover
+from pipeline.units import write_unit
+from pipeline.worker import SampleConfig, WorkerConfig
+
+
+def _cfg():
+    return BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm="dis"),
+                                           sample=SampleConfig(chunk_frames=4, max_frames=5)),
+                       shard=ShardConfig(max_samples=8, max_bytes=1 << 16))
+
+
+def _computed(ref, cfg, estimator):
+    """The plan and encoded chunks of a video, as the Ray tasks would produce them."""
+    plan = worker.plan_video(ref, cfg.worker)
+    chunks = [worker.process_chunks([job], estimator, cfg.worker)[0] for job in worker.chunk_jobs(ref, plan, cfg.worker)]
+    return plan, chunks
+
+
+def test_chunks_in_any_order_give_the_in_process_tars(motion_videos, tmp_path):
+    cfg = _cfg()
+    refs, _ = discover(str(motion_videos))
+    unit = identify(plan_units(refs, cfg.shard), {}, cfg)[0]
+    est = make_estimator(cfg.worker.flow)
+    for out in ("a", "b"):
+        (tmp_path / out / "shards").mkdir(parents=True)
+    expected = write_unit(unit, (worker.process_video(r, cfg.worker, est) for r in unit.compute_refs),
+                          tmp_path / "a", cfg)
+
+    computed = {r.key: _computed(r, cfg, est) for r in unit.compute_refs}
+    events = [("chunk", r.key, c) for r in unit.compute_refs for c in computed[r.key][1]]
+    random.Random(0).shuffle(events)  # chunks of every video interleaved, out of order
+    writer = UnitAssembler()
+    writer.begin(unit, tmp_path / "b", cfg)
+    outcomes = []
+    for _, key, chunk in events:
+        writer.chunk(key, 1, chunk)
+    assert len(list(Path(writer.spool.dir).iterdir())) == len(unit.compute_refs)  # held on disk, not in memory
+    for r in reversed(unit.compute_refs):  # outcomes last video first: nothing can be written until the first
+        plan, chunks = computed[r.key]
+        outcomes.append(writer.video(r.key, 1, VideoOutcome(plan=plan, summaries=tuple(map(worker.summarize, chunks)))))
+    assert outcomes == [len(unit.compute_refs)] * (len(unit.compute_refs) - 1) + [0]
+    record = writer.finish()
+    assert record == expected
+    for s in record["shards"]:
+        assert (tmp_path / "a" / "shards" / s["name"]).read_bytes() == (tmp_path / "b" / "shards" / s["name"]).read_bytes()
+    assert len(record["shards"]) > 1  # the unit rolled over several tars
+
+
+def test_a_newer_try_replaces_the_chunks_of_an_older_one_and_failures_are_rows(motion_videos, tmp_path):
+    cfg = _cfg()
+    refs, _ = discover(str(motion_videos))
+    unit = identify(plan_units(refs[:2], cfg.shard), {}, cfg)[0]
+    est = make_estimator(cfg.worker.flow)
+    first, second = unit.compute_refs
+    plan, chunks = _computed(first, cfg, est)
+    (tmp_path / "shards").mkdir()
+    writer = UnitAssembler()
+    writer.begin(unit, tmp_path, cfg)
+    writer.chunk(first.key, 1, chunks[0])  # a try later given up: a chunk of it arrived
+    for c in chunks:
+        writer.chunk(first.key, 2, c)
+    writer.chunk(first.key, 1, chunks[1])  # late chunk of the old try: ignored
+    writer.video(first.key, 2, VideoOutcome(plan=plan, summaries=tuple(map(worker.summarize, chunks))))
+    writer.video(second.key, 3, VideoOutcome(failure=f"{second.source}: lost", kind="transient"))
+    record = writer.finish()
+    rows = {r["id"]: r for r in record["videos"]}
+    assert rows[first.key]["status"] == "ok" and rows[first.key]["frames"] == 12
+    assert (rows[second.key]["status"], rows[second.key]["error_kind"]) == ("error", "transient")
+    keys = [s["__key__"] for r in record["shards"] for s in shard.iter_shard(tmp_path / "shards" / r["name"])]
+    assert keys == [f"{first.key}_part{k:03d}" for k in range(3)]
+
+
+def test_spool_reads_back_in_chunk_order_and_cleans_up(motion_videos):
+    cfg = _cfg()
+    refs, _ = discover(str(motion_videos))
+    _, chunks = _computed(refs[0], cfg, make_estimator(cfg.worker.flow))
+    spool = ChunkSpool()
+    for c in reversed(chunks):
+        spool.add("v", c)
+    assert [c.index for c in spool.read("v")] == [0, 1, 2] and list(spool.read("v")) == chunks
+    spool.drop("v")
+    assert list(spool.read("v")) == []
+    spool.close()
+    assert not os.path.exists(spool.dir)
