@@ -1,6 +1,7 @@
 """Labelled synthetic video sets on which one model family should beat another.
 
-Both write videos (H.264 in 4:4:4, so no chroma subsampling) and a list.csv (path,label,split) that
+Both write videos (lossless H.264 4:4:4: the grey the flow estimators see is the drawn
+grey, +-1 for the RGB <-> YUV rounding) and a list.csv (path,label,split) that
 `flowshard build` reads; every video is drawn from one seeded generator, so the same
 config and photos give the same videos.
 
@@ -206,8 +207,10 @@ def write_set(root: str | Path, kind: str, cfg: SetConfig, pictures: list[np.nda
         for i in range(cfg.per_class + cfg.test_per_class):
             rng = random.Random(f"{kind}/{cfg.seed}/{label}/{i}")
             rel = f"videos/{label}/{kind}_{label}_{i:03d}.mp4"
-            # 4:4:4: with 4:2:0 chroma the tint would bleed into the grey around the squares.
-            synthetic.write_video(root / rel, make(label, cfg, pictures, rng), cfg.fps, pix_fmt="yuv444p")
+            # Lossless 4:4:4: lossy coding adds grey noise that depends on the colour (and 4:2:0
+            # chroma bleeds the tint into the grey around the squares), which flow would see.
+            synthetic.write_video(root / rel, make(label, cfg, pictures, rng), cfg.fps, pix_fmt="yuv444p",
+                                  quality="0")
             rows.append({"path": rel, "label": label, "split": "train" if i < cfg.per_class else "test"})
     listing = root / "list.csv"
     with open(listing, "w", newline="") as f:
