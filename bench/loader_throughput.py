@@ -4,7 +4,8 @@
                                       [--workdir DIR] [--json out.json] [--gpu-decode]
 
 Makes synthetic videos at TSN's 340x256, builds a dataset (Farneback), derives clip shards
-(L = 10), and lays the same clips out as mmaction2 rawframes (img_00001.jpg,
+(L = 10; and multi-timescale clips of T = 5 snippets at strides 1, 5 and 10, schema 2),
+and lays the same clips out as mmaction2 rawframes (img_00001.jpg,
 flow_x_00001.jpg, flow_y_00001.jpg per video folder: RGB JPEG bytes copied, x and y
 re-encoded as two greyscale JPEGs at the build's quality, TSN's layout). Then, in this one
 process (one "loader process"), it reads and decodes the same clips (1 RGB frame + 10 flow
@@ -14,11 +15,14 @@ fields) three ways:
   video samples  the same stages on the built dataset; Simonyan sampling, one clip per
                  video sample per pass (what one epoch reads)
   rawframes      open, read and decode 21 files per clip (mmaction2's RawFrameDecode)
+  multi-timescale clip shards
+                 the loader's stages on the T = 5 clip shards, strided sampling: one item
+                 per clip, each distinct frame and field decoded once
 
 each with files in the page cache (warm) and evicted from it first (cold:
 posix_fadvise(DONTNEED) on this benchmark's own files). Reported: clips per CPU-second
 (robust to other load on the machine) and per wall-second, bytes read per clip and per byte
-of the members decoded. `--gpu-decode` also decodes the clip shards' JPEGs with
+of the members decoded (distinct members: snippets a stride shorter than L apart share fields). `--gpu-decode` also decodes the clip shards' JPEGs with
 torchvision.io.decode_jpeg on cuda (needs a GPU).
 """
 from __future__ import annotations
@@ -46,6 +50,7 @@ from training.transforms import TransformConfig  # noqa: E402
 
 log = logging.getLogger("bench.loader")
 CLIP_LEN = 10
+MT_SNIPPETS, MT_STRIDES = 5, (1, 5, 10)  # Feichtenhofer et al.'s T = 5, three time scales
 
 
 @dataclass
@@ -67,7 +72,8 @@ class Result:
 # --- data -----------------------------------------------------------------------------------
 
 def make_dataset(work: Path, videos: int, frames: int, size: tuple[int, int], per_video: int) -> tuple[Path, Path]:
-    """Synthetic videos -> built dataset (Farneback, stored as is) -> clip shards."""
+    """Synthetic videos -> built dataset (Farneback, stored as is) -> clip shards (and, in
+    clips_mt/, multi-timescale clip shards: MT_SNIPPETS snippets MT_STRIDES apart)."""
     from click.testing import CliRunner
 
     from jobs.cli import cli
@@ -92,6 +98,10 @@ def make_dataset(work: Path, videos: int, frames: int, size: tuple[int, int], pe
             raise RuntimeError(result.output)
     if not (clips / "dataset.json").exists():
         derive_clips(ds, clips, ClipsConfig(clip_len=CLIP_LEN, per_video=per_video), overwrite=True)
+    if not (work / "clips_mt" / "dataset.json").exists():
+        derive_clips(ds, work / "clips_mt", ClipsConfig(clip_len=CLIP_LEN, snippets=MT_SNIPPETS, strides=MT_STRIDES,
+                                                        per_video=max(1, per_video // len(MT_STRIDES))),
+                     overwrite=True)
     return ds, clips
 
 
@@ -181,7 +191,7 @@ def shard_reader(source: data.DataSource, split: str | None, cfg: data.DataConfi
             stages = data.tar_samples(data.open_shards(data.ShardList(shards, resample=False, shuffle=False,
                                                                       seed=0, state=state)(), verify="stream"))
             for item in data.pick(stages, plan, state):
-                used += len(item["rgb"][0][0]) + sum(len(b) for b in item["flow"][0])
+                used += used_bytes(item)
                 if work != "read":
                     item = data.decode_item(item)
                 if work == "transform":
@@ -189,6 +199,12 @@ def shard_reader(source: data.DataSource, split: str | None, cfg: data.DataConfi
                 clips += 1
         return clips, passes * sum(Path(s.url).stat().st_size for s in shards), used
     return run
+
+
+def used_bytes(item: dict) -> int:
+    """Bytes of the distinct members an item's snippets name (overlapping snippets share some)."""
+    members = {id(b): len(b) for stream in ("rgb", "flow") for snippet in item[stream] or [] for b in snippet}
+    return sum(members.values())
 
 
 def rawframes_reader(root: Path, clips: list[dict]):
@@ -252,13 +268,19 @@ def run(args) -> list[dict]:
     write_rawframes(ds, work / "rawframes")
     clips = clip_list(clips_dir)
     clip_src, video_src = data.open_source(clips_dir), data.open_source(ds)
+    mt_src = data.open_source(work / "clips_mt")
     cfg = data.DataConfig(clip_len=CLIP_LEN, transform=TransformConfig(crop_size=224))
+    mt_cfg = data.DataConfig(clip_len=CLIP_LEN, sampler="strided", snippets=MT_SNIPPETS, strides=MT_STRIDES,
+                             transform=TransformConfig(crop_size=224))
+    mt_name = f"multi-timescale clip shards (T={MT_SNIPPETS}, strides {','.join(map(str, MT_STRIDES))})"
     files = {"clip shards": [Path(s.url) for s in clip_src.shards],
              "video samples": [Path(s.url) for s in video_src.shards],
-             "rawframes": [p for p in (work / "rawframes").rglob("*.jpg")]}
+             "rawframes": [p for p in (work / "rawframes").rglob("*.jpg")],
+             mt_name: [Path(s.url) for s in mt_src.shards]}
     readers = {"clip shards": shard_reader(clip_src, None, cfg, 1, "decode"),
                "video samples": shard_reader(video_src, None, cfg, args.video_passes, "decode"),
-               "rawframes": rawframes_reader(work / "rawframes", clips)}
+               "rawframes": rawframes_reader(work / "rawframes", clips),
+               mt_name: shard_reader(mt_src, None, mt_cfg, 1, "decode")}
     for fn in readers.values():
         fn()  # fills the page cache for the warm runs
     cases = [(name, "warm", fn, None) for name, fn in readers.items()]

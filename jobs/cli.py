@@ -396,6 +396,41 @@ def report(dataset: str, as_json: bool, every: bool) -> None:
         click.echo(line)
 
 
+@cli.command("pretrain-flow")
+@click.argument("images", metavar="IMAGES")
+@click.argument("output", metavar="OUT")
+@click.option("--per-image", type=int, default=1, show_default=True, help="Videos per image and motion class.")
+@click.option("--frames", type=int, default=16, show_default=True, help="Frames per video.")
+@click.option("--size", "frame_size", default="340x256", show_default=True, help="Frame size WxH.")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+              help="Share of the images (the last in name order) whose videos form the test split.")
+@click.option("--videos", default=None, help="Keep the generated videos here (default: a temporary folder).")
+@build_options
+def pretrain_flow(images: str, output: str, per_image: int, frames: int, frame_size: str, test_fraction: float,
+                  videos: str | None, **o) -> None:
+    """Flow from still IMAGES under synthetic camera and object motion, built into OUT (a dataset whose
+    12 classes are the motions) for pre-training the temporal stream: `flowshard train OUT --streams flow`,
+    then `flowshard train DATA --flow-weights RUN/last.pt`."""
+    import tempfile
+
+    from pipeline.still_motion import StillMotionConfig, find_images, write_still_motion_set
+
+    try:
+        w, h = (int(v) for v in frame_size.lower().split("x"))
+        cfg = StillMotionConfig(per_image=per_image, num_frames=frames, size=(w, h), test_fraction=test_fraction,
+                                seed=o["seed"])
+        paths = find_images(images)
+        with tempfile.TemporaryDirectory(prefix="flowshard_still_") as tmp:
+            listing, problems = write_still_motion_set(paths, videos or tmp, cfg)
+            summary = run_build(str(listing), output, o)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for problem in problems:
+        click.echo(f"skipped: {problem}", err=True)
+    echo_summary(summary)
+    click.echo(summary.version)
+
+
 @cli.command()
 @click.argument("dataset", metavar="DATASET[@VERSION]")
 @click.argument("output", metavar="OUT")

@@ -14,18 +14,41 @@ from __future__ import annotations
 import click
 
 # The names of training.models.FAMILIES (a test keeps both lists equal).
-MODELS = ("two_stream", "detection")
+MODELS = ("two_stream", "fusion", "st_resnet", "detection")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
 BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
-                 "strides": "1", "crop_size": 224, "dropout": 0.5}
+                 "strides": "1", "crop_size": 224, "dropout": 0.5, "flow_dropout": None}
 INPUT_DEFAULTS: dict[str, dict] = {
     "two_stream": {},
+    # Feichtenhofer et al.: T = 5 snippets a stride apart, dropout 0.85 (their code).
+    "fusion": {"sampling": "strided", "snippets": 5, "strides": "1,5,10", "dropout": 0.85},
+    # Feichtenhofer et al. (ST-ResNet): T = 5 snippets a stride apart.
+    "st_resnet": {"sampling": "strided", "snippets": 5, "strides": "1,5,10"},
     "detection": {},
 }
 
 # Flags of single families (each help text names its family).
 FAMILY_FLAGS: list = [
+    click.option("--fusion-type", default="conv", show_default=True,
+                 type=click.Choice(["sum", "max", "concat", "conv", "bilinear"]),
+                 help="fusion: how the two streams' maps are fused at --fusion-layer (conv: 1x1 conv "
+                      "initialised as their sum)."),
+    click.option("--fusion-layer", default="layer4", show_default=True,
+                 type=click.Choice(["layer1", "layer2", "layer3", "layer4"]),
+                 help="fusion: the ResNet stage after whose last block (before its ReLU) the streams are fused."),
+    click.option("--temporal-pool", default="3d", show_default=True, type=click.Choice(["3d", "none"]),
+                 help="fusion: 3d = the T snippets' fused maps pooled by 3D conv + 3D max pooling; "
+                      "none = each snippet scored alone, scores averaged."),
+    click.option("--temporal-tower/--no-temporal-tower", default=True, show_default=True,
+                 help="fusion: keep the temporal stream's own tower and classifier (averaged with the fused one)."),
+    click.option("--st-connection", default="additive", show_default=True,
+                 type=click.Choice(["additive", "multiplicative", "none"]),
+                 help="st_resnet: residual connections from the motion into the appearance stream."),
+    click.option("--st-temporal-convs/--no-st-temporal-convs", default=True, show_default=True,
+                 help="st_resnet: convs of each stage's second unit made 3D over the snippets (centre-slice init)."),
+    click.option("--st-temporal-pool", default="max", show_default=True, type=click.Choice(["max", "avg"]),
+                 help="st_resnet: pooling over the T snippets before each stream's classifier."),
     click.option("--det-fusion", default="concat", show_default=True, type=click.Choice(["concat", "late"]),
                  help="detection: per-region fusion, concat (fc7 of both streams, the paper's) or late "
                       "(scores averaged with --fusion-weights)."),
@@ -61,6 +84,16 @@ def model_options(model: str, o: dict):
     """The family Options the flags describe (None: the family has none)."""
     if model == "two_stream":
         return None
+    if model == "fusion":
+        from training.models.fusion import Options
+
+        return Options(fusion_type=o["fusion_type"], fusion_layer=o["fusion_layer"],
+                       temporal_pool=o["temporal_pool"], temporal_tower=o["temporal_tower"])
+    if model == "st_resnet":
+        from training.models.st_resnet import Options
+
+        return Options(connection=o["st_connection"], temporal_convs=o["st_temporal_convs"],
+                       temporal_pool=o["st_temporal_pool"])
     if model == "detection":
         from jobs.parsing import parse_numbers
         from training.models.detection import Options

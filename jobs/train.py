@@ -57,10 +57,13 @@ TRAIN_LOG = "train.log"
 # --- composition ---------------------------------------------------------------------------
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (TSN) or AdamW over the trainable parameters."""
+    """SGD with momentum (TSN) or AdamW over the trainable parameters; the temporal stream's
+    at --flow-lr when given (Wang et al.: 0.001 for the spatial, 0.005 for the temporal net)."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    from training.models.base import param_groups
+
+    params = param_groups(model, cfg.lr, cfg.flow_lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -88,7 +91,8 @@ def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
     saved = ckpt["config"]
     now = cfg.to_dict()
     # Initial weights do not matter once the checkpoint's are loaded; everything else does.
-    differ = sorted(k for k in now["model"] if k != "weights" and saved["model"].get(k) != now["model"][k])
+    differ = sorted(k for k in now["model"]
+                    if k not in ("weights", "flow_weights") and saved["model"].get(k) != now["model"][k])
     differ += [f"data.{k}" for k in ("streams", "clip_len") if saved["data"].get(k) != now["data"][k]]
     if differ:
         raise ValueError(f"cannot resume: the checkpoint was trained with other settings for {differ}")
@@ -294,16 +298,19 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, source, device: torch.device, 
     from training import checkpoint
     from training.config import amp_dtype
     from training.models import build_model
+    from training.models.base import channels_last_
 
-    model = build_model(cfg.model).to(device)
+    resume = resolve_resume(cfg.resume, cfg.output)
+    # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
+    initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
+    model = build_model(initial).to(device)
     if cfg.channels_last and cfg.data.task == "classify":
-        model = model.to(memory_format=torch.channels_last)
+        channels_last_(model)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, cfg, steps)
     dtype = amp_dtype(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     start_epoch, step = 0, 0
-    resume = resolve_resume(cfg.resume, cfg.output)
     if resume is not None:
         ckpt = checkpoint.load_checkpoint(resume)
         check_resume(ckpt, cfg, source.version)
@@ -407,7 +414,8 @@ def run_evaluation(cfg: TrainConfig, ckpt: dict, source, split: str, data_cfg, d
     info = distributed.init_distributed(device)
     try:
         dev = torch.device(info.device)
-        model = build_model(cfg.model)
+        # The checkpoint's weights replace any initial ones.
+        model = build_model(dataclasses.replace(cfg.model, weights=None, flow_weights=None))
         model.load_state_dict(ckpt["model"])
         model.to(dev)
         loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
@@ -455,10 +463,17 @@ def _floats(text: str) -> tuple[float, ...]:
                    "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
               type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
-@click.option("--weights", default=None, help="'imagenet' (torchvision, downloads) or a local state-dict file.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="Initial weights of both streams: 'imagenet' (torchvision's cache, downloaded into it when "
+                   "missing), a local torchvision state-dict file, or 'none' (random).")
+@click.option("--flow-weights", default=None,
+              help="A pre-trained temporal stream (a checkpoint of `flowshard train PRETRAIN --streams flow`, "
+                   "see `flowshard pretrain-flow`, or a state-dict file) for the temporal stream.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Per rank.")
 @click.option("--lr", type=float, default=0.001, show_default=True)
+@click.option("--flow-lr", type=float, default=None,
+              help="The temporal stream's learning rate (default: --lr). Wang et al.: --lr 0.001 --flow-lr 0.005.")
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
@@ -476,6 +491,12 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Frames between strided snippets, e.g. 1,5,10 (one drawn per clip: multi-timescale).")
 @click.option("--crop-size", type=int, default=None, help="Default: the model's (224).")
 @click.option("--flip/--no-flip", default=True, show_default=True)
+@click.option("--crop-scales", default="1,0.875,0.75,0.66", show_default=True,
+              help="Training crop sides, as fractions of the short side (multi-scale cropping; 1: whole frame).")
+@click.option("--max-distort", type=int, default=1, show_default=True,
+              help="Scale steps a crop's width and height may differ (Wang et al.: 3, any pair).")
+@click.option("--crop-positions", type=click.Choice(["5", "13"]), default="13", show_default=True,
+              help="Crop offsets: 5 = corners + centre (Wang et al.'s corner cropping), 13 = TSN's.")
 @click.option("--test-clips", type=int, default=25, show_default=True,
               help="Test clips per video sample (per stride with --sampling strided).")
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default="1", show_default=True)
@@ -486,7 +507,10 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--flow-mean-subtract", is_flag=True, default=False,
               help="Subtract each flow (and warped) field's mean vector from the input (Simonyan & Zisserman).")
 @click.option("--fusion-kernel", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option("--dropout", type=float, default=None, help="Default: the model's (0.5).")
+@click.option("--dropout", type=float, default=None,
+              help="Before the classifier: spatial stream and fused heads. Default: the model's (0.5; fusion 0.85).")
+@click.option("--flow-dropout", type=float, default=None,
+              help="The temporal stream's dropout (default: --dropout). Wang et al.: --dropout 0.8 --flow-dropout 0.9.")
 @click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
 @family_flags
 @click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
@@ -555,7 +579,9 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
     from training.models import ModelConfig
     from training.transforms import TransformConfig
 
-    transform = TransformConfig(crop_size=o["crop_size"], flip=o["flip"], test_crops=int(o["test_crops"]))
+    transform = TransformConfig(crop_size=o["crop_size"], scales=_floats(o["crop_scales"]), max_distort=o["max_distort"],
+                                crop_positions=int(o["crop_positions"]), flip=o["flip"],
+                                test_crops=int(o["test_crops"]))
     strides = parse_numbers(o["strides"], int)
     data_cfg = DataConfig(streams=o["streams"], clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                           frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
@@ -564,14 +590,17 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
                           flow_mean_subtract=o.get("flow_mean_subtract", False), task=o.get("task", "classify"))
     weights = _floats(o["fusion_weights"]) if o.get("fusion_weights") else None  # None: the streams' defaults
+    initial = None if o["weights"] in (None, "none") else o["weights"]
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                             snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
-                            weights=o["weights"], dropout=o["dropout"], partial_bn=o["partial_bn"],
+                            weights=initial, flow_weights=o["flow_weights"], dropout=o["dropout"],
+                            flow_dropout=o["flow_dropout"],
+                            partial_bn=o["partial_bn"],
                             fusion=o["fusion"], fusion_weights=weights, fusion_kernel=int(o["fusion_kernel"]),
                             options=model_options(o["model"], o))
     return TrainConfig(dataset=str(dataset), output=str(output), data=data_cfg, model=model_cfg, epochs=o["epochs"],
-                       lr=o["lr"], optimizer=o["optimizer"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                       lr=o["lr"], flow_lr=o["flow_lr"], optimizer=o["optimizer"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                        warmup_epochs=o["warmup_epochs"], clip_grad=o["clip_grad"],
                        device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
                        steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],

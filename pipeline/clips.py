@@ -200,8 +200,9 @@ def choose(num_starts: int, cfg: ClipsConfig, key: str) -> list[int]:
 def sample_clips(cands: snippets.Candidates, cfg: ClipsConfig, key: str) -> list[tuple[int, snippets.Clip]]:
     """(stride, clip) of each clip cut from a sample: per stride, `per_video` starts."""
     n = len(cands)
+    snippets.check_frame_strides(cands, cfg.snippets)
     out = []
-    for stride in cfg.strides:
+    for stride in snippets.fitting_strides(n, cfg.snippets, cfg.strides):
         # One stride keeps the sample key as the seed, so single-scale clips stay as they were.
         seed_key = key if len(cfg.strides) == 1 else f"{key}/s{stride}"
         for start in choose(snippets.strided_starts(n, cfg.snippets, stride), cfg, seed_key):

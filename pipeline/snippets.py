@@ -23,7 +23,8 @@ samplers only choose candidate indices:
     tsn       K equal segments, one candidate from each (training: random within the
               segment; test: the segment's middle); the model averages their scores
     strided   T candidates `stride` apart from a random start (training, stride drawn from
-              the strides given: multi-timescale); at test N evenly spaced starts per stride
+              the strides given: multi-timescale); at test N evenly spaced starts per stride;
+              strides whose T snippets do not fit in a video are left out for it
     uniform   N evenly spaced candidates (test time, 25 by default), scores averaged per video
 
 Indices that would fall outside a short video are clamped to its first or last frame or
@@ -145,6 +146,16 @@ def strided_indices(num_candidates: int, snippets: int, stride: int, start: int)
     if snippets < 1 or stride < 1:
         raise ValueError(f"snippets and stride must be >= 1, got {snippets}, {stride}")
     return [min(start + k * stride, num_candidates - 1) for k in range(snippets)]
+
+
+def fitting_strides(num_candidates: int, snippets: int, strides: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides at which `snippets` candidates fit in the video, else the shortest one.
+
+    Multi-timescale sampling uses only these: a longer stride would clamp its last snippets
+    to the video's end and repeat them, a clip of another time scale than its stride says.
+    """
+    fit = tuple(s for s in strides if (snippets - 1) * s < num_candidates)
+    return fit or (min(strides),)
 
 
 def strided_starts(num_candidates: int, snippets: int, stride: int) -> int:
@@ -269,6 +280,14 @@ class ClipSpec:
         return {"simonyan": 1, "tsn": self.segments, "strided": self.snippets}[self.sampler]
 
 
+def check_frame_strides(cands: Candidates, snippets: int) -> None:
+    """Strides count stored frames: refuse T > 1 snippets on a sample whose candidates are not
+    one frame apart (a `build --clips` sample keeps a few separate clips per video)."""
+    if snippets > 1 and cands.stored:
+        raise ValueError(f"strided clips of {snippets} snippets are a stride of frames apart, but this sample was "
+                         "built with --clips and keeps separate clips, not every frame: build the dataset densely")
+
+
 def train_clip(cands: Candidates, spec: ClipSpec, rng: random.Random) -> Clip:
     """The snippets of one training item: 1 (simonyan), K segments (tsn) or T strided."""
     n = len(cands)
@@ -276,7 +295,8 @@ def train_clip(cands: Candidates, spec: ClipSpec, rng: random.Random) -> Clip:
         return (cands[simonyan_index(n, rng)],)
     if spec.sampler == "tsn":
         return tuple(cands[i] for i in tsn_indices(n, spec.segments, rng))
-    stride = rng.choice(spec.strides)
+    check_frame_strides(cands, spec.snippets)
+    stride = rng.choice(fitting_strides(n, spec.snippets, spec.strides))
     start = rng.randrange(strided_starts(n, spec.snippets, stride))
     return tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, start))
 
@@ -285,14 +305,15 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     """The clips a video is scored on (their scores are averaged per video).
 
     simonyan and tsn: `test_clips` evenly spaced single snippets (TSN's test protocol: 25
-    snippets, scores averaged); strided: per stride, `test_clips` evenly spaced starts of
-    T snippets each.
+    snippets, scores averaged); strided: per stride that fits the video, `test_clips`
+    evenly spaced starts of T snippets each, so every time scale covers the whole video.
     """
     n = len(cands)
     if spec.sampler != "strided":
         return [(cands[i],) for i in uniform_indices(n, spec.test_clips)]
+    check_frame_strides(cands, spec.snippets)
     out = []
-    for stride in spec.strides:
+    for stride in fitting_strides(n, spec.snippets, spec.strides):
         starts = strided_starts(n, spec.snippets, stride)
         for s in uniform_indices(starts, spec.test_clips):
             out.append(tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s)))

@@ -21,7 +21,7 @@ from training.models.detection import Options, build
 from training.transforms import hflip_flow, normalize_flow, stack_fields
 
 TINY = Options(fpn_channels=16, head_dim=32, anchor_sizes=(8, 16, 32, 64, 128), proposals=20, roi_batch=16)
-TINY_FLAGS = ["--arch", "resnet18", "--det-fpn-channels", "16", "--det-head-dim", "32", "--det-anchor-sizes",
+TINY_FLAGS = ["--arch", "resnet18", "--weights", "none", "--det-fpn-channels", "16", "--det-head-dim", "32", "--det-anchor-sizes",
               "8,16,32,64,128", "--det-proposals", "20", "--det-roi-batch", "16"]
 
 

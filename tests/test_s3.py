@@ -295,7 +295,8 @@ def test_training_streams_clip_shards_from_the_bucket(bucket_build, local, tmp_p
 
     monkeypatch.setattr(storage, "open_read", recording_open)
     run = tmp_path / "run"
-    flowshard("train", clips, "--output", str(run), "--epochs", "1", "--arch", "resnet18", "--crop-size", "32",
+    flowshard("train", clips, "--output", str(run), "--epochs", "1", "--arch", "resnet18", "--weights", "none",
+              "--crop-size", "32",
               "--batch-size", "4", "--clip-len", "4", "--workers", "0", "--device", "cpu", "--eval-every", "0",
               "--no-progress")
     assert (run / "last.pt").is_file()
@@ -308,8 +309,9 @@ def test_training_writes_checkpoints_and_logs_to_the_bucket_and_resumes_from_it(
     out, v1, _, _ = bucket_build
     clips, run = f"{BUCKET}/clips_run", f"{BUCKET}/runs/r18"
     flowshard("clips", f"{out}@{v1[:8]}", clips, "--clip-len", "4", "--per-video", "2")
-    args = ["train", clips, "--output", run, "--arch", "resnet18", "--crop-size", "32", "--batch-size", "4",
-            "--workers", "0", "--device", "cpu", "--no-progress", "--eval-split", "train", "--test-clips", "1"]
+    args = ["train", clips, "--output", run, "--arch", "resnet18", "--weights", "none", "--crop-size", "32",
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-progress", "--eval-split", "train",
+            "--test-clips", "1"]
     flowshard(*args, "--epochs", "1")
     files = set(storage.walk_files(run))
     assert {"last.pt", "epoch_000.pt", "config.json", "train.log", "train_summary.json",

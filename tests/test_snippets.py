@@ -116,6 +116,30 @@ def test_strided_clips_are_T_snippets_a_stride_apart_with_the_stride_drawn_per_c
     assert starts == sorted(starts) and starts[-1] - starts[0] > 20
 
 
+def test_strided_clips_need_frames_one_apart_not_clips_kept_by_a_clips_build():
+    meta = {"mode": "clips", "frames": [], "flow_fields": [],
+            "clips": [{"frame": 10 * i + 5, "flow": list(range(10 * i, 10 * i + 10))} for i in range(6)]}
+    cands = sampling.candidates(meta, 4)
+    spec = ClipSpec(sampler="strided", snippets=3, strides=(5,))
+    with pytest.raises(ValueError, match="built with --clips"):
+        sampling.train_clip(cands, spec, random.Random(0))
+    with pytest.raises(ValueError, match="built with --clips"):
+        sampling.eval_clips(cands, spec)
+    single = ClipSpec(sampler="strided", snippets=1, strides=(5,))  # one snippet: no stride to measure
+    assert len(sampling.train_clip(cands, single, random.Random(0))) == 1
+
+
+def test_multi_timescale_sampling_leaves_out_strides_a_short_video_cannot_hold():
+    cands = sampling.candidates(dense_meta(24), 4)  # 20 candidates: 3 snippets fit at strides 1 and 5, not 10
+    spec = ClipSpec(sampler="strided", snippets=3, strides=(1, 5, 10), test_clips=2)
+    drawn = {sampling.train_clip(cands, spec, random.Random(s))[1].frame
+             - sampling.train_clip(cands, spec, random.Random(s))[0].frame for s in range(40)}
+    assert drawn == {1, 5}
+    tests = sampling.eval_clips(cands, spec)
+    assert [c[1].frame - c[0].frame for c in tests] == [1, 1, 5, 5]
+    assert sampling.fitting_strides(5, 3, (5, 10)) == (5,)  # none fits: the shortest, clamped
+
+
 def test_strided_clips_of_a_short_video_clamp_to_its_last_snippet():
     cands = sampling.candidates(dense_meta(8), 4)  # 4 candidates
     clip = sampling.train_clip(cands, ClipSpec(sampler="strided", snippets=3, strides=(5,)), random.Random(0))

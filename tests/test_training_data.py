@@ -265,6 +265,30 @@ def test_strided_clips_of_video_samples_come_in_time_order_a_stride_apart(tmp_pa
     assert sum(len(b["label"]) for b in tests) == 3 * 2 * 2  # 3 videos x 2 strides x 2 starts
 
 
+@pytest.mark.parametrize("clip_shards", [False, True])
+def test_overlapping_snippets_decode_each_member_once(tmp_path, monkeypatch, clip_shards):
+    from pipeline.clips import ClipsConfig, derive_clips
+
+    source = root = uneven_dataset(tmp_path / "ds")
+    if clip_shards:
+        derive_clips(root, tmp_path / "clips", ClipsConfig(clip_len=4, snippets=3, strides=(1,), per_video=1))
+        source = tmp_path / "clips"
+    cfg = exact_cfg(sampler="strided", snippets=3, strides=(1,))
+    shards = [data._shard_dict(s) for s in data.open_source(source).split_shards("train")]
+    samples = data.tar_samples(data.open_shards(shards, verify="off"))
+    item = next(data.pick(samples, data.PickPlan(cfg=cfg, train=True), data.EpochState()))
+    calls = []
+    real = dict(data.DECODERS)
+    monkeypatch.setitem(data.DECODERS, "flow", lambda b: calls.append("flow") or real["flow"](b))
+    monkeypatch.setitem(data.DECODERS, "rgb", lambda b: calls.append("rgb") or real["rgb"](b))
+    expected = [[real["flow"](b) for b in fields] for fields in item["flow"]]
+    decoded = data.decode_item(item)
+    # 3 snippets of 4 fields a frame apart: fields t .. t+5 decoded once each (6, not 12); 3 frames.
+    assert calls.count("flow") == 6 and calls.count("rgb") == 3
+    for stack, planes in zip(decoded["flow"], expected):
+        np.testing.assert_array_equal(np.asarray(stack), np.stack(planes).reshape(8, H, W))
+
+
 def test_rgb_runs_of_F_frames_stack_on_channels_in_time_order(tmp_path):
     source = data.open_source(uneven_dataset(tmp_path / "ds"))
     cfg = exact_cfg(streams="rgb", rgb_frames=4, frame_stride=2)

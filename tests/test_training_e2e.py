@@ -30,7 +30,7 @@ from training.transforms import hflip_flow
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--arch", "resnet18", "--workers", "0", "--device", "cpu", "--no-progress"]
+FAST = ["--arch", "resnet18", "--weights", "none", "--workers", "0", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)

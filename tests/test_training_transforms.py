@@ -142,6 +142,22 @@ def test_multiscale_boxes_stay_inside_the_frame_and_use_tsn_scales():
     assert all(abs(steps.index(w) - steps.index(h)) <= 1 for w, h in sizes)  # max_distort = 1
 
 
+def test_wang_et_al_corner_and_multiscale_cropping():
+    """Width and height each from {256, 224, 192, 168}, at the 4 corners or the centre only."""
+    cfg = TransformConfig(crop_size=224, max_distort=3, crop_positions=5)
+    sizes, places = set(), set()
+    for seed in range(600):
+        box = T.multiscale_box(256, 340, cfg, random.Random(seed))
+        sizes.add((box.w, box.h))
+        ws, hs = (340 - box.w) // 4, (256 - box.h) // 4
+        corners = [(0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs), (2 * ws, 2 * hs)]
+        assert (box.x, box.y) in corners
+        places.add(corners.index((box.x, box.y)))
+    steps = [256, 224, 192, 168]
+    assert sizes == {(w, h) for w in steps for h in steps}
+    assert places == {0, 1, 2, 3, 4}
+
+
 def test_eval_views_centre_and_ten_crop():
     rgb, flow = coordinate_item(h=48, w=64)
     one_rgb, one_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=32, test_crops=1))
@@ -168,6 +184,8 @@ def test_streams_of_different_sizes_are_refused():
 
 
 def test_config_validation_names_the_bad_value():
+    with pytest.raises(ValueError, match="crop_positions"):
+        TransformConfig(crop_positions=9)
     with pytest.raises(ValueError, match="test_crops"):
         TransformConfig(test_crops=5)
     with pytest.raises(ValueError, match="scales"):

@@ -16,7 +16,7 @@ from training import data, streams
 from training.models import ModelConfig, build_model
 from training.models.base import late_fusion
 
-FAST = ["--arch", "resnet18", "--workers", "0", "--device", "cpu", "--no-progress"]
+FAST = ["--arch", "resnet18", "--weights", "none", "--workers", "0", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -30,6 +30,7 @@ class TrainConfig:
     model: ModelConfig
     epochs: int = 30
     lr: float = 0.001
+    flow_lr: float | None = None  # the temporal stream's (None: lr); Wang et al.: 0.001 spatial, 0.005 temporal
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -50,8 +51,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr <= 0 or (self.flow_lr is not None and self.flow_lr <= 0):
+            raise ValueError(f"lr and flow_lr must be positive, got {self.lr}, {self.flow_lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:

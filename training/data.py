@@ -603,12 +603,25 @@ def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> 
 
 def decode_item(item: dict) -> dict:
     """Decode the chosen members: rgb -> (K, F, H, W, 3) uint8, flow (and warped) -> K (2L, H, W)
-    FieldPlanes, interleaved."""
+    FieldPlanes, interleaved.
+
+    Snippets that overlap (strided clips a stride shorter than L apart, runs of frames) name
+    the same member more than once; each is decoded once (the pick stage hands the same bytes
+    object for the same member) and its planes shared, read-only.
+    """
+    decoded: dict[tuple[str, int], np.ndarray] = {}
+
+    def once(kind: str, b: bytes) -> np.ndarray:
+        key = (kind, id(b))
+        if key not in decoded:
+            decoded[key] = DECODERS[kind](b)
+        return decoded[key]
+
     if item["rgb"] is not None:
-        item["rgb"] = np.stack([np.stack([DECODERS["rgb"](b) for b in frames]) for frames in item["rgb"]])
+        item["rgb"] = np.stack([np.stack([once("rgb", b) for b in frames]) for frames in item["rgb"]])
     for name in stream_spec.FIELD_STREAMS:
         if item.get(name) is not None:
-            item[name] = [FieldPlanes([DECODERS[name](b) for b in fields]) for fields in item[name]]
+            item[name] = [FieldPlanes([once(name, b) for b in fields]) for fields in item[name]]
     return item
 
 

@@ -52,7 +52,8 @@ class TransformConfig:
 
     crop_size: int = 224
     scales: tuple[float, ...] = TSN_SCALES
-    max_distort: int = 1  # how many scale steps width and height may differ (TSN: 1)
+    max_distort: int = 1  # how many scale steps width and height may differ (TSN: 1; Wang et al.: any, 3)
+    crop_positions: int = 13  # 13: TSN's fixed offsets; 5: Wang et al.'s corner cropping (4 corners + centre)
     flip: bool = True
     test_crops: int = 1  # 1: centre crop; 10: 4 corners + centre, each also flipped
 
@@ -63,6 +64,8 @@ class TransformConfig:
             raise ValueError(f"scales must be in (0, 1], got {self.scales}")
         if self.max_distort < 0:
             raise ValueError(f"max_distort must be >= 0, got {self.max_distort}")
+        if self.crop_positions not in (5, 13):
+            raise ValueError(f"crop_positions must be 5 (corners + centre) or 13 (TSN's), got {self.crop_positions}")
         if self.test_crops not in (1, 10):
             raise ValueError(f"test_crops must be 1 or 10, got {self.test_crops}")
 
@@ -79,21 +82,27 @@ class Box:
 
 # --- crop boxes -------------------------------------------------------------------------
 
-def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
-    """TSN's 13 fixed crop positions: corners, centre, edge midpoints and quarter points."""
+def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int, count: int = 13) -> list[tuple[int, int]]:
+    """TSN's 13 fixed crop positions: corners, centre, edge midpoints and quarter points; the
+    first 5 (count=5) are Wang et al.'s corner cropping: the 4 corners and the centre."""
     ws, hs = (width - crop_w) // 4, (height - crop_h) // 4
     grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
             (1, 1), (3, 1), (1, 3), (3, 3)]
-    return [(i * ws, j * hs) for i, j in grid]
+    return [(i * ws, j * hs) for i, j in grid[:count]]
 
 
 def multiscale_box(height: int, width: int, cfg: TransformConfig, rng: random.Random) -> Box:
-    """A random multi-scale corner crop (TSN's GroupMultiScaleCrop with fixed offsets)."""
+    """A random multi-scale corner crop (TSN's GroupMultiScaleCrop with fixed offsets).
+
+    Wang et al. 2015's multi-scale cropping draws width and height each from {256, 224, 192,
+    168} of 256 (TSN_SCALES; max_distort=3 lets them differ freely, TSN's default 1 keeps them
+    within one step) at one of the corner positions.
+    """
     base = min(height, width)
     sizes = [max(1, int(base * s)) for s in cfg.scales]
     pairs = [(w, h) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= cfg.max_distort]
     crop_w, crop_h = rng.choice(pairs)
-    x, y = rng.choice(fixed_offsets(width, height, crop_w, crop_h))
+    x, y = rng.choice(fixed_offsets(width, height, crop_w, crop_h, cfg.crop_positions))
     return Box(x, y, crop_w, crop_h)
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from training.models import detection, two_stream
+from training.models import detection, fusion, st_resnet, two_stream
 from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
 from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
 
 FAMILIES: dict[str, ModuleType] = {
     "two_stream": two_stream,
+    "fusion": fusion,
+    "st_resnet": st_resnet,
     "detection": detection,  # `train --task detect`: a region detector, not a VideoClassifier
 }
 

@@ -1,12 +1,25 @@
-"""torchvision ResNet backbones shared by the model families: weights and cross-modality init."""
+"""torchvision ResNet backbones shared by the model families: weights, cross-modality init,
+and the pieces of a residual block (its residual path, its shortcut) that fusion and
+cross-stream connections need.
+
+Weights (Wang et al. 2015's first good practice: ImageNet initialisation for both streams):
+None (random), "imagenet" (torchvision's weights, read from torchvision's cache; downloaded
+into it only when missing, and a clear error naming `--weights none` and `--weights FILE`
+when that fails, never a silent random start) or a local torchvision state-dict file.
+"""
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from training.streams import FIELD_STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +62,11 @@ def load_backbone(arch: str, weights: str | None) -> nn.Module:
     with weights_only=True, so it cannot run code.
     """
     check_arch(arch)
-    ctor, imagenet = ARCHS[arch]
+    ctor, _ = ARCHS[arch]
     if weights is None:
+        log.info("%s: random initial weights (no --weights)", arch)
         return ctor(weights=None)
-    if weights == "imagenet":
-        return ctor(weights=imagenet)
-    path = Path(weights)
+    path = imagenet_file(arch) if weights == "imagenet" else Path(weights)
     if not path.is_file():
         raise ValueError(f"weights must be None, 'imagenet' or an existing file, got {weights!r}")
     model = ctor(weights=None)
@@ -63,7 +75,139 @@ def load_backbone(arch: str, weights: str | None) -> nn.Module:
     return model
 
 
+def imagenet_cache_path(arch: str) -> Path:
+    """Where torchvision keeps `arch`'s ImageNet weights (TORCH_HOME/hub/checkpoints/<file>)."""
+    url = ARCHS[arch][1].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def imagenet_file(arch: str, timeout: float = 30.0) -> Path:
+    """The cached ImageNet weights of `arch`, downloaded into torchvision's cache when missing.
+
+    Offline (or when the download fails) this raises ValueError saying how to go on:
+    a local copy with --weights FILE, or --weights none for a random start.
+    """
+    path = imagenet_cache_path(arch)
+    if path.is_file():
+        return path
+    url = ARCHS[arch][1].url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torch.hub's urlopen has none: offline must not hang
+    try:
+        log.info("downloading %s ImageNet weights from %s", arch, url)
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(
+            f"ImageNet weights for {arch} are not in torchvision's cache ({path}) and could not be downloaded "
+            f"from {url} ({exc}): put that file there, pass --weights FILE (a torchvision state dict), or "
+            "--weights none to train from random initial weights") from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    return path
+
+
 def resnet_trunk(backbone: nn.Module) -> nn.Sequential:
     """conv1 ... layer4 of a torchvision ResNet, as one Sequential (indices 0-3 stem, 4-7 layers)."""
     return nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool,
                          backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+
+
+# --- pieces of a residual block (torchvision BasicBlock or Bottleneck) ---------------------------
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The residual path F(x) of a block: its convolutions, without shortcut or final ReLU."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, Bottleneck):
+        out = block.relu(block.bn2(block.conv2(out)))
+        return block.bn3(block.conv3(out))
+    return block.bn2(block.conv2(out))
+
+
+def shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's identity path (its 1x1 projection where it changes size)."""
+    return x if block.downsample is None else block.downsample(x)
+
+
+def pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """F(x) + shortcut(x): the block's output before its last ReLU."""
+    return residual_branch(block, x) + shortcut(block, x)
+
+
+def stem(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv1, bn1, ReLU and max pooling of a torchvision ResNet."""
+    return backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+
+
+def check_snippet_streams(cfg, family: str) -> None:
+    """Raise ValueError unless `cfg` (a ModelConfig) has both streams, one RGB frame per snippet
+    and T >= 1 ordered snippets: what the fusion and ST-ResNet families take."""
+    check_arch(cfg.arch)
+    if cfg.streams != "both":
+        raise ValueError(f"{family} needs both streams, got streams={cfg.streams!r}")
+    if cfg.rgb_frames != 1:
+        raise ValueError(f"{family}: the spatial stream sees one RGB frame per snippet, "
+                         f"got rgb_frames={cfg.rgb_frames}")
+    if cfg.snippets < 1:
+        raise ValueError(f"{family} takes clips of T >= 1 snippets in time order, got snippets={cfg.snippets}")
+
+
+def stage_channels(backbone: nn.Module, stage: str) -> int:
+    """Channels out of a stage (layer1 ... layer4) of a torchvision ResNet."""
+    last = getattr(backbone, stage)[-1]
+    return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
+
+
+def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
+                    flow_weights: str | None = None) -> nn.Module:
+    """A torchvision ResNet for the spatial (rgb) or temporal (flow) stream, without its fc.
+
+    A temporal stream's (flow or warped flow) conv1 takes 2L channels, cross-modality
+    initialised from `weights`, unless `flow_weights` names a pre-trained temporal stream
+    (e.g. trained on `flowshard pretrain-flow` data), whose weights then replace all of it.
+    """
+    fields = stream in FIELD_STREAMS
+    backbone = load_backbone(arch, None if fields and flow_weights else weights)
+    if fields:
+        backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * clip_len)
+    backbone.fc = nn.Identity()
+    if fields and flow_weights:
+        load_flow_weights(backbone, flow_weights)
+    return backbone
+
+
+# Names of the entries of two_stream's trunk Sequential, in torchvision's naming.
+TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A temporal stream's weights in torchvision's names, from a flowshard checkpoint (a
+    two_stream or fusion model with a flow stream) or a torchvision state-dict file."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj["model"] if isinstance(obj, dict) and "model" in obj and "config" in obj else obj
+    out = {}
+    for key, value in state.items():
+        if key.startswith("streams.flow.trunk."):
+            index, _, rest = key[len("streams.flow.trunk."):].partition(".")
+            out[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value
+        elif key.startswith("flow.") and not key.startswith("flow_"):
+            out[key[len("flow."):]] = value
+    return out or dict(state)
+
+
+def load_flow_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a pre-trained temporal stream into `backbone` (ValueError naming the file when it does not fit)."""
+    if not Path(path).is_file():
+        raise ValueError(f"flow weights: no file {path}")
+    state = {k: v for k, v in flow_state_dict(path).items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape differs, e.g. conv1 trained for another clip length
+        raise ValueError(f"flow weights {path} do not fit this temporal stream: {exc}") from exc
+    if missing or unexpected:
+        raise ValueError(f"flow weights {path} do not fit this temporal stream: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    log.info("temporal stream initialised from %s", path)

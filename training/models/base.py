@@ -28,7 +28,9 @@ STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.
 class ModelConfig:
     """What network to build (`model` names its family, training.models.FAMILIES).
 
-    weights: None, "imagenet" (torchvision) or a local file. rgb_frames (F) and snippets
+    weights: None, "imagenet" (torchvision) or a local file. dropout is the spatial stream's
+    (and a fused head's), flow_dropout the temporal stream's (None: the same); Wang et al.
+    use 0.8 and 0.9. rgb_frames (F) and snippets
     (K, 0: any number, averaged) are the input the network is built for; `options` holds
     the family's own frozen config (None: its defaults). fusion, fusion_weights and
     fusion_kernel are the two-stream family's late/conv fusion settings; fusion_weights
@@ -45,7 +47,9 @@ class ModelConfig:
     snippets: int = 0
     in_channels_flow: int | None = None  # defaults to 2 * clip_len; checked when given
     weights: str | None = None
+    flow_weights: str | None = None  # a pre-trained temporal stream (checkpoint or state dict)
     dropout: float = 0.5
+    flow_dropout: float | None = None
     partial_bn: bool = False
     fusion: str = "late"
     fusion_weights: tuple[float, ...] | None = None  # rgb, flow[, warped]; None: training.streams defaults
@@ -63,8 +67,9 @@ class ModelConfig:
                              f"(x and y per field), got in_channels_flow={self.in_channels_flow}")
         if self.rgb_frames < 1 or self.snippets < 0:
             raise ValueError(f"rgb_frames must be >= 1 and snippets >= 0, got {self.rgb_frames}, {self.snippets}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name, p in (("dropout", self.dropout), ("flow_dropout", self.flow_dropout)):
+            if p is not None and not 0 <= p < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
         if self.fusion_weights is None:
             object.__setattr__(self, "fusion_weights", (1.0, 1.0, 0.5) if "warped" in names else (1.0, 1.5))
         want = 3 if "warped" in names else 2
@@ -72,6 +77,11 @@ class ModelConfig:
         if len(w) != want or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"fusion_weights must be {want} non-negative numbers (rgb, flow"
                              f"{', warped' if want == 3 else ''}), got {self.fusion_weights}")
+
+    def stream_dropout(self, stream: str) -> float:
+        """The dropout before `stream`'s classifier."""
+        temporal = stream in stream_spec.FIELD_STREAMS and self.flow_dropout is not None
+        return self.flow_dropout if temporal else self.dropout
 
     @property
     def stream_names(self) -> tuple[str, ...]:
@@ -117,6 +127,30 @@ class VideoClassifier(nn.Module):
         """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
         return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},
                            self.cfg.fusion_weights)
+
+
+# Parameter names of the temporal streams in every family (two_stream: streams.flow and
+# streams.warped; fusion: flow, flow_head; st_resnet: flow, heads.flow), for their own lr.
+TEMPORAL_PREFIXES = ("streams.flow.", "streams.warped.", "flow.", "flow_head.", "heads.flow.")
+
+
+def param_groups(model: nn.Module, lr: float, flow_lr: float | None = None) -> list[dict]:
+    """Trainable parameters as optimizer groups: the temporal streams' at flow_lr (when given
+    and the model has them by those names), the rest at lr."""
+    temporal, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (temporal if flow_lr is not None and name.startswith(TEMPORAL_PREFIXES) else rest).append(p)
+    return [g for g in ({"params": rest, "lr": lr}, {"params": temporal, "lr": flow_lr}) if g["params"]]
+
+
+def channels_last_(model: nn.Module) -> nn.Module:
+    """Put the 2D convolutions' weights in channels-last layout (faster on GPUs with AMP);
+    3D ones keep theirs (channels_last is a 4D layout, and Module.to would refuse them)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+    return model
 
 
 def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, ...]) -> dict[str, torch.Tensor]:

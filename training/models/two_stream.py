@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.backbones import check_arch, cross_modality_conv, load_backbone, resnet_trunk
+from training.models.backbones import check_arch, resnet_trunk, stage_channels, stream_backbone
 from training.models.base import ModelConfig, VideoClassifier, check_input
 
 FUSIONS = ("late", "conv")
@@ -46,7 +46,7 @@ class Stream(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
         super().__init__()
         self.trunk = resnet_trunk(backbone)
-        self.feature_dim = backbone.fc.in_features
+        self.feature_dim = stage_channels(backbone, "layer4")
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.feature_dim, num_classes)
@@ -60,11 +60,8 @@ class Stream(nn.Module):
 
 def build_stream(cfg: ModelConfig, stream: str) -> Stream:
     """The spatial (rgb) or a temporal (flow, warped flow) stream of `cfg`."""
-    backbone = load_backbone(cfg.arch, cfg.weights)
-    if stream in ("flow", "warped"):
-        channels = cfg.in_channels_flow or 2 * cfg.clip_len
-        backbone.conv1 = cross_modality_conv(backbone.conv1, channels)
-    return Stream(backbone, cfg.num_classes, cfg.dropout)
+    backbone = stream_backbone(cfg.arch, cfg.weights, stream, cfg.clip_len, cfg.flow_weights)
+    return Stream(backbone, cfg.num_classes, cfg.stream_dropout(stream))
 
 
 class ConvFusion(nn.Module):
