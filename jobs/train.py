@@ -212,6 +212,7 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
     from training import checkpoint, data, distributed, engine
     from training.config import amp_dtype
     from training.models import build_model
+    from training.models.base import channels_last_
 
     steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size,
                                                         per=cfg.epoch_size)
@@ -222,7 +223,7 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
     model = build_model(cfg.model).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        channels_last_(model)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, cfg, steps)
     dtype = amp_dtype(cfg)
@@ -309,14 +310,11 @@ def write_results(results: dict, path: Path, class_names: list[str], writer=None
     return path
 
 
-def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str, batch_size: int | None,
-                        workers: int | None, test_clips: int | None, test_crops: int | None,
-                        progress: bool = True) -> tuple[dict, list[str], dict]:
-    """Evaluate a checkpoint on a split of DATASET; returns (results, class names, provenance)."""
-    import torch
-
-    from training import checkpoint, data, distributed, engine
-    from training.config import TrainConfig, amp_dtype
+def open_trained(dataset: str, ckpt_path: str):
+    """(checkpoint dict, its TrainConfig, DATASET's DataSource, the checkpoint's model on CPU),
+    after checking that DATASET has the classes the model was trained for."""
+    from training import checkpoint, data
+    from training.config import TrainConfig
     from training.models import build_model
 
     ckpt = checkpoint.load_checkpoint(ckpt_path)
@@ -324,6 +322,21 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     source = data.open_source(dataset)
     if source.num_classes != cfg.model.num_classes:
         raise ValueError(f"{dataset} has {source.num_classes} classes, the checkpoint's model {cfg.model.num_classes}")
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    return ckpt, cfg, source, model
+
+
+def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str, batch_size: int | None,
+                        workers: int | None, test_clips: int | None, test_crops: int | None,
+                        progress: bool = True) -> tuple[dict, list[str], dict]:
+    """Evaluate a checkpoint on a split of DATASET; returns (results, class names, provenance)."""
+    import torch
+
+    from training import data, distributed, engine
+    from training.config import amp_dtype
+
+    ckpt, cfg, source, model = open_trained(dataset, ckpt_path)
     split = pick_split(split, source.splits(), dataset)
     transform = dataclasses.replace(cfg.data.transform, **_given(test_crops=test_crops))
     data_cfg = dataclasses.replace(cfg.data, transform=transform,
@@ -331,8 +344,6 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     info = distributed.init_distributed(device)
     try:
         dev = torch.device(info.device)
-        model = build_model(cfg.model)
-        model.load_state_dict(ckpt["model"])
         model.to(dev)
         loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
         dtype = amp_dtype(dataclasses.replace(cfg, device=info.device))

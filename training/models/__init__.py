@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from training.models import two_stream
+from training.models import c3d, factorized, fstcn, karpathy, siamese, two_stream
 from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
 from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
 
 FAMILIES: dict[str, ModuleType] = {
     "two_stream": two_stream,
+    "c3d": c3d,
+    "r3d": factorized,
+    "r2plus1d": factorized,
+    "fstcn": fstcn,
+    "karpathy": karpathy,
+    "siamese": siamese,
 }
 
 
