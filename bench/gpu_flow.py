@@ -1,21 +1,32 @@
 """Benchmark the flow estimators: pairs/s at 340x256 and end-point error on known motion.
 
-Measures the batched torch TV-L1 (CUDA when available, else CPU) over several batch sizes and
-OpenCV's TV-L1 on one CPU core (cv2.setNumThreads(1)), with the same TVL1Params, and the mean
-end-point error (EPE) of both on photographs warped by a known field (translation, zoom,
-rotation, a smooth random deformation). Prints a Markdown report; --out also writes it.
+Speed: the torch TV-L1 through the flow actor's own path (PairBatcher: batches of B pairs,
+staged copies in, uint8 quantization on the device, copies out overlapped with compute), by
+batch size, then at one batch size by dtype (fp32 / bf16 / fp16), torch.compile off / on and
+the epsilon-stop check (every `sync_every` steps, or 0: a fixed iteration count with no host
+sync); OpenCV's TV-L1 on one CPU core beside it. Learned estimators (RAFT, SEA-RAFT) are timed
+and scored when their checkpoint files are given (--raft-small, --raft-large, --sea-raft-s,
+--sea-raft-m); never downloaded.
 
-    PYTHONPATH=. python bench/gpu_flow.py --out bench_flow.md      # GPU: full run, < 5 min on an H100
-    PYTHONPATH=. python bench/gpu_flow.py --quick                  # CPU: a few minutes
+Accuracy: mean end-point error (EPE) on photographs warped by a known field (translation,
+zoom, rotation, a smooth random deformation) and on a held-out real stereo pair (scikit-image's
+Middlebury motorcycle, ground-truth disparity = horizontal flow, at half size), for OpenCV,
+each torch dtype and each learned estimator given. `--cpu-costs` also measures what decode
+and encode cost per pair on this machine's CPU (how many cores one GPU's rate needs).
+Prints a Markdown report; --out also writes it.
 
-The ground-truth generator lives here and the tests import it (tests/test_flow_torch.py).
+    PYTHONPATH=. python bench/gpu_flow.py --out bench_flow.md      # GPU: full run, a few minutes on an H100
+    PYTHONPATH=. python bench/gpu_flow.py --quick --cpu-costs      # CPU
+
+The warped-photo ground truth and the scores come from pipeline.flow_eval, which `flowshard
+flow-check` uses too: both report the same EPE for the same estimator, size and pairs.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
-import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -24,100 +35,38 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.flow_eval import (MOTIONS, builtin_cases, eval_margin, evaluate, mean_epe,  # noqa: F401  (re-exported)
+                                 motion_batch, photo_pair)
+
 log = logging.getLogger("bench.gpu_flow")
 
-PHOTOS = ("astronaut", "camera", "coffee", "chelsea")  # real photographs shipped with scikit-image
-MOTIONS = ("shift_subpixel", "shift_pixels", "zoom", "rotate", "smooth_field")
 POOL = 4  # distinct pairs the speed rows cycle through
 
 
-# ----------------------------------------------------------------------------- ground truth
+# ----------------------------------------------------------------------------- stereo
 
-def photo_texture(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A float32 grayscale crop (0..255) of a scikit-image photograph, at least (height, width).
+def stereo_pair(scale: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-image's rectified Middlebury motorcycle pair, resized by `scale`, as flow data.
 
-    The photo is shrunk (area interpolation, no aliasing) so that small frames still hold a
-    good part of the scene rather than a flat patch of it.
+    Returns left, right (H, W, 3) uint8 RGB, the true flow left -> right (H, W, 2) (x = minus
+    the disparity, y = 0: left(x, y) = right(x - d, y)) and a mask of pixels with known disparity.
     """
     import skimage.data
 
-    rng = np.random.default_rng(seed)
-    img = getattr(skimage.data, PHOTOS[seed % len(PHOTOS)])()
-    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-    side = min(gray.shape)
-    scale = min(1.0, 1.3 * max(height, width) / side)
-    scale = max(scale, height / gray.shape[0], width / gray.shape[1])
-    size = (max(width, round(gray.shape[1] * scale)), max(height, round(gray.shape[0] * scale)))
-    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    y = rng.integers(0, small.shape[0] - height + 1)
-    x = rng.integers(0, small.shape[1] - width + 1)
-    return np.ascontiguousarray(small[y:y + height, x:x + width])
+    left, right, disp = skimage.data.stereo_motorcycle()
+    h, w = round(left.shape[0] * scale), round(left.shape[1] * scale)
+    resize = lambda img: cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)  # noqa: E731
+    valid = np.isfinite(disp)
+    d = cv2.resize(np.where(valid, disp, 0).astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST) * scale
+    mask = cv2.resize(valid.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    flow = np.stack([-d, np.zeros_like(d)], axis=-1)
+    return resize(left), resize(right), flow, mask
 
 
-def _smooth_field(height: int, width: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random (H, W, 2) field with max |component| = amplitude."""
-    sigma = 0.15 * min(height, width)
-    noise = rng.standard_normal((height, width, 2)).astype(np.float32)
-    field = cv2.GaussianBlur(noise, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    return field * (amplitude / max(1e-6, float(np.abs(field).max())))
-
-
-def motion_field(kind: str, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Ground-truth flow d (H, W, 2), x right / y down, pixels, on frame 0's grid."""
-    rng = np.random.default_rng(1000 + seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    if kind == "shift_subpixel":
-        d = rng.uniform(0.2, 0.8, 2) * rng.choice([-1, 1], 2)
-        return np.broadcast_to(d.astype(np.float32), (height, width, 2)).copy()
-    if kind == "shift_pixels":
-        d = rng.uniform(2.0, 4.0, 2) * rng.choice([-1, 1], 2)
-        return np.broadcast_to(d.astype(np.float32), (height, width, 2)).copy()
-    if kind == "zoom":  # 3 % expansion about the centre
-        return np.stack([0.03 * (xs - cx), 0.03 * (ys - cy)], axis=-1)
-    if kind == "rotate":  # 2 degrees about the centre
-        a = math.radians(2.0)
-        rx = math.cos(a) * (xs - cx) - math.sin(a) * (ys - cy) + cx
-        ry = math.sin(a) * (xs - cx) + math.cos(a) * (ys - cy) + cy
-        return np.stack([rx - xs, ry - ys], axis=-1).astype(np.float32)
-    if kind == "smooth_field":
-        return _smooth_field(height, width, 2.5, rng)
-    raise ValueError(f"unknown motion {kind!r}; choose one of {MOTIONS}")
-
-
-def photo_pair(kind: str, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two uint8 frames and the true flow d from frame 0 to frame 1: I0(p) = I1(p + d(p)).
-
-    Frame 1 is a crop of a photograph; frame 0 samples the same photograph at p + d(p)
-    (cv2.remap, bicubic), so d is exact on frame 0's grid, the convention every estimator uses.
-    A margin of photograph around the crop keeps every sample inside real content.
-    """
-    flow = motion_field(kind, height, width, seed)
-    pad = int(math.ceil(float(np.abs(flow).max()))) + 4
-    src = photo_texture(height + 2 * pad, width + 2 * pad, seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x, map_y = xs + flow[..., 0] + pad, ys + flow[..., 1] + pad
-    frame0 = cv2.remap(src, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    frame1 = src[pad:pad + height, pad:pad + width]
-    to_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return to_u8(frame0), to_u8(frame1), flow
-
-
-def eval_margin(flow: np.ndarray) -> int:
-    """Border to leave out of the EPE: content there leaves the frame or has no neighbours."""
-    return int(math.ceil(float(np.abs(flow).max()))) + 6
-
-
-def mean_epe(estimate: np.ndarray, truth: np.ndarray, margin: int) -> float:
-    """Mean end-point error over (..., H, W, 2) arrays, `margin` pixels in from every side."""
-    diff = (estimate - truth)[..., margin:-margin, margin:-margin, :]
-    return float(np.sqrt((diff ** 2).sum(-1)).mean())
-
-
-def motion_batch(kind: str, height: int, width: int, pairs: int, seed: int = 0):
-    """`pairs` photo pairs of one motion (different photos and draws): (prev, nxt, flow) stacked."""
-    triples = [photo_pair(kind, height, width, seed + k) for k in range(pairs)]
-    return tuple(np.stack(parts) for parts in zip(*triples))
+def stereo_epe(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray, margin: int = 8) -> float:
+    """Mean EPE over pixels with known disparity, `margin` pixels in from every side."""
+    err = np.sqrt(((estimate - truth) ** 2).sum(-1))[margin:-margin, margin:-margin]
+    return float(err[mask[margin:-margin, margin:-margin]].mean())
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -128,73 +77,59 @@ class BenchConfig:
 
     height: int = 256
     width: int = 340
-    batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128)
+    batch_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    variant_batch: int = 128  # batch of the dtype / compile / stop-check rows
+    dtypes: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    compile_modes: tuple[bool, ...] = (False, True)
+    sync_modes: tuple[int | None, ...] = (None, 0)  # None: the device's default check interval; 0: fixed
+    pairs_per_row: int = 512  # pairs timed per pass
     repeats: int = 3
     acc_height: int = 256
     acc_width: int = 340
     acc_pairs: int = 4
+    stereo_scale: float = 0.5
     device: str = "cuda"
-    compile_modes: tuple[bool, ...] = (False, True)
+    weights: tuple[tuple[str, str], ...] = ()  # (algorithm, checkpoint file) of learned estimators
     params_note: str = "TVL1Params() defaults (OpenCV's)"
 
     def __post_init__(self) -> None:
-        if min(self.batch_sizes) < 1 or self.repeats < 1 or self.acc_pairs < 1:
+        if min(self.batch_sizes) < 1 or self.repeats < 1 or self.acc_pairs < 1 or self.pairs_per_row < 1:
             raise ValueError(f"batch sizes, repeats and pair counts must be >= 1: {self}")
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timing_pool(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct photo pairs (smooth deformation) that every timed row cycles through.
+def _timing_pool(cfg: BenchConfig, rgb: bool = False) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """POOL distinct photo pairs (smooth deformation) as one frame array and its (from, to) rows.
 
     TV-L1 stops early where it converges, so its speed depends on the content: every row
-    runs over the same POOL pairs, whatever its batch size.
+    runs over the same pairs, whatever its batch size.
     """
     prev, nxt, _ = motion_batch("smooth_field", cfg.height, cfg.width, POOL)
-    return prev, nxt
-
-
-def _batches(pool_size: int, batch: int, calls: int) -> list[list[int]]:
-    """Pool indices of `calls` consecutive batches, cycling through the pool."""
-    return [[(k * batch + j) % pool_size for j in range(batch)] for k in range(calls)]
+    frames = np.concatenate([prev, nxt])
+    if rgb:
+        frames = np.repeat(frames[..., None], 3, axis=-1)  # speed only: the content does not matter
+    return frames, [(k, POOL + k) for k in range(POOL)]
 
 
 def _median_rate(passes: list[tuple[int, float]]) -> float:
     """Pairs/s of the median pass, given (pairs, seconds) per pass: robust to a busy machine."""
-    rates = sorted(pairs / seconds for pairs, seconds in passes)
-    return float(np.median(rates))
+    return float(np.median(sorted(pairs / seconds for pairs, seconds in passes)))
 
 
-def time_torch(cfg: BenchConfig, batch: int, compiled: bool) -> float:
-    """Pairs/s of the torch TV-L1 with `batch` pairs per call: median of cfg.repeats passes.
+def time_batched(estimator, cfg: BenchConfig, batch: int, rgb: bool = False) -> float:
+    """Pairs/s of `estimator` through a PairBatcher with B = `batch` (the flow actor's path):
+    median of cfg.repeats passes of cfg.pairs_per_row pairs (at least 2 batches), after a
+    warm-up pass (allocator, kernel caches, compilation)."""
+    from pipeline.flow_batch import PairBatcher
 
-    A pass covers the pool at least once (POOL // batch calls, or one call of `batch`
-    pairs); one warm-up call runs first (allocator, kernel caches, compilation).
-    """
-    import torch
-
-    from pipeline.flow_torch import tvl1_flow
-
-    prev, nxt = _timing_pool(cfg)
-    i0 = torch.from_numpy(prev).to(cfg.device).float()
-    i1 = torch.from_numpy(nxt).to(cfg.device).float()
-    calls = _batches(POOL, batch, max(1, POOL // batch))
-    inputs = [(i0[idx], i1[idx]) for idx in calls]
+    frames, pool = _timing_pool(cfg, rgb)
+    pairs = [pool[k % POOL] for k in range(max(cfg.pairs_per_row, 2 * batch))]
     passes = []
-    with torch.inference_mode():
-        tvl1_flow(*inputs[0], compile=compiled)
+    with PairBatcher(estimator, batch_size=batch, linger=0.0) as batcher:
+        batcher.compute(frames, pairs[:batch])
         for _ in range(cfg.repeats):
-            _sync(cfg.device)
             start = time.perf_counter()
-            for a, b in inputs:
-                tvl1_flow(a, b, compile=compiled)
-            _sync(cfg.device)
-            passes.append((batch * len(calls), time.perf_counter() - start))
+            batcher.compute(frames, pairs)
+            passes.append((len(pairs), time.perf_counter() - start))
     return _median_rate(passes)
 
 
@@ -203,7 +138,8 @@ def time_opencv(cfg: BenchConfig) -> float:
     from pipeline.flow_cpu import OpenCVTVL1
 
     est = OpenCVTVL1(threads=1)
-    prev, nxt = _timing_pool(cfg)
+    frames, pool = _timing_pool(cfg)
+    prev, nxt = frames[:POOL], frames[POOL:]
     est(prev[:1], nxt[:1])  # warm-up
     passes = []
     for _ in range(cfg.repeats):
@@ -213,21 +149,119 @@ def time_opencv(cfg: BenchConfig) -> float:
     return _median_rate(passes)
 
 
-def accuracy(cfg: BenchConfig) -> list[dict]:
-    """Mean EPE per motion of OpenCV TV-L1 and torch TV-L1 (same params, same pairs)."""
-    from pipeline.flow_cpu import OpenCVTVL1
+def tvl1(cfg: BenchConfig, dtype: str = "fp32", compiled: bool = False, sync_every: int | None = None):
     from pipeline.flow_torch import TorchTVL1
 
-    cv_est, torch_est = OpenCVTVL1(threads=1), TorchTVL1(device=cfg.device)
+    return TorchTVL1(device=cfg.device, dtype=dtype, compile=compiled, sync_every=sync_every)
+
+
+def learned(cfg: BenchConfig, algorithm: str, weights: str, dtype: str = "fp32"):
+    """A learned estimator from a local checkpoint (pipeline.flow's factory, torch backend)."""
+    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, make_estimator
+
+    params = params_from_dict(algorithm, {"weights": weights})
+    return make_estimator(FlowConfig(algorithm=algorithm, backend="torch", device=cfg.device, params=params,
+                                     torch_options=TorchOptions(dtype=dtype)))
+
+
+def speed_rows(cfg: BenchConfig) -> list[dict]:
+    """TV-L1 pairs/s by batch size (fp32, eager, default stop check), then by dtype x compile x
+    stop check at cfg.variant_batch; learned estimators at their default batch, fp32 and bf16."""
+    from pipeline.flow import default_batch_size
+
+    rows = []
+    for batch in cfg.batch_sizes:
+        rows.append({"estimator": "torch TV-L1", "batch": batch, "dtype": "fp32", "compile": False, "sync": None,
+                     "rate": time_batched(tvl1(cfg), cfg, batch)})
+        log.info("%s", rows[-1])
+    for dtype in cfg.dtypes:
+        for compiled in cfg.compile_modes:
+            for sync in cfg.sync_modes:
+                if (dtype, compiled, sync) == ("fp32", False, None) and cfg.variant_batch in cfg.batch_sizes:
+                    continue  # already in the batch sweep
+                est = tvl1(cfg, dtype, compiled, sync)
+                rows.append({"estimator": "torch TV-L1", "batch": cfg.variant_batch, "dtype": dtype,
+                             "compile": compiled, "sync": sync, "rate": time_batched(est, cfg, cfg.variant_batch)})
+                log.info("%s", rows[-1])
+    for algorithm, weights in cfg.weights:
+        batch = default_batch_size(algorithm, cfg.device, cfg.height, cfg.width)
+        for dtype in ("fp32", "bf16"):
+            rows.append({"estimator": algorithm, "batch": batch, "dtype": dtype, "compile": False, "sync": None,
+                         "rate": time_batched(learned(cfg, algorithm, weights, dtype), cfg, batch, rgb=True)})
+            log.info("%s", rows[-1])
+    return rows
+
+
+def _as_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def accuracy(cfg: BenchConfig) -> tuple[list[str], list[dict]]:
+    """Mean EPE per motion and on the stereo pair: OpenCV TV-L1, torch TV-L1 per dtype, and
+    each learned estimator given (fed the photographs as grey RGB, the stereo pair in colour)."""
+    from pipeline.flow_cpu import OpenCVTVL1
+
+    estimators = {"OpenCV TV-L1": OpenCVTVL1(threads=1)}
+    estimators.update({f"torch TV-L1 {d}": tvl1(cfg, d) for d in cfg.dtypes})
+    estimators.update({a: learned(cfg, a, w) for a, w in cfg.weights})
     rows = []
     for kind in MOTIONS:
         prev, nxt, truth = motion_batch(kind, cfg.acc_height, cfg.acc_width, cfg.acc_pairs)
         margin = eval_margin(truth)
-        rows.append({"motion": kind, "max_px": float(np.abs(truth).max()),
-                     "opencv": mean_epe(cv_est(prev, nxt), truth, margin),
-                     "torch": mean_epe(torch_est(prev, nxt), truth, margin)})
-        log.info("EPE %s: %s", kind, rows[-1])
-    return rows
+        row = {"case": kind, "max_px": float(np.abs(truth).max())}
+        for name, est in estimators.items():
+            rgb = getattr(est, "input", "gray") == "rgb"
+            row[name] = mean_epe(est(_as_rgb(prev), _as_rgb(nxt)) if rgb else est(prev, nxt), truth, margin)
+        rows.append(row)
+        log.info("EPE %s", row)
+    left, right, truth, mask = stereo_pair(cfg.stereo_scale)
+    row = {"case": f"stereo motorcycle {left.shape[1]}x{left.shape[0]}", "max_px": float(np.abs(truth).max())}
+    for name, est in estimators.items():
+        if getattr(est, "input", "gray") == "rgb":
+            flow = est(left[None], right[None])[0]
+        else:
+            flow = est(cv2.cvtColor(left, cv2.COLOR_RGB2GRAY)[None], cv2.cvtColor(right, cv2.COLOR_RGB2GRAY)[None])[0]
+        row[name] = stereo_epe(flow, truth, mask)
+    rows.append(row)
+    log.info("EPE %s", row)
+    return list(estimators), rows
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (ffmpeg)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def cpu_costs(height: int = 256, width: int = 340, frames: int = 48) -> dict:
+    """CPU seconds per pair of what surrounds a GPU's flow: decoding a 340x256 video (ffmpeg,
+    one thread), grey conversion, and JPEG-encoding each RGB frame and each quantized field."""
+    import tempfile
+
+    from pipeline import decode, encode, synthetic, worker
+    from pipeline.flow import quantize
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = synthetic.write_video(Path(tmp) / "v.mp4", synthetic.moving_frames("right", frames, height, width))
+        cfg = decode.DecodeConfig(resize="none", threads=1)
+        start = _cpu_seconds()
+        chunks = list(decode.iter_chunks("v", str(path), cfg, chunk_frames=frames, overlap=1))
+        decode_s = _cpu_seconds() - start  # ffmpeg's own CPU time included (a waited child)
+    rgb = np.concatenate([c.frames[:c.owned] for c in chunks])
+    start = time.process_time()
+    worker.gray(rgb)
+    gray_s = time.process_time() - start
+    flow = quantize(rng.normal(0, 2, (len(rgb), height, width, 2)).astype(np.float32))
+    start = time.process_time()
+    for f, q in zip(rgb, flow):
+        encode.encode_rgb(f, 90)
+        encode.encode_flow_q(q, 95)
+    encode_s = time.process_time() - start
+    n = len(rgb)
+    out = {"frames": n, "decode_ms": 1e3 * decode_s / n, "gray_ms": 1e3 * gray_s / n, "encode_ms": 1e3 * encode_s / n}
+    out["total_ms"] = out["decode_ms"] + out["gray_ms"] + out["encode_ms"]
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -247,44 +281,59 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def render(cfg: BenchConfig, speed: list[dict], acc: list[dict], cv_rate: float) -> str:
-    """The Markdown report: environment, speed table, EPE table."""
+def _sync_label(cfg: BenchConfig, sync: int | None) -> str:
+    if sync == 0:
+        return "fixed (no check)"
+    return f"every {sync or (10 if cfg.device.startswith('cuda') else 1)}"
+
+
+def render(cfg: BenchConfig, speed: list[dict], names: list[str], acc: list[dict], cv_rate: float,
+           costs: dict | None) -> str:
+    """The Markdown report: environment, speed table, EPE table, CPU costs."""
     import torch
 
+    fp32 = {r["case"]: r["OpenCV TV-L1"] for r in acc}
     lines = [f"- torch device: {cfg.device} ({device_name(cfg.device)}), torch {torch.__version__}, "
              f"OpenCV {cv2.__version__}, torch CPU threads {torch.get_num_threads()}",
              f"- frames {cfg.width}x{cfg.height}, {cfg.params_note}; each row: median of {cfg.repeats} timed "
-             f"pass(es) over {POOL} photo pairs (smooth deformation) after a warm-up call",
-             "", "| estimator | device | batch | pairs/s |", "| --- | --- | ---: | ---: |",
-             f"| OpenCV TV-L1 (1 thread) | cpu | 1 | {cv_rate:.2f} |"]
-    for row in speed:
-        label = "torch TV-L1" + (" (compiled)" if row["compiled"] else "")
-        lines.append(f"| {label} | {cfg.device} | {row['batch']} | {row['rate']:.2f} |")
-    lines += ["", f"Mean EPE (px) at {cfg.acc_width}x{cfg.acc_height}, {cfg.acc_pairs} photo pairs per motion, "
-              "borders (max motion + 6 px) left out:", "",
-              "| motion | max motion (px) | OpenCV TV-L1 | torch TV-L1 | torch / OpenCV |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+             f"pass(es) of {cfg.pairs_per_row} pairs through the flow actor's PairBatcher (uint8 in, uint8 "
+             f"quantized fields out), cycling {POOL} photo pairs (smooth deformation), after a warm-up",
+             "", "| estimator | device | batch | dtype | compile | stop check | pairs/s |",
+             "| --- | --- | ---: | --- | --- | --- | ---: |",
+             f"| OpenCV TV-L1 (1 thread) | cpu | 1 | fp32 | - | every step | {cv_rate:.2f} |"]
+    for r in speed:
+        lines.append(f"| {r['estimator']} | {cfg.device} | {r['batch']} | {r['dtype']} | "
+                     f"{'on' if r['compile'] else 'off'} | {_sync_label(cfg, r['sync']) if 'TV-L1' in r['estimator'] else '-'} | "
+                     f"{r['rate']:.2f} |")
+    lines += ["", f"Mean EPE (px): photo pairs at {cfg.acc_width}x{cfg.acc_height}, {cfg.acc_pairs} per motion, "
+              "borders (max motion + 6 px) left out; the stereo pair over pixels with known disparity, 8 px "
+              "border left out. Ratio columns: EPE / OpenCV's.", "",
+              "| case | max motion (px) | " + " | ".join(names) + " | " +
+              " | ".join(f"{n} / OpenCV" for n in names[1:]) + " |",
+              "| --- | ---: | " + " | ".join("---:" for _ in names) + " | " + " | ".join("---:" for _ in names[1:]) + " |"]
     for r in acc:
-        lines.append(f"| {r['motion']} | {r['max_px']:.2f} | {r['opencv']:.4f} | {r['torch']:.4f} | "
-                     f"{r['torch'] / r['opencv']:.3f} |")
+        lines.append(f"| {r['case']} | {r['max_px']:.2f} | " + " | ".join(f"{r[n]:.4f}" for n in names) + " | "
+                     + " | ".join(f"{r[n] / fp32[r['case']]:.3f}" for n in names[1:]) + " |")
+    if costs:
+        lines += ["", f"CPU per pair on this machine ({costs['frames']} frames of {cfg.width}x{cfg.height}): "
+                  f"decode {costs['decode_ms']:.2f} ms, grey {costs['gray_ms']:.2f} ms, encode (RGB JPEG + "
+                  f"flow JPEG) {costs['encode_ms']:.2f} ms, total {costs['total_ms']:.2f} ms: "
+                  f"{costs['total_ms']:.2f} cores per 1,000 pairs/s of flow."]
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: BenchConfig) -> str:
+def run(cfg: BenchConfig, with_costs: bool = False) -> str:
     """Run every measurement of `cfg` and return the Markdown report."""
     import torch
 
     if cfg.device == "cpu":
         torch.set_num_threads(1)  # one core, like OpenCV's row
-    acc = accuracy(cfg)
+    names, acc = accuracy(cfg)
     cv_rate = time_opencv(cfg)
     log.info("OpenCV TV-L1: %.2f pairs/s", cv_rate)
-    speed = []
-    for compiled in cfg.compile_modes:
-        for batch in cfg.batch_sizes:
-            speed.append({"compiled": compiled, "batch": batch, "rate": time_torch(cfg, batch, compiled)})
-            log.info("torch TV-L1 %s", speed[-1])
-    return render(cfg, speed, acc, cv_rate)
+    speed = speed_rows(cfg)
+    costs = cpu_costs(cfg.height, cfg.width) if with_costs else None
+    return render(cfg, speed, names, acc, cv_rate, costs)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -296,14 +345,21 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         modes = (False, True) if device.startswith("cuda") else (False,)
     else:
         modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
-    cfg = BenchConfig(device=device, compile_modes=modes)
+    weights = tuple((algo, path) for algo, path in (("raft_small", args.raft_small), ("raft_large", args.raft_large),
+                                                     ("sea_raft_s", args.sea_raft_s), ("sea_raft_m", args.sea_raft_m))
+                    if path)
+    cfg = BenchConfig(device=device, compile_modes=modes, weights=weights)
     if args.quick:
-        cfg = dataclasses.replace(cfg, batch_sizes=(1, 4), repeats=1, acc_height=128,
-                                  acc_width=160, acc_pairs=2)
+        cfg = dataclasses.replace(cfg, batch_sizes=(4, 16), variant_batch=16, pairs_per_row=32, repeats=1,
+                                  acc_height=128, acc_width=160, acc_pairs=2, stereo_scale=0.25)
     if args.repeats:
         cfg = dataclasses.replace(cfg, repeats=args.repeats)
     if args.batch_sizes:
         cfg = dataclasses.replace(cfg, batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")))
+    if args.variant_batch:
+        cfg = dataclasses.replace(cfg, variant_batch=args.variant_batch)
+    if args.dtypes:
+        cfg = dataclasses.replace(cfg, dtypes=tuple(args.dtypes.split(",")))
     return cfg
 
 
@@ -311,18 +367,23 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated torch batch sizes, e.g. 1,8,32")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated TV-L1 batch sizes, e.g. 32,128")
+    parser.add_argument("--variant-batch", type=int, default=None, help="batch of the dtype/compile/stop rows")
+    parser.add_argument("--dtypes", default=None, help="comma-separated dtypes (default fp32,bf16,fp16)")
     parser.add_argument("--compile", choices=("auto", "off", "on", "both"), default="auto",
                         help="time torch.compile'd iterations too (auto: both on CUDA, off on CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per row (median reported)")
+    for name in ("raft-small", "raft-large", "sea-raft-s", "sea-raft-m"):
+        parser.add_argument(f"--{name}", default=None, metavar="FILE", help=f"{name} checkpoint (local file)")
+    parser.add_argument("--cpu-costs", action="store_true", help="also measure decode/encode CPU cost per pair")
     parser.add_argument("--quick", action="store_true",
-                        help="small run for a CPU: batches 1,4, EPE on 2 pairs per motion at 160x128")
+                        help="small run for a CPU: batches 4,16, EPE on 2 pairs per motion at 160x128")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = config_from_args(args)
     start = time.perf_counter()
-    report = run(cfg)
+    report = run(cfg, with_costs=args.cpu_costs)
     report += f"\nTotal benchmark time: {time.perf_counter() - start:.0f} s\n"
     print(report)
     if args.out:

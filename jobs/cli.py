@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import click
 from jobs.parsing import parse_size
 
 log = logging.getLogger("flowshard")
+
+FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]  # pipeline.flow.ALGORITHMS
+
 
 def parse_params(items: tuple[str, ...]) -> dict:
     """('tau=0.25', 'warps=3') -> {'tau': 0.25, 'warps': 3} (numbers, booleans and words)."""
@@ -75,21 +79,29 @@ def build_options(f):
         click.option("--decode-threads", type=int, default=1, show_default=True,
                      help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True,
-                     type=click.Choice(["tvl1", "farneback", "dis", "raft_small", "raft_large"]),
-                     help="raft_* run torchvision RAFT from --flow-param weights=FILE (never downloaded)."),
+                     type=click.Choice(FLOW_CHOICES),
+                     help="raft_* run torchvision RAFT, sea_raft_* SEA-RAFT, both on RGB frames, from "
+                          "--flow-param weights=FILE (never downloaded)."),
         click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
                      help="auto: torch on GPUs (and for RAFT), else opencv."),
         click.option("--flow-device", default="auto", show_default=True,
                      help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs."),
         click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
-                     help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names)."),
+                     help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names); "
+                          "torch backend also: compile=1, dtype=fp32|fp16|bf16, sync_every=N (0: fixed iterations)."),
+        click.option("--flow-warp", is_flag=True, default=False,
+                     help="Also store warped flow (camera motion removed by a homography, TSN's third modality)."),
+        click.option("--warp-features", default="orb", show_default=True, type=click.Choice(["orb", "sift"]),
+                     help="Descriptors matched to estimate the camera motion (--flow-warp)."),
         click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
         click.option("--bound", type=float, default=20.0, show_default=True, help="Quantization bound in pixels."),
         click.option("--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."),
         click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip."),
         click.option("--max-frames", type=int, default=1500, show_default=True, help="Frames per sample; longer videos become parts."),
         click.option("--chunk-frames", type=int, default=64, show_default=True, help="Frames per unit of flow work."),
-        click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Frame pairs per estimator call (default: by estimator and frame size, e.g. 16 on CPU, "
+                          "about 128 TV-L1 pairs at 340x256 on a GPU)."),
         click.option("--rgb-quality", type=int, default=90, show_default=True),
         click.option("--flow-quality", type=int, default=95, show_default=True),
         click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,  # worker.DEFAULT_MAX_PIXELS
@@ -103,6 +115,8 @@ def build_options(f):
         click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)."),
         click.option("--flow-actors", type=int, default=None, help="Flow actors (default: one per GPU with cuda)."),
         click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),
+        click.option("--actors-per-gpu", type=int, default=None,
+                     help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave."),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
         click.option("--progress/--no-progress", default=True, show_default=True),
     ]
@@ -115,26 +129,35 @@ def make_build_config(o: dict):
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
     from pipeline.build import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
-    from pipeline.flow import FlowConfig, params_from_dict
+    from pipeline.warp import WarpConfig
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
-        backend = o["flow_backend"]
-        if backend == "auto":
-            backend = "torch" if device.startswith("cuda") or o["flow_algo"].startswith("raft") else "opencv"
-        params = params_from_dict(o["flow_algo"], parse_params(o["flow_param"])) if o["flow_param"] else None
-        flow = FlowConfig(algorithm=o["flow_algo"], backend=backend, device=device, step=o["step"],
-                          bound=o["bound"], params=params, batch_size=o["batch_size"])
+        flow = make_flow_config(o["flow_algo"], o["flow_backend"], device, o["flow_param"], step=o["step"],
+                                bound=o["bound"], batch_size=o["batch_size"])
         worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]), flow=flow,
                               encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
                                                   chunk_frames=o["chunk_frames"]),
-                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS))
+                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
+                              warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
         return BuildConfig(worker=worker, shard=shard, split=o["split"])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[str, ...], **kw):
+    """A FlowConfig from CLI values; backend "auto" is torch on cuda and for RAFT, else opencv.
+    Raises ValueError with the reason."""
+    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, split_torch_options
+
+    if backend == "auto":
+        backend = "torch" if device.startswith("cuda") or "raft" in algorithm else "opencv"
+    values, options = split_torch_options(parse_params(params)) if params else ({}, TorchOptions())
+    typed = params_from_dict(algorithm, values) if values else None
+    return FlowConfig(algorithm=algorithm, backend=backend, device=device, params=typed, torch_options=options, **kw)
 
 
 def make_executor_from(o: dict, flow_device: str):
@@ -146,16 +169,29 @@ def make_executor_from(o: dict, flow_device: str):
     if actors is None and flow_device.startswith("cuda"):
         actors = -1  # one per GPU, resolved once Ray is up
     return make_executor("ray", address=o["address"], num_cpus=o["num_cpus"], flow_actors=actors or 0,
-                         actor_gpus=o["actor_gpus"] if flow_device.startswith("cuda") else 0.0,
+                         actor_gpus=actor_gpus(o) if flow_device.startswith("cuda") else 0.0,
                          actor_resource=o["actor_resource"])
 
 
+def actor_gpus(o: dict) -> float:
+    """GPUs per flow actor: 1 / --actors-per-gpu when given, else --actor-gpus."""
+    per_gpu = o.get("actors_per_gpu")
+    if per_gpu is None:
+        return o["actor_gpus"]
+    if per_gpu < 1:
+        raise click.BadParameter(f"must be >= 1, got {per_gpu}", param_hint="--actors-per-gpu")
+    if o["actor_gpus"] != 1.0:
+        raise click.UsageError("give --actors-per-gpu or --actor-gpus, not both")
+    return 1.0 / per_gpu
+
+
 def resolve_auto_device(o: dict) -> dict:
-    """`--flow-device auto`: cuda when TV-L1 is asked for (backend auto or torch) and the Ray
+    """`--flow-device auto`: cuda when TV-L1 or a learned flow is asked for (backend auto or torch) and the Ray
     cluster the build runs on has GPUs; cpu otherwise. Connects to Ray only to ask."""
     if o["flow_device"] != "auto":
         return o
-    wants_gpu_flow = o["executor"] == "ray" and o["flow_algo"] == "tvl1" and o["flow_backend"] in ("auto", "torch")
+    torch_flow = o["flow_algo"] in ("tvl1", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m")
+    wants_gpu_flow = o["executor"] == "ray" and torch_flow and o["flow_backend"] in ("auto", "torch")
     gpus = 0.0
     if wants_gpu_flow:
         from pipeline.ray_runner import RayConfig, cluster_gpus
@@ -167,10 +203,25 @@ def resolve_auto_device(o: dict) -> dict:
     return {**o, "flow_device": device}
 
 
+def check_input(input_path: str, split: int | None) -> None:
+    """Fail on a missing, empty or unreadable input before anything starts.
+
+    `--flow-device auto` asks Ray for its GPUs, which starts a local Ray: a wrong path
+    should be reported before that, not after. Listing the input once more is cheap beside
+    the build that follows.
+    """
+    from pipeline import inputs
+
+    refs, _ = inputs.discover(input_path, split=split)
+    if not refs:
+        raise ValueError(f"{input_path}: no videos found")
+
+
 def run_build(input_path: str, output: str, o: dict):
     """Build with options `o`; shared by `flowshard build` and the job entrypoints."""
     from pipeline.build import build_dataset
 
+    check_input(input_path, o["split"])
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
     return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"])
@@ -330,6 +381,82 @@ def report(dataset: str, as_json: bool, every: bool) -> None:
         return
     for line in format_table(groups, every=every):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("dataset", metavar="DATASET[@VERSION]")
+@click.argument("output", metavar="OUT")
+@click.option("--format", "fmt", default="rawframes", show_default=True, type=click.Choice(["rawframes"]),
+              help="rawframes: mmaction2's layout (img_%05d.jpg, flow_x_/flow_y_%05d.jpg, annotation lists).")
+@click.option("--flow-quality", type=int, default=None,
+              help="JPEG quality of the separate x and y images (default: the dataset's flow quality).")
+def export(dataset: str, output: str, fmt: str, flow_quality: int | None) -> None:
+    """Export a dataset for other tools: mmaction2 rawframes (RGB JPEG bytes copied, flow x/y split).
+
+    docs/FORMAT.md ("mmaction2 rawframes export") says which list a config takes and what
+    the pixel values mean.
+    """
+    from pipeline.export import export_rawframes
+
+    try:
+        s = export_rawframes(dataset, output, flow_quality=flow_quality)
+    except (FileNotFoundError, FileExistsError, ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{output}: {s.videos} video folders, {s.frames} frames, {s.flow_fields} flow fields"
+               f"{' (and warped flow)' if s.warped else ''}; lists {', '.join(s.lists)}")
+
+
+@cli.command("flow-check")
+@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(FLOW_CHOICES))
+@click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
+              help="auto: torch on cuda and for RAFT, else opencv.")
+@click.option("--flow-param", multiple=True, metavar="KEY=VALUE", help="Estimator parameter, repeatable.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (torch backend).")
+@click.option("--size", default="340x256", show_default=True, metavar="WxH", help="Size of the built-in pairs.")
+@click.option("--pairs", type=int, default=4, show_default=True, help="Built-in photo pairs per motion.")
+@click.option("--builtin/--no-builtin", default=True, show_default=True, help="Score the built-in photo pairs.")
+@click.option("--pair", "user_pairs", type=(str, str), multiple=True, metavar="A B",
+              help="Two frames of your own (any image files), scored against the next --gt; repeatable.")
+@click.option("--gt", "user_gt", multiple=True, metavar="FILE.flo", help="Middlebury .flo ground truth of a --pair.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call.")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the scores as JSON.")
+def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin, user_pairs, user_gt,
+               batch_size, json_path) -> None:
+    """Score an estimator on pairs with known motion: EPE, outliers > 3 px and pairs/s.
+
+    The built-in pairs are photographs warped by known fields (sub-pixel and pixel shifts,
+    zoom, rotation, a smooth deformation), the ones bench/gpu_flow.py scores. OpenCV
+    estimators run on one thread, as in a build worker.
+    """
+    from pipeline import flow_eval
+    from pipeline.flow import make_estimator
+
+    if len(user_pairs) != len(user_gt):
+        raise click.UsageError(f"{len(user_pairs)} --pair and {len(user_gt)} --gt: give one .flo per pair")
+    try:
+        cfg = make_flow_config(flow_algo, flow_backend, device, flow_param, batch_size=batch_size)
+        w, h = _wxh(size)
+        cases = flow_eval.builtin_cases(h, w, pairs) if builtin else []
+        cases += [flow_eval.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt)]
+        if not cases:
+            raise ValueError("nothing to score: --no-builtin and no --pair")
+        scores = flow_eval.evaluate(make_estimator(cfg), cases, batch_size=batch_size)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{cfg.algorithm} ({cfg.backend}, {cfg.device}), params {json.dumps(cfg.params_dict())}")
+    for line in flow_eval.format_table(scores):
+        click.echo(line)
+    if json_path:
+        report = {"flow": {**cfg.output_dict(), "device": cfg.device, "batch_size": batch_size},
+                  "cases": [s.as_dict() for s in scores], "overall": flow_eval.overall(scores).as_dict()}
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _wxh(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 16:
+        raise ValueError(f"--size {text!r}: expected WxH of at least 16x16, e.g. 340x256")
+    return int(m.group(1)), int(m.group(2))
 
 
 @cli.command()

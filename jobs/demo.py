@@ -16,12 +16,13 @@ def make_demo_videos(root: str | Path, *, per_class: int = 4, test_per_class: in
                      size: tuple[int, int] = (128, 96), seed: int = 0) -> Path:
     """Write a few videos per motion class and a list.csv (path,label,split) naming them.
 
-    The same textures move in every class, so only the flow tells the classes apart: the
-    demo dataset is also a check that motion survives the pipeline.
+    Each video pans over one of the photographs shipped with flowshard, and the same
+    photographs move in every class, so only the flow tells the classes apart: the demo
+    dataset is also a check that motion survives the pipeline, on real content.
     """
     root = Path(root)
     synthetic.make_motion_dataset(root, classes=DEMO_CLASSES, per_class=per_class, num_frames=num_frames,
-                                  size=size, seed=seed)
+                                  size=size, seed=seed, source="photo")
     rows = []
     for motion in DEMO_CLASSES:
         for i in range(per_class):

@@ -217,10 +217,11 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
     steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size,
                                                         per=cfg.epoch_size)
     pin = device.type == "cuda"
-    train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin)
+    train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin,
+                                    device=device)
     eval_loader = None
     if eval_split is not None:
-        eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
+        eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin, device=device)
     model = build_model(cfg.model).to(device)
     if cfg.channels_last:
         channels_last_(model)
@@ -383,8 +384,9 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--output", "-o", required=True, help="Run folder: checkpoints (*.pt), logs, TensorBoard.")
 @click.option("--model", default="two_stream", show_default=True, type=click.Choice(list(MODELS)),
               help="Model family (see README: one command per model).")
-@click.option("--streams", default=None, type=click.Choice(["rgb", "flow", "both"]),
-              help="Streams to train. Default: the model's (two_stream: both).")
+@click.option("--streams", default=None, metavar="rgb|flow|both|rgb,flow,warped",
+              help="Streams to train: one, both (rgb,flow), or a comma list of rgb, flow and warped (warped flow "
+                   "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
               type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
 @click.option("--weights", default=None, help="'imagenet' (torchvision, downloads) or a local state-dict file.")
@@ -413,7 +415,10 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default="1", show_default=True)
 @click.option("--fusion", default="late", show_default=True, type=click.Choice(["late", "conv"]),
               help="two_stream: late score fusion or a conv layer on the last maps.")
-@click.option("--fusion-weights", default="1,1.5", show_default=True, help="Late fusion rgb,flow.")
+@click.option("--fusion-weights", default=None,
+              help="Late fusion weights rgb,flow[,warped]. Default: TSN's 1,1.5, or 1,1,0.5 with warped.")
+@click.option("--flow-mean-subtract", is_flag=True, default=False,
+              help="Subtract each flow (and warped) field's mean vector from the input (Simonyan & Zisserman).")
 @click.option("--fusion-kernel", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option("--dropout", type=float, default=None, help="Default: the model's (0.5).")
 @click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
@@ -421,6 +426,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
 @click.option("--shuffle-buffer", type=int, default=500, show_default=True)
 @click.option("--verify", default="stream", show_default=True, type=click.Choice(["stream", "open", "off"]))
+@click.option("--gpu-decode/--no-gpu-decode", default=False, show_default=True,
+              help="Decode the JPEGs (nvJPEG, batched) and crop/flip/normalize on --device; loader processes only read.")
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp16", "off"]))
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
@@ -482,8 +489,9 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
                           snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], transform=transform,
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
-                          seed=o["seed"], verify=o["verify"])
-    weights = _floats(o["fusion_weights"])
+                          seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
+                          flow_mean_subtract=o.get("flow_mean_subtract", False))
+    weights = _floats(o["fusion_weights"]) if o.get("fusion_weights") else None  # None: the streams' defaults
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                             snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
@@ -502,7 +510,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
 @click.command("evaluate")
 @click.argument("dataset")
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
-@click.option("--json", "json_path", required=True, help="Metrics JSON to write (keys rgb, flow, fused).")
+@click.option("--json", "json_path", default=None, help="Also write the metrics JSON here (keys rgb, flow, fused).")
 @click.option("--split", default="auto", show_default=True, help="auto: test, else val.")
 @click.option("--test-clips", type=int, default=None, help="Test clips per video sample (default: as trained).")
 @click.option("--test-crops", type=click.Choice(["1", "10"]), default=None, help="1 (centre) or 10 crops.")
@@ -510,7 +518,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
 @click.option("--workers", type=int, default=None)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def evaluate_command(dataset: str, checkpoint_path: str, json_path: str, split: str, test_clips: int | None,
+def evaluate_command(dataset: str, checkpoint_path: str, json_path: str | None, split: str, test_clips: int | None,
                      test_crops: str | None, batch_size: int | None, workers: int | None, device: str | None,
                      progress: bool) -> None:
     """Score CHECKPOINT on DATASET's test clips: clip and video accuracy per stream and fused."""
@@ -522,8 +530,22 @@ def evaluate_command(dataset: str, checkpoint_path: str, json_path: str, split: 
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if distributed_rank() == 0:
-        write_results(results, Path(json_path), names, extra=provenance)
-        click.echo(json.dumps(_headline(results)))
+        for line in results_table(results):
+            click.echo(line)
+        if json_path:
+            write_results(results, Path(json_path), names, extra=provenance)
+            click.echo(f"metrics -> {json_path}")
+
+
+def results_table(results: dict) -> list[str]:
+    """The headline metrics as text lines, one per stream ("-" for a stream the model lacks)."""
+    keys = ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy")
+    lines = [f"{'STREAM':<8} {'CLIP TOP-1':>10} {'VIDEO TOP-1':>11} {'VIDEO TOP-5':>11} {'MEAN CLASS':>10} {'VIDEOS':>6}"]
+    for name, r in results.items():
+        cells = [f"{r[k]:.4f}" for k in keys] if r else ["-"] * 4
+        lines.append(f"{name:<8} {cells[0]:>10} {cells[1]:>11} {cells[2]:>11} {cells[3]:>10} "
+                     f"{(r or {}).get('videos', '-'):>6}")
+    return lines
 
 
 @click.command("clips")

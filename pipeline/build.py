@@ -369,7 +369,8 @@ def finish_build(out: Location, units: list[Unit], records: dict[str, dict], cfg
               "shards": len(shards), "bytes": sum(s["bytes"] for s in shards),
               "splits": {sp: sum(v["split"] == sp and v["status"] == "ok" for v in videos)
                          for sp in sorted({v["split"] for v in videos})}}
-    info = {"format": "flowshard", "kind": "videos", "schema_version": encode.SCHEMA_VERSION, "version": vid,
+    info = {"format": "flowshard", "kind": "videos", "schema_version": encode.schema_version(cfg.worker.warp is not None),
+            "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
             "num_classes": len(label_map), "counts": counts, "input": str(input_path), "split": cfg.split}
     folder = storage.join(out, version.VERSIONS_DIR, vid)

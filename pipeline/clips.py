@@ -13,7 +13,9 @@ uses; clip shards read about what they use. Clips are derived by copying stored 
 bytes: nothing is decoded or re-encoded. A one-frame, one-snippet clip stores the frame's
 JPEG as `rgb.jpg` and its L flow JPEGs packed into one `flow.fstk` (encode.pack_stack);
 any other clip stores each distinct frame once in `rgb.stk` and each distinct field once
-in `flow.fstk` (overlapping snippets share them), and its json maps snippets to them.
+in `flow.fstk` (overlapping snippets share them), and its json maps snippets to them. A
+parent built with --flow-warp gives each clip the warped fields of the same pairs too, as
+`warped.fstk` beside `flow.fstk` (schema 3).
 
 Derivation runs in two passes with bounded memory:
   1. index: read each parent shard's tar headers and json members only (tarfile seeks
@@ -138,6 +140,7 @@ class PlannedClip:
     flow: tuple[Member, ...]
     single: bool  # the compact layout: rgb.jpg + flow.fstk
     row: dict  # its manifest row, less shard/bytes/sha256
+    warped: tuple[Member, ...] = ()  # the warped fields of the same pairs as `flow`, when the parent has them
 
     def members(self) -> list[tuple[str, int]]:
         """(member extension, size in bytes) of each member this clip's sample holds."""
@@ -148,6 +151,8 @@ class PlannedClip:
             out.append((encode.RGB_STACK, encode.stack_size([m.size for m in self.rgb])))
         if self.flow:
             out.append((encode.FLOW_STACK, encode.stack_size([m.size for m in self.flow])))
+        if self.warped:
+            out.append((encode.WARPED_STACK, encode.stack_size([m.size for m in self.warped])))
         return out
 
     def tar_bytes(self) -> int:
@@ -226,10 +231,11 @@ def plan_sample(key: str, members: dict[str, Member], meta_bytes: bytes, shard_n
         try:
             rgb = tuple(members[encode.rgb_member(f)] for f in frames)
             flow = tuple(members[encode.flow_member(f)] for f in fields)
+            warped = tuple(members[encode.warped_member(f)] for f in fields) if encode.has_warped(meta) else ()
         except KeyError as exc:
             raise encode.SchemaError(f"{where}: member {exc} named by its metadata is missing") from exc
         cm = clip_meta(key, j, clip, stride, meta, shard_name, cfg)
-        out.append(_planned(cm, key, stride, len(clip), rgb, flow, shard_name, cfg))
+        out.append(_planned(cm, key, stride, len(clip), rgb, flow, shard_name, cfg, warped))
     return out
 
 
@@ -249,6 +255,8 @@ def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, sh
         "bound": meta["flow"]["bound"], "flow": meta["flow"], "rgb": meta.get("rgb", {}),
         "parent": {"key": key, "shard": shard_name},
     }
+    if encode.has_warped(meta):  # the warped stack holds the same pairs as flow.fstk
+        out.update({"warp": meta["warp"], "schema_version": encode.WARPED_SCHEMA_VERSION})
     if cfg.single:
         snip = clip[0]
         frame = meta["frames"][snip.frame]
@@ -260,7 +268,7 @@ def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, sh
     frame_at = {f: i for i, f in enumerate(frames)}
     field_at = {f: i for i, f in enumerate(fields)}
     out.update({
-        "schema_version": encode.SNIPPETS_SCHEMA_VERSION, "rgb_frames": cfg.rgb_frames,
+        "schema_version": encode.schema_version(encode.has_warped(meta), snippets=True), "rgb_frames": cfg.rgb_frames,
         "frame_stride": cfg.frame_stride, "stride": stride,
         "frames": [{"position": p, "index": meta["frames"][p]["index"], "pts": meta["frames"][p].get("pts")}
                    for p in frames],
@@ -272,19 +280,18 @@ def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, sh
 
 
 def _field(meta: dict, position: int) -> dict:
-    f = meta["flow_fields"][position]
-    return {"position": position, "from": f["from"], "to": f["to"]}
+    return {"position": position, **meta["flow_fields"][position]}  # from, to (and camera, with warped flow)
 
 
 def _planned(cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name: str,
-             cfg: ClipsConfig) -> PlannedClip:
+             cfg: ClipsConfig, warped=()) -> PlannedClip:
     first = cm["frame"] if cfg.single else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]]
     row = {"id": cm["key"], "video_id": cm["video_id"], "source": cm["source"], "label": cm["label"],
            "label_id": cm["label_id"], "split": cm["split"], "clip": cm["clip_index"], "frame": first["index"],
            "flow_from": cm["flow_fields"][0]["from"] if flow else -1, "flow_fields": len(flow),
            "snippets": length, "stride": stride, "parent_key": key, "parent_shard": shard_name}
     return PlannedClip(key=cm["key"], split=cm["split"], meta=encode.dump_meta(cm), rgb=rgb, flow=flow,
-                       single=cfg.single, row=row)
+                       single=cfg.single, row=row, warped=warped)
 
 
 def plan_clips(shards: list, cfg: ClipsConfig) -> list[PlannedClip]:
@@ -370,6 +377,8 @@ def clip_sample(clip: PlannedClip, reader: MemberReader) -> dict:
         sample[encode.RGB_STACK] = encode.pack_stack([reader.read(m) for m in clip.rgb])
     if clip.flow:
         sample[encode.FLOW_STACK] = encode.pack_stack([reader.read(m) for m in clip.flow])
+    if clip.warped:
+        sample[encode.WARPED_STACK] = encode.pack_stack([reader.read(m) for m in clip.warped])
     return sample
 
 
@@ -451,7 +460,8 @@ def clips_info(parent: Location, folder: Location, parent_info: dict, cfg: Clips
               "videos": {s: len({r["video_id"] for r in rows if r["split"] == s}) for s in splits},
               "shards": {s: sum(r["split"] == s for r in shard_rows) for s in splits},
               "bytes": sum(r["bytes"] for r in shard_rows)}
-    return {"format": "flowshard", "kind": "clips", "schema_version": encode.SCHEMA_VERSION,
+    warped = "warp" in parent_info.get("config", {})  # its clips carry warped stacks: schema 3
+    return {"format": "flowshard", "kind": "clips", "schema_version": encode.schema_version(warped),
             "version": hashlib.sha256(manifest.dump_json(identity)).hexdigest()[:16],
             "label_map": parent_info["label_map"], "num_classes": len(parent_info["label_map"]),
             "clip_len": cfg.clip_len, "config": cfg.output_dict(), "counts": counts, "parent": parent_record}

@@ -5,6 +5,7 @@
     ds = open_dataset("out/ucf101@3f2a9c")     # a version by id or unique prefix (>= 6 chars)
     for v in ds.videos(split="test"): ...
     s = ds.read(v.video_id)   # s.frames (T,H,W,3) uint8, s.flow (F,H,W,2) float32 px, s.meta
+                              # s.warped (F,H,W,2) float32 px with --flow-warp, else None
 
 Code that reads the files itself resolves a spec with `resolve_dataset(spec) -> (root, version)`
 and finds the version's dataset.json and manifests in `version_dir(root, version)`; shard
@@ -166,8 +167,9 @@ class Dataset:
         meta = dict(decoded[0].meta)
         meta["frames"] = [f for d in decoded for f in d.meta["frames"]]
         meta["flow_fields"] = [f for d in decoded for f in d.meta["flow_fields"]]
+        warped = np.concatenate([d.warped for d in decoded]) if decoded[0].warped is not None else None
         return DecodedSample(frames=np.concatenate([d.frames for d in decoded]),
-                             flow=np.concatenate([d.flow for d in decoded]), meta=meta)
+                             flow=np.concatenate([d.flow for d in decoded]), meta=meta, warped=warped)
 
 
 def open_dataset(path: Location) -> Dataset:

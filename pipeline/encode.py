@@ -8,17 +8,30 @@ A video sample (key K) holds:
     K.rgb.NNNNNN.jpg    RGB frame number NNNNNN of this sample (position, not global index)
     K.flow.NNNNNN.jpg   flow field NNNNNN: one grayscale JPEG of shape (2H, W), the
                         quantized x component on top and y below
+    K.warped.NNNNNN.jpg schema 3 (--flow-warp) only: the warped flow of the same pair as
+                        flow field NNNNNN (camera motion removed), same codec
 A clip sample (key K) holds:
     K.json              metadata (label, video id, frame positions)
     K.rgb.jpg           the RGB frame at the clip's centre
     K.flow.fstk         its L flow fields, stacked in time: a FlowStack container of the
                         stored per-field JPEG bytes, copied without re-encoding
+    K.warped.fstk       schema 3 only: its L warped fields, likewise
 A clip sample of several frames or snippets (schema 2) holds instead:
     K.rgb.stk           its distinct RGB frames in time order, a FlowStack container of
                         their stored JPEG bytes (absent when no frame is stored)
     K.flow.fstk         its distinct flow fields in time order (absent with clip_len 0)
-    and its json's "snippets" lists, per snippet, positions into both stacks
+    K.warped.fstk       schema 3 only: the warped fields of the same pairs, likewise
+    and its json's "snippets" lists, per snippet, positions into the stacks
 Every member is decodable on its own, so one frame or one field never needs the rest.
+
+Schema versions: each sample is written with the lowest version that describes it, and a
+reader of version N reads every version up to N. 2 adds the snippet clip layout; 3 adds the
+warped members, the warp settings (meta "warp") and each field's camera motion
+(flow_fields[i]["camera"]). A sample without warped flow is written exactly as before, so
+datasets built without --flow-warp keep their version ids and stored shards (ids hash
+SCHEMA_VERSION, the base schema, and the settings, which name the warp when it is on).
+Data with warped flow says 3, so a reader that does not know warped flow refuses it instead
+of silently dropping the third modality.
 """
 from __future__ import annotations
 
@@ -33,18 +46,21 @@ import numpy as np
 
 from pipeline.flow import dequantize, quantize
 
-SCHEMA_VERSION = 1
-# Clip samples of several frames or snippets (their json maps snippets to stacked members);
-# every other sample is still written as schema 1.
+SCHEMA_VERSION = 1  # the base schema; what dataset and shard ids hash
+# Clip samples of several frames or snippets (their json maps snippets to stacked members).
 SNIPPETS_SCHEMA_VERSION = 2
-KNOWN_SCHEMAS = (1, 2)
+# Samples with warped flow members (--flow-warp), of any layout.
+WARPED_SCHEMA_VERSION = 3
+KNOWN_SCHEMAS = (1, 2, 3)
 
 META = "json"
 RGB_CLIP = "rgb.jpg"
 RGB_STACK = "rgb.stk"
 FLOW_STACK = "flow.fstk"
+WARPED_STACK = "warped.fstk"
 _RGB_RE = re.compile(r"^rgb\.(\d{6})\.jpg$")
 _FLOW_RE = re.compile(r"^flow\.(\d{6})\.jpg$")
+_WARPED_RE = re.compile(r"^warped\.(\d{6})\.jpg$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 STACK_MAGIC = b"FSTK"
@@ -63,6 +79,19 @@ def rgb_member(i: int) -> str:
 def flow_member(i: int) -> str:
     """Member name (without key) of flow field position i."""
     return f"flow.{i:06d}.jpg"
+
+
+def warped_member(i: int) -> str:
+    """Member name (without key) of the warped flow field at position i."""
+    return f"warped.{i:06d}.jpg"
+
+
+def schema_version(warped: bool, snippets: bool = False) -> int:
+    """The lowest schema that describes a sample: 3 with warped flow, else 2 for a snippet
+    clip layout, else 1."""
+    if warped:
+        return WARPED_SCHEMA_VERSION
+    return SNIPPETS_SCHEMA_VERSION if snippets else SCHEMA_VERSION
 
 
 def check_key(key: str) -> str:
@@ -162,12 +191,19 @@ def unpack_stack(data: bytes, select: list[int] | None = None) -> list[bytes]:
 
 # --- samples ----------------------------------------------------------------------------
 
-def to_sample(key: str, meta: dict, frames: list[bytes], flows: list[bytes]) -> dict:
-    """Build a webdataset sample dict for a video sample (member order is fixed by the writer)."""
+def to_sample(key: str, meta: dict, frames: list[bytes], flows: list[bytes],
+              warped: list[bytes] | None = None) -> dict:
+    """Build a webdataset sample dict for a video sample (member order is fixed by the writer).
+
+    warped: the warped flow members, one per flow field (schema 2), or None.
+    """
     check_key(key)
+    if warped is not None and len(warped) != len(flows):
+        raise ValueError(f"{key}: {len(warped)} warped fields for {len(flows)} flow fields")
     sample = {"__key__": key, META: dump_meta(meta)}
     sample.update({rgb_member(i): b for i, b in enumerate(frames)})
     sample.update({flow_member(i): b for i, b in enumerate(flows)})
+    sample.update({warped_member(i): b for i, b in enumerate(warped or [])})
     return sample
 
 
@@ -190,11 +226,13 @@ def load_meta(data: bytes, where: str = "sample") -> dict:
 
 @dataclass(frozen=True)
 class DecodedSample:
-    """A decoded video sample: frames (T,H,W,3) uint8 RGB, flow (F,H,W,2) float32 px, meta."""
+    """A decoded video sample: frames (T,H,W,3) uint8 RGB, flow (F,H,W,2) float32 px, meta,
+    and warped (F,H,W,2) float32 px when the sample holds warped flow (else None)."""
 
     frames: np.ndarray
     flow: np.ndarray
     meta: dict
+    warped: np.ndarray | None = None
 
 
 def member_positions(members: Mapping[str, bytes]) -> tuple[list[int], list[int]]:
@@ -204,6 +242,33 @@ def member_positions(members: Mapping[str, bytes]) -> tuple[list[int], list[int]
     return rgb, flow
 
 
+def warped_positions(members: Mapping[str, bytes]) -> list[int]:
+    """The sorted warped-field positions present among a sample's member names."""
+    return sorted(int(m.group(1)) for m in map(_WARPED_RE.match, members) if m)
+
+
+def has_warped(meta: dict) -> bool:
+    """True when a sample's metadata declares warped flow (schema 2, meta "warp")."""
+    return bool(meta.get("warp"))
+
+
+def check_warped(members: Mapping[str, bytes], meta: dict, where: str) -> list[int]:
+    """The warped positions, checked against the metadata: one per flow field when the sample
+    declares warped flow (and its schema says 2), none otherwise."""
+    got = warped_positions(members)
+    want = list(range(len(meta["flow_fields"]))) if has_warped(meta) else []
+    if got != want:
+        raise SchemaError(f"{where}: {len(got)} warped field member(s) present, the metadata declares {len(want)}")
+    if want and meta.get("schema_version") != WARPED_SCHEMA_VERSION:
+        raise SchemaError(f"{where}: warped flow in a sample of schema {meta.get('schema_version')!r}, "
+                          f"not {WARPED_SCHEMA_VERSION}")
+    return got
+
+
+def _decode_fields(members: Mapping[str, bytes], names: list[str], bound: float, h: int, w: int) -> np.ndarray:
+    return np.stack([decode_flow(members[n], bound) for n in names]) if names else np.zeros((0, h, w, 2), np.float32)
+
+
 def from_sample(members: Mapping[str, bytes], where: str = "sample") -> DecodedSample:
     """Decode every member of a video sample, checking counts against the metadata."""
     meta = load_meta(members[META], where)
@@ -211,9 +276,10 @@ def from_sample(members: Mapping[str, bytes], where: str = "sample") -> DecodedS
     if rgb != list(range(len(meta["frames"]))) or flow != list(range(len(meta["flow_fields"]))):
         raise SchemaError(f"{where}: members do not match metadata ({len(rgb)} frames, {len(flow)} fields present; "
                           f"{len(meta['frames'])} and {len(meta['flow_fields'])} declared)")
+    warped = check_warped(members, meta, where)
     w, h = meta["size"]
     frames = np.stack([decode_rgb(members[rgb_member(i)]) for i in rgb]) if rgb else np.zeros((0, h, w, 3), np.uint8)
     bound = float(meta["flow"]["bound"])
-    fl = (np.stack([decode_flow(members[flow_member(i)], bound) for i in flow])
-          if flow else np.zeros((0, h, w, 2), np.float32))
-    return DecodedSample(frames=frames, flow=fl, meta=meta)
+    fl = _decode_fields(members, [flow_member(i) for i in flow], bound, h, w)
+    wf = _decode_fields(members, [warped_member(i) for i in warped], bound, h, w) if has_warped(meta) else None
+    return DecodedSample(frames=frames, flow=fl, meta=meta, warped=wf)

@@ -13,7 +13,7 @@ import logging
 import cv2
 import numpy as np
 
-from pipeline.flow_params import DISParams, FarnebackParams, TVL1Params
+from pipeline.flow_params import DISParams, FarnebackParams, TVL1Params, check_frames
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +23,7 @@ _DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.D
 
 def check_pair_batch(prev: np.ndarray, nxt: np.ndarray) -> None:
     """Raise ValueError unless prev and nxt are equal-shape (N, H, W) uint8 arrays, H, W >= 3."""
-    for name, arr in (("prev", prev), ("nxt", nxt)):
-        if not isinstance(arr, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
-        if arr.ndim != 3:
-            raise ValueError(f"{name} must be (N, H, W) grayscale, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            raise ValueError(f"{name} must be uint8, got {arr.dtype}")
-    if prev.shape != nxt.shape:
-        raise ValueError(f"prev and nxt must have one shape, got {prev.shape} and {nxt.shape}")
-    if prev.shape[1] < 3 or prev.shape[2] < 3:
-        raise ValueError(f"frames must be at least 3x3 pixels, got {prev.shape[1:]}")
+    check_frames(prev, nxt, "gray")
 
 
 def _set_threads(threads: int) -> None:

@@ -1,4 +1,5 @@
-"""Estimator parameter records, with OpenCV's and torchvision's names and defaults.
+"""Estimator parameter records, with OpenCV's and torchvision's names and defaults, and the
+frame-batch check every estimator applies to its input.
 
 Kept apart from `pipeline.flow` (the conventions, `FlowConfig` and the estimator factory) so
 that the estimators import their parameters without importing the factory that builds them.
@@ -6,6 +7,10 @@ that the estimators import their parameters without importing the factory that b
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BOUND = 20.0  # quantization bound in pixels (pipeline.flow: TSN's convention)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,5 +90,39 @@ class RAFTParams:
             raise ValueError(f"num_flow_updates must be >= 1, got {self.num_flow_updates}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SEARAFTParams:
+    """SEA-RAFT (Wang, Lipson and Deng, ECCV 2024): a local checkpoint and the refinement steps.
+
+    The official evaluation runs 4 updates for the S and M models (12 for "L", which is the M
+    network run longer), at the frames' own resolution here.
+    """
+
+    weights: str | None = None  # required to compute flow: a state dict saved from the official model
+    iters: int = 4
+
+    def __post_init__(self) -> None:
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
+
+
 PARAM_TYPES = {"tvl1": TVL1Params, "farneback": FarnebackParams, "dis": DISParams,
-               "raft_small": RAFTParams, "raft_large": RAFTParams}
+               "raft_small": RAFTParams, "raft_large": RAFTParams,
+               "sea_raft_s": SEARAFTParams, "sea_raft_m": SEARAFTParams}
+
+
+def check_frames(prev: np.ndarray, nxt: np.ndarray, kind: str) -> None:
+    """Raise ValueError unless prev, nxt are equal-shape uint8 batches of `kind` ("gray": (N, H, W),
+    "rgb": (N, H, W, 3)) with frames of at least 3x3 pixels."""
+    want = "(N, H, W) grayscale" if kind == "gray" else "(N, H, W, 3) RGB"
+    for name, arr in (("prev", prev), ("nxt", nxt)):
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
+        if arr.ndim != (3 if kind == "gray" else 4) or (kind == "rgb" and arr.shape[-1] != 3):
+            raise ValueError(f"{name} must be {want}, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise ValueError(f"{name} must be uint8, got {arr.dtype}")
+    if prev.shape != nxt.shape:
+        raise ValueError(f"prev and nxt must have one shape, got {prev.shape} and {nxt.shape}")
+    if prev.shape[1] < 3 or prev.shape[2] < 3:
+        raise ValueError(f"frames must be at least 3x3 pixels, got {prev.shape[1:3]}")

@@ -3,8 +3,10 @@
 Weights are never downloaded: they come from a checkpoint path the user gives, or from the
 file torchvision would have cached (torch.hub's checkpoints folder) after an earlier download
 elsewhere. RAFT needs sides divisible by 8 and at least 128, so frames are padded (replicated
-border) and the flow cropped back. Grayscale frames are repeated to RGB and scaled to [-1, 1], torchvision's
-OpticalFlow preset. Flow is frame 0 -> frame 1, x right, y down, pixels (OpenCV's convention).
+border) and the flow cropped back. RAFT was trained on colour: it takes the RGB frames
+(`input = "rgb"`), scaled to [-1, 1] as torchvision's OpticalFlow preset does. Flow is frame
+0 -> frame 1, x right, y down, pixels (OpenCV's convention). dtype fp16/bf16 runs the network
+under autocast; compile=True runs it through torch.compile.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow_cpu import check_pair_batch
+from pipeline.flow_device import DeviceEstimator
 
 log = logging.getLogger(__name__)
 
@@ -66,47 +68,51 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 8,
     return x, (h, w)
 
 
-class RAFTFlow:
-    """Batched RAFT estimator: est(prev, nxt) with (N, H, W) uint8 -> (N, H, W, 2) float32.
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to fp16/bf16 on `device`, or nothing for fp32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def rgb_input(frames: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1], torchvision's OpticalFlow preset."""
+    return frames.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
+
+
+class RAFTFlow(DeviceEstimator):
+    """Batched RAFT estimator: est(prev, nxt) with (N, H, W, 3) uint8 RGB -> (N, H, W, 2) float32.
 
     random_init=True builds the network with random weights (for wiring tests only).
     """
 
+    input = "rgb"
     name = "torch-raft"
 
     def __init__(self, weights: str | Path | None = None, *, model: str = "raft_small", device: str = "cpu",
-                 num_flow_updates: int = 12, random_init: bool = False):
+                 num_flow_updates: int = 12, random_init: bool = False, compile: bool = False,
+                 dtype: str | torch.dtype = "fp32"):
         if num_flow_updates < 1:
             raise ValueError(f"num_flow_updates must be >= 1, got {num_flow_updates}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+        super().__init__(device, dtype)
         builder, _ = _builder_and_url(model)
-        self.model_name, self.device, self.num_flow_updates = model, torch.device(device), num_flow_updates
+        self.model_name, self.num_flow_updates, self.compile = model, num_flow_updates, bool(compile)
         self.params = {"model": model, "num_flow_updates": num_flow_updates}
-        self.net = builder(weights=None, progress=False)
+        net = builder(weights=None, progress=False)
         if not random_init:
             path = find_weights(model, weights)
             # weights_only: a checkpoint is data, never code to unpickle.
-            self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             log.info("loaded %s weights from %s", model, path)
-        self.net = self.net.eval().to(self.device)
+        self.net = net.eval().to(self.device)
+        self._forward = torch.compile(self.net) if self.compile else self.net
 
-    def _to_input(self, frames: np.ndarray) -> torch.Tensor:
-        """(N, H, W) uint8 -> (N, 3, H, W) float in [-1, 1] on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).float()
-        return (x * (2.0 / 255.0) - 1.0)[:, None].expand(-1, 3, -1, -1)
-
-    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        """Flow prev -> nxt for each pair (padded internally to sides divisible by 8, >= 128)."""
-        check_pair_batch(prev, nxt)
-        n, h, w = prev.shape
-        if n == 0:
-            return np.zeros((0, h, w, 2), np.float32)
-        a, _ = pad_to_multiple(self._to_input(prev))
-        b, _ = pad_to_multiple(self._to_input(nxt))
-        with torch.inference_mode():
-            flow = self.net(a, b, num_flow_updates=self.num_flow_updates)[-1]
-        return np.ascontiguousarray(flow[:, :, :h, :w].permute(0, 2, 3, 1).float().cpu().numpy())
+    def _flow(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        h, w = prev.shape[1:3]
+        a, _ = pad_to_multiple(rgb_input(prev))
+        b, _ = pad_to_multiple(rgb_input(nxt))
+        with autocast(self.device, self.dtype):
+            flow = self._forward(a, b, num_flow_updates=self.num_flow_updates)[-1]
+        return flow[:, :, :h, :w].float()
 
     def __repr__(self) -> str:
-        return f"RAFTFlow(model={self.model_name!r}, device={str(self.device)!r}, updates={self.num_flow_updates})"
+        return (f"RAFTFlow(model={self.model_name!r}, device={str(self.device)!r}, updates={self.num_flow_updates}, "
+                f"dtype={self.dtype}, compile={self.compile})")

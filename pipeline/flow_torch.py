@@ -19,11 +19,15 @@ formulation), with the same parameter names and defaults (`TVL1Params`):
 Batching: N pairs of one size run together; every step is a tensor op over the batch, on CPU
 or CUDA with the same code (no Python loop over pairs). The stopping rule is kept per pair
 exactly: a pair that has stopped keeps its flow and dual variables (masked updates) while
-the others go on. Every `sync_every` steps (1 on CPU, 10 on CUDA: each check is a host sync)
-the stopped pairs leave the working set, so a batch does not pay for its slowest pair on
-every pair; the loop ends when no pair is left. The result does not depend on `sync_every`.
+the others go on. Every `sync_every` steps (1 on CPU, 10 on CUDA: each check is a host sync,
+the only one in the solver loop) the stopped pairs leave the working set, so a batch does not
+pay for its slowest pair on every pair; the loop ends when no pair is left. sync_every=0 never
+checks: every pair runs the full outer x inner iterations with no host sync at all (a fixed
+iteration count for the GPU's queue, the stop rule still applied through the masks). The
+result does not depend on `sync_every`; only the speed does (bench/gpu_flow.py measures both).
 Pass compile=True to run each iteration through torch.compile (fused kernels; worth it on
 CUDA, off by default), and dtype=torch.float16/bfloat16 for reduced-precision iterations.
+Pyramid resampling taps are cached on the device, so no level pays a host-to-device copy.
 
 Flow direction and units are OpenCV's: (N, 2, H, W), x then y in pixels, from I0 to I1:
 I0(p) ~ I1(p + u(p)). Intensities are on OpenCV's scale, 0..255 (lambda depends on it).
@@ -38,14 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.flow_device import DeviceEstimator, torch_dtype
 from pipeline.flow_params import TVL1Params
-from pipeline.flow_cpu import check_pair_batch
 
 log = logging.getLogger(__name__)
 
 MIN_LEVEL_SIDE = 16  # OpenCV stops adding pyramid levels below 16 pixels a side
 _FLT_EPSILON = float(np.finfo(np.float32).eps)  # std::numeric_limits<float>::epsilon()
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -65,14 +68,21 @@ def _resize_taps(out_len: int, in_len: int, src_per_dst: float) -> tuple[np.ndar
     return lo, hi, 1.0 - frac, frac
 
 
+@functools.lru_cache(maxsize=512)
+def _device_taps(out_len: int, in_len: int, src_per_dst: float, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """`_resize_taps` as tensors on `device`, copied once: a blocking copy per level would be a host sync."""
+    lo, hi, w_lo, w_hi = _resize_taps(out_len, in_len, src_per_dst)
+    return (torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device),
+            torch.from_numpy(w_lo).to(device, dtype), torch.from_numpy(w_hi).to(device, dtype))
+
+
 def _resize_axis(x: torch.Tensor, dim: int, out_len: int, src_per_dst: float) -> torch.Tensor:
     """Linear interpolation of x along `dim` (a gather, so exact: no TF32 matmul)."""
-    taps = _resize_taps(out_len, x.shape[dim], src_per_dst)
-    lo, hi, w_lo, w_hi = (torch.from_numpy(t).to(x.device) for t in taps)
+    lo, hi, w_lo, w_hi = _device_taps(out_len, x.shape[dim], src_per_dst, x.device, x.dtype)
     shape = [1] * x.ndim
     shape[dim] = out_len
-    return (x.index_select(dim, lo) * w_lo.to(x.dtype).view(shape)
-            + x.index_select(dim, hi) * w_hi.to(x.dtype).view(shape))
+    return x.index_select(dim, lo) * w_lo.view(shape) + x.index_select(dim, hi) * w_hi.view(shape)
 
 
 def resize_bilinear(x: torch.Tensor, size: tuple[int, int], src_per_dst: tuple[float, float]) -> torch.Tensor:
@@ -330,7 +340,7 @@ class _Solver:
                 work.active = work.active & (err > scaled_eps)
                 self.pair_steps += work.rows.numel()
                 count += 1
-                if count % self.sync_every == 0:
+                if self.sync_every and count % self.sync_every == 0:
                     left = int(work.active.sum())  # the one host sync
                     if left < work.rows.numel():
                         u, p = work.store(u, p)
@@ -384,6 +394,12 @@ def _initial_flows(init_flow: torch.Tensor | None, n: int, sizes, params: TVL1Pa
     return u
 
 
+def default_sync_every(device: torch.device) -> int:
+    """Steps between stop checks when none is given: every step on CPU (no sync cost there),
+    every 10 on CUDA (each check waits for the queue to drain)."""
+    return 10 if device.type == "cuda" else 1
+
+
 def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None, *,
               init_flow: torch.Tensor | None = None, compile: bool = False,
               dtype: torch.dtype = torch.float32, sync_every: int | None = None) -> torch.Tensor:
@@ -393,19 +409,20 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = No
     Returns (N, 2, H, W) float32 flow (x, y in pixels): i0(p) ~ i1(p + flow(p)).
     init_flow: (N, 2, H, W), used when params.use_initial_flow (zeros otherwise).
     compile: run the per-iteration steps through torch.compile (worth it on CUDA).
-    dtype: float32, or float16/bfloat16 for the iterated state (experimental; warps stay float32).
-    sync_every: steps between checks that every pair has stopped (default 1 on CPU, 10 on CUDA).
+    dtype: float32, or float16/bfloat16 for the iterated state (warps and pyramids stay float32).
+    sync_every: steps between checks that every pair has stopped (default 1 on CPU, 10 on CUDA;
+    0: never, every pair runs all iterations with no host sync; the flow is the same).
     """
     params = check_params(params)
     check_tensor_pair(i0, i1)
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype}")
-    if sync_every is not None and sync_every < 1:
-        raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+    dtype = torch_dtype(dtype)
+    if sync_every is not None and (isinstance(sync_every, bool) or sync_every < 0):
+        raise ValueError(f"sync_every must be >= 0, got {sync_every}")
     n, h, w = i0.shape
     if n == 0:
         return torch.zeros(0, 2, h, w, dtype=torch.float32, device=i0.device)
-    sync_every = sync_every or (10 if i0.device.type == "cuda" else 1)
+    if sync_every is None:
+        sync_every = default_sync_every(i0.device)
     sizes = pyramid_sizes(h, w, params)
     i0s, i1s = [i0.float()], [i1.float()]
     for size in sizes[1:]:
@@ -421,38 +438,38 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = No
     return u[:, :2].float()
 
 
-class TorchTVL1:
+class TorchTVL1(DeviceEstimator):
     """Batched TV-L1 estimator (CPU or CUDA) with the numpy contract of `FlowEstimator`.
 
-    est(prev, nxt) with (N, H, W) uint8 grayscale -> (N, H, W, 2) float32 flow prev -> nxt.
+    est(prev, nxt) with (N, H, W) uint8 grayscale -> (N, H, W, 2) float32 flow prev -> nxt;
+    stage / launch / result (pipeline.flow_device) give uint8 fields with overlapped copies.
     """
 
+    input = "gray"
+    name = "torch-tvl1"
+
     def __init__(self, params: TVL1Params | None = None, device: str = "cpu", *,
-                 compile: bool = False, dtype: torch.dtype = torch.float32, sync_every: int | None = None):
+                 compile: bool = False, dtype: str | torch.dtype = "fp32", sync_every: int | None = None):
         self.params = check_params(params)
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"bad torch device {device!r}: {exc}") from exc
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available")
-        if self.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
-        self.name = "torch-tvl1"
-        self.compile, self.dtype, self.sync_every = compile, dtype, sync_every
+        super().__init__(device, dtype)
+        if sync_every is not None and (isinstance(sync_every, bool) or sync_every < 0):
+            raise ValueError(f"sync_every must be >= 0, got {sync_every}")
+        self.compile, self.sync_every = bool(compile), sync_every
+
+    def _flow(self, prev: torch.Tensor, nxt: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+        return tvl1_flow(prev.float(), nxt.float(), self.params, init_flow=init, compile=self.compile,
+                         dtype=self.dtype, sync_every=self.sync_every)
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
         """Flow for each pair; init_flow (N, H, W, 2) is used only when params.use_initial_flow."""
-        check_pair_batch(prev, nxt)
-        i0 = torch.from_numpy(np.ascontiguousarray(prev)).to(self.device).float()
-        i1 = torch.from_numpy(np.ascontiguousarray(nxt)).to(self.device).float()
-        init = None
-        if init_flow is not None:
-            init = torch.from_numpy(np.asarray(init_flow, np.float32)).permute(0, 3, 1, 2)
+        if init_flow is None:
+            return super().__call__(prev, nxt)
+        staged = self.stage(prev, nxt)
+        init = torch.from_numpy(np.asarray(init_flow, np.float32)).permute(0, 3, 1, 2)
         with torch.inference_mode():
-            flow = tvl1_flow(i0, i1, self.params, init_flow=init, compile=self.compile,
-                             dtype=self.dtype, sync_every=self.sync_every)
-        return np.ascontiguousarray(flow.permute(0, 2, 3, 1).cpu().numpy(), dtype=np.float32)
+            flow = self._on_compute(staged, lambda a, b: self._flow(a, b, init).permute(0, 2, 3, 1).cpu())
+        return np.ascontiguousarray(flow.numpy(), dtype=np.float32)
 
     def __repr__(self) -> str:
-        return f"TorchTVL1(device={str(self.device)!r}, compile={self.compile}, params={self.params})"
+        return (f"TorchTVL1(device={str(self.device)!r}, compile={self.compile}, dtype={self.dtype}, "
+                f"sync_every={self.sync_every}, params={self.params})")

@@ -19,7 +19,8 @@ import numpy as np
 
 from pipeline import worker
 from pipeline.units import BuildConfig, Unit, write_unit
-from pipeline.flow import make_estimator, quantize
+from pipeline.flow import make_estimator
+from pipeline.flow_batch import PairBatcher
 from pipeline.records import VideoRef, VideoResult
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ def _flow(item: tuple, cfg: worker.WorkerConfig):
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def _encode(item: tuple, fields: np.ndarray, flow_node: str, cfg: worker.WorkerConfig):
-    job, decode_node = item
-    encoded = worker.encode_chunk(job, fields, cfg)
+def _encode(item: tuple, computed: tuple, flow_node: str, cfg: worker.WorkerConfig):
+    (job, decode_node), (fields, warped) = item, computed
+    encoded = worker.encode_chunk(job, fields, cfg, warped)
     return (worker.summarize(encoded), decode_node, flow_node), encoded
 
 
@@ -83,22 +84,53 @@ def _write_unit(unit: Unit, videos: list, output: str, cfg: BuildConfig) -> dict
     return write_unit(unit, results(), output, cfg)
 
 
+def chunk_flow_inputs(job: worker.ChunkJob, flow) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A chunk's frames in the form the estimator takes (grey or RGB) and its (from, to) pair rows."""
+    frames = job.chunk.frames
+    if flow.input == "gray" and frames.ndim == 4:
+        frames = worker.gray(frames)
+    return frames, [(r, r + flow.step) for r in worker.chunk_pairs(job, flow.step)]
+
+
 class FlowActor:
-    """Holds one estimator (e.g. torch TV-L1 on a GPU) and computes batches of chunks' fields."""
+    """Holds one estimator (e.g. torch TV-L1 on a GPU) and a `PairBatcher` over it.
+
+    Ray runs several `compute` calls at once (a threaded actor): each queues its chunks' pairs
+    and waits, while the batcher's thread fills batches of B pairs across all queued chunks
+    of all videos and hands each chunk its uint8 fields (a quarter of float32's bytes through
+    the object store).
+    """
 
     def __init__(self, cfg: worker.WorkerConfig) -> None:
         self.cfg = cfg
         self.estimator = make_estimator(cfg.flow)
+        self.batcher = PairBatcher(self.estimator, bound=cfg.flow.bound, batch_size=cfg.flow.batch_for)
 
     def node_id(self) -> str:
         return _node()
 
-    def compute(self, *items: tuple) -> list[np.ndarray]:
-        # Quantized on the actor: uint8 fields are a quarter of float32 through the object store.
-        fields = worker.compute_fields([job for job, _ in items], self.estimator, self.cfg.flow)
-        q = [quantize(f, self.cfg.flow.bound) for f in fields]
+    def compute(self, *items: tuple) -> list[tuple]:
+        jobs = [job for job, _ in items]
+        plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
+        warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp
+        q = [(p.result(), None if w is None else worker.WarpedFields(fields=w[0].result(), cameras=w[1]))
+             for p, w in zip(plain, warped)]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
+
+    def _submit_warped(self, job: worker.ChunkJob):
+        """Queue a chunk's camera-compensated pairs in the same batches: (future, cameras), or None."""
+        if self.cfg.warp is None:
+            return None
+        wi = worker.warp_inputs(job, self.cfg, rgb=self.cfg.flow.input == "rgb")
+        n = len(wi.cameras)
+        frames = np.concatenate([wi.firsts, wi.seconds]) if n else wi.firsts
+        return self.batcher.submit(frames, [(i, n + i) for i in range(n)]), wi.cameras
+
+    def stats(self) -> dict:
+        """Batches run and pairs per batch so far."""
+        return {"batches": self.batcher.stats.batches, "pairs": self.batcher.stats.pairs,
+                "sizes": list(self.batcher.stats.sizes)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,11 +151,14 @@ class RayConfig:
     flow_actors: int = 0  # > 0: flow runs in this many actors (GPU builds); -1: one per GPU
     actor_gpus: float = 0.0  # GPUs per flow actor (fractions allowed)
     actor_resource: str | None = None  # custom resource that routes flow actors to their nodes
-    chunks_per_call: int = 4  # chunks batched into one actor call (pairs from several videos)
+    # Chunks per actor call. The actor batches pairs across every call it holds, so one chunk
+    # per call loses nothing and lets each chunk go to encoding as soon as its pairs are done.
+    chunks_per_call: int = 1
+    actor_concurrency: int = 64  # calls one flow actor holds at once (their pairs fill its batches)
 
     def __post_init__(self) -> None:
-        if self.flow_actors < -1 or self.actor_gpus < 0 or self.chunks_per_call < 1:
-            raise ValueError("flow_actors, actor_gpus must be >= 0 and chunks_per_call >= 1")
+        if self.flow_actors < -1 or self.actor_gpus < 0 or self.chunks_per_call < 1 or self.actor_concurrency < 1:
+            raise ValueError("flow_actors, actor_gpus must be >= 0; chunks_per_call, actor_concurrency >= 1")
         if not 0 <= self.decode_cpus <= 16:
             raise ValueError(f"decode_cpus must be in [0, 16], got {self.decode_cpus}")
 
@@ -231,7 +266,7 @@ class _Scheduler:
             return []
         resources = {r.actor_resource: 1} if r.actor_resource else None
         cls = ray.remote(FlowActor).options(num_cpus=1, num_gpus=r.actor_gpus, resources=resources,
-                                            max_restarts=3, max_task_retries=3)
+                                            max_restarts=3, max_task_retries=3, max_concurrency=r.actor_concurrency)
         log.info("starting %d flow actor(s)", count)
         actors = [cls.remote(self.cfg.worker) for _ in range(count)]
         self.actor_nodes = ray.get([a.node_id.remote() for a in actors])

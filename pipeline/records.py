@@ -80,6 +80,8 @@ class EncodedChunk:
     flow_pairs: tuple[tuple[int, int], ...]  # (from, to) global frame indices per field
     size: tuple[int, int]  # (width, height) of the stored frames
     last: bool
+    warped_bytes: tuple[bytes, ...] = ()  # with --flow-warp: one warped field per flow field
+    cameras: tuple[dict, ...] = ()  # with --flow-warp: each field's camera motion (warp.CameraMotion.as_meta)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A video whose media key (content hash + the settings that shape its frame and flow members,
 see `pipeline.version.media_key`) matches a sample stored in OUTPUT/shards/ is not decoded
-and no flow is computed for it: its frame and flow members are copied byte for byte, and
+and no flow is computed for it: its frame, flow and warped members are copied byte for byte, and
 only its JSON member is written anew (label, split, source, key, parts). The copy goes
 through the same assembly code as a fresh computation, so both give identical bytes.
 
@@ -157,13 +157,21 @@ def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     pairs = sorted(((encode.load_meta(p[encode.META], p["__key__"]), p) for p in parts),
                    key=lambda mp: mp[0]["part"])
     frames = [(f["index"], f["pts"], p[encode.rgb_member(i)]) for m, p in pairs for i, f in enumerate(m["frames"])]
-    fields = [(f["from"], f["to"], p[encode.flow_member(i)]) for m, p in pairs for i, f in enumerate(m["flow_fields"])]
+    fields = [stored_field(m, p, i) for m, p in pairs for i in range(len(m["flow_fields"]))]
     first = pairs[0][0]
     meta = {k: v for k, v in first.items() if k not in _PER_PART}
     meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split)))
     if meta["mode"] == "clips":
         return [worker.clip_sample(ref, meta, frames, fields, first["clips"])]
     return worker.dense_samples(ref, meta, frames, fields, max_frames)
+
+
+def stored_field(meta: dict, sample: dict, i: int) -> worker.Field:
+    """Field position i of a stored sample: its pair, flow member and, if stored, warped member
+    and camera motion (all copied as they are)."""
+    f = meta["flow_fields"][i]
+    warped = sample[encode.warped_member(i)] if encode.has_warped(meta) else None
+    return worker.Field(f["from"], f["to"], sample[encode.flow_member(i)], warped, f.get("camera"))
 
 
 def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: worker.WorkerConfig) -> VideoResult:

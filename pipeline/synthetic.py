@@ -1,7 +1,8 @@
 """Synthetic videos with known motion: the demo's sample data and the tests' ground truth.
 
-A smooth random texture is warped a known amount per frame (translation, zoom, rotation),
-so the true flow between frames t and t+1 is known everywhere away from the borders.
+A smooth random texture, or a photograph shipped with the package (`texture="photo"`, what
+the demo uses), is warped a known amount per frame (translation, zoom, rotation), so the
+true flow between frames t and t+1 is known everywhere away from the borders.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MOTIONS = ("left", "right", "up", "down", "zoom", "rotate", "still")
+TEXTURES = ("noise", "photo")
 _SHIFT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
 
 
@@ -28,6 +30,17 @@ def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
         img += weight * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
     img = (img - img.min()) / max(1e-6, float(img.max() - img.min()))
     return (img * 255).round().astype(np.uint8)
+
+
+def backdrop(height: int, width: int, seed: int, source: str) -> np.ndarray:
+    """The uint8 RGB image the camera looks at: a noise texture or a shipped photograph."""
+    if source == "noise":
+        return texture(height, width, seed)
+    if source == "photo":
+        from pipeline.photos import photo_texture
+
+        return np.clip(np.rint(photo_texture(height, width, seed, gray=False)), 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown texture source {source!r}; choose one of {TEXTURES}")
 
 
 def warp_matrix(motion: str, t: float, speed: float, width: int, height: int) -> np.ndarray:
@@ -44,9 +57,12 @@ def warp_matrix(motion: str, t: float, speed: float, width: int, height: int) ->
 
 
 def moving_frames(motion: str, num_frames: int, height: int, width: int, *, speed: float = 2.0,
-                  seed: int = 0, margin: int = 64) -> Iterator[np.ndarray]:
-    """Yield `num_frames` RGB frames of a texture moving with `motion` at `speed` per frame."""
-    big = texture(height + 2 * margin, width + 2 * margin, seed)
+                  seed: int = 0, margin: int = 64, source: str = "noise") -> Iterator[np.ndarray]:
+    """Yield `num_frames` RGB frames of a texture moving with `motion` at `speed` per frame.
+
+    source: "noise" (a random multi-scale texture) or "photo" (photograph number `seed`).
+    """
+    big = backdrop(height + 2 * margin, width + 2 * margin, seed, source)
     for t in range(num_frames):
         m = warp_matrix(motion, t, speed, width + 2 * margin, height + 2 * margin)
         frame = cv2.warpAffine(big, m, (width + 2 * margin, height + 2 * margin),
@@ -104,15 +120,18 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
 
 def make_motion_dataset(root: str | Path, *, classes: tuple[str, ...] = ("left", "right", "up", "down"),
                         per_class: int = 3, num_frames: int = 24, size: tuple[int, int] = (96, 72),
-                        speed: float = 2.0, fps: float = 25.0, seed: int = 0) -> Path:
-    """Write a folder-per-class dataset whose classes differ only by motion (same textures in each)."""
+                        speed: float = 2.0, fps: float = 25.0, seed: int = 0, source: str = "noise") -> Path:
+    """Write a folder-per-class dataset whose classes differ only by motion (same textures in each).
+
+    source: "noise" textures or shipped "photo"graphs (see `moving_frames`).
+    """
     root = Path(root)
     w, h = size
     for ci, motion in enumerate(classes):
         (root / motion).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             # The same texture seeds in every class: appearance carries no label information.
-            frames = moving_frames(motion, num_frames, h, w, speed=speed, seed=seed + i)
+            frames = moving_frames(motion, num_frames, h, w, speed=speed, seed=seed + i, source=source)
             write_video(root / motion / f"v_{motion}_g{i:02d}.mp4", frames, fps)
     log.info("wrote %d synthetic videos under %s", len(classes) * per_class, root)
     return root

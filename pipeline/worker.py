@@ -13,15 +13,16 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import cv2
 import numpy as np
 
-from pipeline import decode, encode
+from pipeline import decode, encode, warp
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, FrameChunk, VideoInfo, VideoRef, VideoResult
+from pipeline.warp import WarpConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class WorkerConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     max_pixels: int = DEFAULT_MAX_PIXELS  # a video whose source or stored frame is larger is an error row
+    warp: WarpConfig | None = None  # --flow-warp: also store camera-compensated (warped) flow
 
     def __post_init__(self) -> None:
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 4:
@@ -80,10 +82,13 @@ class WorkerConfig:
     def output_dict(self) -> dict:
         """Every setting that changes the stored bytes (hashed into dataset versions)."""
         s = self.sample
-        return {"decode": self.decode.output_dict(), "flow": self.flow.output_dict(),
-                "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
-                "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
-                "limits": {"max_pixels": self.max_pixels}}
+        out = {"decode": self.decode.output_dict(), "flow": self.flow.output_dict(),
+               "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
+               "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
+               "limits": {"max_pixels": self.max_pixels}}
+        if self.warp is not None:  # only when on: ids of builds without warped flow stay as they were
+            out["warp"] = self.warp.output_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,7 @@ def gray(frames: np.ndarray) -> np.ndarray:
 
 
 def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConfig) -> list[np.ndarray]:
-    """Flow for every needed pair of several chunks, in batches of cfg.batch_size pairs.
+    """Flow for every needed pair of several chunks, in batches of cfg.batch_for(h, w) pairs.
 
     Pairs from different chunks (and videos) share a batch when their sizes match, which
     is what keeps a GPU estimator busy; the result lists one (F, H, W, 2) array per job.
@@ -279,11 +284,13 @@ def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConf
     for j, r in pairs:
         by_size.setdefault(jobs[j].chunk.frames.shape[1:3], []).append((j, r))
     results: dict[tuple[int, int], np.ndarray] = {}
-    for group in by_size.values():
-        for b in range(0, len(group), cfg.batch_size):
-            batch = group[b:b + cfg.batch_size]
-            prev = gray(np.stack([jobs[j].chunk.frames[r] for j, r in batch]))
-            nxt = gray(np.stack([jobs[j].chunk.frames[r + cfg.step] for j, r in batch]))
+    to_input = gray if getattr(estimator, "input", "gray") == "gray" else np.asarray  # learned ones take RGB
+    for (h, w), group in by_size.items():
+        size = cfg.batch_for(h, w)
+        for b in range(0, len(group), size):
+            batch = group[b:b + size]
+            prev = to_input(np.stack([jobs[j].chunk.frames[r] for j, r in batch]))
+            nxt = to_input(np.stack([jobs[j].chunk.frames[r + cfg.step] for j, r in batch]))
             for (j, r), fl in zip(batch, estimator(prev, nxt)):
                 results[(j, r)] = fl
     for j, r in pairs:
@@ -291,13 +298,16 @@ def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConf
     return [np.stack(o) if o else np.zeros((0, 1, 1, 2), np.float32) for o in out]
 
 
-def encode_chunk(job: ChunkJob, fields: np.ndarray, cfg: WorkerConfig) -> EncodedChunk:
-    """JPEG-encode a chunk's kept frames and its computed flow fields."""
+def encode_chunk(job: ChunkJob, fields: np.ndarray, cfg: WorkerConfig,
+                 warped: "WarpedFields | None" = None) -> EncodedChunk:
+    """JPEG-encode a chunk's kept frames, its computed flow fields and (--flow-warp) its warped fields."""
     ch, step = job.chunk, cfg.flow.step
     rows = [r for r in range(ch.owned) if job.keep_frames is None or ch.start + r in job.keep_frames]
     pair_rows = chunk_pairs(job, step)
     if len(pair_rows) != len(fields):
         raise RuntimeError(f"{ch.video_key}: {len(fields)} flow fields for {len(pair_rows)} pairs")
+    if (warped is not None) != (cfg.warp is not None) or (warped is not None and len(warped.fields) != len(fields)):
+        raise RuntimeError(f"{ch.video_key}: warped fields do not match the flow fields or --flow-warp")
     h, w = ch.frames.shape[1:3]
     return EncodedChunk(
         video_key=ch.video_key, index=ch.index, start=ch.start,
@@ -305,7 +315,9 @@ def encode_chunk(job: ChunkJob, fields: np.ndarray, cfg: WorkerConfig) -> Encode
         frame_index=tuple(ch.start + r for r in rows), frame_pts=tuple(float(ch.pts[r]) for r in rows),
         flow_bytes=tuple(_encode_field(f, cfg) for f in fields),
         flow_pairs=tuple((ch.start + r, ch.start + r + step) for r in pair_rows),
-        size=(w, h), last=ch.last, owned=ch.owned)
+        size=(w, h), last=ch.last, owned=ch.owned,
+        warped_bytes=tuple(_encode_field(f, cfg) for f in warped.fields) if warped else (),
+        cameras=warped.cameras if warped else ())
 
 
 def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
@@ -318,7 +330,78 @@ def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
 def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[EncodedChunk]:
     """Stage 2 for a batch of chunks (possibly of several videos)."""
     fields = compute_fields(jobs, estimator, cfg.flow)
-    return [encode_chunk(job, f, cfg) for job, f in zip(jobs, fields)]
+    warped = compute_warped(jobs, estimator, cfg)
+    return [encode_chunk(job, f, cfg, wf) for job, f, wf in zip(jobs, fields, warped)]
+
+
+# --- stage 2b: warped flow (--flow-warp) -----------------------------------------------------
+
+@dataclass(frozen=True)
+class WarpInputs:
+    """A chunk's warped pairs, ready for the estimator, in the form it takes (grey (n, H, W),
+    or RGB (n, H, W, 3) for estimators that take RGB): first frames and camera-compensated
+    second frames."""
+
+    firsts: np.ndarray
+    seconds: np.ndarray
+    cameras: tuple[dict, ...]  # per pair: warp.CameraMotion.as_meta()
+
+
+@dataclass(frozen=True)
+class WarpedFields:
+    """A chunk's warped flow fields (F, H, W, 2) (float px, or uint8 quantized) and camera motions."""
+
+    fields: np.ndarray
+    cameras: tuple[dict, ...]
+
+
+def quantized(w: WarpedFields, bound: float) -> WarpedFields:
+    """The same warped fields quantized to uint8 (a quarter of the bytes through the object store)."""
+    from pipeline.flow import quantize
+
+    return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
+
+
+def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
+                boxes: Mapping[int, list] | None = None) -> WarpInputs:
+    """Estimate the camera motion of each pair the chunk computes and warp its second frame back.
+
+    Runs on a CPU (feature matching, RANSAC, remap); the flow of the warped pairs is then
+    computed like any other pairs, by whichever estimator computes the plain flow.
+    boxes: global frame index -> person boxes (x0, y0, x1, y1) in stored pixels; a pair's
+    camera motion is then estimated outside the boxes of both its frames.
+    """
+    frames, step, start = job.chunk.frames, cfg.flow.step, job.chunk.start
+    rows = chunk_pairs(job, step)
+    g = gray(frames)
+    firsts, seconds, cams = [], [], []
+    for r in rows:
+        people = [*boxes.get(start + r, []), *boxes.get(start + r + step, [])] if boxes else []
+        mask = warp.exclusion_mask(g[r].shape, people) if people else None
+        cam = warp.estimate_camera(g[r], g[r + step], cfg.warp, mask)
+        src = frames if rgb else g
+        firsts.append(src[r])
+        seconds.append(warp.compensate(src[r], src[r + step], cam.matrix, cfg.warp.border))
+        cams.append(cam.as_meta())
+    empty = np.zeros((0, *(frames.shape[1:] if rgb else g.shape[1:])), np.uint8)
+    return WarpInputs(firsts=np.stack(firsts) if rows else empty, seconds=np.stack(seconds) if rows else empty,
+                      cameras=tuple(cams))
+
+
+def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[WarpedFields | None]:
+    """Warped flow of every pair of several chunks (one entry per job; None each without --flow-warp)."""
+    if cfg.warp is None:
+        return [None] * len(jobs)
+    rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
+    out = []
+    for job in jobs:
+        wi = warp_inputs(job, cfg, rgb)
+        h, w = job.chunk.frames.shape[1:3]
+        b = cfg.flow.batch_for(h, w)
+        fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
+        out.append(WarpedFields(fields=np.concatenate(fields) if fields else np.zeros((0, h, w, 2), np.float32),
+                                cameras=wi.cameras))
+    return out
 
 
 # --- stage 3: samples ----------------------------------------------------------------------
@@ -374,8 +457,11 @@ def video_meta(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, size: tuple[in
     """Metadata shared by every part of a video (per-part frame lists are added later)."""
     info, f = plan.info, cfg.flow
     fps = cfg.decode.fps or info.fps
+    warped = {"warp": {**cfg.warp.output_dict(), "method": "homography"}} if cfg.warp is not None else {}
     return {
-        "schema_version": encode.SCHEMA_VERSION, "kind": "video", "video_id": ref.key, "source": ref.source,
+        **warped,
+        "schema_version": encode.schema_version(cfg.warp is not None), "kind": "video", "video_id": ref.key,
+        "source": ref.source,
         "label": ref.label, "label_id": ref.label_id, "split": ref.split, "fps": fps, "source_fps": info.fps,
         "source_size": [info.width, info.height], "size": list(size), "mode": cfg.sample.mode,
         "decode": cfg.decode.output_dict(),
@@ -390,11 +476,34 @@ def part_key(ref: VideoRef, part: int, parts: int) -> str:
     return ref.key if parts == 1 else f"{ref.key}_part{part:03d}"
 
 
-def _sample(key: str, meta: dict, frames: list, fields: list) -> dict:
+class Field(NamedTuple):
+    """A flow field on its way into a sample: its frame pair, its member bytes and, with
+    --flow-warp, its warped member and camera motion."""
+
+    start: int
+    end: int
+    data: bytes
+    warped: bytes | None = None
+    camera: dict | None = None
+
+
+def chunk_fields(c: EncodedChunk) -> list[Field]:
+    """The fields of an encoded chunk, in order."""
+    n = len(c.flow_bytes)
+    return [Field(a, b, data, w, cam) for (a, b), data, w, cam in
+            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n)]
+
+
+def _field_meta(f: Field) -> dict:
+    return {"from": f.start, "to": f.end} if f.camera is None else {"from": f.start, "to": f.end, "camera": f.camera}
+
+
+def _sample(key: str, meta: dict, frames: list, fields: list[Field]) -> dict:
     meta = {**meta, "key": key,
             "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
-            "flow_fields": [{"from": a, "to": b} for a, b, _ in fields]}
-    return encode.to_sample(key, meta, [b for *_, b in frames], [b for *_, b in fields])
+            "flow_fields": [_field_meta(f) for f in fields]}
+    warped = [f.warped for f in fields] if encode.has_warped(meta) else None
+    return encode.to_sample(key, meta, [b for *_, b in frames], [f.data for f in fields], warped)
 
 
 def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], cfg: WorkerConfig) -> list[dict]:
@@ -402,7 +511,7 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
     chunks = sorted(chunks, key=lambda c: c.index)
     check_coverage(ref, plan, chunks, cfg.flow.step)
     frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
-    fields = [(a, b, data) for c in chunks for (a, b), data in zip(c.flow_pairs, c.flow_bytes)]
+    fields = [f for c in chunks for f in chunk_fields(c)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
     if plan.keep_frames is not None:
         return [_clips_sample(ref, plan, meta, frames, fields)]
@@ -412,7 +521,7 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
 def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_frames: int) -> list[dict]:
     """A dense video's samples: parts of `max_frames` frames, each with the fields starting in it.
 
-    frames: (index, pts, jpeg bytes); fields: (from, to, jpeg bytes); both in order. Also
+    frames: (index, pts, jpeg bytes); fields: `Field`s; both in order. Also
     used to re-pack stored members without recomputing them, so both paths give equal bytes.
     """
     parts = -(-len(frames) // max_frames)
@@ -456,7 +565,7 @@ def _stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tot
     k = 0
     for c in chunks:
         frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes))
-        fields.extend((a, b, data) for (a, b), data in zip(c.flow_pairs, c.flow_bytes))
+        fields.extend(chunk_fields(c))
         while len(frames) >= max_frames and k < parts - 1:
             hi = (k + 1) * max_frames
             yield _part(ref, meta, k, parts, frames[:max_frames], [f for f in fields if f[0] < hi])
@@ -472,7 +581,7 @@ def clip_sample(ref: VideoRef, meta: dict, frames: list, fields: list, clips: li
 
 def _clips_sample(ref: VideoRef, plan: VideoPlan, meta: dict, frames: list, fields: list) -> dict:
     frame_pos = {i: n for n, (i, _, _) in enumerate(frames)}
-    field_pos = {a: n for n, (a, _, _) in enumerate(fields)}
+    field_pos = {f.start: n for n, f in enumerate(fields)}
     clips = [{"frame": frame_pos[c], "flow": [field_pos[f] for f in fs]} for c, fs in plan.clips]
     return clip_sample(ref, meta, frames, fields, clips)
 

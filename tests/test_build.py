@@ -183,7 +183,7 @@ def test_inspect_writes_a_contact_sheet(motion_videos, tmp_path):
     import cv2
 
     img = cv2.imread(str(png))
-    assert img.shape[0] == 4 * 48 and img.shape[1] > 64
+    assert img.shape[0] > 4 * 48 and img.shape[1] > 6 * 64  # four rows of tiles, six columns, labels, legend
 
 
 @pytest.mark.parametrize("mode", [("--max-frames", "5"), ("--clips", "2", "--clip-len", "3")], ids=["parts", "clips"])

@@ -244,9 +244,12 @@ def test_raft_pads_and_crops_any_size():
     assert padded.shape[-2:] == (136, 128) and size == (130, 61)
     torch.manual_seed(0)
     est = RAFTFlow(random_init=True, num_flow_updates=1)  # random weights: wiring only
-    prev = np.random.default_rng(0).integers(0, 255, (2, 50, 61), dtype=np.uint8)
+    assert est.input == "rgb"
+    prev = np.random.default_rng(0).integers(0, 255, (2, 50, 61, 3), dtype=np.uint8)
     flow = est(prev, prev[::-1].copy())
     assert flow.shape == (2, 50, 61, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    with pytest.raises(ValueError, match="RGB"):  # grey copied to 3 channels is not what RAFT learned
+        est(prev[..., 0], prev[..., 0])
 
 
 def test_raft_loads_a_local_checkpoint_and_never_downloads(tmp_path, monkeypatch):
@@ -284,6 +287,6 @@ def test_make_estimator_builds_raft_from_a_local_checkpoint(tmp_path):
     torch.save(raft_small(weights=None).state_dict(), path)
     cfg = FlowConfig(algorithm="raft_small", backend="torch", params=RAFTParams(weights=str(path), num_flow_updates=1))
     est = make_estimator(cfg)
-    out = est(np.zeros((1, 40, 56), np.uint8), np.zeros((1, 40, 56), np.uint8))
+    out = est(np.zeros((1, 40, 56, 3), np.uint8), np.zeros((1, 40, 56, 3), np.uint8))
     assert out.shape == (1, 40, 56, 2) and out.dtype == np.float32
     assert cfg.output_dict()["params"] == {"weights": str(path), "num_flow_updates": 1}

@@ -63,15 +63,18 @@ from pipeline.shard import sha256_file
 from pipeline.storage import Location
 from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import Clip, ClipSpec, SnippetShape
+from training import streams as stream_spec
+from training.mean_flow import subtract_mean_flow
 from training.transforms import FieldPlanes, TransformConfig, eval_views, train_views
+from training import gpu_decode
 
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("stream", "open", "off")
-STREAM_CHOICES = ("rgb", "flow", "both")
+STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.STREAMS ("rgb,flow,warped")
 
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.
-DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane}
+DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane, "warped": encode.decode_flow_plane}
 
 
 class ShardHashError(ValueError):
@@ -201,17 +204,18 @@ class DataConfig:
     snippets: int = 1
     strides: tuple[int, ...] = (1,)
     test_clips: int = snip.DEFAULT_TEST_CLIPS
+    flow_mean_subtract: bool = False  # Simonyan & Zisserman: each field of a flow/warped input loses its mean
     transform: TransformConfig = TransformConfig()
     batch_size: int = 32
     workers: int = 4
     shuffle_buffer: int = 500
     seed: int = 0
     verify: str = "stream"
+    gpu_decode: bool = False  # decode JPEGs and augment on the training device (training.gpu_decode)
 
     def __post_init__(self) -> None:
-        if self.streams not in STREAM_CHOICES:
-            raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
-        if self.uses_flow and self.clip_len < 1:
+        stream_spec.stream_names(self.streams)  # ValueError naming a bad setting
+        if stream_spec.uses_fields(self.streams) and self.clip_len < 1:
             raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
         self.shape  # validates rgb_frames and frame_stride
         self.clip_spec  # validates the sampler and its counts
@@ -226,17 +230,21 @@ class DataConfig:
 
     @property
     def uses_rgb(self) -> bool:
-        return self.streams in ("rgb", "both")
+        return "rgb" in stream_spec.stream_names(self.streams)
 
     @property
     def uses_flow(self) -> bool:
-        return self.streams in ("flow", "both")
+        return "flow" in stream_spec.stream_names(self.streams)
+
+    @property
+    def uses_warped(self) -> bool:
+        return "warped" in stream_spec.stream_names(self.streams)
 
     @property
     def shape(self) -> SnippetShape:
-        """One snippet: L fields when the flow stream is read (0 otherwise) and F frames."""
-        return SnippetShape(clip_len=self.clip_len if self.uses_flow else 0, rgb_frames=self.rgb_frames,
-                            frame_stride=self.frame_stride)
+        """One snippet: L fields when a flow or warped stream is read (0 otherwise) and F frames."""
+        return SnippetShape(clip_len=self.clip_len if stream_spec.uses_fields(self.streams) else 0,
+                            rgb_frames=self.rgb_frames, frame_stride=self.frame_stride)
 
     @property
     def clip_spec(self) -> ClipSpec:
@@ -492,7 +500,8 @@ def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
                          f"(clip shards made with --snippets {len(stored)} train with --sampling "
                          f"{'strided' if len(stored) > 1 else 'simonyan'} --snippets {len(stored)})")
     clip = tuple(snip.Snippet(frames=snip.centred(s.frames, cfg.rgb_frames, "RGB frames"),
-                              fields=snip.centred(s.fields, cfg.clip_len) if cfg.uses_flow else ())
+                              fields=snip.centred(s.fields, cfg.clip_len) if stream_spec.uses_fields(cfg.streams)
+                              else ())
                  for s in stored)
     if cfg.uses_rgb:
         frames = ([sample[encode.RGB_CLIP]] if encode.RGB_CLIP in sample
@@ -500,11 +509,13 @@ def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
         item["rgb"] = [[frames[f] for f in s.frames] for s in clip]
     else:
         item["rgb"] = None
-    if cfg.uses_flow:
-        fields = encode.unpack_stack(sample[encode.FLOW_STACK])
-        item["flow"] = [[fields[f] for f in s.fields] for s in clip]
-    else:
-        item["flow"] = None
+    for name, member, use in (("flow", encode.FLOW_STACK, cfg.uses_flow), ("warped", encode.WARPED_STACK,
+                                                                          cfg.uses_warped)):
+        if use and member not in sample:
+            raise encode.SchemaError(f"{_where(sample)}: no {member} member (warped flow needs a dataset built "
+                                     f"with --flow-warp)")
+        fields = encode.unpack_stack(sample[member]) if use else None
+        item[name] = [[fields[f] for f in s.fields] for s in clip] if use else None
     return item
 
 
@@ -536,8 +547,12 @@ def _with_members(item: dict, sample: dict, clip: Clip, cfg: DataConfig) -> dict
     try:
         item["rgb"] = ([[sample[encode.rgb_member(f)] for f in s.frames] for s in clip] if cfg.uses_rgb else None)
         item["flow"] = ([[sample[encode.flow_member(f)] for f in s.fields] for s in clip] if cfg.uses_flow else None)
+        item["warped"] = ([[sample[encode.warped_member(f)] for f in s.fields] for s in clip]
+                          if cfg.uses_warped else None)
     except KeyError as exc:
-        raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing") from exc
+        raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing"
+                                 + (" (warped flow needs a dataset built with --flow-warp)" if "warped" in str(exc)
+                                    else "")) from exc
     return item
 
 
@@ -578,11 +593,13 @@ def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> 
 
 
 def decode_item(item: dict) -> dict:
-    """Decode the chosen members: rgb -> (K, F, H, W, 3) uint8, flow -> K (2L, H, W) FieldPlanes, interleaved."""
+    """Decode the chosen members: rgb -> (K, F, H, W, 3) uint8, flow (and warped) -> K (2L, H, W)
+    FieldPlanes, interleaved."""
     if item["rgb"] is not None:
         item["rgb"] = np.stack([np.stack([DECODERS["rgb"](b) for b in frames]) for frames in item["rgb"]])
-    if item["flow"] is not None:
-        item["flow"] = [FieldPlanes([DECODERS["flow"](b) for b in fields]) for fields in item["flow"]]
+    for name in stream_spec.FIELD_STREAMS:
+        if item.get(name) is not None:
+            item[name] = [FieldPlanes([DECODERS[name](b) for b in fields]) for fields in item[name]]
     return item
 
 
@@ -596,14 +613,27 @@ def decode(src: Iterable[dict]) -> Iterator[dict]:
 
 
 def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochState) -> Iterator[dict]:
-    """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking."""
+    """Stage: paired crop/flip (train) or centre/10-crop (test), normalization, stacking;
+    with flow_mean_subtract, each flow and warped field then loses its mean vector."""
     for item in src:
+        fields, names = joint_fields(item)
         if train:
             rng = snip.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
-            item["rgb"], item["flow"] = train_views(item["rgb"], item["flow"], cfg.transform, rng)
+            item["rgb"], fields = train_views(item["rgb"], fields, cfg.transform, rng)
         else:
-            item["rgb"], item["flow"] = eval_views(item["rgb"], item["flow"], cfg.transform)
+            item["rgb"], fields = eval_views(item["rgb"], fields, cfg.transform)
+        for name, part in zip(names, np.split(fields, len(names), axis=2) if names else ()):
+            item[name] = subtract_mean_flow(part) if cfg.flow_mean_subtract else part
         yield item
+
+
+def joint_fields(item: dict) -> tuple[list | None, list[str]]:
+    """The flow and warped stacks of each snippet as one stack (warped channels after flow's),
+    so both get the same crop and flip (x stays on even channels), and the names in order."""
+    names = [n for n in stream_spec.FIELD_STREAMS if item.get(n) is not None]
+    if len(names) < 2:
+        return (item[names[0]] if names else None), names
+    return [FieldPlanes(f.planes + w.planes) for f, w in zip(item["flow"], item["warped"])], names
 
 
 def collate(items: list[dict]) -> dict:
@@ -614,8 +644,8 @@ def collate(items: list[dict]) -> dict:
     batch = {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
              "video_id": [it["video_id"] for it in items], "clip": [it["clip"] for it in items],
              "key": [it["__key__"] for it in items]}
-    for name in ("rgb", "flow"):
-        if items[0][name] is not None:
+    for name in stream_spec.STREAMS:
+        if items[0].get(name) is not None:
             batch[name] = torch.from_numpy(np.stack([it[name] for it in items]))
     return batch
 
@@ -673,12 +703,13 @@ def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, sta
         partial(pick, plan=plan, state=state),
         # Shuffle buffer over picked items (compressed bytes only, so the buffer stays small).
         partial(shuffle, bufsize=cfg.shuffle_buffer, seed=cfg.seed, state=state) if train else None,
-        # Decode only the chosen frames and flow fields.
-        decode,
+        # Decode only the chosen frames and flow fields (--gpu-decode: later, on the device).
+        None if cfg.gpu_decode else decode,
         # Transforms: paired crop and flip, normalization, interleaved flow stacking.
-        partial(transform, cfg=cfg, train=train, state=state),
+        None if cfg.gpu_decode else partial(transform, cfg=cfg, train=train, state=state),
         # Batches: training drops the last partial batch so every step has one shape.
-        wds.batched(cfg.batch_size, collation_fn=collate, partial=not train),
+        wds.batched(cfg.batch_size, collation_fn=gpu_decode.raw_collate if cfg.gpu_decode else collate,
+                    partial=not train),
     ]
     return wds.DataPipeline([s for s in stages if s is not None])
 
@@ -690,12 +721,14 @@ class Loader:
     loader: torch.utils.data.DataLoader
     state: EpochState
     steps: int | None
+    post: gpu_decode.GpuBatchDecoder | None = None  # --gpu-decode: bytes -> tensors on the device
 
     def set_epoch(self, epoch: int) -> None:
         self.state.epoch = int(epoch)
 
     def __iter__(self):
-        return iter(self.loader)
+        batches = iter(self.loader)
+        return gpu_decode.decode_batches(batches, self.post) if self.post else batches
 
 
 def _init_worker(_: int) -> None:
@@ -716,8 +749,11 @@ def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size:
 
 
 def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool, steps: int | None = None,
-                pin_memory: bool = False) -> Loader:
-    """The loader of one split. train=True needs `steps`, the batches each rank takes per epoch."""
+                pin_memory: bool = False, device: str | torch.device = "cpu") -> Loader:
+    """The loader of one split. train=True needs `steps`, the batches each rank takes per epoch.
+
+    With cfg.gpu_decode the batches are decoded and augmented on `device` in this process.
+    """
     if train and source.kind == "clips" and cfg.sampler == "tsn":
         raise ValueError("tsn sampling needs video samples: train on the built dataset, not on clip shards")
     state = EpochState()
@@ -733,4 +769,5 @@ def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool,
         pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
         worker_init_fn=_init_worker if cfg.workers else None, persistent_workers=False,
         prefetch_factor=4 if cfg.workers else None)
-    return Loader(loader=loader, state=state, steps=steps if train else None)
+    post = gpu_decode.GpuBatchDecoder(cfg, device, train=train, state=state) if cfg.gpu_decode else None
+    return Loader(loader=loader, state=state, steps=steps if train else None, post=post)

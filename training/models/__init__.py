@@ -52,7 +52,7 @@ def build_model(cfg: ModelConfig) -> VideoClassifier:
 def model_config_from_dict(d: dict) -> ModelConfig:
     """The inverse of ModelConfig.to_dict (checkpoints store plain JSON types)."""
     d = dict(d)
-    d["fusion_weights"] = tuple(d.get("fusion_weights", (1.0, 1.5)))
+    d["fusion_weights"] = tuple(d["fusion_weights"]) if d.get("fusion_weights") is not None else None
     options_cls = getattr(family(d.get("model", "two_stream")), "Options", None)
     d["options"] = options_from_dict(options_cls, d.get("options")) if options_cls else None
     return ModelConfig(**d)

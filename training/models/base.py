@@ -2,8 +2,9 @@
 
 A batch holds, per stream, a tensor (B, V, K, C, S, S): B items, V views of each (crops
 at test time, 1 in training), K snippets in time order (pipeline.snippets), C channels
-(3F for F RGB frames, 2L for L flow fields, both stacked in time order) and S x S pixels.
-A model's forward takes {"rgb": ..., "flow": ...} (the streams it reads) and returns
+(3F for F RGB frames, 2L for L flow or warped-flow fields, stacked in time order) and S x S
+pixels. A model's forward takes {"rgb": ..., "flow": ..., "warped": ...} (the streams it reads,
+training.streams) and returns
 logits per output, one row per item: {"rgb": (B, N), "flow": (B, N), "fused": (B, N), ...}.
 `VideoClassifier.loss_keys` says which outputs the loss sums and `scores` turns logits
 into class probabilities, with "fused" as the model's final prediction.
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from training import streams as stream_spec
+
 STREAMS = ("rgb", "flow")
-STREAM_CHOICES = ("rgb", "flow", "both")
+STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.STREAMS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +32,8 @@ class ModelConfig:
     (K, 0: any number, averaged) are the input the network is built for; `options` holds
     the family's own frozen config (None: its defaults). fusion, fusion_weights and
     fusion_kernel are the two-stream family's late/conv fusion settings; fusion_weights
-    also weighs the rgb and flow scores of any model that fuses late.
+    also weighs the rgb, flow (and warped) scores of any model that fuses late: two
+    numbers (rgb, flow), three with a warped stream (rgb, flow, warped); None: TSN's.
     """
 
     model: str = "two_stream"
@@ -44,16 +48,15 @@ class ModelConfig:
     dropout: float = 0.5
     partial_bn: bool = False
     fusion: str = "late"
-    fusion_weights: tuple[float, float] = (1.0, 1.5)  # rgb, flow
+    fusion_weights: tuple[float, ...] | None = None  # rgb, flow[, warped]; None: training.streams defaults
     fusion_kernel: int = 1
     options: Any = None
 
     def __post_init__(self) -> None:
-        if self.streams not in STREAM_CHOICES:
-            raise ValueError(f"unknown streams {self.streams!r}; choose one of {STREAM_CHOICES}")
+        names = stream_spec.stream_names(self.streams)  # ValueError naming a bad setting
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
-        if self.streams != "rgb" and self.clip_len < 1:
+        if stream_spec.uses_fields(self.streams) and self.clip_len < 1:
             raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
         if self.in_channels_flow is not None and self.in_channels_flow != 2 * self.clip_len:
             raise ValueError(f"the temporal stream takes 2 * clip_len = {2 * self.clip_len} channels "
@@ -62,12 +65,17 @@ class ModelConfig:
             raise ValueError(f"rgb_frames must be >= 1 and snippets >= 0, got {self.rgb_frames}, {self.snippets}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if len(self.fusion_weights) != 2 or min(self.fusion_weights) < 0 or sum(self.fusion_weights) <= 0:
-            raise ValueError(f"fusion_weights must be two non-negative numbers, got {self.fusion_weights}")
+        if self.fusion_weights is None:
+            object.__setattr__(self, "fusion_weights", (1.0, 1.0, 0.5) if "warped" in names else (1.0, 1.5))
+        want = 3 if "warped" in names else 2
+        w = tuple(self.fusion_weights)
+        if len(w) != want or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"fusion_weights must be {want} non-negative numbers (rgb, flow"
+                             f"{', warped' if want == 3 else ''}), got {self.fusion_weights}")
 
     @property
     def stream_names(self) -> tuple[str, ...]:
-        return STREAMS if self.streams == "both" else (self.streams,)
+        return stream_spec.stream_names(self.streams)
 
     def to_dict(self) -> dict:
         """Plain JSON types; the family options become a dict."""
@@ -133,15 +141,17 @@ def channels_last_(model: nn.Module) -> nn.Module:
     return model
 
 
-def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, float]) -> dict[str, torch.Tensor]:
-    """`scores` plus "fused": kept when present, else the weighted average of rgb and flow
-    probabilities (not logits: a stream that is unsure pulls the fused score little), else
-    the only output, else the mean of all."""
+def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """`scores` plus "fused": kept when present, else the weighted average of the rgb, flow
+    and warped probabilities present (not logits: a stream that is unsure pulls the fused
+    score little; weights in training.streams.STREAMS order), else the only output, else
+    the mean of all."""
     if "fused" in scores:
         return scores
-    if "rgb" in scores and "flow" in scores:
-        w_rgb, w_flow = weights
-        fused = (w_rgb * scores["rgb"] + w_flow * scores["flow"]) / (w_rgb + w_flow)
+    present = [s for s in stream_spec.STREAMS[:len(weights)] if s in scores]
+    if len(present) >= 2:
+        w = {s: weights[stream_spec.STREAMS.index(s)] for s in present}
+        fused = sum(w[s] * scores[s] for s in present) / sum(w.values())
     else:
         fused = torch.stack(list(scores.values())).mean(0)
     return {**scores, "fused": fused}

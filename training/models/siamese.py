@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import streams as stream_spec
 from training.models.backbones import check_arch, cross_modality_conv, load_backbone, resnet_trunk
 from training.models.base import ModelConfig, VideoClassifier, check_input, late_fusion
 
@@ -87,7 +88,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig, stream: str, embed_dim: int):
         super().__init__()
         backbone = load_backbone(cfg.arch, cfg.weights)
-        if stream == "flow":
+        if stream in stream_spec.FIELD_STREAMS:  # flow and warped flow: 2L channels
             backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * cfg.clip_len)
         self.trunk = resnet_trunk(backbone)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -132,7 +133,8 @@ class SiameseStream(nn.Module):
 class Siamese(VideoClassifier):
     """forward({"rgb": (B, V, T, 3, S, S), "flow": (B, V, T, 2L, S, S)}) ->
     {stream: (B, splits, classes)}: the cosine of every class at every split, averaged over
-    views. `scores` takes each class's best split; `training_loss` runs the EM step."""
+    views (any streams of training.streams; warped flow like flow). `scores` takes each
+    class's best split; `training_loss` runs the EM step."""
 
     def __init__(self, cfg: ModelConfig):
         check(cfg)

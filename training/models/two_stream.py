@@ -31,8 +31,9 @@ def check(cfg: ModelConfig) -> None:
     check_arch(cfg.arch)
     if cfg.fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
-    if cfg.fusion == "conv" and cfg.streams != "both":
-        raise ValueError(f"conv fusion needs both streams, got streams={cfg.streams!r}")
+    if cfg.fusion == "conv" and cfg.stream_names != ("rgb", "flow"):
+        raise ValueError(f"conv fusion needs both streams, rgb and flow, got streams={cfg.streams!r} "
+                         f"(three streams fuse late)")
     if cfg.fusion_kernel not in (1, 3):
         raise ValueError(f"fusion_kernel must be 1 or 3, got {cfg.fusion_kernel}")
     if cfg.rgb_frames != 1:
@@ -58,9 +59,9 @@ class Stream(nn.Module):
 
 
 def build_stream(cfg: ModelConfig, stream: str) -> Stream:
-    """The spatial (rgb) or temporal (flow) stream of `cfg`."""
+    """The spatial (rgb) or a temporal (flow, warped flow) stream of `cfg`."""
     backbone = load_backbone(cfg.arch, cfg.weights)
-    if stream == "flow":
+    if stream in ("flow", "warped"):
         channels = cfg.in_channels_flow or 2 * cfg.clip_len
         backbone.conv1 = cross_modality_conv(backbone.conv1, channels)
     return Stream(backbone, cfg.num_classes, cfg.dropout)
