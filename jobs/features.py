@@ -76,7 +76,7 @@ def extract_features(dataset: str, ckpt_path: str, out: str | Path, *, splits: t
                                    **_given(test_clips=test_clips, batch_size=batch_size, workers=workers))
     rows: list[dict] = []
     for split in splits or tuple(source.splits()):
-        loader = data.make_loader(source, split, data_cfg, train=False)
+        loader = data.make_loader(source, split, data_cfg, train=False, device=dev)
         feats, videos, labels = split_features(model, loader, dev)
         rows.extend(video_rows(feats, videos, labels, split, source.class_names, l2))
         log.info("%s: %d clips of %d videos", split, len(videos), len(set(videos)))
