@@ -93,6 +93,11 @@ def conv5(mult: float) -> nn.Sequential:
                          nn.MaxPool2d(3, 3))
 
 
+def frame_maps(o: Options) -> nn.Sequential:
+    """Conv1 ... Conv5 and its pooling on one frame: what a path's first FC layer reads."""
+    return nn.Sequential(lower_scls(o.width_mult), conv5(o.width_mult))
+
+
 class TCL(nn.Module):
     """Parallel 1D temporal convolutions (kernel 3 and 5) over (N, C, T) sequences, max pooled by 2."""
 
@@ -130,9 +135,8 @@ class FstCN(VideoClassifier):
         self.spatial = conv5(o.width_mult)
         self.transform = conv5(o.width_mult)
         self.tcl = TCL(scaled(128, o.width_mult), o.tcl_channels)
-        maps = lambda: nn.Sequential(lower_scls(o.width_mult), conv5(o.width_mult))  # noqa: E731
-        spatial_dim = flat_size(maps, (3, o.size, o.size))
-        temporal_dim = flat_size(lambda: _TemporalProbe(maps(), TCL(scaled(128, o.width_mult), o.tcl_channels),
+        spatial_dim = flat_size(lambda: frame_maps(o), (3, o.size, o.size))
+        temporal_dim = flat_size(lambda: _TemporalProbe(frame_maps(o), TCL(scaled(128, o.width_mult), o.tcl_channels),
                                                         o.frames), (o.frames, 3, o.size, o.size))
         self.spatial_fc = classifier_head(spatial_dim, o.fc_dims[:1], o.fc_dims[1], cfg.dropout)
         self.temporal_fc = classifier_head(temporal_dim, o.fc_dims[:1], o.fc_dims[1], cfg.dropout)

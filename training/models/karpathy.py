@@ -101,20 +101,26 @@ def pool(dims: int) -> nn.Module:
     return nn.MaxPool3d((1, 2, 2), (1, 2, 2), ceil_mode=True)
 
 
+def conv(slow: bool, n_in: int, n_out: int, size: int, stride: int, pad: int, time: tuple[int, int]) -> nn.Module:
+    """C(n_out, size, stride): 2D, or 3D with (temporal extent, temporal stride) `time` and no
+    temporal padding (valid in time) for slow fusion."""
+    if not slow:
+        return nn.Conv2d(n_in, n_out, size, stride, pad)
+    return nn.Conv3d(n_in, n_out, (time[0], size, size), (time[1], stride, stride), (0, pad, pad))
+
+
 def tower(opts: Options, in_frames: int) -> nn.Sequential:
     """One stream's convolutions for `in_frames` input frames (2D convs, or 3D for slow fusion)."""
     c = [scaled(ch, opts.width_mult) for ch in CHANNELS]
     slow = opts.time_fusion == "slow"
-    conv = (lambda i, o, f, s, p, t: nn.Conv3d(i, o, (t[0], f, f), (t[1], s, s), (0, p, p))) if slow else \
-        (lambda i, o, f, s, p, t: nn.Conv2d(i, o, f, s, p))
     time = SLOW_TIME if slow else ((1, 1),) * 3
     first_in = 3 * in_frames if opts.time_fusion == "early" else 3
     dims = 3 if slow else 2
-    layers = [conv(first_in, c[0], 11, 3, 0, time[0]), nn.ReLU(inplace=True), lrn(), pool(dims),
-              conv(c[0], c[1], 5, 1, 2, time[1]), nn.ReLU(inplace=True), lrn(), pool(dims),
-              conv(c[1], c[2], 3, 1, 1, time[2]), nn.ReLU(inplace=True),
-              conv(c[2], c[3], 3, 1, 1, (1, 1)), nn.ReLU(inplace=True),
-              conv(c[3], c[4], 3, 1, 1, (1, 1)), nn.ReLU(inplace=True)]
+    layers = [conv(slow, first_in, c[0], 11, 3, 0, time[0]), nn.ReLU(inplace=True), lrn(), pool(dims),
+              conv(slow, c[0], c[1], 5, 1, 2, time[1]), nn.ReLU(inplace=True), lrn(), pool(dims),
+              conv(slow, c[1], c[2], 3, 1, 1, time[2]), nn.ReLU(inplace=True),
+              conv(slow, c[2], c[3], 3, 1, 1, (1, 1)), nn.ReLU(inplace=True),
+              conv(slow, c[3], c[4], 3, 1, 1, (1, 1)), nn.ReLU(inplace=True)]
     if not opts.multires:
         layers.append(pool(dims))
     return nn.Sequential(*layers)
