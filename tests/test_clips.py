@@ -1,7 +1,6 @@
 """Clip shards derived from a real build: bytes copied unchanged, splits apart, reproducible."""
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -25,14 +24,7 @@ def flowshard(*args: str) -> str:
 def motion_list(root, per_class: int = 3, test_from: int = 2, frames: int = 20):
     """Motion videos and a CSV list: textures >= test_from are test videos, the rest train."""
     videos = synthetic.make_motion_dataset(root / "videos", per_class=per_class, num_frames=frames, size=(64, 48))
-    path = root / "list.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        for p in sorted(videos.rglob("*.mp4")):
-            w.writerow([p.relative_to(root).as_posix(), p.parent.name,
-                        "test" if int(p.stem[-2:]) >= test_from else "train"])
-    return path
+    return synthetic.write_split_list(root, videos, test_from)
 
 
 @pytest.fixture(scope="module")
