@@ -34,8 +34,8 @@ INPUT_DEFAULTS: dict[str, dict] = {
     "siamese": {"streams": "both", "sampling": "strided", "snippets": 8, "strides": "4"},
 }
 # The frames each of Karpathy et al.'s time fusions reads (late: two frames 15 apart).
-KARPATHY_FRAMES = {"single": {"rgb_frames": 1}, "early": {"rgb_frames": 10}, "late": {"rgb_frames": 2, "frame_stride": 15},
-                   "slow": {"rgb_frames": 10}}
+KARPATHY_FRAMES = {"single": {"rgb_frames": 1}, "early": {"rgb_frames": 10},
+                   "late": {"rgb_frames": 2, "frame_stride": 15}, "slow": {"rgb_frames": 10}}
 
 # Flags of single families (each help text names its family).
 FAMILY_FLAGS: list = [

@@ -24,6 +24,9 @@ the per-frame 2D feature maps into sequences they can slide on. Reading of the p
 it leaves details open (stated here rather than hidden): ReLU after every conv and FC,
 dropout after each FC, the two paths joined by concatenation before one classifier.
 
+Not built: the paper's test-time weighting of clip scores by their sparsity concentration
+index; a video's clips are averaged, as for every family here.
+
 Options: frames T and dt (the paper samples clips of T frames with a temporal stride and
 differences dt frames apart), width_mult, fc dims and the input crop `size` the FC layers
 are built for; CPU benchmarks shrink them.
