@@ -41,3 +41,9 @@ def test_fstcn_reads_differences_and_the_middle_frame():
     torch.testing.assert_close(seqs(x), seqs(shifted))
     with pytest.raises(ValueError, match="T \\+ dt = 4 \\+ 2 = 6"):
         build_model(ModelConfig(model="fstcn", streams="rgb", num_classes=3, rgb_frames=5, options=opts))
+
+
+def test_fstcn_refuses_crops_its_poolings_reduce_to_nothing():
+    assert fstcn.map_side(204) == 4 and fstcn.map_side(54) == 1 and fstcn.map_side(52) == 0
+    with pytest.raises(ValueError, match="size 48 is too small"):
+        fstcn.Options(size=48)

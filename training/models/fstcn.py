@@ -59,13 +59,22 @@ class Options:
         if self.width_mult <= 0 or len(self.fc_dims) != 2 or min(self.fc_dims) < 1 or self.tcl_channels < 1:
             raise ValueError(f"width_mult > 0, two fc_dims >= 1 and tcl_channels >= 1 needed, got "
                              f"{self.width_mult}, {self.fc_dims}, {self.tcl_channels}")
-        if self.size < 32:
-            raise ValueError(f"size must be >= 32, got {self.size}")
+        if map_side(self.size) < 1:
+            raise ValueError(f"size {self.size} is too small for FstCN's strides and poolings (it needs >= 54)")
 
     @property
     def clip_frames(self) -> int:
         """F: stored frames a clip reads (T frames and the dt after the last of them)."""
         return self.frames + self.diff
+
+
+def map_side(size: int) -> int:
+    """The side of the Conv5 maps (after their 3x3/3 pooling) for `size` x `size` inputs."""
+    side = (size - 1) // 2 + 1  # Conv1 7x7 /2, padding 3
+    side = (side - 3) // 2 + 1  # pool 3x3 /2
+    side = (side - 1) // 2 + 1  # Conv2 5x5 /2, padding 2
+    side = (side - 3) // 2 + 1  # pool 3x3 /2
+    return (side - 3) // 3 + 1 if side >= 3 else 0  # Conv3-5 keep it; pool 3x3 /3
 
 
 def check(cfg: ModelConfig) -> None:
