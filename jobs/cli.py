@@ -537,11 +537,13 @@ def _defaults(command: click.Command, **overrides) -> dict:
     return values
 
 
+from jobs.features import features_command  # noqa: E402
 from jobs.train import clips_command, evaluate_command, train_command  # noqa: E402  (needs `cli` defined)
 
 cli.add_command(clips_command)
 cli.add_command(train_command)
 cli.add_command(evaluate_command)
+cli.add_command(features_command)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 # The names of training.models.FAMILIES (a test keeps both lists equal).
-MODELS = ("two_stream", "fusion", "st_resnet", "detection")
+MODELS = ("two_stream", "fusion", "st_resnet", "detection", "c3d", "r3d", "r2plus1d", "fstcn", "karpathy", "siamese")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
 BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
@@ -26,7 +26,21 @@ INPUT_DEFAULTS: dict[str, dict] = {
     # Feichtenhofer et al. (ST-ResNet): T = 5 snippets a stride apart.
     "st_resnet": {"sampling": "strided", "snippets": 5, "strides": "1,5,10"},
     "detection": {},
+    # Tran et al. 2015: 16-frame RGB clips at 112 x 112.
+    "c3d": {"streams": "rgb", "rgb_frames": 16, "crop_size": 112},
+    # Tran et al. 2018: clips of 16 frames at 112 x 112.
+    "r3d": {"streams": "rgb", "rgb_frames": 16, "crop_size": 112},
+    "r2plus1d": {"streams": "rgb", "rgb_frames": 16, "crop_size": 112},
+    # Sun et al. 2015: T = 16 frames and the dt = 9 after them, 204 x 204.
+    "fstcn": {"streams": "rgb", "rgb_frames": 25, "crop_size": 204},
+    # Karpathy et al. 2014: 178 x 178 crops (multiresolution); frames per time fusion: KARPATHY_FRAMES.
+    "karpathy": {"streams": "rgb", "crop_size": 178},
+    # Wang et al. 2016: RGB and flow Siamese networks on T snippets in time order.
+    "siamese": {"streams": "both", "sampling": "strided", "snippets": 8, "strides": "4"},
 }
+# The frames each of Karpathy et al.'s time fusions reads (late: two frames 15 apart).
+KARPATHY_FRAMES = {"single": {"rgb_frames": 1}, "early": {"rgb_frames": 10},
+                   "late": {"rgb_frames": 2, "frame_stride": 15}, "slow": {"rgb_frames": 10}}
 
 # Flags of single families (each help text names its family).
 FAMILY_FLAGS: list = [
@@ -64,6 +78,27 @@ FAMILY_FLAGS: list = [
                  help="detection: RPN proposals per frame and stream at test time (twice that in training)."),
     click.option("--det-roi-batch", type=int, default=512, show_default=True,
                  help="detection: regions sampled per frame for the box losses."),
+    click.option("--width-mult", type=float, default=1.0, show_default=True,
+                 help="c3d, r3d, r2plus1d, fstcn, karpathy: channel width multiplier of the convolutions "
+                      "(1: the paper's)."),
+    click.option("--fc-dim", type=int, default=None,
+                 help="c3d, fstcn, karpathy: width of the first fully connected layer (default: the paper's, "
+                      "4096; fstcn's second is half of it)."),
+    click.option("--conv-bn/--no-conv-bn", default=False, show_default=True,
+                 help="c3d: batch norm after every convolution (not in the paper)."),
+    click.option("--depth", type=click.Choice(["10", "18", "26", "34"]), default="18", show_default=True,
+                 help="r3d, r2plus1d: ResNet depth."),
+    click.option("--diff-frames", type=int, default=9, show_default=True,
+                 help="fstcn: dt, frames between the two of each difference (T = --rgb-frames - dt)."),
+    click.option("--time-fusion", default="slow", show_default=True,
+                 type=click.Choice(["single", "early", "late", "slow"]),
+                 help="karpathy: where the frames meet (sets --rgb-frames 1/10/2/10; late: --frame-stride 15)."),
+    click.option("--multires/--no-multires", default=True, show_default=True,
+                 help="karpathy: context + fovea streams at half the pixels each (else one full-frame stream)."),
+    click.option("--embed-dim", type=int, default=512, show_default=True,
+                 help="siamese: size of the precondition and effect embeddings."),
+    click.option("--margin", type=float, default=0.5, show_default=True,
+                 help="siamese: cosine margin of the contrastive loss for the wrong actions."),
 ]
 
 
@@ -77,6 +112,8 @@ def family_flags(f):
 def resolve_defaults(o: dict) -> dict:
     """The options with each unset (None) data flag taken from the model's defaults."""
     defaults = {**BASE_DEFAULTS, **INPUT_DEFAULTS.get(o["model"], {})}
+    if o["model"] == "karpathy":
+        defaults.update(KARPATHY_FRAMES[o.get("time_fusion") or "slow"])
     return {**o, **{k: v for k, v in defaults.items() if o.get(k) is None}}
 
 
@@ -101,6 +138,30 @@ def model_options(model: str, o: dict):
         return Options(fusion=o["det_fusion"], min_size=o["det_min_size"], max_size=o["det_max_size"],
                        anchor_sizes=parse_numbers(o["det_anchor_sizes"], int), fpn_channels=o["det_fpn_channels"],
                        head_dim=o["det_head_dim"], proposals=o["det_proposals"], roi_batch=o["det_roi_batch"])
+    if model == "c3d":
+        from training.models.c3d import Options
+
+        return Options(width_mult=o["width_mult"], fc_dim=o["fc_dim"] or 4096, size=o["crop_size"],
+                       batch_norm=o["conv_bn"])
+    if model in ("r3d", "r2plus1d"):
+        from training.models.factorized import Options
+
+        return Options(depth=int(o["depth"]), width=max(1, round(64 * o["width_mult"])))
+    if model == "fstcn":
+        from training.models.fstcn import Options
+
+        fc = o["fc_dim"] or 4096
+        return Options(frames=o["rgb_frames"] - o["diff_frames"], diff=o["diff_frames"], width_mult=o["width_mult"],
+                       fc_dims=(fc, max(1, fc // 2)), size=o["crop_size"])
+    if model == "karpathy":
+        from training.models.karpathy import Options
+
+        return Options(time_fusion=o["time_fusion"], multires=o["multires"], width_mult=o["width_mult"],
+                       fc_dim=o["fc_dim"] or 4096, size=o["crop_size"])
+    if model == "siamese":
+        from training.models.siamese import Options
+
+        return Options(embed_dim=o["embed_dim"], margin=o["margin"])
     raise click.BadParameter(f"unknown model {model!r}; choose one of {MODELS}")
 
 

@@ -368,6 +368,32 @@ def write_results(results: dict, path: Path, class_names: list[str], writer=None
     return path
 
 
+def open_checked_source(dataset: str, cfg: TrainConfig):
+    """DATASET's DataSource, checked to have the classes the checkpoint's model was trained for."""
+    from training import data
+
+    source = data.open_source(dataset)
+    if source.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{dataset} has {source.num_classes} classes, the checkpoint's model {cfg.model.num_classes}")
+    return source
+
+
+def open_trained(dataset: str, ckpt_path: str):
+    """(checkpoint dict, its TrainConfig, DATASET's DataSource, the checkpoint's model on CPU),
+    after checking that DATASET has the classes the model was trained for."""
+    from training import checkpoint
+    from training.config import TrainConfig
+    from training.models import build_model
+
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    source = open_checked_source(dataset, cfg)
+    # The checkpoint's weights replace any initial ones.
+    model = build_model(dataclasses.replace(cfg.model, weights=None, flow_weights=None))
+    model.load_state_dict(ckpt["model"])
+    return ckpt, cfg, source, model
+
+
 def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str, batch_size: int | None,
                         workers: int | None, test_clips: int | None, test_crops: int | None,
                         progress: bool = True, tube_params: dict | None = None) -> tuple[dict, list[str], dict]:
@@ -376,7 +402,7 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
     A detector (`train --task detect`) is scored on every frame (jobs.detect); tube_params
     set its tube linking (training.detection.tubes.TubeConfig).
     """
-    from training import checkpoint, data, engine
+    from training import checkpoint, engine
     from training.config import TrainConfig
 
     ckpt = checkpoint.load_checkpoint(ckpt_path)
@@ -386,9 +412,7 @@ def evaluate_checkpoint(dataset: str, ckpt_path: str, *, split: str, device: str
 
         return evaluate_detector(dataset, ckpt_path, ckpt, cfg, split=split, device=device, batch_size=batch_size,
                                  workers=workers, tube_params=tube_params or {}, progress=progress)
-    source = data.open_source(dataset)
-    if source.num_classes != cfg.model.num_classes:
-        raise ValueError(f"{dataset} has {source.num_classes} classes, the checkpoint's model {cfg.model.num_classes}")
+    source = open_checked_source(dataset, cfg)
     split = pick_split(split, source.splits(), dataset)
     transform = dataclasses.replace(cfg.data.transform, **_given(test_crops=test_crops))
     data_cfg = dataclasses.replace(cfg.data, transform=transform,

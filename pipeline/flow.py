@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.flow_params import (DEFAULT_BOUND, PARAM_TYPES, DISParams, FarnebackParams, RAFTParams,  # noqa: F401
-                                  SEARAFTParams, TVL1Params, check_frames)
+                                  SEARAFTParams, TVL1Params)
 
 QUANTIZATION = "q = clip(round(255 * (d + b) / (2 * b)), 0, 255); d = q * 2 * b / 255 - b"
 

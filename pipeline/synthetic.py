@@ -137,6 +137,23 @@ def make_motion_dataset(root: str | Path, *, classes: tuple[str, ...] = ("left",
     return root
 
 
+def write_split_list(root: str | Path, videos: str | Path, test_from: int) -> Path:
+    """root/list.csv (path,label,split; paths relative to root) of the folder-per-class videos
+    under `videos`, named ..._gNN.mp4 as the generators here write them: draw NN >= test_from
+    is a test video, the others train videos (so test videos use textures training never saw)."""
+    import csv
+
+    root = Path(root)
+    path = root / "list.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for p in sorted(Path(videos).rglob("*.mp4")):
+            w.writerow([p.relative_to(root).as_posix(), p.parent.name,
+                        "test" if int(p.stem[-2:]) >= test_from else "train"])
+    return path
+
+
 def _run_ffmpeg(args: list[str], path: Path) -> Path:
     """Run ffmpeg with an argv list (no shell) and raise naming `path` when it fails."""
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],

@@ -5,7 +5,6 @@ and -2 px in y, so a batch tells which frame and fields the sampler chose.
 """
 from __future__ import annotations
 
-import itertools
 import pickle
 import shutil
 

@@ -52,7 +52,6 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import cv2
 import numpy as np
 import torch
 import webdataset as wds

@@ -44,7 +44,6 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
     """
     model.train()
     net = unwrap(model)
-    outputs = net.loss_keys
     totals = {"loss": 0.0, "samples": 0}
     correct: dict[str, torch.Tensor] = {}  # on device: no sync per step
     start = time.perf_counter()
@@ -52,7 +51,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(stream_inputs(batch, model_cfg.stream_names, device))
-        loss = sum(criterion(logits[o].float(), labels) for o in outputs)
+        loss = net.training_loss(logits, labels, criterion)  # the model's objective (base: criterion per output)
         value = optimize(loss, model, optimizer, scheduler, scaler, clip_grad, step)
         step += 1
         totals["loss"] += value * len(labels)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from training.models import detection, fusion, st_resnet, two_stream
+from training.models import c3d, detection, factorized, fstcn, fusion, karpathy, siamese, st_resnet, two_stream
 from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
 from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
 
@@ -19,6 +19,12 @@ FAMILIES: dict[str, ModuleType] = {
     "fusion": fusion,
     "st_resnet": st_resnet,
     "detection": detection,  # `train --task detect`: a region detector, not a VideoClassifier
+    "c3d": c3d,
+    "r3d": factorized,
+    "r2plus1d": factorized,
+    "fstcn": fstcn,
+    "karpathy": karpathy,
+    "siamese": siamese,
 }
 
 

@@ -123,6 +123,19 @@ class VideoClassifier(nn.Module):
     def output_keys(self) -> tuple[str, ...]:
         return self.cfg.stream_names
 
+    def training_loss(self, logits: dict[str, torch.Tensor], labels: torch.Tensor, criterion) -> torch.Tensor:
+        """The loss the training loop minimises (training.engine.train_one_epoch calls it once per
+        step with forward's outputs): by default `criterion` (cross-entropy) summed over
+        `loss_keys`. A family whose objective is not a classification loss on logits, or that
+        chooses latent variables from the labels first (the Siamese model's E-step), overrides it.
+        """
+        return sum(criterion(logits[o].float(), labels) for o in self.loss_keys)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-item feature vectors (B, D) for `flowshard features`; feature extractors (C3D's
+        fc6) override it."""
+        raise ValueError(f"model {self.cfg.model!r} has no feature extractor")
+
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
         return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},

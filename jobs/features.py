@@ -1,0 +1,107 @@
+"""`flowshard features DATASET CHECKPOINT OUT.parquet`: per-video feature vectors of a
+trained feature extractor (C3D's fc6) written to Parquet.
+
+DATASET and CHECKPOINT come in the order `flowshard evaluate` takes them. Each video's test
+clips (evenly spaced, `--test-clips`, centre crops, as evaluation samples them) go through
+the network; their fc6 activations are averaged and L2-normalised (Tran et al. 2015: the
+video descriptor is the mean of its 16-frame clips' fc6 activations, L2-normalised, then
+a linear SVM). One row per video and split:
+
+    video_id string, split string, label string, label_id int32, clips int32, feature list<float32>
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+
+from pipeline.manifest import write_parquet
+
+log = logging.getLogger(__name__)
+
+FEATURE_SCHEMA = pa.schema([("video_id", pa.string()), ("split", pa.string()), ("label", pa.string()),
+                            ("label_id", pa.int32()), ("clips", pa.int32()), ("feature", pa.list_(pa.float32()))])
+
+
+def video_rows(features: np.ndarray, video_ids: list[str], labels: np.ndarray, split: str, class_names: list[str],
+               l2: bool) -> list[dict]:
+    """Rows of per-video features: each video's clip features averaged (then L2-normalised)."""
+    rows = []
+    for vid in sorted(set(video_ids)):
+        mask = np.array([v == vid for v in video_ids])
+        mean = features[mask].astype(np.float64).mean(0)
+        if l2:
+            mean /= max(np.linalg.norm(mean), 1e-12)
+        label_id = int(labels[mask][0])
+        rows.append({"video_id": vid, "split": split, "label": class_names[label_id], "label_id": label_id,
+                     "clips": int(mask.sum()), "feature": mean.astype(np.float32).tolist()})
+    return rows
+
+
+def split_features(model, loader, device) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(clip features (M, D), their video ids, their labels) of every batch of `loader`."""
+    import torch
+
+    from training.engine import stream_inputs
+
+    feats, videos, labels = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            feats.append(model.features(stream_inputs(batch, model.cfg.stream_names, device)).float().cpu().numpy())
+            videos.extend(batch["video_id"])
+            labels.append(batch["label"].numpy())
+    if not feats:
+        raise ValueError("no clips to extract features from: the split is empty or every sample was skipped")
+    return np.concatenate(feats), videos, np.concatenate(labels)
+
+
+def extract_features(dataset: str, ckpt_path: str, out: str | Path, *, splits: tuple[str, ...] = (),
+                     device: str = "cpu", test_clips: int | None = None, batch_size: int | None = None,
+                     workers: int | None = None, l2: bool = True) -> list[dict]:
+    """Write OUT (Parquet, FEATURE_SCHEMA) with one row per video of each split (all when
+    `splits` is empty); returns the rows."""
+    import torch
+
+    from jobs.train import _given, open_trained
+    from training import data
+
+    _, cfg, source, model = open_trained(dataset, ckpt_path)
+    dev = torch.device(device)
+    model.to(dev).eval()
+    data_cfg = dataclasses.replace(cfg.data, transform=dataclasses.replace(cfg.data.transform, test_crops=1),
+                                   **_given(test_clips=test_clips, batch_size=batch_size, workers=workers))
+    rows: list[dict] = []
+    for split in splits or tuple(source.splits()):
+        loader = data.make_loader(source, split, data_cfg, train=False, device=dev)
+        feats, videos, labels = split_features(model, loader, dev)
+        rows.extend(video_rows(feats, videos, labels, split, source.class_names, l2))
+        log.info("%s: %d clips of %d videos", split, len(videos), len(set(videos)))
+    write_parquet(Path(out), rows, FEATURE_SCHEMA)
+    return rows
+
+
+@click.command("features")
+@click.argument("dataset")
+@click.argument("checkpoint_path", metavar="CHECKPOINT")
+@click.argument("output", metavar="OUT.parquet")
+@click.option("--split", "splits", multiple=True, help="Splits to extract (repeatable). Default: every split.")
+@click.option("--test-clips", type=int, default=None, help="Clips per video sample (default: as trained).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
+@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each video's mean feature.")
+def features_command(dataset: str, checkpoint_path: str, output: str, splits: tuple[str, ...],
+                     test_clips: int | None, batch_size: int | None, workers: int | None, device: str,
+                     l2: bool) -> None:
+    """Per-video features (C3D: fc6, averaged over each video's clips) of CHECKPOINT on DATASET, to OUT.parquet."""
+    try:
+        rows = extract_features(dataset, checkpoint_path, output, splits=splits, device=device,
+                                test_clips=test_clips, batch_size=batch_size, workers=workers, l2=l2)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    dim = len(rows[0]["feature"]) if rows else 0
+    click.echo(f"{output}: {len(rows)} videos, {dim}-d features")
