@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 log = logging.getLogger("bench.clip_nets")
 
-COMMON = ["--epochs", "1", "--optimizer", "adamw", "--lr", "0.001", "--weight-decay", "0.0001", "--no-flip",
+COMMON = ["--epochs", "1", "--weights", "none", "--optimizer", "adamw", "--lr", "0.001", "--weight-decay", "0.0001", "--no-flip",
           "--eval-every", "1", "--test-clips", "5", "--device", "cpu", "--workers", "0", "--no-progress",
           "--seed", "0", "--crop-size", "48"]
 # Scaled-down configurations: (flags, what was scaled down from the paper).

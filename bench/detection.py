@@ -72,7 +72,8 @@ def main() -> None:
     _, timings["build"] = flowshard("build", det.list_csv, ds, "--boxes", det.boxes_csv, "--flow", args.flow,
                                     "--resize", "none", "--executor", "local", "--no-progress")
     _, timings["train"] = flowshard(
-        "train", ds, "--task", "detect", "--output", run, "--arch", args.arch, "--clip-len", args.clip_len,
+        "train", ds, "--task", "detect", "--output", run, "--arch", args.arch, "--weights", "none",
+        "--clip-len", args.clip_len,
         "--epochs", args.epochs, "--sampling", "tsn", "--segments", args.segments, "--batch-size", args.batch_size,
         "--lr", args.lr, "--warmup-epochs", "1", "--weight-decay", "1e-4", "--eval-every", "0", "--workers", "0",
         "--device", "cpu", "--no-progress", "--seed", args.seed, "--det-fpn-channels", args.fpn_channels,

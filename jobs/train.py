@@ -487,9 +487,10 @@ def _floats(text: str) -> tuple[float, ...]:
                    "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
               type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
-@click.option("--weights", default="imagenet", show_default=True,
-              help="Initial weights of both streams: 'imagenet' (torchvision's cache, downloaded into it when "
-                   "missing), a local torchvision state-dict file, or 'none' (random).")
+@click.option("--weights", default="auto", show_default=True,
+              help="Initial weights of both streams: 'auto' (ImageNet weights from torchvision's cache, an error "
+                   "when absent), 'imagenet' (the same, downloaded into the cache when missing), a local "
+                   "torchvision state-dict file, or 'none' (random).")
 @click.option("--flow-weights", default=None,
               help="A pre-trained temporal stream (a checkpoint of `flowshard train PRETRAIN --streams flow`, "
                    "see `flowshard pretrain-flow`, or a state-dict file) for the temporal stream.")

@@ -23,7 +23,7 @@ MODELS = {
     "karpathy-slow": ["--crop-size", "44", "--width-mult", "0.0625", "--fc-dim", "16"],
     "karpathy-late": ["--time-fusion", "late", "--crop-size", "44", "--width-mult", "0.0625", "--fc-dim", "16"],
 }
-SIAMESE = ["--arch", "resnet18", "--clip-len", "4", "--snippets", "4", "--strides", "2", "--crop-size", "32",
+SIAMESE = ["--arch", "resnet18", "--weights", "none", "--clip-len", "4", "--snippets", "4", "--strides", "2", "--crop-size", "32",
            "--embed-dim", "16", "--test-clips", "2"]
 
 

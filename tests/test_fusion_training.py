@@ -73,6 +73,13 @@ def test_imagenet_weights_come_from_the_cache_and_offline_say_how_to_go_on(monke
     with pytest.raises(ValueError, match="--weights none") as err:
         backbones.load_backbone("resnet18", "imagenet")
     assert str(backbones.imagenet_cache_path("resnet18")) in str(err.value)
+
+    def must_not_download(url, dst, *args, **kwargs):
+        raise AssertionError(f"the default weights must not download {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", must_not_download)
+    with pytest.raises(ValueError, match="--weights imagenet.*--weights none"):
+        backbones.load_backbone("resnet18", "auto")
     from jobs.train import main
 
     args = ["train", str(binding), "--output", str(tmp_path / "r"), "--model", "st_resnet", "--arch", "resnet18",
@@ -83,8 +90,9 @@ def test_imagenet_weights_come_from_the_cache_and_offline_say_how_to_go_on(monke
     reference = torchvision.models.resnet18()
     path = backbones.imagenet_cache_path("resnet18")
     torch.save(reference.state_dict(), path)
-    loaded = backbones.load_backbone("resnet18", "imagenet")
-    torch.testing.assert_close(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    for weights in ("imagenet", "auto"):  # both read the cached file
+        loaded = backbones.load_backbone("resnet18", weights)
+        torch.testing.assert_close(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
 
 
 def test_train_help_lists_the_models_and_their_options():

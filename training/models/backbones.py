@@ -3,9 +3,11 @@ and the pieces of a residual block (its residual path, its shortcut) that fusion
 cross-stream connections need.
 
 Weights (Wang et al. 2015's first good practice: ImageNet initialisation for both streams):
-None (random), "imagenet" (torchvision's weights, read from torchvision's cache; downloaded
-into it only when missing, and a clear error naming `--weights none` and `--weights FILE`
-when that fails, never a silent random start) or a local torchvision state-dict file.
+None (random), "auto" (the default: torchvision's ImageNet weights from its cache, and a
+clear error naming `--weights imagenet`, `--weights FILE` and `--weights none` when they
+are not there; never a silent random start, never a download the user did not ask for),
+"imagenet" (the same, downloaded into torchvision's cache when missing) or a local
+torchvision state-dict file.
 """
 from __future__ import annotations
 
@@ -66,9 +68,12 @@ def load_backbone(arch: str, weights: str | None) -> nn.Module:
     if weights is None:
         log.info("%s: random initial weights (no --weights)", arch)
         return ctor(weights=None)
-    path = imagenet_file(arch) if weights == "imagenet" else Path(weights)
+    if weights == "auto":
+        path = cached_imagenet_file(arch)
+    else:
+        path = imagenet_file(arch) if weights == "imagenet" else Path(weights)
     if not path.is_file():
-        raise ValueError(f"weights must be None, 'imagenet' or an existing file, got {weights!r}")
+        raise ValueError(f"weights must be None, 'auto', 'imagenet' or an existing file, got {weights!r}")
     model = ctor(weights=None)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     log.info("loaded %s weights from %s", arch, path)
@@ -79,6 +84,16 @@ def imagenet_cache_path(arch: str) -> Path:
     """Where torchvision keeps `arch`'s ImageNet weights (TORCH_HOME/hub/checkpoints/<file>)."""
     url = ARCHS[arch][1].url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def cached_imagenet_file(arch: str) -> Path:
+    """The ImageNet weights of `arch` in torchvision's cache; ValueError saying how to go on when absent."""
+    path = imagenet_cache_path(arch)
+    if not path.is_file():
+        raise ValueError(f"ImageNet weights for {arch} are not in torchvision's cache ({path}): download them with "
+                         f"--weights imagenet, pass --weights FILE (a torchvision state dict), or --weights none to "
+                         f"train from random initial weights")
+    return path
 
 
 def imagenet_file(arch: str, timeout: float = 30.0) -> Path:

@@ -28,7 +28,8 @@ STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.
 class ModelConfig:
     """What network to build (`model` names its family, training.models.FAMILIES).
 
-    weights: None, "imagenet" (torchvision) or a local file. dropout is the spatial stream's
+    weights: None, "auto" (torchvision's cached ImageNet weights), "imagenet" (downloaded
+    when not cached) or a local file. dropout is the spatial stream's
     (and a fused head's), flow_dropout the temporal stream's (None: the same); Wang et al.
     use 0.8 and 0.9. rgb_frames (F) and snippets
     (K, 0: any number, averaged) are the input the network is built for; `options` holds
