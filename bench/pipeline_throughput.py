@@ -8,9 +8,10 @@ of (a) bare flow: cv2 on frames already decoded into memory, one thread, in this
 and (b) the whole build: `build_dataset` on a local Ray limited to that many CPUs (decode,
 flow, JPEG encode, tar write, manifests; Ray start-up excluded). The throughput ratio is the
 median over repeats of build / bare-at-once, each pair measured back to back. It also reports
-CPU per pair: the bare estimator's, and the build's, every process of it counted (driver, Ray,
-workers, ffmpeg): their ratio is what the build would reach on cores it has to itself, and
-stays meaningful when other jobs share the machine. Then it builds one long video and reports
+CPU per pair of bare-at-once and of the build, both read machine-wide from /proc/stat (every
+process counted: driver, Ray's own processes, workers and the ones Ray restarts, ffmpeg), so
+run it on an otherwise idle machine: other jobs' CPU would count too. Their ratio says how much
+of the build's CPU is the estimator's. Then it builds one long video and reports
 the peak resident memory (VmHWM) of every Ray worker process, by the task it last ran.
 
 Data: `synthetic` is moving textures at 340x256 (H.264); `mixed` is the photo videos of
@@ -42,7 +43,7 @@ from pipeline import decode, synthetic  # noqa: E402
 from pipeline.build import BuildConfig, ShardConfig, build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
 from pipeline.flow import FlowConfig, make_estimator  # noqa: E402
-from pipeline.ray_runner import RayExecutor  # noqa: E402
+from pipeline.ray_runner import RayConfig, RayExecutor, init_ray  # noqa: E402
 from pipeline.worker import SampleConfig, WorkerConfig  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -99,8 +100,8 @@ def _init(b) -> None:
     barrier = b
 
 
-def bare_parallel_rate(root: Path, algo: str, workers: int) -> float:
-    """Pairs/s of the estimator alone in `workers` processes at once (every core busy, as in a
+def bare_parallel_rate(root: Path, algo: str, workers: int) -> tuple[float, float]:
+    """(pairs/s, machine CPU ms per pair) of the estimator alone in `workers` processes at once (every core busy, as in a
     build: a lone busy core may run at a higher clock than all cores together)."""
     import multiprocessing as mp
 
@@ -110,53 +111,39 @@ def bare_parallel_rate(root: Path, algo: str, workers: int) -> float:
     with ctx.Pool(workers, initializer=_init, initargs=(b,)) as pool:
         result = pool.map_async(_bare_worker, [(algo, paths[i::workers]) for i in range(workers)])
         b.wait()
-        t0 = time.perf_counter()
+        c0, t0 = machine_cpu(), time.perf_counter()
         pairs = sum(result.get())
-        return pairs / (time.perf_counter() - t0)
+        return pairs / (time.perf_counter() - t0), (machine_cpu() - c0) / pairs * 1000
 
 
 def build_rate(root: Path, algo: str, workers: int) -> tuple[float, float]:
     """(pairs/s, CPU ms per pair) of a whole build on a local Ray with `workers` CPUs (Ray
-    start-up excluded). The CPU is that of every process of the build: this driver, Ray's
-    processes and workers, and the ffmpeg decoders they ran."""
+    start-up excluded). The CPU is the whole machine's during the build (`machine_cpu`)."""
     import ray
 
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    init_ray(RayConfig(num_cpus=workers))  # the build's own local Ray, as the CLI starts it
     try:
         out = Path(tempfile.mkdtemp(prefix="fs-bench-"))
         cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none", threads=1),
                                               flow=FlowConfig(algorithm=algo)),
                           shard=ShardConfig(max_samples=4))
-        c0, t0 = tree_cpu(), time.perf_counter()
+        c0, t0 = machine_cpu(), time.perf_counter()
         summary = build_dataset(str(root), str(out), cfg, executor=RayExecutor(), progress=False)
         rate = summary.flow_fields / (time.perf_counter() - t0)
-        cpu = (tree_cpu() - c0) / summary.flow_fields * 1000
+        cpu = (machine_cpu() - c0) / summary.flow_fields * 1000
         shutil.rmtree(out)
         return rate, cpu
     finally:
         ray.shutdown()
 
 
-def tree_cpu() -> float:
-    """CPU seconds of this process and all its descendants, the exited ones their parents
-    reaped included (utime + stime + cutime + cstime of each live process)."""
-    parent: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parent[int(pid)] = int(fields[1])
-        ticks[int(pid)] = sum(int(x) for x in fields[11:15])
-    me, total = os.getpid(), 0
-    for pid, t in ticks.items():
-        p = pid
-        while p > 1 and p != me:
-            p = parent.get(p, 0)
-        total += t if p == me else 0
-    return total / os.sysconf("SC_CLK_TCK")
+def machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far (every process; idle and iowait left out).
+
+    Machine-wide on purpose: Ray's worker processes are not this process's descendants once
+    Ray re-parents them, and workers Ray kills and restarts would escape a per-process count."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerSampler:
@@ -224,7 +211,7 @@ def long_video_memory(root: Path, seconds: int) -> tuple[int, list[tuple[str, fl
     video = root / "long" / "long.mp4"
     video.parent.mkdir(parents=True)
     synthetic.write_video(video, synthetic.moving_frames("right", seconds * 25, SIZE[1], SIZE[0]), 25.0)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(RayConfig(num_cpus=2))
     try:
         out = Path(tempfile.mkdtemp(prefix="fs-bench-long-"))
         cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none", threads=1), flow=FlowConfig(algorithm="dis"),
@@ -258,23 +245,22 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
           f"{what} x {args.frames} frames; median of {args.repeat} runs")
     print("| flow | workers | bare, 1 process | bare, `workers` processes at once | whole build "
-          "| build / bare at once | CPU ms/pair, bare | CPU ms/pair, build | bare CPU / build CPU |")
+          "| build / bare at once | CPU ms/pair, bare at once | CPU ms/pair, build | bare CPU / build CPU |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for algo in args.algos.split(","):
-        bare = [bare_rate(root, algo) for _ in range(args.repeat)]
-        rate1 = statistics.median(r for r, _ in bare)
-        cpu1 = min(c for _, c in bare)  # the least disturbed run
+        rate1 = statistics.median(bare_rate(root, algo)[0] for _ in range(args.repeat))
         for workers in map(int, args.workers.split(",")):
             # Side by side: each repeat measures bare-at-once and the build back to back, so a
             # change in the machine's load moves both.
             runs = [(bare_parallel_rate(root, algo, workers), build_rate(root, algo, workers))
                     for _ in range(args.repeat)]
-            together = statistics.median(t for t, _ in runs)
+            together = statistics.median(t for (t, _), _ in runs)
             rate = statistics.median(b for _, (b, _) in runs)
-            ratio = statistics.median(b / t for t, (b, _) in runs)
-            cpu = min(c for _, (_, c) in runs)
+            ratio = statistics.median(b / t for (t, _), (b, _) in runs)
+            cpu_bare = statistics.median(c for (_, c), _ in runs)
+            cpu = statistics.median(c for _, (_, c) in runs)
             print(f"| {algo} | {workers} | {rate1:.1f} | {together:.1f} | {rate:.1f} | {ratio:.0%} "
-                  f"| {cpu1:.2f} | {cpu:.2f} | {cpu1 / cpu:.0%} |", flush=True)
+                  f"| {cpu_bare:.2f} | {cpu:.2f} | {cpu_bare / cpu:.0%} |", flush=True)
     if args.long_seconds:
         print("\n| video | frames | Ray worker process (tasks it ran) | peak private MB (RssAnon) "
               "| peak RSS MB (VmHWM) |\n|---|---:|---|---:|---:|")

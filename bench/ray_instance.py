@@ -2,7 +2,7 @@
 
 `running_ray(cpus)` starts a local Ray in a child process and yields its address, which a
 build reaches with `--address ADDRESS` exactly as a user reaches the instance that
-`ray start --head` runs. The child shuts its own instance down when the block ends, so only
+`ray start --head` runs (with the idle-worker limit the README gives for it). The child shuts its own instance down when the block ends, so only
 this benchmark's processes stop (never `ray stop`, which would stop every Ray of the machine,
 and never address "auto", which picks the newest instance of the machine, whoever started it).
 """
@@ -18,7 +18,10 @@ _CHILD = """
 import os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray
-ctx = ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False, log_to_driver=False)
+from pipeline.ray_runner import idle_worker_limit
+cpus = int(sys.argv[1])
+ctx = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+               _system_config={"num_workers_soft_limit": idle_worker_limit(cpus)})
 print(ctx.address_info["gcs_address"], flush=True)
 sys.stdin.read()
 ray.shutdown()
@@ -34,7 +37,9 @@ def running_ray(cpus: int) -> Iterator[str]:
     and the builds it runs (they then read the token Ray saved in ~/.ray).
     """
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(cpus)], stdin=subprocess.PIPE,
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(cpus)], stdin=subprocess.PIPE, env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         address = proc.stdout.readline().strip()

@@ -154,7 +154,7 @@ class RayConfig:
     # Defaults leave a queue of about one chunk per CPU beyond those running, and decoders
     # working ahead, so a CPU finishing a chunk never waits for a new video's probe and first
     # decoded chunk; memory stays bounded by these counts times the chunk size.
-    max_videos: int | None = None  # videos decoding at once (default: 2 x CPUs)
+    max_videos: int | None = None  # videos decoding at once (default: CPUs + 1, 2 x CPUs with flow actors)
     max_chunks: int | None = None  # chunks between decoder and writer (default: 3 x CPUs)
     max_writers: int | None = None  # units written at once (default: enough to feed max_videos)
     # Decode, plan and write tasks reserve no CPU: a decoder waiting on back-pressure would
@@ -244,8 +244,21 @@ def init_ray(cfg: RayConfig) -> None:
         # No runtime_env: its workers are this process's descendants and inherit its environment
         # (the settings above included), while a runtime_env would leave the workers Ray prestarts
         # unusable for this job and start new ones (seconds of CPU on a small machine).
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
+                 _system_config={"num_workers_soft_limit": idle_worker_limit(cfg.num_cpus or os.cpu_count() or 1)})
     log.info("Ray resources: %s", ray.cluster_resources())
+
+
+def idle_worker_limit(cpus: int) -> int:
+    """Idle worker processes a local Ray keeps for a build on `cpus` CPUs.
+
+    Ray keeps at most as many idle workers as there are free CPUs and kills the rest after a
+    second. Flow tasks hold every CPU of a build, so each decoder, probe and writer that goes
+    idle for a moment was killed and a new process started for the next video (about a second
+    of CPU each: measured 17 % of a 2-CPU build's wall time at 340x256). Keep enough for the
+    decoders, probes and flow workers a build runs at once (see Scheduler: max_videos).
+    """
+    return 3 * cpus + 4
 
 
 def cluster_gpus(cfg: RayConfig) -> float:
@@ -387,7 +400,10 @@ class _Scheduler:
         self.placement, self.stats = placement, stats
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.rcfg, self.cfg, self.output, self.done, self.progress = rcfg, cfg, output, done, progress
-        self.max_videos = rcfg.max_videos or 2 * self.cpus
+        # CPU flow: one decoder per CPU (and one ahead) keeps the flow tasks fed, since a chunk
+        # decodes ~10x faster than it flows; more decoders only compete with flow for the cores
+        # (2 x CPUs was 10 % slower on 2 CPUs). Flow actors (GPUs) need decoders on every core.
+        self.max_videos = rcfg.max_videos or (2 * self.cpus if rcfg.flow_actors else self.cpus + 1)
         self.max_chunks = rcfg.max_chunks or 3 * self.cpus
         self.videos: dict[str, _Video] = {}
         self.waiting: dict[Any, tuple] = {}  # task ref -> ("plan" | "chunk", key, attempt, payload)
