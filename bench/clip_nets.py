@@ -60,9 +60,10 @@ MODELS = {
                       "channels / 4, FC 256, 2 frames 15 apart, 48 px crops"),
     "karpathy-slow": (["--model", "karpathy", "--time-fusion", "slow", "--width-mult", "0.25", "--fc-dim", "256"],
                       "channels / 4, FC 256, 10 frames, 48 px crops"),
-    "siamese": (["--model", "siamese", "--arch", "resnet18", "--streams", "both", "--clip-len", "5", "--snippets",
-                 "6", "--strides", "4", "--embed-dim", "128"],
-                "ResNet-18 per-frame nets (paper: VGG-16), d = 128, T = 6 snippets 4 frames apart, L = 5, 48 px"),
+    "siamese": (["--model", "siamese", "--arch", "resnet18", "--streams", "both", "--clip-len", "5", "--segments",
+                 "8", "--embed-dim", "128"],
+                "ResNet-18 per-frame nets (paper: VGG-16), d = 128, T = 8 snippets over the whole video (one per "
+                "segment), L = 5, 48 px"),
 }
 
 
@@ -184,9 +185,9 @@ def table(rows: list[dict], sets: list[str]) -> str:
     for name in names:
         mine = {r["set"]: r for r in rows if r["model"] == name}
         first = next(iter(mine.values()))
-        outputs = ["rgb", "flow", "fused"] if name == "two_stream" else ["fused"]
+        outputs = ["rgb", "flow", "fused"] if name in ("two_stream", "siamese") else ["fused"]
         for out in outputs:
-            label = name if out == "fused" and name != "two_stream" else f"{name} ({out})"
+            label = f"{name} ({out})" if name in ("two_stream", "siamese") else name
             cells = [f"{mine[s]['video_top1'].get(out, float('nan')):.2f}" if s in mine else "-" for s in sets]
             speed = sum(r["clips_per_s"] for r in mine.values()) / len(mine)
             lines.append(f"| {label} | {first['params'] / 1e6:.2f} M | {speed:.1f} | " + " | ".join(cells) + " |")

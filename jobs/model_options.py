@@ -17,7 +17,7 @@ import click
 MODELS = ("two_stream", "fusion", "st_resnet", "detection", "c3d", "r3d", "r2plus1d", "fstcn", "karpathy", "siamese")
 
 # Settings of flags left unset, for every model; INPUT_DEFAULTS overrides them per family.
-BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "snippets": 1,
+BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "segments": 3, "snippets": 1,
                  "strides": "1", "crop_size": 224, "dropout": 0.5, "flow_dropout": None}
 INPUT_DEFAULTS: dict[str, dict] = {
     "two_stream": {},
@@ -35,8 +35,9 @@ INPUT_DEFAULTS: dict[str, dict] = {
     "fstcn": {"streams": "rgb", "rgb_frames": 25, "crop_size": 204},
     # Karpathy et al. 2014: 178 x 178 crops (multiresolution); frames per time fusion: KARPATHY_FRAMES.
     "karpathy": {"streams": "rgb", "crop_size": 178},
-    # Wang et al. 2016: RGB and flow Siamese networks on T snippets in time order.
-    "siamese": {"streams": "both", "sampling": "strided", "snippets": 8, "strides": "4"},
+    # Wang et al. 2016: RGB and flow Siamese networks on T snippets in time order over the
+    # whole video (one per TSN segment), which the latent split cuts into precondition and effect.
+    "siamese": {"streams": "both", "sampling": "tsn", "segments": 8},
 }
 # The frames each of Karpathy et al.'s time fusions reads (late: two frames 15 apart).
 KARPATHY_FRAMES = {"single": {"rgb_frames": 1}, "early": {"rgb_frames": 10},
@@ -112,6 +113,8 @@ def family_flags(f):
 def resolve_defaults(o: dict) -> dict:
     """The options with each unset (None) data flag taken from the model's defaults."""
     defaults = {**BASE_DEFAULTS, **INPUT_DEFAULTS.get(o["model"], {})}
+    if o.get("sampling") is None and (o.get("snippets") is not None or o.get("strides") is not None):
+        defaults["sampling"] = "strided"  # --snippets and --strides describe strided clips
     if o["model"] == "karpathy":
         defaults.update(KARPATHY_FRAMES[o.get("time_fusion") or "slow"])
     return {**o, **{k: v for k, v in defaults.items() if o.get(k) is None}}

@@ -510,7 +510,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--frame-stride", type=int, default=None, help="Stored frames between a snippet's RGB frames (1).")
 @click.option("--sampling", default=None, type=click.Choice(["simonyan", "tsn", "strided"]),
               help="Snippets per item: simonyan 1, tsn --segments, strided --snippets --strides. Default: the model's.")
-@click.option("--segments", type=int, default=3, show_default=True, help="TSN segments.")
+@click.option("--segments", type=int, default=None,
+              help="TSN segments (K snippets, one per segment). Default: the model's (3; siamese 8).")
 @click.option("--snippets", type=int, default=None, help="Snippets per clip with --sampling strided (T).")
 @click.option("--strides", default=None,
               help="Frames between strided snippets, e.g. 1,5,10 (one drawn per clip: multi-timescale).")
@@ -608,9 +609,13 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                                 crop_positions=int(o["crop_positions"]), flip=o["flip"],
                                 test_crops=int(o["test_crops"]))
     strides = parse_numbers(o["strides"], int)
+    ordered = model_takes_snippets(o["model"])
+    # An ordered-snippet model reads T = --snippets strided snippets, or one per TSN segment.
+    snippets = (o["segments"] if o["sampling"] == "tsn" else o["snippets"]) if ordered else 0
     data_cfg = DataConfig(streams=o["streams"], clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
                           frame_stride=o["frame_stride"], sampler=o["sampling"], segments=o["segments"],
-                          snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], transform=transform,
+                          snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], ordered=ordered,
+                          transform=transform,
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
                           seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
                           flow_mean_subtract=o.get("flow_mean_subtract", False), task=o.get("task", "classify"))
@@ -618,7 +623,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
     initial = None if o["weights"] in (None, "none") else o["weights"]
     model_cfg = ModelConfig(model=o["model"], arch=o["arch"], streams=o["streams"], num_classes=num_classes,
                             clip_len=o["clip_len"], rgb_frames=o["rgb_frames"],
-                            snippets=o["snippets"] if model_takes_snippets(o["model"]) else 0,
+                            snippets=snippets,
                             weights=initial, flow_weights=o["flow_weights"], dropout=o["dropout"],
                             flow_dropout=o["flow_dropout"],
                             partial_bn=o["partial_bn"],

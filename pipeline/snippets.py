@@ -134,6 +134,21 @@ def uniform_indices(num_candidates: int, n: int) -> list[int]:
     return [int(tick / 2 + tick * i) for i in range(n)]
 
 
+def tsn_test_indices(num_candidates: int, segments: int, n: int) -> list[list[int]]:
+    """`n` ordered clips of one candidate per segment, clip j at (j + 1/2) / n of every segment
+    (TSN's middle-of-segment choice when n = 1); clips that coincide on a short video are kept once."""
+    _check_candidates(num_candidates)
+    if segments < 1 or n < 1:
+        raise ValueError(f"segments and the number of test clips must be >= 1, got {segments}, {n}")
+    width = num_candidates / segments
+    clips: list[list[int]] = []
+    for j in range(n):
+        clip = [min(int(k * width + (j + 0.5) * width / n), num_candidates - 1) for k in range(segments)]
+        if clip not in clips:
+            clips.append(clip)
+    return clips
+
+
 def random_indices(num_candidates: int, n: int, rng: random.Random) -> list[int]:
     """`n` distinct candidates drawn at random, sorted in time (all of them when fewer)."""
     _check_candidates(num_candidates)
@@ -264,6 +279,9 @@ class ClipSpec:
     snippets: int = 1  # strided: T
     strides: tuple[int, ...] = (1,)  # strided: candidates between snippets; several = multi-timescale
     test_clips: int = DEFAULT_TEST_CLIPS
+    # tsn: the network reads the K segments' snippets as one clip in time order (a Siamese
+    # precondition/effect network), so each test clip holds K snippets too, not one.
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -305,10 +323,13 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     """The clips a video is scored on (their scores are averaged per video).
 
     simonyan and tsn: `test_clips` evenly spaced single snippets (TSN's test protocol: 25
-    snippets, scores averaged); strided: per stride that fits the video, `test_clips`
-    evenly spaced starts of T snippets each, so every time scale covers the whole video.
+    snippets, scores averaged); ordered tsn: `test_clips` clips of one snippet per segment
+    (`tsn_test_indices`); strided: per stride that fits the video, `test_clips` evenly spaced
+    starts of T snippets each, so every time scale covers the whole video.
     """
     n = len(cands)
+    if spec.sampler == "tsn" and spec.ordered:
+        return [tuple(cands[i] for i in idx) for idx in tsn_test_indices(n, spec.segments, spec.test_clips)]
     if spec.sampler != "strided":
         return [(cands[i],) for i in uniform_indices(n, spec.test_clips)]
     check_frame_strides(cands, spec.snippets)

@@ -57,6 +57,21 @@ def test_siamese_trains_with_its_em_step_and_is_evaluated_with_both_streams(buil
     assert m["rgb"]["videos"] == m["flow"]["videos"] == m["fused"]["videos"] == 4
 
 
+def test_siamese_reads_the_whole_video_by_default_one_snippet_per_segment(built, tmp_path):
+    """The paper's precondition and effect are the start and the end of the whole video: by
+    default the Siamese model reads one snippet per TSN segment (--segments T), in time order,
+    and is tested on clips of T snippets too."""
+    run = tmp_path / "run"
+    flags = SIAMESE[:SIAMESE.index("--snippets")] + SIAMESE[SIAMESE.index("--strides") + 2:]
+    flowshard("train", str(built), "--model", "siamese", "--output", str(run), *flags, "--segments", "5", *FAST)
+    summary(run)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["sampler"] == "tsn" and cfg["data"]["ordered"] and cfg["model"]["snippets"] == 5
+    flowshard("evaluate", str(built), str(run / "last.pt"), "--json", str(tmp_path / "m.json"), "--device", "cpu",
+              "--workers", "0", "--no-progress")
+    assert json.loads((tmp_path / "m.json").read_text())["fused"]["videos"] == 4
+
+
 def test_c3d_trains_on_rgb_clip_shards_and_extracts_fc6_per_video(built, tmp_path):
     clips, run, out = tmp_path / "clips", tmp_path / "run", tmp_path / "fc6.parquet"
     flowshard("clips", str(built), str(clips), "--clip-len", "0", "--rgb-frames", "16", "--per-video", "2")

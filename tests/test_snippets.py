@@ -54,6 +54,17 @@ def test_clips_mode_candidates_take_the_centred_subset():
         sampling.candidates(meta, SnippetShape(clip_len=4, rgb_frames=3))
 
 
+def test_ordered_tsn_test_clips_take_one_candidate_per_segment_in_time_order():
+    # 30 candidates, 3 segments of 10, 2 clips: at 1/4 and 3/4 of every segment
+    assert sampling.tsn_test_indices(30, 3, 2) == [[2, 12, 22], [7, 17, 27]]
+    assert sampling.tsn_test_indices(30, 3, 1) == [sampling.tsn_indices(30, 3, None)]  # TSN's middle choice
+    assert sampling.tsn_test_indices(3, 3, 4) == [[0, 1, 2]]  # one candidate per segment: one clip, once
+    cands = sampling.candidates(dense_meta(31), 1)
+    clips = sampling.eval_clips(cands, ClipSpec(sampler="tsn", segments=4, test_clips=3, ordered=True))
+    assert len(clips) == 3 and all(len(c) == 4 for c in clips)
+    assert all([s.fields[0] for s in c] == sorted(s.fields[0] for s in c) for c in clips)
+
+
 def test_tsn_takes_one_candidate_per_segment():
     rng = random.Random(0)
     for _ in range(50):

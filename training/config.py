@@ -97,10 +97,11 @@ def check_model_data(model: ModelConfig, data: DataConfig) -> None:
                          f"the temporal stream takes 2 * clip_len channels")
     if model.rgb_frames != data.rgb_frames:
         raise ValueError(f"model rgb_frames {model.rgb_frames} and data rgb_frames {data.rgb_frames} differ")
-    if model.snippets and (data.sampler != "strided" or data.snippets != model.snippets):
+    ordered = data.sampler == "strided" or (data.sampler == "tsn" and data.ordered)
+    if model.snippets and (not ordered or data.clip_spec.length != model.snippets):
         raise ValueError(f"model {model.model!r} takes clips of {model.snippets} snippets in time order: use "
-                         f"--sampling strided --snippets {model.snippets} (got sampler {data.sampler!r} with "
-                         f"{data.clip_spec.length})")
+                         f"--sampling strided --snippets {model.snippets} or --sampling tsn --segments "
+                         f"{model.snippets} (got sampler {data.sampler!r} with {data.clip_spec.length})")
 
 
 def _tuples(d: dict, keys: tuple[str, ...]) -> dict:

@@ -205,6 +205,7 @@ class DataConfig:
     snippets: int = 1
     strides: tuple[int, ...] = (1,)
     test_clips: int = snip.DEFAULT_TEST_CLIPS
+    ordered: bool = False  # tsn: the model reads the K snippets as one ordered clip (ClipSpec.ordered)
     flow_mean_subtract: bool = False  # Simonyan & Zisserman: each field of a flow/warped input loses its mean
     transform: TransformConfig = TransformConfig()
     batch_size: int = 32
@@ -255,7 +256,7 @@ class DataConfig:
     @property
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(sampler=self.sampler, segments=self.segments, snippets=self.snippets,
-                        strides=tuple(self.strides), test_clips=self.test_clips)
+                        strides=tuple(self.strides), test_clips=self.test_clips, ordered=self.ordered)
 
 
 class EpochState:

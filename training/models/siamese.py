@@ -11,7 +11,9 @@ transformation of its precondition best matches its effect (cosine similarity).
 The split points are latent: z_p in [t/3, t/2] and z_e in [t/2, 2t/3] (the paper's ranges;
 here as lengths: the first p and the last e of the clip's t snippets, p and e each in
 [ceil(t/3), floor(t/2)]). Scoring searches every (p, e) pair: a class's score is its best
-split's similarity. As in the paper each modality has its own Siamese network, RGB frames
+split's similarity. The t snippets span the whole video by default (one per TSN segment,
+`--sampling tsn --segments t`, tested on clips of t snippets too), so precondition and effect
+are the video's start and end as in the paper; `--sampling strided` reads a window instead. As in the paper each modality has its own Siamese network, RGB frames
 and stacked optical flow (L fields per snippet), and the two are fused late (--streams both).
 
 Training alternates, EM style, between the split and the networks. Each step forward
@@ -65,7 +67,8 @@ def check(cfg: ModelConfig) -> None:
     check_arch(cfg.arch)
     if cfg.snippets < 2:
         raise ValueError(f"siamese splits a clip of T >= 2 snippets into precondition and effect: use "
-                         f"--sampling strided --snippets T, got snippets={cfg.snippets}")
+                         f"--sampling tsn --segments T (the whole video) or --sampling strided --snippets T, "
+                         f"got snippets={cfg.snippets}")
     if cfg.rgb_frames != 1:
         raise ValueError(f"siamese encodes one RGB frame per snippet, got rgb_frames={cfg.rgb_frames}")
 
