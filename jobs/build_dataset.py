@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 import yaml
 
-from jobs.cli import _defaults, build, parse_params, run_build, setup_logging
+from jobs.cli import _defaults, build, run_build, setup_logging
+from jobs.parsing import parse_params
 
 log = logging.getLogger("flowshard.job")
 

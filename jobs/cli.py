@@ -10,25 +10,11 @@ from pathlib import Path
 
 import click
 
-from jobs.parsing import parse_size
+from jobs.parsing import parse_params, parse_size
 
 log = logging.getLogger("flowshard")
 
 FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]  # pipeline.flow.ALGORITHMS
-
-
-def parse_params(items: tuple[str, ...]) -> dict:
-    """('tau=0.25', 'warps=3') -> {'tau': 0.25, 'warps': 3} (numbers, booleans and words)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
 
 
 def setup_logging(level: str) -> None:

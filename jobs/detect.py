@@ -40,7 +40,7 @@ def train_detector(cfg, info, progress: bool) -> dict:
     """Train the detector as configured (one process, or one rank under torchrun); returns the summary."""
     import torch
 
-    from jobs.train import resolve_eval_split, run_folder
+    from jobs.runs import resolve_eval_split, run_folder
     from training import data
 
     device = torch.device(info.device)
@@ -55,7 +55,7 @@ def train_detector(cfg, info, progress: bool) -> dict:
 
 
 def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
-    from jobs.train import _writer, prepare_run, save_epoch
+    from jobs.runs import _writer, prepare_run, save_epoch
     from training import data
     from training.detection import engine
     from training.detection.tubes import TubeConfig
@@ -108,8 +108,8 @@ def headline(results: dict) -> dict:
 
 def write_detection_results(results: dict, path: Path, names: list[str], writer=None, step: int = 0,
                             extra: dict | None = None) -> Path:
-    """The metrics JSON (jobs.train.write_results: per output, beside its confusion PNG) and mAP scalars."""
-    from jobs.train import write_results
+    """The metrics JSON (jobs.runs.write_results: per output, beside its confusion PNG) and mAP scalars."""
+    from jobs.runs import write_results
 
     write_results(results, path, names, extra=extra)
     if writer is not None:
@@ -125,7 +125,7 @@ def evaluate_detector(dataset: str, ckpt_path: str, ckpt: dict, cfg, *, split: s
                       batch_size: int | None, workers: int | None, tube_params: dict,
                       progress: bool = True) -> tuple[dict, list[str], dict]:
     """Evaluate a detector checkpoint on a split of DATASET; returns (results, action names, provenance)."""
-    from jobs.train import evaluation_provenance, pick_split, run_evaluation
+    from jobs.runs import evaluation_provenance, pick_split, run_evaluation
     from training import data
     from training.detection import engine
     from training.detection.tubes import tube_config

@@ -1,6 +1,7 @@
-"""Parsing of command-line values shared by the command modules (jobs.cli, jobs.train)."""
+"""Parsing of command-line values shared by the command modules (jobs.cli, jobs.train, jobs.build_dataset)."""
 from __future__ import annotations
 
+import json
 import re
 
 import click
@@ -24,3 +25,17 @@ def parse_numbers(text: str, kind: type = float) -> tuple:
         return tuple(kind(x) for x in str(text).split(","))
     except ValueError as exc:
         raise click.BadParameter(f"{text!r}: expected comma-separated {kind.__name__} values") from exc
+
+
+def parse_params(items: tuple[str, ...]) -> dict:
+    """('tau=0.25', 'warps=3') -> {'tau': 0.25, 'warps': 3} (numbers, booleans and words)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

@@ -107,16 +107,18 @@ def tsn_indices(num_candidates: int, segments: int, rng: random.Random | None) -
     With rng=None each segment gives its middle candidate (TSN's test-time choice).
     A video with fewer candidates than segments repeats candidates, as TSN does.
     """
+    if rng is None:
+        return tsn_test_indices(num_candidates, segments, 1)[0]
+    return [min(rng.randrange(lo, hi), num_candidates - 1) for lo, hi in _segments(num_candidates, segments)]
+
+
+def _segments(num_candidates: int, segments: int) -> list[tuple[int, int]]:
+    """[lo, hi) candidate ranges of `segments` equal segments (each at least one wide)."""
     _check_candidates(num_candidates)
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
     width = num_candidates / segments
-    picks = []
-    for k in range(segments):
-        lo = int(k * width)
-        hi = max(lo + 1, int((k + 1) * width))
-        picks.append(lo + (hi - lo) // 2 if rng is None else rng.randrange(lo, hi))
-    return [min(p, num_candidates - 1) for p in picks]
+    return [(int(k * width), max(int(k * width) + 1, int((k + 1) * width))) for k in range(segments)]
 
 
 def uniform_indices(num_candidates: int, n: int) -> list[int]:
@@ -137,13 +139,12 @@ def uniform_indices(num_candidates: int, n: int) -> list[int]:
 def tsn_test_indices(num_candidates: int, segments: int, n: int) -> list[list[int]]:
     """`n` ordered clips of one candidate per segment, clip j at (j + 1/2) / n of every segment
     (TSN's middle-of-segment choice when n = 1); clips that coincide on a short video are kept once."""
-    _check_candidates(num_candidates)
-    if segments < 1 or n < 1:
-        raise ValueError(f"segments and the number of test clips must be >= 1, got {segments}, {n}")
-    width = num_candidates / segments
+    if n < 1:
+        raise ValueError(f"the number of test clips must be >= 1, got {n}")
+    bounds = _segments(num_candidates, segments)
     clips: list[list[int]] = []
     for j in range(n):
-        clip = [min(int(k * width + (j + 0.5) * width / n), num_candidates - 1) for k in range(segments)]
+        clip = [min(lo + (2 * j + 1) * (hi - lo) // (2 * n), num_candidates - 1) for lo, hi in bounds]
         if clip not in clips:
             clips.append(clip)
     return clips

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from jobs.train import make_scheduler
+from jobs.runs import make_scheduler
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import DataConfig

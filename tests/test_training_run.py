@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.train import open_run_folder, pick_split
+from jobs.runs import open_run_folder, pick_split
 from test_training_data import LABELS, uneven_dataset
 from training import data
 

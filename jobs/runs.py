@@ -1,0 +1,299 @@
+"""The run machinery every training task shares (classification in jobs.train, detection in
+jobs.detect): optimizer and schedule, the run folder (local or object storage), resume
+checks, per-epoch checkpoints, metrics files, and checkpoint evaluation with its provenance.
+
+It sits below both commands, so jobs.train and jobs.detect import it and not each other's
+internals.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from pipeline import storage
+from pipeline.manifest import atomic_write_bytes, dump_json
+from pipeline.storage import Location
+
+if TYPE_CHECKING:
+    import torch
+
+    from training.config import TrainConfig
+    from training.distributed import DistInfo
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"  # training.checkpoint.LAST
+TRAIN_LOG = "train.log"
+
+
+# --- composition ---------------------------------------------------------------------------
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (TSN) or AdamW over the trainable parameters; the temporal stream's
+    at --flow-lr when given (Wang et al.: 0.001 for the spatial, 0.005 for the temporal net)."""
+    import torch
+
+    from training.models.base import param_groups
+
+    params = param_groups(model, cfg.lr, cfg.flow_lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step cosine decay, after a linear warm-up of cfg.warmup_epochs.
+
+    Built-in schedulers only: their state dicts are plain data, so checkpoints load with
+    weights_only=True.
+    """
+    import torch
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup == 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+
+
+def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
+    """Refuse to resume with another model/clip setup or on another dataset version."""
+    saved = ckpt["config"]
+    now = cfg.to_dict()
+    # Initial weights do not matter once the checkpoint's are loaded; everything else does.
+    differ = sorted(k for k in now["model"]
+                    if k not in ("weights", "flow_weights") and saved["model"].get(k) != now["model"][k])
+    differ += [f"data.{k}" for k in ("streams", "clip_len") if saved["data"].get(k) != now["data"][k]]
+    if differ:
+        raise ValueError(f"cannot resume: the checkpoint was trained with other settings for {differ}")
+    if ckpt["dataset_version"] != version:
+        raise ValueError(f"cannot resume: the checkpoint was trained on dataset version {ckpt['dataset_version']}, "
+                         f"{cfg.dataset} is version {version}")
+
+
+def resolve_resume(resume: str | None, output: str) -> Location | None:
+    """--resume alone means OUTPUT/last.pt (OUTPUT local or on object storage)."""
+    if resume is None:
+        return None
+    return storage.join(storage.location(output), LAST) if resume == "last" else storage.location(resume)
+
+
+def _file_logging(path: Path) -> logging.Handler:
+    """Copy what the logging configuration lets through (--log-level) to the run's log file."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run's files go.
+
+    `output` is OUTPUT, a local folder or a bucket prefix. Checkpoints are written there
+    whole and atomically. Files that grow piecewise (train.log, TensorBoard events) and the
+    metrics are written in `local`: OUTPUT itself when it is local; on object storage a
+    local staging folder whose files `sync` uploads after every epoch and at the end.
+    """
+
+    output: Location
+    local: Path
+
+    def sync(self) -> None:
+        """Upload the staged files (object storage only; each file whole, as it is now)."""
+        if not storage.is_remote(self.output):
+            return
+        for path in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            storage.put_file(path, storage.join(self.output, *path.relative_to(self.local).parts))
+
+
+def open_run_folder(output: str) -> RunFolder:
+    """The run folder of OUTPUT, created (a staging folder too when OUTPUT is remote, holding
+    the run's existing train.log so a resumed run appends to it as it does locally)."""
+    out = storage.location(output)
+    if not storage.is_remote(out):
+        out.mkdir(parents=True, exist_ok=True)
+        return RunFolder(output=out, local=out)
+    local = Path(tempfile.mkdtemp(prefix="flowshard-run-"))
+    if storage.isfile(storage.join(out, TRAIN_LOG)):
+        (local / TRAIN_LOG).write_bytes(storage.read_bytes(storage.join(out, TRAIN_LOG)))
+    return RunFolder(output=out, local=local)
+
+
+def resolve_eval_split(cfg: TrainConfig, splits: list[str]) -> str | None:
+    """The split evaluated during training (None only when --eval-every 0): see pick_split."""
+    if not cfg.eval_every:
+        return None
+    return pick_split(cfg.eval_split, splits, cfg.dataset, hint="or train without evaluation: --eval-every 0")
+
+
+def pick_split(requested: str, splits: list[str], dataset: str, hint: str = "") -> str:
+    """`requested`, or for "auto": test, else val (Kinetics has no test split).
+
+    Evaluation is never skipped silently: a split the dataset lacks is an error naming the
+    splits it has.
+    """
+    if requested != "auto":
+        if requested in splits:
+            return requested
+        raise ValueError(f"{dataset} has no split {requested!r} to evaluate (splits: {splits}); name one with "
+                         f"--eval-split / --split{', ' + hint if hint else ''}")
+    for split in ("test", "val", "validation"):
+        if split in splits:
+            return split
+    raise ValueError(f"{dataset} has no test or val split to evaluate (splits: {splits}); name one with "
+                     f"--eval-split / --split{', ' + hint if hint else ''}")
+
+
+@contextlib.contextmanager
+def run_folder(cfg: TrainConfig, info: DistInfo) -> Iterator[RunFolder | None]:
+    """Rank 0's RunFolder (None on other ranks), with config.json written and the log copied to
+    train.log while the run lasts, then synced."""
+    run = open_run_folder(cfg.output) if info.is_main else None
+    handler = None
+    if run is not None:
+        handler = _file_logging(run.local / TRAIN_LOG)
+        atomic_write_bytes(run.local / "config.json", dump_json(cfg.to_dict()))
+    try:
+        yield run
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+            run.sync()
+
+
+@dataclass
+class RunState:
+    """What a training run carries from epoch to epoch (besides its loaders)."""
+
+    model: torch.nn.Module  # on its device, inside DistributedDataParallel when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # autocast
+    start_epoch: int
+    step: int
+
+
+def prepare_run(cfg: TrainConfig, info: DistInfo, source, device: torch.device, steps: int, *,
+                find_unused: bool = False) -> RunState:
+    """The model, optimizer, scheduler and scaler of `cfg`, resumed from --resume when given.
+
+    find_unused: DDP looks for parameters a step did not use (a detector's unused heads).
+    """
+    import torch
+
+    from training import checkpoint
+    from training.config import amp_dtype
+    from training.models import build_model
+    from training.models.base import channels_last_
+
+    resume = resolve_resume(cfg.resume, cfg.output)
+    # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
+    initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
+    model = build_model(initial).to(device)
+    if cfg.channels_last and cfg.data.task == "classify":
+        channels_last_(model)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    dtype = amp_dtype(cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    start_epoch, step = 0, 0
+    if resume is not None:
+        ckpt = checkpoint.load_checkpoint(resume)
+        check_resume(ckpt, cfg, source.version)
+        step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                        rank=info.rank, world_size=info.world_size)
+        start_epoch = done + 1
+        log.info("resumed from %s at step %d (epoch %d done)", resume, step, done)
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
+    return RunState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype,
+                    start_epoch=start_epoch, step=step)
+
+
+def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
+               stats: dict) -> None:
+    """Log an epoch's stats and write its checkpoint (epoch_NNN.pt and last.pt) from rank 0."""
+    from training import checkpoint, distributed
+
+    log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
+    rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
+    if run is not None:
+        ckpt = checkpoint.make_checkpoint(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                                          scaler=state.scaler, step=step, epoch=epoch, config=cfg.to_dict(),
+                                          dataset_version=source.version, rng=rng)
+        checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+
+
+def _writer(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out / "tb"))
+
+
+def _headline(results: dict) -> dict:
+    keys = ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy", "frame_map", "video_map")
+    return {name: ({k: r[k] for k in keys if k in r} if r else None) for name, r in results.items()}
+
+
+def write_results(results: dict, path: Path, class_names: list[str], writer=None, step: int = 0,
+                  extra: dict | None = None) -> Path:
+    """Metrics JSON ({"rgb", "flow", "fused"} + extra) and the fused confusion-matrix PNG beside it."""
+    from training import metrics
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, dump_json({**results, **(extra or {})}))
+    png = path.with_name(f"{path.stem}_confusion.png")
+    metrics.plot_confusion(results["fused"]["confusion"], class_names, png, title=f"fused, {path.stem}")
+    if writer is not None:
+        for name, r in results.items():
+            for key in ("clip_top1", "video_top1", "video_top5", "mean_class_accuracy"):
+                if r is not None and not math.isnan(r[key]):
+                    writer.add_scalar(f"eval/{name}/{key}", r[key], step)
+    log.info("evaluation: %s", json.dumps(_headline(results)))
+    return path
+
+
+def run_evaluation(cfg: TrainConfig, ckpt: dict, source, split: str, data_cfg, device: str, evaluate):
+    """evaluate(model, loader, device, amp dtype, is rank 0) with the checkpoint's model rebuilt on
+    `device` (this rank's under torchrun) and a loader of the split."""
+    import torch
+
+    from training import data, distributed
+    from training.config import amp_dtype
+    from training.models import build_model
+
+    info = distributed.init_distributed(device)
+    try:
+        dev = torch.device(info.device)
+        # The checkpoint's weights replace any initial ones.
+        model = build_model(dataclasses.replace(cfg.model, weights=None, flow_weights=None))
+        model.load_state_dict(ckpt["model"])
+        model.to(dev)
+        loader = data.make_loader(source, split, data_cfg, train=False, pin_memory=dev.type == "cuda")
+        return evaluate(model, loader, dev, amp_dtype(dataclasses.replace(cfg, device=info.device)), info.is_main)
+    finally:
+        distributed.cleanup()
+
+
+def evaluation_provenance(ckpt_path: str, ckpt: dict, dataset: str, source, split: str, protocol: dict) -> dict:
+    """What an evaluation report says it evaluated: the checkpoint, the dataset version and the protocol."""
+    if source.version != ckpt["dataset_version"]:
+        log.info("evaluating on dataset version %s; the model was trained on %s", source.version,
+                 ckpt["dataset_version"])
+    return {"checkpoint": {"path": str(ckpt_path), "step": ckpt["step"], "epoch": ckpt["epoch"],
+                           "dataset_version": ckpt["dataset_version"]},
+            "dataset": {"path": str(dataset), "kind": source.kind, "version": source.version, "split": split},
+            "protocol": protocol}
