@@ -6,11 +6,11 @@
 
 Sets (each built once with `flowshard build --flow farneback --resize none`, 96 x 72 frames):
 
-  motion   pipeline.synthetic.make_motion_dataset: one texture moving left, right, up or
+  motion   pipeline.synthetic.motion.make_motion_dataset: one texture moving left, right, up or
            down (the same textures in every class: only motion tells the class), 24 frames
-  state    pipeline.synthetic_states: a disc turns red -> green or green -> red, appears or
+  state    pipeline.synthetic.states: a disc turns red -> green or green -> red, appears or
            disappears at a random moment (only before and after tell the class), 32 frames
-  binding  pipeline.synthetic_sets' binding set when that module is present: two tinted
+  binding  pipeline.synthetic.sets' binding set when that module is present: two tinted
            squares move, the class is the direction of the red one (flow alone cannot tell
            which motion is whose), 24 frames at 64 x 64
 
@@ -69,7 +69,8 @@ MODELS = {
 
 def make_list(name: str, root: Path, per_class: int, test_per_class: int) -> Path | None:
     """The video list of set `name` under root (None: the set's generator is not available)."""
-    from pipeline import synthetic, synthetic_states
+    from pipeline.synthetic import motion as synthetic
+    from pipeline.synthetic import states as synthetic_states
 
     n = per_class + test_per_class
     if name == "motion":
@@ -81,9 +82,9 @@ def make_list(name: str, root: Path, per_class: int, test_per_class: int) -> Pat
         return synthetic.write_split_list(root, videos, per_class)
     if name == "binding":
         try:
-            sets = importlib.import_module("pipeline.synthetic_sets")
+            sets = importlib.import_module("pipeline.synthetic.sets")
         except ImportError:
-            log.warning("pipeline.synthetic_sets is not present: no binding set")
+            log.warning("pipeline.synthetic.sets is not present: no binding set")
             return None
         cfg = sets.SetConfig(per_class=per_class, test_per_class=test_per_class)
         return sets.write_set(root, "binding", cfg, sets.photos())

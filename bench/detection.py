@@ -3,7 +3,7 @@
     python bench/detection.py [--work DIR] [--size 96x72] [--frames 24] [--train 12] [--test 4]
                               [--epochs 15] [--batch-size 8] [--arch resnet18] [--out results.json]
 
-Runs the README's commands end to end: generate the set (pipeline.synthetic_detection:
+Runs the README's commands end to end: generate the set (pipeline.synthetic.detection:
 three actions, textured objects on photographs, a distractor in most videos), `flowshard
 build --boxes`, `flowshard train --task detect` (one two-stream run: each stream trained
 on its own losses, the concat head on their fixed features) and `flowshard evaluate`
@@ -26,7 +26,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from click.testing import CliRunner  # noqa: E402
 
 from jobs.cli import cli  # noqa: E402
-from pipeline.synthetic_detection import DetectionSetConfig, make_detection_dataset  # noqa: E402
+from pipeline.synthetic.detection import DetectionSetConfig, make_detection_dataset  # noqa: E402
 
 log = logging.getLogger("bench")
 

@@ -3,7 +3,7 @@
     python bench/fusion_sets.py binding    [--workdir DIR] [--json out.json] [--runs late,conv_3d,...]
     python bench/fusion_sets.py long_range [--workdir DIR] [--json out.json]
 
-Generates the set (pipeline.synthetic_sets, scikit-image photos as backgrounds), builds it
+Generates the set (pipeline.synthetic.sets, scikit-image photos as backgrounds), builds it
 (`flowshard build --flow farneback --resize none`), then trains every run with the same
 data, seed, steps, batch size and learning rate, and evaluates it on the held-out videos
 (`flowshard evaluate`, test clips evenly spread; per stride for strided sampling).
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import synthetic_sets  # noqa: E402
+from pipeline.synthetic import sets as synthetic_sets  # noqa: E402
 
 log = logging.getLogger("bench.fusion_sets")
 

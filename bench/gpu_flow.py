@@ -18,7 +18,7 @@ Prints a Markdown report; --out also writes it.
     PYTHONPATH=. python bench/gpu_flow.py --out bench_flow.md      # GPU: full run, a few minutes on an H100
     PYTHONPATH=. python bench/gpu_flow.py --quick --cpu-costs      # CPU
 
-The warped-photo ground truth and the scores come from pipeline.flow_eval, which `flowshard
+The warped-photo ground truth and the scores come from pipeline.flow.accuracy, which `flowshard
 flow-check` uses too: both report the same EPE for the same estimator, size and pairs.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.flow_eval import (MOTIONS, builtin_cases, eval_margin, evaluate, mean_epe,  # noqa: F401  (re-exported)
+from pipeline.flow.accuracy import (MOTIONS, builtin_cases, eval_margin, evaluate, mean_epe,  # noqa: F401  (re-exported)
                                  motion_batch, photo_pair)
 
 log = logging.getLogger("bench.gpu_flow")
@@ -119,7 +119,7 @@ def time_batched(estimator, cfg: BenchConfig, batch: int, rgb: bool = False) -> 
     """Pairs/s of `estimator` through a PairBatcher with B = `batch` (the flow actor's path):
     median of cfg.repeats passes of cfg.pairs_per_row pairs (at least 2 batches), after a
     warm-up pass (allocator, kernel caches, compilation)."""
-    from pipeline.flow_batch import PairBatcher
+    from pipeline.flow.batch import PairBatcher
 
     frames, pool = _timing_pool(cfg, rgb)
     pairs = [pool[k % POOL] for k in range(max(cfg.pairs_per_row, 2 * batch))]
@@ -135,7 +135,7 @@ def time_batched(estimator, cfg: BenchConfig, batch: int, rgb: bool = False) -> 
 
 def time_opencv(cfg: BenchConfig) -> float:
     """Pairs/s of OpenCV's TV-L1 with one thread: median of cfg.repeats passes over the pool."""
-    from pipeline.flow_cpu import OpenCVTVL1
+    from pipeline.flow.opencv import OpenCVTVL1
 
     est = OpenCVTVL1(threads=1)
     frames, pool = _timing_pool(cfg)
@@ -150,14 +150,14 @@ def time_opencv(cfg: BenchConfig) -> float:
 
 
 def tvl1(cfg: BenchConfig, dtype: str = "fp32", compiled: bool = False, sync_every: int | None = None):
-    from pipeline.flow_torch import TorchTVL1
+    from pipeline.flow.tvl1_torch import TorchTVL1
 
     return TorchTVL1(device=cfg.device, dtype=dtype, compile=compiled, sync_every=sync_every)
 
 
 def learned(cfg: BenchConfig, algorithm: str, weights: str, dtype: str = "fp32"):
-    """A learned estimator from a local checkpoint (pipeline.flow's factory, torch backend)."""
-    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, make_estimator
+    """A learned estimator from a local checkpoint (pipeline.flow.core's factory, torch backend)."""
+    from pipeline.flow.core import FlowConfig, TorchOptions, params_from_dict, make_estimator
 
     params = params_from_dict(algorithm, {"weights": weights})
     return make_estimator(FlowConfig(algorithm=algorithm, backend="torch", device=cfg.device, params=params,
@@ -167,7 +167,7 @@ def learned(cfg: BenchConfig, algorithm: str, weights: str, dtype: str = "fp32")
 def speed_rows(cfg: BenchConfig) -> list[dict]:
     """TV-L1 pairs/s by batch size (fp32, eager, default stop check), then by dtype x compile x
     stop check at cfg.variant_batch; learned estimators at their default batch, fp32 and bf16."""
-    from pipeline.flow import default_batch_size
+    from pipeline.flow.core import default_batch_size
 
     rows = []
     for batch in cfg.batch_sizes:
@@ -199,7 +199,7 @@ def _as_rgb(gray: np.ndarray) -> np.ndarray:
 def accuracy(cfg: BenchConfig) -> tuple[list[str], list[dict]]:
     """Mean EPE per motion and on the stereo pair: OpenCV TV-L1, torch TV-L1 per dtype, and
     each learned estimator given (fed the photographs as grey RGB, the stereo pair in colour)."""
-    from pipeline.flow_cpu import OpenCVTVL1
+    from pipeline.flow.opencv import OpenCVTVL1
 
     estimators = {"OpenCV TV-L1": OpenCVTVL1(threads=1)}
     estimators.update({f"torch TV-L1 {d}": tvl1(cfg, d) for d in cfg.dtypes})
@@ -238,8 +238,9 @@ def cpu_costs(height: int = 256, width: int = 340, frames: int = 48) -> dict:
     one thread), grey conversion, and JPEG-encoding each RGB frame and each quantized field."""
     import tempfile
 
-    from pipeline import decode, encode, synthetic, worker
-    from pipeline.flow import quantize
+    from pipeline import decode, encode, worker
+    from pipeline.synthetic import motion as synthetic
+    from pipeline.flow.core import quantize
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

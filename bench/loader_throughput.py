@@ -43,7 +43,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import encode, manifest, synthetic  # noqa: E402
+from pipeline import encode
+from pipeline.build import manifest
+from pipeline.synthetic import motion as synthetic  # noqa: E402
 from pipeline.clips import ClipsConfig, derive_clips  # noqa: E402
 from training import data  # noqa: E402
 from training.transforms import TransformConfig  # noqa: E402

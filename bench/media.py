@@ -16,7 +16,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pipeline import synthetic
+from pipeline.synthetic import motion as synthetic
 
 # (width, height, codec, container): the mixed-resolution set of the CPU benchmarks.
 MIXED = ((176, 144, "mpeg4", "avi"), (320, 240, "mpeg4", "avi"), (640, 480, "libx264", "mp4"),

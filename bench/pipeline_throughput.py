@@ -39,11 +39,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import media  # noqa: E402
 
-from pipeline import decode, synthetic  # noqa: E402
-from pipeline.build import BuildConfig, ShardConfig, build_dataset  # noqa: E402
+from pipeline import decode
+from pipeline.synthetic import motion as synthetic  # noqa: E402
+from pipeline.build.run import BuildConfig, ShardConfig, build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow import FlowConfig, make_estimator  # noqa: E402
-from pipeline.ray_runner import RayConfig, RayExecutor, init_ray  # noqa: E402
+from pipeline.flow.core import FlowConfig, make_estimator  # noqa: E402
+from pipeline.cluster.ray_runner import RayConfig, RayExecutor, init_ray  # noqa: E402
 from pipeline.worker import SampleConfig, WorkerConfig  # noqa: E402
 
 log = logging.getLogger("bench")

@@ -24,11 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from pipeline import synthetic  # noqa: E402
-from pipeline.build import BuildConfig, ShardConfig, build_dataset  # noqa: E402
+from pipeline.synthetic import motion  # noqa: E402
+from pipeline.build.run import BuildConfig, ShardConfig, build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow import FlowConfig  # noqa: E402
-from pipeline.ray_runner import RayExecutor  # noqa: E402
+from pipeline.flow.core import FlowConfig  # noqa: E402
+from pipeline.cluster.ray_runner import RayExecutor  # noqa: E402
 from pipeline.worker import SampleConfig, WorkerConfig  # noqa: E402
 
 WRITER_TITLES = ("UnitAssembler", "_write_unit")
@@ -125,7 +125,7 @@ def make_videos(root: Path, count: int, frames: int, size: tuple[int, int]) -> P
     for i in range(count):
         m = motions[i % 4]
         (root / m).mkdir(parents=True, exist_ok=True)
-        synthetic.write_video(root / m / f"v{i:03d}.mp4", synthetic.moving_frames(m, frames, size[1], size[0], seed=i))
+        motion.write_video(root / m / f"v{i:03d}.mp4", motion.moving_frames(m, frames, size[1], size[0], seed=i))
     return root
 
 
@@ -170,8 +170,8 @@ def main() -> None:
             frames = int(args.long_minutes * 60 * 25)
             long_root = tmp / "long"
             (long_root / "long").mkdir(parents=True)
-            synthetic.write_video(long_root / "long" / "long.mp4",
-                                  synthetic.moving_frames("right", frames, long_size[1], long_size[0]), 25.0)
+            motion.write_video(long_root / "long" / "long.mp4",
+                                  motion.moving_frames("right", frames, long_size[1], long_size[0]), 25.0)
             r = build_once(long_root, 10 ** 9, cfg)
             print(row(f"one {args.long_minutes:g}-minute video at {args.long_size}, 25 fps", r), flush=True)
     finally:

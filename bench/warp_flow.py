@@ -1,6 +1,6 @@
 """Warped flow against plain flow on a panning, zooming camera with an independently moving object.
 
-Scenes come from pipeline.synthetic_camera (exact ground truth): a photograph seen by a camera
+Scenes come from pipeline.synthetic.camera (exact ground truth): a photograph seen by a camera
 that pans (and zooms), with a textured object moving across it. For each estimator it reports,
 over every pair of every scene:
 
@@ -28,8 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline import synthetic_camera as sc, warp
-from pipeline.flow import FlowConfig, make_estimator
+from pipeline.synthetic import camera as sc
+from pipeline.flow import warp
+from pipeline.flow.core import FlowConfig, make_estimator
 
 log = logging.getLogger("bench.warp_flow")
 
@@ -114,7 +115,7 @@ def in_memory(configs: dict, estimators: tuple[str, ...], cfg: warp.WarpConfig) 
 def stored(configs: dict, workdir: Path, cfg: warp.WarpConfig) -> dict:
     """Build the scenes as videos with --flow-warp (TV-L1, in-process) and score the stored fields."""
     from pipeline import open_dataset
-    from pipeline.build import BuildConfig, build_dataset
+    from pipeline.build.run import BuildConfig, build_dataset
     from pipeline.decode import DecodeConfig
     from pipeline.worker import WorkerConfig
 

@@ -14,7 +14,7 @@ from jobs.parsing import parse_params, parse_size
 
 log = logging.getLogger("flowshard")
 
-FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]  # pipeline.flow.ALGORITHMS
+FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]  # pipeline.flow.core.ALGORITHMS
 
 
 def setup_logging(level: str) -> None:
@@ -124,9 +124,9 @@ def build_options(f):
 def make_build_config(o: dict):
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
     from pipeline.boxes import BoxesConfig
-    from pipeline.build import BuildConfig, ShardConfig
+    from pipeline.build.run import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
-    from pipeline.warp import WarpConfig
+    from pipeline.flow.warp import WarpConfig
     from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
@@ -149,7 +149,7 @@ def make_build_config(o: dict):
 def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[str, ...], **kw):
     """A FlowConfig from CLI values; backend "auto" is torch on cuda and for RAFT, else opencv.
     Raises ValueError with the reason."""
-    from pipeline.flow import FlowConfig, TorchOptions, params_from_dict, split_torch_options
+    from pipeline.flow.core import FlowConfig, TorchOptions, params_from_dict, split_torch_options
 
     if backend == "auto":
         backend = "torch" if device.startswith("cuda") or "raft" in algorithm else "opencv"
@@ -159,7 +159,7 @@ def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[st
 
 
 def make_executor_from(o: dict, flow_device: str):
-    from pipeline.build import make_executor
+    from pipeline.build.run import make_executor
 
     if o["executor"] == "local":
         return make_executor("local")
@@ -192,7 +192,7 @@ def resolve_auto_device(o: dict) -> dict:
     wants_gpu_flow = o["executor"] == "ray" and torch_flow and o["flow_backend"] in ("auto", "torch")
     gpus = 0.0
     if wants_gpu_flow:
-        from pipeline.ray_runner import RayConfig, cluster_gpus
+        from pipeline.cluster.ray_runner import RayConfig, cluster_gpus
 
         gpus = cluster_gpus(RayConfig(address=o["address"], num_cpus=o["num_cpus"]))
     device = "cuda" if gpus else "cpu"
@@ -217,7 +217,7 @@ def check_input(input_path: str, split: int | None) -> None:
 
 def run_build(input_path: str, output: str, o: dict):
     """Build with options `o`; shared by `flowshard build` and the job entrypoints."""
-    from pipeline.build import build_dataset
+    from pipeline.build.run import build_dataset
 
     check_input(input_path, o["split"])
     cfg = make_build_config(resolve_auto_device(o))
@@ -305,7 +305,7 @@ def inspect(dataset: str, video: str | None, out: str | None, columns: int) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
 def versions(output: str, as_json: bool) -> None:
     """List the versions built in OUTPUT (the latest marked *), with counts, sizes and dates."""
-    from pipeline.version import list_versions
+    from pipeline.build.versions import list_versions
 
     rows = list_versions(output)
     if not rows:
@@ -332,7 +332,7 @@ def _mb(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 def diff(output: str, old: str, new: str | None, as_json: bool) -> None:
     """Videos added, removed and changed, and label changes, from version A to B (default: the latest)."""
-    from pipeline.version import diff_versions
+    from pipeline.build.versions import diff_versions
 
     try:
         d = diff_versions(output, old, new)
@@ -399,7 +399,7 @@ def pretrain_flow(images: str, output: str, per_image: int, frames: int, frame_s
     then `flowshard train DATA --flow-weights RUN/last.pt`."""
     import tempfile
 
-    from pipeline.still_motion import StillMotionConfig, find_images, write_still_motion_set
+    from pipeline.synthetic.still_motion import StillMotionConfig, find_images, write_still_motion_set
 
     try:
         w, h = (int(v) for v in frame_size.lower().split("x"))
@@ -462,27 +462,27 @@ def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin
     zoom, rotation, a smooth deformation), the ones bench/gpu_flow.py scores. OpenCV
     estimators run on one thread, as in a build worker.
     """
-    from pipeline import flow_eval
-    from pipeline.flow import make_estimator
+    from pipeline.flow import accuracy
+    from pipeline.flow.core import make_estimator
 
     if len(user_pairs) != len(user_gt):
         raise click.UsageError(f"{len(user_pairs)} --pair and {len(user_gt)} --gt: give one .flo per pair")
     try:
         cfg = make_flow_config(flow_algo, flow_backend, device, flow_param, batch_size=batch_size)
         w, h = _wxh(size)
-        cases = flow_eval.builtin_cases(h, w, pairs) if builtin else []
-        cases += [flow_eval.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt)]
+        cases = accuracy.builtin_cases(h, w, pairs) if builtin else []
+        cases += [accuracy.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt)]
         if not cases:
             raise ValueError("nothing to score: --no-builtin and no --pair")
-        scores = flow_eval.evaluate(make_estimator(cfg), cases, batch_size=batch_size)
+        scores = accuracy.evaluate(make_estimator(cfg), cases, batch_size=batch_size)
     except (ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{cfg.algorithm} ({cfg.backend}, {cfg.device}), params {json.dumps(cfg.params_dict())}")
-    for line in flow_eval.format_table(scores):
+    for line in accuracy.format_table(scores):
         click.echo(line)
     if json_path:
         report = {"flow": {**cfg.output_dict(), "device": cfg.device, "batch_size": batch_size},
-                  "cases": [s.as_dict() for s in scores], "overall": flow_eval.overall(scores).as_dict()}
+                  "cases": [s.as_dict() for s in scores], "overall": accuracy.overall(scores).as_dict()}
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -5,7 +5,7 @@ import csv
 import logging
 from pathlib import Path
 
-from pipeline import synthetic
+from pipeline.synthetic import motion as synthetic
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.manifest import atomic_write_bytes, dump_json
+from pipeline.build.manifest import atomic_write_bytes, dump_json
 
 log = logging.getLogger(__name__)
 

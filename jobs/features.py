@@ -19,7 +19,7 @@ import click
 import numpy as np
 import pyarrow as pa
 
-from pipeline.manifest import write_parquet
+from pipeline.build.manifest import write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from pipeline import storage
-from pipeline.manifest import atomic_write_bytes, dump_json
+from pipeline.build.manifest import atomic_write_bytes, dump_json
 from pipeline.storage import Location
 
 if TYPE_CHECKING:

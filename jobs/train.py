@@ -34,7 +34,7 @@ from jobs.model_options import MODELS, family_flags, model_options, model_takes_
 from jobs.parsing import parse_numbers, parse_params, parse_size
 from jobs.runs import (RunFolder, _headline, _writer, evaluation_provenance, pick_split, prepare_run,
                        resolve_eval_split, run_evaluation, run_folder, save_epoch, write_results)
-from pipeline.manifest import atomic_write_bytes, dump_json
+from pipeline.build.manifest import atomic_write_bytes, dump_json
 
 if TYPE_CHECKING:
     from training.config import TrainConfig

@@ -35,7 +35,7 @@ does not have, or an annotation size that differs from the decoded one.
 
 Boxes go into each sample's metadata (`annotate`: "tracks", and "boxes" on every frame)
 and the manifest's "boxes" column; their digest is part of the version id and of the shard
-unit's identity (pipeline.build), not of the media key: a changed boxes file makes a new
+unit's identity (pipeline.build.run), not of the media key: a changed boxes file makes a new
 version whose samples are copied from the stored shards with new metadata, no flow recomputed.
 """
 from __future__ import annotations

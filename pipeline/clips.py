@@ -47,8 +47,9 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import encode, manifest, shard, snippets, storage
-from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARD_SCHEMA, SHARDS
+from pipeline import encode, shard, snippets, storage
+from pipeline.build import manifest
+from pipeline.build.manifest import DATASET_JSON, SHARD_DIR, SHARD_SCHEMA, SHARDS
 from pipeline.storage import Location
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,12 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import encode, manifest, shard, storage, version as versions
+from pipeline import encode, shard, storage
+from pipeline.build import manifest
+from pipeline.build import versions
 from pipeline.encode import DecodedSample, SchemaError
 from pipeline.storage import Location
-from pipeline.version import version_dir
+from pipeline.build.versions import version_dir
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def _weights(flow) -> str:
         return ""
     try:
         if given is None:  # torchvision's cached checkpoint, as the estimator will find it
-            from pipeline.flow_raft import find_weights
+            from pipeline.flow.raft import find_weights
 
             given = find_weights(flow.algorithm)
         return weights_sha256(Path(given).expanduser())

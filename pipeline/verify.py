@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import encode, manifest, shard, storage, version
+from pipeline import encode, shard, storage
+from pipeline.build import manifest
+from pipeline.build import versions as version
 from pipeline.dataset import Dataset, open_dataset
 from pipeline.encode import SchemaError
 

@@ -23,11 +23,12 @@ from typing import Iterable, Iterator, Mapping, NamedTuple
 import cv2
 import numpy as np
 
-from pipeline import boxes, decode, encode, failures, warp
+from pipeline import boxes, decode, encode, failures
+from pipeline.flow import warp
 from pipeline.decode import DecodeConfig, DecodeError
-from pipeline.flow import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
+from pipeline.flow.core import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
 from pipeline.records import EncodedChunk, VideoInfo, VideoRef, VideoResult
-from pipeline.warp import WarpConfig
+from pipeline.flow.warp import WarpConfig
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +501,7 @@ class WarpedFields:
 
 def quantized(w: WarpedFields, bound: float) -> WarpedFields:
     """The same warped fields quantized to uint8 (a quarter of the bytes through the object store)."""
-    from pipeline.flow import quantize
+    from pipeline.flow.core import quantize
 
     return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
 

@@ -9,7 +9,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
 
-from pipeline import synthetic  # noqa: E402
+from pipeline.synthetic import motion as synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,12 @@ import random
 from pathlib import Path
 
 from pipeline import shard, worker
-from pipeline.assembly import ChunkSpool, UnitAssembler, VideoOutcome
-from pipeline.build import BuildConfig, ShardConfig, identify, plan_units
+from pipeline.build.assembly import ChunkSpool, UnitAssembler, VideoOutcome
+from pipeline.build.run import BuildConfig, ShardConfig, identify, plan_units
 from pipeline.decode import DecodeConfig
-from pipeline.flow import FlowConfig, make_estimator
+from pipeline.flow.core import FlowConfig, make_estimator
 from pipeline.inputs import discover
-from pipeline.units import write_unit
+from pipeline.build.units import write_unit
 from pipeline.worker import SampleConfig, WorkerConfig
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from pipeline import boxes, open_dataset
 from pipeline.records import Track, VideoBoxes
-from pipeline.synthetic_detection import (DetectionSetConfig, action_offsets, make_detection_dataset, paste)
+from pipeline.synthetic.detection import (DetectionSetConfig, action_offsets, make_detection_dataset, paste)
 
 ARGS = ("--flow", "dis", "--executor", "local", "--no-progress", "--shard-samples", "2")
 
@@ -246,7 +246,8 @@ def test_warped_flow_is_told_where_the_annotated_people_are():
     the camera-motion estimate leaves out."""
     import dataclasses
 
-    from pipeline import warp, worker
+    from pipeline import worker
+    from pipeline.flow import warp
     from pipeline.records import VideoInfo, VideoRef
 
     vb = _video_boxes(range(3, 6), lambda f: (10.0, 8.0, 30.0, 24.0))

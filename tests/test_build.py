@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import open_dataset, shard, synthetic
+from pipeline import open_dataset, shard
+from pipeline.synthetic import motion as synthetic
 from pipeline.decode import resolve_ffmpeg
 
 DIRECTIONS = {"left": (-2, 0), "right": (2, 0), "up": (0, -2), "down": (0, 2)}

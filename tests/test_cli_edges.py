@@ -15,7 +15,7 @@ from pipeline.encode import DecodedSample
 def test_build_checks_the_input_before_starting_ray(tmp_path, monkeypatch, make):
     import ray
 
-    from pipeline import ray_runner
+    from pipeline.cluster import ray_runner
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was asked before the input was checked")
@@ -89,7 +89,8 @@ def test_evaluate_prints_a_table_and_json_only_when_asked():
 
 def test_demo_videos_show_photographs(tmp_path):
     from jobs.demo import make_demo_videos
-    from pipeline import decode, synthetic
+    from pipeline import decode
+    from pipeline.synthetic import motion as synthetic
 
     listing = make_demo_videos(tmp_path, per_class=1, test_per_class=0, num_frames=3, size=(64, 48))
     assert listing.read_text().splitlines()[1] == "left/v_left_g00.mp4,left,train"

@@ -6,7 +6,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline import encode, manifest, shard, synthetic
+from pipeline import encode, shard
+from pipeline.build import manifest
+from pipeline.synthetic import motion
 from pipeline.clips import CLIP_SCHEMA, ClipsConfig, derive_clips
 
 
@@ -23,8 +25,8 @@ def flowshard(*args: str) -> str:
 
 def motion_list(root, per_class: int = 3, test_from: int = 2, frames: int = 20):
     """Motion videos and a CSV list: textures >= test_from are test videos, the rest train."""
-    videos = synthetic.make_motion_dataset(root / "videos", per_class=per_class, num_frames=frames, size=(64, 48))
-    return synthetic.write_split_list(root, videos, test_from)
+    videos = motion.make_motion_dataset(root / "videos", per_class=per_class, num_frames=frames, size=(64, 48))
+    return motion.write_split_list(root, videos, test_from)
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from pipeline import open_dataset
-from pipeline.build import BuildConfig, ShardConfig, build_dataset
+from pipeline.build.run import BuildConfig, ShardConfig, build_dataset
 from pipeline.decode import DecodeConfig
-from pipeline.flow import FlowConfig
+from pipeline.flow.core import FlowConfig
 from pipeline.worker import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from pipeline.ray_runner import RayExecutor  # noqa: E402
+from pipeline.cluster.ray_runner import RayExecutor  # noqa: E402
 
 FLOW_RESOURCE = "flow_worker"
 
@@ -56,7 +56,7 @@ def test_flow_actors_only_on_the_flow_node_and_output_equals_local(motion_videos
 
 
 def test_torch_tvl1_in_actors_equals_in_process(motion_videos, tmp_path, two_nodes):
-    pytest.importorskip("pipeline.flow_torch")
+    pytest.importorskip("pipeline.flow.tvl1_torch")
     cluster, worker_node = two_nodes
     cfg = _cfg(backend="torch", algo="tvl1")
     executor = RayExecutor(address=cluster.address, flow_actors=1, actor_resource=FLOW_RESOURCE)
@@ -143,7 +143,7 @@ def test_auto_device_picks_cuda_actors_when_the_cluster_has_gpus(two_nodes):
 
 def test_storage_settings_reach_cluster_workers(two_nodes, monkeypatch):
     """The endpoint and storage options the driver uses are visible in remote tasks (keys are not)."""
-    from pipeline.ray_runner import forwarded_env
+    from pipeline.cluster.ray_runner import forwarded_env
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-forwarded")

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import synthetic
+from pipeline.synthetic import motion as synthetic
 from pipeline.decode import (DecodeConfig, DecodeError, _read_exact, build_command, ffmpeg_version, iter_chunks,
                              iter_frames, parse_banner, probe, resolve_ffmpeg)
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from pipeline import boxes as box_ops
 from pipeline import encode, open_dataset
-from pipeline.synthetic_detection import DetectionSetConfig, make_detection_dataset
+from pipeline.synthetic.detection import DetectionSetConfig, make_detection_dataset
 from training import data
 from training.detection import data as det_data
 from training.models.base import ModelConfig

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import synthetic, worker
-from pipeline.flow import DEFAULT_BOUND, FlowConfig, TorchOptions, TVL1Params, quantize
-from pipeline.flow_batch import PairBatcher, SyncStages
-from pipeline.flow_cpu import DIS
-from pipeline.flow_device import quantize_tensor
-from pipeline.flow_torch import TorchTVL1
+from pipeline import worker
+from pipeline.synthetic import motion as synthetic
+from pipeline.flow.core import DEFAULT_BOUND, FlowConfig, TorchOptions, TVL1Params, quantize
+from pipeline.flow.batch import PairBatcher, SyncStages
+from pipeline.flow.opencv import DIS
+from pipeline.flow.device import quantize_tensor
+from pipeline.flow.tvl1_torch import TorchTVL1
 
 FAST = TVL1Params(nscales=2, warps=2, outer_iterations=2, inner_iterations=6)
 
@@ -130,7 +131,7 @@ def test_ray_flow_actor_batches_pairs_across_calls_byte_identical(ray_local):
     """Real Ray actors: concurrent calls of chunks of two videos, one actor's batches mix them."""
     import ray
 
-    from pipeline.ray_runner import FlowActor
+    from pipeline.cluster.ray_runner import FlowActor
 
     flow = FlowConfig(backend="torch", params=FAST, batch_size=6)
     cfg = worker.WorkerConfig(flow=flow)

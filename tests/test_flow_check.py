@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import flow_eval
+from pipeline.flow import accuracy as flow_eval
 
 
 def run(*args):

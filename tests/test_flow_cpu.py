@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from bench.gpu_flow import eval_margin, mean_epe, motion_batch
-from pipeline import synthetic
-from pipeline.flow import DISParams, FarnebackParams, FlowConfig, TVL1Params, make_estimator
-from pipeline.flow_cpu import DIS, Farneback, OpenCVTVL1, check_pair_batch
+from pipeline.synthetic import motion as synthetic
+from pipeline.flow.core import DISParams, FarnebackParams, FlowConfig, TVL1Params, make_estimator
+from pipeline.flow.opencv import DIS, Farneback, OpenCVTVL1, check_pair_batch
 
 ESTIMATORS = {"tvl1": OpenCVTVL1, "farneback": Farneback, "dis": DIS}
 
 
 def gray_pair(motion: str, size=(64, 64), speed=2.0, seed=0):
-    """Frames 0 and 1 of pipeline.synthetic's moving texture, as a (1, H, W) uint8 batch each."""
+    """Frames 0 and 1 of pipeline.synthetic.motion's moving texture, as a (1, H, W) uint8 batch each."""
     h, w = size
     rgb = synthetic.moving_frames(motion, 2, h, w, speed=speed, seed=seed)
     frames = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb]

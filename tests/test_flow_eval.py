@@ -1,4 +1,4 @@
-"""pipeline.flow_eval: exact ground truth of the photo pairs, .flo files, scores; one implementation
+"""pipeline.flow.accuracy: exact ground truth of the photo pairs, .flo files, scores; one implementation
 shared with bench/gpu_flow.py."""
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import flow_eval, photos
-from pipeline.flow_cpu import Farneback
+from pipeline.flow import accuracy as flow_eval
+from pipeline.synthetic import photos
+from pipeline.flow.opencv import Farneback
 
 
 def test_shipped_photos_load():

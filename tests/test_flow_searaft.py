@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow import FlowConfig, SEARAFTParams, make_estimator
-from pipeline.flow_searaft import (SEARAFT, SEARAFTFlow, convex_upsample, coords_grid, correlation_pyramid,
+from pipeline.flow.core import FlowConfig, SEARAFTParams, make_estimator
+from pipeline.flow.searaft import (SEARAFT, SEARAFTFlow, convex_upsample, coords_grid, correlation_pyramid,
                                    lookup, official_state_dict)
 
 # Keys of the reference model's state dict (core/raft.py), one or more per kind of layer.

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from bench.gpu_flow import MOTIONS, eval_margin, mean_epe, motion_batch
-from pipeline import synthetic
-from pipeline.flow import TVL1Params
-from pipeline.flow_cpu import OpenCVTVL1
-from pipeline.flow_torch import (TorchTVL1, centered_gradient, median_filter, median_network, pyramid_sizes,
+from pipeline.synthetic import motion as synthetic
+from pipeline.flow.core import TVL1Params
+from pipeline.flow.opencv import OpenCVTVL1
+from pipeline.flow.tvl1_torch import (TorchTVL1, centered_gradient, median_filter, median_network, pyramid_sizes,
                                  resize_bilinear, tvl1_flow, warp_bicubic)
 
 EPE_RATIO = 1.10  # torch's mean EPE may exceed OpenCV's by at most 10 %
@@ -238,7 +238,7 @@ def test_cuda_matches_cpu_and_opencv_accuracy(compiled):
 # ----------------------------------------------------------------------------- RAFT wiring
 
 def test_raft_pads_and_crops_any_size():
-    from pipeline.flow_raft import RAFTFlow, pad_to_multiple
+    from pipeline.flow.raft import RAFTFlow, pad_to_multiple
 
     padded, size = pad_to_multiple(torch.zeros(1, 3, 130, 61))
     assert padded.shape[-2:] == (136, 128) and size == (130, 61)
@@ -255,7 +255,7 @@ def test_raft_pads_and_crops_any_size():
 def test_raft_uses_colour():
     """The colour channels reach the network: a channel swap changes the flow, which grey
     copied to three channels could never show."""
-    from pipeline.flow_raft import RAFTFlow
+    from pipeline.flow.raft import RAFTFlow
 
     torch.manual_seed(0)
     est = RAFTFlow(random_init=True, num_flow_updates=1)
@@ -267,7 +267,7 @@ def test_raft_uses_colour():
 def test_raft_loads_a_local_checkpoint_and_never_downloads(tmp_path, monkeypatch):
     from torchvision.models.optical_flow import raft_small
 
-    from pipeline.flow_raft import RAFTFlow
+    from pipeline.flow.raft import RAFTFlow
 
     def no_download(*args, **kwargs):
         raise AssertionError("weights must never be downloaded")
@@ -293,7 +293,7 @@ def test_make_estimator_builds_raft_from_a_local_checkpoint(tmp_path):
     import torch
     from torchvision.models.optical_flow import raft_small
 
-    from pipeline.flow import FlowConfig, RAFTParams, make_estimator
+    from pipeline.flow.core import FlowConfig, RAFTParams, make_estimator
 
     path = tmp_path / "raft_small.pth"
     torch.save(raft_small(weights=None).state_dict(), path)

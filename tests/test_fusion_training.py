@@ -10,7 +10,7 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from pipeline import synthetic_sets
+from pipeline.synthetic import sets
 from test_clips import flowshard
 from training.models import backbones
 
@@ -27,8 +27,8 @@ def one_thread(torch_one_thread):
 def binding(tmp_path_factory):
     """A tiny binding set (1 train + 1 test video per class, 16 frames of 48x48), built with Farneback."""
     root = tmp_path_factory.mktemp("binding")
-    cfg = synthetic_sets.SetConfig(per_class=1, test_per_class=1, num_frames=16, size=(48, 48), object_size=12)
-    listing = synthetic_sets.write_set(root / "set", "binding", cfg, synthetic_sets.photos())
+    cfg = sets.SetConfig(per_class=1, test_per_class=1, num_frames=16, size=(48, 48), object_size=12)
+    listing = sets.write_set(root / "set", "binding", cfg, sets.photos())
     flowshard("build", str(listing), str(root / "ds"), "--flow", "farneback", "--resize", "none",
               "--executor", "local", "--no-progress")
     return root / "ds"

@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import encode, open_dataset, shard, synthetic
+from pipeline import encode, open_dataset, shard
+from pipeline.synthetic import motion
 from pipeline.report import classify
 from pipeline.verify import verify
 
@@ -53,7 +54,7 @@ VFR_TIMES = [0.0, 0.04, 0.1, 0.13, 0.2, 0.3, 0.31, 0.4]
 
 
 def frames(n=12, h=48, w=64, seed=0):
-    return synthetic.moving_frames("left", n, h, w, seed=seed)
+    return motion.moving_frames("left", n, h, w, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +97,27 @@ def corpus(tmp_path_factory, http_server):
     names.mkdir()
     (bad / "zero.mp4").write_bytes(b"")
     (bad / "random.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
-    synthetic.write_audio_only(bad / "audio_only.mp4")
-    synthetic.write_video(bad / "one_frame.mp4", frames(1))
-    synthetic.write_image(bad / "still_image.avi")
-    synthetic.write_declared_size(bad / "huge_header.avi", 30000, 30000)
-    synthetic.write_declared_size(bad / "big_header.mkv", 16000, 16000)
-    synthetic.write_unknown_codec(bad / "unknown_codec.avi", frames(8))
+    motion.write_audio_only(bad / "audio_only.mp4")
+    motion.write_video(bad / "one_frame.mp4", frames(1))
+    motion.write_image(bad / "still_image.avi")
+    motion.write_declared_size(bad / "huge_header.avi", 30000, 30000)
+    motion.write_declared_size(bad / "big_header.mkv", 16000, 16000)
+    motion.write_unknown_codec(bad / "unknown_codec.avi", frames(8))
     os.mkfifo(bad / "fifo.mp4")
     (bad / "hls_playlist.mp4").write_bytes(hls_playlist("/etc/passwd", f"{http_server[0]}/x.ts"))
     (bad / "concat_list.mp4").write_bytes(concat_list("/etc/passwd", f"{http_server[0]}/y.mp4"))
     (bad / "device_link.mp4").symlink_to("/dev/zero")
-    whole = synthetic.write_video(root / "whole.mkv", frames(30), extra_args=("-g", "4"))
-    synthetic.write_truncated(bad / "truncated.mkv", whole, 0.6)
+    whole = motion.write_video(root / "whole.mkv", frames(30), extra_args=("-g", "4"))
+    motion.write_truncated(bad / "truncated.mkv", whole, 0.6)
     whole.unlink()
-    synthetic.write_vfr_video(bad / "vfr.mkv", frames(8), VFR_TIMES)
-    synthetic.write_video(bad / "odd_size.mkv", frames(8, 47, 63), codec="ffv1", pix_fmt="bgr0")
-    base = synthetic.write_video(root / "base.mp4", frames(8))
-    synthetic.write_rotated(bad / "rotated.mp4", base, 90)
-    synthetic.write_audio_first(bad / "audio_first.mp4", base)
+    motion.write_vfr_video(bad / "vfr.mkv", frames(8), VFR_TIMES)
+    motion.write_video(bad / "odd_size.mkv", frames(8, 47, 63), codec="ffv1", pix_fmt="bgr0")
+    base = motion.write_video(root / "base.mp4", frames(8))
+    motion.write_rotated(bad / "rotated.mp4", base, 90)
+    motion.write_audio_first(bad / "audio_first.mp4", base)
     base.unlink()
     for i, name in enumerate(HOSTILE_NAMES):
-        synthetic.write_video(names / name, frames(6, seed=i))
+        motion.write_video(names / name, frames(6, seed=i))
     return root
 
 
@@ -298,12 +299,12 @@ def test_a_playlist_cannot_pull_other_local_files_or_urls_into_a_dataset(tmp_pat
     url, hits = http_server
     before = len(hits)
     (tmp_path / "elsewhere").mkdir()
-    private = synthetic.write_video(tmp_path / "elsewhere" / "private.ts", frames(12), extra_args=("-f", "mpegts"))
+    private = motion.write_video(tmp_path / "elsewhere" / "private.ts", frames(12), extra_args=("-f", "mpegts"))
     inp = tmp_path / "input"
     inp.mkdir()
     (inp / "leak.m3u8").write_bytes(hls_playlist(str(private), f"{url}/segment.ts"))
     (inp / "leak.ffconcat").write_bytes(concat_list("/etc/passwd", f"{url}/clip.mp4"))
-    synthetic.write_video(inp / "fine.mp4", frames(6))
+    motion.write_video(inp / "fine.mp4", frames(6))
     listing = tmp_path / "list.csv"
     listing.write_text(f"path,label\n{inp}/leak.m3u8,a\n{inp}/leak.ffconcat,a\n{inp}/fine.mp4,b\n")
     result = CliRunner().invoke(cli, ["build", str(listing), str(tmp_path / "ds"), *ARGS, "--executor", "local"])

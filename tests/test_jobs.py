@@ -65,7 +65,7 @@ def test_build_checks_inputs_before_starting_ray(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from jobs.cli import cli
-    from pipeline import ray_runner
+    from pipeline.cluster import ray_runner
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `flowshard build`
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the inputs were checked"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import synthetic
-from pipeline.flow_cpu import Farneback
+from pipeline.synthetic import motion as synthetic
+from pipeline.flow.opencv import Farneback
 from training.mean_flow import subtract_mean_flow
 from training.transforms import interleave
 

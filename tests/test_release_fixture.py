@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import open_dataset, synthetic
+from pipeline import open_dataset
+from pipeline.synthetic import motion
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1"
 VERSION = "3e86e472ea785371"
@@ -56,8 +57,8 @@ def test_verifies_by_version_id(release):
 
 def test_resumes_and_extends_the_old_build(release):
     flowshard("build", "list.csv", "dataset", *BUILD_ARGS)  # the same build again: nothing lost
-    frames = list(synthetic.moving_frames("left", 10, 32, 48, speed=2.0, seed=9))
-    synthetic.write_video("videos/left/v_left_g09.mp4", frames, 25.0)
+    frames = list(motion.moving_frames("left", 10, 32, 48, speed=2.0, seed=9))
+    motion.write_video("videos/left/v_left_g09.mp4", frames, 25.0)
     rows = Path("list.csv").read_text() + "videos/left/v_left_g09.mp4,left,train\n"
     Path("list.csv").write_text(rows)
     out = flowshard("build", "list.csv", "dataset", *BUILD_ARGS)

@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import open_dataset, synthetic
+from pipeline import open_dataset
+from pipeline.synthetic import motion as synthetic
 from pipeline.verify import verify
 from tests.helpers import write_list
 
@@ -50,7 +51,7 @@ if hook == "mid-tar":
         return result
     tarfile.TarFile.addfile = addfile
 elif hook == "after-record":
-    from pipeline import build
+    from pipeline.build import run as build
     original_save = build.save_record
 
     def save_record(*args, **kwargs):
@@ -58,7 +59,7 @@ elif hook == "after-record":
         pause()
     build.save_record = save_record
 elif hook == "mid-publish":
-    from pipeline import manifest
+    from pipeline.build import manifest
     original_write = manifest.atomic_write_bytes
 
     def atomic_write_bytes(path, data):

@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import manifest, open_dataset, storage
+from pipeline import open_dataset, storage
+from pipeline.build import manifest
 from pipeline.verify import verify
 from training import data
 
@@ -220,7 +221,7 @@ def test_a_lock_taken_over_meanwhile_refuses_the_commit(s3):
 
 
 def test_a_second_version_in_the_bucket_shares_unchanged_shards(bucket_build, motion_videos, tmp_path):
-    from pipeline import version
+    from pipeline.build import versions as version
 
     out, v1, _, _ = bucket_build
     subset = tmp_path / "in"

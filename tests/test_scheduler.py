@@ -2,10 +2,12 @@
 and a driver that makes progress whatever the settings (it never spins)."""
 import pytest
 
-from pipeline import open_dataset, ray_runner, synthetic
-from pipeline.build import BuildConfig, ShardConfig, build_dataset
+from pipeline import open_dataset
+from pipeline.cluster import ray_runner
+from pipeline.synthetic import motion
+from pipeline.build.run import BuildConfig, ShardConfig, build_dataset
 from pipeline.decode import DecodeConfig
-from pipeline.flow import FlowConfig
+from pipeline.flow.core import FlowConfig
 from pipeline.worker import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")
@@ -59,7 +61,7 @@ def test_writers_are_bounded_copy_only_units_included(motion_videos, tmp_path, r
         (relabelled / f"c_{p.parent.name}").mkdir(parents=True, exist_ok=True)
         (relabelled / f"c_{p.parent.name}" / p.name).symlink_to(p)
     (relabelled / "new").mkdir()
-    synthetic.write_video(relabelled / "new" / "x.mp4", synthetic.moving_frames("up", 12, 48, 64, seed=7))
+    motion.write_video(relabelled / "new" / "x.mp4", motion.moving_frames("up", 12, 48, 64, seed=7))
     executor = ray_runner.RayExecutor(max_writers=2)
     summary = build_dataset(str(relabelled), str(tmp_path / "ds"), cfg, executor=executor, progress=False)
     assert summary.ok == 9 and summary.reused == 8 and summary.computed == 1

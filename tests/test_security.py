@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from jobs.cli import configure_storage
-from pipeline import ray_runner, storage
+from pipeline import storage
+from pipeline.cluster import ray_runner
 
 SECRETS = ("AKIAEXAMPLEKEY", "s3cr3t-value", "session-tok", "hunter2", "nested-secret")
 
@@ -33,7 +34,7 @@ def test_secrets_in_storage_options_are_not_forwarded(storage_env, monkeypatch, 
     monkeypatch.setattr(ray_runner.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray_runner.ray, "init", fake_init)
     monkeypatch.setattr(ray_runner.ray, "cluster_resources", lambda: {})
-    with caplog.at_level(logging.WARNING, logger="pipeline.ray_runner"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cluster.ray_runner"):
         ray_runner.init_ray(ray_runner.RayConfig(address="ray://127.0.0.1:10001"))
     env = captured["runtime_env"]["env_vars"]
     text = json.dumps(env)

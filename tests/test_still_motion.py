@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import still_motion, synthetic_sets
-from pipeline.still_motion import StillMotionConfig
+from pipeline.synthetic import still_motion
+from pipeline.synthetic import sets
+from pipeline.synthetic.still_motion import StillMotionConfig
 from test_clips import flowshard
 from training.models import ModelConfig, build_model
 
 
 @pytest.fixture(scope="module")
 def photo():
-    return synthetic_sets.photos()[1]  # coffee
+    return sets.photos()[1]  # coffee
 
 
 def mean_flow(frames: list[np.ndarray]) -> np.ndarray:
@@ -60,7 +61,7 @@ def test_objects_move_over_a_still_view(photo, motion):
 def test_pretrain_flow_builds_a_dataset_whose_flow_stream_initialises_other_models(tmp_path, photo):
     images = tmp_path / "images"
     images.mkdir()
-    for i, p in enumerate(synthetic_sets.photos()[:3]):
+    for i, p in enumerate(sets.photos()[:3]):
         cv2.imwrite(str(images / f"photo{i}.png"), cv2.cvtColor(p, cv2.COLOR_RGB2BGR))
     (images / "broken.jpg").write_bytes(b"not an image")
     out = flowshard("pretrain-flow", str(images), str(tmp_path / "pre"), "--size", "64x48", "--frames", "8",

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import synthetic_sets as sets
-from pipeline.synthetic_sets import SetConfig
+from pipeline.synthetic import sets
+from pipeline.synthetic.sets import SetConfig
 
 
 def decoded_frames(path, size: tuple[int, int]) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import synthetic_states as ss
+from pipeline.synthetic import states as ss
 from pipeline.decode import DecodeConfig, iter_frames
 
 

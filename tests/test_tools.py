@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import manifest, open_dataset, tools, worker
-from pipeline.flow import FlowConfig, RAFTParams
+from pipeline import open_dataset, tools, worker
+from pipeline.build import manifest
+from pipeline.flow.core import FlowConfig, RAFTParams
 from pipeline.verify import verify
 from pipeline.worker import WorkerConfig
 

@@ -11,8 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import encode, manifest, shard
-from pipeline.flow import dequantize
+from pipeline import encode, shard
+from pipeline.build import manifest
+from pipeline.flow.core import dequantize
 from training import data
 from training.data import DataConfig
 from training.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig

@@ -1,12 +1,13 @@
-"""Camera-motion compensation (pipeline.warp) on the panning-camera generator (pipeline.synthetic_camera)."""
+"""Camera-motion compensation (pipeline.flow.warp) on the panning-camera generator (pipeline.synthetic.camera)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline import synthetic_camera as sc, warp
-from pipeline.flow_cpu import DIS, Farneback, OpenCVTVL1
+from pipeline.synthetic import camera as sc
+from pipeline.flow import warp
+from pipeline.flow.opencv import DIS, Farneback, OpenCVTVL1
 
 PANNING = sc.CameraSceneConfig(width=128, height=96, frames=4, pan=(2.6, -1.3), zoom=0.01, object_speed=(1.7, 0.6))
 

@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import encode, open_dataset, shard, synthetic_camera as sc, warp
+from pipeline import encode, open_dataset, shard
+from pipeline.synthetic import camera as sc
+from pipeline.flow import warp
 from pipeline.verify import verify
 
 SCENES = {"pan": sc.CameraSceneConfig(width=128, height=96, frames=6, pan=(2.6, -1.3), object_speed=(1.7, 0.6)),

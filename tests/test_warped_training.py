@@ -10,7 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import encode, open_dataset, synthetic_camera as sc
+from pipeline import encode, open_dataset
+from pipeline.synthetic import camera as sc
 from tests.helpers import write_list
 from training import data, streams
 from training.models import ModelConfig, build_model

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipeline import storage
-from pipeline.manifest import DATASET_JSON, atomic_write_bytes
+from pipeline.build.manifest import DATASET_JSON, atomic_write_bytes
 from pipeline.storage import Location
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,7 @@ import torch
 import webdataset as wds
 
 from pipeline import encode, storage
-from pipeline.manifest import DATASET_JSON, SHARD_DIR, SHARDS, read_info, read_rows
+from pipeline.build.manifest import DATASET_JSON, SHARD_DIR, SHARDS, read_info, read_rows
 from pipeline.shard import sha256_file
 from pipeline.storage import Location
 from pipeline import snippets as snip  # `snippets` is also a DataConfig field
@@ -144,11 +144,11 @@ def open_source(spec: str | Path) -> DataSource:
     """A dataset folder: its kind, labels, version and the shards its manifest pins.
 
     "OUTPUT@VERSION" picks a version (pipeline.dataset.resolve_dataset); the version's own
-    folder (pipeline.version.version_dir) holds its dataset.json and manifests, and the
+    folder (pipeline.build.versions.version_dir) holds its dataset.json and manifests, and the
     shard files are in OUTPUT/shards/. Clip-shard folders (kind "clips") hold one version.
     """
     from pipeline.dataset import Dataset, resolve_dataset
-    from pipeline.version import version_dir
+    from pipeline.build.versions import version_dir
 
     root, vid = resolve_dataset(spec)
     folder = version_dir(root, vid) if vid else root

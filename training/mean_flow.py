@@ -9,7 +9,7 @@ so field l's mean vector is the spatial mean of channels 2l and 2l + 1: subtract
 channel's spatial mean is exactly that. The transform is linear, so it holds for flow in
 pixels and for the loader's normalised (q - 128) / 128 values alike.
 
-Unlike warped flow (pipeline.warp), it removes only the translation part of the camera
+Unlike warped flow (pipeline.flow.warp), it removes only the translation part of the camera
 motion, and it also shifts a scene whose foreground moves as a whole.
 """
 from __future__ import annotations

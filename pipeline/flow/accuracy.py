@@ -4,7 +4,7 @@ One implementation for `flowshard flow-check` and bench/gpu_flow.py (and the est
 tests), so the command and the benchmark report the same numbers for the same estimator,
 size and pairs.
 
-Ground truth: frame 1 is a crop of a photograph shipped with flowshard (`pipeline.photos`);
+Ground truth: frame 1 is a crop of a photograph shipped with flowshard (`pipeline.synthetic.photos`);
 frame 0 samples the same photograph at p + d(p) (cv2.remap, bicubic) for a known field d, so
 I0(p) = I1(p + d(p)) holds exactly on frame 0's grid: the flow convention of every
 estimator (x right, y down, pixels). A border of (max motion + 6) px is left out of the
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.photos import photo_texture
+from pipeline.synthetic.photos import photo_texture
 
 MOTIONS = ("shift_subpixel", "shift_pixels", "zoom", "rotate", "smooth_field")
 OUTLIER_PX = 3.0

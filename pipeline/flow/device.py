@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.flow_params import DEFAULT_BOUND, check_frames
+from pipeline.flow.params import DEFAULT_BOUND, check_frames
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def quantize_tensor(flow: torch.Tensor, bound: float = DEFAULT_BOUND) -> torch.Tensor:
-    """`pipeline.flow.quantize` on the device: (N, 2, H, W) float -> (N, H, W, 2) uint8, same bytes.
+    """`pipeline.flow.core.quantize` on the device: (N, 2, H, W) float -> (N, H, W, 2) uint8, same bytes.
 
     float32 throughout and round-half-to-even (torch.round, like np.rint), so the result is
     byte-identical to quantizing the same float32 flow on the host.

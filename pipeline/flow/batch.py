@@ -3,7 +3,7 @@
 
 Callers `submit` a chunk's frames and the (from, to) rows of its pairs and get a future. One
 worker thread takes batches of up to B pairs of one frame size from the queue, oldest pair
-first, and runs them through the estimator's overlapped path (pipeline.flow_device): it
+first, and runs them through the estimator's overlapped path (pipeline.flow.device): it
 stages batch k+1 (copy in) before launching batch k, and collects batch k-1 (copy out) after,
 so copies overlap compute on a GPU. A chunk's future resolves when its last pair has landed,
 with its (P, H, W, 2) uint8 quantized fields in pair order.
@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.flow import DEFAULT_BOUND, quantize
+from pipeline.flow.core import DEFAULT_BOUND, quantize
 
 log = logging.getLogger(__name__)
 

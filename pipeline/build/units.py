@@ -1,7 +1,7 @@
 """A build's settings and its unit of commit: one planned shard, and how its tars are written.
 
-Shared by the build (`pipeline.build`, which plans, resumes and commits) and the executors
-that run units (`pipeline.ray_runner`), so neither imports the other.
+Shared by the build (`pipeline.build.run`, which plans, resumes and commits) and the executors
+that run units (`pipeline.cluster.ray_runner`), so neither imports the other.
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from pipeline import boxes, manifest, reuse, shard, storage
-from pipeline.manifest import SHARD_DIR
+from pipeline import boxes, shard, storage
+from pipeline.build import manifest
+from pipeline.build import reuse
+from pipeline.build.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
 from pipeline.worker import WorkerConfig, process_video

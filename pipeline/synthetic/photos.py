@@ -1,6 +1,6 @@
 """Small photographs shipped with the package (public domain / CC0, see data/photos/README.md).
 
-Real content for known-motion flow pairs (`pipeline.flow_eval`), the demo's videos and the
+Real content for known-motion flow pairs (`pipeline.flow.accuracy`), the demo's videos and the
 camera-motion generator, without scikit-image or a download.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-PHOTO_DIR = Path(__file__).parent / "data" / "photos"
+PHOTO_DIR = Path(__file__).parents[1] / "data" / "photos"
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea")
 
 

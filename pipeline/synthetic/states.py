@@ -23,7 +23,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pipeline.synthetic import texture, write_video
+from pipeline.synthetic.motion import texture, write_video
 
 log = logging.getLogger(__name__)
 

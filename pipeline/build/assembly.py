@@ -6,7 +6,7 @@ are in. Chunks are spooled to local disk at once, so the executor can release th
 the object store holds only the chunks in flight, whatever the size of the unit or the
 length of a video). A video is written into the unit's open temporary tar as soon as it and
 every video planned before it are complete: one chunk and one sample part are held in
-memory at a time. No Ray here: `pipeline.ray_runner` runs this class as an actor.
+memory at a time. No Ray here: `pipeline.cluster.ray_runner` runs this class as an actor.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pipeline import worker
 from pipeline.failures import PERMANENT
 from pipeline.records import EncodedChunk, VideoRef, VideoResult
 from pipeline.storage import Location
-from pipeline.units import BuildConfig, Unit, UnitWriter
+from pipeline.build.units import BuildConfig, Unit, UnitWriter
 
 log = logging.getLogger(__name__)
 

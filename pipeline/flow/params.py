@@ -1,7 +1,7 @@
 """Estimator parameter records, with OpenCV's and torchvision's names and defaults, and the
 frame-batch check every estimator applies to its input.
 
-Kept apart from `pipeline.flow` (the conventions, `FlowConfig` and the estimator factory) so
+Kept apart from `pipeline.flow.core` (the conventions, `FlowConfig` and the estimator factory) so
 that the estimators import their parameters without importing the factory that builds them.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_BOUND = 20.0  # quantization bound in pixels (pipeline.flow: TSN's convention)
+DEFAULT_BOUND = 20.0  # quantization bound in pixels (pipeline.flow.core: TSN's convention)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow_device import DeviceEstimator
+from pipeline.flow.device import DeviceEstimator
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.flow_params import (DEFAULT_BOUND, PARAM_TYPES, DISParams, FarnebackParams, RAFTParams,  # noqa: F401
+from pipeline.flow.params import (DEFAULT_BOUND, PARAM_TYPES, DISParams, FarnebackParams, RAFTParams,  # noqa: F401
                                   SEARAFTParams, TVL1Params)
 
 QUANTIZATION = "q = clip(round(255 * (d + b) / (2 * b)), 0, 255); d = q * 2 * b / 255 - b"
@@ -195,21 +195,21 @@ def make_estimator(cfg: FlowConfig) -> FlowEstimator:
     """Build the estimator `cfg` names. Imports lazily so a CPU worker never imports torch."""
     opts = cfg.torch_options
     if cfg.algorithm.startswith("raft"):
-        from pipeline import flow_raft
+        from pipeline.flow import raft as flow_raft
 
         return flow_raft.RAFTFlow(cfg.params.weights, model=cfg.algorithm, device=cfg.device,
                                   num_flow_updates=cfg.params.num_flow_updates, compile=opts.compile, dtype=opts.dtype)
     if cfg.algorithm.startswith("sea_raft"):
-        from pipeline import flow_searaft
+        from pipeline.flow import searaft
 
-        return flow_searaft.SEARAFTFlow(cfg.params.weights, variant=cfg.algorithm[-1].upper(), device=cfg.device,
+        return searaft.SEARAFTFlow(cfg.params.weights, variant=cfg.algorithm[-1].upper(), device=cfg.device,
                                         iters=cfg.params.iters, compile=opts.compile, dtype=opts.dtype)
     if cfg.backend == "torch":
-        from pipeline import flow_torch
+        from pipeline.flow import tvl1_torch
 
-        return flow_torch.TorchTVL1(cfg.params, device=cfg.device, compile=opts.compile, dtype=opts.dtype,
+        return tvl1_torch.TorchTVL1(cfg.params, device=cfg.device, compile=opts.compile, dtype=opts.dtype,
                                     sync_every=opts.sync_every)
-    from pipeline import flow_cpu
+    from pipeline.flow import opencv as flow_cpu
 
     factories = {"tvl1": flow_cpu.OpenCVTVL1, "farneback": flow_cpu.Farneback, "dis": flow_cpu.DIS}
     return factories[cfg.algorithm](cfg.params, threads=cfg.threads)

@@ -1,7 +1,7 @@
 """Reusing stored samples: the shards of earlier versions are the cache of later builds.
 
 A video whose media key (content hash + the settings that shape its frame and flow members,
-see `pipeline.version.media_key`) matches a sample stored in OUTPUT/shards/ is not decoded
+see `pipeline.build.versions.media_key`) matches a sample stored in OUTPUT/shards/ is not decoded
 and no flow is computed for it: its frame, flow and warped members are copied byte for byte, and
 only its JSON member is written anew (label, split, source, key, parts). The copy goes
 through the same assembly code as a fresh computation, so both give identical bytes.
@@ -19,10 +19,11 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterable
 
-from pipeline import boxes, encode, manifest, shard, storage, worker
+from pipeline import boxes, encode, shard, storage, worker
+from pipeline.build import manifest
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
-from pipeline.version import VERSIONS_DIR
+from pipeline.build.versions import VERSIONS_DIR
 
 log = logging.getLogger(__name__)
 

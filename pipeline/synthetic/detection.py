@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.synthetic import write_video
+from pipeline.synthetic.motion import write_video
 
 log = logging.getLogger(__name__)
 

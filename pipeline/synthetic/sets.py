@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline import synthetic
+from pipeline.synthetic import motion as synthetic
 
 log = logging.getLogger(__name__)
 

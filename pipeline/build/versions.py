@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Mapping
 
 import pyarrow as pa
 
-from pipeline import boxes, encode, manifest, storage
+from pipeline import boxes, encode, storage
+from pipeline.build import manifest
 from pipeline.shard import sha256_file
 from pipeline.records import VideoRef
 from pipeline.storage import Location
 
 if TYPE_CHECKING:
-    from pipeline.units import BuildConfig
+    from pipeline.build.units import BuildConfig
     from pipeline.worker import WorkerConfig
 
 log = logging.getLogger(__name__)

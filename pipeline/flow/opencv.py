@@ -13,7 +13,7 @@ import logging
 import cv2
 import numpy as np
 
-from pipeline.flow_params import DISParams, FarnebackParams, TVL1Params, check_frames
+from pipeline.flow.params import DISParams, FarnebackParams, TVL1Params, check_frames
 
 log = logging.getLogger(__name__)
 

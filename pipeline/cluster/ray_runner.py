@@ -4,7 +4,7 @@ Per video: a small `_plan` task probes it (fetching a remote input into its node
 a `_decode` generator task on the same node streams its frames in chunks; each chunk goes
 to a `_flow` CPU task (flow + encode) or, on GPU builds, to a `FlowActor` (flow only,
 batched across videos) followed by an `_encode` CPU task. Each planned shard (unit) is
-written by a writer actor (`pipeline.assembly.UnitAssembler`) that takes every encoded
+written by a writer actor (`pipeline.build.assembly.UnitAssembler`) that takes every encoded
 chunk as soon as it is done, spools it to local disk and writes the unit's videos into its
 temporary tar in plan order as they complete.
 
@@ -31,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import failures, shared_paths, storage, tools, version, worker
-from pipeline.assembly import UnitAssembler, VideoOutcome
-from pipeline.flow import make_estimator
-from pipeline.flow_batch import PairBatcher
+from pipeline import failures, storage, tools, worker
+from pipeline.cluster import shared_paths
+from pipeline.build import versions as version
+from pipeline.build.assembly import UnitAssembler, VideoOutcome
+from pipeline.flow.core import make_estimator
+from pipeline.flow.batch import PairBatcher
 from pipeline.records import VideoRef, VideoResult
-from pipeline.units import STATE_DIR, BuildConfig, Unit
+from pipeline.build.units import STATE_DIR, BuildConfig, Unit
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +355,7 @@ class RayExecutor:
 
     def prepare(self, input_path: str, refs: list[VideoRef], output, cfg: BuildConfig) -> None:
         """On a cluster of several nodes, before any work: every node must see the local INPUT
-        videos and OUTPUT (`pipeline.shared_paths`) and run the tools the version names
+        videos and OUTPUT (`pipeline.cluster.shared_paths`) and run the tools the version names
         (`pipeline.tools`), or the build stops with what to fix. A local Ray is one machine:
         nothing to check, and Ray is not started for it."""
         if not self.cfg.address and not ray.is_initialized():

@@ -1,6 +1,6 @@
 """Synthetic videos with a moving camera and an independently moving object, with exact ground truth.
 
-The scene is a photograph (the background, `pipeline.photos`) with a textured, elliptical
+The scene is a photograph (the background, `pipeline.synthetic.photos`) with a textured, elliptical
 object (a crop of another photograph) that moves across it by `object_speed` scene pixels
 per frame. The camera pans by `pan` scene pixels per frame and zooms by `zoom` per frame:
 frame t shows the scene through the similarity A_t (frame pixel p sees scene point
@@ -9,7 +9,7 @@ A_t p = s_t p + o_t, s_t = (1 + zoom)^t, o_t = t pan + the zoom centre's correct
 Ground truth, for the pair (t, t+1):
   - plain flow: a background point p moves to A_{t+1}^-1 A_t p (the camera homography H_t),
     an object point to A_{t+1}^-1 (A_t p + object_speed);
-  - warped flow (camera compensated, what `pipeline.warp` aims at): 0 on the background,
+  - warped flow (camera compensated, what `pipeline.flow.warp` aims at): 0 on the background,
     A_t^-1 (A_t p + object_speed) - p = object_speed / s_t on the object: its own motion in
     the scene, in frame t's pixels;
   - the object mask of frame t (where the object covers the background).
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.photos import photo_texture
+from pipeline.synthetic.photos import photo_texture
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +162,7 @@ def score_regions(scene: CameraScene, object_margin: int = 3, border: int = 8) -
 
 def write_camera_videos(root: str | Path, configs: dict[str, CameraSceneConfig], fps: float = 25.0) -> dict[str, Path]:
     """Write each named clip as an (almost lossless) mp4 under root; returns name -> path."""
-    from pipeline.synthetic import write_video
+    from pipeline.synthetic.motion import write_video
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

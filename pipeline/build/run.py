@@ -1,15 +1,15 @@
 """Build a dataset version: discover inputs, hash them, plan shards, run the work, commit.
 
 This is the composition of the pipeline's stages; where the work runs is the executor's
-business (`LocalExecutor` here, in this process; `pipeline.ray_runner.RayExecutor` on Ray).
+business (`LocalExecutor` here, in this process; `pipeline.cluster.ray_runner.RayExecutor` on Ray).
 
-Versions and incremental builds (see `pipeline.version`): the version id is known before
+Versions and incremental builds (see `pipeline.build.versions`): the version id is known before
 any work, from the inputs' content hashes and the settings. The shard plan is kept stable
 against the latest version: its units keep their videos (minus removed ones), new videos
 go into new units. A unit's tar name carries a hash of everything its bytes depend on, so
 an unchanged unit keeps its tar (shared by both versions, not rewritten) and a changed one
 gets a new tar beside the old. Videos whose frame and flow members are already stored are
-copied from the old shards (`pipeline.reuse`), not recomputed.
+copied from the old shards (`pipeline.build.reuse`), not recomputed.
 
 Resume: the unit of commit is one planned shard. Each finished unit leaves a record in
 OUTPUT/.flowshard/units/<stem>.json; a rerun of the same command plans the same units
@@ -32,13 +32,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Protocol
 
-from pipeline import boxes, encode, failures, inputs, manifest, reuse, shard, shared_paths, storage, tools, version
-from pipeline.manifest import SHARD_DIR
+from pipeline import boxes, encode, failures, inputs, shard, storage, tools
+from pipeline.build import manifest
+from pipeline.build import reuse
+from pipeline.cluster import shared_paths
+from pipeline.build import versions as version
+from pipeline.build.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
-from pipeline.flow import make_estimator
+from pipeline.flow.core import make_estimator
 # BuildConfig and ShardConfig are the build's public settings: importable from here too.
-from pipeline.units import STATE_DIR, BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
+from pipeline.build.units import STATE_DIR, BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
 from pipeline.worker import process_video
 
 log = logging.getLogger(__name__)
@@ -285,7 +289,7 @@ def make_executor(kind: str, *, address: str | None = None, num_cpus: int | None
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        from pipeline.ray_runner import RayExecutor
+        from pipeline.cluster.ray_runner import RayExecutor
 
         return RayExecutor(address=address, num_cpus=num_cpus, **ray_kwargs)
     raise ValueError(f"unknown executor {kind!r}; choose 'ray' or 'local'")

@@ -37,7 +37,7 @@ def backdrop(height: int, width: int, seed: int, source: str) -> np.ndarray:
     if source == "noise":
         return texture(height, width, seed)
     if source == "photo":
-        from pipeline.photos import photo_texture
+        from pipeline.synthetic.photos import photo_texture
 
         return np.clip(np.rint(photo_texture(height, width, seed, gray=False)), 0, 255).astype(np.uint8)
     raise ValueError(f"unknown texture source {source!r}; choose one of {TEXTURES}")

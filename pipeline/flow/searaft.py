@@ -40,8 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.flow_device import DeviceEstimator
-from pipeline.flow_raft import autocast, rgb_input
+from pipeline.flow.device import DeviceEstimator
+from pipeline.flow.raft import autocast, rgb_input
 
 log = logging.getLogger(__name__)
 

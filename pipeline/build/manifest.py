@@ -2,7 +2,7 @@
 
 dataset.json is written last and atomically: a dataset folder without it is an unfinished
 build, and readers refuse it. Each version has its own folder (OUTPUT/versions/<id>/, see
-`pipeline.version`); the top-level files are copies of the latest version's, refreshed after
+`pipeline.build.versions`); the top-level files are copies of the latest version's, refreshed after
 the version's folder is complete, dataset.json last. Every file goes through
 `pipeline.storage`, so a dataset folder may be a local path or a bucket prefix (s3://...).
 """

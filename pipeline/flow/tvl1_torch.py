@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow_device import DeviceEstimator, torch_dtype
-from pipeline.flow_params import TVL1Params
+from pipeline.flow.device import DeviceEstimator, torch_dtype
+from pipeline.flow.params import TVL1Params
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ class TorchTVL1(DeviceEstimator):
     """Batched TV-L1 estimator (CPU or CUDA) with the numpy contract of `FlowEstimator`.
 
     est(prev, nxt) with (N, H, W) uint8 grayscale -> (N, H, W, 2) float32 flow prev -> nxt;
-    stage / launch / result (pipeline.flow_device) give uint8 fields with overlapped copies.
+    stage / launch / result (pipeline.flow.device) give uint8 fields with overlapped copies.
     """
 
     input = "gray"
