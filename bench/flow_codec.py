@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline import encode
-from pipeline.flow.core import quantize
+from pipeline.flow.quantize import quantize
 
 
 def photo_pairs(n: int, size=(340, 256)):

@@ -156,8 +156,10 @@ def tvl1(cfg: BenchConfig, dtype: str = "fp32", compiled: bool = False, sync_eve
 
 
 def learned(cfg: BenchConfig, algorithm: str, weights: str, dtype: str = "fp32"):
-    """A learned estimator from a local checkpoint (pipeline.flow.core's factory, torch backend)."""
-    from pipeline.flow.core import FlowConfig, TorchOptions, params_from_dict, make_estimator
+    """A learned estimator from a local checkpoint (the table's factory, torch backend)."""
+    from pipeline.flow.config import FlowConfig, params_from_dict
+    from pipeline.flow.estimators import make_estimator
+    from pipeline.flow.params import TorchOptions
 
     params = params_from_dict(algorithm, {"weights": weights})
     return make_estimator(FlowConfig(algorithm=algorithm, backend="torch", device=cfg.device, params=params,
@@ -167,7 +169,7 @@ def learned(cfg: BenchConfig, algorithm: str, weights: str, dtype: str = "fp32")
 def speed_rows(cfg: BenchConfig) -> list[dict]:
     """TV-L1 pairs/s by batch size (fp32, eager, default stop check), then by dtype x compile x
     stop check at cfg.variant_batch; learned estimators at their default batch, fp32 and bf16."""
-    from pipeline.flow.core import default_batch_size
+    from pipeline.flow.config import default_batch_size
 
     rows = []
     for batch in cfg.batch_sizes:
@@ -240,7 +242,7 @@ def cpu_costs(height: int = 256, width: int = 340, frames: int = 48) -> dict:
 
     from pipeline import decode, encode, worker
     from pipeline.synthetic import motion as synthetic
-    from pipeline.flow.core import quantize
+    from pipeline.flow.quantize import quantize
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

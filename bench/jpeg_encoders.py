@@ -34,7 +34,9 @@ import simplejpeg  # noqa: E402
 import media  # noqa: E402
 from pipeline import decode, encode  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.core import FlowConfig, make_estimator, quantize  # noqa: E402
+from pipeline.flow.config import FlowConfig  # noqa: E402
+from pipeline.flow.estimators import make_estimator  # noqa: E402
+from pipeline.flow.quantize import quantize  # noqa: E402
 
 
 def measure(fn, items) -> tuple[float, float, bool, list[bytes]]:

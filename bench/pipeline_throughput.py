@@ -43,7 +43,8 @@ from pipeline import decode
 from pipeline.synthetic import motion as synthetic  # noqa: E402
 from pipeline.build.run import BuildConfig, ShardConfig, build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.core import FlowConfig, make_estimator  # noqa: E402
+from pipeline.flow.config import FlowConfig  # noqa: E402
+from pipeline.flow.estimators import make_estimator  # noqa: E402
 from pipeline.cluster.ray_runner import RayConfig, RayExecutor, init_ray  # noqa: E402
 from pipeline.worker import SampleConfig, WorkerConfig  # noqa: E402
 

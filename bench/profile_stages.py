@@ -42,7 +42,9 @@ import numpy as np  # noqa: E402
 import media  # noqa: E402
 from pipeline import decode, encode, shard  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.core import FlowConfig, make_estimator, quantize  # noqa: E402
+from pipeline.flow.config import FlowConfig  # noqa: E402
+from pipeline.flow.estimators import make_estimator  # noqa: E402
+from pipeline.flow.quantize import quantize  # noqa: E402
 
 
 def child_cpu() -> float:

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from pipeline.flow.core import dequantize, quantize_inplace
+from pipeline.flow.quantize import dequantize, quantize_inplace
 
 SCHEMA_VERSION = 1  # the base schema; what dataset and shard ids hash
 # Clip samples of several frames or snippets (their json maps snippets to stacked members).

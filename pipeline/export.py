@@ -45,7 +45,7 @@ import numpy as np
 
 from pipeline import encode
 from pipeline.dataset import Dataset, open_dataset
-from pipeline.flow.core import QUANTIZATION
+from pipeline.flow.quantize import QUANTIZATION
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,9 @@ import numpy as np
 from pipeline import boxes, decode, encode, failures
 from pipeline.flow import warp
 from pipeline.decode import DecodeConfig, DecodeError
-from pipeline.flow.core import QUANTIZATION, FlowConfig, FlowEstimator, make_estimator
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.estimators import FlowEstimator, make_estimator
+from pipeline.flow.quantize import QUANTIZATION
 from pipeline.records import EncodedChunk, VideoInfo, VideoRef, VideoResult
 from pipeline.flow.warp import WarpConfig
 
@@ -501,7 +503,7 @@ class WarpedFields:
 
 def quantized(w: WarpedFields, bound: float) -> WarpedFields:
     """The same warped fields quantized to uint8 (a quarter of the bytes through the object store)."""
-    from pipeline.flow.core import quantize
+    from pipeline.flow.quantize import quantize
 
     return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
 

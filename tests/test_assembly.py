@@ -7,7 +7,8 @@ from pipeline import shard, worker
 from pipeline.build.assembly import ChunkSpool, UnitAssembler, VideoOutcome
 from pipeline.build.run import BuildConfig, ShardConfig, identify, plan_units
 from pipeline.decode import DecodeConfig
-from pipeline.flow.core import FlowConfig, make_estimator
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.estimators import make_estimator
 from pipeline.inputs import discover
 from pipeline.build.units import write_unit
 from pipeline.worker import SampleConfig, WorkerConfig

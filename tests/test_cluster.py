@@ -8,7 +8,7 @@ from jobs.cli import cli
 from pipeline import open_dataset
 from pipeline.build.run import BuildConfig, ShardConfig, build_dataset
 from pipeline.decode import DecodeConfig
-from pipeline.flow.core import FlowConfig
+from pipeline.flow.config import FlowConfig
 from pipeline.worker import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline import encode
-from pipeline.flow.core import DEFAULT_BOUND, FlowConfig, dequantize, params_from_dict, quantize
+from pipeline.flow.config import FlowConfig, params_from_dict
+from pipeline.flow.quantize import DEFAULT_BOUND, dequantize, quantize
 
 
 def test_zero_motion_is_128_and_ends_clip():
@@ -82,7 +83,7 @@ def test_flow_config_validation_names_the_bad_value():
 
 
 def test_fused_flow_encoder_gives_the_bytes_of_quantize_then_encode():
-    from pipeline.flow.core import quantize_inplace
+    from pipeline.flow.quantize import quantize_inplace
 
     flow = (np.random.default_rng(3).normal(0, 8, (30, 44, 2))).astype(np.float32)
     flow[0, :4, 0] = [-20.0, 20.0, 127.5 * 40 / 255 - 20, 1e6]  # ends, a rounding tie, beyond the bound

@@ -12,7 +12,9 @@ import torch
 
 from pipeline import worker
 from pipeline.synthetic import motion as synthetic
-from pipeline.flow.core import DEFAULT_BOUND, FlowConfig, TorchOptions, TVL1Params, quantize
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.params import TorchOptions, TVL1Params
+from pipeline.flow.quantize import DEFAULT_BOUND, quantize
 from pipeline.flow.batch import PairBatcher, SyncStages
 from pipeline.flow.opencv import DIS
 from pipeline.flow.device import quantize_tensor

@@ -7,7 +7,9 @@ import pytest
 
 from bench.gpu_flow import eval_margin, mean_epe, motion_batch
 from pipeline.synthetic import motion as synthetic
-from pipeline.flow.core import DISParams, FarnebackParams, FlowConfig, TVL1Params, make_estimator
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.estimators import make_estimator
+from pipeline.flow.params import DISParams, FarnebackParams, TVL1Params
 from pipeline.flow.opencv import DIS, Farneback, OpenCVTVL1, check_pair_batch
 
 ESTIMATORS = {"tvl1": OpenCVTVL1, "farneback": Farneback, "dis": DIS}

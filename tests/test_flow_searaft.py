@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.flow.core import FlowConfig, SEARAFTParams, make_estimator
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.estimators import make_estimator
+from pipeline.flow.params import SEARAFTParams
 from pipeline.flow.searaft import (SEARAFT, SEARAFTFlow, convex_upsample, coords_grid, correlation_pyramid,
                                    lookup, official_state_dict)
 

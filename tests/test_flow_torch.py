@@ -15,7 +15,7 @@ import torch
 
 from bench.gpu_flow import MOTIONS, eval_margin, mean_epe, motion_batch
 from pipeline.synthetic import motion as synthetic
-from pipeline.flow.core import TVL1Params
+from pipeline.flow.params import TVL1Params
 from pipeline.flow.opencv import OpenCVTVL1
 from pipeline.flow.tvl1_torch import (TorchTVL1, centered_gradient, median_filter, median_network, pyramid_sizes,
                                  resize_bilinear, tvl1_flow, warp_bicubic)
@@ -293,7 +293,9 @@ def test_make_estimator_builds_raft_from_a_local_checkpoint(tmp_path):
     import torch
     from torchvision.models.optical_flow import raft_small
 
-    from pipeline.flow.core import FlowConfig, RAFTParams, make_estimator
+    from pipeline.flow.config import FlowConfig
+    from pipeline.flow.estimators import make_estimator
+    from pipeline.flow.params import RAFTParams
 
     path = tmp_path / "raft_small.pth"
     torch.save(raft_small(weights=None).state_dict(), path)

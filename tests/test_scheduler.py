@@ -7,7 +7,7 @@ from pipeline.cluster import ray_runner
 from pipeline.synthetic import motion
 from pipeline.build.run import BuildConfig, ShardConfig, build_dataset
 from pipeline.decode import DecodeConfig
-from pipeline.flow.core import FlowConfig
+from pipeline.flow.config import FlowConfig
 from pipeline.worker import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")

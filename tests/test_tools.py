@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from pipeline import open_dataset, tools, worker
 from pipeline.build import manifest
-from pipeline.flow.core import FlowConfig, RAFTParams
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.params import RAFTParams
 from pipeline.verify import verify
 from pipeline.worker import WorkerConfig
 

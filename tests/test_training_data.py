@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import encode, shard
 from pipeline.build import manifest
-from pipeline.flow.core import dequantize
+from pipeline.flow.quantize import dequantize
 from training import data
 from training.data import DataConfig
 from training.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig

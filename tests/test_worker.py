@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline import decode, encode, worker
-from pipeline.flow.core import FlowConfig, make_estimator
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.estimators import make_estimator
 from pipeline.inputs import discover
 from pipeline.worker import SampleConfig, WorkerConfig
 

@@ -37,7 +37,7 @@ import numpy as np
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-FLOW_ZERO = 128.0  # the quantized value of zero motion (pipeline.flow.core.quantize)
+FLOW_ZERO = 128.0  # the quantized value of zero motion (pipeline.flow.quantize.quantize)
 
 # uint8 -> float32 normalization tables (cv2.LUT): flow (q - 128) / 128, and RGB's
 # per-channel ImageNet normalization.

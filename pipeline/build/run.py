@@ -40,7 +40,7 @@ from pipeline.build import versions as version
 from pipeline.build.manifest import SHARD_DIR
 from pipeline.records import VideoRef, VideoResult
 from pipeline.storage import Location
-from pipeline.flow.core import make_estimator
+from pipeline.flow.estimators import make_estimator
 # BuildConfig and ShardConfig are the build's public settings: importable from here too.
 from pipeline.build.units import STATE_DIR, BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
 from pipeline.worker import process_video

@@ -35,7 +35,7 @@ from pipeline import failures, storage, tools, worker
 from pipeline.cluster import shared_paths
 from pipeline.build import versions as version
 from pipeline.build.assembly import UnitAssembler, VideoOutcome
-from pipeline.flow.core import make_estimator
+from pipeline.flow.estimators import make_estimator
 from pipeline.flow.batch import PairBatcher
 from pipeline.records import VideoRef, VideoResult
 from pipeline.build.units import STATE_DIR, BuildConfig, Unit

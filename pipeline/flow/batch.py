@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.flow.core import DEFAULT_BOUND, quantize
+from pipeline.flow.quantize import DEFAULT_BOUND, quantize
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.flow.params import DEFAULT_BOUND, check_frames
+from pipeline.flow.params import check_frames
+from pipeline.flow.quantize import DEFAULT_BOUND
 
 log = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # flow.DTYPES
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # params.DTYPES
 
 
 def torch_device(device: str | torch.device) -> torch.device:
@@ -52,7 +53,7 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def quantize_tensor(flow: torch.Tensor, bound: float = DEFAULT_BOUND) -> torch.Tensor:
-    """`pipeline.flow.core.quantize` on the device: (N, 2, H, W) float -> (N, H, W, 2) uint8, same bytes.
+    """`pipeline.flow.quantize.quantize` on the device: (N, 2, H, W) float -> (N, H, W, 2) uint8, same bytes.
 
     float32 throughout and round-half-to-even (torch.round, like np.rint), so the result is
     byte-identical to quantizing the same float32 flow on the host.

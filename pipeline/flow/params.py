@@ -1,16 +1,17 @@
-"""Estimator parameter records, with OpenCV's and torchvision's names and defaults, and the
-frame-batch check every estimator applies to its input.
+"""Estimator parameter records, with OpenCV's and torchvision's names and defaults, how a torch
+estimator runs (`TorchOptions`), and the frame-batch check every estimator applies to its input.
 
-Kept apart from `pipeline.flow.core` (the conventions, `FlowConfig` and the estimator factory) so
-that the estimators import their parameters without importing the factory that builds them.
+Kept below `pipeline.flow.estimators` (the table and the factory) so that the estimators import
+their parameters without importing the table that builds them.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_BOUND = 20.0  # quantization bound in pixels (pipeline.flow.core: TSN's convention)
+DTYPES = ("fp32", "fp16", "bf16")  # pipeline.flow.device maps each to its torch dtype
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,9 +107,31 @@ class SEARAFTParams:
             raise ValueError(f"iters must be >= 1, got {self.iters}")
 
 
-PARAM_TYPES = {"tvl1": TVL1Params, "farneback": FarnebackParams, "dis": DISParams,
-               "raft_small": RAFTParams, "raft_large": RAFTParams,
-               "sea_raft_s": SEARAFTParams, "sea_raft_m": SEARAFTParams}
+@dataclass(frozen=True, kw_only=True)
+class TorchOptions:
+    """How a torch estimator runs (not what it computes): `--flow-param compile=1 dtype=bf16 sync_every=N`.
+
+    dtype: precision of TV-L1's iterated state, or of the network under autocast (fp32, fp16, bf16).
+    sync_every: TV-L1 steps between host checks of the epsilon stop (None: the device's default,
+    1 on CPU and 10 on CUDA; 0: never check, every pair runs all iterations; the flow is the
+    same either way, since a pair that has stopped is frozen by a mask).
+    """
+
+    compile: bool = False
+    dtype: str = "fp32"
+    sync_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.sync_every is not None and (isinstance(self.sync_every, bool) or self.sync_every < 0):
+            raise ValueError(f"sync_every must be >= 0, got {self.sync_every!r}")
+        if not isinstance(self.compile, (bool, int)) or self.compile not in (0, 1):
+            raise ValueError(f"compile must be 0 or 1, got {self.compile!r}")
+        object.__setattr__(self, "compile", bool(self.compile))
+
+
+TORCH_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TorchOptions))
 
 
 def check_frames(prev: np.ndarray, nxt: np.ndarray, kind: str) -> None:
