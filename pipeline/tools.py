@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.flow.estimators import spec
+
 if TYPE_CHECKING:
     from pipeline.worker import WorkerConfig
 
@@ -61,13 +63,12 @@ def weights_sha256(path: str | Path) -> str:
 def _weights(flow) -> str:
     """The content hash of the weights the flow estimator loads; "" for estimators without."""
     given = getattr(flow.params, "weights", None)
-    if given is None and not flow.algorithm.startswith("raft"):
+    cached = spec(flow.algorithm).cached_weights
+    if given is None and cached is None:
         return ""
     try:
-        if given is None:  # torchvision's cached checkpoint, as the estimator will find it
-            from pipeline.flow.raft import find_weights
-
-            given = find_weights(flow.algorithm)
+        if given is None:  # the default checkpoint (torchvision's cache), as the estimator will find it
+            given = cached(flow.algorithm)
         return weights_sha256(Path(given).expanduser())
     except OSError as exc:  # the estimator reports the missing file when it is built
         log.debug("no weights to hash for %s (%s)", flow.algorithm, exc)
@@ -86,7 +87,7 @@ def fingerprint(cfg: "WorkerConfig") -> dict[str, str]:
         if version:
             out[name] = version
     flow = cfg.flow
-    if flow.backend == "torch" or flow.algorithm.startswith("raft"):
+    if flow.backend == "torch":
         import torch
 
         out["torch"] = torch.__version__
@@ -94,8 +95,8 @@ def fingerprint(cfg: "WorkerConfig") -> dict[str, str]:
         out["flow_dtype"] = str(getattr(getattr(flow, "torch_options", None), "dtype", None) or "fp32")
         if out["flow_device"] == "cuda":
             out["cuda"] = str(torch.version.cuda)
-    if flow.algorithm.startswith("raft"):  # torchvision's RAFT model code
-        out["torchvision"] = _package("torchvision") or "unknown"
+    for name in spec(flow.algorithm).packages:  # model code beyond the backend's own (torchvision's RAFT)
+        out[name] = _package(name) or "unknown"
     weights = _weights(flow)
     if weights:
         out["weights_sha256"] = weights
