@@ -28,7 +28,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from pipeline.synthetic import motion as synthetic  # noqa: E402
 from pipeline.build.run import BuildConfig, ShardConfig, build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.core import FlowConfig  # noqa: E402
+from pipeline.flow.config import FlowConfig  # noqa: E402
+from pipeline.flow.estimators import algorithms_for  # noqa: E402
 from pipeline.cluster.ray_runner import RayConfig, RayExecutor, init_ray  # noqa: E402
 from pipeline.worker import WorkerConfig  # noqa: E402
 
@@ -125,7 +126,7 @@ def main() -> None:
     parser.add_argument("--size", default="340x256")
     parser.add_argument("--add", type=float, default=0.1, help="Fraction of videos added and relabelled.")
     parser.add_argument("--repeats", type=int, default=3, help="Incremental builds that each add a new batch.")
-    parser.add_argument("--flow", default="farneback", choices=["tvl1", "farneback", "dis"])
+    parser.add_argument("--flow", default="farneback", choices=algorithms_for("opencv"))
     parser.add_argument("--shard-samples", type=int, default=8)
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     args = parser.parse_args()

@@ -30,11 +30,12 @@ import numpy as np
 
 from pipeline.synthetic import camera as sc
 from pipeline.flow import warp
-from pipeline.flow.core import FlowConfig, make_estimator
+from pipeline.flow.config import FlowConfig
+from pipeline.flow.estimators import algorithms_for, make_estimator
 
 log = logging.getLogger("bench.warp_flow")
 
-ESTIMATORS = ("tvl1", "farneback", "dis")
+ESTIMATORS = algorithms_for("opencv")  # the CPU estimators a build worker runs
 
 
 def scenes(width: int, height: int, frames: int) -> dict[str, sc.CameraSceneConfig]:
