@@ -64,11 +64,11 @@ def _weights(flow) -> str:
     """The content hash of the weights the flow estimator loads; "" for estimators without."""
     given = getattr(flow.params, "weights", None)
     cached = spec(flow.algorithm).cached_weights
-    if given is None and cached is None:
-        return ""
     try:
-        if given is None:  # the default checkpoint (torchvision's cache), as the estimator will find it
-            given = cached(flow.algorithm)
+        if given is None:
+            if cached is None:
+                return ""
+            given = cached(flow.algorithm)  # the default checkpoint (torchvision's cache), as the estimator finds it
         return weights_sha256(Path(given).expanduser())
     except OSError as exc:  # the estimator reports the missing file when it is built
         log.debug("no weights to hash for %s (%s)", flow.algorithm, exc)

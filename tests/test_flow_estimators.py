@@ -136,7 +136,8 @@ def test_auto_backend_picks_one_that_implements_the_algorithm():
 def test_default_batch_sizes_come_from_the_rows():
     assert [default_batch_size(n, "cuda", 256, 340) for n in ("tvl1", "raft_small", "raft_large", "sea_raft_m")] \
         == [126, 64, 32, 64]
-    assert [default_batch_size(n, "cpu", 256, 340) for n in ALGORITHMS] == [4 if n in LEARNED else 16 for n in ALGORITHMS]
+    assert [default_batch_size(n, "cpu", 256, 340) for n in ALGORITHMS] \
+        == [4 if n in LEARNED else 16 for n in ALGORITHMS]
     assert default_batch_size("tvl1", "cuda", 8, 8) == 256 and default_batch_size("raft_large", "cuda", 2048, 2048) == 8
 
 
