@@ -11,10 +11,9 @@ from pathlib import Path
 import click
 
 from jobs.parsing import parse_params, parse_size
+from pipeline.flow.estimators import ALGORITHMS, BACKENDS, algorithms_for, auto_backend
 
 log = logging.getLogger("flowshard")
-
-FLOW_CHOICES = ["tvl1", "farneback", "dis", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m"]  # pipeline.flow.core.ALGORITHMS
 
 
 def setup_logging(level: str) -> None:
@@ -65,10 +64,10 @@ def build_options(f):
         click.option("--decode-threads", type=int, default=1, show_default=True,
                      help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
         click.option("--flow", "flow_algo", default="tvl1", show_default=True,
-                     type=click.Choice(FLOW_CHOICES),
+                     type=click.Choice(ALGORITHMS),
                      help="raft_* run torchvision RAFT, sea_raft_* SEA-RAFT, both on RGB frames, from "
                           "--flow-param weights=FILE (never downloaded)."),
-        click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
+        click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS]),
                      help="auto: torch on GPUs (and for RAFT), else opencv."),
         click.option("--flow-device", default="auto", show_default=True,
                      help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs."),
@@ -149,10 +148,11 @@ def make_build_config(o: dict):
 def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[str, ...], **kw):
     """A FlowConfig from CLI values; backend "auto" is torch on cuda and for RAFT, else opencv.
     Raises ValueError with the reason."""
-    from pipeline.flow.core import FlowConfig, TorchOptions, params_from_dict, split_torch_options
+    from pipeline.flow.config import FlowConfig, params_from_dict, split_torch_options
+    from pipeline.flow.params import TorchOptions
 
     if backend == "auto":
-        backend = "torch" if device.startswith("cuda") or "raft" in algorithm else "opencv"
+        backend = auto_backend(algorithm, device)
     values, options = split_torch_options(parse_params(params)) if params else ({}, TorchOptions())
     typed = params_from_dict(algorithm, values) if values else None
     return FlowConfig(algorithm=algorithm, backend=backend, device=device, params=typed, torch_options=options, **kw)
@@ -188,7 +188,7 @@ def resolve_auto_device(o: dict) -> dict:
     cluster the build runs on has GPUs; cpu otherwise. Connects to Ray only to ask."""
     if o["flow_device"] != "auto":
         return o
-    torch_flow = o["flow_algo"] in ("tvl1", "raft_small", "raft_large", "sea_raft_s", "sea_raft_m")
+    torch_flow = o["flow_algo"] in algorithms_for("torch")
     wants_gpu_flow = o["executor"] == "ray" and torch_flow and o["flow_backend"] in ("auto", "torch")
     gpus = 0.0
     if wants_gpu_flow:
@@ -441,8 +441,8 @@ def export(dataset: str, output: str, fmt: str, flow_quality: int | None) -> Non
 
 
 @cli.command("flow-check")
-@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(FLOW_CHOICES))
-@click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", "opencv", "torch"]),
+@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(ALGORITHMS))
+@click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS]),
               help="auto: torch on cuda and for RAFT, else opencv.")
 @click.option("--flow-param", multiple=True, metavar="KEY=VALUE", help="Estimator parameter, repeatable.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (torch backend).")
@@ -463,7 +463,7 @@ def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin
     estimators run on one thread, as in a build worker.
     """
     from pipeline.flow import accuracy
-    from pipeline.flow.core import make_estimator
+    from pipeline.flow.estimators import make_estimator
 
     if len(user_pairs) != len(user_gt):
         raise click.UsageError(f"{len(user_pairs)} --pair and {len(user_gt)} --gt: give one .flo per pair")
@@ -495,7 +495,7 @@ def _wxh(text: str) -> tuple[int, int]:
 
 @cli.command()
 @click.option("--output", default="demo_out", show_default=True, help="Folder for the videos, dataset and PNG.")
-@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(["tvl1", "farneback", "dis"]))
+@click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(algorithms_for("opencv")))
 @click.option("--executor", default="ray", show_default=True, type=click.Choice(["ray", "local"]))
 def demo(output: str, flow_algo: str, executor: str) -> None:
     """Generate sample videos with known motion, build a dataset, verify it and write a PNG."""
