@@ -167,6 +167,7 @@ def test_eval_views_centre_and_ten_crop():
     assert red[0, 0] == pytest.approx(2 * 11, abs=1.5) and green[0, 0] == pytest.approx(2 * 3, abs=1.5)
     assert red[0, -1] == pytest.approx(2 * 52, abs=1.5) and green[-1, 0] == pytest.approx(2 * 44, abs=1.5)
     np.testing.assert_allclose(fx, red, atol=1.01)  # both streams cut by the same box
+    np.testing.assert_allclose(fy, green, atol=1.01)
     ten_rgb, ten_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=32, test_crops=10))
     assert ten_rgb.shape == (10, 1, 3, 32, 32) and ten_flow.shape == (10, 1, 6, 32, 32)
     corner_red, corner_green, _, _ = _decode_coords(ten_rgb[3, 0], ten_flow[3, 0])  # bottom right corner
