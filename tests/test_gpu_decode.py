@@ -82,7 +82,7 @@ def test_training_batches_match_the_cpu_loader(shards, streams):
 
 def test_ten_crop_evaluation_matches_the_cpu_loader(shards):
     cfg = DataConfig(clip_len=3, sampler="simonyan", test_clips=2, batch_size=2, workers=0,
-                     transform=TransformConfig(crop_size=28, test_crops=10))  # 28 > 24: upscaled first
+                     transform=TransformConfig(crop_size=28, test_crops=10))  # 21 px boxes (0.875 x 24) resized up
     cpu, dev = both_paths(shards, "test", cfg, train=False, n=1)
     a, b = cpu[0], dev[0]
     assert a["rgb"].shape == b["rgb"].shape == (2, 10, 1, 3, 28, 28)

@@ -163,17 +163,90 @@ def test_eval_views_centre_and_ten_crop():
     one_rgb, one_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=32, test_crops=1))
     assert one_rgb.shape == (1, 1, 3, 32, 32) and one_flow.shape == (1, 1, 6, 32, 32)
     red, green, fx, fy = _decode_coords(one_rgb[0, 0], one_flow[0, 0])
-    assert red[0, 0] == pytest.approx(2 * 16, abs=1) and green[0, 0] == pytest.approx(2 * 8, abs=1)  # centred
+    # The central 42 x 42 (0.875 of the short side 48) resized to 32: the box starts at (11, 3).
+    assert red[0, 0] == pytest.approx(2 * 11, abs=1.5) and green[0, 0] == pytest.approx(2 * 3, abs=1.5)
+    assert red[0, -1] == pytest.approx(2 * 52, abs=1.5) and green[-1, 0] == pytest.approx(2 * 44, abs=1.5)
+    np.testing.assert_allclose(fx, red, atol=1.01)  # both streams cut by the same box
+    np.testing.assert_allclose(fy, green, atol=1.01)
     ten_rgb, ten_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=32, test_crops=10))
     assert ten_rgb.shape == (10, 1, 3, 32, 32) and ten_flow.shape == (10, 1, 6, 32, 32)
+    corner_red, corner_green, _, _ = _decode_coords(ten_rgb[3, 0], ten_flow[3, 0])  # bottom right corner
+    assert corner_red[-1, -1] == pytest.approx(2 * 63, abs=1.5) and corner_green[-1, -1] == pytest.approx(2 * 47, abs=1.5)
     np.testing.assert_array_equal(ten_flow[5, 0][0::2], -ten_flow[0, 0][0::2, :, ::-1])  # view 5 = view 0 flipped
     np.testing.assert_array_equal(ten_flow[5, 0][1::2], ten_flow[0, 0][1::2, :, ::-1])
 
 
-def test_eval_views_upscale_small_frames_to_the_crop():
+def test_eval_views_of_small_frames_are_resized_to_the_crop():
     rgb, flow = coordinate_item(h=24, w=32)
     out_rgb, out_flow = T.eval_views(rgb, flow, TransformConfig(crop_size=48))
     assert out_rgb.shape == (1, 1, 3, 48, 48) and out_flow.shape == (1, 1, 6, 48, 48)
+
+
+def stripes(h: int, w: int, period: float) -> np.ndarray:
+    """(H, W) uint8: a sine of `period` stored pixels along x plus one along y."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    wave = np.sin(2 * np.pi * xs / period) + np.sin(2 * np.pi * ys / period)
+    return np.clip(128 + 60 * wave, 0, 255).astype(np.uint8)
+
+
+def view_periods(view: np.ndarray) -> tuple[float, float]:
+    """Dominant period of a (S, S) view along x and along y, in view pixels."""
+    out = []
+    for axis in (0, 1):  # mean over rows: the profile along x; over columns: along y
+        profile = view.mean(axis=axis)
+        spectrum = np.abs(np.fft.rfft(profile - profile.mean()))
+        out.append(len(profile) / (int(spectrum[1:].argmax()) + 1))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("crop", [112, 224])
+@pytest.mark.parametrize("test_crops", [1, 10])
+def test_test_views_see_the_pixel_scale_of_training_views(crop, test_crops):
+    """Stripes of a known period in stored pixels: the period a test view shows lies inside the
+    range that training's multi-scale crops show, in both streams (a raw 112 px centre crop of a
+    256-pixel frame shows them at scale 1, where training sees them at 0.44-0.67)."""
+    h, w, period = 256, 340, 16.0
+    plane = stripes(h, w, period)
+    rgb = np.repeat(plane[..., None], 3, axis=-1)[None, None]
+    flow = [np.stack([plane, plane])]
+    cfg = TransformConfig(crop_size=crop, max_distort=0, test_crops=test_crops)
+    train = []
+    for seed in range(40):
+        out_rgb, out_flow = T.train_views(rgb, flow, cfg, random.Random(seed))
+        train += [*view_periods(out_rgb[0, 0, 0]), *view_periods(out_flow[0, 0, 1])]
+    lo, hi = min(train), max(train)
+    # Training's scales cover crop / 256 .. crop / 168 of a stored pixel (the FFT bins blur a little).
+    assert lo <= period * crop / 256 * 1.05 and hi >= period * crop / 168 * 0.95
+    test_rgb, test_flow = T.eval_views(rgb, flow, cfg)
+    for v in range(test_crops):
+        for seen in (*view_periods(test_rgb[v, 0, 0]), *view_periods(test_flow[v, 0, 1])):
+            assert lo <= seen <= hi, f"test view {v} shows period {seen:.2f}, training {lo:.2f}..{hi:.2f}"
+
+
+def test_test_views_stay_inside_narrow_training_scales():
+    """`--crop-scales 1` trains on the whole short side: the test view takes it too, not 0.875 of it."""
+    assert T.eval_side(256, 340, (1.0,)) == 256 and T.eval_side(256, 340, T.TSN_SCALES) == 224
+    assert T.eval_side(256, 340, (0.5, 0.6)) == round(256 * 0.6)
+    rgb, flow = coordinate_item(h=48, w=48)
+    cfg = TransformConfig(crop_size=48, scales=(1.0,), flip=False)
+    train_rgb, train_flow = T.train_views(rgb, flow, cfg, random.Random(0))
+    test_rgb, test_flow = T.eval_views(rgb, flow, cfg)
+    np.testing.assert_array_equal(test_rgb, train_rgb)
+    np.testing.assert_array_equal(test_flow, train_flow)
+
+
+def test_flow_values_are_not_rescaled_in_training_or_test_views():
+    """A uniform motion gives the same normalized values in training and test views (both stay
+    in pixels of the stored resolution, whatever the view's resize)."""
+    fields = np.zeros((2, 96, 128, 2), np.uint8)
+    fields[..., 0], fields[..., 1] = 160, 140  # x = +32/128, y = +12/128
+    q = T.interleave(fields)[None]
+    cfg = TransformConfig(crop_size=40, flip=False)
+    _, train = T.train_views(None, q, cfg, random.Random(0))
+    _, test = T.eval_views(None, q, cfg)
+    for view in (train[0, 0], test[0, 0]):
+        np.testing.assert_array_equal(view[0::2], np.float32(32 / 128))
+        np.testing.assert_array_equal(view[1::2], np.float32(12 / 128))
 
 
 def test_streams_of_different_sizes_are_refused():

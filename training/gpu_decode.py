@@ -7,7 +7,8 @@ every JPEG of the batch in one `torchvision.io.decode_jpeg(list, device=...)` ca
 CUDA) and runs the same transforms as tensor ops there (`GpuBatchDecoder`).
 
 Same semantics as training.transforms: one crop box and one flip per item, drawn from the
-same seeded generator in the same order (so a CPU and a GPU run pick the same boxes); crops
+same seeded generator in the same order (so a CPU and a GPU run pick the same boxes), and the
+same test boxes at training's scale (training.transforms.eval_boxes); crops
 resized bilinearly (half-pixel centres, as cv2.INTER_LINEAR) and rounded to integers as the
 CPU path's uint8 resize is; RGB with ImageNet mean/std, flow as (q - 128) / 128 with its x
 channels (even, interleaved [x_0, y_0, x_1, ...]) negated on flip; layout (B, V, K, 3F, S, S)
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import snippets as snip
-from training.transforms import (FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, TransformConfig, centre_box,
-                                 five_boxes, multiscale_box, upscaled_size)
+from training.transforms import (FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, TransformConfig, eval_boxes,
+                                 multiscale_box)
 
 
 def raw_collate(items: list[dict]) -> dict:
@@ -57,16 +58,6 @@ def crop_resize(x: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     return out.round_().clamp_(0, 255).reshape(*lead, size, size)
 
 
-def upscale(x: torch.Tensor, min_side: int) -> torch.Tensor:
-    """(..., H, W) resized so the short side is at least `min_side` (test crops of tiny frames)."""
-    size = upscaled_size(*x.shape[-2:], min_side)
-    if size is None:
-        return x
-    lead, (w, h) = x.shape[:-2], size
-    out = F.interpolate(x.float().reshape(-1, 1, *x.shape[-2:]), size=(h, w), mode="bilinear", align_corners=False)
-    return out.round_().clamp_(0, 255).reshape(*lead, h, w)
-
-
 def normalize_rgb(x: torch.Tensor) -> torch.Tensor:
     """(..., 3, S, S) 0..255 -> ImageNet-normalized float32."""
     mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
@@ -83,13 +74,12 @@ def normalize_flow(x: torch.Tensor, flip: bool) -> torch.Tensor:
 
 
 def item_views(h: int, w: int, cfg: TransformConfig, train: bool, rng) -> list[tuple[Box, bool]]:
-    """The (box, flip) views of one item, drawn as training.transforms draws them."""
-    size = cfg.crop_size
+    """The (box, flip) views of one item, drawn as training.transforms draws them (test views
+    at training's scale: training.transforms.eval_boxes)."""
     if train:
         box = multiscale_box(h, w, cfg, rng)
         return [(box, cfg.flip and rng.random() < 0.5)]
-    boxes = [centre_box(h, w, size)] if cfg.test_crops == 1 else five_boxes(h, w, size)
-    return [(b, False) for b in boxes] + ([(b, True) for b in boxes] if cfg.test_crops == 10 else [])
+    return eval_boxes(h, w, cfg)
 
 
 class GpuBatchDecoder:
@@ -138,11 +128,8 @@ class GpuBatchDecoder:
         return planes.view(k, length, 2, h2 // 2, w).reshape(k, 2 * length, h2 // 2, w)
 
     def _views(self, rgb, flow, key: str, clip: int) -> dict:
-        """Views of both streams, after the test-time upscale of small frames (as the CPU path)."""
+        """Views of both streams: one set of boxes for both (as the CPU path)."""
         cfg = self.cfg.transform
-        if not self.train:
-            rgb = upscale(rgb, cfg.crop_size) if rgb is not None else None
-            flow = upscale(flow, cfg.crop_size) if flow is not None else None
         sizes = {tuple(x.shape[-2:]) for x in (rgb, flow) if x is not None}
         if len(sizes) != 1:
             raise ValueError(f"RGB and flow must have one stored size to be cropped together, got {sorted(sizes)}")

@@ -22,9 +22,21 @@ and resizing each channel on its own is faster than one 2L-channel resize.
   uint8 to float32 per stack (numpy's astype and arithmetic cost ~10x more).
   `normalize_rgb`, `normalize_flow`, `hflip_rgb` and `hflip_flow` are the reference
   definitions, which tests hold the fast path to.
-- Flow values are not rescaled when a crop is resized: the multi-scale crop then also
-  jitters motion magnitude (0.875-1.33x for 224 crops of 256-pixel frames), as in TSN and
-  mmaction2, whose pretrained temporal streams expect this; test crops are not resized.
+- Test views are at training's scale. Training crops 66-100 % of the short side
+  (TSN_SCALES) and resizes the crop to `crop_size`; a test view is the frame resized so its
+  short side is crop_size / 0.875 (TSN's 256 for 224, C3D's 128x171 for 112), then centre
+  or 10-cropped. That is computed as training does it, without resizing whole frames: the
+  test box is TEST_FRACTION (0.875) of the stored short side, cropped and resized to
+  `crop_size` (`eval_boxes`), so a test view's scale, crop_size / (0.875 * short side),
+  lies inside training's range [crop_size / short, crop_size / (0.66 * short)] whatever
+  the crop size, where a raw centre crop (scale 1) would not: with 112 px crops of
+  256-pixel frames training sees 168-256 px regions at 0.44-0.67x. Training scales that
+  exclude 0.875 move the test fraction to the nearest one of their range (`eval_side`).
+- Flow values are never rescaled when a view is resized, in training or in test: a view's
+  flow stays in pixels of the stored resolution (docs/FORMAT.md), so train and test views
+  of the same motion carry the same values. The multi-scale crop thus also jitters motion
+  magnitude relative to the view's pixels (0.875-1.33x for 224 crops of 256-pixel frames),
+  as in TSN and mmaction2, whose pretrained temporal streams expect this.
 """
 from __future__ import annotations
 
@@ -35,6 +47,9 @@ import cv2
 import numpy as np
 
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
+# A test view covers this fraction of the short side: the frame resized to a short side of
+# crop / 0.875 and cropped to crop (TSN's 256 -> 224, C3D's 128x171 -> 112).
+TEST_FRACTION = 0.875
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 FLOW_ZERO = 128.0  # the quantized value of zero motion (pipeline.flow.quantize.quantize)
@@ -118,6 +133,26 @@ def five_boxes(height: int, width: int, size: int) -> list[Box]:
             Box(right, bottom, size, size), centre_box(height, width, size)]
 
 
+def eval_side(height: int, width: int, scales: tuple[float, ...] = TSN_SCALES) -> int:
+    """Side in stored pixels of a test crop: TEST_FRACTION of the short side.
+
+    Cropping it and resizing to crop_size is the same view as resizing the frame to a short
+    side of crop_size / 0.875 and cropping crop_size there (up to rounding), at a scale
+    inside training's multi-scale range (module docstring). Training scales that exclude
+    0.875 (`--crop-scales 1`: whole short side) move the fraction to the nearest end of
+    their range, so a test view is never at a scale training never showed.
+    """
+    fraction = min(max(TEST_FRACTION, min(scales)), max(scales))
+    return max(1, round(min(height, width) * fraction))
+
+
+def eval_boxes(height: int, width: int, cfg: TransformConfig) -> list[tuple[Box, bool]]:
+    """The (box, flip) test views: the centre, or the 4 corners + centre and their mirrors."""
+    side = eval_side(height, width, cfg.scales)
+    boxes = [centre_box(height, width, side)] if cfg.test_crops == 1 else five_boxes(height, width, side)
+    return [(b, False) for b in boxes] + ([(b, True) for b in boxes] if cfg.test_crops == 10 else [])
+
+
 # --- array ops ---------------------------------------------------------------------------
 
 def stack_fields(planes: list[np.ndarray]) -> np.ndarray:
@@ -186,28 +221,6 @@ def crop_resize_planes(planes: np.ndarray, box: Box, size: int) -> np.ndarray:
     for c in range(len(patch)):
         cv2.resize(patch[c], (size, size), dst=out[c], interpolation=cv2.INTER_LINEAR)
     return out
-
-
-def upscaled_size(h: int, w: int, min_side: int) -> tuple[int, int] | None:
-    """(width, height) that brings the short side to `min_side`, or None when already there."""
-    if min(h, w) >= min_side:
-        return None
-    scale = min_side / min(h, w)
-    return max(min_side, round(w * scale)), max(min_side, round(h * scale))
-
-
-def upscale_rgb(img: np.ndarray, min_side: int) -> np.ndarray:
-    """(H, W, 3) resized so the short side is at least `min_side` (test crops of tiny frames)."""
-    size = upscaled_size(*img.shape[:2], min_side)
-    return img if size is None else cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-
-
-def upscale_planes(planes, min_side: int):
-    """(C, H, W) channels resized so the short side is at least `min_side`."""
-    size = upscaled_size(*planes.shape[1:], min_side)
-    if size is None:
-        return planes
-    return np.stack([cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in planes])
 
 
 def normalize_rgb(img: np.ndarray) -> np.ndarray:
@@ -324,13 +337,7 @@ def train_views(rgb: np.ndarray | None, flow: list | None, cfg: TransformConfig,
 
 def eval_views(rgb: np.ndarray | None, flow: list | None,
                cfg: TransformConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Centre crop (V = 1) or 10 crops (corners + centre, and their mirrors: V = 10)."""
-    size = cfg.crop_size
-    if rgb is not None:
-        rgb = np.stack([np.stack([upscale_rgb(f, size) for f in snippet]) for snippet in rgb])
-    if flow is not None:
-        flow = [upscale_planes(s, size) for s in flow]
+    """Centre crop (V = 1) or 10 crops (corners + centre, and their mirrors: V = 10), at
+    training's scale (`eval_boxes`); shapes as `train_views`."""
     h, w = _frame_size(rgb, flow)
-    boxes = [centre_box(h, w, size)] if cfg.test_crops == 1 else five_boxes(h, w, size)
-    views = [(b, False) for b in boxes] + ([(b, True) for b in boxes] if cfg.test_crops == 10 else [])
-    return _apply(rgb, flow, views, size)
+    return _apply(rgb, flow, eval_boxes(h, w, cfg), cfg.crop_size)

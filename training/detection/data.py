@@ -9,7 +9,9 @@ their start frame, clamped at the video's ends, so every frame has a stack) and 
 frame's boxes (metadata "boxes", pipeline.boxes) with their track labels. Training draws
 one frame per video sample and epoch (`--sampling simonyan`) or one from each of
 `--segments` equal parts of it (`--sampling tsn`); evaluation takes every frame, which
-linking into tubes needs. Samples without annotations ("tracks") are skipped.
+linking into tubes needs. Samples without annotations ("tracks") are skipped in training;
+evaluation takes their frames too, with no boxes: their detections are false positives
+(training.detection.metrics).
 
 Transforms: no crop (regions are found in the whole frame), RGB normalised like the
 classification streams and flow as (q - 128) / 128; a horizontal flip (training, `--flip`)
@@ -77,15 +79,15 @@ def pick_items(sample: dict, meta: dict, cfg, train: bool, epoch: int, where: st
     if meta.get("kind") != "video":
         raise encode.SchemaError(f"{where}: detection reads video samples (the built dataset), not "
                                  f"{meta.get('kind')!r} samples")
-    if "tracks" not in meta:
-        log.debug("%s: no boxes, skipped", where)
+    if "tracks" not in meta and train:
+        log.debug("%s: no boxes, skipped in training", where)
         return []
     if cfg.uses_flow and not meta["flow_fields"]:
         log.warning("%s: no flow fields, skipped", where)
         return []
-    tracks = {int(t["track"]): int(t["label_id"]) for t in meta["tracks"]}
+    tracks = {int(t["track"]): int(t["label_id"]) for t in meta.get("tracks", [])}
     fields = frame_fields(meta, cfg.clip_len) if cfg.uses_flow else None
-    classes = [int(t["label_id"]) for t in meta["tracks"]]
+    classes = [int(t["label_id"]) for t in meta.get("tracks", [])]
     items = []
     for p in chosen_frames(len(meta["frames"]), sample["__key__"], cfg, train, epoch):
         frame = meta["frames"][p]

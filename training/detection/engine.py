@@ -9,6 +9,12 @@ output (rgb, flow, fused, and late beside a concat-fused model):
     clip_top1, video_top1, ... the classification metrics of training.metrics, where a frame
                                scores each action by its best detection of it and a video
                                averages its frames; a video's class is its tracks' action
+                               (annotated videos only)
+    matching                   the rule that matched detections to ground truth
+                               (training.detection.metrics: "voc" or "best_unmatched")
+
+Every frame of every video of the split is scored, annotated or not: an unannotated video's
+detections are false positives (training.detection.metrics).
 """
 from __future__ import annotations
 
@@ -136,9 +142,11 @@ def frame_scores(records: list[dict], output: str, num_actions: int) -> np.ndarr
     return out
 
 
-def summarize(records: list[dict], class_names: list[str], cfg: TubeConfig) -> dict:
+def summarize(records: list[dict], class_names: list[str], cfg: TubeConfig,
+              matching: str = det_metrics.DEFAULT_MATCHING) -> dict:
     """Per output: frame-mAP, video-mAP and classification metrics (see the module docstring)."""
-    if not records:
+    det_metrics.check_matching(matching)
+    if not any(len(r["gt_boxes"]) for r in records):
         raise ValueError("evaluation saw no annotated frames: the split has no videos with boxes")
     num = len(class_names)
     gt_frames: dict[int, dict] = defaultdict(dict)
@@ -151,19 +159,22 @@ def summarize(records: list[dict], class_names: list[str], cfg: TubeConfig) -> d
     for output in records[0]["dets"]:
         dets = [det_metrics.FrameDetection(r["video_id"], r["frame"], int(lab), float(s), b)
                 for r in records for b, s, lab in zip(*r["dets"][output])]
-        frame = det_metrics.frame_map(dets, gt_frames, class_names)
+        frame = det_metrics.frame_map(dets, gt_frames, class_names, matching=matching)
         tubes = video_tubes(records, output, num, cfg)
-        video = det_metrics.video_map(tubes, gt_tubes, class_names)
+        video = det_metrics.video_map(tubes, gt_tubes, class_names, matching=matching)
         scores = frame_scores(records, output, num)
         cls = metrics.summarize(scores[labelled], np.array([records[i]["label"] for i in labelled], np.int64),
                                 [records[i]["video_id"] for i in labelled], num)
         results[output] = {**cls, "frame_map": frame["map"], "frame_ap": frame["ap"], "video_map": video["map"],
-                           "video_ap": video["ap"], "frames": len(records), "tubes": len(tubes)}
+                           "video_ap": video["ap"], "frames": len(records), "tubes": len(tubes),
+                           "matching": matching}
     return results
 
 
 def evaluate(model, loader, device: torch.device, *, streams: tuple[str, ...], class_names: list[str],
-             tube_cfg: TubeConfig, amp_dtype=None, progress: bool = True) -> dict:
+             tube_cfg: TubeConfig, matching: str = det_metrics.DEFAULT_MATCHING, amp_dtype=None,
+             progress: bool = True) -> dict:
     """Detect on every frame of the loader's videos, link tubes, and score them."""
+    det_metrics.check_matching(matching)  # before the detector runs over the whole split
     records = detect(model, loader, device, streams=streams, amp_dtype=amp_dtype, progress=progress)
-    return summarize(records, class_names, tube_cfg)
+    return summarize(records, class_names, tube_cfg, matching)
