@@ -71,7 +71,6 @@ from training import gpu_decode
 log = logging.getLogger(__name__)
 
 VERIFY_MODES = ("stream", "open", "off")
-STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.STREAMS ("rgb,flow,warped")
 TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
 
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from training.models import c3d, detection, factorized, fstcn, fusion, karpathy, siamese, st_resnet, two_stream
 from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
-from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
+from training.models.base import ModelConfig, VideoClassifier, options_from_dict
 
 FAMILIES: dict[str, ModuleType] = {
     "two_stream": two_stream,
@@ -61,5 +61,5 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**d)
 
 
-__all__ = ["ARCHS", "FAMILIES", "STREAMS", "STREAM_CHOICES", "ModelConfig", "VideoClassifier", "build_model",
+__all__ = ["ARCHS", "FAMILIES", "ModelConfig", "VideoClassifier", "build_model",
            "check", "cross_modality_conv", "family", "load_backbone", "model_config_from_dict"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from training.models.base import ModelConfig, VideoClassifier
-from training.models.clip_input import check_rgb_only, classifier_head, flat_size, per_item, rgb_volumes, scaled
+from training.models.clip_input import check_rgb_only, classifier_head, flat_size, rgb_volumes, scaled
 
 # (channels, pool after it) for conv1a ... conv5b; None: no pool. pool5 pads H and W by one.
 LAYERS = ((64, (1, 2, 2)), (128, (2, 2, 2)), (256, None), (256, (2, 2, 2)), (512, None), (512, (2, 2, 2)),
@@ -94,21 +94,20 @@ class C3D(VideoClassifier):
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _pool5(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
-        clips, views = rgb_volumes(x, self.frames)
+    def _pool5(self, x: torch.Tensor) -> torch.Tensor:
+        clips = rgb_volumes(x, self.frames)
         if clips.shape[-2:] != (self.opts.size, self.opts.size):
             raise ValueError(f"c3d was built for {self.opts.size}x{self.opts.size} crops, got "
                              f"{tuple(clips.shape[-2:])}: train and evaluate with --crop-size {self.opts.size}")
-        return torch.flatten(self.trunk(clips), 1), views
+        return torch.flatten(self.trunk(clips), 1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pool5, views = self._pool5(batch["rgb"])
-        return {"rgb": per_item(self.head(pool5), views)}
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
+        return {"rgb": self.head(self._pool5(units["rgb"]))}
 
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """fc6 activations (after ReLU), (B, fc_dim), averaged over views and snippets."""
-        pool5, views = self._pool5(batch["rgb"])
-        return per_item(self.head[1](self.head[0](pool5)), views)
+    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:
+        """fc6 activations (after ReLU), (N, fc_dim); `features` averages them over views and snippets."""
+        return self.head[1](self.head[0](self._pool5(units["rgb"])))
 
 
 def build(cfg: ModelConfig) -> C3D:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from training.models.base import ModelConfig, VideoClassifier
-from training.models.clip_input import check_rgb_only, per_item, rgb_volumes
+from training.models.clip_input import check_rgb_only, rgb_volumes
 
 BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 26: (2, 3, 4, 3), 34: (3, 4, 6, 3)}
 CONVS = {"r3d": "3d", "r2plus1d": "2plus1d"}
@@ -118,10 +118,10 @@ class VideoResNet(VideoClassifier):
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clips, views = rgb_volumes(batch["rgb"], self.frames)
-        pooled = torch.flatten(self.pool(self.trunk(clips)), 1)
-        return {"rgb": per_item(self.fc(self.dropout(pooled)), views)}
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
+        pooled = torch.flatten(self.pool(self.trunk(rgb_volumes(units["rgb"], self.frames))), 1)
+        return {"rgb": self.fc(self.dropout(pooled))}
 
 
 def build(cfg: ModelConfig) -> VideoResNet:

@@ -45,7 +45,7 @@ from torch import nn
 
 from training.models.backbones import (STAGES, check_snippet_streams, pre_relu, stage_channels, stem,
                                        stream_backbone)
-from training.models.base import ModelConfig, VideoClassifier, check_input
+from training.models.base import ModelConfig, VideoClassifier
 
 ORDERED_SNIPPETS = True
 FUSION_TYPES = ("sum", "max", "concat", "conv", "bilinear")
@@ -222,6 +222,8 @@ class FusionNet(VideoClassifier):
     {"fusion": (B, N)[, "flow": (B, N)]}, averaged over the V views.
     """
 
+    ordered_snippets = ORDERED_SNIPPETS
+
     def __init__(self, cfg: ModelConfig):
         check(cfg)
         super().__init__(cfg)
@@ -254,20 +256,19 @@ class FusionNet(VideoClassifier):
     def output_keys(self) -> tuple[str, ...]:
         return ("fusion", "flow") if self.flow_head is not None else ("fusion",)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        for name in ("rgb", "flow"):
-            check_input(batch[name], name)
-        b, v, t = batch["rgb"].shape[:3]
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, T, 3, H, W), "flow": (N, T, 2L, H, W)} clips -> logits (N, classes) per tower."""
+        t = units["rgb"].shape[1]
         layer = self.opt.fusion_layer
-        a = run_to(self.rgb, batch["rgb"].flatten(0, 2), layer)
-        m = run_to(self.flow, batch["flow"].flatten(0, 2), layer)
+        a = run_to(self.rgb, units["rgb"].flatten(0, 1), layer)
+        m = run_to(self.flow, units["flow"].flatten(0, 1), layer)
         fused = self.fuse(a, m)
         if fused.dim() == 4:
             fused = run_from(self.rgb, fused, layer)
-        out = {"fusion": self.head(fused, t).unflatten(0, (b, v)).mean(1)}
+        out = {"fusion": self.head(fused, t)}
         if self.flow_head is not None:
             tower = run_from(self.flow, F.relu(m), layer)
-            out["flow"] = self.flow_head(tower, t).unflatten(0, (b, v)).mean(1)
+            out["flow"] = self.flow_head(tower, t)
         return out
 
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

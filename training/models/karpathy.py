@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.base import ModelConfig, VideoClassifier, check_input
-from training.models.clip_input import check_rgb_only, classifier_head, flat_size, per_item, scaled
+from training.models.base import ModelConfig, VideoClassifier
+from training.models.clip_input import check_rgb_only, classifier_head, flat_size, scaled
 
 TIME_FUSIONS = ("single", "early", "late", "slow")
 CHANNELS = (96, 256, 384, 384, 256)
@@ -170,18 +170,18 @@ class Karpathy(VideoClassifier):
                                 align_corners=False).unflatten(0, (n, f))
         return {"context": context, "fovea": frames[..., lo:lo + half, lo:lo + half]}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = batch["rgb"]
-        check_input(x, "rgb")
-        b, v, k, c, s, _ = x.shape
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
+        x = units["rgb"]
+        n, c, s, _ = x.shape
         if c != 3 * self.frames or s != self.opts.size:
             raise ValueError(f"karpathy ({self.opts.time_fusion}) takes {self.frames} frames of "
                              f"{self.opts.size}x{self.opts.size} (--rgb-frames {self.frames} --crop-size "
                              f"{self.opts.size}), got {c // 3} of {s}x{s}")
-        frames = x.reshape(b * v * k, self.frames, 3, s, s)
+        frames = x.reshape(n, self.frames, 3, s, s)
         inputs = self.stream_inputs(frames)
         feats = torch.cat([self.streams[name](inputs[name]) for name in self.streams], dim=1)
-        return {"rgb": per_item(self.head(feats), (b, v, k))}
+        return {"rgb": self.head(feats)}
 
 
 def build(cfg: ModelConfig) -> Karpathy:
