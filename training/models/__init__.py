@@ -3,8 +3,12 @@
 One module per family, one explicit factory: `FAMILIES` maps a `--model` name to its
 module, which provides `check(cfg)` (raise ValueError on a setting it cannot build),
 `build(cfg) -> VideoClassifier`, and optionally `Options` (its frozen config dataclass,
-`ModelConfig.options`) and `INPUT` (the data defaults the CLI uses when a flag is not
-given). See training.models.base for the batch layout and outputs every family shares.
+`ModelConfig.options`), `OPTIONS` (its command-line options, training.models.option_spec)
+with `options_from_cli(values) -> Options`, `INPUT` or `input_defaults(values)` (the data
+defaults the CLI uses when a flag is not given) and `ORDERED_SNIPPETS` (its network takes
+a clip's snippets together, in time order). jobs.model_options builds `flowshard train`'s
+flags from this table. See training.models.base for the batch layout and outputs every
+family shares.
 """
 from __future__ import annotations
 

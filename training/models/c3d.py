@@ -26,6 +26,7 @@ from torch import nn
 
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.clip_input import check_rgb_only, classifier_head, flat_size, rgb_volumes, scaled
+from training.models.option_spec import FC_DIM, PAPER_FC_DIM, WIDTH_MULT, OptionSpec
 
 # (channels, pool after it) for conv1a ... conv5b; None: no pool. pool5 pads H and W by one.
 LAYERS = ((64, (1, 2, 2)), (128, (2, 2, 2)), (256, None), (256, (2, 2, 2)), (512, None), (512, (2, 2, 2)),
@@ -46,6 +47,19 @@ class Options:
             raise ValueError(f"width_mult must be > 0 and fc_dim >= 1, got {self.width_mult}, {self.fc_dim}")
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four 2x poolings and pool5), got {self.size}")
+
+
+# Tran et al. 2015: 16-frame RGB clips at 112 x 112.
+INPUT = {"streams": "rgb", "rgb_frames": 16, "crop_size": 112}
+OPTIONS = (WIDTH_MULT, FC_DIM,
+           OptionSpec(flag="conv-bn", type=bool, default=False,
+                      help="batch norm after every convolution (not in the paper)."))
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys and --crop-size) describe."""
+    return Options(width_mult=values["width_mult"], fc_dim=values["fc_dim"] or PAPER_FC_DIM,
+                   size=values["crop_size"], batch_norm=values["conv_bn"])
 
 
 def options(cfg: ModelConfig) -> Options:

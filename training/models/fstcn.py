@@ -40,6 +40,10 @@ from torch import nn
 
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.clip_input import check_rgb_only, classifier_head, flat_size, scaled
+from training.models.option_spec import FC_DIM, PAPER_FC_DIM, WIDTH_MULT, OptionSpec
+
+# Sun et al. 2015: T = 16 frames and the dt = 9 after them, 204 x 204.
+INPUT = {"streams": "rgb", "rgb_frames": 25, "crop_size": 204}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +70,19 @@ class Options:
     def clip_frames(self) -> int:
         """F: stored frames a clip reads (T frames and the dt after the last of them)."""
         return self.frames + self.diff
+
+
+OPTIONS = (WIDTH_MULT, FC_DIM,
+           OptionSpec(flag="diff-frames", type=int, default=9,
+                      help="dt, frames between the two of each difference (T = --rgb-frames - dt)."))
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys, --rgb-frames, --crop-size)
+    describe: T = --rgb-frames - dt, the second FC layer half the first."""
+    fc = values["fc_dim"] or PAPER_FC_DIM
+    return Options(frames=values["rgb_frames"] - values["diff_frames"], diff=values["diff_frames"],
+                   width_mult=values["width_mult"], fc_dims=(fc, max(1, fc // 2)), size=values["crop_size"])
 
 
 def map_side(size: int) -> int:

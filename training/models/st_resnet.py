@@ -33,10 +33,13 @@ from torchvision.models.resnet import Bottleneck
 from training.models.backbones import (STAGES, check_snippet_streams, residual_branch, shortcut, stage_channels,
                                        stem, stream_backbone)
 from training.models.base import ModelConfig, VideoClassifier
+from training.models.option_spec import OptionSpec
 
 ORDERED_SNIPPETS = True
 CONNECTIONS = ("additive", "multiplicative", "none")
 POOLS = ("max", "avg")
+# Feichtenhofer et al. (ST-ResNet): T = 5 snippets a stride apart.
+INPUT = {"sampling": "strided", "snippets": 5, "strides": "1,5,10"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +55,22 @@ class Options:
             raise ValueError(f"unknown connection {self.connection!r}; choose one of {CONNECTIONS}")
         if self.temporal_pool not in POOLS:
             raise ValueError(f"unknown temporal pooling {self.temporal_pool!r}; choose one of {POOLS}")
+
+
+OPTIONS = (
+    OptionSpec(flag="st-connection", default="additive", choices=CONNECTIONS,
+               help="residual connections from the motion into the appearance stream."),
+    OptionSpec(flag="st-temporal-convs", type=bool, default=True,
+               help="convs of each stage's second unit made 3D over the snippets (centre-slice init)."),
+    OptionSpec(flag="st-temporal-pool", default="max", choices=POOLS,
+               help="pooling over the T snippets before each stream's classifier."),
+)
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys) describe."""
+    return Options(connection=values["st_connection"], temporal_convs=values["st_temporal_convs"],
+                   temporal_pool=values["st_temporal_pool"])
 
 
 def options(cfg: ModelConfig) -> Options:
