@@ -48,6 +48,8 @@ from pipeline.build import manifest
 from pipeline.synthetic import motion as synthetic  # noqa: E402
 from pipeline.clips import ClipsConfig, derive_clips  # noqa: E402
 from training import data  # noqa: E402
+from training.data import shards as data_shards  # noqa: E402
+from training.data import stages as data_stages  # noqa: E402
 from training.transforms import TransformConfig  # noqa: E402
 
 log = logging.getLogger("bench.loader")
@@ -111,7 +113,7 @@ def clip_list(clips: Path) -> list[dict]:
     """(video, frame index, field indices, label) of every clip in the clip shards."""
     out = []
     for r in manifest.read_rows(clips / manifest.SHARDS):
-        for s in data.tar_samples(data.open_shards([{"url": str(clips / "shards" / r["name"]), "name": r["name"],
+        for s in data_shards.tar_samples(data_shards.open_shards([{"url": str(clips / "shards" / r["name"]), "name": r["name"],
                                                      "sha256": None}], verify="off")):
             m = encode.load_meta(s["json"])
             out.append({"video": m["video_id"], "frame": m["frame"]["index"],
@@ -183,21 +185,21 @@ def shard_reader(source: data.DataSource, split: str | None, cfg: data.DataConfi
     "decode" (+ decode the chosen members) or "transform" (+ the training transforms).
     """
     shards = list(source.shards) if split is None else source.split_shards(split)
-    plan = data.PickPlan(cfg=cfg, train=True)
+    plan = data_stages.PickPlan(cfg=cfg, train=True)
 
     def run():
         clips = used = 0
         for epoch in range(passes):
-            state = data.EpochState()
+            state = data_shards.EpochState()
             state.epoch = epoch
-            stages = data.tar_samples(data.open_shards(data.ShardList(shards, resample=False, shuffle=False,
+            stages = data_shards.tar_samples(data_shards.open_shards(data_shards.ShardList(shards, resample=False, shuffle=False,
                                                                       seed=0, state=state)(), verify="stream"))
-            for item in data.pick(stages, plan, state):
+            for item in data_stages.pick(stages, plan, state):
                 used += used_bytes(item)
                 if work != "read":
-                    item = data.decode_item(item)
+                    item = data_stages.decode_item(item)
                 if work == "transform":
-                    next(data.transform(iter([item]), cfg, True, state))
+                    next(data_stages.transform(iter([item]), cfg, True, state))
                 clips += 1
         return clips, passes * sum(Path(s.url).stat().st_size for s in shards), used
     return run
@@ -242,8 +244,8 @@ def gpu_decode(clips_dir: Path) -> dict | None:
     source = data.open_source(clips_dir)
     cfg = data.DataConfig(clip_len=CLIP_LEN)
     items = []
-    for s in data.tar_samples(data.open_shards([data._shard_dict(x) for x in source.shards], verify="off")):
-        items.extend(data.pick_items(s, data.PickPlan(cfg=cfg, train=True), 0))
+    for s in data_shards.tar_samples(data_shards.open_shards([data_shards._shard_dict(x) for x in source.shards], verify="off")):
+        items.extend(data_stages.pick_items(s, data_stages.PickPlan(cfg=cfg, train=True), 0))
     batch = 32
     tensors = [[torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in [it["rgb"][0][0], *it["flow"][0]]]
                for it in items]

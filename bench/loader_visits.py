@@ -10,7 +10,7 @@ and each stream uses what the training loop takes from it (ceil(steps / workers)
 Two designs side by side on the same shards:
 
   blocks     this loader (manifest sources): stream g of G reads block epoch * G + g of
-             the endless sequence of seeded shard cycles (training.data.EpochBlocks)
+             the endless sequence of seeded shard cycles (training.data.shards.EpochBlocks)
   resampled  shards drawn with replacement per epoch, split by node and worker, each
              stream restarting every epoch (the loader's URL-list path, and the design
              this loader used before blocks)
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import shard  # noqa: E402
 from training import data  # noqa: E402
+from training.data import loader as data_loader  # noqa: E402
+from training.data import shards as data_shards  # noqa: E402
 
 
 def write_shards(root: Path, count: int, seed: int, most: int) -> list[data.ShardSpec]:
@@ -58,21 +60,21 @@ def stream_samples(specs, cfg, epoch: int, rank: int, ranks: int, worker: int, w
     """The keys one stream uses in an epoch, the shards it read to their end, and the
     samples it read without using them (a block's start inside a shard)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(ranks), WORKER=str(worker), NUM_WORKERS=str(workers))
-    state = data.EpochState()
+    state = data_shards.EpochState()
     state.epoch = epoch
     # Without sample counts (a URL list) the loader falls back to resampled shards.
     listed = specs if blocks else [dataclasses.replace(s, samples=0) for s in specs]
-    stages = data.shard_stages(listed, cfg, train=True, state=state, block=block)
+    stages = data_loader.shard_stages(listed, cfg, train=True, state=state, block=block)
     src = stages[0]()
     for stage in stages[1:]:
         src = stage(src)
     finished: set[str] = set()
     keys: list[str] = []
     skipped = 0
-    for shard_dict in data.open_shards(src, verify="stream"):
+    for shard_dict in data_shards.open_shards(src, verify="stream"):
         stream = shard_dict["stream"]
         skipped += shard_dict.get("skip", 0)
-        for sample in data.tar_samples([shard_dict]):
+        for sample in data_shards.tar_samples([shard_dict]):
             keys.append(sample["__key__"])
             if len(keys) == block:
                 return keys, finished, skipped

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.model_options import MODELS, family_flags, model_options, model_takes_snippets, resolve_defaults
+from jobs.model_options import FamilyCommand, model_options, model_takes_snippets, resolve_defaults
 from jobs.parsing import parse_numbers, parse_params, parse_size
 from jobs.runs import (RunFolder, _headline, _writer, evaluation_provenance, pick_split, prepare_run,
                        resolve_eval_split, run_evaluation, run_folder, save_epoch, write_results)
@@ -199,13 +199,11 @@ def _floats(text: str) -> tuple[float, ...]:
     return parse_numbers(text, float)
 
 
-@click.command("train")
+@click.command("train", cls=FamilyCommand)  # adds --model and the families' options
 @click.argument("dataset")
 @click.option("--output", "-o", required=True, help="Run folder: checkpoints (*.pt), logs, TensorBoard.")
 @click.option("--task", default="classify", show_default=True, type=click.Choice(["classify", "detect"]),
               help="detect: a two-stream region detector on a dataset built with --boxes (model 'detection').")
-@click.option("--model", default="two_stream", show_default=True, type=click.Choice(list(MODELS)),
-              help="Model family (see README: one command per model).")
 @click.option("--streams", default=None, metavar="rgb|flow|both|rgb,flow,warped",
               help="Streams to train: one, both (rgb,flow), or a comma list of rgb, flow and warped (warped flow "
                    "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
@@ -262,7 +260,6 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--flow-dropout", type=float, default=None,
               help="The temporal stream's dropout (default: --dropout). Wang et al.: --dropout 0.8 --flow-dropout 0.9.")
 @click.option("--partial-bn/--no-partial-bn", default=False, show_default=True)
-@family_flags
 @click.option("--workers", type=int, default=4, show_default=True, help="Loader processes per rank (0: none).")
 @click.option("--shuffle-buffer", type=int, default=500, show_default=True)
 @click.option("--verify", default="stream", show_default=True, type=click.Choice(["stream", "open", "off"]))

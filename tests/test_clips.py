@@ -227,7 +227,8 @@ def test_rgb_clips_read_back_through_the_loader_equal_the_dense_frames(built, tm
     import numpy as np
 
     from pipeline import open_dataset
-    from training.data import DataConfig, PickPlan, decode_item, pick_items
+    from training.data import DataConfig
+    from training.data.stages import PickPlan, decode_item, pick_items
 
     derive_clips(built, tmp_path / "clips", ClipsConfig(clip_len=0, rgb_frames=5, frame_stride=3, per_video=2))
     dense = open_dataset(built)

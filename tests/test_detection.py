@@ -15,6 +15,7 @@ from pipeline import boxes as box_ops
 from pipeline import encode, open_dataset
 from pipeline.synthetic.detection import DetectionSetConfig, make_detection_dataset
 from training import data
+from training.data import stages as data_stages
 from training.detection import data as det_data
 from training.models.base import ModelConfig
 from training.models.detection import Options, build
@@ -138,7 +139,7 @@ def test_items_centre_flow_on_their_frame_and_flip_boxes_with_it(det_ds):
     assert with_box["boxes"].tolist() == [pytest.approx(b[:4]) for b in frame_meta["boxes"]]
     assert with_box["labels"].tolist() == [meta["tracks"][0]["label_id"] + 1]
     # Flip: the frame, the flow (x negated) and the boxes move together.
-    decoded = data.decode_item(dict(with_box))
+    decoded = data_stages.decode_item(dict(with_box))
     planes = stack_fields(decoded["flow"][0].planes)
     rgb = decoded["rgb"][0, 0]
     flipped = det_data.view(dict(decoded, boxes=with_box["boxes"].copy()), flip=True)

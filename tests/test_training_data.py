@@ -15,6 +15,9 @@ from pipeline import encode, shard
 from pipeline.build import manifest
 from pipeline.flow.quantize import dequantize
 from training import data
+from training.data import loader as data_loader
+from training.data import shards as data_shards
+from training.data import stages as data_stages
 from training.data import DataConfig
 from training.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig
 
@@ -274,15 +277,15 @@ def test_overlapping_snippets_decode_each_member_once(tmp_path, monkeypatch, cli
         derive_clips(root, tmp_path / "clips", ClipsConfig(clip_len=4, snippets=3, strides=(1,), per_video=1))
         source = tmp_path / "clips"
     cfg = exact_cfg(sampler="strided", snippets=3, strides=(1,))
-    shards = [data._shard_dict(s) for s in data.open_source(source).split_shards("train")]
-    samples = data.tar_samples(data.open_shards(shards, verify="off"))
-    item = next(data.pick(samples, data.PickPlan(cfg=cfg, train=True), data.EpochState()))
+    shards = [data_shards._shard_dict(s) for s in data.open_source(source).split_shards("train")]
+    samples = data_shards.tar_samples(data_shards.open_shards(shards, verify="off"))
+    item = next(data_stages.pick(samples, data_stages.PickPlan(cfg=cfg, train=True), data_shards.EpochState()))
     calls = []
-    real = dict(data.DECODERS)
-    monkeypatch.setitem(data.DECODERS, "flow", lambda b: calls.append("flow") or real["flow"](b))
-    monkeypatch.setitem(data.DECODERS, "rgb", lambda b: calls.append("rgb") or real["rgb"](b))
+    real = dict(data_stages.DECODERS)
+    monkeypatch.setitem(data_stages.DECODERS, "flow", lambda b: calls.append("flow") or real["flow"](b))
+    monkeypatch.setitem(data_stages.DECODERS, "rgb", lambda b: calls.append("rgb") or real["rgb"](b))
     expected = [[real["flow"](b) for b in fields] for fields in item["flow"]]
-    decoded = data.decode_item(item)
+    decoded = data_stages.decode_item(item)
     # 3 snippets of 4 fields a frame apart: fields t .. t+5 decoded once each (6, not 12); 3 frames.
     assert calls.count("flow") == 6 and calls.count("rgb") == 3
     for stack, planes in zip(decoded["flow"], expected):
@@ -325,10 +328,10 @@ def stream_keys(source, cfg, epoch: int, rank: int, world: int, worker: int, wor
     """The sample keys one simulated stream (rank x loader worker) uses in an epoch."""
     for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("WORKER", worker), ("NUM_WORKERS", workers)):
         monkeypatch.setenv(name, str(value))
-    state = data.EpochState()
+    state = data_shards.EpochState()
     state.epoch = epoch
     per_worker = -(-steps // workers)
-    pipeline = data.build_pipeline(source.split_shards("train"), cfg, train=True, state=state,
+    pipeline = data_loader.build_pipeline(source.split_shards("train"), cfg, train=True, state=state,
                                    block=per_worker * cfg.batch_size).with_epoch(per_worker)
     return [k for b in pipeline for k in b["key"]]
 
@@ -358,7 +361,7 @@ def test_a_block_that_starts_inside_a_shard_still_hashes_all_of_it(tmp_path, mon
     source = data.open_source(root)
     cfg = exact_cfg(workers=2, batch_size=5)
     # Worker 1 of 2, blocks of 5: its block starts at sample 5 of the first shard of cycle 0.
-    spec, skip = next(data.block_reads(list(source.split_shards("train")), cfg.seed, 5, 1))
+    spec, skip = next(data_shards.block_reads(list(source.split_shards("train")), cfg.seed, 5, 1))
     assert spec.name == "train-00000.tar" and skip == 5
     assert len(stream_keys(source, cfg, 0, 0, 1, 1, 2, 2, monkeypatch)) == 5
     # Its last byte changed: the stream read samples 0-4 without using them, hashed them,

@@ -14,6 +14,9 @@ from pipeline import encode, open_dataset
 from pipeline.synthetic import camera as sc
 from tests.helpers import write_list
 from training import data, streams
+from training.data import shards as data_shards
+from training.data import stages as data_stages
+from training.transforms import TransformConfig
 from training.models import ModelConfig, build_model
 from training.models.base import late_fusion
 
@@ -86,10 +89,10 @@ def test_warped_stack_gets_the_flow_stack_s_crop_and_flip(built):
     for subtract in (False, True):
         cfg = data.DataConfig(streams="flow,warped", clip_len=3, transform=TransformConfig(crop_size=48),
                               flow_mean_subtract=subtract)
-        state = data.EpochState()
+        state = data_shards.EpochState()
         for epoch in range(4):  # different crops and flips
             state.epoch = epoch
-            items = list(data.transform(data.decode(data.pick([twin], data.PickPlan(cfg=cfg, train=True), state)),
+            items = list(data_stages.transform(data_stages.decode(data_stages.pick([twin], data_stages.PickPlan(cfg=cfg, train=True), state)),
                                         cfg, True, state))
             (item,) = items
             assert item["flow"].shape == item["warped"].shape == (1, 1, 6, 48, 48)
@@ -100,7 +103,7 @@ def test_warped_stack_gets_the_flow_stack_s_crop_and_flip(built):
 
 def test_flow_and_warped_differ_where_the_camera_moves(built):
     ds, _ = built
-    cfg = data.DataConfig(streams="rgb,flow,warped", clip_len=3, transform=data.TransformConfig(crop_size=64),
+    cfg = data.DataConfig(streams="rgb,flow,warped", clip_len=3, transform=TransformConfig(crop_size=64),
                           batch_size=2, workers=0)
     loader = data.make_loader(data.open_source(ds), "test", cfg, train=False)
     batch = next(iter(loader))

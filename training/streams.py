@@ -10,6 +10,8 @@ from __future__ import annotations
 STREAMS = ("rgb", "flow", "warped")
 FIELD_STREAMS = ("flow", "warped")  # streams of stacked flow fields (2L channels)
 ALIASES = {"both": ("rgb", "flow")}
+# The settings a streams option offers by name; any comma list of STREAMS is accepted too.
+STREAM_CHOICES = ("rgb", "flow", *ALIASES)
 # Late-fusion weights by stream when none are given: TSN's 1 : 1.5 for rgb and flow; with
 # warped flow the temporal weight is split, flow 1 and warped 0.5 (TSN's three modalities).
 DEFAULT_WEIGHTS = {("rgb", "flow"): (1.0, 1.5), ("rgb", "flow", "warped"): (1.0, 1.0, 0.5)}

@@ -3,8 +3,12 @@
 One module per family, one explicit factory: `FAMILIES` maps a `--model` name to its
 module, which provides `check(cfg)` (raise ValueError on a setting it cannot build),
 `build(cfg) -> VideoClassifier`, and optionally `Options` (its frozen config dataclass,
-`ModelConfig.options`) and `INPUT` (the data defaults the CLI uses when a flag is not
-given). See training.models.base for the batch layout and outputs every family shares.
+`ModelConfig.options`), `OPTIONS` (its command-line options, training.models.option_spec)
+with `options_from_cli(values) -> Options`, `INPUT` or `input_defaults(values)` (the data
+defaults the CLI uses when a flag is not given) and `ORDERED_SNIPPETS` (its network takes
+a clip's snippets together, in time order). jobs.model_options builds `flowshard train`'s
+flags from this table. See training.models.base for the batch layout and outputs every
+family shares.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from types import ModuleType
 
 from training.models import c3d, detection, factorized, fstcn, fusion, karpathy, siamese, st_resnet, two_stream
 from training.models.backbones import ARCHS, cross_modality_conv, load_backbone
-from training.models.base import STREAM_CHOICES, STREAMS, ModelConfig, VideoClassifier, options_from_dict
+from training.models.base import ModelConfig, VideoClassifier, options_from_dict
 
 FAMILIES: dict[str, ModuleType] = {
     "two_stream": two_stream,
@@ -61,5 +65,5 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**d)
 
 
-__all__ = ["ARCHS", "FAMILIES", "STREAMS", "STREAM_CHOICES", "ModelConfig", "VideoClassifier", "build_model",
+__all__ = ["ARCHS", "FAMILIES", "ModelConfig", "VideoClassifier", "build_model",
            "check", "cross_modality_conv", "family", "load_backbone", "model_config_from_dict"]

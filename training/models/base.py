@@ -8,6 +8,11 @@ training.streams) and returns
 logits per output, one row per item: {"rgb": (B, N), "flow": (B, N), "fused": (B, N), ...}.
 `VideoClassifier.loss_keys` says which outputs the loss sums and `scores` turns logits
 into class probabilities, with "fused" as the model's final prediction.
+
+The base's forward owns the consensus: it flattens the batch into units (one per view and
+snippet, or one per view for a family whose network takes the K snippets of a clip
+together, `ordered_snippets`), the family scores each unit (`score_units`) and the base
+averages the units of each item once.
 """
 from __future__ import annotations
 
@@ -19,9 +24,6 @@ import torch
 from torch import nn
 
 from training import streams as stream_spec
-
-STREAMS = ("rgb", "flow")
-STREAM_CHOICES = ("rgb", "flow", "both")  # and comma lists of training.streams.STREAMS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,12 +110,47 @@ def check_input(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} input must be (B, V, K, C, H, W), got shape {tuple(x.shape)}")
 
 
+def average_units(x: torch.Tensor, group: torch.Size) -> torch.Tensor:
+    """(B * V [* K], ...) per-unit outputs -> (B, ...): the mean over each item's views (and snippets)."""
+    return x.unflatten(0, group).mean(tuple(range(1, len(group))))
+
+
 class VideoClassifier(nn.Module):
-    """Base of every family: which logits the loss sums and how they become class scores."""
+    """Base of every family: the consensus over views and snippets, which logits the loss
+    sums and how they become class scores.
+
+    A family implements `score_units` (and `unit_features` for a feature extractor); forward
+    and features average its per-unit outputs over each item's views, and over its snippets
+    unless `ordered_snippets` (the family's network takes the K snippets of a clip together).
+    """
+
+    ordered_snippets: bool = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+
+    @property
+    def input_streams(self) -> tuple[str, ...]:
+        """The streams of the batch the network reads."""
+        return self.cfg.stream_names
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{stream: (B, V, K, C, H, W)} -> {output: (B, ...)} logits, averaged over views (and snippets)."""
+        units, group = self.units(batch)
+        return {name: average_units(x, group) for name, x in self.score_units(units).items()}
+
+    def units(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Size]:
+        """The batch as units, {stream: (B*V*K, C, H, W)} (ordered snippets: (B*V, K, C, H, W)),
+        and the leading sizes they were flattened from, (B, V, K) or (B, V)."""
+        for name in self.input_streams:
+            check_input(batch[name], name)
+        group = batch[self.input_streams[0]].shape[:2 if self.ordered_snippets else 3]
+        return {name: batch[name].flatten(0, len(group) - 1) for name in self.input_streams}, group
+
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits per output for each unit of `units` (see `units`): {output: (units, ...)}."""
+        raise NotImplementedError(f"model {self.cfg.model!r} does not score units")
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
@@ -133,8 +170,12 @@ class VideoClassifier(nn.Module):
         return sum(criterion(logits[o].float(), labels) for o in self.loss_keys)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-item feature vectors (B, D) for `flowshard features`; feature extractors (C3D's
-        fc6) override it."""
+        """Per-item feature vectors (B, D) for `flowshard features`, averaged like the logits."""
+        units, group = self.units(batch)
+        return average_units(self.unit_features(units), group)
+
+    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Feature vectors (units, D) of each unit; feature extractors (C3D's fc6) override it."""
         raise ValueError(f"model {self.cfg.model!r} has no feature extractor")
 
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

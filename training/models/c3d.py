@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from training.models.base import ModelConfig, VideoClassifier
-from training.models.clip_input import check_rgb_only, classifier_head, flat_size, per_item, rgb_volumes, scaled
+from training.models.clip_input import check_rgb_only, classifier_head, flat_size, rgb_volumes, scaled
+from training.models.option_spec import FC_DIM, PAPER_FC_DIM, WIDTH_MULT, OptionSpec
 
 # (channels, pool after it) for conv1a ... conv5b; None: no pool. pool5 pads H and W by one.
 LAYERS = ((64, (1, 2, 2)), (128, (2, 2, 2)), (256, None), (256, (2, 2, 2)), (512, None), (512, (2, 2, 2)),
@@ -46,6 +47,19 @@ class Options:
             raise ValueError(f"width_mult must be > 0 and fc_dim >= 1, got {self.width_mult}, {self.fc_dim}")
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four 2x poolings and pool5), got {self.size}")
+
+
+# Tran et al. 2015: 16-frame RGB clips at 112 x 112.
+INPUT = {"streams": "rgb", "rgb_frames": 16, "crop_size": 112}
+OPTIONS = (WIDTH_MULT, FC_DIM,
+           OptionSpec(flag="conv-bn", type=bool, default=False,
+                      help="batch norm after every convolution (not in the paper)."))
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys and --crop-size) describe."""
+    return Options(width_mult=values["width_mult"], fc_dim=values["fc_dim"] or PAPER_FC_DIM,
+                   size=values["crop_size"], batch_norm=values["conv_bn"])
 
 
 def options(cfg: ModelConfig) -> Options:
@@ -94,21 +108,20 @@ class C3D(VideoClassifier):
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _pool5(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
-        clips, views = rgb_volumes(x, self.frames)
+    def _pool5(self, x: torch.Tensor) -> torch.Tensor:
+        clips = rgb_volumes(x, self.frames)
         if clips.shape[-2:] != (self.opts.size, self.opts.size):
             raise ValueError(f"c3d was built for {self.opts.size}x{self.opts.size} crops, got "
                              f"{tuple(clips.shape[-2:])}: train and evaluate with --crop-size {self.opts.size}")
-        return torch.flatten(self.trunk(clips), 1), views
+        return torch.flatten(self.trunk(clips), 1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pool5, views = self._pool5(batch["rgb"])
-        return {"rgb": per_item(self.head(pool5), views)}
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
+        return {"rgb": self.head(self._pool5(units["rgb"]))}
 
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """fc6 activations (after ReLU), (B, fc_dim), averaged over views and snippets."""
-        pool5, views = self._pool5(batch["rgb"])
-        return per_item(self.head[1](self.head[0](pool5)), views)
+    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:
+        """fc6 activations (after ReLU), (N, fc_dim); `features` averages them over views and snippets."""
+        return self.head[1](self.head[0](self._pool5(units["rgb"])))
 
 
 def build(cfg: ModelConfig) -> C3D:

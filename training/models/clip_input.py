@@ -3,9 +3,9 @@ Siamese model) share: turning the batch layout into clip volumes and back, and s
 their fully connected layers.
 
 A stream tensor is (B, V, K, C, S, S) (training.models.base): for RGB, C = 3F holds the F
-frames of a snippet stacked [r0, g0, b0, r1, ...]. A 3D network wants (N, 3, F, S, S)
-volumes, one per (item, view, snippet); its logits are averaged back over views and
-snippets, as the two-stream family averages its snippets' scores.
+frames of a snippet stacked [r0, g0, b0, r1, ...]. The base hands a family one unit per
+(item, view, snippet), (N, 3F, S, S); a 3D network wants (N, 3, F, S, S) volumes. Its
+logits are averaged back over views and snippets by the base, as for every family.
 """
 from __future__ import annotations
 
@@ -14,22 +14,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from training.models.base import ModelConfig, check_input
+from training.models.base import ModelConfig
 
 
-def rgb_volumes(x: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Size]:
-    """(B, V, K, 3F, S, S) -> ((B*V*K, 3, F, S, S), (B, V, K)): one volume per snippet and view."""
-    check_input(x, "rgb")
-    b, v, k, c, h, w = x.shape
+def rgb_volumes(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """(N, 3F, S, S) snippets -> (N, 3, F, S, S) volumes."""
+    n, c, h, w = x.shape
     if c != 3 * frames:
         raise ValueError(f"the network takes {frames} RGB frames per snippet (3 x {frames} channels), "
                          f"the batch holds {c} channels: train with --rgb-frames {frames}")
-    return x.reshape(b * v * k, frames, 3, h, w).transpose(1, 2), x.shape[:3]
-
-
-def per_item(out: torch.Tensor, views: torch.Size) -> torch.Tensor:
-    """(B*V*K, ...) -> (B, ...): the mean over views and snippets (the clip-score consensus)."""
-    return out.unflatten(0, views).mean((1, 2))
+    return x.reshape(n, frames, 3, h, w).transpose(1, 2)
 
 
 def scaled(channels: int, mult: float) -> int:

@@ -42,8 +42,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from training.models.backbones import ARCHS, check_arch, cross_modality_conv, load_backbone
 from training.models.base import ModelConfig
+from training.models.option_spec import OptionSpec
 
-FUSIONS = ("late", "concat")
+FUSIONS = ("concat", "late")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +74,37 @@ class Options:
             raise ValueError(f"anchor_sizes needs 5 positive sizes (one per FPN level), got {self.anchor_sizes}")
         if not 0 <= self.score_thresh < 1 or self.detections < 1:
             raise ValueError("score_thresh must be in [0, 1) and detections >= 1")
+
+
+OPTIONS = (
+    OptionSpec(flag="det-fusion", default="concat", choices=FUSIONS,
+               help="per-region fusion, concat (fc7 of both streams, the paper's) or late "
+                    "(scores averaged with --fusion-weights)."),
+    OptionSpec(flag="det-min-size", type=int, default=0, help="resize frames to this short side (0: as stored)."),
+    OptionSpec(flag="det-max-size", type=int, default=0, help="cap on the long side when resizing (0: none)."),
+    OptionSpec(flag="det-anchor-sizes", default="32,64,128,256,512", help="anchor size per FPN level (5)."),
+    OptionSpec(flag="det-fpn-channels", type=int, default=256, help="FPN width."),
+    OptionSpec(flag="det-head-dim", type=int, default=1024, help="fc6/fc7 width."),
+    OptionSpec(flag="det-proposals", type=int, default=1000,
+               help="RPN proposals per frame and stream at test time (twice that in training)."),
+    OptionSpec(flag="det-roi-batch", type=int, default=512, help="regions sampled per frame for the box losses."),
+)
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys) describe."""
+    return Options(fusion=values["det_fusion"], min_size=values["det_min_size"], max_size=values["det_max_size"],
+                   anchor_sizes=int_list(values["det_anchor_sizes"]), fpn_channels=values["det_fpn_channels"],
+                   head_dim=values["det_head_dim"], proposals=values["det_proposals"],
+                   roi_batch=values["det_roi_batch"])
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """'32,64' -> (32, 64) (ValueError naming the text otherwise)."""
+    try:
+        return tuple(int(x) for x in str(text).split(","))
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: expected comma-separated int values") from exc
 
 
 def options(cfg: ModelConfig) -> Options:

@@ -25,10 +25,14 @@ import torch
 from torch import nn
 
 from training.models.base import ModelConfig, VideoClassifier
-from training.models.clip_input import check_rgb_only, per_item, rgb_volumes
+from training.models.clip_input import check_rgb_only, rgb_volumes
+from training.models.option_spec import WIDTH_MULT, OptionSpec
 
 BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 26: (2, 3, 4, 3), 34: (3, 4, 6, 3)}
 CONVS = {"r3d": "3d", "r2plus1d": "2plus1d"}
+# Tran et al. 2018: clips of 16 frames at 112 x 112.
+INPUT = {"streams": "rgb", "rgb_frames": 16, "crop_size": 112}
+PAPER_WIDTH = 64  # conv1's channels at --width-mult 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +47,15 @@ class Options:
             raise ValueError(f"depth must be one of {sorted(BLOCKS)}, got {self.depth}")
         if self.width < 1:
             raise ValueError(f"width must be >= 1, got {self.width}")
+
+
+OPTIONS = (WIDTH_MULT,
+           OptionSpec(flag="depth", default="18", choices=tuple(str(d) for d in BLOCKS), help="ResNet depth."))
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys) describe."""
+    return Options(depth=int(values["depth"]), width=max(1, round(PAPER_WIDTH * values["width_mult"])))
 
 
 def check(cfg: ModelConfig) -> None:
@@ -118,10 +131,10 @@ class VideoResNet(VideoClassifier):
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        clips, views = rgb_volumes(batch["rgb"], self.frames)
-        pooled = torch.flatten(self.pool(self.trunk(clips)), 1)
-        return {"rgb": per_item(self.fc(self.dropout(pooled)), views)}
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
+        pooled = torch.flatten(self.pool(self.trunk(rgb_volumes(units["rgb"], self.frames))), 1)
+        return {"rgb": self.fc(self.dropout(pooled))}
 
 
 def build(cfg: ModelConfig) -> VideoResNet:

@@ -38,8 +38,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.models.base import ModelConfig, VideoClassifier, check_input
-from training.models.clip_input import check_rgb_only, classifier_head, flat_size, per_item, scaled
+from training.models.base import ModelConfig, VideoClassifier
+from training.models.clip_input import check_rgb_only, classifier_head, flat_size, scaled
+from training.models.option_spec import FC_DIM, PAPER_FC_DIM, WIDTH_MULT, OptionSpec
+
+# Sun et al. 2015: T = 16 frames and the dt = 9 after them, 204 x 204.
+INPUT = {"streams": "rgb", "rgb_frames": 25, "crop_size": 204}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +70,19 @@ class Options:
     def clip_frames(self) -> int:
         """F: stored frames a clip reads (T frames and the dt after the last of them)."""
         return self.frames + self.diff
+
+
+OPTIONS = (WIDTH_MULT, FC_DIM,
+           OptionSpec(flag="diff-frames", type=int, default=9,
+                      help="dt, frames between the two of each difference (T = --rgb-frames - dt)."))
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys, --rgb-frames, --crop-size)
+    describe: T = --rgb-frames - dt, the second FC layer half the first."""
+    fc = values["fc_dim"] or PAPER_FC_DIM
+    return Options(frames=values["rgb_frames"] - values["diff_frames"], diff=values["diff_frames"],
+                   width_mult=values["width_mult"], fc_dims=(fc, max(1, fc // 2)), size=values["crop_size"])
 
 
 def map_side(size: int) -> int:
@@ -155,23 +172,22 @@ class FstCN(VideoClassifier):
         self.classifier = nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
                                         nn.Linear(2 * o.fc_dims[1], cfg.num_classes))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = batch["rgb"]
-        check_input(x, "rgb")
-        b, v, k, c, s, _ = x.shape
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3(T+dt), S, S)} clips -> {"rgb": (N, classes)} logits."""
+        x = units["rgb"]
+        n, c, s, _ = x.shape
         o = self.opts
         if c != 3 * o.clip_frames or s != o.size:
             raise ValueError(f"fstcn takes {o.clip_frames} frames of {o.size}x{o.size} per clip "
                              f"(--rgb-frames {o.clip_frames} --crop-size {o.size}), got {c // 3} of {s}x{s}")
-        clips = x.reshape(b * v * k, o.clip_frames, 3, s, s)
+        clips = x.reshape(n, o.clip_frames, 3, s, s)
         middle = clips[:, o.frames // 2]
         diffs = (clips[:, o.diff:] - clips[:, :o.frames]).flatten(0, 1)
-        n = len(clips)
         spatial = self.spatial_fc(torch.flatten(self.spatial(self.scls(middle)), 1))
         seqs = permute_to_sequences(self.transform(self.scls(diffs)), o.frames)
         temporal = self.temporal_fc(permute_back(self.tcl(seqs), n))
         logits = self.classifier(torch.cat([spatial, temporal], dim=1))
-        return {"rgb": per_item(logits, (b, v, k))}
+        return {"rgb": logits}
 
 
 class _TemporalProbe(nn.Module):

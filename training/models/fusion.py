@@ -45,11 +45,14 @@ from torch import nn
 
 from training.models.backbones import (STAGES, check_snippet_streams, pre_relu, stage_channels, stem,
                                        stream_backbone)
-from training.models.base import ModelConfig, VideoClassifier, check_input
+from training.models.base import ModelConfig, VideoClassifier
+from training.models.option_spec import OptionSpec
 
 ORDERED_SNIPPETS = True
 FUSION_TYPES = ("sum", "max", "concat", "conv", "bilinear")
-TEMPORAL_POOLS = ("none", "3d")
+TEMPORAL_POOLS = ("3d", "none")
+# Feichtenhofer et al.: T = 5 snippets a stride apart, dropout 0.85 (their code).
+INPUT = {"sampling": "strided", "snippets": 5, "strides": "1,5,10", "dropout": 0.85}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +73,25 @@ class Options:
             raise ValueError(f"unknown temporal pooling {self.temporal_pool!r}; choose one of {TEMPORAL_POOLS}")
         if self.fusion_type == "bilinear" and self.temporal_pool != "none":
             raise ValueError("bilinear fusion leaves no positions to pool in 3D: use temporal_pool='none'")
+
+
+OPTIONS = (
+    OptionSpec(flag="fusion-type", default="conv", choices=FUSION_TYPES,
+               help="how the two streams' maps are fused at --fusion-layer (conv: 1x1 conv initialised as their sum)."),
+    OptionSpec(flag="fusion-layer", default="layer4", choices=STAGES,
+               help="the ResNet stage after whose last block (before its ReLU) the streams are fused."),
+    OptionSpec(flag="temporal-pool", default="3d", choices=TEMPORAL_POOLS,
+               help="3d = the T snippets' fused maps pooled by 3D conv + 3D max pooling; "
+                    "none = each snippet scored alone, scores averaged."),
+    OptionSpec(flag="temporal-tower", type=bool, default=True,
+               help="keep the temporal stream's own tower and classifier (averaged with the fused one)."),
+)
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys) describe."""
+    return Options(fusion_type=values["fusion_type"], fusion_layer=values["fusion_layer"],
+                   temporal_pool=values["temporal_pool"], temporal_tower=values["temporal_tower"])
 
 
 def options(cfg: ModelConfig) -> Options:
@@ -222,6 +244,8 @@ class FusionNet(VideoClassifier):
     {"fusion": (B, N)[, "flow": (B, N)]}, averaged over the V views.
     """
 
+    ordered_snippets = ORDERED_SNIPPETS
+
     def __init__(self, cfg: ModelConfig):
         check(cfg)
         super().__init__(cfg)
@@ -254,20 +278,19 @@ class FusionNet(VideoClassifier):
     def output_keys(self) -> tuple[str, ...]:
         return ("fusion", "flow") if self.flow_head is not None else ("fusion",)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        for name in ("rgb", "flow"):
-            check_input(batch[name], name)
-        b, v, t = batch["rgb"].shape[:3]
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, T, 3, H, W), "flow": (N, T, 2L, H, W)} clips -> logits (N, classes) per tower."""
+        t = units["rgb"].shape[1]
         layer = self.opt.fusion_layer
-        a = run_to(self.rgb, batch["rgb"].flatten(0, 2), layer)
-        m = run_to(self.flow, batch["flow"].flatten(0, 2), layer)
+        a = run_to(self.rgb, units["rgb"].flatten(0, 1), layer)
+        m = run_to(self.flow, units["flow"].flatten(0, 1), layer)
         fused = self.fuse(a, m)
         if fused.dim() == 4:
             fused = run_from(self.rgb, fused, layer)
-        out = {"fusion": self.head(fused, t).unflatten(0, (b, v)).mean(1)}
+        out = {"fusion": self.head(fused, t)}
         if self.flow_head is not None:
             tower = run_from(self.flow, F.relu(m), layer)
-            out["flow"] = self.flow_head(tower, t).unflatten(0, (b, v)).mean(1)
+            out["flow"] = self.flow_head(tower, t)
         return out
 
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.base import ModelConfig, VideoClassifier, check_input
-from training.models.clip_input import check_rgb_only, classifier_head, flat_size, per_item, scaled
+from training.models.base import ModelConfig, VideoClassifier
+from training.models.clip_input import check_rgb_only, classifier_head, flat_size, scaled
+from training.models.option_spec import FC_DIM, PAPER_FC_DIM, WIDTH_MULT, OptionSpec
 
 TIME_FUSIONS = ("single", "early", "late", "slow")
 CHANNELS = (96, 256, 384, 384, 256)
@@ -43,6 +44,29 @@ CHANNELS = (96, 256, 384, 384, 256)
 SLOW_TIME = ((4, 2), (2, 2), (2, 2))
 # The frames each time fusion reads by default (late: 2 frames, --frame-stride 15 apart).
 FRAMES = {"single": 1, "early": 10, "late": 2, "slow": 10}
+LATE_FRAME_STRIDE = 15
+# Karpathy et al. 2014: 178 x 178 crops (multiresolution); frames per time fusion: input_defaults.
+INPUT = {"streams": "rgb", "crop_size": 178}
+OPTIONS = (
+    OptionSpec(flag="time-fusion", default="slow", choices=TIME_FUSIONS,
+               help="where the frames meet (sets --rgb-frames 1/10/2/10; late: --frame-stride 15)."),
+    OptionSpec(flag="multires", type=bool, default=True,
+               help="context + fovea streams at half the pixels each (else one full-frame stream)."),
+    WIDTH_MULT, FC_DIM,
+)
+
+
+def input_defaults(values: dict) -> dict:
+    """INPUT and the frames (and, late, the frame stride) of the time fusion in `values`."""
+    fusion = values.get("time_fusion") or "slow"
+    stride = {"frame_stride": LATE_FRAME_STRIDE} if fusion == "late" else {}
+    return {**INPUT, "rgb_frames": FRAMES[fusion], **stride}
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys and --crop-size) describe."""
+    return Options(time_fusion=values["time_fusion"], multires=values["multires"], width_mult=values["width_mult"],
+                   fc_dim=values["fc_dim"] or PAPER_FC_DIM, size=values["crop_size"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,18 +194,18 @@ class Karpathy(VideoClassifier):
                                 align_corners=False).unflatten(0, (n, f))
         return {"context": context, "fovea": frames[..., lo:lo + half, lo:lo + half]}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = batch["rgb"]
-        check_input(x, "rgb")
-        b, v, k, c, s, _ = x.shape
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
+        x = units["rgb"]
+        n, c, s, _ = x.shape
         if c != 3 * self.frames or s != self.opts.size:
             raise ValueError(f"karpathy ({self.opts.time_fusion}) takes {self.frames} frames of "
                              f"{self.opts.size}x{self.opts.size} (--rgb-frames {self.frames} --crop-size "
                              f"{self.opts.size}), got {c // 3} of {s}x{s}")
-        frames = x.reshape(b * v * k, self.frames, 3, s, s)
+        frames = x.reshape(n, self.frames, 3, s, s)
         inputs = self.stream_inputs(frames)
         feats = torch.cat([self.streams[name](inputs[name]) for name in self.streams], dim=1)
-        return {"rgb": per_item(self.head(feats), (b, v, k))}
+        return {"rgb": self.head(feats)}
 
 
 def build(cfg: ModelConfig) -> Karpathy:

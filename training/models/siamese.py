@@ -41,10 +41,14 @@ from torch import nn
 
 from training import streams as stream_spec
 from training.models.backbones import check_arch, cross_modality_conv, load_backbone, resnet_trunk
-from training.models.base import ModelConfig, VideoClassifier, check_input, late_fusion
+from training.models.base import ModelConfig, VideoClassifier, late_fusion
+from training.models.option_spec import OptionSpec
 
 ORDERED_SNIPPETS = True
 SCORE_TEMPERATURE = 0.1  # class probabilities = softmax(cosine / 0.1): cosines lie in [-1, 1]
+# Wang et al. 2016: RGB and flow Siamese networks on T snippets in time order over the
+# whole video (one per TSN segment), which the latent split cuts into precondition and effect.
+INPUT = {"streams": "both", "sampling": "tsn", "segments": 8}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +64,18 @@ class Options:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
         if not -1 <= self.margin < 1 or self.init_noise < 0:
             raise ValueError(f"margin must be in [-1, 1) and init_noise >= 0, got {self.margin}, {self.init_noise}")
+
+
+OPTIONS = (
+    OptionSpec(flag="embed-dim", type=int, default=512, help="size of the precondition and effect embeddings."),
+    OptionSpec(flag="margin", type=float, default=0.5,
+               help="cosine margin of the contrastive loss for the wrong actions."),
+)
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys) describe."""
+    return Options(embed_dim=values["embed_dim"], margin=values["margin"])
 
 
 def check(cfg: ModelConfig) -> None:
@@ -139,21 +155,22 @@ class Siamese(VideoClassifier):
     views (any streams of training.streams; warped flow like flow). `scores` takes each
     class's best split; `training_loss` runs the EM step."""
 
+    ordered_snippets = ORDERED_SNIPPETS
+
     def __init__(self, cfg: ModelConfig):
         check(cfg)
         super().__init__(cfg)
         self.opts = cfg.options or Options()
         self.streams = nn.ModuleDict({s: SiameseStream(cfg, s, self.opts) for s in cfg.stream_names})
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{stream: (N, T, C, H, W)} clips -> {stream: (N, splits, classes)} cosines."""
         out = {}
         for name, stream in self.streams.items():
-            x = batch[name]
-            check_input(x, name)
-            b, v, t = x.shape[:3]
+            t = units[name].shape[1]
             if t != self.cfg.snippets:
                 raise ValueError(f"siamese was built for clips of {self.cfg.snippets} snippets, got {t}")
-            out[name] = stream(x.flatten(0, 1)).unflatten(0, (b, v)).mean(1)
+            out[name] = stream(units[name])
         return out
 
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

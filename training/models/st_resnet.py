@@ -32,11 +32,14 @@ from torchvision.models.resnet import Bottleneck
 
 from training.models.backbones import (STAGES, check_snippet_streams, residual_branch, shortcut, stage_channels,
                                        stem, stream_backbone)
-from training.models.base import ModelConfig, VideoClassifier, check_input
+from training.models.base import ModelConfig, VideoClassifier
+from training.models.option_spec import OptionSpec
 
 ORDERED_SNIPPETS = True
 CONNECTIONS = ("additive", "multiplicative", "none")
 POOLS = ("max", "avg")
+# Feichtenhofer et al. (ST-ResNet): T = 5 snippets a stride apart.
+INPUT = {"sampling": "strided", "snippets": 5, "strides": "1,5,10"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +55,22 @@ class Options:
             raise ValueError(f"unknown connection {self.connection!r}; choose one of {CONNECTIONS}")
         if self.temporal_pool not in POOLS:
             raise ValueError(f"unknown temporal pooling {self.temporal_pool!r}; choose one of {POOLS}")
+
+
+OPTIONS = (
+    OptionSpec(flag="st-connection", default="additive", choices=CONNECTIONS,
+               help="residual connections from the motion into the appearance stream."),
+    OptionSpec(flag="st-temporal-convs", type=bool, default=True,
+               help="convs of each stage's second unit made 3D over the snippets (centre-slice init)."),
+    OptionSpec(flag="st-temporal-pool", default="max", choices=POOLS,
+               help="pooling over the T snippets before each stream's classifier."),
+)
+
+
+def options_from_cli(values: dict) -> Options:
+    """The Options the parsed command-line values (OPTIONS' keys) describe."""
+    return Options(connection=values["st_connection"], temporal_convs=values["st_temporal_convs"],
+                   temporal_pool=values["st_temporal_pool"])
 
 
 def options(cfg: ModelConfig) -> Options:
@@ -124,6 +143,8 @@ class STResNet(VideoClassifier):
     """forward(batch): {"rgb": (B, V, T, 3, H, W), "flow": (B, V, T, 2L, H, W)} ->
     {"rgb": (B, N), "flow": (B, N)}, each averaged over the V views."""
 
+    ordered_snippets = ORDERED_SNIPPETS
+
     def __init__(self, cfg: ModelConfig):
         check(cfg)
         super().__init__(cfg)
@@ -137,16 +158,14 @@ class STResNet(VideoClassifier):
         self.heads = nn.ModuleDict({s: Head(channels, cfg.num_classes, cfg.stream_dropout(s), self.opt.temporal_pool)
                                     for s in ("rgb", "flow")})
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        for name in ("rgb", "flow"):
-            check_input(batch[name], name)
-        b, v, t = batch["rgb"].shape[:3]
-        x_a = stem(self.rgb, batch["rgb"].flatten(0, 2))
-        x_m = stem(self.flow, batch["flow"].flatten(0, 2))
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"rgb": (N, T, 3, H, W), "flow": (N, T, 2L, H, W)} clips -> logits (N, classes) per stream."""
+        t = units["rgb"].shape[1]
+        x_a = stem(self.rgb, units["rgb"].flatten(0, 1))
+        x_m = stem(self.flow, units["flow"].flatten(0, 1))
         for stage in STAGES:
             x_a, x_m = self._stage(getattr(self.rgb, stage), getattr(self.flow, stage), x_a, x_m)
-        return {"rgb": self.heads["rgb"](x_a, t).unflatten(0, (b, v)).mean(1),
-                "flow": self.heads["flow"](x_m, t).unflatten(0, (b, v)).mean(1)}
+        return {"rgb": self.heads["rgb"](x_a, t), "flow": self.heads["flow"](x_m, t)}
 
     def _stage(self, units_a: nn.Sequential, units_m: nn.Sequential, x_a, x_m):
         x_a, x_m = units_a[0](x_a), units_m[0](x_m)

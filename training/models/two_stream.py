@@ -13,7 +13,7 @@ Fusion:
           Feichtenhofer et al.'s fusion family with temporal pooling.)
 
 The V views and K snippets of an item are scored one by one and their scores averaged
-(TSN's segmental consensus).
+(TSN's segmental consensus, in VideoClassifier.forward).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from training.models.backbones import check_arch, resnet_trunk, stage_channels, stream_backbone
-from training.models.base import ModelConfig, VideoClassifier, check_input
+from training.models.base import ModelConfig, VideoClassifier
 
 FUSIONS = ("late", "conv")
 
@@ -110,16 +110,12 @@ class TwoStream(VideoClassifier):
     def output_keys(self) -> tuple[str, ...]:
         return self.cfg.stream_names + (("fused",) if self.fusion is not None else ())
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        maps, views = {}, None
-        for name, stream in self.streams.items():
-            x = batch[name]
-            check_input(x, name)
-            views = x.shape[:3]
-            maps[name] = run_trunk(stream.trunk, x.flatten(0, 2))
-        out = {name: self.streams[name].classify(m).unflatten(0, views).mean((1, 2)) for name, m in maps.items()}
+    def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{stream: (N, C, H, W)} snippets -> logits (N, classes) per stream [and "fused"]."""
+        maps = {name: run_trunk(stream.trunk, units[name]) for name, stream in self.streams.items()}
+        out = {name: self.streams[name].classify(m) for name, m in maps.items()}
         if self.fusion is not None:
-            out["fused"] = self.fusion(maps["rgb"], maps["flow"]).unflatten(0, views).mean((1, 2))
+            out["fused"] = self.fusion(maps["rgb"], maps["flow"])
         return out
 
     def train(self, mode: bool = True) -> "TwoStream":
