@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.worker import WorkerConfig
+    from pipeline.stages.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
