@@ -83,7 +83,7 @@ def test_the_driver_progresses_when_the_actor_queue_cannot_fill_a_batch(motion_v
 
 
 def _flaky_plan(marker_dir, failures_before_success):
-    """A `plan` task that fails with a dropped connection the first N times for one video."""
+    """A `_plan` task that fails with a dropped connection the first N times for one video."""
     @ray.remote(num_cpus=0.1)
     def plan(ref, cfg):
         import errno
@@ -103,7 +103,7 @@ def _flaky_plan(marker_dir, failures_before_success):
 @pytest.mark.parametrize("fails", [1, 5])
 def test_transient_failures_are_retried_within_the_build(motion_videos, tmp_path, ray_local, monkeypatch, fails):
     (tmp_path / "tries").mkdir()
-    monkeypatch.setattr(tasks, "plan", _flaky_plan(str(tmp_path / "tries"), fails))
+    monkeypatch.setattr(tasks, "_plan", _flaky_plan(str(tmp_path / "tries"), fails))
     summary = build_dataset(str(motion_videos), str(tmp_path / "ds"), _cfg(3), executor=RayExecutor(),
                             progress=False)
     tries = len(list((tmp_path / "tries").iterdir()))

@@ -203,7 +203,7 @@ class Scheduler:
                 attempt = self.tries
                 self.videos[ref.key] = _Video(ref=ref, unit=a.unit.name, attempt=attempt)
                 # SPREAD: probes (and the decoders that follow them) go to every node.
-                plan_ref = tasks.plan.options(num_cpus=self.rcfg.decode_cpus,
+                plan_ref = tasks._plan.options(num_cpus=self.rcfg.decode_cpus,
                                          scheduling_strategy="SPREAD").remote(ref, self.cfg_ref)
                 self.waiting[plan_ref] = ("plan", ref.key, attempt, None)
 
@@ -254,7 +254,7 @@ class Scheduler:
             self.actor_queue.append((v.ref.key, v.attempt, job_ref))
             self._flush_actor_queue(force=False)
             return
-        status, payload = tasks.flow.remote(job_ref, self.cfg_ref)
+        status, payload = tasks._flow.remote(job_ref, self.cfg_ref)
         self.waiting[status] = ("chunk", v.ref.key, v.attempt, payload)
 
     def _flush_actor_queue(self, force: bool) -> None:
@@ -268,7 +268,7 @@ class Scheduler:
             fields = fields if isinstance(fields, list) else [fields]
             node = self.actor_nodes[index]
             for (key, attempt, job_ref), f in zip(batch, fields):
-                status, payload = tasks.encode.remote(job_ref, f, node, self.cfg_ref)
+                status, payload = tasks._encode.remote(job_ref, f, node, self.cfg_ref)
                 self.waiting[status] = ("chunk", key, attempt, payload)
 
     def _handle(self, obj) -> None:
@@ -302,7 +302,7 @@ class Scheduler:
         v.plan = plan
         # On the node that planned it: a remote input is already in that node's cache.
         where = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=v.node, soft=True)
-        v.gen = tasks.decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=where,
+        v.gen = tasks._decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=where,
                                 _generator_backpressure_num_objects=2).remote(v.ref, plan, self.cfg_ref)
 
     def _chunk_done(self, ref, key: str, attempt: int, payload) -> None:

@@ -1,11 +1,15 @@
 """Ray's side of the stages: the remote functions and the flow actor, each a thin wrapper
 around `pipeline.stages` (which stays Ray-free and testable without Ray).
 
-Per video: a small `plan` task probes it (fetching a remote input into its node's cache);
-a `decode` generator task on the same node streams its frames in chunks; each chunk goes
-to a `flow` CPU task (flow + encode) or, on GPU builds, to a `FlowActor` (flow only,
-batched across videos) followed by an `encode` CPU task. Every chunk result carries the
+Per video: a small `_plan` task probes it (fetching a remote input into its node's cache);
+a `_decode` generator task on the same node streams its frames in chunks; each chunk goes
+to a `_flow` CPU task (flow + encode) or, on GPU builds, to a `FlowActor` (flow only,
+batched across videos) followed by an `_encode` CPU task. Every chunk result carries the
 node ids it ran on, so the driver can report placement.
+
+The remote functions keep their leading underscore: a worker's process title is
+`ray::<function name>` (`ray::_flow`, ...), which `ps`, Ray's dashboard and the benchmarks
+show and look for, so the names stay what they have always been.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ def _node() -> str:
 
 
 def plan_video(ref: VideoRef, cfg: WorkerConfig):
+    """The video's plan (or VideoFailure), the node that made it, and the input's sha256 if fetched."""
     # The node rides along: the decoder runs there too, so a remote input fetched into this
     # node's cache for the probe is read from that cache, not fetched again.
     plan = safe_plan(ref, cfg)
@@ -49,33 +54,38 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig):
 
 
 @ray.remote(num_cpus=0.1, max_retries=3)
-def plan(ref: VideoRef, cfg: WorkerConfig):
+def _plan(ref: VideoRef, cfg: WorkerConfig):
+    """`plan_video` as a small task (the scheduler's `tasks._plan`)."""
     return plan_video(ref, cfg)
 
 
 @ray.remote(max_retries=3)
-def decode(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
+def _decode(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
+    """Stage 1 as a generator task: (ChunkJob, node id) per chunk, streamed while the video decodes."""
     node = _node()
     for job in chunk_jobs(ref, plan, cfg):
         yield job, node  # the node rides along so the driver can report placement
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def flow(item: tuple, cfg: WorkerConfig):
+def _flow(item: tuple, cfg: WorkerConfig):
+    """Stage 2 on a CPU: (summary, decode node, flow node) and the encoded chunk."""
     job, decode_node = item
     encoded = process_chunks([job], _estimator(cfg.flow), cfg)[0]
     return (summarize(encoded), decode_node, _node()), encoded
 
 
 @ray.remote(num_returns=2, max_retries=3)
-def encode(item: tuple, computed: tuple, flow_node: str, cfg: WorkerConfig):
+def _encode(item: tuple, computed: tuple, flow_node: str, cfg: WorkerConfig):
+    """Encoding after a flow actor: (summary, decode node, flow node) and the encoded chunk."""
     (job, decode_node), (fields, warped) = item, computed
     encoded = encode_chunk(job, fields, cfg, warped)
     return (summarize(encoded), decode_node, flow_node), encoded
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def look(checks: list, cfg: WorkerConfig) -> dict:
+def _look(checks: list, cfg: WorkerConfig) -> dict:
+    """What one node sees of INPUT and OUTPUT (`shared_paths.look`), its tools and host name."""
     import socket
 
     return {"failed": shared_paths.look(checks), "tools": tools.fingerprint(cfg), "host": socket.gethostname()}
