@@ -240,7 +240,8 @@ def cpu_costs(height: int = 256, width: int = 340, frames: int = 48) -> dict:
     one thread), grey conversion, and JPEG-encoding each RGB frame and each quantized field."""
     import tempfile
 
-    from pipeline import decode, encode, worker
+    from pipeline import decode, encode
+    from pipeline.stages import chunks
     from pipeline.synthetic import motion as synthetic
     from pipeline.flow.quantize import quantize
 
@@ -253,7 +254,7 @@ def cpu_costs(height: int = 256, width: int = 340, frames: int = 48) -> dict:
         decode_s = _cpu_seconds() - start  # ffmpeg's own CPU time included (a waited child)
     rgb = np.concatenate([c.frames[:c.owned] for c in chunks])
     start = time.process_time()
-    worker.gray(rgb)
+    chunks.gray(rgb)
     gray_s = time.process_time() - start
     flow = quantize(rng.normal(0, 2, (len(rgb), height, width, 2)).astype(np.float32))
     start = time.process_time()

@@ -26,12 +26,13 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from pipeline.synthetic import motion as synthetic  # noqa: E402
-from pipeline.build.run import BuildConfig, ShardConfig, build_dataset  # noqa: E402
+from pipeline.build.config import BuildConfig, ShardConfig  # noqa: E402
+from pipeline.build.run import build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.config import FlowConfig  # noqa: E402
-from pipeline.flow.estimators import algorithms_for  # noqa: E402
-from pipeline.cluster.ray_runner import RayConfig, RayExecutor, init_ray  # noqa: E402
-from pipeline.worker import WorkerConfig  # noqa: E402
+from pipeline.flow.config import FlowConfig# noqa: E402
+from pipeline.cluster.executor import RayExecutor  # noqa: E402
+from pipeline.cluster.startup import RayConfig, init_ray  # noqa: E402
+from pipeline.stages.config import WorkerConfig  # noqa: E402
 
 log = logging.getLogger("bench")
 MOTIONS = ("left", "right", "up", "down")

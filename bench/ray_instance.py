@@ -18,7 +18,7 @@ _CHILD = """
 import os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray
-from pipeline.cluster.ray_runner import idle_worker_limit
+from pipeline.cluster.startup import idle_worker_limit
 cpus = int(sys.argv[1])
 ctx = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                _system_config={"num_workers_soft_limit": idle_worker_limit(cpus)})

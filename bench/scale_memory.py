@@ -25,11 +25,12 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from pipeline.synthetic import motion  # noqa: E402
-from pipeline.build.run import BuildConfig, ShardConfig, build_dataset  # noqa: E402
+from pipeline.build.config import BuildConfig, ShardConfig  # noqa: E402
+from pipeline.build.run import build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.config import FlowConfig  # noqa: E402
-from pipeline.cluster.ray_runner import RayExecutor  # noqa: E402
-from pipeline.worker import SampleConfig, WorkerConfig  # noqa: E402
+from pipeline.flow.config import FlowConfig# noqa: E402
+from pipeline.cluster.executor import RayExecutor  # noqa: E402
+from pipeline.stages.config import SampleConfig, WorkerConfig  # noqa: E402
 
 WRITER_TITLES = ("UnitAssembler", "_write_unit")
 MB = 1 << 20

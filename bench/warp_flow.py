@@ -116,9 +116,10 @@ def in_memory(configs: dict, estimators: tuple[str, ...], cfg: warp.WarpConfig) 
 def stored(configs: dict, workdir: Path, cfg: warp.WarpConfig) -> dict:
     """Build the scenes as videos with --flow-warp (TV-L1, in-process) and score the stored fields."""
     from pipeline import open_dataset
-    from pipeline.build.run import BuildConfig, build_dataset
+    from pipeline.build.config import BuildConfig
+    from pipeline.build.run import build_dataset
     from pipeline.decode import DecodeConfig
-    from pipeline.worker import WorkerConfig
+    from pipeline.stages.config import WorkerConfig
 
     for name, c in configs.items():
         sc.write_camera_videos(workdir / "videos" / name, {f"v_{name}": c})

@@ -89,7 +89,7 @@ def build_options(f):
                           "about 128 TV-L1 pairs at 340x256 on a GPU)."),
         click.option("--rgb-quality", type=int, default=90, show_default=True),
         click.option("--flow-quality", type=int, default=95, show_default=True),
-        click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,  # worker.DEFAULT_MAX_PIXELS
+        click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,  # pipeline.stages.config.DEFAULT_MAX_PIXELS
                      help="Refuse (as an error row) a video whose frames are larger, before decoding it."),
         click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
         click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
@@ -123,10 +123,10 @@ def build_options(f):
 def make_build_config(o: dict):
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
     from pipeline.boxes import BoxesConfig
-    from pipeline.build.run import BuildConfig, ShardConfig
+    from pipeline.build.config import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
     from pipeline.flow.warp import WarpConfig
-    from pipeline.worker import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
+    from pipeline.stages.config import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
 
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
@@ -159,7 +159,7 @@ def make_flow_config(algorithm: str, backend: str, device: str, params: tuple[st
 
 
 def make_executor_from(o: dict, flow_device: str):
-    from pipeline.build.run import make_executor
+    from pipeline.build.executors import make_executor
 
     if o["executor"] == "local":
         return make_executor("local")
@@ -192,7 +192,7 @@ def resolve_auto_device(o: dict) -> dict:
     wants_gpu_flow = o["executor"] == "ray" and torch_flow and o["flow_backend"] in ("auto", "torch")
     gpus = 0.0
     if wants_gpu_flow:
-        from pipeline.cluster.ray_runner import RayConfig, cluster_gpus
+        from pipeline.cluster.startup import RayConfig, cluster_gpus
 
         gpus = cluster_gpus(RayConfig(address=o["address"], num_cpus=o["num_cpus"]))
     device = "cuda" if gpus else "cpu"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pipeline.flow.estimators import spec
 
 if TYPE_CHECKING:
-    from pipeline.worker import WorkerConfig
+    from pipeline.stages.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 

@@ -3,15 +3,21 @@ import os
 import random
 from pathlib import Path
 
-from pipeline import shard, worker
+from pipeline import shard
 from pipeline.build.assembly import ChunkSpool, UnitAssembler, VideoOutcome
-from pipeline.build.run import BuildConfig, ShardConfig, identify, plan_units
+from pipeline.build.config import BuildConfig, ShardConfig
+from pipeline.build.plan import identify, plan_units
+from pipeline.build.units import write_unit
 from pipeline.decode import DecodeConfig
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.estimators import make_estimator
 from pipeline.inputs import discover
-from pipeline.build.units import write_unit
-from pipeline.worker import SampleConfig, WorkerConfig
+from pipeline.stages.chunks import chunk_jobs
+from pipeline.stages.config import SampleConfig, WorkerConfig
+from pipeline.stages.fields import process_chunks
+from pipeline.stages.plan import plan_video
+from pipeline.stages.samples import summarize
+from pipeline.stages.video import process_video
 
 
 def _cfg():
@@ -22,8 +28,8 @@ def _cfg():
 
 def _computed(ref, cfg, estimator):
     """The plan and encoded chunks of a video, as the Ray tasks would produce them."""
-    plan = worker.plan_video(ref, cfg.worker)
-    chunks = [worker.process_chunks([job], estimator, cfg.worker)[0] for job in worker.chunk_jobs(ref, plan, cfg.worker)]
+    plan = plan_video(ref, cfg.worker)
+    chunks = [process_chunks([job], estimator, cfg.worker)[0] for job in chunk_jobs(ref, plan, cfg.worker)]
     return plan, chunks
 
 
@@ -34,7 +40,7 @@ def test_chunks_in_any_order_give_the_in_process_tars(motion_videos, tmp_path):
     est = make_estimator(cfg.worker.flow)
     for out in ("a", "b"):
         (tmp_path / out / "shards").mkdir(parents=True)
-    expected = write_unit(unit, (worker.process_video(r, cfg.worker, est) for r in unit.compute_refs),
+    expected = write_unit(unit, (process_video(r, cfg.worker, est) for r in unit.compute_refs),
                           tmp_path / "a", cfg)
 
     computed = {r.key: _computed(r, cfg, est) for r in unit.compute_refs}
@@ -48,13 +54,13 @@ def test_chunks_in_any_order_give_the_in_process_tars(motion_videos, tmp_path):
     assert len(list(Path(writer.spool.dir).iterdir())) == len(unit.compute_refs)  # held on disk, not in memory
     for r in reversed(unit.compute_refs):  # outcomes last video first: nothing can be written until the first
         plan, chunks = computed[r.key]
-        outcomes.append(writer.video(r.key, 1, VideoOutcome(plan=plan, summaries=tuple(map(worker.summarize, chunks)))))
+        outcomes.append(writer.video(r.key, 1, VideoOutcome(plan=plan, summaries=tuple(map(summarize, chunks)))))
     assert outcomes == [len(unit.compute_refs)] * (len(unit.compute_refs) - 1) + [0]
     record = writer.finish()
     assert record == expected
-    for s in record["shards"]:
-        assert (tmp_path / "a" / "shards" / s["name"]).read_bytes() == (tmp_path / "b" / "shards" / s["name"]).read_bytes()
-    assert len(record["shards"]) > 1  # the unit rolled over several tars
+    for s in record.shards:
+        assert (tmp_path / "a" / "shards" / s.name).read_bytes() == (tmp_path / "b" / "shards" / s.name).read_bytes()
+    assert len(record.shards) > 1  # the unit rolled over several tars
 
 
 def test_a_newer_try_replaces_the_chunks_of_an_older_one_and_failures_are_rows(motion_videos, tmp_path):
@@ -71,13 +77,13 @@ def test_a_newer_try_replaces_the_chunks_of_an_older_one_and_failures_are_rows(m
     for c in chunks:
         writer.chunk(first.key, 2, c)
     writer.chunk(first.key, 1, chunks[1])  # late chunk of the old try: ignored
-    writer.video(first.key, 2, VideoOutcome(plan=plan, summaries=tuple(map(worker.summarize, chunks))))
+    writer.video(first.key, 2, VideoOutcome(plan=plan, summaries=tuple(map(summarize, chunks))))
     writer.video(second.key, 3, VideoOutcome(failure=f"{second.source}: lost", kind="transient"))
     record = writer.finish()
-    rows = {r["id"]: r for r in record["videos"]}
-    assert rows[first.key]["status"] == "ok" and rows[first.key]["frames"] == 12
-    assert (rows[second.key]["status"], rows[second.key]["error_kind"]) == ("error", "transient")
-    keys = [s["__key__"] for r in record["shards"] for s in shard.iter_shard(tmp_path / "shards" / r["name"])]
+    rows = {r.id: r for r in record.videos}
+    assert rows[first.key].status == "ok" and rows[first.key].frames == 12
+    assert (rows[second.key].status, rows[second.key].error_kind) == ("error", "transient")
+    keys = [s["__key__"] for r in record.shards for s in shard.iter_shard(tmp_path / "shards" / r.name)]
     assert keys == [f"{first.key}_part{k:03d}" for k in range(3)]
 
 

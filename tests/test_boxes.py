@@ -246,16 +246,18 @@ def test_warped_flow_is_told_where_the_annotated_people_are():
     the camera-motion estimate leaves out."""
     import dataclasses
 
-    from pipeline import worker
+    from pipeline.stages.chunks import chunk_people
+    from pipeline.stages.config import WorkerConfig
+    from pipeline.stages.plan import VideoPlan
     from pipeline.flow import warp
     from pipeline.records import VideoInfo, VideoRef
 
     vb = _video_boxes(range(3, 6), lambda f: (10.0, 8.0, 30.0, 24.0))
     ref = VideoRef(key="v", uri="v.mp4", source="v.mp4", label="jump", label_id=0, split="train", boxes=vb)
-    plan = worker.VideoPlan(info=VideoInfo(width=64, height=48, fps=25.0, duration=1.0, stream_index=0),
-                            total_frames=None, keep_frames=None, keep_fields=None)
+    plan = VideoPlan(info=VideoInfo(width=64, height=48, fps=25.0, duration=1.0, stream_index=0),
+                     total_frames=None, keep_frames=None, keep_fields=None)
     frame_ids, size = range(2, 7), (32, 24)  # a chunk of 5 frames from frame 2, stored at 32x24
-    cfg = worker.WorkerConfig(warp=warp.WarpConfig())
-    people = worker.chunk_people(ref, plan, frame_ids, size, cfg)
+    cfg = WorkerConfig(warp=warp.WarpConfig())
+    people = chunk_people(ref, plan, frame_ids, size, cfg)
     assert people == {i: [[5.0, 4.0, 15.0, 12.0]] for i in (3, 4, 5)}  # frames 3-5, half size
-    assert worker.chunk_people(ref, plan, frame_ids, size, dataclasses.replace(cfg, warp=None)) is None
+    assert chunk_people(ref, plan, frame_ids, size, dataclasses.replace(cfg, warp=None)) is None

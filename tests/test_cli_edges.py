@@ -15,12 +15,12 @@ from pipeline.encode import DecodedSample
 def test_build_checks_the_input_before_starting_ray(tmp_path, monkeypatch, make):
     import ray
 
-    from pipeline.cluster import ray_runner
+    from pipeline.cluster import startup
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was asked before the input was checked")
 
-    monkeypatch.setattr(ray_runner, "cluster_gpus", no_ray)  # --flow-device auto asks the cluster for GPUs
+    monkeypatch.setattr(startup, "cluster_gpus", no_ray)  # --flow-device auto asks the cluster for GPUs
     monkeypatch.setattr(ray, "init", no_ray)
     src = tmp_path / "videos"
     if make == "empty":

@@ -6,15 +6,16 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from pipeline import open_dataset
-from pipeline.build.run import BuildConfig, ShardConfig, build_dataset
+from pipeline.build.config import BuildConfig, ShardConfig
+from pipeline.build.run import build_dataset
 from pipeline.decode import DecodeConfig
 from pipeline.flow.config import FlowConfig
-from pipeline.worker import SampleConfig, WorkerConfig
+from pipeline.stages.config import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from pipeline.cluster.ray_runner import RayExecutor  # noqa: E402
+from pipeline.cluster.executor import RayExecutor  # noqa: E402
 
 FLOW_RESOURCE = "flow_worker"
 
@@ -143,7 +144,7 @@ def test_auto_device_picks_cuda_actors_when_the_cluster_has_gpus(two_nodes):
 
 def test_storage_settings_reach_cluster_workers(two_nodes, monkeypatch):
     """The endpoint and storage options the driver uses are visible in remote tasks (keys are not)."""
-    from pipeline.cluster.ray_runner import forwarded_env
+    from pipeline.cluster.env import forwarded_env
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-forwarded")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import worker
 from pipeline.synthetic import motion as synthetic
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.params import TorchOptions, TVL1Params
@@ -19,6 +18,9 @@ from pipeline.flow.batch import PairBatcher, SyncStages
 from pipeline.flow.opencv import DIS
 from pipeline.flow.device import quantize_tensor
 from pipeline.flow.tvl1_torch import TorchTVL1
+from pipeline.stages.chunks import ChunkJob, frames_job, gray
+from pipeline.stages.config import WorkerConfig
+from pipeline.stages.fields import compute_fields
 
 FAST = TVL1Params(nscales=2, warps=2, outer_iterations=2, inner_iterations=6)
 
@@ -31,7 +33,7 @@ def _one_thread(torch_one_thread):
 def video_frames(motion: str, n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     """(n, h, w) grey frames of a moving texture."""
     rgb = synthetic.moving_frames(motion, n, h, w, speed=1.5 + 0.25 * seed)
-    return worker.gray(np.stack(list(rgb)))
+    return gray(np.stack(list(rgb)))
 
 
 def test_device_quantize_matches_host_quantize_byte_for_byte():
@@ -125,18 +127,18 @@ def test_flow_config_exposes_torch_options_and_default_batch():
         TorchOptions(sync_every=-1)
 
 
-def _job(frames_rgb: np.ndarray, key: str, index: int, start: int, owned: int, last: bool) -> worker.ChunkJob:
-    return worker.frames_job(frames_rgb, key, index, start, owned, last)
+def _job(frames_rgb: np.ndarray, key: str, index: int, start: int, owned: int, last: bool) -> ChunkJob:
+    return frames_job(frames_rgb, key, index, start, owned, last)
 
 
 def test_ray_flow_actor_batches_pairs_across_calls_byte_identical(ray_local):
     """Real Ray actors: concurrent calls of chunks of two videos, one actor's batches mix them."""
     import ray
 
-    from pipeline.cluster.ray_runner import FlowActor
+    from pipeline.cluster.tasks import FlowActor
 
     flow = FlowConfig(backend="torch", params=FAST, batch_size=6)
-    cfg = worker.WorkerConfig(flow=flow)
+    cfg = WorkerConfig(flow=flow)
     a = np.stack(list(synthetic.moving_frames("right", 10, 40, 48, speed=1.5)))
     b = np.stack(list(synthetic.moving_frames("down", 7, 40, 48, speed=2.0)))
     jobs = [_job(a[:6], "a", 0, 0, 5, False), _job(a[5:], "a", 1, 5, 5, True), _job(b, "b", 0, 0, 7, True)]
@@ -146,7 +148,7 @@ def test_ray_flow_actor_batches_pairs_across_calls_byte_identical(ray_local):
     local = FlowActor(cfg)  # in-process, the same class
     est = TorchTVL1(FAST)
     for job, (fields, warped) in zip(jobs, got):
-        unbatched = quantize(worker.compute_fields([job], est, flow)[0], flow.bound)
+        unbatched = quantize(compute_fields([job], est, flow)[0], flow.bound)
         np.testing.assert_array_equal(fields, unbatched)
         assert warped is None  # no --flow-warp
         np.testing.assert_array_equal(local.compute((job, "node"))[0], unbatched)

@@ -14,7 +14,7 @@ from pipeline.flow import estimators
 from pipeline.flow.config import FlowConfig, default_batch_size, params_from_dict
 from pipeline.flow.estimators import (ALGORITHMS, BACKENDS, ESTIMATORS, LEARNED, Backend, EstimatorSpec,
                                       algorithms_for, all_backends, auto_backend, backend_for, make_estimator)
-from pipeline.worker import WorkerConfig
+from pipeline.stages.config import WorkerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -65,11 +65,11 @@ def test_build_checks_inputs_before_starting_ray(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from jobs.cli import cli
-    from pipeline.cluster import ray_runner
+    from pipeline.cluster import startup
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `flowshard build`
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the inputs were checked"))
     result = CliRunner().invoke(cli, ["build", str(tmp_path / "missing"), str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code != 0 and "missing" in (result.output + str(result.exception))
-    gpus = ray_runner.local_gpus()
-    assert gpus is not None and gpus >= 0 and ray_runner.cluster_gpus(ray_runner.RayConfig()) == gpus
+    gpus = startup.local_gpus()
+    assert gpus is not None and gpus >= 0 and startup.cluster_gpus(startup.RayConfig()) == gpus

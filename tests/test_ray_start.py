@@ -10,7 +10,7 @@ _SCRIPT = """
 import os
 os.environ["AWS_REGION"] = "eu-test-1"
 import ray
-from pipeline.cluster.ray_runner import RayConfig, init_ray
+from pipeline.cluster.startup import RayConfig, init_ray
 
 init_ray(RayConfig(num_cpus=1))
 print("REGION", ray.get(ray.remote(lambda: os.environ.get("AWS_REGION")).remote()),
@@ -31,7 +31,7 @@ def test_fresh_local_ray_workers_inherit_the_settings():
 _CHURN = """
 import os, sys, time
 import ray
-from pipeline.cluster.ray_runner import RayConfig, init_ray
+from pipeline.cluster.startup import RayConfig, init_ray
 
 if sys.argv[1] == "build":
     init_ray(RayConfig(num_cpus=1))

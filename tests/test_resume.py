@@ -51,13 +51,13 @@ if hook == "mid-tar":
         return result
     tarfile.TarFile.addfile = addfile
 elif hook == "after-record":
-    from pipeline.build import run as build
-    original_save = build.save_record
+    from pipeline.build import resume
+    original_save = resume.save_record
 
     def save_record(*args, **kwargs):
         original_save(*args, **kwargs)
         pause()
-    build.save_record = save_record
+    resume.save_record = save_record
 elif hook == "mid-publish":
     from pipeline.build import manifest
     original_write = manifest.atomic_write_bytes

@@ -3,12 +3,14 @@ and a driver that makes progress whatever the settings (it never spins)."""
 import pytest
 
 from pipeline import open_dataset
-from pipeline.cluster import ray_runner
+from pipeline.cluster import scheduler, tasks
+from pipeline.cluster.executor import RayExecutor
 from pipeline.synthetic import motion
-from pipeline.build.run import BuildConfig, ShardConfig, build_dataset
+from pipeline.build.config import BuildConfig, ShardConfig
+from pipeline.build.run import build_dataset
 from pipeline.decode import DecodeConfig
 from pipeline.flow.config import FlowConfig
-from pipeline.worker import SampleConfig, WorkerConfig
+from pipeline.stages.config import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")
 
@@ -27,13 +29,13 @@ def _files(root):
 def object_refs(monkeypatch):
     """The most object refs the driver held at once during a build, sampled after every event."""
     peak = [0]
-    handle = ray_runner._Scheduler._handle
+    handle = scheduler.Scheduler._handle
 
     def counting(self, obj):
         handle(self, obj)
         peak[0] = max(peak[0], len(ray._private.worker.global_worker.core_worker.get_all_reference_counts()))
 
-    monkeypatch.setattr(ray_runner._Scheduler, "_handle", counting)
+    monkeypatch.setattr(scheduler.Scheduler, "_handle", counting)
     return peak
 
 
@@ -43,7 +45,7 @@ def test_object_store_use_does_not_grow_with_the_unit(motion_videos, tmp_path, r
     peaks, stats = {}, {}
     for samples in (1, 8):
         object_refs[0] = 0
-        executor = ray_runner.RayExecutor(max_chunks=2, max_videos=2)
+        executor = RayExecutor(max_chunks=2, max_videos=2)
         build_dataset(str(motion_videos), str(tmp_path / str(samples)), _cfg(samples), executor=executor,
                       progress=False)
         peaks[samples], stats[samples] = object_refs[0], dict(executor.stats)
@@ -62,7 +64,7 @@ def test_writers_are_bounded_copy_only_units_included(motion_videos, tmp_path, r
         (relabelled / f"c_{p.parent.name}" / p.name).symlink_to(p)
     (relabelled / "new").mkdir()
     motion.write_video(relabelled / "new" / "x.mp4", motion.moving_frames("up", 12, 48, 64, seed=7))
-    executor = ray_runner.RayExecutor(max_writers=2)
+    executor = RayExecutor(max_writers=2)
     summary = build_dataset(str(relabelled), str(tmp_path / "ds"), cfg, executor=executor, progress=False)
     assert summary.ok == 9 and summary.reused == 8 and summary.computed == 1
     assert executor.stats["peak_writers"] <= 2 and executor.stats["writers"] <= 2
@@ -73,7 +75,7 @@ def test_the_driver_progresses_when_the_actor_queue_cannot_fill_a_batch(motion_v
     """Flow actors take batches of 4 chunks, but at most 2 chunks may be in flight and the
     actors hold every CPU: the driver must send part batches and not wait on encode tasks that
     could never be placed."""
-    executor = ray_runner.RayExecutor(flow_actors=2, chunks_per_call=4, max_chunks=2, max_videos=1)
+    executor = RayExecutor(flow_actors=2, chunks_per_call=4, max_chunks=2, max_videos=1)
     summary = build_dataset(str(motion_videos), str(tmp_path / "ray"), _cfg(3), executor=executor, progress=False)
     assert summary.ok == 8
     build_dataset(str(motion_videos), str(tmp_path / "local"), _cfg(3), progress=False)
@@ -93,7 +95,7 @@ def _flaky_plan(marker_dir, failures_before_success):
             Path(marker_dir, uuid.uuid4().hex).touch()
             if len(tries) < failures_before_success:
                 raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
-        return ray_runner._plan_video(ref, cfg)
+        return tasks.plan_video(ref, cfg)
 
     return plan
 
@@ -101,8 +103,8 @@ def _flaky_plan(marker_dir, failures_before_success):
 @pytest.mark.parametrize("fails", [1, 5])
 def test_transient_failures_are_retried_within_the_build(motion_videos, tmp_path, ray_local, monkeypatch, fails):
     (tmp_path / "tries").mkdir()
-    monkeypatch.setattr(ray_runner, "_plan", _flaky_plan(str(tmp_path / "tries"), fails))
-    summary = build_dataset(str(motion_videos), str(tmp_path / "ds"), _cfg(3), executor=ray_runner.RayExecutor(),
+    monkeypatch.setattr(tasks, "_plan", _flaky_plan(str(tmp_path / "tries"), fails))
+    summary = build_dataset(str(motion_videos), str(tmp_path / "ds"), _cfg(3), executor=RayExecutor(),
                             progress=False)
     tries = len(list((tmp_path / "tries").iterdir()))
     rows = {v.video_id: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
@@ -110,7 +112,7 @@ def test_transient_failures_are_retried_within_the_build(motion_videos, tmp_path
         assert summary.ok == 8 and tries == 2
         assert rows["left_v_left_g00"].status == "ok"
     else:  # still failing after every try: an error row that says it may pass another time
-        assert summary.ok == 7 and tries == ray_runner.MAX_ATTEMPTS
+        assert summary.ok == 7 and tries == scheduler.MAX_ATTEMPTS
         row = rows["left_v_left_g00"]
         assert (row.status, row.error_kind) == ("error", "transient") and "connection reset" in row.error
 

@@ -6,14 +6,14 @@ import pytest
 
 from jobs.cli import configure_storage
 from pipeline import storage
-from pipeline.cluster import ray_runner
+from pipeline.cluster import env, startup
 
 SECRETS = ("AKIAEXAMPLEKEY", "s3cr3t-value", "session-tok", "hunter2", "nested-secret")
 
 
 @pytest.fixture
 def storage_env(monkeypatch):
-    for name in ray_runner.FORWARDED_ENV:
+    for name in env.FORWARDED_ENV:
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
     storage.reset()
@@ -31,11 +31,11 @@ def test_secrets_in_storage_options_are_not_forwarded(storage_env, monkeypatch, 
     def fake_init(**kwargs):
         captured.update(kwargs)
 
-    monkeypatch.setattr(ray_runner.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray_runner.ray, "init", fake_init)
-    monkeypatch.setattr(ray_runner.ray, "cluster_resources", lambda: {})
-    with caplog.at_level(logging.WARNING, logger="pipeline.cluster.ray_runner"):
-        ray_runner.init_ray(ray_runner.RayConfig(address="ray://127.0.0.1:10001"))
+    monkeypatch.setattr(startup.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(startup.ray, "init", fake_init)
+    monkeypatch.setattr(startup.ray, "cluster_resources", lambda: {})
+    with caplog.at_level(logging.WARNING, logger="pipeline.cluster.env"):
+        startup.init_ray(startup.RayConfig(address="ray://127.0.0.1:10001"))
     env = captured["runtime_env"]["env_vars"]
     text = json.dumps(env)
     assert not [s for s in SECRETS if s in text], text

@@ -10,12 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import open_dataset, tools, worker
+from pipeline import open_dataset, tools
+from pipeline.stages import plan as planning
 from pipeline.build import manifest
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.params import RAFTParams
 from pipeline.verify import verify
-from pipeline.worker import WorkerConfig
+from pipeline.stages.config import WorkerConfig
 
 ARGS = ("--flow", "dis", "--resize", "none", "--shard-samples", "3", "--executor", "local", "--no-progress")
 
@@ -97,7 +98,7 @@ def test_resume_checks_a_finished_units_sha256_not_only_its_size(motion_videos, 
 
 def _unreachable(key, calls):
     """plan_video for one video fails like a dropped connection, every time it is tried."""
-    real = worker.plan_video
+    real = planning.plan_video
 
     def plan(ref, cfg):
         if ref.key == key:
@@ -112,7 +113,7 @@ def test_retry_errors_computes_the_error_rows_again_into_a_new_version(motion_vi
     out = tmp_path / "ds"
     calls = []
     with monkeypatch.context() as mp:
-        mp.setattr(worker, "plan_video", _unreachable("up_v_up_g00", calls))
+        mp.setattr(planning, "plan_video", _unreachable("up_v_up_g00", calls))
         v1, computed, _, _ = build(motion_videos, out)
     assert len(calls) == 3  # tried three times within the build
     rows = {v.video_id: v for v in open_dataset(out).videos(include_errors=True)}
@@ -146,13 +147,13 @@ def test_retry_errors_computes_the_error_rows_again_into_a_new_version(motion_vi
 def test_the_local_executor_retries_transient_failures(motion_videos, tmp_path, monkeypatch, fails):
     calls = []
     plan = _unreachable("up_v_up_g00", calls)
-    real = worker.plan_video
+    real = planning.plan_video
 
     def flaky(ref, cfg):
         if ref.key == "up_v_up_g00" and len(calls) >= fails:
             return real(ref, cfg)
         return plan(ref, cfg)
 
-    monkeypatch.setattr(worker, "plan_video", flaky)
+    monkeypatch.setattr(planning, "plan_video", flaky)
     _, computed, _, _ = build(motion_videos, tmp_path / "ds")
     assert len(calls) == fails and computed == 8 and len(open_dataset(tmp_path / "ds").errors()) == 0

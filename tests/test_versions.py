@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from pipeline import encode, inputs, open_dataset, shard
 from pipeline.build import versions as version
-from pipeline.build.run import BuildConfig, ShardConfig
+from pipeline.build.config import BuildConfig, ShardConfig
 from pipeline.dataset import resolve_dataset
 from pipeline.shard import sha256_file
 from tests.helpers import write_list

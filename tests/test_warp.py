@@ -119,8 +119,10 @@ def test_config_is_validated():
 
 
 def test_worker_keeps_camera_features_off_person_boxes(scene):
-    """worker.warp_inputs: boxes of a pair's frames become its exclusion mask."""
-    from pipeline.worker import WorkerConfig, frames_job, warp_inputs
+    """pipeline.stages.warped.warp_inputs: boxes of a pair's frames become its exclusion mask."""
+    from pipeline.stages.config import WorkerConfig
+    from pipeline.stages.chunks import frames_job
+    from pipeline.stages.warped import warp_inputs
 
     job = frames_job(scene.frames, "v", 0, 10, 3, True)
     cfg = WorkerConfig(warp=warp.WarpConfig())

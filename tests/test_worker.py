@@ -1,4 +1,4 @@
-"""The worker's stages without Ray: what decode hands to flow, and clips from one decode."""
+"""The stages (`pipeline.stages`) without Ray: what decode hands to flow, and clips from one decode."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,11 +6,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline import decode, encode, worker
+from pipeline import decode, encode
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.estimators import make_estimator
 from pipeline.inputs import discover
-from pipeline.worker import SampleConfig, WorkerConfig
+from pipeline.stages import chunks, video
+from pipeline.stages import plan as planning
+from pipeline.stages.config import SampleConfig, WorkerConfig
+from pipeline.stages.fields import compute_fields, encode_chunk, flow_bytes
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +22,8 @@ def ref(motion_videos):
 
 
 def _jobs(ref, cfg):
-    items = list(worker.video_jobs(ref, cfg))
-    assert isinstance(items[0], worker.VideoPlan), items[0]
+    items = list(chunks.video_jobs(ref, cfg))
+    assert isinstance(items[0], planning.VideoPlan), items[0]
     return items[0], items[1:]
 
 
@@ -36,7 +39,7 @@ def test_decode_sends_luma_and_encoded_frames(ref):
             np.testing.assert_array_equal(j.frames[row], decode.split_planes(planes[f])[0])
         assert j.frame_index == tuple(range(j.start, j.start + j.owned)) and len(j.frame_bytes) == j.owned
         assert encode.decode_rgb(j.frame_bytes[0]).shape == (48, 64, 3)
-        prev, nxt = worker.flow_inputs(j, 1)
+        prev, nxt = chunks.flow_inputs(j, 1)
         assert len(prev) == len(j.fields) and np.shares_memory(prev, j.frames) and np.shares_memory(nxt, j.frames)
     assert [t for j in jobs for t in j.fields] == list(range(11))
 
@@ -46,7 +49,7 @@ def test_rgb_estimators_get_rgb(ref):
                        flow=FlowConfig(algorithm="raft_small", backend="torch"), sample=SampleConfig(chunk_frames=8))
     _, jobs = _jobs(ref, cfg)
     rgb = [f for f, _ in decode.iter_frames(ref.uri, decode.DecodeConfig(resize="none"))]
-    prev, nxt = worker.flow_inputs(jobs[0], 1)
+    prev, nxt = chunks.flow_inputs(jobs[0], 1)
     assert prev.shape == (8, 48, 64, 3) and nxt.shape == (8, 48, 64, 3)
     assert np.abs(prev.astype(int) - np.stack(rgb[:8])).mean() < 4  # colour, not grey repeated
     assert np.abs(prev[..., 0].astype(int) - prev[..., 2]).mean() > 5
@@ -64,10 +67,10 @@ def test_batches_across_jobs_give_the_fields_of_each(ref):
                        sample=SampleConfig(chunk_frames=4))
     _, jobs = _jobs(ref, cfg)
     est = make_estimator(cfg.flow)
-    together = worker.compute_fields(jobs, est, cfg.flow)
+    together = compute_fields(jobs, est, cfg.flow)
     for job, fields in zip(jobs, together):
-        np.testing.assert_array_equal(fields, worker.compute_fields([job], est, cfg.flow)[0])
-        assert worker.encode_chunk(job, fields, cfg).flow_bytes == worker.flow_bytes(job, est, cfg)
+        np.testing.assert_array_equal(fields, compute_fields([job], est, cfg.flow)[0])
+        assert encode_chunk(job, fields, cfg).flow_bytes == flow_bytes(job, est, cfg)
 
 
 def _counting(monkeypatch):
@@ -79,7 +82,7 @@ def _counting(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(decode, "iter_planes", counted)
-    monkeypatch.setattr(worker, "count_frames", lambda *a: pytest.fail("clips mode counted frames in a pass"))
+    monkeypatch.setattr(planning, "count_frames", lambda *a: pytest.fail("clips mode counted frames in a pass"))
     return calls
 
 
@@ -87,7 +90,7 @@ def test_clips_decode_once(ref, monkeypatch):
     cfg = WorkerConfig(decode=decode.DecodeConfig(resize="none"), flow=FlowConfig(algorithm="farneback"),
                        sample=SampleConfig(clips=2, clip_len=3))
     calls = _counting(monkeypatch)
-    res = worker.process_video(ref, cfg)
+    res = video.process_video(ref, cfg)
     assert res.status == "ok" and len(calls) == 1
     meta = encode.load_meta(res.samples[0][encode.META])
     assert [c["frame"] for c in meta["clips"]] == [0, 1]
@@ -101,12 +104,12 @@ def test_clips_when_the_header_count_is_wrong(ref, monkeypatch, header):
     one, at the cost of a second decode only when the settled clips need frames not held."""
     cfg = WorkerConfig(decode=decode.DecodeConfig(resize="none"), flow=FlowConfig(algorithm="farneback"),
                        sample=SampleConfig(clips=2, clip_len=3))
-    right = worker.process_video(ref, cfg)
+    right = video.process_video(ref, cfg)
     calls = _counting(monkeypatch)
-    monkeypatch.setattr(worker, "expected_frames", lambda info, dcfg: header)
-    plan = worker.plan_video(ref, cfg)
+    monkeypatch.setattr(planning, "expected_frames", lambda info, dcfg: header)
+    plan = planning.plan_video(ref, cfg)
     assert plan.total_frames == header
-    wrong = worker.process_video(ref, cfg)
+    wrong = video.process_video(ref, cfg)
     assert wrong.status == "ok" and wrong.samples == right.samples
     # Planning only probes; the held frames (clips placed for `header`) miss some of the
     # settled clips' frames, so the video is decoded a second time.
@@ -116,8 +119,8 @@ def test_clips_when_the_header_count_is_wrong(ref, monkeypatch, header):
 def test_clips_too_short_once_decoded_is_an_error_row(ref, monkeypatch):
     cfg = WorkerConfig(decode=decode.DecodeConfig(resize="none"), flow=FlowConfig(algorithm="farneback"),
                        sample=SampleConfig(clips=1, clip_len=12))
-    monkeypatch.setattr(worker, "expected_frames", lambda info, dcfg: 40)  # 12 frames decode
-    res = worker.process_video(ref, cfg)
+    monkeypatch.setattr(planning, "expected_frames", lambda info, dcfg: 40)  # 12 frames decode
+    res = video.process_video(ref, cfg)
     assert res.status == "error" and "too short for --clip-len 12" in res.error and ref.source in res.error
-    plan = worker.plan_video(ref, replace(cfg, sample=SampleConfig(clips=1, clip_len=3)))
-    assert worker.settle_plan(plan, 40, cfg) is plan
+    plan = planning.plan_video(ref, replace(cfg, sample=SampleConfig(clips=1, clip_len=3)))
+    assert planning.settle_plan(plan, 40, cfg) is plan

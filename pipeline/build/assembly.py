@@ -6,7 +6,7 @@ are in. Chunks are spooled to local disk at once, so the executor can release th
 the object store holds only the chunks in flight, whatever the size of the unit or the
 length of a video). A video is written into the unit's open temporary tar as soon as it and
 every video planned before it are complete: one chunk and one sample part are held in
-memory at a time. No Ray here: `pipeline.cluster.ray_runner` runs this class as an actor.
+memory at a time. No Ray here: `pipeline.cluster.scheduler` runs this class as an actor.
 """
 from __future__ import annotations
 
@@ -19,11 +19,15 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from pipeline import worker
+from pipeline.build.config import BuildConfig
+from pipeline.build.records import UnitRecord
+from pipeline.build.units import Unit, UnitWriter
 from pipeline.failures import PERMANENT
 from pipeline.records import EncodedChunk, VideoRef, VideoResult
+from pipeline.stages.plan import VideoPlan
+from pipeline.stages.samples import ChunkSummary
+from pipeline.stages.video import stream_video
 from pipeline.storage import Location
-from pipeline.build.units import BuildConfig, Unit, UnitWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,8 @@ log = logging.getLogger(__name__)
 class VideoOutcome:
     """How a computed video ended: its plan and chunk summaries, or why it failed."""
 
-    plan: worker.VideoPlan | None = None
-    summaries: tuple[worker.ChunkSummary, ...] = ()
+    plan: VideoPlan | None = None
+    summaries: tuple[ChunkSummary, ...] = ()
     failure: str | None = None
     kind: str = ""  # failures.TRANSIENT or PERMANENT when failure is set
     content_sha256: str = ""  # hash of the input's bytes, where the worker computed it
@@ -134,12 +138,12 @@ class UnitAssembler:
     def _result(self, ref: VideoRef, o: VideoOutcome) -> VideoResult:
         if o.failure is not None:
             return VideoResult(ref=ref, status="error", error=o.failure, error_kind=o.kind or PERMANENT)
-        res = worker.stream_video(ref, o.plan, list(o.summaries), self.spool.read(ref.key), self.cfg.worker)
+        res = stream_video(ref, o.plan, list(o.summaries), self.spool.read(ref.key), self.cfg.worker)
         if res.status != "ok":  # chunks that do not cover the video: the data, not the machine
             res = replace(res, error_kind=res.error_kind or PERMANENT)
         return replace(res, stats={**res.stats, "content_sha256": o.content_sha256}) if o.content_sha256 else res
 
-    def finish(self) -> dict:
+    def finish(self) -> UnitRecord:
         """Commit the unit's tar(s) and return its record; every computed video must be in."""
         if self.order:
             raise RuntimeError(f"{self.writer.unit.stem}: {len(self.order)} video(s) never completed, "

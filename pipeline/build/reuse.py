@@ -19,11 +19,13 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterable
 
-from pipeline import boxes, encode, shard, storage, worker
+from pipeline import boxes, encode, shard, storage
 from pipeline.build import manifest
-from pipeline.records import VideoRef, VideoResult
-from pipeline.storage import Location
 from pipeline.build.versions import VERSIONS_DIR
+from pipeline.records import VideoRef, VideoResult
+from pipeline.stages.config import WorkerConfig
+from pipeline.stages.samples import Field, clip_sample, dense_samples
+from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class StoredVideo:
     content_sha256: str = ""  # of the input's bytes, as its manifest row recorded it
 
     def sample_keys(self) -> list[str]:
-        """The keys of its parts, as `worker.part_key` names them."""
+        """The keys of its parts, as `pipeline.stages.samples.part_key` names them."""
         if self.parts == 1:
             return [self.key]
         return [f"{self.key}_part{k:03d}" for k in range(self.parts)]
@@ -165,11 +167,11 @@ def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     meta = {k: v for k, v in first.items() if k not in _PER_PART}
     meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split)))
     if meta["mode"] == "clips":
-        return [worker.clip_sample(ref, meta, frames, fields, first["clips"])]
-    return worker.dense_samples(ref, meta, frames, fields, max_frames)
+        return [clip_sample(ref, meta, frames, fields, first["clips"])]
+    return dense_samples(ref, meta, frames, fields, max_frames)
 
 
-def _check_boxes(ref: VideoRef, metas: list[dict], cfg: worker.WorkerConfig) -> None:
+def _check_boxes(ref: VideoRef, metas: list[dict], cfg: WorkerConfig) -> None:
     """The checks a computed video's boxes get, on its stored metadata (dense samples hold every
     frame; a clips-mode sample does not say how many frames the video had, so only sizes are checked)."""
     if ref.boxes is None:
@@ -181,15 +183,15 @@ def _check_boxes(ref: VideoRef, metas: list[dict], cfg: worker.WorkerConfig) -> 
         boxes.check_frames(ref.boxes, sum(len(m["frames"]) for m in metas), rate)
 
 
-def stored_field(meta: dict, sample: dict, i: int) -> worker.Field:
+def stored_field(meta: dict, sample: dict, i: int) -> Field:
     """Field position i of a stored sample: its pair, flow member and, if stored, warped member
     and camera motion (all copied as they are)."""
     f = meta["flow_fields"][i]
     warped = sample[encode.warped_member(i)] if encode.has_warped(meta) else None
-    return worker.Field(f["from"], f["to"], sample[encode.flow_member(i)], warped, f.get("camera"))
+    return Field(f["from"], f["to"], sample[encode.flow_member(i)], warped, f.get("camera"))
 
 
-def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: worker.WorkerConfig) -> VideoResult:
+def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: WorkerConfig) -> VideoResult:
     """A stored video as a VideoResult for `ref`, without decoding or flow; raises StaleSample.
 
     Its boxes (`ref.boxes`, which may be new) are checked against the stored frames: a box

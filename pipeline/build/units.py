@@ -1,7 +1,8 @@
-"""A build's settings and its unit of commit: one planned shard, and how its tars are written.
+"""A build's unit of commit: one planned shard, and how its tars are written.
 
 Shared by the build (`pipeline.build.run`, which plans, resumes and commits) and the executors
-that run units (`pipeline.cluster.ray_runner`), so neither imports the other.
+that run units (`pipeline.build.executors.LocalExecutor`, `pipeline.cluster.executor.RayExecutor`),
+so neither imports the other.
 """
 from __future__ import annotations
 
@@ -12,55 +13,15 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from pipeline import boxes, shard, storage
-from pipeline.build import manifest
-from pipeline.build import reuse
+from pipeline.build import manifest, reuse
+from pipeline.build.config import BuildConfig
 from pipeline.build.manifest import SHARD_DIR
+from pipeline.build.records import ShardRow, UnitRecord, VideoRow
 from pipeline.records import VideoRef, VideoResult
+from pipeline.stages.video import process_video
 from pipeline.storage import Location
-from pipeline.worker import WorkerConfig, process_video
 
 log = logging.getLogger(__name__)
-
-STATE_DIR = ".flowshard"  # OUTPUT's build state: unit records, hash cache, lock, probes
-DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB
-DEFAULT_SHARD_SAMPLES = 1000
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShardConfig:
-    """How samples are grouped into tar shards."""
-
-    max_bytes: int = DEFAULT_SHARD_BYTES
-    max_samples: int = DEFAULT_SHARD_SAMPLES
-    seed: int = 0  # seeds the shuffle that assigns videos to shards
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 << 16:
-            raise ValueError(f"shard size must be at least 64 KiB, got {self.max_bytes}")
-        if self.max_samples < 1:
-            raise ValueError(f"shard sample count must be >= 1, got {self.max_samples}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class BuildConfig:
-    """A whole build: per-video work plus shard layout."""
-
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
-    shard: ShardConfig = field(default_factory=ShardConfig)
-    split: int | None = None  # official split number for UCF101/HMDB51 roots
-    # {tool: version} of the tools that make the bytes (`pipeline.tools.fingerprint`); the
-    # build fills it in, so a changed tool gives another version id.
-    tools: Mapping[str, str] = field(default_factory=dict)
-    boxes: boxes.BoxesConfig | None = None  # `--boxes FILE`: per-frame boxes stored with the samples
-
-    def output_dict(self) -> dict:
-        """Settings (and tools) that change the output bytes."""
-        out = {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
-               "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
-        return {**out, "tools": dict(sorted(self.tools.items()))} if self.tools else out
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(manifest.dump_json(self.output_dict())).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -114,20 +75,20 @@ class UnitWriter:
             raise RuntimeError(f"{self.unit.stem}: expected the result of {expected}, got {res.ref.key}")
         self._write(res)
 
-    def close(self) -> dict:
+    def close(self) -> UnitRecord:
         """Write the stored videos left, commit the tar(s) and return the unit record."""
         self._copy_stored()
         if self.next != len(self.unit.refs):
             raise RuntimeError(f"{self.unit.stem}: expected the result of {self.unit.refs[self.next].key}, got none")
         self.store.close()
-        records = self._guard(self.tars.close)
-        shard_of = {k: r.name for r in records for k in r.keys}
+        tars = self._guard(self.tars.close)
+        shard_of = {k: r.name for r in tars for k in r.keys}
         reused = sum(1 for r in self.rows if r.stats.get("reused"))
-        return {"unit": self.unit.name, "stem": self.unit.stem, "split": self.unit.split,
-                "computed": len(self.rows) - reused, "reused": reused,
-                "shards": [{"name": r.name, "split": self.unit.split, "samples": r.samples, "bytes": r.bytes,
-                            "sha256": r.sha256} for r in records if r.samples],
-                "videos": [_row_of(r, shard_of, self.unit) for r in self.rows]}
+        return UnitRecord(unit=self.unit.name, stem=self.unit.stem, split=self.unit.split,
+                          computed=len(self.rows) - reused, reused=reused,
+                          shards=tuple(ShardRow(name=r.name, split=self.unit.split, samples=r.samples, bytes=r.bytes,
+                                                sha256=r.sha256) for r in tars if r.samples),
+                          videos=tuple(_row_of(r, shard_of, self.unit) for r in self.rows))
 
     def abort(self) -> None:
         """Drop the open temporary tar and close the stored shards."""
@@ -155,7 +116,7 @@ class UnitWriter:
                                          f"({exc.strerror or exc}); no partial shard was left") from exc
 
 
-def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg: BuildConfig) -> dict:
+def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg: BuildConfig) -> UnitRecord:
     """Write a unit's samples (in plan order) to its tar(s) and return the unit record.
 
     `results` holds the computed videos (`unit.compute_refs`, in order) and is consumed
@@ -188,16 +149,16 @@ def _digest(sample: dict) -> dict:
             "__bytes__": shard.sample_bytes(sample), "__boxes__": boxes.sample_tubes(sample)}
 
 
-def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> dict:
+def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> VideoRow:
     s = res.samples
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
     content, media = unit.media.get(res.ref.key, ("", ""))
     content = res.stats.get("content_sha256") or content  # hashed by the worker that read the bytes
-    return {"id": res.ref.key, "path": res.ref.source, "label": res.ref.label, "label_id": res.ref.label_id,
-            "split": res.ref.split, "status": res.status, "error": res.error,
-            "error_kind": (res.error_kind or "permanent") if res.status != "ok" else "", "frames": res.frames,
-            "flow_fields": res.flow_fields, "parts": len(s),
-            "shard": ",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
-            "bytes": sum(x["__bytes__"] for x in s), "sha256": digest,
-            "content_sha256": content, "media_key": media if res.status == "ok" else "",
-            "boxes": boxes.manifest_value([x["__boxes__"] for x in s])}
+    return VideoRow(id=res.ref.key, path=res.ref.source, label=res.ref.label, label_id=res.ref.label_id,
+                    split=res.ref.split, status=res.status, error=res.error,
+                    error_kind=(res.error_kind or "permanent") if res.status != "ok" else "", frames=res.frames,
+                    flow_fields=res.flow_fields, parts=len(s),
+                    shard=",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
+                    bytes=sum(x["__bytes__"] for x in s), sha256=digest,
+                    content_sha256=content, media_key=media if res.status == "ok" else "",
+                    boxes=boxes.manifest_value([x["__boxes__"] for x in s]))

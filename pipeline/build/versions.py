@@ -28,19 +28,17 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import pyarrow as pa
 
 from pipeline import boxes, encode, storage
 from pipeline.build import manifest
-from pipeline.shard import sha256_file
+from pipeline.build.config import BuildConfig
 from pipeline.records import VideoRef
+from pipeline.shard import sha256_file
+from pipeline.stages.config import WorkerConfig
 from pipeline.storage import Location
-
-if TYPE_CHECKING:
-    from pipeline.build.units import BuildConfig
-    from pipeline.worker import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +148,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(manifest.dump_json(obj)).hexdigest()
 
 
-def media_settings(cfg: "WorkerConfig") -> dict:
+def media_settings(cfg: WorkerConfig) -> dict:
     """The settings that change a video's stored frame and flow members.
 
     Left out: max_frames (parts are re-cut from stored members without recomputing them) and
@@ -162,7 +160,7 @@ def media_settings(cfg: "WorkerConfig") -> dict:
     return d
 
 
-def media_key(content_sha256: str, cfg: "WorkerConfig", tools: Mapping[str, str] | None = None) -> str:
+def media_key(content_sha256: str, cfg: WorkerConfig, tools: Mapping[str, str] | None = None) -> str:
     """Identity of a video's frame and flow members: its bytes' hash plus the media settings
     and the tools that made them (`pipeline.tools`).
 
@@ -176,7 +174,7 @@ def media_key(content_sha256: str, cfg: "WorkerConfig", tools: Mapping[str, str]
 
 
 def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
-               cfg: "BuildConfig") -> str:
+               cfg: BuildConfig) -> str:
     """The dataset version id: a hash of inputs, labels, output settings and schema version."""
     videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] + boxes_id(r) for r in refs)
     return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),

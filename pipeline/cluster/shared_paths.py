@@ -8,7 +8,7 @@ known); a task pinned to each node reads the probe and looks at those videos. A 
 does not see them stops the build with the fix: object storage (s3://...) or a mount that
 every node has at the same path. Object-storage locations need no check.
 
-No Ray here: `pipeline.cluster.ray_runner` runs `look` on each node.
+No Ray here: a task of `pipeline.cluster.tasks` runs `look` on each node.
 """
 from __future__ import annotations
 

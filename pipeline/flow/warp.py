@@ -18,7 +18,7 @@ cancel, a person's own motion stays. Unlike iDT and TSN's denseflow, matches com
 descriptors only (not also from the plain flow), so H does not depend on the estimator and
 the warped pairs can share a batch with the plain pairs. Person boxes, when a dataset has
 them, keep features off people: `estimate_camera(..., mask=exclusion_mask(shape, boxes))`,
-which `worker.warp_inputs(..., boxes=...)` does per pair.
+which `pipeline.stages.warped.warp_inputs(..., boxes=...)` does per pair.
 """
 from __future__ import annotations
 

@@ -1,0 +1,96 @@
+"""Resume: each finished unit leaves its record in OUTPUT/.flowshard/units/<stem>.json.
+
+A rerun of the same command plans the same units and skips those whose record and tars are
+intact, so a killed build finishes with the same bytes an uninterrupted one would have
+written. A new tar that is byte for byte a stored one is shared instead of kept twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Mapping
+
+from pipeline import shard, storage
+from pipeline.build import manifest
+from pipeline.build import versions as version
+from pipeline.build.config import STATE_DIR
+from pipeline.build.manifest import SHARD_DIR
+from pipeline.build.records import UnitRecord
+from pipeline.build.units import Unit
+from pipeline.storage import Location
+
+log = logging.getLogger(__name__)
+
+
+def unit_record_path(output: Location, unit: Unit) -> Location:
+    """Where the record of a finished unit with this stem lives."""
+    return storage.join(output, STATE_DIR, "units", f"{unit.stem}.json")
+
+
+def load_finished(output: Location, unit: Unit) -> UnitRecord | None:
+    """The unit's record if a unit with this stem finished and its tars are intact: of their
+    recorded size and sha256 (a tar altered in place, same size, is written again)."""
+    path = unit_record_path(output, unit)
+    try:
+        data = json.loads(storage.read_bytes(path))
+    except (FileNotFoundError, ValueError):  # never finished, or a record from another layout
+        return None
+    try:
+        rec = UnitRecord.from_json(data)
+    except ValueError as exc:  # not a record this release can read: the unit is written again
+        log.warning("%s: %s; writing the unit again", path, exc)
+        return None
+    if rec.stem != unit.stem:
+        return None
+    for s in rec.shards:
+        tar = storage.join(output, SHARD_DIR, s.name)
+        if storage.size(tar) != s.bytes or _sha256(tar) != s.sha256:
+            log.warning("%s: not the tar unit %s recorded; writing the unit again", tar, unit.stem)
+            return None
+    return rec
+
+
+def _sha256(path: Location) -> str:
+    try:
+        return shard.sha256_file(path)
+    except OSError:
+        return ""
+
+
+def stored_tars(output: Location, versions: list[str]) -> dict[tuple[str, int], str]:
+    """(sha256, bytes) -> name of every tar the given committed versions hold."""
+    out: dict[tuple[str, int], str] = {}
+    for vid in versions:
+        for row in manifest.read_rows(storage.join(output, version.VERSIONS_DIR, vid, manifest.SHARDS)):
+            out.setdefault((row["sha256"], row["bytes"]), row["name"])
+    return out
+
+
+def share_identical(output: Location, record: UnitRecord, known: Mapping[tuple[str, int], str]) -> UnitRecord:
+    """The unit record with each new tar that is byte for byte a stored one replaced by it.
+
+    A new tool (another ffmpeg, say) gives a new version id and new tar names, though its
+    bytes are often the same: then the version points at the tar already stored and the copy
+    is removed, so versions share what is identical. Stored tars are never rewritten.
+    """
+    renamed = {}
+    for s in record.shards:
+        twin = known.get((s.sha256, s.bytes))
+        if twin and twin != s.name and storage.size(storage.join(output, SHARD_DIR, twin)) == s.bytes:
+            storage.remove(storage.join(output, SHARD_DIR, s.name))
+            renamed[s.name] = twin
+    if not renamed:
+        return record
+    log.info("unit %s: %d tar(s) identical to stored ones, shared", record.stem, len(renamed))
+    shards = tuple(replace(s, name=renamed.get(s.name, s.name)) for s in record.shards)
+    videos = tuple(replace(v, shard=",".join(renamed.get(n, n) for n in v.shard.split(",")) if v.shard else "")
+                   for v in record.videos)
+    return replace(record, shards=shards, videos=videos)
+
+
+def save_record(output: Location, unit: Unit, record: UnitRecord) -> None:
+    """Write the unit's record (after its tars, so a record always names finished tars)."""
+    path = unit_record_path(output, unit)
+    storage.makedirs(storage.parent(path))
+    manifest.atomic_write_bytes(path, manifest.dump_json(record.to_json()))

@@ -1,0 +1,137 @@
+"""Ray's side of the stages: the remote functions and the flow actor, each a thin wrapper
+around `pipeline.stages` (which stays Ray-free and testable without Ray).
+
+Per video: a small `_plan` task probes it (fetching a remote input into its node's cache);
+a `_decode` generator task on the same node streams its frames in chunks; each chunk goes
+to a `_flow` CPU task (flow + encode) or, on GPU builds, to a `FlowActor` (flow only,
+batched across videos) followed by an `_encode` CPU task. Every chunk result carries the
+node ids it ran on, so the driver can report placement.
+
+The remote functions keep their leading underscore: a worker's process title is
+`ray::<function name>` (`ray::_flow`, ...), which `ps`, Ray's dashboard and the benchmarks
+show and look for, so the names stay what they have always been.
+"""
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from pipeline import tools
+from pipeline.build import versions as version
+from pipeline.cluster import shared_paths
+from pipeline.flow.batch import PairBatcher
+from pipeline.flow.estimators import make_estimator
+from pipeline.records import VideoRef
+from pipeline.stages.chunks import ChunkJob, chunk_jobs, pair_rows
+from pipeline.stages.config import WorkerConfig
+from pipeline.stages.fields import encode_chunk, process_chunks
+from pipeline.stages.plan import VideoFailure, VideoPlan, safe_plan
+from pipeline.stages.samples import summarize
+from pipeline.stages.warped import WarpedFields, warp_inputs
+
+_ESTIMATORS: dict = {}
+
+
+def _estimator(flow_cfg):
+    # One estimator per worker process and config: OpenCV objects are reused between tasks.
+    key = repr(flow_cfg)
+    if key not in _ESTIMATORS:
+        _ESTIMATORS[key] = make_estimator(flow_cfg)
+    return _ESTIMATORS[key]
+
+
+def _node() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def plan_video(ref: VideoRef, cfg: WorkerConfig):
+    """The video's plan (or VideoFailure), the node that made it, and the input's sha256 if fetched."""
+    # The node rides along: the decoder runs there too, so a remote input fetched into this
+    # node's cache for the probe is read from that cache, not fetched again.
+    plan = safe_plan(ref, cfg)
+    content = "" if isinstance(plan, VideoFailure) else version.fetched_sha256(ref.uri)
+    return plan, _node(), content
+
+
+@ray.remote(num_cpus=0.1, max_retries=3)
+def _plan(ref: VideoRef, cfg: WorkerConfig):
+    """`plan_video` as a small task (the scheduler's `tasks._plan`)."""
+    return plan_video(ref, cfg)
+
+
+@ray.remote(max_retries=3)
+def _decode(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
+    """Stage 1 as a generator task: (ChunkJob, node id) per chunk, streamed while the video decodes."""
+    node = _node()
+    for job in chunk_jobs(ref, plan, cfg):
+        yield job, node  # the node rides along so the driver can report placement
+
+
+@ray.remote(num_returns=2, max_retries=3)
+def _flow(item: tuple, cfg: WorkerConfig):
+    """Stage 2 on a CPU: (summary, decode node, flow node) and the encoded chunk."""
+    job, decode_node = item
+    encoded = process_chunks([job], _estimator(cfg.flow), cfg)[0]
+    return (summarize(encoded), decode_node, _node()), encoded
+
+
+@ray.remote(num_returns=2, max_retries=3)
+def _encode(item: tuple, computed: tuple, flow_node: str, cfg: WorkerConfig):
+    """Encoding after a flow actor: (summary, decode node, flow node) and the encoded chunk."""
+    (job, decode_node), (fields, warped) = item, computed
+    encoded = encode_chunk(job, fields, cfg, warped)
+    return (summarize(encoded), decode_node, flow_node), encoded
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _look(checks: list, cfg: WorkerConfig) -> dict:
+    """What one node sees of INPUT and OUTPUT (`shared_paths.look`), its tools and host name."""
+    import socket
+
+    return {"failed": shared_paths.look(checks), "tools": tools.fingerprint(cfg), "host": socket.gethostname()}
+
+
+def chunk_flow_inputs(job: ChunkJob, flow) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A chunk's frames in the form the estimator takes (grey or RGB) and its (from, to) pair rows."""
+    return job.frames, pair_rows(job, flow.step)
+
+
+class FlowActor:
+    """Holds one estimator (e.g. torch TV-L1 on a GPU) and a `PairBatcher` over it.
+
+    Ray runs several `compute` calls at once (a threaded actor): each queues its chunks' pairs
+    and waits, while the batcher's thread fills batches of B pairs across all queued chunks
+    of all videos and hands each chunk its uint8 fields (a quarter of float32's bytes through
+    the object store).
+    """
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.estimator = make_estimator(cfg.flow)
+        self.batcher = PairBatcher(self.estimator, bound=cfg.flow.bound, batch_size=cfg.flow.batch_for)
+
+    def node_id(self) -> str:
+        return _node()
+
+    def compute(self, *items: tuple) -> list[tuple]:
+        jobs = [job for job, _ in items]
+        plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
+        warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp
+        q = [(p.result(), None if w is None else WarpedFields(fields=w[0].result(), cameras=w[1]))
+             for p, w in zip(plain, warped)]
+        # Ray splits a returned list over num_returns refs only when there are several.
+        return q[0] if len(q) == 1 else q
+
+    def _submit_warped(self, job: ChunkJob):
+        """Queue a chunk's camera-compensated pairs in the same batches: (future, cameras), or None."""
+        if self.cfg.warp is None:
+            return None
+        wi = warp_inputs(job, self.cfg, rgb=self.cfg.flow.input == "rgb", boxes=job.people)
+        n = len(wi.cameras)
+        frames = np.concatenate([wi.firsts, wi.seconds]) if n else wi.firsts
+        return self.batcher.submit(frames, [(i, n + i) for i in range(n)]), wi.cameras
+
+    def stats(self) -> dict:
+        """Batches run and pairs per batch so far."""
+        return {"batches": self.batcher.stats.batches, "pairs": self.batcher.stats.pairs,
+                "sizes": list(self.batcher.stats.sizes)}
