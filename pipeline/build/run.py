@@ -23,14 +23,13 @@ build lock is an object refreshed while the build runs (see `storage.lock`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 from pipeline import boxes, encode, failures, inputs, shard, storage, tools
 from pipeline.build import manifest
@@ -43,11 +42,11 @@ from pipeline.storage import Location
 from pipeline.flow.core import make_estimator
 # BuildConfig and ShardConfig are the build's public settings: importable from here too.
 from pipeline.build.units import STATE_DIR, BuildConfig, ShardConfig, Unit, write_unit  # noqa: F401
+from pipeline.build.lock import writer_lock
+from pipeline.build import prune
 from pipeline.worker import process_video
 
 log = logging.getLogger(__name__)
-
-LOCK_FILE = "lock"
 
 
 @dataclass
@@ -298,11 +297,12 @@ def make_executor(kind: str, *, address: str | None = None, num_cpus: int | None
 # --- the build ------------------------------------------------------------------------------
 
 def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: Executor | None = None,
-                  progress: bool = True, retry_errors: bool = False) -> BuildSummary:
+                  progress: bool = True, retry_errors: bool = False, lock_wait_s: float = 0.0) -> BuildSummary:
     """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest.
 
     retry_errors: compute the error rows of the version these inputs and settings already
     have again, into a new version that shares everything else (see `target_version`).
+    lock_wait_s: how long to wait for another build or a prune of OUTPUT to finish (0: refuse at once).
     """
     t0 = time.perf_counter()
     refs, label_map = inputs.discover(input_path, split=cfg.split)
@@ -313,8 +313,9 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
     _prepare_output(out)
     cfg = cfg if cfg.tools else replace(cfg, tools=tools.fingerprint(cfg.worker))
     executor = executor or LocalExecutor()
-    with _build_lock(out) as held:
+    with writer_lock(out, wait_s=lock_wait_s) as held:
         _remove_temporaries(out)
+        prune.finish_interrupted(out)  # a killed prune is finished before anything is reused
         executor.prepare(input_path, refs, out, cfg)  # e.g. every node of a cluster sees INPUT and OUTPUT
         hashes = version.content_hashes(refs, storage.join(out, STATE_DIR))
         parent = version.latest_version(out)
@@ -410,25 +411,6 @@ def _prepare_output(out: Location) -> None:
         storage.makedirs(storage.join(out, STATE_DIR))
     except OSError as exc:
         raise manifest.os_error(exc, f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
-
-
-@contextlib.contextmanager
-def _build_lock(out: Location) -> Iterator[storage.Lock]:
-    """Hold OUTPUT's build lock: one build per folder at a time.
-
-    Locally the kernel releases it when the holder dies, so a killed build never leaves a
-    stale lock behind. On object storage it is an object that a killed build leaves behind:
-    the next build takes it over once its holder is a dead process on this machine or has not
-    refreshed it for `storage.LOCK_TTL_S` seconds (see `storage.lock`).
-    """
-    path = storage.join(out, STATE_DIR, LOCK_FILE)
-    try:
-        with storage.lock(path) as held:
-            yield held
-    except storage.LockHeld as exc:
-        raise RuntimeError(f"{out}: another build is writing to this folder ({exc})") from exc
-    except OSError as exc:
-        raise manifest.os_error(exc, f"{path}: cannot open the build lock ({exc.strerror or exc})") from exc
 
 
 def _remove_temporaries(out: Location) -> None:
