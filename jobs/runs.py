@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from pipeline import storage
 from pipeline.build.manifest import atomic_write_bytes, dump_json
+from pipeline.build.tags import opened_name
 from pipeline.storage import Location
 
 if TYPE_CHECKING:
@@ -233,7 +234,8 @@ def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None,
     if run is not None:
         ckpt = checkpoint.make_checkpoint(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
                                           scaler=state.scaler, step=step, epoch=epoch, config=cfg.to_dict(),
-                                          dataset_version=source.version, rng=rng)
+                                          dataset_version=source.version, rng=rng,
+                                          dataset_name=opened_name(cfg.dataset))
         checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
 
 

@@ -3,6 +3,7 @@
     from pipeline import open_dataset
     ds = open_dataset("out/ucf101")            # the latest version
     ds = open_dataset("out/ucf101@3f2a9c")     # a version by id or unique prefix (>= 6 chars)
+    ds = open_dataset("out/ucf101@paper")      # a version by its tag (`flowshard tag`)
     for v in ds.videos(split="test"): ...
     s = ds.read(v.video_id)   # s.frames (T,H,W,3) uint8, s.flow (F,H,W,2) float32 px, s.meta
                               # s.warped (F,H,W,2) float32 px with --flow-warp, else None
@@ -23,7 +24,7 @@ import numpy as np
 
 from pipeline import encode, shard, storage
 from pipeline.build import manifest
-from pipeline.build import versions
+from pipeline.build import tags, versions
 from pipeline.encode import DecodedSample, SchemaError
 from pipeline.storage import Location
 from pipeline.build.versions import version_dir
@@ -65,7 +66,8 @@ class ShardEntry:
 def resolve_dataset(path: Location) -> tuple[Location, str]:
     """Split "OUTPUT@VERSION" into (OUTPUT, full version id); "OUTPUT" alone means the latest.
 
-    VERSION is a full id or a unique prefix of at least 6 characters. A path whose own name
+    VERSION is a full id, a unique prefix of at least 6 characters or a tag (`pipeline.build.tags`);
+    a pruned version raises tags.VersionPruned (a FileNotFoundError) saying when. A path whose own name
     contains "@" (an existing folder) is taken as a path. Raises FileNotFoundError when
     OUTPUT holds no dataset and ValueError naming an unknown or ambiguous version. OUTPUT is
     a Path locally and a URL string on object storage.
@@ -90,6 +92,9 @@ class Dataset:
         self.folder = version_dir(self.root, version) if version else self.root
         self.info = manifest.read_info(self.folder)
         if version and self.info.get("version") != version:
+            gone = tags.pruned_error(self.root, version)
+            if gone is not None:
+                raise gone
             raise ValueError(f"{self.root}: version {version!r} is not committed here")
         if not version and self.info.get("version"):
             # The top-level dataset.json names the latest version; read that version's own
@@ -112,9 +117,24 @@ class Dataset:
     def version(self) -> str:
         return self.info.get("version", "")
 
+    def _check_pruned(self, exc: Exception) -> None:
+        """Raise tags.VersionPruned when a file went missing because this version was pruned
+        after it was opened (a reader must see why, not a missing-file traceback)."""
+        if self.version and not versions.is_committed(self.root, self.version):
+            gone = tags.pruned_error(self.root, self.version)
+            if gone is not None:
+                raise gone from exc
+
+    def _rows(self, name: str) -> list[dict]:
+        try:
+            return manifest.read_rows(storage.join(self.folder, name))
+        except FileNotFoundError as exc:
+            self._check_pruned(exc)
+            raise
+
     @cached_property
     def _videos(self) -> list[VideoEntry]:
-        rows = manifest.read_rows(storage.join(self.folder, manifest.MANIFEST))
+        rows = self._rows(manifest.MANIFEST)
         return [VideoEntry(video_id=r["id"], path=r["path"], label=r["label"], label_id=r["label_id"],
                            split=r["split"], status=r["status"], error=r["error"] or "", frames=r["frames"],
                            flow_fields=r["flow_fields"], parts=r["parts"], shard=r["shard"] or "",
@@ -122,7 +142,7 @@ class Dataset:
 
     @cached_property
     def _shards(self) -> list[ShardEntry]:
-        rows = manifest.read_rows(storage.join(self.folder, manifest.SHARDS))
+        rows = self._rows(manifest.SHARDS)
         return [ShardEntry(name=r["name"], path=str(storage.join(self.root, manifest.SHARD_DIR, r["name"])),
                            split=r["split"],
                            samples=r["samples"], bytes=r["bytes"], sha256=r["sha256"]) for r in rows]
@@ -143,7 +163,14 @@ class Dataset:
     def iter_samples(self, split: str | None = None) -> Iterator[dict]:
         """Raw samples ({"__key__", "__shard__", member: bytes}) of every shard, in shard order."""
         for s in self.shards(split):
-            yield from shard.iter_shard(s.path)
+            yield from self._iter_shard(s.path)
+
+    def _iter_shard(self, path: Location) -> Iterator[dict]:
+        try:
+            yield from shard.iter_shard(path)
+        except shard.ShardError as exc:  # a missing shard is a ShardError too
+            self._check_pruned(exc)
+            raise
 
     def _entry(self, video_id: str) -> VideoEntry:
         for v in self._videos:
@@ -157,7 +184,7 @@ class Dataset:
         """The raw sample dicts of a video (one per part), read from its shard(s)."""
         entry = self._entry(video_id)
         names = entry.shard.split(",")  # a long video's parts may span a unit's overflow tars
-        parts = [smp for name in names for smp in shard.iter_shard(storage.join(self.root, manifest.SHARD_DIR, name))
+        parts = [smp for name in names for smp in self._iter_shard(storage.join(self.root, manifest.SHARD_DIR, name))
                  if smp["__key__"] == video_id or smp["__key__"].startswith(f"{video_id}_part")]
         parts = [p for p in parts if encode.load_meta(p[encode.META], p["__key__"]).get("video_id") == video_id]
         if len(parts) != entry.parts:

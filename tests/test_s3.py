@@ -60,7 +60,8 @@ def s3():
             mp.delenv(key, raising=False)
         storage.reset()
         fs, _ = storage.filesystem(BUCKET)
-        fs.mkdir("flowshard")
+        if not fs.exists("flowshard"):  # moto keeps its buckets per process: another module may have made it
+            fs.mkdir("flowshard")
         yield endpoint
         storage.reset()
     server.stop()

@@ -4,6 +4,7 @@ A checkpoint holds tensors and plain types only:
     {"format": 1, "model", "optimizer", "scheduler", "scaler": state dicts,
      "step": optimizer steps done, "epoch": last completed epoch (0-based),
      "config": the run's config as JSON types, "dataset_version": see dataset_version(),
+     "dataset_name": the tag the version was opened by ("" for none; absent in older checkpoints),
      "rng": per rank, the torch (and CUDA) generator states, so dropout draws on as it would have}
 so torch.load(weights_only=True) reads it and loading never runs code from the file.
 It is serialised to memory and written under a temporary name, then renamed: a crash
@@ -61,8 +62,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_checkpoint(*, model, optimizer, scheduler, scaler, step: int, epoch: int, config: dict,
-                    dataset_version: str, rng: list[dict] | None = None) -> dict:
-    """The checkpoint dict of the current training state."""
+                    dataset_version: str, rng: list[dict] | None = None, dataset_name: str = "") -> dict:
+    """The checkpoint dict of the current training state; `dataset_name` is the tag the dataset
+    version was opened by ("OUTPUT@paper"), "" when it was opened by id or as the latest."""
     json.dumps(config)  # fail early (TypeError) on anything weights_only loading would refuse
     return {
         "format": FORMAT,
@@ -74,6 +76,7 @@ def make_checkpoint(*, model, optimizer, scheduler, scaler, step: int, epoch: in
         "epoch": int(epoch),
         "config": config,
         "dataset_version": str(dataset_version),
+        "dataset_name": str(dataset_name),
         "rng": rng if rng is not None else [rng_state()],
     }
 

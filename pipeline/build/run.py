@@ -25,18 +25,17 @@ build lock is an object refreshed while the build runs (see `storage.lock`).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import replace
-from typing import Iterator
 
 from pipeline import boxes, inputs, storage, tools
-from pipeline.build import manifest, resume, reuse
+from pipeline.build import manifest, prune, resume, reuse
 from pipeline.build import versions as version
 from pipeline.build.commit import BuildSummary, finish_build, republish, shards_intact
 from pipeline.build.config import STATE_DIR, BuildConfig
 from pipeline.build.executors import Executor, LocalExecutor, Progress
+from pipeline.build.lock import writer_lock
 from pipeline.build.manifest import SHARD_DIR
 from pipeline.build.plan import BuildContext, Retry, attach_stored, base_plan, identify, plan_units
 from pipeline.build.records import UnitRecord
@@ -47,17 +46,16 @@ from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "lock"
-
 
 # --- the build ------------------------------------------------------------------------------
 
 def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: Executor | None = None,
-                  progress: bool = True, retry_errors: bool = False) -> BuildSummary:
+                  progress: bool = True, retry_errors: bool = False, lock_wait_s: float = 0.0) -> BuildSummary:
     """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest.
 
     retry_errors: compute the error rows of the version these inputs and settings already
     have again, into a new version that shares everything else (see `target_version`).
+    lock_wait_s: how long to wait for another build or a prune of OUTPUT to finish (0: refuse at once).
     """
     t0 = time.perf_counter()
     refs, label_map = inputs.discover(input_path, split=cfg.split)
@@ -68,8 +66,9 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
     _prepare_output(out)
     cfg = cfg if cfg.tools else replace(cfg, tools=tools.fingerprint(cfg.worker))
     executor = executor or LocalExecutor()
-    with _build_lock(out) as held:
+    with writer_lock(out, wait_s=lock_wait_s) as held:
         _remove_temporaries(out)
+        prune.finish_interrupted(out)  # a killed prune is finished before anything is reused
         executor.prepare(input_path, refs, out, cfg)  # e.g. every node of a cluster sees INPUT and OUTPUT
         hashes = version.content_hashes(refs, storage.join(out, STATE_DIR))
         parent = version.latest_version(out)
@@ -167,25 +166,6 @@ def _prepare_output(out: Location) -> None:
         storage.makedirs(storage.join(out, STATE_DIR))
     except OSError as exc:
         raise manifest.os_error(exc, f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
-
-
-@contextlib.contextmanager
-def _build_lock(out: Location) -> Iterator[storage.Lock]:
-    """Hold OUTPUT's build lock: one build per folder at a time.
-
-    Locally the kernel releases it when the holder dies, so a killed build never leaves a
-    stale lock behind. On object storage it is an object that a killed build leaves behind:
-    the next build takes it over once its holder is a dead process on this machine or has not
-    refreshed it for `storage.LOCK_TTL_S` seconds (see `storage.lock`).
-    """
-    path = storage.join(out, STATE_DIR, LOCK_FILE)
-    try:
-        with storage.lock(path) as held:
-            yield held
-    except storage.LockHeld as exc:
-        raise RuntimeError(f"{out}: another build is writing to this folder ({exc})") from exc
-    except OSError as exc:
-        raise manifest.os_error(exc, f"{path}: cannot open the build lock ({exc.strerror or exc})") from exc
 
 
 def _remove_temporaries(out: Location) -> None:

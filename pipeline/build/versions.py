@@ -33,7 +33,7 @@ from typing import Mapping
 import pyarrow as pa
 
 from pipeline import boxes, encode, storage
-from pipeline.build import manifest
+from pipeline.build import manifest, tags
 from pipeline.build.config import BuildConfig
 from pipeline.records import VideoRef
 from pipeline.shard import sha256_file
@@ -225,7 +225,8 @@ def committed_versions(root: Location) -> list[str]:
 
 
 def resolve_version(root: Location, spec: str | None) -> str:
-    """A full version id from None (the latest), a full id or a unique prefix of >= 6 characters.
+    """A full version id from None (the latest), a full id, a unique prefix of >= 6 characters or
+    a tag (`pipeline.build.tags`); `tags.VersionPruned` for a version that was pruned.
 
     "" for a dataset whose dataset.json names no version (one derived by other tools)."""
     root = storage.location(root)
@@ -237,6 +238,15 @@ def resolve_version(root: Location, spec: str | None) -> str:
         manifest.read_info(root)  # no dataset here at all: FileNotFoundError naming the folder
     if spec in known:
         return spec
+    named = tags.lookup(root, spec)  # a tag ("OUTPUT@paper"); names are never hex, ids always are
+    if named in known:
+        return named
+    gone = tags.pruned_error(root, spec, min_prefix=MIN_PREFIX)
+    if gone is not None and not any(v.startswith(spec) for v in known):
+        raise gone
+    if not set(spec) <= set("0123456789abcdef"):
+        raise ValueError(f"{root}: no version {spec!r}, nor a tag of that name; tags: "
+                         f"{sorted(tags.read_tags(root)) or 'none'}")
     if len(spec) < MIN_PREFIX:
         raise ValueError(f"version {spec!r} is too short: give at least {MIN_PREFIX} characters of the id")
     matches = sorted(v for v in known if v.startswith(spec))
@@ -295,10 +305,11 @@ def created_at(root: Location, vid: str) -> str:
 
 
 def list_versions(root: Location) -> list[dict]:
-    """Catalog rows with `created` and `latest` added (what `flowshard versions` prints)."""
+    """Catalog rows with `created`, `latest` and `names` (its tags) added (what `flowshard versions` prints)."""
     latest = latest_version(root)
-    return [{**r, "created": created_at(root, r["version"]), "latest": r["version"] == latest}
-            for r in read_catalog(root)]
+    names = tags.names_by_version(root)
+    return [{**r, "created": created_at(root, r["version"]), "latest": r["version"] == latest,
+             "names": names.get(r["version"], [])} for r in read_catalog(root)]
 
 
 # --- diffs ------------------------------------------------------------------------------------

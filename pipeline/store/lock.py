@@ -20,6 +20,7 @@ from pipeline.store.retry import remote as _remote
 log = logging.getLogger("pipeline.storage")
 
 LOCK_TTL_S = 600.0  # a remote lock not refreshed for this long belongs to a dead build
+WAIT_POLL_S = 0.5  # how often a waiting writer tries the lock again
 
 
 class LockHeld(RuntimeError):
@@ -40,8 +41,29 @@ class Lock:
 
 
 @contextlib.contextmanager
-def lock(loc: Location, *, ttl: float = LOCK_TTL_S) -> Iterator[Lock]:
-    """Hold an exclusive lock at `loc` while the block runs; LockHeld if another process holds it.
+def lock(loc: Location, *, ttl: float = LOCK_TTL_S, wait_s: float = 0.0) -> Iterator[Lock]:
+    """Hold an exclusive lock at `loc` while the block runs; LockHeld if another process holds it
+    for longer than `wait_s` seconds (0: refuse at once). Only taking the lock is retried,
+    every `WAIT_POLL_S`, never the block.
+    """
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            held = stack.enter_context(_lock_once(loc, ttl))
+        except LockHeld:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(WAIT_POLL_S)
+            continue
+        break
+    with stack:
+        yield held
+
+
+@contextlib.contextmanager
+def _lock_once(loc: Location, ttl: float) -> Iterator[Lock]:
+    """One try at the lock.
 
     Locally: flock on the file; the kernel releases it when the holder dies. Remotely there is
     no flock: the lock is an object created only if absent (If-None-Match), naming its holder
