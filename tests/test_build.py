@@ -5,20 +5,13 @@ import subprocess
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import cli
 from pipeline import open_dataset, shard
 from pipeline.synthetic import motion as synthetic
 from pipeline.decode import resolve_ffmpeg
+from tests.helpers import build, invoke
 
 DIRECTIONS = {"left": (-2, 0), "right": (2, 0), "up": (0, -2), "down": (0, 2)}
-
-
-def build(input_path, output, *args):
-    result = CliRunner().invoke(cli, ["build", str(input_path), str(output), "--no-progress", *args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 def interior_mean(flow, margin=8):
@@ -124,7 +117,7 @@ def test_bad_files_become_error_rows_and_the_build_succeeds(motion_videos, tmp_p
     for name, reason in errors.items():
         assert name in reason and len(reason) > len(name) + 5, reason
     assert "no video stream" in errors["audio_only.mp4"]
-    assert CliRunner().invoke(cli, ["verify", str(tmp_path / "ds")]).exit_code == 0
+    assert invoke("verify", str(tmp_path / "ds")).exit_code == 0
 
 
 def test_shard_boundaries_splits_and_mixing(motion_videos, tmp_path):
@@ -163,7 +156,7 @@ def test_ray_and_local_builds_are_byte_identical_and_verify_catches_a_flip(motio
     data = bytearray(tar.read_bytes())
     data[3000] ^= 0x01
     tar.write_bytes(bytes(data))
-    result = CliRunner().invoke(cli, ["verify", str(tmp_path / "a")])
+    result = invoke("verify", str(tmp_path / "a"))
     assert result.exit_code != 0 and tar.name in result.output
 
 
@@ -179,7 +172,7 @@ def test_rerun_skips_finished_units(motion_videos, tmp_path):
 def test_inspect_writes_a_contact_sheet(motion_videos, tmp_path):
     build(motion_videos, tmp_path / "ds", "--flow", "dis", "--resize", "none", "--executor", "local")
     png = tmp_path / "sheet.png"
-    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "ds"), "--video", "left_v_left_g00", "-o", str(png)])
+    result = invoke("inspect", str(tmp_path / "ds"), "--video", "left_v_left_g00", "-o", str(png))
     assert result.exit_code == 0, result.output
     import cv2
 

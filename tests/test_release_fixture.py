@@ -5,22 +5,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import cli
 from pipeline import open_dataset
 from pipeline.synthetic import motion
+from tests.helpers import flowshard
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1"
 VERSION = "3e86e472ea785371"
 BUILD_ARGS = ["--flow", "farneback", "--resize", "none", "--shard-samples", "2", "--executor", "local",
               "--no-progress"]
-
-
-def flowshard(*args) -> str:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture

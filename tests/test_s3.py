@@ -20,12 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import cli
 from pipeline import open_dataset, storage
 from pipeline.build import manifest
 from pipeline.verify import verify
+from tests.helpers import flowshard, invoke, version_id
 from training import data
 
 pytestmark = pytest.mark.slow
@@ -67,15 +66,9 @@ def s3():
     server.stop()
 
 
-def flowshard(*args: str) -> str:
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
-
-
 def build(src, out, *extra) -> str:
     """Build and return the version id (the command's last line)."""
-    return flowshard("build", str(src), str(out), *ARGS, *extra).strip().splitlines()[-1]
+    return version_id(flowshard("build", src, out, *ARGS, *extra))
 
 
 def tree(root) -> dict[str, bytes]:
@@ -169,7 +162,7 @@ def test_locks_on_object_storage(bucket_build, motion_videos):
     # Held by a live process (this one) that refreshed it just now: the build refuses.
     live = {"host": socket.gethostname(), "pid": os.getpid(), "token": "other", "refreshed": _now(), "ttl": 600}
     storage.write_bytes_atomic(lock, json.dumps(live).encode())
-    result = CliRunner().invoke(cli, ["build", str(motion_videos), out, *ARGS])
+    result = invoke("build", motion_videos, out, *ARGS)
     assert result.exit_code != 0 and "another build is writing" in result.output
     assert f"process {os.getpid()}" in result.output
     # Left by a build that was killed on this machine: taken over at once.

@@ -7,9 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import cli
 from pipeline import open_dataset, tools
 from pipeline.stages import plan as planning
 from pipeline.build import manifest
@@ -17,21 +15,14 @@ from pipeline.flow.config import FlowConfig
 from pipeline.flow.params import RAFTParams
 from pipeline.verify import verify
 from pipeline.stages.config import WorkerConfig
+from tests.helpers import build_summary, flowshard
 
-ARGS = ("--flow", "dis", "--resize", "none", "--shard-samples", "3", "--executor", "local", "--no-progress")
-
-
-def flowshard(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
+ARGS = ("--flow", "dis", "--resize", "none", "--shard-samples", "3", "--executor", "local")
 
 
 def build(src, out, *extra):
-    """Build; (version id, videos computed, videos copied, output)."""
-    text = flowshard("build", src, out, *ARGS, *extra)
-    m = re.search(r"(\d+) video\(s\) computed, (\d+) copied", text)
-    return text.strip().splitlines()[-1], int(m.group(1)), int(m.group(2)), text
+    """A build with this file's settings; (version id, videos computed, videos copied, output)."""
+    return build_summary(src, out, *ARGS, *extra)
 
 
 def tars(out):
@@ -139,7 +130,7 @@ def test_retry_errors_computes_the_error_rows_again_into_a_new_version(motion_vi
     # The same retry of the same version gives the same id, wherever it is built.
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    flowshard("build", motion_videos, copy, *ARGS)  # the latest is v2 there too
+    build(motion_videos, copy)  # the latest is v2 there too
     assert open_dataset(copy).version == v2
 
 

@@ -7,17 +7,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import cli
 from pipeline import encode, inputs, open_dataset, shard
 from pipeline.build import versions as version
 from pipeline.build.config import BuildConfig, ShardConfig
 from pipeline.dataset import resolve_dataset
 from pipeline.shard import sha256_file
-from tests.helpers import write_list
+from tests.helpers import build_summary, invoke, write_list
 
-ARGS = ("--flow", "dis", "--resize", "none", "--shard-samples", "3", "--executor", "local", "--no-progress")
+ARGS = ("--flow", "dis", "--resize", "none", "--shard-samples", "3", "--executor", "local")
 
 
 def motion_rows(motion_videos, tmp_path):
@@ -28,12 +26,8 @@ def motion_rows(motion_videos, tmp_path):
 
 
 def build(listing, out, *extra):
-    result = CliRunner().invoke(cli, ["build", str(listing), str(out), *ARGS, *extra])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    summary = result.output.strip().splitlines()
-    vid = summary[-1]
-    m = re.search(r"(\d+) video\(s\) computed, (\d+) copied", result.output)
-    return vid, int(m.group(1)), int(m.group(2)), result.output
+    """A build with this file's settings; (version id, videos computed, videos copied, output)."""
+    return build_summary(listing, out, *ARGS, *extra)
 
 
 def files(root):
@@ -119,7 +113,7 @@ def test_incremental_versions_reuse_stored_samples(motion_videos, tmp_path):
     assert [r["version"] for r in catalog] == [v1, v2, v3, v4, v5]
     assert [r["parent"] for r in catalog] == ["", v1, v2, v3, v4]
     for vid in (v1, v2, v3, v4, v5):
-        result = CliRunner().invoke(cli, ["verify", f"{out}@{vid[:7]}"])
+        result = invoke("verify", f"{out}@{vid[:7]}")
         assert result.exit_code == 0, result.output
         assert "warning" not in result.output
     assert len(list((out / "shards").glob("*.tar"))) == len(set().union(*(shard_names(out, v) for v in
@@ -133,20 +127,20 @@ def test_versions_and_diff_commands(motion_videos, tmp_path):
     changed = [dict(r, label="down") if Path(r["path"]).stem == "v_left_g00" else r for r in rows[1:]]
     v2, *_ = build(write_list(tmp_path / "b.csv", changed), out)
 
-    listing = CliRunner().invoke(cli, ["versions", str(out)])
+    listing = invoke("versions", str(out))
     assert listing.exit_code == 0, listing.output
     lines = listing.output.splitlines()
     assert "VERSION" in lines[0] and "CREATED" in lines[0] and "SIZE" in lines[0]
     assert lines[1].startswith(f"  {v1}") and lines[2].startswith(f"* {v2}")
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+6\s+0\s+2\s+[\d.]+ MB", lines[1])
-    as_json = json.loads(CliRunner().invoke(cli, ["versions", str(out), "--json"]).output)
+    as_json = json.loads(invoke("versions", str(out), "--json").output)
     assert [r["version"] for r in as_json] == [v1, v2] and as_json[1]["latest"] and as_json[1]["parent"] == v1
 
-    d = CliRunner().invoke(cli, ["diff", str(out), v1[:6], v2])
+    d = invoke("diff", str(out), v1[:6], v2)
     assert d.exit_code == 0, d.output
     assert "2 added, 1 removed, 0 moved, 0 changed, 1 relabelled" in d.output
     assert "relabelled: videos_left_v_left_g00  left -> down" in d.output
-    data = json.loads(CliRunner().invoke(cli, ["diff", str(out), v1, "--json"]).output)
+    data = json.loads(invoke("diff", str(out), v1, "--json").output)
     assert [r["id"] for r in data["removed"]] == ["videos_down_v_down_g00"]
     assert {r["id"] for r in data["added"]} == {"videos_up_v_up_g00", "videos_up_v_up_g01"}
     assert data["relabelled"] == [{"id": "videos_left_v_left_g00", "from": "left", "to": "down",
@@ -174,7 +168,7 @@ def test_version_specs_resolve_by_unique_prefix(motion_videos, tmp_path):
     odd = tmp_path / "data@home"
     build(motion_videos, odd)
     assert resolve_dataset(odd)[0] == odd
-    result = CliRunner().invoke(cli, ["verify", f"{out}@nothere"])
+    result = invoke("verify", f"{out}@nothere")
     assert result.exit_code != 0 and "no version 'nothere'" in result.output
 
 
@@ -192,7 +186,7 @@ def test_a_damaged_stored_shard_is_recomputed_not_copied(motion_videos, tmp_path
     relabelled = [dict(r, label="down") if Path(r["path"]).stem == "v_up_g00" else r for r in rows]
     v2, computed, copied, _ = build(write_list(tmp_path / "b.csv", relabelled), out)
     assert (computed, copied) == (1, victim.samples - 1)  # the altered video recomputed, the rest copied
-    assert CliRunner().invoke(cli, ["verify", str(out)]).exit_code == 0
+    assert invoke("verify", str(out)).exit_code == 0
     ref, *_ = build(tmp_path / "b.csv", tmp_path / "clean")
     assert ref == v2 and files(out)["dataset.json"] == files(tmp_path / "clean")["dataset.json"]
 
@@ -227,5 +221,5 @@ def test_a_truncated_shard_is_named_by_verify_and_hashes_are_exposed(motion_vide
     assert all(s.sha256 == shard.sha256_file(s.path) and s.bytes == Path(s.path).stat().st_size for s in shards)
     victim = Path(shards[0].path)
     victim.write_bytes(victim.read_bytes()[:-1536])
-    result = CliRunner().invoke(cli, ["verify", str(out)])
+    result = invoke("verify", str(out))
     assert result.exit_code != 0 and f"{victim.name}: " in result.output and "truncated" in result.output

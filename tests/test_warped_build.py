@@ -7,17 +7,16 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from jobs.cli import cli
 from pipeline import encode, open_dataset, shard
 from pipeline.synthetic import camera as sc
 from pipeline.flow import warp
 from pipeline.verify import verify
+from tests import helpers
 
 SCENES = {"pan": sc.CameraSceneConfig(width=128, height=96, frames=6, pan=(2.6, -1.3), object_speed=(1.7, 0.6)),
           "zoom": sc.CameraSceneConfig(width=128, height=96, frames=6, pan=(-2.0, 0.0), zoom=0.01, seed=1)}
-ARGS = ["--flow", "dis", "--resize", "none", "--no-progress", "--shard-samples", "2"]
+ARGS = ["--flow", "dis", "--resize", "none", "--shard-samples", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +28,8 @@ def camera_videos(tmp_path_factory):
 
 
 def build(input_path, output, *args):
-    res = CliRunner().invoke(cli, ["build", str(input_path), str(output), *ARGS, *args])
-    assert res.exit_code == 0, res.output + repr(res.exception)
-    return res.output
+    """A build with this file's settings; its output."""
+    return helpers.build(input_path, output, *ARGS, *args)
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    err = proc.stderr.read().decode(errors="replace")
+    with proc.stderr:  # closed here rather than by the garbage collector (a ResourceWarning)
+        err = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg could not write {path}: {err.strip()}")
     return path
