@@ -171,3 +171,21 @@ def test_clips_log_the_padded_videos_and_refuse_a_clip_longer_than_all(caplog):
         check_lengths([(9, 10), (4, 10)], cfg)
     with pytest.raises(ValueError, match="2 frames is longer"):
         check_lengths([(1, 2)], ClipsConfig(clip_len=0, rgb_frames=2))
+
+
+def test_the_command_list_is_read_from_source_and_matches_the_commands():
+    import subprocess
+    import sys
+
+    from jobs.cli import COMMANDS, short_help
+
+    for name in COMMANDS:
+        command = cli.get_command(None, name)
+        assert command.name == name and short_help(name, 60) == command.get_short_help_str(60), name
+    code = ("import sys; from click.testing import CliRunner; from jobs.cli import cli; "
+            "out = CliRunner().invoke(cli, ['--help']).output; "
+            "print(sorted(m for m in sys.modules if m.startswith('jobs.commands.') or m == 'torch')); print(out)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, _, text = proc.stdout.partition("\n")
+    assert loaded == "[]"  # `flowshard --help` imports no command module (and no torch)
+    assert [line.split()[0] for line in text.split("Commands:")[1].strip().splitlines()] == sorted(COMMANDS)
