@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 import yaml
 
-from jobs.cli import _defaults, build, run_build, setup_logging
+from jobs.cli import setup_logging
+from jobs.commands.build import build, option_defaults, run_build
 from jobs.parsing import parse_params
 
 log = logging.getLogger("flowshard.job")
@@ -31,7 +32,7 @@ def load_job_config(path: str | Path, overrides: dict | None = None) -> dict:
     unknown_top = sorted(set(raw) - {"name", "input", "output", "build", "description"})
     if unknown_top:
         raise ValueError(f"{path}: unknown key(s) {unknown_top}")
-    options = _defaults(build, progress=False)
+    options = option_defaults(build, progress=False)
     given = {**(raw.get("build") or {}), **(overrides or {})}
     given = {_ALIASES.get(k, k): v for k, v in given.items()}
     unknown = sorted(set(given) - set(options) - {"input", "output"})

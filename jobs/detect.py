@@ -17,7 +17,15 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
+from jobs.runs import (_writer, evaluation_provenance, initial_model, pick_split, prepare_run, resolve_eval_split,
+                       run_evaluation, run_folder, save_epoch, write_results)
 from pipeline.build.manifest import atomic_write_bytes, dump_json
+from training.detection.metrics import DEFAULT_MATCHING
+from training import data
+from training.detection import engine
+from training.detection.tubes import TubeConfig, tube_config
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,6 @@ def frames_per_sample(data_cfg) -> int:
 
 def train_detector(cfg, info, progress: bool) -> dict:
     """Train the detector as configured (one process, or one rank under torchrun); returns the summary."""
-    import torch
-
-    from jobs.runs import resolve_eval_split, run_folder
-    from training import data
-
     device = torch.device(info.device)
     torch.manual_seed(cfg.seed)
     source = data.open_source(cfg.dataset)
@@ -50,24 +53,20 @@ def train_detector(cfg, info, progress: bool) -> dict:
     if len(names) + 1 != cfg.model.num_classes:
         raise ValueError(f"{cfg.dataset} has {len(names)} actions, the model {cfg.model.num_classes - 1}")
     eval_split = resolve_eval_split(cfg, source.splits())
+    model = initial_model(cfg)  # reads the initial weights: a missing file fails before any folder or loader
     with run_folder(cfg, info) as run:
-        return _run(cfg, info, source, names, device, run, eval_split, progress)
+        return _run(cfg, info, source, names, model, device, run, eval_split, progress)
 
 
-def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
-    from jobs.runs import _writer, prepare_run, save_epoch
-    from training import data
-    from training.detection import engine
-    from training.detection.tubes import TubeConfig
-
+def _run(cfg, info, source, names, model, device, run, eval_split, progress) -> dict:
     per_epoch = source.num_samples(cfg.train_split) * frames_per_sample(cfg.data)
     steps = cfg.steps_per_epoch or max(1, per_epoch // (cfg.data.batch_size * info.world_size))
+    state = prepare_run(cfg, info, source, model, device, steps, find_unused=True)  # before the loaders start
     pin = device.type == "cuda"
     train_loader = data.make_loader(source, cfg.train_split, cfg.data, train=True, steps=steps, pin_memory=pin)
     eval_loader = None
     if eval_split is not None:
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
-    state = prepare_run(cfg, info, source, device, steps, find_unused=True)
     writer = _writer(run.local) if run is not None else None
     streams = cfg.model.stream_names
     log.info("training a %s detector (%s) on %s: %d actions, %d steps/epoch x %d epochs, batch %d per rank; "
@@ -109,8 +108,6 @@ def headline(results: dict) -> dict:
 def write_detection_results(results: dict, path: Path, names: list[str], writer=None, step: int = 0,
                             extra: dict | None = None) -> Path:
     """The metrics JSON (jobs.runs.write_results: per output, beside its confusion PNG) and mAP scalars."""
-    from jobs.runs import write_results
-
     write_results(results, path, names, extra=extra)
     if writer is not None:
         for name, r in results.items():
@@ -123,13 +120,8 @@ def write_detection_results(results: dict, path: Path, names: list[str], writer=
 
 def evaluate_detector(dataset: str, ckpt_path: str, ckpt: dict, cfg, *, split: str, device: str,
                       batch_size: int | None, workers: int | None, tube_params: dict,
-                      progress: bool = True) -> tuple[dict, list[str], dict]:
+                      progress: bool = True, matching: str = DEFAULT_MATCHING) -> tuple[dict, list[str], dict]:
     """Evaluate a detector checkpoint on a split of DATASET; returns (results, action names, provenance)."""
-    from jobs.runs import evaluation_provenance, pick_split, run_evaluation
-    from training import data
-    from training.detection import engine
-    from training.detection.tubes import tube_config
-
     source = data.open_source(dataset)
     names = action_names(source.info, dataset)
     split = pick_split(split, source.splits(), dataset)
@@ -140,7 +132,9 @@ def evaluate_detector(dataset: str, ckpt_path: str, ckpt: dict, cfg, *, split: s
                                                 if v is not None})
     results = run_evaluation(cfg, ckpt, source, split, data_cfg, device, lambda model, loader, dev, dtype, main:
                              engine.evaluate(model, loader, dev, streams=cfg.model.stream_names, class_names=names,
-                                             tube_cfg=tube_cfg, amp_dtype=dtype, progress=progress and main))
+                                             tube_cfg=tube_cfg, amp_dtype=dtype, progress=progress and main,
+                                             matching=matching))
     provenance = evaluation_provenance(ckpt_path, ckpt, dataset, source, split,
-                                       {"task": "detect", "frames": "every frame", "tubes": dataclasses.asdict(tube_cfg)})
+                                       {"task": "detect", "frames": "every frame", "tubes": dataclasses.asdict(tube_cfg),
+                                        "matching": matching})
     return results, names, provenance

@@ -15,11 +15,14 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import click
 import numpy as np
 import pyarrow as pa
+import torch
 
+from jobs.train import _given, open_trained
 from pipeline.build.manifest import write_parquet
+from training import data
+from training.engine import stream_inputs
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,6 @@ def video_rows(features: np.ndarray, video_ids: list[str], labels: np.ndarray, s
 
 def split_features(model, loader, device) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(clip features (M, D), their video ids, their labels) of every batch of `loader`."""
-    import torch
-
-    from training.engine import stream_inputs
-
     feats, videos, labels = [], [], []
     with torch.no_grad():
         for batch in loader:
@@ -64,11 +63,6 @@ def extract_features(dataset: str, ckpt_path: str, out: str | Path, *, splits: t
                      workers: int | None = None, l2: bool = True) -> list[dict]:
     """Write OUT (Parquet, FEATURE_SCHEMA) with one row per video of each split (all when
     `splits` is empty); returns the rows."""
-    import torch
-
-    from jobs.train import _given, open_trained
-    from training import data
-
     _, cfg, source, model = open_trained(dataset, ckpt_path)
     dev = torch.device(device)
     model.to(dev).eval()
@@ -82,26 +76,3 @@ def extract_features(dataset: str, ckpt_path: str, out: str | Path, *, splits: t
         log.info("%s: %d clips of %d videos", split, len(videos), len(set(videos)))
     write_parquet(Path(out), rows, FEATURE_SCHEMA)
     return rows
-
-
-@click.command("features")
-@click.argument("dataset")
-@click.argument("checkpoint_path", metavar="CHECKPOINT")
-@click.argument("output", metavar="OUT.parquet")
-@click.option("--split", "splits", multiple=True, help="Splits to extract (repeatable). Default: every split.")
-@click.option("--test-clips", type=int, default=None, help="Clips per video sample (default: as trained).")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--workers", type=int, default=None)
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each video's mean feature.")
-def features_command(dataset: str, checkpoint_path: str, output: str, splits: tuple[str, ...],
-                     test_clips: int | None, batch_size: int | None, workers: int | None, device: str,
-                     l2: bool) -> None:
-    """Per-video features (C3D: fc6, averaged over each video's clips) of CHECKPOINT on DATASET, to OUT.parquet."""
-    try:
-        rows = extract_features(dataset, checkpoint_path, output, splits=splits, device=device,
-                                test_clips=test_clips, batch_size=batch_size, workers=workers, l2=l2)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    dim = len(rows[0]["feature"]) if rows else 0
-    click.echo(f"{output}: {len(rows)} videos, {dim}-d features")

@@ -1,4 +1,4 @@
-"""Parsing of command-line values shared by the command modules (jobs.cli, jobs.train, jobs.build_dataset)."""
+"""Parsing of command-line values shared by the command modules (jobs.commands.*, jobs.model_options, jobs.build_dataset)."""
 from __future__ import annotations
 
 import json

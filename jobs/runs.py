@@ -15,22 +15,23 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from pipeline import storage
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 from pipeline.build.tags import opened_name
 from pipeline.storage import Location
-
-if TYPE_CHECKING:
-    import torch
-
-    from training.config import TrainConfig
-    from training.distributed import DistInfo
+from training import checkpoint, data, distributed, metrics
+from training.config import TrainConfig, amp_dtype
+from training.distributed import DistInfo
+from training.models import build_model
+from training.models.base import channels_last_, param_groups
 
 log = logging.getLogger(__name__)
 
-LAST = "last.pt"  # training.checkpoint.LAST
 TRAIN_LOG = "train.log"
 
 
@@ -39,10 +40,6 @@ TRAIN_LOG = "train.log"
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (TSN) or AdamW over the trainable parameters; the temporal stream's
     at --flow-lr when given (Wang et al.: 0.001 for the spatial, 0.005 for the temporal net)."""
-    import torch
-
-    from training.models.base import param_groups
-
     params = param_groups(model, cfg.lr, cfg.flow_lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -55,8 +52,6 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     Built-in schedulers only: their state dicts are plain data, so checkpoints load with
     weights_only=True.
     """
-    import torch
-
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
@@ -85,7 +80,7 @@ def resolve_resume(resume: str | None, output: str) -> Location | None:
     """--resume alone means OUTPUT/last.pt (OUTPUT local or on object storage)."""
     if resume is None:
         return None
-    return storage.join(storage.location(output), LAST) if resume == "last" else storage.location(resume)
+    return storage.join(storage.location(output), checkpoint.LAST) if resume == "last" else storage.location(resume)
 
 
 def _file_logging(path: Path) -> logging.Handler:
@@ -186,23 +181,26 @@ class RunState:
     step: int
 
 
-def prepare_run(cfg: TrainConfig, info: DistInfo, source, device: torch.device, steps: int, *,
-                find_unused: bool = False) -> RunState:
-    """The model, optimizer, scheduler and scaler of `cfg`, resumed from --resume when given.
+def initial_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The network of `cfg` on the CPU, with its initial weights (--weights, --flow-weights).
+
+    Built before the run folder and the loaders, so a missing weights file is reported before
+    any work starts. A resumed run takes every weight from its checkpoint: no initial weights
+    to fetch.
+    """
+    resume = resolve_resume(cfg.resume, cfg.output)
+    return build_model(cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None))
+
+
+def prepare_run(cfg: TrainConfig, info: DistInfo, source, model: torch.nn.Module, device: torch.device, steps: int,
+                *, find_unused: bool = False) -> RunState:
+    """`model` (initial_model) on `device` with the optimizer, scheduler and scaler of `cfg`,
+    resumed from --resume when given.
 
     find_unused: DDP looks for parameters a step did not use (a detector's unused heads).
     """
-    import torch
-
-    from training import checkpoint
-    from training.config import amp_dtype
-    from training.models import build_model
-    from training.models.base import channels_last_
-
     resume = resolve_resume(cfg.resume, cfg.output)
-    # A resumed run takes every weight from its checkpoint: no initial weights to fetch.
-    initial = cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None)
-    model = build_model(initial).to(device)
+    model = model.to(device)
     if cfg.channels_last and cfg.data.task == "classify":
         channels_last_(model)
     optimizer = make_optimizer(cfg, model)
@@ -227,8 +225,6 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, source, device: torch.device, 
 def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
                stats: dict) -> None:
     """Log an epoch's stats and write its checkpoint (epoch_NNN.pt and last.pt) from rank 0."""
-    from training import checkpoint, distributed
-
     log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
     rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
     if run is not None:
@@ -240,8 +236,6 @@ def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None,
 
 
 def _writer(out: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
     return SummaryWriter(log_dir=str(out / "tb"))
 
 
@@ -253,8 +247,6 @@ def _headline(results: dict) -> dict:
 def write_results(results: dict, path: Path, class_names: list[str], writer=None, step: int = 0,
                   extra: dict | None = None) -> Path:
     """Metrics JSON ({"rgb", "flow", "fused"} + extra) and the fused confusion-matrix PNG beside it."""
-    from training import metrics
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, dump_json({**results, **(extra or {})}))
     png = path.with_name(f"{path.stem}_confusion.png")
@@ -271,12 +263,6 @@ def write_results(results: dict, path: Path, class_names: list[str], writer=None
 def run_evaluation(cfg: TrainConfig, ckpt: dict, source, split: str, data_cfg, device: str, evaluate):
     """evaluate(model, loader, device, amp dtype, is rank 0) with the checkpoint's model rebuilt on
     `device` (this rank's under torchrun) and a loader of the split."""
-    import torch
-
-    from training import data, distributed
-    from training.config import amp_dtype
-    from training.models import build_model
-
     info = distributed.init_distributed(device)
     try:
         dev = torch.device(info.device)

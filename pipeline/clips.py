@@ -296,17 +296,50 @@ def _planned(cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name
                        single=cfg.single, row=row, warped=warped)
 
 
+def snippet_length(meta_bytes: bytes, cfg: ClipsConfig) -> tuple[int, int] | None:
+    """(what a dense video sample holds, what one snippet needs): flow fields, or frames with
+    --clip-len 0; None for a sample built with --clips (its stored clips are cut, not padded)."""
+    meta = encode.load_meta(meta_bytes, "sample")
+    if meta.get("mode") == "clips":
+        return None
+    if cfg.clip_len:
+        return len(meta.get("flow_fields", [])), cfg.clip_len
+    return len(meta.get("frames", [])), cfg.shape.frame_span
+
+
+def check_lengths(lengths: list[tuple[int, int]], cfg: ClipsConfig) -> None:
+    """Log the video samples shorter than a snippet (their clips repeat the last field or frame,
+    as TSN pads), and refuse a snippet longer than every sample: its clips would be mostly padding."""
+    what = "flow fields" if cfg.clip_len else "frames"
+    short = [held for held, need in lengths if held < need]
+    if not short:
+        return
+    need = lengths[0][1]
+    if len(short) == len(lengths):
+        raise ValueError(f"clip_len {cfg.clip_len}, rgb_frames {cfg.rgb_frames}: a snippet of {need} {what} is longer "
+                         f"than every video sample (the longest holds {max(short)}); choose a shorter --clip-len "
+                         "or --rgb-frames")
+    log.warning("%d of %d video samples hold fewer than the %d %s of a snippet (the shortest %d): their clips repeat "
+                "the last %s to fill it (TSN's padding)", len(short), len(lengths), need, what, min(short),
+                what[:-1])
+
+
 def plan_clips(shards: list, cfg: ClipsConfig) -> list[PlannedClip]:
     """Pass 1 over every parent shard (.name, .path, .sha256; in name order), hashes checked first."""
     planned: list[PlannedClip] = []
+    lengths: list[tuple[int, int]] = []
     for entry in sorted(shards, key=lambda e: e.name):
         if cfg.verify and shard.sha256_file(entry.path) != entry.sha256:
             raise shard.ShardError(f"parent shard {entry.name}: sha256 does not match the parent's manifest")
         try:
             for key, members, meta in index_shard(entry.path):
                 planned.extend(plan_sample(key, members, meta, entry.name, cfg))
+                length = snippet_length(meta, cfg)
+                if length is not None and length[0] > 0:  # a sample without any is warned about by plan_sample
+                    lengths.append(length)
         except (tarfile.TarError, OSError) as exc:
             raise shard.ShardError(f"parent shard {entry.path}: cannot index it ({exc})") from exc
+    check_lengths(lengths, cfg)
     return planned
 
 
@@ -409,12 +442,12 @@ def derive_clips(dataset: Location, output: Location, cfg: ClipsConfig, *, overw
 
     parent = open_dataset(dataset)
     info = parent.info
+    if storage.exists(storage.join(out, DATASET_JSON)) and not overwrite:
+        raise FileExistsError(f"{out} already holds a dataset ({DATASET_JSON}); pass overwrite to replace it")
+    planned = plan_clips(parent.shards(), cfg)  # may refuse the settings: before OUT is touched
     if storage.exists(storage.join(out, DATASET_JSON)):
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a dataset ({DATASET_JSON}); pass overwrite to replace it")
         storage.remove(storage.join(out, DATASET_JSON))  # un-commit first: a crash from here on leaves no valid dataset
     storage.makedirs(storage.join(out, SHARD_DIR))
-    planned = plan_clips(parent.shards(), cfg)
     rows: list[dict] = []
     shard_rows: list[dict] = []
     reader = MemberReader()

@@ -145,6 +145,10 @@ def _frame_of_field(meta: dict, i: int) -> int:
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG, raising with the path if it cannot be written."""
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+    """Write an RGB image as PNG, raising OSError with the path if it cannot be written."""
+    try:
+        written = cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error as exc:  # OpenCV raises for a name without an image extension (a folder, too)
+        raise OSError(f"{path}: could not write the PNG (a file name ending in .png is expected)") from exc
+    if not written:
         raise OSError(f"{path}: could not write the PNG")

@@ -76,7 +76,7 @@ def test_contact_sheet_layout():
 
 
 def test_evaluate_prints_a_table_and_json_only_when_asked():
-    from jobs.train import evaluate_command, results_table
+    from jobs.commands.train import evaluate_command, results_table
 
     r = {"clip_top1": 0.5, "video_top1": 0.75, "video_top5": 1.0, "mean_class_accuracy": 0.625, "videos": 4}
     lines = results_table({"rgb": r, "flow": None, "fused": r})
@@ -99,3 +99,93 @@ def test_demo_videos_show_photographs(tmp_path):
     noise = next(synthetic.moving_frames("left", 1, 48, 64, source="noise"))
     err = lambda a, b: float(np.abs(a.astype(float) - b.astype(float)).mean())  # noqa: E731
     assert err(first, photo) < 6 < err(first, noise)
+
+
+RELEASE = __import__("pathlib").Path(__file__).parent / "fixtures" / "release-0.1"
+TINY_TRAIN = ["--arch", "resnet18", "--streams", "flow", "--clip-len", "4", "--crop-size", "32", "--batch-size", "2",
+              "--device", "cpu", "--epochs", "1", "--steps-per-epoch", "1", "--eval-every", "0", "--no-progress"]
+
+
+def test_train_checks_the_default_weights_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    from training import data
+
+    def no_loader(*args, **kwargs):
+        raise AssertionError("a loader was made before the weights were checked")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no cached ImageNet weights
+    monkeypatch.setattr(data, "make_loader", no_loader)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", str(RELEASE / "dataset"), "--output", str(run), *TINY_TRAIN])
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert "--weights imagenet" in res.output and "--weights none" in res.output
+    assert not run.exists()  # nothing written either
+
+
+def test_loader_workers_default_to_the_rank_share_of_the_cpus_and_are_recorded(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from training import checkpoint, distributed
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.cpu_share() == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert distributed.cpu_share() == 1  # never 0: a rank keeps one loader process
+    # The run records the number it resolved (0 here: loader processes forked inside pytest can hang).
+    from jobs.commands import train as train_command
+
+    monkeypatch.setattr(train_command, "cpu_share", lambda: 0)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", str(RELEASE / "dataset"), "--output", str(run), "--weights", "none",
+                                   *TINY_TRAIN])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert json.loads((run / "config.json").read_text())["data"]["workers"] == 0
+    assert checkpoint.load_checkpoint(run / "last.pt")["config"]["data"]["workers"] == 0
+
+
+def test_evaluate_names_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_bytes(b"\x80\x04not a pickle at all")
+    res = CliRunner().invoke(cli, ["evaluate", str(RELEASE / "dataset"), str(bogus), "--device", "cpu"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{bogus}: not a checkpoint (expected a flowshard checkpoint" in res.output
+
+
+def test_clips_log_the_padded_videos_and_refuse_a_clip_longer_than_all(caplog):
+    import logging
+
+    from pipeline.clips import ClipsConfig, check_lengths
+
+    cfg = ClipsConfig(clip_len=10)
+    with caplog.at_level(logging.WARNING, logger="pipeline.clips"):
+        check_lengths([(9, 10), (30, 10), (4, 10)], cfg)
+    assert "2 of 3 video samples hold fewer than the 10 flow fields" in caplog.text
+    assert "repeat the last flow field" in caplog.text and "TSN's padding" in caplog.text
+    caplog.clear()
+    check_lengths([(30, 10)], cfg)
+    assert not caplog.text
+    with pytest.raises(ValueError, match="longer than every video sample .the longest holds 9.*--clip-len"):
+        check_lengths([(9, 10), (4, 10)], cfg)
+    with pytest.raises(ValueError, match="2 frames is longer"):
+        check_lengths([(1, 2)], ClipsConfig(clip_len=0, rgb_frames=2))
+
+
+def test_the_command_list_is_read_from_source_and_matches_the_commands():
+    import subprocess
+    import sys
+
+    from jobs.cli import COMMANDS, short_help
+
+    for name in COMMANDS:
+        command = cli.get_command(None, name)
+        assert command.name == name and short_help(name, 60) == command.get_short_help_str(60), name
+    code = ("import sys; from click.testing import CliRunner; from jobs.cli import cli; "
+            "out = CliRunner().invoke(cli, ['--help']).output; "
+            "print(sorted(m for m in sys.modules if m.startswith('jobs.commands.') or m == 'torch')); print(out)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, _, text = proc.stdout.partition("\n")
+    assert loaded == "[]"  # `flowshard --help` imports no command module (and no torch)
+    assert [line.split()[0] for line in text.split("Commands:")[1].strip().splitlines()] == sorted(COMMANDS)

@@ -13,12 +13,10 @@ from pipeline.clips import CLIP_SCHEMA, ClipsConfig, derive_clips
 
 
 def flowshard(*args: str) -> str:
-    """Run a flowshard command (through jobs.cli when it registers it); fail on a non-zero exit."""
-    from jobs import cli as cli_module
-    from jobs import train as train_module
+    """Run a flowshard command; fail on a non-zero exit."""
+    from jobs.cli import cli
 
-    group = cli_module.cli if args[0] in cli_module.cli.commands else train_module.main
-    result = CliRunner().invoke(group, list(args), catch_exceptions=False)
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 

@@ -77,13 +77,13 @@ def test_cli_routes_flow_to_the_actor_resource(motion_videos, tmp_path, two_node
 
 
 def _opts(**over):
-    from jobs.cli import _defaults, build
+    from jobs.commands.build import build, option_defaults
 
-    return {**_defaults(build, progress=False), **over}
+    return {**option_defaults(build, progress=False), **over}
 
 
 def test_auto_device_stays_on_cpu_without_gpus(two_nodes):
-    from jobs.cli import resolve_auto_device
+    from jobs.commands.build import resolve_auto_device
 
     cluster, _ = two_nodes
     assert resolve_auto_device(_opts(address=cluster.address))["flow_device"] == "cpu"
@@ -129,7 +129,7 @@ def test_worker_node_removed_mid_build_loses_nothing(motion_videos, tmp_path, tw
 
 
 def test_auto_device_picks_cuda_actors_when_the_cluster_has_gpus(two_nodes):
-    from jobs.cli import make_build_config, make_executor_from, resolve_auto_device
+    from jobs.commands.build import make_build_config, make_executor_from, resolve_auto_device
 
     cluster, _ = two_nodes
     cluster.add_node(num_cpus=1, num_gpus=1)  # declared GPU: enough to test the routing decision

@@ -103,10 +103,7 @@ def test_late_fusion_averages_probabilities_with_the_fusion_weights():
 # --- items from a real build ---------------------------------------------------------------------
 
 def flowshard(*args):
-    from jobs import train as train_module
-
-    group = cli if args[0] in cli.commands else train_module.main
-    result = CliRunner().invoke(group, list(map(str, args)))
+    result = CliRunner().invoke(cli, list(map(str, args)))
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result.output
 

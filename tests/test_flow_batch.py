@@ -160,7 +160,7 @@ def test_ray_flow_actor_batches_pairs_across_calls_byte_identical(ray_local):
 def test_build_flags_reach_the_flow_config_and_the_actors():
     from click.testing import CliRunner
 
-    from jobs.cli import actor_gpus, build_options, make_build_config
+    from jobs.commands.build import actor_gpus, build_options, make_build_config
 
     captured = {}
 

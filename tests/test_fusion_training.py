@@ -56,7 +56,7 @@ def test_a_few_training_steps_and_an_evaluation(binding, tmp_path, model, flags,
 
 
 def test_the_model_takes_strided_clips_only(binding, tmp_path):
-    from jobs.train import main
+    from jobs.cli import cli as main
 
     result = CliRunner().invoke(main, ["train", str(binding), "--output", str(tmp_path / "r"), "--model", "fusion",
                                        "--sampling", "simonyan", "--steps-per-epoch", "1", "--epochs", "1", *FAST])
@@ -80,7 +80,7 @@ def test_imagenet_weights_come_from_the_cache_and_offline_say_how_to_go_on(monke
     monkeypatch.setattr(torch.hub, "download_url_to_file", must_not_download)
     with pytest.raises(ValueError, match="--weights imagenet.*--weights none"):
         backbones.load_backbone("resnet18", "auto")
-    from jobs.train import main
+    from jobs.cli import cli as main
 
     args = ["train", str(binding), "--output", str(tmp_path / "r"), "--model", "st_resnet", "--arch", "resnet18",
             "--steps-per-epoch", "1", "--epochs", "1", "--device", "cpu", "--workers", "0", "--no-progress"]

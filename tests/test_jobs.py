@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from jobs.build_dataset import load_job_config
-from jobs.cli import make_build_config
+from jobs.commands.build import make_build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
@@ -50,9 +50,9 @@ def test_job_runs_and_ends_with_a_json_summary(motion_videos, tmp_path):
 
 
 def test_raft_is_selectable_from_the_cli_options():
-    from jobs.cli import _defaults, build
+    from jobs.commands.build import build, option_defaults
 
-    o = {**_defaults(build), "flow_algo": "raft_small", "flow_param": ("weights=/models/raft_small.pth",)}
+    o = {**option_defaults(build), "flow_algo": "raft_small", "flow_param": ("weights=/models/raft_small.pth",)}
     cfg = make_build_config(o)
     flow = cfg.worker.flow
     assert (flow.algorithm, flow.backend, flow.params.weights) == ("raft_small", "torch", "/models/raft_small.pth")

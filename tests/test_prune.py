@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli, make_build_config, resolve_auto_device
-from jobs.versions_commands import (
+from jobs.commands.versions import (
     log,
     parse_duration,
     print_tree,
@@ -53,7 +53,7 @@ def remove(loc, **kwargs):
 
 
 storage.remove = remove
-from jobs.versions_commands import prune
+from jobs.commands.versions import prune
 prune.main(args=sys.argv[1:], prog_name="flowshard prune")
 '''
 

@@ -94,8 +94,10 @@ class Payload:
 def test_loading_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "model": {}, "config": Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="not a checkpoint") as err:  # a clean error naming the file
         checkpoint.load_checkpoint(path)
+    assert str(path) in str(err.value)
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)  # refused by the weights-only unpickler
 
 
 def test_config_must_be_plain_json(tmp_path):

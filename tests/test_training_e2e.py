@@ -151,7 +151,7 @@ def test_resume_refuses_another_setup(motion, tmp_path):
     flowshard("train", *args, "--epochs", "1")
     from click.testing import CliRunner
 
-    from jobs.train import main
+    from jobs.cli import cli as main
 
     result = CliRunner().invoke(main, ["train", *args, "--epochs", "2", "--resume", "--clip-len", "3"])
     assert result.exit_code != 0 and "cannot resume" in result.output and "clip_len" in result.output

@@ -108,10 +108,19 @@ def load_checkpoint(path: Location) -> dict:
     path = storage.location(path)
     if not storage.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any file at all: the unpickler raises whatever the bytes lead it to
+        raise ValueError(f"{path}: not a checkpoint (expected a flowshard checkpoint, a last.pt or epoch_NNN.pt "
+                         f"of `flowshard train`; torch.load: {type(exc).__name__}: {_first_line(exc)})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a flowshard checkpoint of format {FORMAT}")
     return ckpt
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def restore(ckpt: dict, *, model, optimizer=None, scheduler=None, scaler=None, rank: int | None = None,

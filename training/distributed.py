@@ -51,6 +51,14 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
+def cpu_share() -> int:
+    """This rank's share of the CPUs this process may run on (at least 1): the loader workers a
+    rank starts by default. torchrun's LOCAL_WORLD_SIZE ranks share the machine; more workers
+    than CPUs only contend (torch warns about it)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def cleanup() -> None:
     """Leave the process group (a no-op in a single process)."""
     if dist.is_initialized():

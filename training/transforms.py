@@ -50,6 +50,8 @@ TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 # A test view covers this fraction of the short side: the frame resized to a short side of
 # crop / 0.875 and cropped to crop (TSN's 256 -> 224, C3D's 128x171 -> 112).
 TEST_FRACTION = 0.875
+CROP_POSITIONS = (5, 13)  # training crop offsets: 5 = corners + centre (Wang et al.), 13 = TSN's
+TEST_CROPS = (1, 10)  # test views: the centre crop, or 4 corners + centre each also flipped
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 FLOW_ZERO = 128.0  # the quantized value of zero motion (pipeline.flow.quantize.quantize)
@@ -79,9 +81,9 @@ class TransformConfig:
             raise ValueError(f"scales must be in (0, 1], got {self.scales}")
         if self.max_distort < 0:
             raise ValueError(f"max_distort must be >= 0, got {self.max_distort}")
-        if self.crop_positions not in (5, 13):
+        if self.crop_positions not in CROP_POSITIONS:
             raise ValueError(f"crop_positions must be 5 (corners + centre) or 13 (TSN's), got {self.crop_positions}")
-        if self.test_crops not in (1, 10):
+        if self.test_crops not in TEST_CROPS:
             raise ValueError(f"test_crops must be 1 or 10, got {self.test_crops}")
 
 

@@ -86,6 +86,9 @@ class Progress:
         self.bar.close()
 
 
+EXECUTORS = ("ray", "local")  # make_executor's kinds
+
+
 def make_executor(kind: str, *, address: str | None = None, num_cpus: int | None = None, **ray_kwargs) -> Executor:
     """Explicit factory: "local" runs in this process, "ray" on local or remote Ray."""
     if kind == "local":
@@ -94,4 +97,4 @@ def make_executor(kind: str, *, address: str | None = None, num_cpus: int | None
         from pipeline.cluster.executor import RayExecutor
 
         return RayExecutor(address=address, num_cpus=num_cpus, **ray_kwargs)
-    raise ValueError(f"unknown executor {kind!r}; choose 'ray' or 'local'")
+    raise ValueError(f"unknown executor {kind!r}; choose one of {EXECUTORS}")

@@ -5,6 +5,7 @@ of a file object go out as range requests of `READ_BLOCK` bytes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
@@ -108,7 +109,10 @@ def open_read(loc: Location, *, block_size: int = READ_BLOCK):
 def read_bytes(loc: Location) -> bytes:
     """A whole file's bytes."""
     if not is_remote(loc):
-        return Path(loc).read_bytes()
+        try:
+            return Path(loc).read_bytes()
+        except NotADirectoryError:  # a file where a folder belongs: nothing lies under it
+            raise FileNotFoundError(errno.ENOENT, "no such file (a parent is a file, not a folder)", str(loc)) from None
     return _remote(str(loc), "", lambda fs, p: fs.cat_file(p))
 
 

@@ -69,7 +69,10 @@ def find_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder of images")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not images:
+        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
+    return images
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -24,6 +24,7 @@ from training.models.backbones import check_arch, resnet_trunk, stage_channels, 
 from training.models.base import ModelConfig, VideoClassifier
 
 FUSIONS = ("late", "conv")
+FUSION_KERNELS = (1, 3)  # side of the conv fusion's kernel
 
 
 def check(cfg: ModelConfig) -> None:
@@ -34,8 +35,8 @@ def check(cfg: ModelConfig) -> None:
     if cfg.fusion == "conv" and cfg.stream_names != ("rgb", "flow"):
         raise ValueError(f"conv fusion needs both streams, rgb and flow, got streams={cfg.streams!r} "
                          f"(three streams fuse late)")
-    if cfg.fusion_kernel not in (1, 3):
-        raise ValueError(f"fusion_kernel must be 1 or 3, got {cfg.fusion_kernel}")
+    if cfg.fusion_kernel not in FUSION_KERNELS:
+        raise ValueError(f"fusion_kernel must be one of {FUSION_KERNELS}, got {cfg.fusion_kernel}")
     if cfg.rgb_frames != 1:
         raise ValueError(f"the spatial stream sees one RGB frame per snippet, got rgb_frames={cfg.rgb_frames}")
 

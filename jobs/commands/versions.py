@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 
 import click
+
+from pipeline import storage
+from pipeline.build import tags, versions
+from pipeline.build.lineage import describe, lineage
+from pipeline.build.prune import PruneOptions
+from pipeline.build.prune import prune as run_prune
 
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -37,9 +44,6 @@ def tag(output: str, version: str, name: str | None, delete: bool, force: bool) 
     """Name VERSION (an id, a unique prefix, another name or "latest") NAME, so that OUTPUT@NAME
     reads it wherever a version id is taken. Names of hex digits only are refused (they read
     as id prefixes); an existing name moves only with --force."""
-    from pipeline import storage
-    from pipeline.build import tags, versions
-
     root = storage.location(output)
     try:
         if delete:
@@ -80,11 +84,6 @@ def prune(output: str, keep_last: int | None, older_than: float | None, specs: t
     """Remove versions from OUTPUT's catalog and delete the shards, manifests and unit records no
     remaining version references; print what goes and the bytes given back. The latest version
     and tagged ones are refused without --force; an unfinished build's files are kept."""
-    from dataclasses import asdict
-
-    from pipeline.build.prune import PruneOptions
-    from pipeline.build.prune import prune as run_prune
-
     try:
         opts = PruneOptions(versions=specs, keep_last=keep_last, older_than_days=older_than, keep_tagged=keep_tagged,
                             force=force, min_age_s=parse_duration(min_age), dry_run=dry_run, lock_wait_s=wait_s)
@@ -119,8 +118,6 @@ def prune(output: str, keep_last: int | None, older_than: float | None, specs: t
 # --- lineage ----------------------------------------------------------------------------------
 
 def _line(entry: dict) -> str:
-    from pipeline.build.lineage import describe
-
     names = f"  [{', '.join(entry['names'])}]" if entry["names"] else ""
     shared = f", shares {_mb(entry['shared_bytes'])} with its parent" if entry["parent_state"] == "committed" else ""
     return (f"{entry['version']}{names}  {entry['created']}  {entry['videos']} videos  {_mb(entry['bytes'])}{shared}: "
@@ -154,8 +151,6 @@ def tree_lines(entries: list[dict]) -> list[str]:
 
 def print_tree(output: str) -> None:
     """Print OUTPUT's versions as a tree (what `flowshard versions OUTPUT --tree` shows)."""
-    from pipeline.build.lineage import lineage
-
     try:
         entries = lineage(output)
     except (FileNotFoundError, ValueError) as exc:
@@ -174,10 +169,6 @@ def log(output: str, version: str | None, as_json: bool) -> None:
     """The lineage of VERSION (default: the latest), newest first: each version, its parent, what
     changed (videos added, removed, relabelled; settings and tools), its size and the bytes it
     shares with its parent."""
-    from pipeline import storage
-    from pipeline.build import versions
-    from pipeline.build.lineage import lineage
-
     root = storage.location(output)
     try:
         vid = versions.resolve_version(root, version)
