@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli, make_build_config, resolve_auto_device
+from jobs.cli import cli
+from jobs.commands.build import build as build_command
+from jobs.commands.build import make_build_config, resolve_auto_device
 from jobs.commands.versions import (
     log,
     parse_duration,
@@ -318,7 +320,7 @@ def test_a_prune_killed_half_way_is_finished_by_the_next(ds, tmp_path):
 def test_a_build_waits_for_a_prune_and_never_reuses_what_it_deleted(ds, lineage4, tmp_path):
     out, (v1, v2, _, v4), lists = ds
     reference = {n: (lineage4[0] / "shards" / n).read_bytes() for n in shards_of(lineage4[0], v2)}
-    ctx = cli.commands["build"].make_context("build", [str(lists["v2"]), str(out), *ARGS])
+    ctx = build_command.make_context("build", [str(lists["v2"]), str(out), *ARGS])
     cfg = make_build_config(resolve_auto_device(ctx.params))
     proc = start_prune(out, tmp_path / "paused", "--keep-last", "1", *NOW)
     summary = {}
