@@ -52,7 +52,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

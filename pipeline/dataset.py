@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

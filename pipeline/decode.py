@@ -34,7 +34,7 @@ import subprocess
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import ffmpeg
@@ -87,7 +87,7 @@ def resolve_ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_version(exe: str | None = None) -> tuple[int, int]:
     """(major, minor) of the ffmpeg binary; (99, 0) for git builds ("N-12345-g...") and unknowns.
 
@@ -295,7 +295,7 @@ def _video_info(index: int, tail: str, detail: list[str], duration: float) -> Vi
         width, height = height, width
     fps = _rate(_FPS_RE.search(tail)) or _rate(_TBR_RE.search(tail))
     return VideoInfo(width=width, height=height, fps=fps, duration=duration, stream_index=index,
-                     codec=tail.split()[0].rstrip(","), rotation=rotation)
+                     codec=tail.split(maxsplit=1)[0].rstrip(","), rotation=rotation)
 
 
 def parse_banner(uri: str, text: str) -> VideoInfo:

@@ -39,7 +39,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 import cv2
 import numpy as np

@@ -78,7 +78,7 @@ class TrainConfig:
         return _jsonable(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         data = dict(d.pop("data"))
         data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

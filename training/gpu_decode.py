@@ -18,7 +18,7 @@ Every step also runs on CPU tensors (device="cpu"), which is how the tests compa
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

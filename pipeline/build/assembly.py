@@ -17,7 +17,7 @@ import resource
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
-from typing import Iterator
+from collections.abc import Iterator
 
 from pipeline.build.config import BuildConfig
 from pipeline.build.records import UnitRecord

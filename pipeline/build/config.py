@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from collections.abc import Mapping
 
 from pipeline import boxes
 from pipeline.build import manifest

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Callable, Protocol
+from typing import Protocol
+from collections.abc import Callable
 
 from pipeline import failures
 from pipeline.build import versions as version
@@ -30,7 +31,7 @@ class Executor(Protocol):
         """Before any work: refuse (RuntimeError) a build the machines it runs on cannot do right."""
 
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done: Callable[[Unit, UnitRecord], None],
-            progress: "Progress") -> None: ...
+            progress: Progress) -> None: ...
 
 
 class LocalExecutor:

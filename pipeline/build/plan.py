@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, replace
-from typing import Mapping
+from collections.abc import Mapping
 
 from pipeline import encode, storage
 from pipeline.build import manifest, reuse

@@ -142,7 +142,7 @@ def unshared_bytes(root: Location) -> dict[str, int]:
         for name, size in _shard_rows(root, vid).items():
             owners.setdefault(name, set()).add(vid)
             sizes[name] = size
-    out = {vid: 0 for vid in version.committed_versions(root)}
+    out = dict.fromkeys(version.committed_versions(root), 0)
     for name, who in owners.items():
         if len(who) == 1:
             out[next(iter(who))] += sizes[name]

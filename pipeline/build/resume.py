@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from typing import Mapping
+from collections.abc import Mapping
 
 from pipeline import shard, storage
 from pipeline.build import manifest

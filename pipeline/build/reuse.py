@@ -17,7 +17,7 @@ import hashlib
 import logging
 import tarfile
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from pipeline import boxes, encode, shard, storage
 from pipeline.build import manifest

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from pipeline import boxes, shard, storage
 from pipeline.build import manifest, reuse

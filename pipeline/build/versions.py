@@ -27,8 +27,8 @@ import logging
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Mapping
+from datetime import UTC, datetime
+from collections.abc import Mapping
 
 import pyarrow as pa
 
@@ -301,7 +301,7 @@ def created_at(root: Location, vid: str) -> str:
     st = storage.stat(storage.join(root, VERSIONS_DIR, vid, manifest.DATASET_JSON))
     if st is None:
         return ""
-    return datetime.fromtimestamp(st.mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(st.mtime, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def list_versions(root: Location) -> list[dict]:

@@ -20,7 +20,8 @@ import logging
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import ray
 
@@ -292,7 +293,7 @@ class Scheduler:
     def _plan_done(self, ref, key: str, attempt: int) -> None:
         v = self._current(key, attempt)
         if v is None:
-            return
+            return None
         try:
             plan, v.node, v.content = ray.get(ref)
         except ray.exceptions.RayError as exc:
@@ -309,7 +310,7 @@ class Scheduler:
         v = self._current(key, attempt)
         if v is None:  # a late chunk of a try given up: it is dropped, not written
             self.chunks_in_flight -= 1
-            return
+            return None
         v.pending -= 1
         try:
             summary, decode_node, flow_node = ray.get(ref)

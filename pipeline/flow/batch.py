@@ -22,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class PairBatcher:
             self._cond.notify_all()
         self._thread.join()
 
-    def __enter__(self) -> "PairBatcher":
+    def __enter__(self) -> PairBatcher:
         return self
 
     def __exit__(self, *exc) -> None:

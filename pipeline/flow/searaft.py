@@ -37,7 +37,7 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 import torch.nn.functional as F
 
 from pipeline.flow.device import DeviceEstimator

@@ -285,7 +285,7 @@ class _Work:
         u[self.rows], p[self.rows] = self.u, self.p
         return u, p
 
-    def select(self, keep: torch.Tensor) -> "_Work":
+    def select(self, keep: torch.Tensor) -> _Work:
         """The working set restricted to positions `keep` (all of them still active)."""
         return _Work(rows=self.rows[keep], u=self.u[keep], p=self.p[keep], g=self.g[keep],
                      grad=self.grad[keep], rho_c=self.rho_c[keep], active=self.active[keep])

@@ -23,7 +23,7 @@ which `pipeline.stages.warped.warp_inputs(..., boxes=...)` does per pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np

@@ -5,7 +5,7 @@ flow actor's batcher) runs on the GPU and `encode_chunk` after it, on a CPU.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -7,7 +7,7 @@ wherever, into its `VideoResult`, a failure included as an error row.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from pipeline import encode
 from pipeline.flow.estimators import FlowEstimator, make_estimator

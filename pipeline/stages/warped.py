@@ -6,7 +6,7 @@ frame warped back; the warped pairs then go through whichever estimator computes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 import cv2
 import numpy as np

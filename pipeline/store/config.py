@@ -95,7 +95,7 @@ def options_for(protocol: str) -> dict:
     return _merged(opts, _EXPLICIT.get(protocol, {}))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filesystem(protocol: str, pid: int):
     import fsspec
 

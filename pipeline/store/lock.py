@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from pipeline.store.atomic import remove, write_bytes_atomic
 from pipeline.store.files import read_bytes

@@ -12,7 +12,8 @@ import errno
 import logging
 import random
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
 
 from pipeline.store.config import filesystem
 
