@@ -50,9 +50,9 @@ import logging
 import math
 import os
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from collections.abc import Iterable
 
 import numpy as np
 

@@ -41,9 +41,9 @@ import logging
 import os
 import random
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import pyarrow as pa
 

@@ -33,8 +33,8 @@ import shutil
 import subprocess
 import threading
 import urllib.parse
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import cv2
 import ffmpeg

@@ -16,9 +16,9 @@ import logging
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable, Iterator
 
 from pipeline import storage
 from pipeline.storage import Location

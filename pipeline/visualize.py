@@ -1,8 +1,8 @@
 """Looking at samples: the standard flow colour wheel and contact sheets."""
 from __future__ import annotations
 
-import numpy as np
 import cv2
+import numpy as np
 
 from pipeline.encode import DecodedSample
 

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import snippets as snip
-from training.transforms import (FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, TransformConfig, eval_boxes,
-                                 multiscale_box)
+from training.transforms import FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, TransformConfig, eval_boxes, multiscale_box
 
 
 def raw_collate(items: list[dict]) -> dict:

@@ -16,8 +16,8 @@ import pickle
 import resource
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 from pipeline.build.config import BuildConfig
 from pipeline.build.records import UnitRecord

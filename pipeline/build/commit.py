@@ -106,7 +106,8 @@ def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRe
 
 
 def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as package_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
 
     try:
         return package_version("flowshard")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
-from collections.abc import Callable
 
 from pipeline import failures
 from pipeline.build import versions as version

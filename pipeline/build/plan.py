@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, replace
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from pipeline import encode, storage
 from pipeline.build import manifest, reuse

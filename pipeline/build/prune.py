@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pipeline import storage
 from pipeline.build import manifest, tags
 from pipeline.build import versions as version
-from pipeline.build.lock import writer_lock
 from pipeline.build.config import STATE_DIR
+from pipeline.build.lock import writer_lock
 from pipeline.storage import Location
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import tarfile
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pipeline import boxes, encode, shard, storage
 from pipeline.build import manifest

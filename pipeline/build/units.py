@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from pipeline import boxes, shard, storage
 from pipeline.build import manifest, reuse

@@ -26,9 +26,9 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from collections.abc import Mapping
 
 import pyarrow as pa
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Callable
 
 import ray
 

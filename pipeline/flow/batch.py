@@ -20,9 +20,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from collections.abc import Callable, Sequence
 
 import numpy as np
 

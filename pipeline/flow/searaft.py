@@ -37,8 +37,8 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from pipeline.flow.device import DeviceEstimator
 from pipeline.flow.raft import autocast, rgb_input

@@ -7,8 +7,8 @@ rows of a job the flow stage pairs (`pair_rows`, `flow_inputs`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import cv2
 import numpy as np

@@ -7,9 +7,9 @@ sample. Stored members re-packed without recomputing go through the same functio
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
-from collections.abc import Iterable, Iterator
 
 from pipeline import boxes, encode
 from pipeline.flow.quantize import QUANTIZATION

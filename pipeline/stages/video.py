@@ -16,8 +16,14 @@ from pipeline.stages.chunks import video_jobs
 from pipeline.stages.config import WorkerConfig
 from pipeline.stages.fields import process_chunks
 from pipeline.stages.plan import VideoFailure, VideoPlan, failure_reason
-from pipeline.stages.samples import (ChunkSummary, assemble_video, check_box_frames, check_coverage,
-                                     stream_parts, video_meta)
+from pipeline.stages.samples import (
+    ChunkSummary,
+    assemble_video,
+    check_box_frames,
+    check_coverage,
+    stream_parts,
+    video_meta,
+)
 
 
 def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | None = None) -> VideoResult:

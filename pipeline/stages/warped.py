@@ -5,8 +5,8 @@ frame warped back; the warped pairs then go through whichever estimator computes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import cv2
 import numpy as np

@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 from pipeline.store.atomic import remove, write_bytes_atomic
 from pipeline.store.files import read_bytes

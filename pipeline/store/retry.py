@@ -12,8 +12,8 @@ import errno
 import logging
 import random
 import time
-from typing import Any, TypeVar
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pipeline.store.config import filesystem
 

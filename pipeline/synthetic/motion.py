@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np

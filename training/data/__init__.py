@@ -13,7 +13,7 @@ importable from the package.
 """
 from __future__ import annotations
 
-from training.data.config import DataConfig, TASKS, VERIFY_MODES
+from training.data.config import TASKS, VERIFY_MODES, DataConfig
 from training.data.loader import Loader, make_loader, steps_per_epoch
 from training.data.shards import SampleError, ShardHashError
 from training.data.sources import DataSource, ShardSpec, open_source, url_source

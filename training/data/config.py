@@ -9,7 +9,6 @@ from pipeline.snippets import ClipSpec, SnippetShape
 from training import streams as stream_spec
 from training.transforms import TransformConfig
 
-
 VERIFY_MODES = ("stream", "open", "off")
 TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
 

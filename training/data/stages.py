@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch

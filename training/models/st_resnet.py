@@ -30,8 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from training.models.backbones import (STAGES, check_snippet_streams, residual_branch, shortcut, stage_channels,
-                                       stem, stream_backbone)
+from training.models.backbones import (
+    STAGES,
+    check_snippet_streams,
+    residual_branch,
+    shortcut,
+    stage_channels,
+    stem,
+    stream_backbone,
+)
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
