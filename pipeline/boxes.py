@@ -414,7 +414,7 @@ def check_frame_size(vb: VideoBoxes | None, width: int, height: int) -> None:
                          f"{width}x{height} ({_origin(vb)})")
     tol = vb.tolerance
     for t in vb.tracks:
-        for f, (x1, y1, x2, y2) in zip(t.frames, t.boxes):
+        for f, (x1, y1, x2, y2) in zip(t.frames, t.boxes, strict=True):
             if x2 <= x1 or y2 <= y1:
                 raise ValueError(f"empty box {_fmt((x1, y1, x2, y2))} in frame {f} (track {t.track}) ({_origin(vb)})")
             if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
@@ -471,7 +471,7 @@ def stored_box(box, source_size: tuple[int, int], size: tuple[int, int]) -> list
     """A source-frame box clipped to the source frame and scaled to the stored size."""
     sw, sh = source_size
     w, h = size
-    x1, y1, x2, y2 = (min(max(v, 0.0), lim) for v, lim in zip(box, (sw, sh, sw, sh)))
+    x1, y1, x2, y2 = (min(max(v, 0.0), lim) for v, lim in zip(box, (sw, sh, sw, sh), strict=True))
     return [round(x1 * w / sw, DIGITS), round(y1 * h / sh, DIGITS), round(x2 * w / sw, DIGITS),
             round(y2 * h / sh, DIGITS)]
 

@@ -78,7 +78,7 @@ def _assign_keys(items: list[dict]) -> list[VideoRef]:
     base = [make_key(item["source"]) for item in items]
     counts = Counter(base)
     refs = []
-    for item, key in zip(items, base):
+    for item, key in zip(items, base, strict=True):
         if counts[key] > 1:
             key = f"{key}-{_short_hash(item['source'])}"
         refs.append(VideoRef(key=key, **item))
@@ -237,7 +237,7 @@ def _discover_list(path: Location, default_split: str) -> tuple[list[VideoRef], 
     ids = {name: i for i, name in enumerate(sorted(set(labels)))}
     base = storage.parent(path) if storage.is_remote(path) else Path(path).parent.absolute()
     items = [_item(_list_uri(p, base), p, lab, ids[lab], _check_split(s, f"{path} row {row}"))
-             for row, (p, lab, s) in enumerate(zip(paths, labels, splits), start=1)]
+             for row, (p, lab, s) in enumerate(zip(paths, labels, splits, strict=True), start=1)]
     _warn_missing(items, str(path))
     return _assign_keys(items), ids
 

@@ -118,7 +118,7 @@ def contact_sheet(sample: DecodedSample, columns: int = 6, bound: float | None =
     width = LABEL_WIDTH + len(picks) * (tw + 2) + LEGEND_WIDTH
     sheet = np.full((max(top + nrows * (th + 2), top + LEGEND_WIDTH + 7 * LINE), width, 3), 255, np.uint8)
     _text(sheet, labels["title"], 4, LINE - 3, 0.45)
-    for c, (rows, caption) in enumerate(zip(_tiles(sample, picks, bound), labels["columns"])):
+    for c, (rows, caption) in enumerate(zip(_tiles(sample, picks, bound), labels["columns"], strict=True)):
         x = LABEL_WIDTH + c * (tw + 2)
         _text(sheet, caption, x + 2, 2 * LINE)
         for r, tile in enumerate(rows):

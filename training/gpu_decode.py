@@ -95,7 +95,7 @@ class GpuBatchDecoder:
         rgb = self._decode(raw["rgb_bytes"], gray=False) if raw["rgb_bytes"] is not None else None
         flow = self._decode(raw["flow_bytes"], gray=True) if raw["flow_bytes"] is not None else None
         rgb_out, flow_out = [], []
-        for i, (key, clip) in enumerate(zip(raw["key"], raw["clip"])):
+        for i, (key, clip) in enumerate(zip(raw["key"], raw["clip"], strict=True)):
             r = rgb[i] if rgb is not None else None  # (K, F, 3, H, W)
             f = self._flow_channels(flow[i]) if flow is not None else None  # (K, 2L, H, W)
             views = self._views(r, f, key, clip)

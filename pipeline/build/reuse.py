@@ -165,7 +165,7 @@ def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     fields = [stored_field(m, p, i) for m, p in pairs for i in range(len(m["flow_fields"]))]
     first = pairs[0][0]
     meta = {k: v for k, v in first.items() if k not in _PER_PART}
-    meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split)))
+    meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split), strict=True))
     if meta["mode"] == "clips":
         return [clip_sample(ref, meta, frames, fields, first["clips"])]
     return dense_samples(ref, meta, frames, fields, max_frames)

@@ -113,7 +113,7 @@ def content_hashes(refs: list[VideoRef], state_dir: Location, *, threads: int = 
         else:
             todo.append(r)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for r, digest in zip(todo, pool.map(_safe_sha256, [r.uri for r in todo])):
+        for r, digest in zip(todo, pool.map(_safe_sha256, [r.uri for r in todo]), strict=True):
             out[r.key] = digest
     if todo:
         log.info("hashed %d new or modified input file(s); %d from the cache", len(todo), len(refs) - len(todo))

@@ -52,7 +52,7 @@ class RayExecutor:
                 node_id=node, soft=False)).remote(self._view(node, checks), cfg.worker) for node, _ in nodes])
         finally:
             shared_paths.clean(checks)
-        for (node, address), seen in zip(nodes, looks):
+        for (node, address), seen in zip(nodes, looks, strict=True):
             name = f"{address} ({seen['host']}, node {node[:12]})"
             if seen["failed"]:
                 raise RuntimeError(shared_paths.refusal(name, seen["failed"], input_path, output))

@@ -268,7 +268,7 @@ class Scheduler:
             fields = actor.compute.options(num_returns=len(batch)).remote(*[j for *_, j in batch])
             fields = fields if isinstance(fields, list) else [fields]
             node = self.actor_nodes[index]
-            for (key, attempt, job_ref), f in zip(batch, fields):
+            for (key, attempt, job_ref), f in zip(batch, fields, strict=True):
                 status, payload = tasks._encode.remote(job_ref, f, node, self.cfg_ref)
                 self.waiting[status] = ("chunk", key, attempt, payload)
 

@@ -118,7 +118,7 @@ class FlowActor:
         plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
         warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp
         q = [(p.result(), None if w is None else WarpedFields(fields=w[0].result(), cameras=w[1]))
-             for p, w in zip(plain, warped)]
+             for p, w in zip(plain, warped, strict=True)]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
 

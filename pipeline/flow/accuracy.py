@@ -88,7 +88,7 @@ def photo_pair(kind: str, height: int, width: int, seed: int = 0) -> tuple[np.nd
 def motion_batch(kind: str, height: int, width: int, pairs: int, seed: int = 0):
     """`pairs` photo pairs of one motion (different photos and draws): (prev, nxt, flow) stacked."""
     triples = [photo_pair(kind, height, width, seed + k) for k in range(pairs)]
-    return tuple(np.stack(parts) for parts in zip(*triples))
+    return tuple(np.stack(parts) for parts in zip(*triples, strict=True))
 
 
 def eval_margin(flow: np.ndarray) -> int:
@@ -202,8 +202,8 @@ def overall(scores: list[Score]) -> Score:
     seconds = sum(s.pairs / s.pairs_per_s for s in scores)
     return Score(name="all", pairs=sum(s.pairs for s in scores), size=scores[0].size,
                  max_motion=max(s.max_motion for s in scores),
-                 epe=sum(w * s.epe for w, s in zip(weights, scores)) / total,
-                 outliers=sum(w * s.outliers for w, s in zip(weights, scores)) / total,
+                 epe=sum(w * s.epe for w, s in zip(weights, scores, strict=True)) / total,
+                 outliers=sum(w * s.outliers for w, s in zip(weights, scores, strict=True)) / total,
                  pairs_per_s=sum(s.pairs for s in scores) / max(seconds, 1e-9))
 
 

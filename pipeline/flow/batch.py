@@ -219,7 +219,7 @@ class PairBatcher:
         fields = self._guard(batch, lambda b: self.path.result(pending))
         if fields is None:
             return
-        for (chunk, i), q in zip(batch.items, fields):
+        for (chunk, i), q in zip(batch.items, fields, strict=True):
             chunk.out[i] = q
             chunk.left -= 1
             if chunk.left == 0 and not chunk.future.done():

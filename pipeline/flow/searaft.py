@@ -81,7 +81,7 @@ class Encoder(nn.Module):
         self.conv1 = nn.Conv2d(cin, STAGE_DIMS[0], 7, stride=2, padding=3)
         self.bn1 = nn.BatchNorm2d(STAGE_DIMS[0])
         prev = STAGE_DIMS[0]
-        for k, (dim, depth, stride) in enumerate(zip(STAGE_DIMS, depths, (1, 2, 2)), start=1):
+        for k, (dim, depth, stride) in enumerate(zip(STAGE_DIMS, depths, (1, 2, 2), strict=True), start=1):
             blocks = [BasicBlock(prev if i == 0 else dim, dim, stride if i == 0 else 1) for i in range(depth)]
             setattr(self, f"layer{k}", nn.Sequential(*blocks))
             prev = dim

@@ -112,7 +112,7 @@ def chunk_fields(c: EncodedChunk) -> list[Field]:
     """The fields of an encoded chunk, in order."""
     n = len(c.flow_bytes)
     return [Field(a, b, data, w, cam) for (a, b), data, w, cam in
-            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n)]
+            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n, strict=True)]
 
 
 def _field_meta(f: Field) -> dict:
@@ -136,7 +136,7 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
         plan = settle_plan(plan, _total_frames(chunks), cfg)  # clips: the layout of the decoded count
     total, _ = check_coverage(ref, plan, chunks, cfg.flow.step)
     check_box_frames(ref, plan, cfg, total)
-    frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
+    frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes, strict=True)]
     fields = [f for c in chunks for f in chunk_fields(c)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
     if plan.keep_frames is not None:
@@ -173,7 +173,7 @@ def stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tota
     fields: list = []
     k = 0
     for c in chunks:
-        frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes))
+        frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes, strict=True))
         fields.extend(chunk_fields(c))
         while len(frames) >= max_frames and k < parts - 1:
             hi = (k + 1) * max_frames

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Iterable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -170,7 +171,7 @@ def write_vfr_video(path: str | Path, frames: Iterable[np.ndarray], times: list[
 
     Use a container with millisecond timestamps such as .mkv; each frame keeps its own time.
     """
-    if any(b <= a for a, b in zip(times, times[1:])):
+    if any(b <= a for a, b in pairwise(times)):
         raise ValueError(f"times={times!r} must be strictly increasing")
     # setpts picks frame N's time from a nested if(); settb first so times are not rounded to 1/fps.
     expr = "0"
