@@ -479,7 +479,7 @@ def stored_box(box, source_size: tuple[int, int], size: tuple[int, int]) -> list
 def frame_boxes(vb: VideoBoxes, index: int, rate: float, source_size, size) -> list[list[float]]:
     """Stored frame `index`'s boxes in stored pixels, each [x1, y1, x2, y2, track]."""
     found = [(t.track, track_box(t, index * rate)) for t in vb.tracks]
-    return [stored_box(b, source_size, size) + [tr] for tr, b in found if b is not None]
+    return [[*stored_box(b, source_size, size), tr] for tr, b in found if b is not None]
 
 
 def annotate(meta: dict, vb: VideoBoxes) -> dict:
@@ -488,9 +488,8 @@ def annotate(meta: dict, vb: VideoBoxes) -> dict:
     Needs the metadata's frames (global indices), size, source_size, source_fps and decode fps.
     """
     rate = source_rate(meta["decode"].get("fps"), meta.get("source_fps", 0.0))
-    frames = []
-    for f in meta["frames"]:
-        frames.append({**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])})
+    frames = [{**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])}
+              for f in meta["frames"]]
     tracks = [{"track": t.track, "label": t.label, "label_id": t.label_id} for t in vb.tracks]
     return {**meta, "frames": frames, "tracks": tracks}
 

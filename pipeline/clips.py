@@ -287,7 +287,8 @@ def _field(meta: dict, position: int) -> dict:
 
 def _planned(cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name: str,
              cfg: ClipsConfig, warped=()) -> PlannedClip:
-    first = cm["frame"] if cfg.single else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]]
+    first = (cm["frame"] if cfg.single
+             else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]])
     row = {"id": cm["key"], "video_id": cm["video_id"], "source": cm["source"], "label": cm["label"],
            "label_id": cm["label_id"], "split": cm["split"], "clip": cm["clip_index"], "frame": first["index"],
            "flow_from": cm["flow_fields"][0]["from"] if flow else -1, "flow_fields": len(flow),
@@ -389,7 +390,8 @@ def write_group(group: list[PlannedClip], path: Location, reader: MemberReader, 
     def samples():
         for clip in group:
             sample = clip_sample(clip, reader)
-            rows.append({**clip.row, "shard": storage.name(path), "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
+            rows.append({**clip.row, "shard": storage.name(path),
+                         "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
                          "sha256": shard.sample_sha256(sample)})
             yield sample
 

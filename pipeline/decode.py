@@ -378,7 +378,7 @@ def _meaningful_lines(lines, n: int = 3) -> str:
 def showinfo_has_checksum() -> bool:
     """Whether this ffmpeg's showinfo filter takes `checksum` (newer builds; older always sum)."""
     proc = subprocess.run([resolve_ffmpeg(), "-hide_banner", "-h", "filter=showinfo"], capture_output=True,
-                          text=True, timeout=30)
+                          text=True, timeout=30, check=False)  # the help text decides, whatever the exit status
     return "checksum" in proc.stdout + proc.stderr
 
 

@@ -78,9 +78,8 @@ def _assign_keys(items: list[dict]) -> list[VideoRef]:
     base = [make_key(item["source"]) for item in items]
     counts = Counter(base)
     refs = []
-    for item, key in zip(items, base, strict=True):
-        if counts[key] > 1:
-            key = f"{key}-{_short_hash(item['source'])}"
+    for item, stem in zip(items, base, strict=True):
+        key = f"{stem}-{_short_hash(item['source'])}" if counts[stem] > 1 else stem
         refs.append(VideoRef(key=key, **item))
     keys = Counter(ref.key for ref in refs)
     clash = sorted(k for k, n in keys.items() if n > 1)

@@ -88,8 +88,9 @@ class _TarStream:
         self.name = storage.name(self.final)
         self.tmp = _temporary(self.final, self.remote)
         self.keys: list[str] = []
-        self.raw = open(self.tmp, "wb")
-        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.GNU_FORMAT)
+        # Both stay open across add() calls (a streamed writer): close() or abort() closes them.
+        self.raw = open(self.tmp, "wb")  # noqa: SIM115
+        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
 
     def add(self, sample: dict) -> None:
         """Append one sample's members (sorted by name) to the temporary tar."""

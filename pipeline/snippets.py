@@ -337,7 +337,7 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     out = []
     for stride in fitting_strides(n, spec.snippets, spec.strides):
         starts = strided_starts(n, spec.snippets, stride)
-        for s in uniform_indices(starts, spec.test_clips):
-            out.append(tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s)))
+        out.extend(tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s))
+                   for s in uniform_indices(starts, spec.test_clips))
     return out
 

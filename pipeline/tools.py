@@ -46,7 +46,7 @@ def _package(name: str) -> str | None:
 
 
 @functools.cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 (size, mtime_ns: cache key)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

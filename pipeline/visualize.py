@@ -90,7 +90,7 @@ def _tiles(sample: DecodedSample, picks: list[int], bound: float) -> list[np.nda
     f = len(sample.flow)
     cols = []
     for i in picks:
-        field = sample.flow[i] if f else np.zeros(sample.frames.shape[1:3] + (2,), np.float32)
+        field = sample.flow[i] if f else np.zeros((*sample.frames.shape[1:3], 2), np.float32)
         frame_pos = _frame_of_field(sample.meta, int(i)) if f else 0
         rows = [sample.frames[frame_pos], flow_to_color(field, bound / 4), grey_component(field[..., 0], bound),
                 grey_component(field[..., 1], bound)]

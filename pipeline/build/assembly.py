@@ -10,6 +10,7 @@ memory at a time. No Ray here: `pipeline.cluster.scheduler` runs this class as a
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -79,10 +80,8 @@ class ChunkSpool:
     def drop(self, key: str) -> None:
         """Forget video `key`'s chunks (written, failed, or restarted)."""
         self.index.pop(key, None)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
 
     def close(self) -> None:
         """Remove the spool folder."""

@@ -24,6 +24,7 @@ them: `versioning_note` says so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -331,10 +332,8 @@ def _remove_version_folder(root: Location, vid: str) -> int:
     files = sorted(storage.walk_files(folder), key=lambda f: f != manifest.DATASET_JSON)
     freed = sum(_remove(storage.join(folder, f)) for f in files)
     if not storage.is_remote(folder):  # object stores have no folders to remove
-        try:
+        with contextlib.suppress(OSError):  # already gone, or holds something we did not write: left alone
             os.rmdir(folder)
-        except OSError:  # already gone, or holds something we did not write: left alone
-            pass
     return freed
 
 

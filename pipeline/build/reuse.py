@@ -149,7 +149,8 @@ class StoredSamples:
                         f.seek(offset)
                         sample[ext] = f.read(size)
                 except OSError as exc:
-                    raise StaleSample(f"{storage.join(self.dir, name)}: cannot read stored sample {key} ({exc})") from exc
+                    raise StaleSample(f"{storage.join(self.dir, name)}: cannot read stored sample {key} "
+                                      f"({exc})") from exc
                 return sample
         raise StaleSample(f"{','.join(video.shards)}: stored sample {key} not found")
 

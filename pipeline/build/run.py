@@ -97,9 +97,9 @@ def target_version(out: Location, base: str, latest: str | None, refs: list[Vide
     retries (deterministic: the same retry of the same version gives the same id).
     """
     current = base
-    if latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest):
-        if manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base:
-            current = latest
+    if (latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest)
+            and manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base):
+        current = latest
     if not retry_errors:
         return current, None
     if not version.is_committed(out, current):

@@ -104,7 +104,7 @@ class UnitWriter:
         digests = []
         for sample in res.samples:  # may be a generator: digest each sample as it passes
             digests.append(_digest(sample))
-            self._guard(lambda: self.tars.add(sample))
+            self._guard(lambda sample=sample: self.tars.add(sample))
         self.rows.append(dataclasses.replace(res, samples=tuple(digests)))
         self.next += 1
 

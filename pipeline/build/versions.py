@@ -176,7 +176,7 @@ def media_key(content_sha256: str, cfg: WorkerConfig, tools: Mapping[str, str] |
 def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
                cfg: BuildConfig) -> str:
     """The dataset version id: a hash of inputs, labels, output settings and schema version."""
-    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] + boxes_id(r) for r in refs)
+    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, ""), *boxes_id(r)] for r in refs)
     return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
                     "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
 
@@ -221,7 +221,8 @@ def latest_version(root: Location) -> str | None:
 def committed_versions(root: Location) -> list[str]:
     """Ids of every committed version in OUTPUT/versions/, sorted."""
     folder = storage.join(root, VERSIONS_DIR)
-    return sorted(v for v in storage.list_dirs(folder) if storage.exists(storage.join(folder, v, manifest.DATASET_JSON)))
+    return sorted(v for v in storage.list_dirs(folder)
+                  if storage.exists(storage.join(folder, v, manifest.DATASET_JSON)))
 
 
 def resolve_version(root: Location, spec: str | None) -> str:

@@ -283,6 +283,7 @@ class Scheduler:
         for v in self.videos.values():  # a generator with a chunk ready
             if v.gen is obj:
                 return self._next_chunk(v)
+        return None
 
     # -- videos ------------------------------------------------------------------------------
     def _current(self, key: str, attempt: int) -> _Video | None:
@@ -305,6 +306,7 @@ class Scheduler:
         where = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=v.node, soft=True)
         v.gen = tasks._decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=where,
                                 _generator_backpressure_num_objects=2).remote(v.ref, plan, self.cfg_ref)
+        return None
 
     def _chunk_done(self, ref, key: str, attempt: int, payload) -> None:
         v = self._current(key, attempt)
@@ -327,6 +329,7 @@ class Scheduler:
         # video always reach the writer before its outcome does.
         self._call(a, "chunk", a.writer.chunk.remote(key, attempt, payload))
         self._maybe_finish(v)
+        return None
 
     def _fail(self, v: _Video, reason: str, kind: str) -> None:
         """A failed try: restarted if transient and tries are left, else the video's error row."""

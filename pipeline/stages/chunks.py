@@ -180,7 +180,8 @@ def frames_job(frames: np.ndarray, key: str, index: int, start: int, owned: int,
     return ChunkJob(video_key=key, index=index, start=start, owned=owned, last=last,
                     frame_ids=tuple(range(start, start + n)), frames=gray(frames) if kind == "gray" else frames,
                     fields=tuple(start + r for r in range(owned) if r + step < n),
-                    frame_index=tuple(range(start, start + owned)), frame_pts=tuple(float(start + r) for r in range(owned)),
+                    frame_index=tuple(range(start, start + owned)),
+                    frame_pts=tuple(float(start + r) for r in range(owned)),
                     frame_bytes=tuple(encode.encode_rgb(f, rgb_quality) for f in frames[:owned]),
                     size=(frames.shape[2], frames.shape[1]))
 

@@ -96,7 +96,7 @@ def options_for(protocol: str) -> dict:
 
 
 @functools.cache
-def _filesystem(protocol: str, pid: int):
+def _filesystem(protocol: str, pid: int):  # noqa: ARG001 (pid: a cache key, one filesystem per process)
     import fsspec
 
     return fsspec.filesystem(protocol, **options_for(protocol))

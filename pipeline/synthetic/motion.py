@@ -129,7 +129,7 @@ def make_motion_dataset(root: str | Path, *, classes: tuple[str, ...] = ("left",
     """
     root = Path(root)
     w, h = size
-    for ci, motion in enumerate(classes):
+    for motion in classes:
         (root / motion).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             # The same texture seeds in every class: appearance carries no label information.

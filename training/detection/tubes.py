@@ -128,7 +128,7 @@ def link(frames: list[int], boxes: list[np.ndarray], scores: list[np.ndarray], l
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
     """[lo, hi) ranges of consecutive True flags."""
     runs, start = [], None
-    for i, f in enumerate(list(flags) + [False]):
+    for i, f in enumerate([*flags, False]):
         if f and start is None:
             start = i
         elif not f and start is not None:

@@ -174,7 +174,7 @@ class VideoClassifier(nn.Module):
         units, group = self.units(batch)
         return average_units(self.unit_features(units), group)
 
-    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:
+    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ARG002 (overridden)
         """Feature vectors (units, D) of each unit; feature extractors (C3D's fc6) override it."""
         raise ValueError(f"model {self.cfg.model!r} has no feature extractor")
 
