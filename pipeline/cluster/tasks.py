@@ -126,7 +126,7 @@ class FlowActor:
         """Queue a chunk's camera-compensated pairs in the same batches: (future, cameras), or None."""
         if self.cfg.warp is None:
             return None
-        wi = warp_inputs(job, self.cfg, rgb=self.cfg.flow.input == "rgb", boxes=job.people)
+        wi = warp_inputs(job, self.cfg, boxes=job.people)
         n = len(wi.cameras)
         frames = np.concatenate([wi.firsts, wi.seconds]) if n else wi.firsts
         return self.batcher.submit(frames, [(i, n + i) for i in range(n)]), wi.cameras

@@ -43,8 +43,7 @@ def quantized(w: WarpedFields, bound: float) -> WarpedFields:
     return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
 
 
-def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
-                boxes: Mapping[int, list] | None = None) -> WarpInputs:
+def warp_inputs(job: ChunkJob, cfg: WorkerConfig, boxes: Mapping[int, list] | None = None) -> WarpInputs:
     """Estimate the camera motion of each pair the chunk computes and warp its second frame back.
 
     Runs on a CPU (feature matching, RANSAC, remap); the flow of the warped pairs is then
@@ -74,10 +73,9 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
     """Warped flow of every pair of several chunks (one entry per job; None each without --flow-warp)."""
     if cfg.warp is None:
         return [None] * len(jobs)
-    rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
     out = []
     for job in jobs:
-        wi = warp_inputs(job, cfg, rgb, job.people)
+        wi = warp_inputs(job, cfg, job.people)
         w, h = job.size
         b = cfg.flow.batch_for(h, w)
         fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
