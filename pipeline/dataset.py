@@ -72,6 +72,8 @@ def resolve_dataset(path: Location) -> tuple[Location, str]:
     a Path locally and a URL string on object storage.
     """
     text = str(path)
+    root: Location  # the text before "@", then where it is
+    spec: str | None
     root, sep, spec = text.rpartition("@")
     if not sep or not spec or "/" in spec or not root or storage.isdir(text):
         root, spec = text, None

@@ -492,10 +492,12 @@ def _reap(proc: subprocess.Popen, reader: _StderrReader) -> int:
     """Stop ffmpeg if it is still running, close its pipes and wait for it (no zombies)."""
     if proc.poll() is None:
         proc.kill()
-    proc.stdout.close()
+    if proc.stdout is not None:
+        proc.stdout.close()
     code = proc.wait()
     reader.join(timeout=10)
-    proc.stderr.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
     return code
 
 

@@ -85,7 +85,7 @@ def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = TEXT_SCALE)
     cv2.putText(img, text, (x, y), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def _tiles(sample: DecodedSample, picks: list[int], bound: float) -> list[np.ndarray]:
+def _tiles(sample: DecodedSample, picks: list[int], bound: float) -> list[list[np.ndarray]]:
     """One column per picked field: its first frame, flow colour, x, y (and warped colour)."""
     f = len(sample.flow)
     cols = []

@@ -18,6 +18,7 @@ import logging
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 from pipeline import boxes, encode, shard, storage
 from pipeline.build import manifest
@@ -95,7 +96,7 @@ class StoredSamples:
         self.dir = shard_dir
         self.wanted = {k for v in wanted for k in v.sample_keys()}
         self._index: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
-        self._files: dict[str, object] = {}
+        self._files: dict[str, IO[bytes]] = {}
 
     def _file(self, name: str):
         if name not in self._files:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from pipeline import boxes, inputs, storage, tools
 from pipeline.build import manifest, prune, resume, reuse
@@ -174,6 +175,7 @@ def _remove_temporaries(out: Location) -> None:
     are none: objects are written whole, shards assembled in local temporary files."""
     if storage.is_remote(out):
         return
+    out = Path(out)  # a local folder from here on
     folders = [out, out / SHARD_DIR, out / STATE_DIR, out / STATE_DIR / "units"]
     folders += [p for p in (out / version.VERSIONS_DIR).glob("*") if p.is_dir()]
     for folder in folders:

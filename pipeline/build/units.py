@@ -150,7 +150,7 @@ def _digest(sample: dict) -> dict:
 
 
 def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> VideoRow:
-    s = res.samples
+    s = tuple(res.samples)  # the digests UnitWriter._write kept (a tuple already)
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
     content, media = unit.media.get(res.ref.key, ("", ""))
     content = res.stats.get("content_sha256") or content  # hashed by the worker that read the bytes

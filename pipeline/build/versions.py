@@ -117,7 +117,7 @@ def content_hashes(refs: list[VideoRef], state_dir: Location, *, threads: int = 
             out[r.key] = digest
     if todo:
         log.info("hashed %d new or modified input file(s); %d from the cache", len(todo), len(refs) - len(todo))
-    fresh = {r.uri: [*stats[r.key], out[r.key]] for r in refs if stats.get(r.key) is not None and out[r.key]}
+    fresh = {r.uri: [*key, out[r.key]] for r in refs if (key := stats.get(r.key)) is not None and out[r.key]}
     if fresh != cache:
         storage.makedirs(storage.parent(cache_path))
         manifest.atomic_write_bytes(cache_path, manifest.dump_json({"files": fresh}))

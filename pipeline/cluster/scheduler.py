@@ -21,7 +21,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -148,7 +148,7 @@ class Scheduler:
         cls = ray.remote(tasks.FlowActor).options(num_cpus=cpus, num_gpus=r.actor_gpus, resources=resources,
                                             max_restarts=3, max_task_retries=3, max_concurrency=r.actor_concurrency)
         log.info("starting %d flow actor(s)", count)
-        actors = [cls.remote(self.cfg.worker) for _ in range(count)]
+        actors: list[Any] = [cls.remote(self.cfg.worker) for _ in range(count)]  # Ray actor handles
         self.actor_nodes = ray.get([a.node_id.remote() for a in actors])
         return actors
 
@@ -255,7 +255,8 @@ class Scheduler:
             self.actor_queue.append((v.ref.key, v.attempt, job_ref))
             self._flush_actor_queue(force=False)
             return
-        status, payload = tasks._flow.remote(job_ref, self.cfg_ref)
+        # num_returns=2: a list of two refs (Ray's annotations say one)
+        status, payload = cast("list[ray.ObjectRef]", tasks._flow.remote(job_ref, self.cfg_ref))
         self.waiting[status] = ("chunk", v.ref.key, v.attempt, payload)
 
     def _flush_actor_queue(self, force: bool) -> None:
@@ -269,7 +270,7 @@ class Scheduler:
             fields = fields if isinstance(fields, list) else [fields]
             node = self.actor_nodes[index]
             for (key, attempt, job_ref), f in zip(batch, fields, strict=True):
-                status, payload = tasks._encode.remote(job_ref, f, node, self.cfg_ref)
+                status, payload = cast("list[ray.ObjectRef]", tasks._encode.remote(job_ref, f, node, self.cfg_ref))
                 self.waiting[status] = ("chunk", key, attempt, payload)
 
     def _handle(self, obj) -> None:

@@ -113,7 +113,7 @@ class FlowActor:
     def node_id(self) -> str:
         return _node()
 
-    def compute(self, *items: tuple) -> list[tuple]:
+    def compute(self, *items: tuple) -> tuple | list[tuple]:
         jobs = [job for job, _ in items]
         plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
         warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp

@@ -76,6 +76,10 @@ class BasicBlock(nn.Module):
 class Encoder(nn.Module):
     """ResNet stem (no max-pool) and three stages to 1/8 resolution, then a 1x1 conv."""
 
+    layer1: nn.Sequential  # the stages, registered by setattr in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, cin: int, cout: int, depths: tuple[int, int, int]) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, STAGE_DIMS[0], 7, stride=2, padding=3)

@@ -151,7 +151,8 @@ def divergence(p: torch.Tensor) -> torch.Tensor:
 
 def _oddeven_merge_pairs(n: int) -> list[tuple[int, int]]:
     """Comparators of Batcher's odd-even merge sort for n a power of two."""
-    pairs, p = [], 1
+    pairs: list[tuple[int, int]] = []
+    p = 1
     while p < n:
         k = p
         while k >= 1:

@@ -38,6 +38,8 @@ def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | N
             plan = item
         else:
             encoded.extend(process_chunks([item], estimator, cfg))
+    if plan is None:  # video_jobs yields the plan (or a failure) before any chunk
+        raise RuntimeError(f"{ref.source}: no plan was made for this video")
     return finish_video(ref, plan, encoded, cfg, seconds=time.perf_counter() - t0)
 
 

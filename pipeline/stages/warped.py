@@ -51,7 +51,9 @@ def warp_inputs(job: ChunkJob, cfg: WorkerConfig, boxes: Mapping[int, list] | No
     boxes: global frame index -> person boxes (x0, y0, x1, y1) in stored pixels; a pair's
     camera motion is then estimated outside the boxes of both its frames.
     """
-    step = cfg.flow.step
+    if cfg.warp is None:
+        raise ValueError("warp_inputs needs a warp config (--flow-warp); cfg.warp is None")
+    warp_cfg, step = cfg.warp, cfg.flow.step
     firsts_in, seconds_in = flow_inputs(job, step)  # in the estimator's form: luma, or RGB
     grey = firsts_in.ndim == 3
     firsts, seconds, cams = [], [], []
@@ -60,9 +62,9 @@ def warp_inputs(job: ChunkJob, cfg: WorkerConfig, boxes: Mapping[int, list] | No
         ga, gb = (a, b) if grey else (cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY))
         people = [*boxes.get(t, []), *boxes.get(t + step, [])] if boxes else []
         mask = warp.exclusion_mask(ga.shape, people) if people else None
-        cam = warp.estimate_camera(ga, gb, cfg.warp, mask)
+        cam = warp.estimate_camera(ga, gb, warp_cfg, mask)
         firsts.append(a)  # the job's frames are already in the estimator's form
-        seconds.append(warp.compensate(a, b, cam.matrix, cfg.warp.border))
+        seconds.append(warp.compensate(a, b, cam.matrix, warp_cfg.border))
         cams.append(cam.as_meta())
     empty = np.zeros((0, *firsts_in.shape[1:]), np.uint8)
     return WarpInputs(firsts=np.stack(firsts) if cams else empty, seconds=np.stack(seconds) if cams else empty,
@@ -73,7 +75,7 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
     """Warped flow of every pair of several chunks (one entry per job; None each without --flow-warp)."""
     if cfg.warp is None:
         return [None] * len(jobs)
-    out = []
+    out: list[WarpedFields | None] = []
     for job in jobs:
         wi = warp_inputs(job, cfg, job.people)
         w, h = job.size

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from itertools import pairwise
 from pathlib import Path
+from typing import IO, cast
 
 import cv2
 import numpy as np
@@ -106,15 +107,16 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
            "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0", "-c:v", codec, *qflag, "-pix_fmt", pix_fmt,
            *extra_args, str(path)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdin, stderr = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stderr)  # both PIPE: never None
     try:
-        proc.stdin.write(np.ascontiguousarray(first).tobytes())
+        stdin.write(np.ascontiguousarray(first).tobytes())
         for frame in frames:
-            proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        proc.stdin.close()
+            stdin.write(np.ascontiguousarray(frame).tobytes())
+        stdin.close()
     except BrokenPipeError:
         pass
-    with proc.stderr:  # closed here rather than by the garbage collector (a ResourceWarning)
-        err = proc.stderr.read().decode(errors="replace")
+    with stderr:  # closed here rather than by the garbage collector (a ResourceWarning)
+        err = stderr.read().decode(errors="replace")
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg could not write {path}: {err.strip()}")
     return path
