@@ -117,7 +117,7 @@ def video_tubes(records: list[dict], output: str, num_actions: int, cfg: TubeCon
     by_video: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_video[r["video_id"]].append(r)
-    tubes = []
+    tubes: list[tuple[str, Tube]] = []
     for video, rows in sorted(by_video.items()):
         rows.sort(key=lambda r: r["frame"])
         frames = [r["frame"] for r in rows]
