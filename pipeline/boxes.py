@@ -50,9 +50,9 @@ import logging
 import math
 import os
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 import numpy as np
 
@@ -193,7 +193,7 @@ def read_csv(path: str, tolerance: float = 1.0) -> BoxesFile:
         t["boxes"][frame] = box
     if not tracks:
         raise ValueError(f"{path}: no boxes")
-    raw = {}
+    raw: dict[str, list] = {}
     for (video, track), t in sorted(tracks.items()):
         raw.setdefault(video, []).append((track, t["label"], t["boxes"]))
     return _boxes_file(path, "csv", raw, {}, tolerance)
@@ -207,7 +207,7 @@ def _boxes_file(path: str, fmt: str, raw: dict[str, list], sizes: dict[str, tupl
     videos = {}
     for video, tracks in raw.items():
         built = tuple(Track(track=tr, label=lab, label_id=ids[lab], frames=tuple(sorted(bx)),
-                            boxes=tuple(tuple(float(v) for v in bx[f]) for f in sorted(bx)))
+                            boxes=tuple(_box(bx[f]) for f in sorted(bx)))
                       for tr, lab, bx in tracks)
         name = normalize_name(video)
         videos[name] = VideoBoxes(file=str(path), format=fmt, video=name, tracks=built, labels=names,
@@ -229,6 +229,12 @@ def read_pickle(path: str, tolerance: float = 1.0) -> BoxesFile:
                      "UCF101v2-GT.pkl or the per-video 'annotations' layout of pyannot.pkl)")
 
 
+def _box(values) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) as floats; every reader gives four numbers per box."""
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return x1, y1, x2, y2
+
+
 def _array(x, cols: int, where: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != cols or not np.isfinite(a).all():
@@ -241,7 +247,7 @@ def _act_layout(path: str, data: dict, tolerance: float) -> BoxesFile:
     raw: dict[str, list] = {}
     sizes = {}
     for video, by_label in sorted(data["gttubes"].items()):
-        tracks = []
+        tracks: list[tuple[int, str, dict]] = []
         for label_index, tubes in sorted(by_label.items()):
             if not 0 <= int(label_index) < len(labels):
                 raise ValueError(f"{path}: video {video}: label index {label_index} not in its {len(labels)} labels")
@@ -414,7 +420,7 @@ def check_frame_size(vb: VideoBoxes | None, width: int, height: int) -> None:
                          f"{width}x{height} ({_origin(vb)})")
     tol = vb.tolerance
     for t in vb.tracks:
-        for f, (x1, y1, x2, y2) in zip(t.frames, t.boxes):
+        for f, (x1, y1, x2, y2) in zip(t.frames, t.boxes, strict=True):
             if x2 <= x1 or y2 <= y1:
                 raise ValueError(f"empty box {_fmt((x1, y1, x2, y2))} in frame {f} (track {t.track}) ({_origin(vb)})")
             if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
@@ -464,14 +470,14 @@ def track_box(t: Track, s: float) -> tuple[float, float, float, float] | None:
     if frac < 1e-9 or lo not in pos or lo + 1 not in pos:
         return t.boxes[pos[near]]
     a, b = np.asarray(t.boxes[pos[lo]]), np.asarray(t.boxes[pos[lo + 1]])
-    return tuple(float(v) for v in (1 - frac) * a + frac * b)
+    return _box((1 - frac) * a + frac * b)
 
 
 def stored_box(box, source_size: tuple[int, int], size: tuple[int, int]) -> list[float]:
     """A source-frame box clipped to the source frame and scaled to the stored size."""
     sw, sh = source_size
     w, h = size
-    x1, y1, x2, y2 = (min(max(v, 0.0), lim) for v, lim in zip(box, (sw, sh, sw, sh)))
+    x1, y1, x2, y2 = (min(max(v, 0.0), lim) for v, lim in zip(box, (sw, sh, sw, sh), strict=True))
     return [round(x1 * w / sw, DIGITS), round(y1 * h / sh, DIGITS), round(x2 * w / sw, DIGITS),
             round(y2 * h / sh, DIGITS)]
 
@@ -479,7 +485,7 @@ def stored_box(box, source_size: tuple[int, int], size: tuple[int, int]) -> list
 def frame_boxes(vb: VideoBoxes, index: int, rate: float, source_size, size) -> list[list[float]]:
     """Stored frame `index`'s boxes in stored pixels, each [x1, y1, x2, y2, track]."""
     found = [(t.track, track_box(t, index * rate)) for t in vb.tracks]
-    return [stored_box(b, source_size, size) + [tr] for tr, b in found if b is not None]
+    return [[*stored_box(b, source_size, size), tr] for tr, b in found if b is not None]
 
 
 def annotate(meta: dict, vb: VideoBoxes) -> dict:
@@ -488,9 +494,8 @@ def annotate(meta: dict, vb: VideoBoxes) -> dict:
     Needs the metadata's frames (global indices), size, source_size, source_fps and decode fps.
     """
     rate = source_rate(meta["decode"].get("fps"), meta.get("source_fps", 0.0))
-    frames = []
-    for f in meta["frames"]:
-        frames.append({**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])})
+    frames = [{**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])}
+              for f in meta["frames"]]
     tracks = [{"track": t.track, "label": t.label, "label_id": t.label_id} for t in vb.tracks]
     return {**meta, "frames": frames, "tracks": tracks}
 
@@ -520,11 +525,11 @@ def manifest_value(parts: list[dict | None]) -> str:
     """The manifest's "boxes" cell of a video: JSON of its tracks, each with its boxes in stored
     pixels ({"track", "label", "label_id", "boxes": [[frame index, x1, y1, x2, y2], ...]}); ""
     for a video without annotations."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
+    present = [p for p in parts if p is not None]
+    if not present:
         return ""
     tracks = []
-    for t in parts[0]["tracks"]:
-        rows = [r[:5] for p in parts for r in p["frames"] if r[5] == t["track"]]
+    for t in present[0]["tracks"]:
+        rows = [r[:5] for p in present for r in p["frames"] if r[5] == t["track"]]
         tracks.append({**t, "boxes": rows})
     return json.dumps({"tracks": tracks}, sort_keys=True, separators=(",", ":"))

@@ -41,15 +41,17 @@ import logging
 import os
 import random
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO
 
 import pyarrow as pa
 
 from pipeline import encode, shard, snippets, storage
 from pipeline.build import manifest
 from pipeline.build.manifest import DATASET_JSON, SHARD_DIR, SHARD_SCHEMA, SHARDS
+from pipeline.snippets import SnippetShape  # `snippets` is also a ClipsConfig field
 from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ class ClipsConfig:
                              f"{self.shard_samples}, {self.shard_bytes}")
 
     @property
-    def shape(self) -> snippets.SnippetShape:
+    def shape(self) -> SnippetShape:
         return snippets.SnippetShape(clip_len=self.clip_len, rgb_frames=self.rgb_frames,
                                      frame_stride=self.frame_stride)
 
@@ -175,6 +177,7 @@ def index_shard(path: Location) -> Iterator[tuple[str, dict[str, Member], bytes]
     """(sample key, {ext: Member}, json bytes) per sample, reading headers and json only."""
     path = str(path)
     with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        members: dict[str, Member]
         key, members, meta = None, {}, b""
         for info in tar:
             if not info.isfile():
@@ -186,7 +189,10 @@ def index_shard(path: Location) -> Iterator[tuple[str, dict[str, Member], bytes]
                 key, members, meta = k, {}, b""
             members[ext] = Member(path, info.offset_data, info.size)
             if ext == encode.META:
-                meta = tar.extractfile(info).read()
+                member = tar.extractfile(info)
+                if member is None:  # not for a regular file (checked above); a clear error all the same
+                    raise shard.ShardError(f"{path}: member {info.name} cannot be read")
+                meta = member.read()
         if key is not None:
             yield key, members, meta
 
@@ -287,7 +293,8 @@ def _field(meta: dict, position: int) -> dict:
 
 def _planned(cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name: str,
              cfg: ClipsConfig, warped=()) -> PlannedClip:
-    first = cm["frame"] if cfg.single else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]]
+    first = (cm["frame"] if cfg.single
+             else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]])
     row = {"id": cm["key"], "video_id": cm["video_id"], "source": cm["source"], "label": cm["label"],
            "label_id": cm["label_id"], "split": cm["split"], "clip": cm["clip_index"], "frame": first["index"],
            "flow_from": cm["flow_fields"][0]["from"] if flow else -1, "flow_fields": len(flow),
@@ -368,7 +375,7 @@ class MemberReader:
 
     def __init__(self, max_open: int = 256):
         self.fds: dict[str, int] = {}
-        self.files: dict[str, object] = {}
+        self.files: dict[str, IO[bytes]] = {}
         self.max_open = max_open
 
     def read(self, m: Member) -> bytes:
@@ -422,7 +429,8 @@ def write_group(group: list[PlannedClip], path: Location, reader: MemberReader, 
     def samples():
         for clip in group:
             sample = clip_sample(clip, reader)
-            rows.append({**clip.row, "shard": storage.name(path), "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
+            rows.append({**clip.row, "shard": storage.name(path),
+                         "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
                          "sha256": shard.sample_sha256(sample)})
             yield sample
 

@@ -16,18 +16,17 @@ files are always in root/shards/. OUTPUT may be a local folder or a bucket prefi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
 
 import numpy as np
 
 from pipeline import encode, shard, storage
-from pipeline.build import manifest
-from pipeline.build import tags, versions
+from pipeline.build import manifest, tags, versions
+from pipeline.build.versions import version_dir
 from pipeline.encode import DecodedSample, SchemaError
 from pipeline.storage import Location
-from pipeline.build.versions import version_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ def resolve_dataset(path: Location) -> tuple[Location, str]:
     a Path locally and a URL string on object storage.
     """
     text = str(path)
+    root: Location  # the text before "@", then where it is
+    spec: str | None
     root, sep, spec = text.rpartition("@")
     if not sep or not spec or "/" in spec or not root or storage.isdir(text):
         root, spec = text, None

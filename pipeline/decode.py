@@ -33,8 +33,8 @@ import shutil
 import subprocess
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import cv2
 import ffmpeg
@@ -87,7 +87,7 @@ def resolve_ffmpeg() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_version(exe: str | None = None) -> tuple[int, int]:
     """(major, minor) of the ffmpeg binary; (99, 0) for git builds ("N-12345-g...") and unknowns.
 
@@ -295,7 +295,7 @@ def _video_info(index: int, tail: str, detail: list[str], duration: float) -> Vi
         width, height = height, width
     fps = _rate(_FPS_RE.search(tail)) or _rate(_TBR_RE.search(tail))
     return VideoInfo(width=width, height=height, fps=fps, duration=duration, stream_index=index,
-                     codec=tail.split()[0].rstrip(","), rotation=rotation)
+                     codec=tail.split(maxsplit=1)[0].rstrip(","), rotation=rotation)
 
 
 def parse_banner(uri: str, text: str) -> VideoInfo:
@@ -378,7 +378,7 @@ def _meaningful_lines(lines, n: int = 3) -> str:
 def showinfo_has_checksum() -> bool:
     """Whether this ffmpeg's showinfo filter takes `checksum` (newer builds; older always sum)."""
     proc = subprocess.run([resolve_ffmpeg(), "-hide_banner", "-h", "filter=showinfo"], capture_output=True,
-                          text=True, timeout=30)
+                          text=True, timeout=30, check=False)  # the help text decides, whatever the exit status
     return "checksum" in proc.stdout + proc.stderr
 
 
@@ -492,10 +492,12 @@ def _reap(proc: subprocess.Popen, reader: _StderrReader) -> int:
     """Stop ffmpeg if it is still running, close its pipes and wait for it (no zombies)."""
     if proc.poll() is None:
         proc.kill()
-    proc.stdout.close()
+    if proc.stdout is not None:
+        proc.stdout.close()
     code = proc.wait()
     reader.join(timeout=10)
-    proc.stderr.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
     return code
 
 

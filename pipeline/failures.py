@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from pipeline import storage
 

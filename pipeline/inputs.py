@@ -78,9 +78,8 @@ def _assign_keys(items: list[dict]) -> list[VideoRef]:
     base = [make_key(item["source"]) for item in items]
     counts = Counter(base)
     refs = []
-    for item, key in zip(items, base):
-        if counts[key] > 1:
-            key = f"{key}-{_short_hash(item['source'])}"
+    for item, stem in zip(items, base, strict=True):
+        key = f"{stem}-{_short_hash(item['source'])}" if counts[stem] > 1 else stem
         refs.append(VideoRef(key=key, **item))
     keys = Counter(ref.key for ref in refs)
     clash = sorted(k for k, n in keys.items() if n > 1)
@@ -134,7 +133,7 @@ def _rel(path: Location, root: Location) -> str:
 
 def _walk_videos(folder: Path) -> list[Path]:
     """Video files below `folder` (recursive, hidden files and folders skipped), sorted."""
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_video(f))
@@ -148,7 +147,7 @@ def _local_classes(root: Path) -> tuple[dict[str, list[Location]], list[str]]:
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
         videos = _walk_videos(sub)
         if videos:
-            by_label[sub.name] = videos
+            by_label[sub.name] = list(videos)
     return by_label, loose
 
 
@@ -169,7 +168,7 @@ def _remote_classes(root: str) -> tuple[dict[str, list[Location]], list[str]]:
 
 def _discover_folders(root: Location, default_split: str) -> tuple[list[VideoRef], dict[str, int]]:
     """Layout (a): one sub-folder per class; labels are the sub-folder names."""
-    by_label, loose = _remote_classes(root) if storage.is_remote(root) else _local_classes(root)
+    by_label, loose = _remote_classes(str(root)) if storage.is_remote(root) else _local_classes(Path(root))
     if loose:
         log.warning("ignoring %d video files directly in %s (not in a class folder), e.g. %s",
                     len(loose), root, sorted(loose)[0])
@@ -237,7 +236,7 @@ def _discover_list(path: Location, default_split: str) -> tuple[list[VideoRef], 
     ids = {name: i for i, name in enumerate(sorted(set(labels)))}
     base = storage.parent(path) if storage.is_remote(path) else Path(path).parent.absolute()
     items = [_item(_list_uri(p, base), p, lab, ids[lab], _check_split(s, f"{path} row {row}"))
-             for row, (p, lab, s) in enumerate(zip(paths, labels, splits), start=1)]
+             for row, (p, lab, s) in enumerate(zip(paths, labels, splits, strict=True), start=1)]
     _warn_missing(items, str(path))
     return _assign_keys(items), ids
 
@@ -269,10 +268,10 @@ def _lines(path: Location) -> list[list[str]]:
 def _ucf_files(root: Location, split: int) -> tuple[Location, Location, Location] | None:
     for sub in _UCF_LIST_DIRS:
         folder = storage.join(root, sub) if sub else root
-        files = tuple(storage.join(folder, n) for n in ("classInd.txt", f"trainlist0{split}.txt",
-                                                        f"testlist0{split}.txt"))
-        if all(storage.isfile(f) for f in files):
-            return files
+        index, train, test = (storage.join(folder, n) for n in ("classInd.txt", f"trainlist0{split}.txt",
+                                                                f"testlist0{split}.txt"))
+        if all(storage.isfile(f) for f in (index, train, test)):
+            return index, train, test
     return None
 
 
@@ -322,7 +321,8 @@ def _hmdb_files(root: Location, split: int) -> list[Location]:
         if storage.is_remote(folder):
             found = [storage.join(folder, n) for n in storage.list_files(folder, suffix=f"_test_split{split}.txt")]
         else:
-            found = sorted(folder.glob(f"*_test_split{split}.txt")) if folder.is_dir() else []
+            local = Path(folder)
+            found = sorted(local.glob(f"*_test_split{split}.txt")) if local.is_dir() else []
         if found:
             return found
     return []

@@ -5,6 +5,7 @@ and the Ray layer only moves them around.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,7 +94,7 @@ class VideoResult:
     status: str  # "ok" | "error"
     error: str = ""
     error_kind: str = ""  # "transient" | "permanent" for an error (see pipeline.failures)
-    samples: tuple[dict, ...] = ()  # webdataset sample dicts ("__key__" + member bytes)
+    samples: Iterable[dict] = ()  # webdataset sample dicts ("__key__" + member bytes); stream_video's are a generator
     frames: int = 0
     flow_fields: int = 0
     info: VideoInfo | None = None

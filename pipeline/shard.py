@@ -16,9 +16,9 @@ import logging
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pipeline import storage
 from pipeline.storage import Location
@@ -88,8 +88,9 @@ class _TarStream:
         self.name = storage.name(self.final)
         self.tmp = _temporary(self.final, self.remote)
         self.keys: list[str] = []
-        self.raw = open(self.tmp, "wb")
-        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.GNU_FORMAT)
+        # Both stay open across add() calls (a streamed writer): close() or abort() closes them.
+        self.raw = open(self.tmp, "wb")  # noqa: SIM115
+        self.tar = tarfile.open(fileobj=self.raw, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
 
     def add(self, sample: dict) -> None:
         """Append one sample's members (sorted by name) to the temporary tar."""
@@ -143,7 +144,8 @@ def _temporary(final: Location, remote: bool) -> Path:
     """Where a shard is assembled: beside it locally (same filesystem, so the rename is atomic),
     in the system temp folder for a remote shard (bounded by the shard size)."""
     if not remote:
-        return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        local = Path(final)
+        return local.with_name(f".{local.name}.tmp-{os.getpid()}")
     fd, tmp = tempfile.mkstemp(prefix=f"flowshard-{storage.name(final)}.", suffix=".tmp")
     os.close(fd)
     return Path(tmp)
@@ -169,9 +171,10 @@ class RollingWriter:
         self.current: _TarStream | None = None
         self.size = self.count = 0
 
-    def _open(self) -> None:
+    def _open(self) -> _TarStream:
         name = f"{self.stem}.tar" if not self.records else f"{self.stem}_{len(self.records)}.tar"
         self.current, self.size, self.count = _TarStream(storage.join(self.directory, name)), 0, 0
+        return self.current
 
     def add(self, sample: dict) -> None:
         """Append a sample, committing the open shard first if the sample would not fit in it."""
@@ -179,9 +182,8 @@ class RollingWriter:
         if self.current is not None and (self.size + nbytes > self.max_bytes or self.count >= self.max_samples):
             self.records.append(self.current.commit())
             self.current = None
-        if self.current is None:
-            self._open()
-        self.current.add(sample)
+        current = self.current if self.current is not None else self._open()
+        current.add(sample)
         self.size, self.count = self.size + nbytes, self.count + 1
 
     def close(self) -> list[ShardRecord]:
@@ -248,7 +250,10 @@ def iter_shard(path: Location) -> Iterator[dict]:
                     continue
                 base = info.name.rsplit("/", 1)[-1]
                 key, _, ext = base.partition(".")
-                data = tar.extractfile(info).read()
+                member = tar.extractfile(info)
+                if member is None:  # not for a regular file (checked above); a clear error all the same
+                    raise ShardError(f"{path}: member {info.name} cannot be read")
+                data = member.read()
                 if len(data) != info.size:
                     raise ShardError(f"{path}: member {info.name} is truncated")
                 if current is None or current["__key__"] != key:

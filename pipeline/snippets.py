@@ -334,10 +334,10 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     if spec.sampler != "strided":
         return [(cands[i],) for i in uniform_indices(n, spec.test_clips)]
     check_frame_strides(cands, spec.snippets)
-    out = []
+    out: list[Clip] = []
     for stride in fitting_strides(n, spec.snippets, spec.strides):
         starts = strided_starts(n, spec.snippets, stride)
-        for s in uniform_indices(starts, spec.test_clips):
-            out.append(tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s)))
+        out.extend(tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s))
+                   for s in uniform_indices(starts, spec.test_clips))
     return out
 

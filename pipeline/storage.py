@@ -20,9 +20,25 @@ from __future__ import annotations
 from pipeline.store.atomic import makedirs, put_file, remove, write_bytes_atomic
 from pipeline.store.cache import CACHE_BYTES, local_copy
 from pipeline.store.config import REQUEST_ATTEMPTS, configure, filesystem, fsspec_env, options_for, parse_options, reset
-from pipeline.store.files import (HASH_CHUNK, READ_BLOCK, FileStat, exists, isdir, isfile, list_dirs, list_entries,
-                                  list_files, open_read, read_bytes, read_text, sha256, size, stat, stat_many,
-                                  walk_files)
+from pipeline.store.files import (
+    HASH_CHUNK,
+    READ_BLOCK,
+    FileStat,
+    exists,
+    isdir,
+    isfile,
+    list_dirs,
+    list_entries,
+    list_files,
+    open_read,
+    read_bytes,
+    read_text,
+    sha256,
+    size,
+    stat,
+    stat_many,
+    walk_files,
+)
 from pipeline.store.locations import Location, is_remote, join, location, name, normalize_url, parent, scheme
 from pipeline.store.lock import LOCK_TTL_S, Lock, LockHeld, lock
 from pipeline.store.retry import OBJECT_ATTEMPTS, is_transient, retry

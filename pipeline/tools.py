@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _JPEG_PACKAGES = ("simplejpeg",)  # JPEG encoders beside OpenCV's, where installed
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_version(exe: str) -> str:
     """The version string of an ffmpeg binary ("7.0.2-static", "n7.1", "N-112345-g...")."""
     out = subprocess.run([exe, "-hide_banner", "-version"], stdin=subprocess.DEVNULL, capture_output=True,
@@ -45,8 +45,8 @@ def _package(name: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 (size, mtime_ns: cache key)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -75,7 +75,7 @@ def _weights(flow) -> str:
         return "missing"
 
 
-def fingerprint(cfg: "WorkerConfig") -> dict[str, str]:
+def fingerprint(cfg: WorkerConfig) -> dict[str, str]:
     """{tool: version} of every tool `cfg`'s output depends on, in this process's environment."""
     import cv2
 

@@ -45,7 +45,7 @@ def verify(path: str | Path, *, decode: bool = True) -> VerifyReport:
         report.shards += 1
         if _check_file(entry, report):
             _check_samples(entry, decode, report, seen)
-    _check_videos(ds, expected, seen, report)
+    _check_videos(expected, seen, report)
     _check_strays(ds, report)
     return report
 
@@ -89,7 +89,7 @@ def _check_samples(entry, decode: bool, report: VerifyReport, seen: dict) -> Non
         report.problems.append(f"{entry.name}: {count} samples, the manifest says {entry.samples}")
 
 
-def _check_videos(ds: Dataset, expected: dict, seen: dict, report: VerifyReport) -> None:
+def _check_videos(expected: dict, seen: dict, report: VerifyReport) -> None:
     for vid, row in expected.items():
         parts = sorted(seen.get(vid, []), key=lambda p: p["part"])
         if len(parts) != row.parts:

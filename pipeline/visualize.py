@@ -1,8 +1,8 @@
 """Looking at samples: the standard flow colour wheel and contact sheets."""
 from __future__ import annotations
 
-import numpy as np
 import cv2
+import numpy as np
 
 from pipeline.encode import DecodedSample
 
@@ -85,12 +85,12 @@ def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = TEXT_SCALE)
     cv2.putText(img, text, (x, y), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def _tiles(sample: DecodedSample, picks: list[int], bound: float) -> list[np.ndarray]:
+def _tiles(sample: DecodedSample, picks: list[int], bound: float) -> list[list[np.ndarray]]:
     """One column per picked field: its first frame, flow colour, x, y (and warped colour)."""
     f = len(sample.flow)
     cols = []
     for i in picks:
-        field = sample.flow[i] if f else np.zeros(sample.frames.shape[1:3] + (2,), np.float32)
+        field = sample.flow[i] if f else np.zeros((*sample.frames.shape[1:3], 2), np.float32)
         frame_pos = _frame_of_field(sample.meta, int(i)) if f else 0
         rows = [sample.frames[frame_pos], flow_to_color(field, bound / 4), grey_component(field[..., 0], bound),
                 grey_component(field[..., 1], bound)]
@@ -118,7 +118,7 @@ def contact_sheet(sample: DecodedSample, columns: int = 6, bound: float | None =
     width = LABEL_WIDTH + len(picks) * (tw + 2) + LEGEND_WIDTH
     sheet = np.full((max(top + nrows * (th + 2), top + LEGEND_WIDTH + 7 * LINE), width, 3), 255, np.uint8)
     _text(sheet, labels["title"], 4, LINE - 3, 0.45)
-    for c, (rows, caption) in enumerate(zip(_tiles(sample, picks, bound), labels["columns"])):
+    for c, (rows, caption) in enumerate(zip(_tiles(sample, picks, bound), labels["columns"], strict=True)):
         x = LABEL_WIDTH + c * (tw + 2)
         _text(sheet, caption, x + 2, 2 * LINE)
         for r, tile in enumerate(rows):

@@ -49,7 +49,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def rng_state() -> dict:
     """This process's torch generator states (CPU, and CUDA when in use)."""
-    state = {"cpu": torch.get_rng_state()}
+    state: dict[str, torch.Tensor | list[torch.Tensor]] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -56,7 +56,8 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}")
+            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, "
+                             f"got {self.momentum}, {self.weight_decay}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.clip_grad < 0:
@@ -78,7 +79,7 @@ class TrainConfig:
         return _jsonable(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         data = dict(d.pop("data"))
         data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))

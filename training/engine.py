@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ def stream_inputs(batch: dict, streams: tuple[str, ...], device: torch.device) -
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torch.device, epoch: int, *,
                     model_cfg: ModelConfig, steps: int, step: int, scaler=None, amp_dtype=None,
-                    clip_grad: float = 0.0, writer=None, log_every: int = 10, progress: bool = True) -> tuple[int, dict]:
+                    clip_grad: float = 0.0, writer=None, log_every: int = 10,
+                    progress: bool = True) -> tuple[int, dict]:
     """Train for exactly `steps` batches; returns (global step after the epoch, epoch stats).
 
     The fixed step count is what keeps DDP ranks in lockstep: every rank runs the same

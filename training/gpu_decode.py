@@ -18,14 +18,13 @@ Every step also runs on CPU tensors (device="cpu"), which is how the tests compa
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
 from pipeline import snippets as snip
-from training.transforms import (FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, TransformConfig, eval_boxes,
-                                 multiscale_box)
+from training.transforms import FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, TransformConfig, eval_boxes, multiscale_box
 
 
 def raw_collate(items: list[dict]) -> dict:
@@ -96,7 +95,7 @@ class GpuBatchDecoder:
         rgb = self._decode(raw["rgb_bytes"], gray=False) if raw["rgb_bytes"] is not None else None
         flow = self._decode(raw["flow_bytes"], gray=True) if raw["flow_bytes"] is not None else None
         rgb_out, flow_out = [], []
-        for i, (key, clip) in enumerate(zip(raw["key"], raw["clip"])):
+        for i, (key, clip) in enumerate(zip(raw["key"], raw["clip"], strict=True)):
             r = rgb[i] if rgb is not None else None  # (K, F, 3, H, W)
             f = self._flow_channels(flow[i]) if flow is not None else None  # (K, 2L, H, W)
             views = self._views(r, f, key, clip)

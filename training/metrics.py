@@ -110,7 +110,7 @@ def plot_confusion(cm: np.ndarray | list, class_names: list[str], path: str | Pa
             for i in range(n):
                 for j in range(n):
                     if cm[i, j]:
-                        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                        ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                                 color="white" if norm[i, j] > 0.5 else "black")
         fig.tight_layout()
         path = Path(path)

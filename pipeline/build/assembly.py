@@ -10,14 +10,15 @@ memory at a time. No Ray here: `pipeline.cluster.scheduler` runs this class as a
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import resource
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 from pipeline.build.config import BuildConfig
 from pipeline.build.records import UnitRecord
@@ -79,10 +80,8 @@ class ChunkSpool:
     def drop(self, key: str) -> None:
         """Forget video `key`'s chunks (written, failed, or restarted)."""
         self.index.pop(key, None)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
 
     def close(self) -> None:
         """Remove the spool folder."""
@@ -113,48 +112,60 @@ class UnitAssembler:
 
     def chunk(self, key: str, attempt: int, chunk: EncodedChunk) -> None:
         """Spool one encoded chunk of attempt `attempt` of video `key`; a newer attempt starts over."""
+        _, spool, _ = self._unit()
         current = self.attempts.get(key, attempt)
         if attempt < current:
             return  # a late chunk of an attempt that was given up
         if attempt > current:
-            self.spool.drop(key)
+            spool.drop(key)
         self.attempts[key] = attempt
-        self.spool.add(key, chunk)
+        spool.add(key, chunk)
 
     def video(self, key: str, attempt: int, outcome: VideoOutcome) -> int:
         """Record video `key`'s outcome and write every video now complete in plan order;
         returns how many of the unit's computed videos are still unwritten."""
+        writer, spool, _ = self._unit()
         if attempt < self.attempts.get(key, attempt):
             return len(self.order)
         if attempt > self.attempts.get(key, attempt):
-            self.spool.drop(key)
+            spool.drop(key)
         self.outcomes[key] = outcome
         while self.order and self.order[0].key in self.outcomes:
             ref = self.order.pop(0)
-            self.writer.add(self._result(ref, self.outcomes.pop(ref.key)))
-            self.spool.drop(ref.key)
+            writer.add(self._result(ref, self.outcomes.pop(ref.key)))
+            spool.drop(ref.key)
         return len(self.order)
+
+    def _unit(self) -> tuple[UnitWriter, ChunkSpool, BuildConfig]:
+        """The writer, spool and config of the unit in progress; RuntimeError before begin()."""
+        if self.writer is None or self.spool is None or self.cfg is None:
+            raise RuntimeError("no unit in progress: begin() was not called")
+        return self.writer, self.spool, self.cfg
 
     def _result(self, ref: VideoRef, o: VideoOutcome) -> VideoResult:
         if o.failure is not None:
             return VideoResult(ref=ref, status="error", error=o.failure, error_kind=o.kind or PERMANENT)
-        res = stream_video(ref, o.plan, list(o.summaries), self.spool.read(ref.key), self.cfg.worker)
+        if o.plan is None:
+            raise RuntimeError(f"{ref.source}: its outcome has neither a plan nor a failure")
+        _, spool, cfg = self._unit()
+        res = stream_video(ref, o.plan, list(o.summaries), spool.read(ref.key), cfg.worker)
         if res.status != "ok":  # chunks that do not cover the video: the data, not the machine
             res = replace(res, error_kind=res.error_kind or PERMANENT)
         return replace(res, stats={**res.stats, "content_sha256": o.content_sha256}) if o.content_sha256 else res
 
     def finish(self) -> UnitRecord:
         """Commit the unit's tar(s) and return its record; every computed video must be in."""
+        writer, spool, _ = self._unit()
         if self.order:
-            raise RuntimeError(f"{self.writer.unit.stem}: {len(self.order)} video(s) never completed, "
+            raise RuntimeError(f"{writer.unit.stem}: {len(self.order)} video(s) never completed, "
                                f"first {self.order[0].key}")
         try:
-            return self.writer.close()
+            return writer.close()
         except BaseException:
-            self.writer.abort()
+            writer.abort()
             raise
         finally:
-            self.spool.close()
+            spool.close()
             self.writer = self.spool = None
 
     def abort(self) -> None:

@@ -82,7 +82,8 @@ def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRe
               "splits": {sp: sum(v.split == sp and v.status == "ok" for v in videos)
                          for sp in sorted({v.split for v in videos})}}
     label_map = dict(ctx.label_map)
-    info = {"format": "flowshard", "kind": "videos", "schema_version": encode.schema_version(cfg.worker.warp is not None),
+    info = {"format": "flowshard", "kind": "videos",
+            "schema_version": encode.schema_version(cfg.worker.warp is not None),
             "version": vid,
             "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
             "num_classes": len(label_map), "counts": counts, "input": str(ctx.input_path), "split": cfg.split,
@@ -106,7 +107,8 @@ def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRe
 
 
 def _code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as package_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
 
     try:
         return package_version("flowshard")

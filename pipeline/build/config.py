@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from pipeline import boxes
 from pipeline.build import manifest

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pipeline import failures
 from pipeline.build import versions as version
 from pipeline.build.config import BuildConfig
 from pipeline.build.records import UnitRecord
 from pipeline.build.units import Unit, write_unit
-from pipeline.flow.estimators import make_estimator
+from pipeline.flow.estimators import FlowEstimator, make_estimator
 from pipeline.records import VideoRef, VideoResult
 from pipeline.stages.video import process_video
 from pipeline.storage import Location
@@ -30,7 +31,7 @@ class Executor(Protocol):
         """Before any work: refuse (RuntimeError) a build the machines it runs on cannot do right."""
 
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done: Callable[[Unit, UnitRecord], None],
-            progress: "Progress") -> None: ...
+            progress: Progress) -> None: ...
 
 
 class LocalExecutor:
@@ -40,7 +41,7 @@ class LocalExecutor:
         """Nothing to check: this process reads the inputs and writes the output itself."""
 
     def run(self, units, cfg, output, done, progress) -> None:
-        estimators = []  # built on first use: a build that only copies stored samples needs none
+        estimators: list[FlowEstimator] = []  # built on first use: a build that only copies stored samples needs none
 
         def results(unit: Unit):
             for ref in unit.compute_refs:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 from pipeline import encode, storage
 from pipeline.build import manifest, reuse
@@ -73,7 +73,7 @@ def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig, ret
         # A remote object's content sha256 is only known once a worker has read it: "" here.
         media = {r.key: (ident if version.is_sha256(ident) else "", version.media_key(ident, cfg.worker, cfg.tools))
                  for r in u.refs for ident in [hashes.get(r.key, "")]}
-        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1]] + version.boxes_id(r)
+        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1], *version.boxes_id(r)]
                 for r in u.refs]
         what = {"unit": u.name, "schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(), "refs": refs}
         if retry is not None and any(r.key in retry.keys for r in u.refs):

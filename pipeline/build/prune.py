@@ -24,6 +24,7 @@ them: `versioning_note` says so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pipeline import storage
 from pipeline.build import manifest, tags
 from pipeline.build import versions as version
-from pipeline.build.lock import writer_lock
 from pipeline.build.config import STATE_DIR
+from pipeline.build.lock import writer_lock
 from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def unshared_bytes(root: Location) -> dict[str, int]:
         for name, size in _shard_rows(root, vid).items():
             owners.setdefault(name, set()).add(vid)
             sizes[name] = size
-    out = {vid: 0 for vid in version.committed_versions(root)}
+    out = dict.fromkeys(version.committed_versions(root), 0)
     for name, who in owners.items():
         if len(who) == 1:
             out[next(iter(who))] += sizes[name]
@@ -331,10 +332,8 @@ def _remove_version_folder(root: Location, vid: str) -> int:
     files = sorted(storage.walk_files(folder), key=lambda f: f != manifest.DATASET_JSON)
     freed = sum(_remove(storage.join(folder, f)) for f in files)
     if not storage.is_remote(folder):  # object stores have no folders to remove
-        try:
+        with contextlib.suppress(OSError):  # already gone, or holds something we did not write: left alone
             os.rmdir(folder)
-        except OSError:  # already gone, or holds something we did not write: left alone
-            pass
     return freed
 
 

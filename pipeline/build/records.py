@@ -10,9 +10,12 @@ the same keys and values the build has always written, so neither file changes b
 it); a key an older release did not write takes the default documented on its field.
 """
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # what dataclasses.fields() accepts
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +94,7 @@ class UnitRecord:
         """The record from its JSON form (ValueError naming an unknown key or a mistyped value)."""
         if not isinstance(data, dict):
             raise ValueError(f"a unit record must be a JSON object, got {type(data).__name__}")
-        rows = {"shards": ShardRow, "videos": VideoRow}
+        rows: dict[str, type[ShardRow] | type[VideoRow]] = {"shards": ShardRow, "videos": VideoRow}
         nested = {}
         for key, row in rows.items():
             items = data.get(key)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 from pipeline import shard, storage
 from pipeline.build import manifest

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
+from typing import IO
 
 from pipeline import boxes, encode, shard, storage
 from pipeline.build import manifest
@@ -95,7 +96,7 @@ class StoredSamples:
         self.dir = shard_dir
         self.wanted = {k for v in wanted for k in v.sample_keys()}
         self._index: dict[str, dict[str, list[tuple[str, int, int]]]] = {}
-        self._files: dict[str, object] = {}
+        self._files: dict[str, IO[bytes]] = {}
 
     def _file(self, name: str):
         if name not in self._files:
@@ -149,7 +150,8 @@ class StoredSamples:
                         f.seek(offset)
                         sample[ext] = f.read(size)
                 except OSError as exc:
-                    raise StaleSample(f"{storage.join(self.dir, name)}: cannot read stored sample {key} ({exc})") from exc
+                    raise StaleSample(f"{storage.join(self.dir, name)}: cannot read stored sample {key} "
+                                      f"({exc})") from exc
                 return sample
         raise StaleSample(f"{','.join(video.shards)}: stored sample {key} not found")
 
@@ -165,7 +167,7 @@ def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     fields = [stored_field(m, p, i) for m, p in pairs for i in range(len(m["flow_fields"]))]
     first = pairs[0][0]
     meta = {k: v for k, v in first.items() if k not in _PER_PART}
-    meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split)))
+    meta.update(zip(_BY_REF, (ref.key, ref.source, ref.label, ref.label_id, ref.split), strict=True))
     if meta["mode"] == "clips":
         return [clip_sample(ref, meta, frames, fields, first["clips"])]
     return dense_samples(ref, meta, frames, fields, max_frames)

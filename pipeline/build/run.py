@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from pipeline import boxes, inputs, storage, tools
 from pipeline.build import manifest, prune, resume, reuse
@@ -97,9 +98,9 @@ def target_version(out: Location, base: str, latest: str | None, refs: list[Vide
     retries (deterministic: the same retry of the same version gives the same id).
     """
     current = base
-    if latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest):
-        if manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base:
-            current = latest
+    if (latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest)
+            and manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base):
+        current = latest
     if not retry_errors:
         return current, None
     if not version.is_committed(out, current):
@@ -174,6 +175,7 @@ def _remove_temporaries(out: Location) -> None:
     are none: objects are written whole, shards assembled in local temporary files."""
     if storage.is_remote(out):
         return
+    out = Path(out)  # a local folder from here on
     folders = [out, out / SHARD_DIR, out / STATE_DIR, out / STATE_DIR / "units"]
     folders += [p for p in (out / version.VERSIONS_DIR).glob("*") if p.is_dir()]
     for folder in folders:

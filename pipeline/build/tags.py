@@ -152,7 +152,8 @@ def record_pruned(root: Location, entries: dict[str, dict]) -> None:
     known = read_pruned(root)
     merged = {**entries, **known}
     if merged != known:
-        manifest.atomic_write_bytes(storage.join(root, PRUNED), manifest.dump_json({"versions": dict(sorted(merged.items()))}))
+        manifest.atomic_write_bytes(storage.join(root, PRUNED),
+                                    manifest.dump_json({"versions": dict(sorted(merged.items()))}))
 
 
 def pruned_error(root: Location, spec: str, *, min_prefix: int = 6) -> VersionPruned | None:

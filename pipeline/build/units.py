@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from pipeline import boxes, shard, storage
 from pipeline.build import manifest, reuse
@@ -104,7 +104,7 @@ class UnitWriter:
         digests = []
         for sample in res.samples:  # may be a generator: digest each sample as it passes
             digests.append(_digest(sample))
-            self._guard(lambda: self.tars.add(sample))
+            self._guard(lambda sample=sample: self.tars.add(sample))
         self.rows.append(dataclasses.replace(res, samples=tuple(digests)))
         self.next += 1
 
@@ -150,7 +150,7 @@ def _digest(sample: dict) -> dict:
 
 
 def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> VideoRow:
-    s = res.samples
+    s = tuple(res.samples)  # the digests UnitWriter._write kept (a tuple already)
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
     content, media = unit.media.get(res.ref.key, ("", ""))
     content = res.stats.get("content_sha256") or content  # hashed by the worker that read the bytes

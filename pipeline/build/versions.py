@@ -26,9 +26,9 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Mapping
+from datetime import UTC, datetime
 
 import pyarrow as pa
 
@@ -113,11 +113,11 @@ def content_hashes(refs: list[VideoRef], state_dir: Location, *, threads: int = 
         else:
             todo.append(r)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for r, digest in zip(todo, pool.map(_safe_sha256, [r.uri for r in todo])):
+        for r, digest in zip(todo, pool.map(_safe_sha256, [r.uri for r in todo]), strict=True):
             out[r.key] = digest
     if todo:
         log.info("hashed %d new or modified input file(s); %d from the cache", len(todo), len(refs) - len(todo))
-    fresh = {r.uri: [*stats[r.key], out[r.key]] for r in refs if stats.get(r.key) is not None and out[r.key]}
+    fresh = {r.uri: [*key, out[r.key]] for r in refs if (key := stats.get(r.key)) is not None and out[r.key]}
     if fresh != cache:
         storage.makedirs(storage.parent(cache_path))
         manifest.atomic_write_bytes(cache_path, manifest.dump_json({"files": fresh}))
@@ -176,7 +176,7 @@ def media_key(content_sha256: str, cfg: WorkerConfig, tools: Mapping[str, str] |
 def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
                cfg: BuildConfig) -> str:
     """The dataset version id: a hash of inputs, labels, output settings and schema version."""
-    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, "")] + boxes_id(r) for r in refs)
+    videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, ""), *boxes_id(r)] for r in refs)
     return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
                     "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
 
@@ -221,7 +221,8 @@ def latest_version(root: Location) -> str | None:
 def committed_versions(root: Location) -> list[str]:
     """Ids of every committed version in OUTPUT/versions/, sorted."""
     folder = storage.join(root, VERSIONS_DIR)
-    return sorted(v for v in storage.list_dirs(folder) if storage.exists(storage.join(folder, v, manifest.DATASET_JSON)))
+    return sorted(v for v in storage.list_dirs(folder)
+                  if storage.exists(storage.join(folder, v, manifest.DATASET_JSON)))
 
 
 def resolve_version(root: Location, spec: str | None) -> str:
@@ -301,7 +302,7 @@ def created_at(root: Location, vid: str) -> str:
     st = storage.stat(storage.join(root, VERSIONS_DIR, vid, manifest.DATASET_JSON))
     if st is None:
         return ""
-    return datetime.fromtimestamp(st.mtime, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(st.mtime, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def list_versions(root: Location) -> list[dict]:

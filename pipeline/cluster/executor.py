@@ -48,11 +48,12 @@ class RayExecutor:
             return
         checks = shared_paths.plan(refs, output, storage.join(output, STATE_DIR))
         try:
-            looks = ray.get([tasks._look.options(scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+            affinity = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+            looks = ray.get([tasks._look.options(scheduling_strategy=affinity(
                 node_id=node, soft=False)).remote(self._view(node, checks), cfg.worker) for node, _ in nodes])
         finally:
             shared_paths.clean(checks)
-        for (node, address), seen in zip(nodes, looks):
+        for (node, address), seen in zip(nodes, looks, strict=True):
             name = f"{address} ({seen['host']}, node {node[:12]})"
             if seen["failed"]:
                 raise RuntimeError(shared_paths.refusal(name, seen["failed"], input_path, output))

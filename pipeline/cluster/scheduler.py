@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, cast
 
 import ray
 
@@ -147,7 +148,7 @@ class Scheduler:
         cls = ray.remote(tasks.FlowActor).options(num_cpus=cpus, num_gpus=r.actor_gpus, resources=resources,
                                             max_restarts=3, max_task_retries=3, max_concurrency=r.actor_concurrency)
         log.info("starting %d flow actor(s)", count)
-        actors = [cls.remote(self.cfg.worker) for _ in range(count)]
+        actors: list[Any] = [cls.remote(self.cfg.worker) for _ in range(count)]  # Ray actor handles
         self.actor_nodes = ray.get([a.node_id.remote() for a in actors])
         return actors
 
@@ -254,7 +255,8 @@ class Scheduler:
             self.actor_queue.append((v.ref.key, v.attempt, job_ref))
             self._flush_actor_queue(force=False)
             return
-        status, payload = tasks._flow.remote(job_ref, self.cfg_ref)
+        # num_returns=2: a list of two refs (Ray's annotations say one)
+        status, payload = cast("list[ray.ObjectRef]", tasks._flow.remote(job_ref, self.cfg_ref))
         self.waiting[status] = ("chunk", v.ref.key, v.attempt, payload)
 
     def _flush_actor_queue(self, force: bool) -> None:
@@ -267,8 +269,8 @@ class Scheduler:
             fields = actor.compute.options(num_returns=len(batch)).remote(*[j for *_, j in batch])
             fields = fields if isinstance(fields, list) else [fields]
             node = self.actor_nodes[index]
-            for (key, attempt, job_ref), f in zip(batch, fields):
-                status, payload = tasks._encode.remote(job_ref, f, node, self.cfg_ref)
+            for (key, attempt, job_ref), f in zip(batch, fields, strict=True):
+                status, payload = cast("list[ray.ObjectRef]", tasks._encode.remote(job_ref, f, node, self.cfg_ref))
                 self.waiting[status] = ("chunk", key, attempt, payload)
 
     def _handle(self, obj) -> None:
@@ -282,6 +284,7 @@ class Scheduler:
         for v in self.videos.values():  # a generator with a chunk ready
             if v.gen is obj:
                 return self._next_chunk(v)
+        return None
 
     # -- videos ------------------------------------------------------------------------------
     def _current(self, key: str, attempt: int) -> _Video | None:
@@ -292,7 +295,7 @@ class Scheduler:
     def _plan_done(self, ref, key: str, attempt: int) -> None:
         v = self._current(key, attempt)
         if v is None:
-            return
+            return None
         try:
             plan, v.node, v.content = ray.get(ref)
         except ray.exceptions.RayError as exc:
@@ -304,12 +307,13 @@ class Scheduler:
         where = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=v.node, soft=True)
         v.gen = tasks._decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=where,
                                 _generator_backpressure_num_objects=2).remote(v.ref, plan, self.cfg_ref)
+        return None
 
     def _chunk_done(self, ref, key: str, attempt: int, payload) -> None:
         v = self._current(key, attempt)
         if v is None:  # a late chunk of a try given up: it is dropped, not written
             self.chunks_in_flight -= 1
-            return
+            return None
         v.pending -= 1
         try:
             summary, decode_node, flow_node = ray.get(ref)
@@ -326,6 +330,7 @@ class Scheduler:
         # video always reach the writer before its outcome does.
         self._call(a, "chunk", a.writer.chunk.remote(key, attempt, payload))
         self._maybe_finish(v)
+        return None
 
     def _fail(self, v: _Video, reason: str, kind: str) -> None:
         """A failed try: restarted if transient and tries are left, else the video's error row."""

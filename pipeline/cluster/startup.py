@@ -102,6 +102,9 @@ def local_gpus() -> float | None:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
         manager = get_accelerator_manager_for_resource("GPU")
+        if manager is None:
+            log.debug("cannot count local GPUs without Ray (it has no GPU accelerator manager)")
+            return None
         visible = manager.get_current_process_visible_accelerator_ids()
         return float(len(visible) if visible is not None else manager.get_current_node_num_accelerators())
     except Exception as exc:  # a private Ray API: any change there falls back to asking a started Ray

@@ -113,12 +113,12 @@ class FlowActor:
     def node_id(self) -> str:
         return _node()
 
-    def compute(self, *items: tuple) -> list[tuple]:
+    def compute(self, *items: tuple) -> tuple | list[tuple]:
         jobs = [job for job, _ in items]
         plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
         warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp
         q = [(p.result(), None if w is None else WarpedFields(fields=w[0].result(), cameras=w[1]))
-             for p, w in zip(plain, warped)]
+             for p, w in zip(plain, warped, strict=True)]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
 
@@ -126,7 +126,7 @@ class FlowActor:
         """Queue a chunk's camera-compensated pairs in the same batches: (future, cameras), or None."""
         if self.cfg.warp is None:
             return None
-        wi = warp_inputs(job, self.cfg, rgb=self.cfg.flow.input == "rgb", boxes=job.people)
+        wi = warp_inputs(job, self.cfg, boxes=job.people)
         n = len(wi.cameras)
         frames = np.concatenate([wi.firsts, wi.seconds]) if n else wi.firsts
         return self.batcher.submit(frames, [(i, n + i) for i in range(n)]), wi.cameras

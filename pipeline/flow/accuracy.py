@@ -88,7 +88,7 @@ def photo_pair(kind: str, height: int, width: int, seed: int = 0) -> tuple[np.nd
 def motion_batch(kind: str, height: int, width: int, pairs: int, seed: int = 0):
     """`pairs` photo pairs of one motion (different photos and draws): (prev, nxt, flow) stacked."""
     triples = [photo_pair(kind, height, width, seed + k) for k in range(pairs)]
-    return tuple(np.stack(parts) for parts in zip(*triples))
+    return tuple(np.stack(parts) for parts in zip(*triples, strict=True))
 
 
 def eval_margin(flow: np.ndarray) -> int:
@@ -177,10 +177,9 @@ def score(estimate: np.ndarray, case: Case, seconds: float) -> Score:
 
 def run_case(estimator, case: Case, batch_size: int = 16) -> tuple[np.ndarray, float]:
     """The estimator's flow for every pair of a case (batches of `batch_size`) and the seconds it took."""
-    out = []
     start = time.perf_counter()
-    for b in range(0, len(case.prev), batch_size):
-        out.append(np.asarray(estimator(case.prev[b:b + batch_size], case.nxt[b:b + batch_size]), np.float32))
+    out = [np.asarray(estimator(case.prev[b:b + batch_size], case.nxt[b:b + batch_size]), np.float32)
+           for b in range(0, len(case.prev), batch_size)]
     return np.concatenate(out), time.perf_counter() - start
 
 
@@ -202,8 +201,8 @@ def overall(scores: list[Score]) -> Score:
     seconds = sum(s.pairs / s.pairs_per_s for s in scores)
     return Score(name="all", pairs=sum(s.pairs for s in scores), size=scores[0].size,
                  max_motion=max(s.max_motion for s in scores),
-                 epe=sum(w * s.epe for w, s in zip(weights, scores)) / total,
-                 outliers=sum(w * s.outliers for w, s in zip(weights, scores)) / total,
+                 epe=sum(w * s.epe for w, s in zip(weights, scores, strict=True)) / total,
+                 outliers=sum(w * s.outliers for w, s in zip(weights, scores, strict=True)) / total,
                  pairs_per_s=sum(s.pairs for s in scores) / max(seconds, 1e-9))
 
 
@@ -211,9 +210,9 @@ def format_table(scores: list[Score]) -> list[str]:
     """The scores as aligned text lines (one per case, then the overall row)."""
     head = f"{'CASE':<16} {'PAIRS':>5} {'SIZE':>9} {'MAX PX':>7} {'EPE (px)':>9} {'>3 PX':>7} {'PAIRS/S':>8}"
     rows = [head]
-    for s in scores + ([overall(scores)] if len(scores) > 1 else []):
-        rows.append(f"{s.name:<16} {s.pairs:>5} {s.size[0]:>4}x{s.size[1]:<4} {s.max_motion:>7.2f} "
-                    f"{s.epe:>9.4f} {100 * s.outliers:>6.2f}% {s.pairs_per_s:>8.2f}")
+    rows.extend(f"{s.name:<16} {s.pairs:>5} {s.size[0]:>4}x{s.size[1]:<4} {s.max_motion:>7.2f} "
+                f"{s.epe:>9.4f} {100 * s.outliers:>6.2f}% {s.pairs_per_s:>8.2f}"
+                for s in scores + ([overall(scores)] if len(scores) > 1 else []))
     return rows
 
 

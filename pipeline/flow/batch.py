@@ -20,9 +20,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class PairBatcher:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.path = staged_path(estimator)
         self.bound, self.linger = bound, linger
-        self._batch_size = batch_size if callable(batch_size) else (lambda h, w: batch_size)
+        self._batch_size = batch_size if callable(batch_size) else (lambda _h, _w: batch_size)
         self._queues: dict[tuple, deque] = {}  # frame shape -> (seq, chunk, pair position)
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -136,7 +136,7 @@ class PairBatcher:
             self._cond.notify_all()
         self._thread.join()
 
-    def __enter__(self) -> "PairBatcher":
+    def __enter__(self) -> PairBatcher:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,7 +159,7 @@ class PairBatcher:
                     continue
             ahead = self._take(wait=False)  # a full batch already queued: copy it in now
             upcoming = self._guard(ahead, lambda b: (self.path.stage(b.prev, b.nxt), b)) if ahead else None
-            launched = self._guard(staged[1], lambda b: (self.path.launch(staged[0], self.bound), b))
+            launched = self._guard(staged[1], lambda b, staged=staged: (self.path.launch(staged[0], self.bound), b))
             if pending is not None:
                 self._deliver(*pending)
             pending, staged = launched, upcoming
@@ -208,7 +208,7 @@ class PairBatcher:
         """fn(batch), or None after failing the batch's chunks with the error (the worker goes on)."""
         try:
             return fn(batch)
-        except Exception as exc:  # noqa: BLE001  (handed to every caller waiting on these pairs)
+        except Exception as exc:  # any error: handed to every caller waiting on these pairs
             log.exception("flow batch of %d pairs failed", len(batch.items))
             for chunk, _ in batch.items:
                 if not chunk.future.done():
@@ -216,10 +216,10 @@ class PairBatcher:
             return None
 
     def _deliver(self, pending, batch: _Batch) -> None:
-        fields = self._guard(batch, lambda b: self.path.result(pending))
+        fields = self._guard(batch, lambda _b: self.path.result(pending))
         if fields is None:
             return
-        for (chunk, i), q in zip(batch.items, fields):
+        for (chunk, i), q in zip(batch.items, fields, strict=True):
             chunk.out[i] = q
             chunk.left -= 1
             if chunk.left == 0 and not chunk.future.done():

@@ -110,7 +110,7 @@ class DeviceEstimator:
         check_frames(prev, nxt, self.input)
         if self.streams is None:
             return Staged(torch.from_numpy(np.ascontiguousarray(prev)), torch.from_numpy(np.ascontiguousarray(nxt)))
-        host = torch.empty((2,) + prev.shape, dtype=torch.uint8, pin_memory=True)
+        host = torch.empty((2, *prev.shape), dtype=torch.uint8, pin_memory=True)
         host[0].numpy()[...] = prev
         host[1].numpy()[...] = nxt
         copy = self.streams["copy"]

@@ -104,7 +104,7 @@ class OpenCVTVL1(_PairEstimator):
         # it so one estimator gives the same flow whatever sizes it saw before.
         self._tvl1.setScalesNumber(self.params.nscales)
         if self.params.use_initial_flow:
-            init = np.zeros(prev.shape + (2,), np.float32) if init is None else init
+            init = np.zeros((*prev.shape, 2), np.float32) if init is None else init
             return self._tvl1.calc(prev, nxt, init)
         return self._tvl1.calc(prev, nxt, None)
 
@@ -117,7 +117,7 @@ class Farneback(_PairEstimator):
     def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
         p = self.params
         if p.flags & cv2.OPTFLOW_USE_INITIAL_FLOW and init is None:
-            init = np.zeros(prev.shape + (2,), np.float32)  # the flag needs a flow to start from
+            init = np.zeros((*prev.shape, 2), np.float32)  # the flag needs a flow to start from
         return cv2.calcOpticalFlowFarneback(prev, nxt, init, p.pyr_scale, p.levels, p.winsize,
                                             p.iterations, p.poly_n, p.poly_sigma, p.flags)
 
@@ -146,5 +146,5 @@ class DIS(_PairEstimator):
         dis.setUseSpatialPropagation(bool(p.use_spatial_propagation))
         return dis
 
-    def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
+    def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:  # noqa: ARG002 (the _PairEstimator signature)
         return self._dis.calc(prev, nxt, None)  # DIS takes no initial flow

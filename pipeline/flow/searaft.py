@@ -37,8 +37,8 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from pipeline.flow.device import DeviceEstimator
 from pipeline.flow.raft import autocast, rgb_input
@@ -76,12 +76,16 @@ class BasicBlock(nn.Module):
 class Encoder(nn.Module):
     """ResNet stem (no max-pool) and three stages to 1/8 resolution, then a 1x1 conv."""
 
+    layer1: nn.Sequential  # the stages, registered by setattr in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, cin: int, cout: int, depths: tuple[int, int, int]) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, STAGE_DIMS[0], 7, stride=2, padding=3)
         self.bn1 = nn.BatchNorm2d(STAGE_DIMS[0])
         prev = STAGE_DIMS[0]
-        for k, (dim, depth, stride) in enumerate(zip(STAGE_DIMS, depths, (1, 2, 2)), start=1):
+        for k, (dim, depth, stride) in enumerate(zip(STAGE_DIMS, depths, (1, 2, 2), strict=True), start=1):
             blocks = [BasicBlock(prev if i == 0 else dim, dim, stride if i == 0 else 1) for i in range(depth)]
             setattr(self, f"layer{k}", nn.Sequential(*blocks))
             prev = dim

@@ -151,14 +151,14 @@ def divergence(p: torch.Tensor) -> torch.Tensor:
 
 def _oddeven_merge_pairs(n: int) -> list[tuple[int, int]]:
     """Comparators of Batcher's odd-even merge sort for n a power of two."""
-    pairs, p = [], 1
+    pairs: list[tuple[int, int]] = []
+    p = 1
     while p < n:
         k = p
         while k >= 1:
             for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
+                pairs.extend((i + j, i + j + k) for i in range(min(k, n - j - k))
+                             if (i + j) // (2 * p) == (i + j + k) // (2 * p))
             k //= 2
         p *= 2
     return pairs
@@ -285,7 +285,7 @@ class _Work:
         u[self.rows], p[self.rows] = self.u, self.p
         return u, p
 
-    def select(self, keep: torch.Tensor) -> "_Work":
+    def select(self, keep: torch.Tensor) -> _Work:
         """The working set restricted to positions `keep` (all of them still active)."""
         return _Work(rows=self.rows[keep], u=self.u[keep], p=self.p[keep], g=self.g[keep],
                      grad=self.grad[keep], rho_c=self.rho_c[keep], active=self.active[keep])
@@ -306,7 +306,7 @@ class _Solver:
         i1x, i1y = centered_gradient(i1)
         source = torch.stack((i1, i1x, i1y), dim=1)
         # The dual variables start at zero once per level, not per warp (as OpenCV).
-        p = torch.zeros(u.shape[:2] + (2,) + u.shape[2:], dtype=self.dtype, device=u.device)
+        p = torch.zeros((*u.shape[:2], 2, *u.shape[2:]), dtype=self.dtype, device=u.device)
         for _ in range(self.params.warps):
             u, p = self._iterate(self._linearise(i0, source, u, p))
         return u
@@ -318,7 +318,7 @@ class _Solver:
         grad = gx.square() + gy.square()
         rho_c = i1w - gx * u[:, 0:1].float() - gy * u[:, 1:2].float() - i0[:, None]
         extra = (torch.full_like(gx, self.params.gamma),) if u.shape[1] > 2 else ()
-        g = torch.cat((gx, gy) + extra, dim=1)  # with gamma, u3's coefficient in rho
+        g = torch.cat((gx, gy, *extra), dim=1)  # with gamma, u3's coefficient in rho
         n = u.shape[0]
         return _Work(rows=torch.arange(n, device=u.device), u=u, p=p, g=g.to(self.dtype),
                      grad=grad.to(self.dtype), rho_c=rho_c.to(self.dtype),
@@ -384,8 +384,8 @@ def _initial_flows(init_flow: torch.Tensor | None, n: int, sizes, params: TVL1Pa
     u = torch.zeros(n, channels, h, w, dtype=torch.float32, device=device)
     if init_flow is None or not params.use_initial_flow:
         return u
-    if tuple(init_flow.shape) != (n, 2) + tuple(sizes[0]):
-        raise ValueError(f"init_flow must be (N, 2, H, W) = {(n, 2) + tuple(sizes[0])}, got {tuple(init_flow.shape)}")
+    if tuple(init_flow.shape) != (n, 2, *sizes[0]):
+        raise ValueError(f"init_flow must be (N, 2, H, W) = {(n, 2, *sizes[0])}, got {tuple(init_flow.shape)}")
     flow = init_flow.to(device=device, dtype=torch.float32)
     for size in sizes[1:]:
         # calc with useInitialFlow: resize by scale_step and scale the vectors by it.

@@ -22,8 +22,8 @@ which `pipeline.stages.warped.warp_inputs(..., boxes=...)` does per pair.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np

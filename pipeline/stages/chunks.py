@@ -7,8 +7,8 @@ rows of a job the flow stage pairs (`pair_rows`, `flow_inputs`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -17,7 +17,7 @@ from pipeline import boxes, decode, encode, failures
 from pipeline.decode import DecodeError
 from pipeline.records import VideoRef
 from pipeline.stages.config import WorkerConfig
-from pipeline.stages.plan import VideoFailure, VideoPlan, failure_reason, safe_plan, settle_plan
+from pipeline.stages.plan import VideoFailure, VideoPlan, clip_layout, failure_reason, safe_plan, settle_plan
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def _size(flow_frame: np.ndarray) -> tuple[int, int]:
 
 def needed_frames(plan: VideoPlan, step: int) -> frozenset[int]:
     """The frames a clips-mode plan uses: kept frames and both ends of every kept field."""
-    return plan.keep_frames | {f + d for f in plan.keep_fields for d in (0, step)}
+    frames, fields = clip_layout(plan)
+    return frames | {f + d for f in fields for d in (0, step)}
 
 
 def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
@@ -107,11 +108,12 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
             raise DecodeError(ref.uri, f"decoded {total} frames, then {again}: the decode is not repeatable")
     kind, quality = cfg.flow.input, cfg.encode.rgb_quality
     ids = sorted(need)
-    keep = sorted(settled.keep_frames)
+    keep_frames, keep_fields = clip_layout(settled)
+    keep = sorted(keep_frames)
     size = _size(decode.split_planes(held[ids[0]][0])[0])
     return ChunkJob(video_key=ref.key, index=0, start=0, owned=total, last=True, frame_ids=tuple(ids),
                     frames=np.stack([_flow_frame(held[i][0], kind) for i in ids]),
-                    fields=tuple(sorted(settled.keep_fields)), frame_index=tuple(keep),
+                    fields=tuple(sorted(keep_fields)), frame_index=tuple(keep),
                     frame_pts=tuple(held[i][1] for i in keep),
                     frame_bytes=tuple(encode.encode_planes(*decode.split_planes(held[i][0]), quality) for i in keep),
                     size=size, people=chunk_people(ref, settled, ids, size, cfg))
@@ -180,7 +182,8 @@ def frames_job(frames: np.ndarray, key: str, index: int, start: int, owned: int,
     return ChunkJob(video_key=key, index=index, start=start, owned=owned, last=last,
                     frame_ids=tuple(range(start, start + n)), frames=gray(frames) if kind == "gray" else frames,
                     fields=tuple(start + r for r in range(owned) if r + step < n),
-                    frame_index=tuple(range(start, start + owned)), frame_pts=tuple(float(start + r) for r in range(owned)),
+                    frame_index=tuple(range(start, start + owned)),
+                    frame_pts=tuple(float(start + r) for r in range(owned)),
                     frame_bytes=tuple(encode.encode_rgb(f, rgb_quality) for f in frames[:owned]),
                     size=(frames.shape[2], frames.shape[1]))
 

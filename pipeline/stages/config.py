@@ -42,7 +42,8 @@ class SampleConfig:
         if self.clips < 0 or self.clip_len < 1:
             raise ValueError(f"clips must be >= 0 and clip_len >= 1, got {self.clips}, {self.clip_len}")
         if self.max_frames < 2 or self.chunk_frames < 1:
-            raise ValueError(f"max_frames must be >= 2 and chunk_frames >= 1, got {self.max_frames}, {self.chunk_frames}")
+            raise ValueError(f"max_frames must be >= 2 and chunk_frames >= 1, "
+                             f"got {self.max_frames}, {self.chunk_frames}")
 
     @property
     def mode(self) -> str:

@@ -5,7 +5,7 @@ flow actor's batcher) runs on the GPU and `encode_chunk` after it, on a CPU.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -35,9 +35,10 @@ def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConf
         owner = [j for j in group for _ in range(len(inputs[j][0]))]
         size = cfg.batch_for(*prev.shape[1:3])
         for b in range(0, len(prev), size):
-            for j, fl in zip(owner[b:b + size], estimator(prev[b:b + size], nxt[b:b + size])):
+            for j, fl in zip(owner[b:b + size], estimator(prev[b:b + size], nxt[b:b + size]), strict=True):
                 out[j].append(fl)
-    return [np.stack(o) if o else np.zeros((0, job.size[1], job.size[0], 2), np.float32) for o, job in zip(out, jobs)]
+    return [np.stack(o) if o else np.zeros((0, job.size[1], job.size[0], 2), np.float32)
+            for o, job in zip(out, jobs, strict=True)]
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -82,4 +83,4 @@ def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
 def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[EncodedChunk]:
     """Stage 2 for a batch of chunks (possibly of several videos)."""
     warped = compute_warped(jobs, estimator, cfg)
-    return [encode_chunk(job, flow_bytes(job, estimator, cfg), cfg, wf) for job, wf in zip(jobs, warped)]
+    return [encode_chunk(job, flow_bytes(job, estimator, cfg), cfg, wf) for job, wf in zip(jobs, warped, strict=True)]

@@ -89,6 +89,13 @@ def settle_plan(plan: VideoPlan, total: int, cfg: WorkerConfig) -> VideoPlan:
     return clips_plan(plan.info, total, cfg)
 
 
+def clip_layout(plan: VideoPlan) -> tuple[frozenset[int], frozenset[int]]:
+    """(kept frames, kept fields) of a clips-mode plan; ValueError for a dense plan, which keeps all."""
+    if plan.keep_frames is None or plan.keep_fields is None:
+        raise ValueError(f"a dense plan (keep_frames={plan.keep_frames}) has no clip layout")
+    return plan.keep_frames, plan.keep_fields
+
+
 def expected_frames(info: VideoInfo, cfg: DecodeConfig) -> int:
     """Frames the decode should give by the header (duration x rate), 0 when unknown."""
     rate = cfg.fps or info.fps

@@ -7,14 +7,15 @@ sample. Stored members re-packed without recomputing go through the same functio
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from pipeline import boxes, encode
 from pipeline.flow.quantize import QUANTIZATION
 from pipeline.records import EncodedChunk, VideoRef
 from pipeline.stages.config import WorkerConfig
-from pipeline.stages.plan import VideoPlan, settle_plan
+from pipeline.stages.plan import VideoPlan, clip_layout, settle_plan
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def summarize(chunk: EncodedChunk) -> ChunkSummary:
                         flow_pairs=chunk.flow_pairs, size=chunk.size, last=chunk.last)
 
 
-def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], step: int) -> tuple[int, int]:
+def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: Sequence[EncodedChunk | ChunkSummary],
+                   step: int) -> tuple[int, int]:
     """Check the chunks cover the video without gaps; return (decoded frames, flow fields).
 
     This is the count-what-you-write check: every decoded frame and every pair must be
@@ -55,7 +57,8 @@ def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], s
     else:
         got = sorted(i for c in chunks for i in c.frame_index)
         pairs = sorted(p[0] for c in chunks for p in c.flow_pairs)
-        if plan.total_frames != total or got != sorted(plan.keep_frames) or pairs != sorted(plan.keep_fields):
+        keep_frames, keep_fields = clip_layout(plan)
+        if plan.total_frames != total or got != sorted(keep_frames) or pairs != sorted(keep_fields):
             raise RuntimeError(f"{ref.source}: the clips encoded do not match the plan for {total} decoded frames")
     if total <= step:
         raise ValueError(f"{ref.source}: too short: {total} frame(s) decoded, need at least {step + 1} "
@@ -63,7 +66,7 @@ def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], s
     return total, max(0, total - step)
 
 
-def _total_frames(chunks: list[EncodedChunk]) -> int:
+def _total_frames(chunks: Sequence[EncodedChunk | ChunkSummary]) -> int:
     return chunks[-1].start + chunks[-1].owned
 
 
@@ -111,11 +114,19 @@ def chunk_fields(c: EncodedChunk) -> list[Field]:
     """The fields of an encoded chunk, in order."""
     n = len(c.flow_bytes)
     return [Field(a, b, data, w, cam) for (a, b), data, w, cam in
-            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n)]
+            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n, strict=True)]
 
 
 def _field_meta(f: Field) -> dict:
     return {"from": f.start, "to": f.end} if f.camera is None else {"from": f.start, "to": f.end, "camera": f.camera}
+
+
+def _warped_members(key: str, fields: list[Field]) -> list[bytes]:
+    """Each field's warped member; ValueError naming the sample when a field has none."""
+    out = [f.warped for f in fields if f.warped is not None]
+    if len(out) != len(fields):
+        raise ValueError(f"{key}: {len(fields) - len(out)} of {len(fields)} flow fields have no warped member")
+    return out
 
 
 def _sample(key: str, meta: dict, frames: list, fields: list[Field], annotations: boxes.VideoBoxes | None) -> dict:
@@ -124,7 +135,7 @@ def _sample(key: str, meta: dict, frames: list, fields: list[Field], annotations
             "flow_fields": [_field_meta(f) for f in fields]}
     if annotations is not None:
         meta = boxes.annotate(meta, annotations)
-    warped = [f.warped for f in fields] if encode.has_warped(meta) else None
+    warped = _warped_members(key, fields) if encode.has_warped(meta) else None
     return encode.to_sample(key, meta, [b for *_, b in frames], [f.data for f in fields], warped)
 
 
@@ -135,7 +146,7 @@ def assemble_video(ref: VideoRef, plan: VideoPlan, chunks: list[EncodedChunk], c
         plan = settle_plan(plan, _total_frames(chunks), cfg)  # clips: the layout of the decoded count
     total, _ = check_coverage(ref, plan, chunks, cfg.flow.step)
     check_box_frames(ref, plan, cfg, total)
-    frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes)]
+    frames = [(i, p, b) for c in chunks for i, p, b in zip(c.frame_index, c.frame_pts, c.frame_bytes, strict=True)]
     fields = [f for c in chunks for f in chunk_fields(c)]
     meta = video_meta(ref, plan, cfg, chunks[0].size)
     if plan.keep_frames is not None:
@@ -172,7 +183,7 @@ def stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], tota
     fields: list = []
     k = 0
     for c in chunks:
-        frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes))
+        frames.extend(zip(c.frame_index, c.frame_pts, c.frame_bytes, strict=True))
         fields.extend(chunk_fields(c))
         while len(frames) >= max_frames and k < parts - 1:
             hi = (k + 1) * max_frames

@@ -7,7 +7,7 @@ wherever, into its `VideoResult`, a failure included as an error row.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from pipeline import encode
 from pipeline.flow.estimators import FlowEstimator, make_estimator
@@ -16,8 +16,14 @@ from pipeline.stages.chunks import video_jobs
 from pipeline.stages.config import WorkerConfig
 from pipeline.stages.fields import process_chunks
 from pipeline.stages.plan import VideoFailure, VideoPlan, failure_reason
-from pipeline.stages.samples import (ChunkSummary, assemble_video, check_box_frames, check_coverage,
-                                     stream_parts, video_meta)
+from pipeline.stages.samples import (
+    ChunkSummary,
+    assemble_video,
+    check_box_frames,
+    check_coverage,
+    stream_parts,
+    video_meta,
+)
 
 
 def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | None = None) -> VideoResult:
@@ -32,6 +38,8 @@ def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | N
             plan = item
         else:
             encoded.extend(process_chunks([item], estimator, cfg))
+    if plan is None:  # video_jobs yields the plan (or a failure) before any chunk
+        raise RuntimeError(f"{ref.source}: no plan was made for this video")
     return finish_video(ref, plan, encoded, cfg, seconds=time.perf_counter() - t0)
 
 

@@ -5,8 +5,8 @@ frame warped back; the warped pairs then go through whichever estimator computes
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import cv2
 import numpy as np
@@ -43,8 +43,7 @@ def quantized(w: WarpedFields, bound: float) -> WarpedFields:
     return WarpedFields(fields=quantize(w.fields, bound), cameras=w.cameras)
 
 
-def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
-                boxes: Mapping[int, list] | None = None) -> WarpInputs:
+def warp_inputs(job: ChunkJob, cfg: WorkerConfig, boxes: Mapping[int, list] | None = None) -> WarpInputs:
     """Estimate the camera motion of each pair the chunk computes and warp its second frame back.
 
     Runs on a CPU (feature matching, RANSAC, remap); the flow of the warped pairs is then
@@ -52,7 +51,9 @@ def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
     boxes: global frame index -> person boxes (x0, y0, x1, y1) in stored pixels; a pair's
     camera motion is then estimated outside the boxes of both its frames.
     """
-    step = cfg.flow.step
+    if cfg.warp is None:
+        raise ValueError("warp_inputs needs a warp config (--flow-warp); cfg.warp is None")
+    warp_cfg, step = cfg.warp, cfg.flow.step
     firsts_in, seconds_in = flow_inputs(job, step)  # in the estimator's form: luma, or RGB
     grey = firsts_in.ndim == 3
     firsts, seconds, cams = [], [], []
@@ -61,9 +62,9 @@ def warp_inputs(job: ChunkJob, cfg: WorkerConfig, rgb: bool = False,
         ga, gb = (a, b) if grey else (cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY))
         people = [*boxes.get(t, []), *boxes.get(t + step, [])] if boxes else []
         mask = warp.exclusion_mask(ga.shape, people) if people else None
-        cam = warp.estimate_camera(ga, gb, cfg.warp, mask)
+        cam = warp.estimate_camera(ga, gb, warp_cfg, mask)
         firsts.append(a)  # the job's frames are already in the estimator's form
-        seconds.append(warp.compensate(a, b, cam.matrix, cfg.warp.border))
+        seconds.append(warp.compensate(a, b, cam.matrix, warp_cfg.border))
         cams.append(cam.as_meta())
     empty = np.zeros((0, *firsts_in.shape[1:]), np.uint8)
     return WarpInputs(firsts=np.stack(firsts) if cams else empty, seconds=np.stack(seconds) if cams else empty,
@@ -74,10 +75,9 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
     """Warped flow of every pair of several chunks (one entry per job; None each without --flow-warp)."""
     if cfg.warp is None:
         return [None] * len(jobs)
-    rgb = getattr(estimator, "input", "gray") == "rgb"  # learned estimators take RGB
-    out = []
+    out: list[WarpedFields | None] = []
     for job in jobs:
-        wi = warp_inputs(job, cfg, rgb, job.people)
+        wi = warp_inputs(job, cfg, job.people)
         w, h = job.size
         b = cfg.flow.batch_for(h, w)
         fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]

@@ -9,6 +9,7 @@ import posixpath
 import tempfile
 import threading
 from pathlib import Path
+from typing import TypedDict
 
 from pipeline.store.files import FileStat, stat
 from pipeline.store.locations import Location, is_remote, name
@@ -17,7 +18,12 @@ from pipeline.store.retry import remote as _remote
 CACHE_BYTES = 8 << 30  # local copies of remote inputs kept per machine
 
 
-_CACHE = {"dir": None, "bytes": CACHE_BYTES}
+class _CacheSettings(TypedDict):
+    dir: str | None  # None: a folder under the system's temporary directory
+    bytes: int
+
+
+_CACHE: _CacheSettings = {"dir": None, "bytes": CACHE_BYTES}
 _CACHE_LOCK = threading.Lock()
 
 

@@ -95,8 +95,8 @@ def options_for(protocol: str) -> dict:
     return _merged(opts, _EXPLICIT.get(protocol, {}))
 
 
-@functools.lru_cache(maxsize=None)
-def _filesystem(protocol: str, pid: int):
+@functools.cache
+def _filesystem(protocol: str, pid: int):  # noqa: ARG001 (pid: a cache key, one filesystem per process)
     import fsspec
 
     return fsspec.filesystem(protocol, **options_for(protocol))

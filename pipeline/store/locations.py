@@ -50,7 +50,7 @@ def parent(loc: Location) -> Location:
     """The folder (or prefix) holding a location."""
     if not is_remote(loc):
         return Path(loc).parent
-    head, _, tail = str(location(loc)).rpartition("/")
+    head, _, _tail = str(location(loc)).rpartition("/")
     return head if head and not head.endswith(":/") else str(loc)
 
 

@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.store.atomic import remove, write_bytes_atomic
 from pipeline.store.files import read_bytes
@@ -192,5 +192,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _describe(held: dict) -> str:
-    age = time.time() - float(held.get("refreshed", 0)) if held else 0.0
-    return f"process {held.get('pid')} on {held.get('host')} (refreshed {age:.0f} s ago)" if held else "an unknown writer"
+    if not held:
+        return "an unknown writer"
+    age = time.time() - float(held.get("refreshed", 0))
+    return f"process {held.get('pid')} on {held.get('host')} (refreshed {age:.0f} s ago)"

@@ -12,7 +12,8 @@ import errno
 import logging
 import random
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pipeline.store.config import filesystem
 
@@ -43,10 +44,11 @@ _STORAGE_MODULES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "fss
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def is_transient(exc: BaseException) -> bool:

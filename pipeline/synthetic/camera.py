@@ -148,7 +148,7 @@ def erode(mask: np.ndarray, pixels: int) -> np.ndarray:
 def score_regions(scene: CameraScene, object_margin: int = 3, border: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(background, object) masks (T-1, H, W) to score on: away from the object's edge and the
     frame border, and background pixels that stay in view in frame t+1."""
-    t, h, w = scene.object_mask.shape
+    _t, h, w = scene.object_mask.shape
     inner = np.zeros((h, w), bool)
     inner[border:h - border, border:w - border] = True
     obj = erode(scene.object_mask, object_margin) & inner

@@ -210,7 +210,8 @@ def make_detection_dataset(root: str | Path, cfg: DetectionSetConfig = Detection
     """Write the set under `root`: videos/<class>/*.mp4, list.csv and boxes.csv (seeded, reproducible)."""
     root = Path(root)
     rng = np.random.default_rng(cfg.seed)
-    rows, box_rows = [], []
+    rows: list[dict] = []
+    box_rows: list[dict] = []
     for action in cfg.classes:
         (root / "videos" / action).mkdir(parents=True, exist_ok=True)
         for i in range(cfg.train_per_class + cfg.test_per_class):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Iterable, Iterator
+from itertools import pairwise
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, cast
 
 import cv2
 import numpy as np
@@ -105,15 +107,16 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
            "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0", "-c:v", codec, *qflag, "-pix_fmt", pix_fmt,
            *extra_args, str(path)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdin, stderr = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stderr)  # both PIPE: never None
     try:
-        proc.stdin.write(np.ascontiguousarray(first).tobytes())
+        stdin.write(np.ascontiguousarray(first).tobytes())
         for frame in frames:
-            proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        proc.stdin.close()
+            stdin.write(np.ascontiguousarray(frame).tobytes())
+        stdin.close()
     except BrokenPipeError:
         pass
-    with proc.stderr:  # closed here rather than by the garbage collector (a ResourceWarning)
-        err = proc.stderr.read().decode(errors="replace")
+    with stderr:  # closed here rather than by the garbage collector (a ResourceWarning)
+        err = stderr.read().decode(errors="replace")
     if proc.wait() != 0:
         raise RuntimeError(f"ffmpeg could not write {path}: {err.strip()}")
     return path
@@ -128,7 +131,7 @@ def make_motion_dataset(root: str | Path, *, classes: tuple[str, ...] = ("left",
     """
     root = Path(root)
     w, h = size
-    for ci, motion in enumerate(classes):
+    for motion in classes:
         (root / motion).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             # The same texture seeds in every class: appearance carries no label information.
@@ -170,7 +173,7 @@ def write_vfr_video(path: str | Path, frames: Iterable[np.ndarray], times: list[
 
     Use a container with millisecond timestamps such as .mkv; each frame keeps its own time.
     """
-    if any(b <= a for a, b in zip(times, times[1:])):
+    if any(b <= a for a, b in pairwise(times)):
         raise ValueError(f"times={times!r} must be strictly increasing")
     # setpts picks frame N's time from a nested if(); settb first so times are not rounded to 1/fps.
     expr = "0"

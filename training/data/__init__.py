@@ -13,10 +13,22 @@ importable from the package.
 """
 from __future__ import annotations
 
-from training.data.config import DataConfig, TASKS, VERIFY_MODES
+from training.data.config import TASKS, VERIFY_MODES, DataConfig
 from training.data.loader import Loader, make_loader, steps_per_epoch
 from training.data.shards import SampleError, ShardHashError
 from training.data.sources import DataSource, ShardSpec, open_source, url_source
 
-__all__ = ["DataConfig", "DataSource", "Loader", "SampleError", "ShardHashError", "ShardSpec", "TASKS", "VERIFY_MODES",
-           "make_loader", "open_source", "steps_per_epoch", "url_source"]
+__all__ = [
+           "TASKS",
+           "VERIFY_MODES",
+           "DataConfig",
+           "DataSource",
+           "Loader",
+           "SampleError",
+           "ShardHashError",
+           "ShardSpec",
+           "make_loader",
+           "open_source",
+           "steps_per_epoch",
+           "url_source",
+]

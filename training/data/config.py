@@ -2,13 +2,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import ClipSpec, SnippetShape
 from training import streams as stream_spec
 from training.transforms import TransformConfig
-
 
 VERIFY_MODES = ("stream", "open", "off")
 TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
@@ -34,7 +33,7 @@ class DataConfig:
     test_clips: int = snip.DEFAULT_TEST_CLIPS
     ordered: bool = False  # tsn: the model reads the K snippets as one ordered clip (ClipSpec.ordered)
     flow_mean_subtract: bool = False  # Simonyan & Zisserman: each field of a flow/warped input loses its mean
-    transform: TransformConfig = TransformConfig()
+    transform: TransformConfig = field(default_factory=TransformConfig)
     batch_size: int = 32
     workers: int = 4
     shuffle_buffer: int = 500
@@ -51,8 +50,8 @@ class DataConfig:
         stream_spec.stream_names(self.streams)  # ValueError naming a bad setting
         if stream_spec.uses_fields(self.streams) and self.clip_len < 1:
             raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
-        self.shape  # validates rgb_frames and frame_stride
-        self.clip_spec  # validates the sampler and its counts
+        _ = self.shape  # validates rgb_frames and frame_stride
+        _ = self.clip_spec  # validates the sampler and its counts
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:

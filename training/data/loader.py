@@ -135,7 +135,7 @@ def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool,
     if train and (steps is None or steps < 1):
         raise ValueError(f"a training loader needs steps >= 1, got {steps}")
     # Each worker yields its share; the training loop takes exactly `steps` batches.
-    per_worker = math.ceil(steps / max(1, cfg.workers)) if train else 0
+    per_worker = math.ceil(steps / max(1, cfg.workers)) if train and steps is not None else 0
     pipeline = build_pipeline(source.split_shards(split), cfg, train=train, state=state,
                               block=per_worker * cfg.batch_size)
     if train:

@@ -25,7 +25,7 @@ import hashlib
 import os
 import random
 import tarfile
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import webdataset as wds
 

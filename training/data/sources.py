@@ -4,7 +4,8 @@ Sources. A dataset folder (a built video dataset, kind "videos", or derived clip
 kind "clips"), local or on object storage (s3://bucket/prefix), optionally with "@VERSION",
 pins its exact shards and their sha256 in shards.parquet; a list of shard URLs is read as
 given, without hashes. Remote shards are streamed through fsspec file objects
-(`pipeline.storage.open_read`: sequential range requests, retried), never a shell pipe. Each sample says what it is in its json: "clip"
+(`pipeline.storage.open_read`: sequential range requests, retried), never a shell pipe. Each sample
+says what it is in its json: "clip"
 samples (the fast path: one RGB frame and one stacked member of L flow fields) or "video"
 samples (every frame and field of a video, dense or built with --clips; clips are sampled
 here, which TSN's segments need).
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import webdataset as wds
 

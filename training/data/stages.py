@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -217,7 +217,7 @@ def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochSta
             item["rgb"], fields = train_views(item["rgb"], fields, cfg.transform, rng)
         else:
             item["rgb"], fields = eval_views(item["rgb"], fields, cfg.transform)
-        for name, part in zip(names, np.split(fields, len(names), axis=2) if names else ()):
+        for name, part in zip(names, np.split(fields, len(names), axis=2) if names else (), strict=True):
             item[name] = subtract_mean_flow(part) if cfg.flow_mean_subtract else part
         yield item
 
@@ -228,7 +228,7 @@ def joint_fields(item: dict) -> tuple[list | None, list[str]]:
     names = [n for n in stream_spec.FIELD_STREAMS if item.get(n) is not None]
     if len(names) < 2:
         return (item[names[0]] if names else None), names
-    return [FieldPlanes(f.planes + w.planes) for f, w in zip(item["flow"], item["warped"])], names
+    return [FieldPlanes(f.planes + w.planes) for f, w in zip(item["flow"], item["warped"], strict=True)], names
 
 
 def collate(items: list[dict]) -> dict:

@@ -102,7 +102,7 @@ def ground_truth_tubes(records: list[dict]) -> dict[str, list[Tube]]:
     """video -> its annotated tracks as tubes (frames where the track has a box)."""
     per: dict[tuple[str, int], list] = defaultdict(list)
     for r in records:
-        for box, label, track in zip(r["gt_boxes"], r["gt_labels"], r["gt_tracks"]):
+        for box, label, track in zip(r["gt_boxes"], r["gt_labels"], r["gt_tracks"], strict=True):
             per[(r["video_id"], int(track))].append((r["frame"], box, int(label)))
     out: dict[str, list[Tube]] = defaultdict(list)
     for (video, _), rows in sorted(per.items()):
@@ -117,7 +117,7 @@ def video_tubes(records: list[dict], output: str, num_actions: int, cfg: TubeCon
     by_video: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_video[r["video_id"]].append(r)
-    tubes = []
+    tubes: list[tuple[str, Tube]] = []
     for video, rows in sorted(by_video.items()):
         rows.sort(key=lambda r: r["frame"])
         frames = [r["frame"] for r in rows]
@@ -158,7 +158,7 @@ def summarize(records: list[dict], class_names: list[str], cfg: TubeConfig,
     results = {}
     for output in records[0]["dets"]:
         dets = [det_metrics.FrameDetection(r["video_id"], r["frame"], int(lab), float(s), b)
-                for r in records for b, s, lab in zip(*r["dets"][output])]
+                for r in records for b, s, lab in zip(*r["dets"][output], strict=True)]
         frame = det_metrics.frame_map(dets, gt_frames, class_names, matching=matching)
         tubes = video_tubes(records, output, num, cfg)
         video = det_metrics.video_map(tubes, gt_tubes, class_names, matching=matching)

@@ -163,7 +163,7 @@ def video_ap(tubes: list[tuple[str, Tube]], gt: dict[str, list[Tube]], iou: floa
 def video_map(tubes: list[tuple[str, Tube]], gt: dict[str, list[Tube]], class_names: list[str],
               ious: tuple[float, ...] = VIDEO_IOUS, matching: str = DEFAULT_MATCHING) -> dict:
     """{"map": {iou: mAP}, "ap": {iou: {action: AP}}} (iou keys as strings, e.g. "0.5")."""
-    out = {"map": {}, "ap": {}}
+    out: dict[str, dict] = {"map": {}, "ap": {}}
     for thr in ious:
         aps = {}
         for c, name in enumerate(class_names):

@@ -62,7 +62,7 @@ class Tube:
     score: float = 0.0  # the tube's energy E(R)
 
     def box_at(self) -> dict[int, np.ndarray]:
-        return dict(zip(self.frames, self.boxes))
+        return dict(zip(self.frames, self.boxes, strict=True))
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -120,15 +120,15 @@ def link(frames: list[int], boxes: list[np.ndarray], scores: list[np.ndarray], l
                         boxes=np.stack([b[t][i] for t, i in enumerate(path)]),
                         scores=np.array([s[t][i] for t, i in enumerate(path)]), score=score)
             tubes.extend(trim(tube, cfg) if cfg.trim else [tube])
-            b = [np.delete(x, i, axis=0) for x, i in zip(b, path)]
-            s = [np.delete(x, i) for x, i in zip(s, path)]
+            b = [np.delete(x, i, axis=0) for x, i in zip(b, path, strict=True)]
+            s = [np.delete(x, i) for x, i in zip(s, path, strict=True)]
     return [t for t in tubes if len(t.frames) >= cfg.min_frames]
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
     """[lo, hi) ranges of consecutive True flags."""
     runs, start = [], None
-    for i, f in enumerate(list(flags) + [False]):
+    for i, f in enumerate([*flags, False]):
         if f and start is None:
             start = i
         elif not f and start is not None:

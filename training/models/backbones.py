@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from training.streams import FIELD_STREAMS
 
@@ -57,7 +57,7 @@ def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-def load_backbone(arch: str, weights: str | None) -> nn.Module:
+def load_backbone(arch: str, weights: str | None) -> ResNet:
     """A torchvision ResNet with no weights, ImageNet weights, or weights from a local file.
 
     A local file holds a torchvision state dict (e.g. resnet50-11ad3fa6.pth); it is read
@@ -143,7 +143,7 @@ def imagenet_file(arch: str, timeout: float = 30.0) -> Path:
     return path
 
 
-def resnet_trunk(backbone: nn.Module) -> nn.Sequential:
+def resnet_trunk(backbone: ResNet) -> nn.Sequential:
     """conv1 ... layer4 of a torchvision ResNet, as one Sequential (indices 0-3 stem, 4-7 layers)."""
     return nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool,
                          backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
@@ -154,7 +154,7 @@ def resnet_trunk(backbone: nn.Module) -> nn.Sequential:
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def residual_branch(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """The residual path F(x) of a block: its convolutions, without shortcut or final ReLU."""
     out = block.relu(block.bn1(block.conv1(x)))
     if isinstance(block, Bottleneck):
@@ -163,17 +163,17 @@ def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block.bn2(block.conv2(out))
 
 
-def shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """The block's identity path (its 1x1 projection where it changes size)."""
     return x if block.downsample is None else block.downsample(x)
 
 
-def pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def pre_relu(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """F(x) + shortcut(x): the block's output before its last ReLU."""
     return residual_branch(block, x) + shortcut(block, x)
 
 
-def stem(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def stem(backbone: ResNet, x: torch.Tensor) -> torch.Tensor:
     """conv1, bn1, ReLU and max pooling of a torchvision ResNet."""
     return backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
 
@@ -191,14 +191,14 @@ def check_snippet_streams(cfg, family: str) -> None:
         raise ValueError(f"{family} takes clips of T >= 1 snippets in time order, got snippets={cfg.snippets}")
 
 
-def stage_channels(backbone: nn.Module, stage: str) -> int:
+def stage_channels(backbone: ResNet, stage: str) -> int:
     """Channels out of a stage (layer1 ... layer4) of a torchvision ResNet."""
     last = getattr(backbone, stage)[-1]
     return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
 
 
 def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
-                    flow_weights: str | None = None) -> nn.Module:
+                    flow_weights: str | None = None) -> ResNet:
     """A torchvision ResNet for the spatial (rgb) or temporal (flow) stream, without its fc.
 
     A temporal stream's (flow or warped flow) conv1 takes 2L channels, cross-modality
@@ -234,7 +234,7 @@ def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out or dict(state)
 
 
-def load_flow_weights(backbone: nn.Module, path: str | Path) -> None:
+def load_flow_weights(backbone: ResNet, path: str | Path) -> None:
     """Load a pre-trained temporal stream into `backbone` (ValueError naming the file when it does not fit)."""
     if not Path(path).is_file():
         raise ValueError(f"flow weights: no file {path}")

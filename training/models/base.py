@@ -174,7 +174,7 @@ class VideoClassifier(nn.Module):
         units, group = self.units(batch)
         return average_units(self.unit_features(units), group)
 
-    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:
+    def unit_features(self, units: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ARG002 (overridden)
         """Feature vectors (units, D) of each unit; feature extractors (C3D's fc6) override it."""
         raise ValueError(f"model {self.cfg.model!r} has no feature extractor")
 
@@ -192,7 +192,8 @@ TEMPORAL_PREFIXES = ("streams.flow.", "streams.warped.", "flow.", "flow_head.", 
 def param_groups(model: nn.Module, lr: float, flow_lr: float | None = None) -> list[dict]:
     """Trainable parameters as optimizer groups: the temporal streams' at flow_lr (when given
     and the model has them by those names), the rest at lr."""
-    temporal, rest = [], []
+    temporal: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (temporal if flow_lr is not None and name.startswith(TEMPORAL_PREFIXES) else rest).append(p)

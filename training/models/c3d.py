@@ -85,7 +85,7 @@ def conv_trunk(opts: Options) -> nn.Sequential:
         layers.append(nn.ReLU(inplace=True))
         if pool == "pool5":
             layers.append(nn.MaxPool3d(2, stride=2, padding=(0, 1, 1)))
-        elif pool is not None:
+        elif isinstance(pool, tuple):
             layers.append(nn.MaxPool3d(pool, stride=pool))
         width = out
     return nn.Sequential(*layers)

@@ -9,7 +9,7 @@ logits are averaged back over views and snippets by the base, as for every famil
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

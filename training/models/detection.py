@@ -236,7 +236,7 @@ class TwoStreamDetector(nn.Module):
         return run
 
     def _union(self, runs: dict) -> list[torch.Tensor]:
-        return [torch.cat(ps) for ps in zip(runs["rgb"]["proposals"], runs["flow"]["proposals"])]
+        return [torch.cat(ps) for ps in zip(runs["rgb"]["proposals"], runs["flow"]["proposals"], strict=True)]
 
     def _fused_losses(self, runs: dict) -> dict:
         """Concat fusion's box losses on regions sampled from both streams' proposals."""
@@ -261,7 +261,7 @@ class TwoStreamDetector(nn.Module):
         out = {}
         for name, (logits, boxes) in heads.items():
             b, s, lab = self.streams["rgb"].roi_heads.postprocess_detections(logits, boxes, proposals, sizes)
-            dets = [{"boxes": x, "scores": y, "labels": z} for x, y, z in zip(b, s, lab)]
+            dets = [{"boxes": x, "scores": y, "labels": z} for x, y, z in zip(b, s, lab, strict=True)]
             out[name] = self.streams["rgb"].transform.postprocess(dets, sizes, runs["rgb"]["originals"])
         return out
 

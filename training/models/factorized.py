@@ -93,7 +93,7 @@ class Block(nn.Module):
         self.conv2 = st_conv(n_out, n_out, kind)
         self.bn2 = nn.BatchNorm3d(n_out)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or n_in != n_out:
             self.shortcut = nn.Sequential(nn.Conv3d(n_in, n_out, 1, stride=stride, bias=False), nn.BatchNorm3d(n_out))
 

@@ -43,8 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.backbones import (STAGES, check_snippet_streams, pre_relu, stage_channels, stem,
-                                       stream_backbone)
+from training.models.backbones import STAGES, check_snippet_streams, pre_relu, stage_channels, stem, stream_backbone
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 

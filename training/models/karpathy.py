@@ -188,7 +188,7 @@ class Karpathy(VideoClassifier):
         """(N, F, 3, S, S) -> each stream's frames: context = downsampled, fovea = centre crop."""
         if not self.opts.multires:
             return {"full": frames}
-        n, f, c, s, _ = frames.shape
+        n, f, _c, s, _ = frames.shape
         half, lo = s // 2, s // 4
         context = F.interpolate(frames.flatten(0, 1), size=(half, half), mode="bilinear", antialias=True,
                                 align_corners=False).unflatten(0, (n, f))

@@ -13,7 +13,8 @@ here as lengths: the first p and the last e of the clip's t snippets, p and e ea
 [ceil(t/3), floor(t/2)]). Scoring searches every (p, e) pair: a class's score is its best
 split's similarity. The t snippets span the whole video by default (one per TSN segment,
 `--sampling tsn --segments t`, tested on clips of t snippets too), so precondition and effect
-are the video's start and end as in the paper; `--sampling strided` reads a window instead. As in the paper each modality has its own Siamese network, RGB frames
+are the video's start and end as in the paper; `--sampling strided` reads a window instead. As in
+the paper each modality has its own Siamese network, RGB frames
 and stacked optical flow (L fields per snippet), and the two are fused late (--streams both).
 
 Training alternates, EM style, between the split and the networks. Each step forward
@@ -179,7 +180,8 @@ class Siamese(VideoClassifier):
         return late_fusion({name: torch.softmax(s / SCORE_TEMPERATURE, dim=1) for name, s in best.items()},
                            self.cfg.fusion_weights)
 
-    def training_loss(self, logits: dict[str, torch.Tensor], labels: torch.Tensor, criterion) -> torch.Tensor:
+    def training_loss(self, logits: dict[str, torch.Tensor], labels: torch.Tensor,
+                      criterion) -> torch.Tensor:  # noqa: ARG002 (VideoClassifier's signature)
         """E-step (best split for the true class, networks fixed) then the M-step's contrastive
         loss at that split, summed over streams. `criterion` (cross-entropy) is not used."""
         return sum(contrastive_loss(chosen_split(sims.float(), labels), labels, self.opts.margin)

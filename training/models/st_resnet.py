@@ -30,8 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from training.models.backbones import (STAGES, check_snippet_streams, residual_branch, shortcut, stage_channels,
-                                       stem, stream_backbone)
+from training.models.backbones import (
+    STAGES,
+    check_snippet_streams,
+    residual_branch,
+    shortcut,
+    stage_channels,
+    stem,
+    stream_backbone,
+)
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
@@ -175,7 +182,7 @@ class STResNet(VideoClassifier):
             else:
                 x_a = connected_unit(units_a[1], x_a, x_m, self.opt.connection)
             x_m = units_m[1](x_m)
-        for unit_a, unit_m in zip(units_a[2:], units_m[2:]):
+        for unit_a, unit_m in zip(units_a[2:], units_m[2:], strict=True):
             x_a, x_m = unit_a(x_a), unit_m(x_m)
         return x_a, x_m
 

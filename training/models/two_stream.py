@@ -119,7 +119,7 @@ class TwoStream(VideoClassifier):
             out["fused"] = self.fusion(maps["rgb"], maps["flow"])
         return out
 
-    def train(self, mode: bool = True) -> "TwoStream":
+    def train(self, mode: bool = True) -> TwoStream:
         super().train(mode)
         if mode and self.cfg.partial_bn:
             for bn in frozen_bns(self):
