@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from test_clips import flowshard, motion_list
 
 from jobs import recipes
 from jobs.commands.recipes import recipes_command
 from jobs.commands.train import make_train_config, train_command
 from jobs.model_options import resolve_defaults
 from jobs.train_flags import NotOffered, check_flags, layer, recipe_flags
-from test_clips import flowshard, motion_list
 from training.models import build_model, family
 
 NAMES = recipes.names()

@@ -29,8 +29,8 @@ def list_lines() -> list[str]:
     """One line per recipe: name@version, the paper (first author, year, arXiv id), its summary."""
     loaded = [recipe_files.load(n) for n in recipe_files.names()]
     width = max(len(r.label) for r in loaded)
-    rows = [f"{r.label:<{width}}  {r.paper.authors.split(',')[0]} {r.paper.year} ({r.paper.where}): {r.summary}"
-            for r in loaded]
+    rows = [f"{r.label:<{width}}  {r.paper.authors.split(',')[0]} {r.paper.year} ({r.paper.where}): "
+            f"{r.summary}" for r in loaded]
     return [*rows, "", "flowshard recipes NAME shows one; flowshard train DATASET --recipe NAME trains it."]
 
 
@@ -48,7 +48,8 @@ def recipe_lines(recipe: Recipe) -> list[str]:
         rows.append(f"{DIFFERS if s.note else ' '} {s.name}")
         rows.append(side_by_side("", s.paper, "; ".join(ours) or "(nothing to set)"))
         if s.note:
-            rows += textwrap.wrap(s.note, 2 * PAPER_WIDTH + 3, initial_indent="    why: ", subsequent_indent="         ")
+            rows += textwrap.wrap(s.note, 2 * PAPER_WIDTH + 3, initial_indent="    why: ",
+                                  subsequent_indent=" " * 9)
     flags = " ".join(flag_text(k, v) for k, v in recipe.flags().items())
     tail = ["", f"{DIFFERS} ours differs from the paper (see why).",
             f"flowshard train DATASET --recipe {recipe.name} is: flowshard train DATASET {flags}"]
