@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("jobs.commands.train", "train_command"),
     "evaluate": ("jobs.commands.train", "evaluate_command"),
     "features": ("jobs.commands.train", "features_command"),
+    "recipes": ("jobs.commands.recipes", "recipes_command"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -80,13 +80,27 @@ def click_option(spec, families: list[str]) -> click.Option:
                         help=text)
 
 
-def resolve_defaults(o: dict) -> dict:
-    """The options with each unset (None) data flag taken from the model's defaults."""
+def family_input(model: str, values: dict) -> dict:
+    """The data settings family `model` defines for itself (its INPUT, or input_defaults(values)
+    where they depend on its options' `values`)."""
     from training.models import family
 
-    fam = family(o["model"])
-    own = fam.input_defaults(o) if hasattr(fam, "input_defaults") else getattr(fam, "INPUT", {})
-    defaults = {**BASE_DEFAULTS, **own}
+    fam = family(model)
+    return dict(fam.input_defaults(values) if hasattr(fam, "input_defaults") else getattr(fam, "INPUT", {}))
+
+
+def family_defaults(model: str, values: dict) -> dict:
+    """Every value a flag left unset takes with model `model`: BASE_DEFAULTS, the family's
+    input (family_input) and the defaults of the family's options."""
+    from training.models import family
+
+    options = {spec.key: spec.default for spec in getattr(family(model), "OPTIONS", ())}
+    return {**BASE_DEFAULTS, **family_input(model, values), **options}
+
+
+def resolve_defaults(o: dict) -> dict:
+    """The options with each unset (None) data flag taken from the model's defaults."""
+    defaults = {**BASE_DEFAULTS, **family_input(o["model"], o)}
     if o.get("sampling") is None and (o.get("snippets") is not None or o.get("strides") is not None):
         defaults["sampling"] = "strided"  # --snippets and --strides describe strided clips
     return {**o, **{k: v for k, v in defaults.items() if o.get(k) is None}}

@@ -47,6 +47,9 @@ class TrainConfig:
     seed: int = 0
     resume: str | None = None
     log_every: int = 10
+    # The flags that made this run and where each came from (jobs.train_flags); None when the
+    # config was made without the command. Plain JSON: `flowshard train --config` reads it back.
+    command: dict | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -28,6 +28,7 @@ from jobs.features import extract_features
 from jobs.model_options import FamilyCommand, model_options, model_takes_snippets, resolve_defaults
 from jobs.parsing import parse_numbers, parse_params
 from jobs.runs import write_results
+from jobs.train_flags import layer
 from jobs.train import evaluate_checkpoint, train
 from pipeline.snippets import SAMPLERS
 from training import data
@@ -140,16 +141,24 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Resume from a checkpoint (--resume alone: OUTPUT/last.pt).")
 @click.option("--log-every", type=int, default=10, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_command(dataset: str, output: str, progress: bool, **o) -> None:
+@click.option("--recipe", default=None, metavar="NAME",
+              help="A paper's setting by name (`flowshard recipes` lists them); flags given here override it.")
+@click.option("--config", default=None, metavar="FILE",
+              help="Flags from a run's config.json (or a YAML/JSON mapping of flags), over --recipe; flags given "
+                   "here override them.")
+def train_command(dataset: str, output: str, progress: bool, recipe: str | None, config: str | None, **o) -> None:
     """Train a two-stream network on DATASET (a built dataset or clip shards)."""
     try:
+        prov = layer(click.get_current_context(), o, recipe, config)
+        o = dict(prov.options)
         source = data.open_source(dataset)
         o["clip_len"] = o["clip_len"] or default_clip_len(source.info or {})
         num_classes = source.num_classes
         if o["task"] == "detect":
             o["model"] = "detection"
             num_classes = len(action_names(source.info or {}, dataset)) + 1  # and background
-        cfg = make_train_config(dataset, output, num_classes, resolve_defaults(o))
+        resolved = resolve_defaults(o)
+        cfg = make_train_config(dataset, output, num_classes, resolved, command=prov.record(resolved))
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -173,10 +182,11 @@ def distributed_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> TrainConfig:
+def make_train_config(dataset: str, output: str, num_classes: int, o: dict, command: dict | None = None) -> TrainConfig:
     """Options (unset data flags already resolved, `resolve_defaults`) -> a validated
     TrainConfig (ValueError naming the bad value). Loader workers left unset take this
-    rank's share of the CPUs, and the config records the number used."""
+    rank's share of the CPUs, and the config records the number used; `command` is the
+    record of the flags and their sources (jobs.train_flags)."""
     transform = TransformConfig(crop_size=o["crop_size"], scales=_floats(o["crop_scales"]), max_distort=o["max_distort"],
                                 crop_positions=int(o["crop_positions"]), flip=o["flip"],
                                 test_crops=int(o["test_crops"]))
@@ -208,7 +218,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                        device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
                        steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],
                        train_split=o["train_split"], eval_split=o["eval_split"], seed=o["seed"],
-                       resume=o["resume"], log_every=o["log_every"])
+                       resume=o["resume"], log_every=o["log_every"], command=command)
 
 
 @click.command("evaluate")
