@@ -36,7 +36,7 @@ def frames_per_sample(data_cfg) -> int:
     return data_cfg.segments if data_cfg.sampler == "tsn" else 1
 
 
-def train_detector(cfg, info, progress: bool) -> dict:
+def train_detector(cfg, info, progress: bool, report=None) -> dict:
     """Train the detector as configured (one process, or one rank under torchrun); returns the summary."""
     import torch
 
@@ -51,11 +51,11 @@ def train_detector(cfg, info, progress: bool) -> dict:
         raise ValueError(f"{cfg.dataset} has {len(names)} actions, the model {cfg.model.num_classes - 1}")
     eval_split = resolve_eval_split(cfg, source.splits())
     with run_folder(cfg, info) as run:
-        return _run(cfg, info, source, names, device, run, eval_split, progress)
+        return _run(cfg, info, source, names, device, run, eval_split, progress, report)
 
 
-def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
-    from jobs.runs import _writer, prepare_run, save_epoch
+def _run(cfg, info, source, names, device, run, eval_split, progress, report=None) -> dict:
+    from jobs.runs import EpochLoop, _writer, prepare_run
     from training import data
     from training.detection import engine
     from training.detection.tubes import TubeConfig
@@ -68,6 +68,7 @@ def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
     if eval_split is not None:
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
     state = prepare_run(cfg, info, source, device, steps, find_unused=True)
+    loop = EpochLoop(state=state, cfg=cfg, info=info, source=source, run=run, steps=steps, report=report)
     writer = _writer(run.local) if run is not None else None
     streams = cfg.model.stream_names
     log.info("training a %s detector (%s) on %s: %d actions, %d steps/epoch x %d epochs, batch %d per rank; "
@@ -75,12 +76,12 @@ def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
              cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
     results, stats, step = None, {}, state.step
     for epoch in range(state.start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        done = loop.start(train_loader, epoch)
         step, stats = engine.train_one_epoch(
             state.model, state.optimizer, state.scheduler, train_loader, device, epoch, streams=streams, steps=steps,
             step=step, scaler=state.scaler, amp_dtype=state.dtype, clip_grad=cfg.clip_grad, writer=writer,
-            log_every=cfg.log_every, progress=progress and info.is_main)
-        save_epoch(state, cfg, source, run, epoch, step, stats)
+            log_every=cfg.log_every, progress=progress and info.is_main, start=done, after_step=loop.after_step(epoch))
+        loop.end(epoch, step, stats)
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             results = engine.evaluate(state.model, eval_loader, device, streams=streams, class_names=names,
@@ -91,6 +92,7 @@ def _run(cfg, info, source, names, device, run, eval_split, progress) -> dict:
             if writer is not None:
                 writer.flush()
             run.sync()
+        loop.reported(epoch, step, stats)
     summary = {"steps": step, "epochs": cfg.epochs, "steps_per_epoch": steps, "world_size": info.world_size,
                "train": stats, "eval_split": eval_split, "eval": headline(results) if results else None,
                "dataset_version": source.version}

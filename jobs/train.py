@@ -32,8 +32,8 @@ import click
 
 from jobs.model_options import FamilyCommand, model_options, model_takes_snippets, resolve_defaults
 from jobs.parsing import parse_numbers, parse_params, parse_size
-from jobs.runs import (RunFolder, _headline, _writer, evaluation_provenance, pick_split, prepare_run,
-                       resolve_eval_split, run_evaluation, run_folder, save_epoch, write_results)
+from jobs.runs import (EpochLoop, Report, RunFolder, _headline, _writer, evaluation_provenance, pick_split,
+                       prepare_run, resolve_eval_split, run_evaluation, run_folder, write_results)
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 # registering these commands keeps `flowshard build --help` fast.
 
 log = logging.getLogger(__name__)
-def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Run training as configured (one process, or one rank under torchrun); returns the summary."""
+def train(cfg: TrainConfig, *, progress: bool = True, report: Report | None = None) -> dict:
+    """Run training as configured (one process, or one rank under torchrun or Ray Train); returns
+    the summary. `report(metrics, checkpoint file)` hears of every checkpoint (jobs.train_on_ray)."""
     from training import distributed
 
     info = distributed.init_distributed(cfg.device)
@@ -53,13 +54,13 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         if cfg.data.task == "detect":
             from jobs.detect import train_detector
 
-            return train_detector(cfg, info, progress)
-        return _train(cfg, info, progress)
+            return train_detector(cfg, info, progress, report)
+        return _train(cfg, info, progress, report)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
+def _train(cfg: TrainConfig, info: DistInfo, progress: bool, report: Report | None = None) -> dict:
     import torch
 
     from training import data
@@ -71,10 +72,11 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
         raise ValueError(f"{cfg.dataset} has {source.num_classes} classes, the model {cfg.model.num_classes}")
     eval_split = resolve_eval_split(cfg, source.splits())
     with run_folder(cfg, info) as run:
-        return _run(cfg, info, source, device, run, eval_split, progress)
+        return _run(cfg, info, source, device, run, eval_split, progress, report)
 
 
-def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | None, progress) -> dict:
+def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | None, progress,
+         report: Report | None = None) -> dict:
     import torch
 
     from training import data, distributed, engine
@@ -89,6 +91,7 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin, device=device)
     state = prepare_run(cfg, info, source, device, steps)
     model, dtype, step = state.model, state.dtype, state.step
+    loop = EpochLoop(state=state, cfg=cfg, info=info, source=source, run=run, steps=steps, report=report)
     writer = _writer(run.local) if run is not None else None
     criterion = torch.nn.CrossEntropyLoss()
     log.info("training %s (%s) on %s (%s, %d classes): %d steps/epoch x %d epochs, %d rank(s), batch %d per rank; "
@@ -96,12 +99,12 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
              cfg.epochs, info.world_size, cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
     results, stats = None, {}
     for epoch in range(state.start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        done = loop.start(train_loader, epoch)
         step, stats = engine.train_one_epoch(
             model, criterion, state.optimizer, state.scheduler, train_loader, device, epoch, model_cfg=cfg.model,
             steps=steps, step=step, scaler=state.scaler, amp_dtype=dtype, clip_grad=cfg.clip_grad, writer=writer,
-            log_every=cfg.log_every, progress=progress and info.is_main)
-        save_epoch(state, cfg, source, run, epoch, step, stats)
+            log_every=cfg.log_every, progress=progress and info.is_main, start=done, after_step=loop.after_step(epoch))
+        loop.end(epoch, step, stats)
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             results = engine.evaluate(model, eval_loader, device, model_cfg=cfg.model, amp_dtype=dtype,
@@ -112,6 +115,7 @@ def _run(cfg, info, source, device, run: RunFolder | None, eval_split: str | Non
             if writer is not None:
                 writer.flush()
             run.sync()
+        loop.reported(epoch, step, stats)
     steps_per_rank = distributed.all_gather_object(step)
     summary = {"steps": step, "steps_per_rank": steps_per_rank, "epochs": cfg.epochs, "steps_per_epoch": steps,
                "world_size": info.world_size, "train": stats, "eval_split": eval_split,
@@ -280,11 +284,23 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--resume", default=None, is_flag=False, flag_value="last",
               help="Resume from a checkpoint (--resume alone: OUTPUT/last.pt).")
 @click.option("--log-every", type=int, default=10, show_default=True)
+@click.option("--checkpoint-every-steps", type=int, default=0, show_default=True,
+              help="Also write last.pt every N steps inside an epoch; a resumed run goes on mid-epoch (0: epoch ends).")
+@click.option("--on-corrupt", default="error", show_default=True, type=click.Choice(["error", "skip"]),
+              help="A sample whose bytes miss its manifest hash: stop naming shard and key, or skip it (logged, counted).")
+@click.option("--ray-workers", default=None, metavar="N|MIN-MAX",
+              help="Train on Ray Train with N workers (MIN-MAX: elastic; jobs.train_on_ray).")
+@click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True, help="With --ray-workers.")
+@click.option("--address", default=None, help="With --ray-workers: the Ray cluster (auto, ray://HEAD:10001); "
+                                               "default: a local Ray.")
+@click.option("--max-failures", type=int, default=0, show_default=True,
+              help="With --ray-workers: worker-group restarts from the last checkpoint before the run fails.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_command(dataset: str, output: str, progress: bool, **o) -> None:
     """Train a two-stream network on DATASET (a built dataset or clip shards)."""
     from training import data
 
+    ray_args = {k: o.pop(k) for k in ("ray_workers", "ray_gpus_per_worker", "address", "max_failures")}
     try:
         source = data.open_source(dataset)
         o["clip_len"] = o["clip_len"] or default_clip_len(source.info or {})
@@ -298,7 +314,12 @@ def train_command(dataset: str, output: str, progress: bool, **o) -> None:
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        summary = train(cfg, progress=progress)
+        if ray_args["ray_workers"]:
+            from jobs.train_on_ray import run_command
+
+            summary = run_command(cfg, **ray_args)
+        else:
+            summary = train(cfg, progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if distributed_rank() == 0:
@@ -338,7 +359,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                           snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], ordered=ordered,
                           transform=transform,
                           batch_size=o["batch_size"], workers=o["workers"], shuffle_buffer=o["shuffle_buffer"],
-                          seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
+                          seed=o["seed"], verify=o["verify"], on_corrupt=o.get("on_corrupt", "error"),
+                          gpu_decode=o.get("gpu_decode", False),
                           flow_mean_subtract=o.get("flow_mean_subtract", False), task=o.get("task", "classify"))
     weights = _floats(o["fusion_weights"]) if o.get("fusion_weights") else None  # None: the streams' defaults
     initial = None if o["weights"] in (None, "none") else o["weights"]
@@ -356,7 +378,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
                        device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
                        steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],
                        train_split=o["train_split"], eval_split=o["eval_split"], seed=o["seed"],
-                       resume=o["resume"], log_every=o["log_every"])
+                       resume=o["resume"], log_every=o["log_every"],
+                       checkpoint_every_steps=o.get("checkpoint_every_steps", 0))
 
 
 @click.command("evaluate")
