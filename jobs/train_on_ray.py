@@ -45,8 +45,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pipeline import storage
 
@@ -122,6 +122,7 @@ def train_loop(config: dict) -> None:
     from training.config import TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO)  # Ray's worker set-up configured the root logger first
     storage.configure(config.get("storage_options") or {})
     cfg = group_config(TrainConfig.from_dict(config["train"]), ray.train.get_context().get_world_size(),
                        config["max_workers"])

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from jobs.train_on_ray import RayTrainConfig, check_global_batch, parse_workers, train_on_ray
 from test_clips import flowshard, motion_list
 from test_s3 import BUCKET, s3  # noqa: F401  (the loopback S3 server fixture)
+
+from jobs.train_on_ray import RayTrainConfig, check_global_batch, parse_workers, train_on_ray
 from training import checkpoint, data
 from training.data.integrity import CorruptSampleError
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--arch", "resnet18", "--weights", "none", "--workers", "0", "--device", "cpu", "--no-progress",
-        "--crop-size", "32", "--batch-size", "2", "--clip-len", "4", "--steps-per-epoch", "4", "--epochs", "2",
+        "--crop-size", "32", "--batch-size", "2", "--clip-len", "4", "--steps-per-epoch", "3", "--epochs", "2",
         "--eval-every", "0", "--lr", "0.05", "--seed", "3"]
-KILL_AT = 3  # rank 1 dies before its 4th batch of epoch 0; the step checkpoint is at 2 batches
+KILL_AT = 2  # rank 1 dies before its 3rd batch of epoch 0, just after the step checkpoint at 2 batches
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,9 @@ def expected_keys(ds: Path, cfg, rank: int, epoch: int) -> list[list[str]]:
     """Rank `rank`'s batches of `epoch` (of 2 ranks), drawn in this process."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2")
     try:
-        loader = data.make_loader(data.open_source(ds), "train", cfg.data, train=True, steps=4)
+        loader = data.make_loader(data.open_source(ds), "train", cfg.data, train=True, steps=3)
         loader.set_epoch(epoch)
-        return [b["key"] for b, _ in zip(loader, range(4), strict=False)]
+        return [b["key"] for b, _ in zip(loader, range(3), strict=False)]
     finally:
         os.environ.pop("RANK")
         os.environ.pop("WORLD_SIZE")
@@ -121,7 +121,7 @@ def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(m
                            loop=functools.partial(recording_loop, visits=str(visits)))
     assert (visits / "killed").exists()  # the first attempt died
     reference = json.loads((torchrun_run / "train_summary.json").read_text())
-    assert summary["steps_per_rank"] == reference["steps_per_rank"] == [8, 8]
+    assert summary["steps_per_rank"] == reference["steps_per_rank"] == [6, 6]
     assert summary["world_size"] == 2
     ours, theirs = checkpoint.load_checkpoint(tmp_path / "ray" / "last.pt"), checkpoint.load_checkpoint(
         torchrun_run / "last.pt")
@@ -133,17 +133,36 @@ def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(m
     log_text = (tmp_path / "ray" / "train.log").read_text()
     assert "resumed from" in log_text and "2 batches of the next" in log_text
     # Visits of the interrupted epoch: what the first attempt trained up to its step checkpoint,
-    # then the second attempt; exactly each rank's block, each sample once.
+    # then the second attempt; exactly each rank's block. 2 ranks x 3 steps x 2 = the 12 train
+    # videos: each once.
+    flat = []
     for rank in (0, 1):
         rows = [json.loads(line) for line in (visits / f"rank{rank}.jsonl").read_text().splitlines()]
         used = [r["keys"] for r in sorted(rows, key=lambda r: r["index"]) if r["epoch"] == 0
                 and (r["attempt"] == 2 or r["index"] < 2)]
         assert used == expected_keys(motion, cfg, rank, 0)
-        flat = [k for keys in used for k in keys]
-        assert len(flat) == len(set(flat)) == 8
+        flat += [k for keys in used for k in keys]
+    assert len(flat) == len(set(flat)) == 12
 
 
-def test_checkpoints_to_s3_then_evaluate_reads_them(motion, s3, ray_local, tmp_path):  # noqa: F811
+@pytest.fixture
+def ray_with_s3_env(s3):  # noqa: F811
+    """A local Ray started inside the S3 server's environment (its workers, Ray Train's controller
+    among them, inherit the endpoint and credentials), then the session's Ray again."""
+    import ray
+
+    settings = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False,
+                "runtime_env": {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}}
+    had = ray.is_initialized()
+    ray.shutdown()
+    ray.init(**settings)
+    yield
+    ray.shutdown()
+    if had:
+        ray.init(**settings)
+
+
+def test_checkpoints_to_s3_then_evaluate_reads_them(motion, ray_with_s3_env, tmp_path):
     from pipeline import storage
 
     out = f"{BUCKET}/ray_runs/r18"
@@ -152,7 +171,7 @@ def test_checkpoints_to_s3_then_evaluate_reads_them(motion, s3, ray_local, tmp_p
     files = set(storage.walk_files(out))
     assert {"last.pt", "epoch_000.pt", "config.json", "train.log", "train_summary.json"} <= files
     assert any(f.startswith("tb/") for f in files) and any(f.startswith("checkpoint_step_") for f in files)
-    assert summary["steps"] == 4
+    assert summary["steps"] == 3
     text = flowshard("evaluate", str(motion), f"{out}/last.pt", "--device", "cpu", "--workers", "0", "--no-progress",
                      "--test-clips", "2")
     assert "fused" in text
@@ -190,7 +209,7 @@ def test_a_step_checkpoint_resumes_mid_epoch_exactly_in_a_plain_run(motion, tmp_
     assert checkpoint.load_checkpoint(step_ckpt)["position"]["epoch_step"] == 2
     flowshard("train", *args, "--output", str(tmp_path / "b"), "--resume")
     a, b = checkpoint.load_checkpoint(tmp_path / "a" / "last.pt"), checkpoint.load_checkpoint(step_ckpt)
-    assert a["step"] == b["step"] == 4
+    assert a["step"] == b["step"] == 3
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, msg=name)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from pipeline import storage
 from pipeline.build.manifest import MANIFEST, read_rows
