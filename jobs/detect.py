@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.runs import (_writer, evaluation_provenance, initial_model, pick_split, prepare_run, resolve_eval_split,
+from jobs.runs import (EpochLoop, _writer, evaluation_provenance, initial_model, pick_split, prepare_run, resolve_eval_split,
                        run_evaluation, run_folder, save_epoch, write_results)
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 from training.detection.metrics import DEFAULT_MATCHING
@@ -44,7 +44,7 @@ def frames_per_sample(data_cfg) -> int:
     return data_cfg.segments if data_cfg.sampler == "tsn" else 1
 
 
-def train_detector(cfg, info, progress: bool) -> dict:
+def train_detector(cfg, info, progress: bool, report=None) -> dict:
     """Train the detector as configured (one process, or one rank under torchrun); returns the summary."""
     device = torch.device(info.device)
     torch.manual_seed(cfg.seed)
@@ -55,10 +55,10 @@ def train_detector(cfg, info, progress: bool) -> dict:
     eval_split = resolve_eval_split(cfg, source.splits())
     model = initial_model(cfg)  # reads the initial weights: a missing file fails before any folder or loader
     with run_folder(cfg, info) as run:
-        return _run(cfg, info, source, names, model, device, run, eval_split, progress)
+        return _run(cfg, info, source, names, model, device, run, eval_split, progress, report)
 
 
-def _run(cfg, info, source, names, model, device, run, eval_split, progress) -> dict:
+def _run(cfg, info, source, names, model, device, run, eval_split, progress, report=None) -> dict:
     per_epoch = source.num_samples(cfg.train_split) * frames_per_sample(cfg.data)
     steps = cfg.steps_per_epoch or max(1, per_epoch // (cfg.data.batch_size * info.world_size))
     state = prepare_run(cfg, info, source, model, device, steps, find_unused=True)  # before the loaders start
@@ -67,6 +67,7 @@ def _run(cfg, info, source, names, model, device, run, eval_split, progress) -> 
     eval_loader = None
     if eval_split is not None:
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin)
+    loop = EpochLoop(state=state, cfg=cfg, info=info, source=source, run=run, steps=steps, report=report)
     writer = _writer(run.local) if run is not None else None
     streams = cfg.model.stream_names
     log.info("training a %s detector (%s) on %s: %d actions, %d steps/epoch x %d epochs, batch %d per rank; "
@@ -74,12 +75,12 @@ def _run(cfg, info, source, names, model, device, run, eval_split, progress) -> 
              cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
     results, stats, step = None, {}, state.step
     for epoch in range(state.start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        done = loop.start(train_loader, epoch)
         step, stats = engine.train_one_epoch(
             state.model, state.optimizer, state.scheduler, train_loader, device, epoch, streams=streams, steps=steps,
             step=step, scaler=state.scaler, amp_dtype=state.dtype, clip_grad=cfg.clip_grad, writer=writer,
-            log_every=cfg.log_every, progress=progress and info.is_main)
-        save_epoch(state, cfg, source, run, epoch, step, stats)
+            log_every=cfg.log_every, progress=progress and info.is_main, start=done, after_step=loop.after_step(epoch))
+        loop.end(epoch, step, stats)
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             results = engine.evaluate(state.model, eval_loader, device, streams=streams, class_names=names,
@@ -90,6 +91,7 @@ def _run(cfg, info, source, names, model, device, run, eval_split, progress) -> 
             if writer is not None:
                 writer.flush()
             run.sync()
+        loop.reported(epoch, step, stats)
     summary = {"steps": step, "epochs": cfg.epochs, "steps_per_epoch": steps, "world_size": info.world_size,
                "train": stats, "eval_split": eval_split, "eval": headline(results) if results else None,
                "dataset_version": source.version}

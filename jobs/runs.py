@@ -15,7 +15,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -179,6 +179,36 @@ class RunState:
     dtype: torch.dtype | None  # autocast
     start_epoch: int
     step: int
+    start_batch: int = 0  # batches of start_epoch already trained (resumed from a step checkpoint)
+
+
+def loader_geometry(cfg: TrainConfig, info: DistInfo, steps: int) -> dict:
+    """What fixes each stream's block of an epoch: a step checkpoint resumes inside an epoch
+    only with the same values (training.data.shards.EpochBlocks)."""
+    return {"world_size": info.world_size, "workers": cfg.data.workers, "batch_size": cfg.data.batch_size,
+            "steps": steps}
+
+
+def resume_point(ckpt: dict, resume: Location, geometry: dict) -> tuple[dict, int]:
+    """(the checkpoint to restore, batches of the next epoch already trained).
+
+    A step checkpoint taken with another loader geometry (an elastic group that changed
+    size, other --workers or --batch-size) cannot go on inside its epoch without using some
+    samples twice and skipping others: the run goes back to the epoch's start (the
+    epoch_NNN.pt beside it, or the very start for the first epoch), so each epoch is drawn
+    by one group.
+    """
+    position = ckpt.get("position")
+    if not position:
+        return ckpt, 0
+    if {k: position.get(k) for k in geometry} == geometry:
+        return ckpt, int(position["epoch_step"])
+    epoch = int(ckpt["epoch"])
+    log.warning("%s was taken inside epoch %d with loader geometry %s, this run has %s: the epoch restarts "
+                "from its beginning", resume, epoch + 1, {k: position.get(k) for k in geometry}, geometry)
+    if epoch < 0:
+        return {}, 0
+    return checkpoint.load_checkpoint(storage.join(storage.parent(resume), checkpoint.epoch_name(epoch))), 0
 
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:
@@ -207,19 +237,22 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, source, model: torch.nn.Module
     scheduler = make_scheduler(optimizer, cfg, steps)
     dtype = amp_dtype(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    start_epoch, step = 0, 0
+    start_epoch, step, start_batch = 0, 0, 0
     if resume is not None:
         ckpt = checkpoint.load_checkpoint(resume)
         check_resume(ckpt, cfg, source.version)
-        step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                        rank=info.rank, world_size=info.world_size)
-        start_epoch = done + 1
-        log.info("resumed from %s at step %d (epoch %d done)", resume, step, done)
+        ckpt, start_batch = resume_point(ckpt, resume, loader_geometry(cfg, info, steps))
+        if ckpt:
+            step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                            scaler=scaler, rank=info.rank, world_size=info.world_size)
+            start_epoch = done + 1
+            log.info("resumed from %s at step %d (epoch %d done, %d batches of the next)", resume, step, done,
+                     start_batch)
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
     return RunState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype,
-                    start_epoch=start_epoch, step=step)
+                    start_epoch=start_epoch, step=step, start_batch=start_batch)
 
 
 def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
@@ -233,6 +266,73 @@ def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None,
                                           dataset_version=source.version, rng=rng,
                                           dataset_name=opened_name(cfg.dataset))
         checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+
+
+def save_step(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
+              position: dict) -> None:
+    """Write a step checkpoint (last.pt only) from rank 0: the state after `position["epoch_step"]`
+    batches of `epoch`, which a resumed run (--resume, or a restarted Ray Train group) goes on from."""
+    rng = distributed.all_gather_object(checkpoint.rng_state())
+    if run is not None:
+        ckpt = checkpoint.make_checkpoint(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                                          scaler=state.scaler, step=step, epoch=epoch - 1, config=cfg.to_dict(),
+                                          dataset_version=source.version, rng=rng,
+                                          dataset_name=opened_name(cfg.dataset), position=position)
+        checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.LAST,))
+
+
+Report = Callable[[dict, "str | None"], None]  # (metrics, checkpoint file saved or None), on every rank
+
+
+@dataclass
+class EpochLoop:
+    """The checkpoints of a training loop: where each epoch starts, step checkpoints every
+    cfg.checkpoint_every_steps, epoch checkpoints; `report` (the Ray Train adapter) hears of each."""
+
+    state: RunState
+    cfg: TrainConfig
+    info: DistInfo
+    source: object
+    run: RunFolder | None
+    steps: int
+    report: Report | None = None
+
+    def start(self, loader, epoch: int) -> int:
+        """Set `loader` to `epoch`; returns the batches of it already trained (0 unless resumed inside it)."""
+        done = self.state.start_batch if epoch == self.state.start_epoch else 0
+        loader.set_epoch(epoch, done)
+        if done:
+            rng = checkpoint.rng_state()  # as restored from the step checkpoint
+            loader.after_iter = lambda: checkpoint.set_rng_state(rng)
+        return done
+
+    def after_step(self, epoch: int) -> Callable[[int, int], None] | None:
+        """The step hook of `epoch` (None without step checkpoints)."""
+        every = self.cfg.checkpoint_every_steps
+        if not every:
+            return None
+
+        def hook(step: int, done: int) -> None:
+            if done % every == 0 and done < self.steps:  # the epoch's end writes its own checkpoint
+                position = {"epoch_step": done, **loader_geometry(self.cfg, self.info, self.steps)}
+                save_step(self.state, self.cfg, self.source, self.run, epoch, step, position)
+                if self.report is not None:
+                    self.report({"epoch": epoch, "step": step, "epoch_step": done}, checkpoint_name(self.info))
+        return hook
+
+    def end(self, epoch: int, step: int, stats: dict) -> None:
+        """Write the epoch's checkpoint (epoch_NNN.pt and last.pt)."""
+        save_epoch(self.state, self.cfg, self.source, self.run, epoch, step, stats)
+
+    def reported(self, epoch: int, step: int, stats: dict) -> None:
+        """Report the epoch's checkpoint, once its metrics and logs are written and synced."""
+        if self.report is not None:
+            self.report({"epoch": epoch, "step": step, "epoch_step": 0, **stats}, checkpoint_name(self.info))
+
+
+def checkpoint_name(info: DistInfo) -> str | None:
+    """The file rank 0 just wrote (None on the other ranks, which write nothing)."""
+    return LAST if info.is_main else None
 
 
 def _writer(out: Path):

@@ -15,8 +15,9 @@ import logging
 import torch
 
 from jobs.detect import evaluate_detector, train_detector
-from jobs.runs import (RunFolder, _headline, _writer, evaluation_provenance, initial_model, pick_split, prepare_run,
-                       resolve_eval_split, run_evaluation, run_folder, save_epoch, write_results)
+from jobs.runs import (EpochLoop, Report, RunFolder, _headline, _writer, evaluation_provenance, initial_model,
+                       pick_split, prepare_run, resolve_eval_split, run_evaluation, run_folder, save_epoch,
+                       write_results)
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 from training.detection.metrics import DEFAULT_MATCHING
 from training import checkpoint, data, distributed, engine
@@ -27,18 +28,19 @@ from training.models import build_model
 log = logging.getLogger(__name__)
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
-    """Run training as configured (one process, or one rank under torchrun); returns the summary."""
+def train(cfg: TrainConfig, *, progress: bool = True, report: Report | None = None) -> dict:
+    """Run training as configured (one process, or one rank under torchrun or Ray Train); returns
+    the summary. `report(metrics, checkpoint file)` hears of every checkpoint (jobs.train_on_ray)."""
     info = distributed.init_distributed(cfg.device)
     try:
         if cfg.data.task == "detect":
-            return train_detector(cfg, info, progress)
-        return _train(cfg, info, progress)
+            return train_detector(cfg, info, progress, report)
+        return _train(cfg, info, progress, report)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
+def _train(cfg: TrainConfig, info: DistInfo, progress: bool, report: Report | None = None) -> dict:
     device = torch.device(info.device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     source = data.open_source(cfg.dataset)
@@ -47,10 +49,11 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: bool) -> dict:
     eval_split = resolve_eval_split(cfg, source.splits())
     model = initial_model(cfg)  # reads the initial weights: a missing file fails before any folder or loader
     with run_folder(cfg, info) as run:
-        return _run(cfg, info, source, model, device, run, eval_split, progress)
+        return _run(cfg, info, source, model, device, run, eval_split, progress, report)
 
 
-def _run(cfg, info, source, model, device, run: RunFolder | None, eval_split: str | None, progress) -> dict:
+def _run(cfg, info, source, model, device, run: RunFolder | None, eval_split: str | None, progress,
+         report: Report | None = None) -> dict:
     steps = cfg.steps_per_epoch or data.steps_per_epoch(source, cfg.train_split, cfg.data, info.world_size,
                                                         per=cfg.epoch_size)
     state = prepare_run(cfg, info, source, model, device, steps)  # a bad --resume fails before the loaders start
@@ -61,6 +64,7 @@ def _run(cfg, info, source, model, device, run: RunFolder | None, eval_split: st
     if eval_split is not None:
         eval_loader = data.make_loader(source, eval_split, cfg.data, train=False, pin_memory=pin, device=device)
     model, dtype, step = state.model, state.dtype, state.step
+    loop = EpochLoop(state=state, cfg=cfg, info=info, source=source, run=run, steps=steps, report=report)
     writer = _writer(run.local) if run is not None else None
     criterion = torch.nn.CrossEntropyLoss()
     log.info("training %s (%s) on %s (%s, %d classes): %d steps/epoch x %d epochs, %d rank(s), batch %d per rank; "
@@ -68,12 +72,12 @@ def _run(cfg, info, source, model, device, run: RunFolder | None, eval_split: st
              cfg.epochs, info.world_size, cfg.data.batch_size, eval_split or "nothing (--eval-every 0)")
     results, stats = None, {}
     for epoch in range(state.start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        done = loop.start(train_loader, epoch)
         step, stats = engine.train_one_epoch(
             model, criterion, state.optimizer, state.scheduler, train_loader, device, epoch, model_cfg=cfg.model,
             steps=steps, step=step, scaler=state.scaler, amp_dtype=dtype, clip_grad=cfg.clip_grad, writer=writer,
-            log_every=cfg.log_every, progress=progress and info.is_main)
-        save_epoch(state, cfg, source, run, epoch, step, stats)
+            log_every=cfg.log_every, progress=progress and info.is_main, start=done, after_step=loop.after_step(epoch))
+        loop.end(epoch, step, stats)
         last = epoch == cfg.epochs - 1
         if eval_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             results = engine.evaluate(model, eval_loader, device, model_cfg=cfg.model, amp_dtype=dtype,
@@ -84,6 +88,7 @@ def _run(cfg, info, source, model, device, run: RunFolder | None, eval_split: st
             if writer is not None:
                 writer.flush()
             run.sync()
+        loop.reported(epoch, step, stats)
     steps_per_rank = distributed.all_gather_object(step)
     summary = {"steps": step, "steps_per_rank": steps_per_rank, "epochs": cfg.epochs, "steps_per_epoch": steps,
                "world_size": info.world_size, "train": stats, "eval_split": eval_split,

@@ -5,7 +5,10 @@ A checkpoint holds tensors and plain types only:
      "step": optimizer steps done, "epoch": last completed epoch (0-based),
      "config": the run's config as JSON types, "dataset_version": see dataset_version(),
      "dataset_name": the tag the version was opened by ("" for none; absent in older checkpoints),
-     "rng": per rank, the torch (and CUDA) generator states, so dropout draws on as it would have}
+     "rng": per rank, the torch (and CUDA) generator states, so dropout draws on as it would have,
+     "position": only in a step checkpoint (written inside an epoch): {"epoch_step": batches of
+        epoch "epoch" + 1 already trained, and the loader geometry they were drawn with:
+        "world_size", "workers", "batch_size", "steps"}}
 so torch.load(weights_only=True) reads it and loading never runs code from the file.
 It is serialised to memory and written under a temporary name, then renamed: a crash
 mid-write leaves the previous checkpoint intact.
@@ -62,11 +65,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_checkpoint(*, model, optimizer, scheduler, scaler, step: int, epoch: int, config: dict,
-                    dataset_version: str, rng: list[dict] | None = None, dataset_name: str = "") -> dict:
+                    dataset_version: str, rng: list[dict] | None = None, dataset_name: str = "",
+                    position: dict | None = None) -> dict:
     """The checkpoint dict of the current training state; `dataset_name` is the tag the dataset
-    version was opened by ("OUTPUT@paper"), "" when it was opened by id or as the latest."""
+    version was opened by ("OUTPUT@paper"), "" when it was opened by id or as the latest;
+    `position` where inside an epoch a step checkpoint was taken (see the module docstring)."""
     json.dumps(config)  # fail early (TypeError) on anything weights_only loading would refuse
-    return {
+    extra = {"position": {k: int(v) for k, v in position.items()}} if position else {}
+    return {**extra,
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},

@@ -50,6 +50,7 @@ class TrainConfig:
     # The flags that made this run and where each came from (jobs.train_flags); None when the
     # config was made without the command. Plain JSON: `flowshard train --config` reads it back.
     command: dict | None = None
+    checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"unknown amp mode {self.amp!r}; choose one of {AMP_MODES}")
         if self.epoch_size not in EPOCH_SIZES:
             raise ValueError(f"unknown epoch size {self.epoch_size!r}; choose one of {EPOCH_SIZES}")
+        if self.checkpoint_every_steps < 0:
+            raise ValueError(f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
         if self.model.streams != self.data.streams:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,19 +36,22 @@ def stream_inputs(batch: dict, streams: tuple[str, ...], device: torch.device) -
 
 def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torch.device, epoch: int, *,
                     model_cfg: ModelConfig, steps: int, step: int, scaler=None, amp_dtype=None,
-                    clip_grad: float = 0.0, writer=None, log_every: int = 10,
-                    progress: bool = True) -> tuple[int, dict]:
+                    clip_grad: float = 0.0, writer=None, log_every: int = 10, progress: bool = True,
+                    start: int = 0, after_step: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
     """Train for exactly `steps` batches; returns (global step after the epoch, epoch stats).
 
     The fixed step count is what keeps DDP ranks in lockstep: every rank runs the same
-    number of forward/backward passes whatever its shards hold.
+    number of forward/backward passes whatever its shards hold. `start`: batches of this
+    epoch already trained (a run resumed from a step checkpoint; the loader skips them too),
+    so `steps - start` are run and the stats cover those. `after_step(step, batches of the
+    epoch done)` runs on every rank after each step (step checkpoints).
     """
     model.train()
     net = unwrap(model)
     totals = {"loss": 0.0, "samples": 0}
     correct: dict[str, torch.Tensor] = {}  # on device: no sync per step
-    start = time.perf_counter()
-    for bar, batch in epoch_batches(loader, steps, epoch, progress):
+    began = time.perf_counter()
+    for done, (bar, batch) in enumerate(epoch_batches(loader, steps - start, epoch, progress), start + 1):
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(stream_inputs(batch, model_cfg.stream_names, device))
@@ -61,8 +64,10 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
             for name, s in net.scores({k: v.detach() for k, v in logits.items()}).items():
                 correct[name] = correct.get(name, 0) + (s.argmax(1) == labels).sum()
         log_step(bar, writer, value, optimizer, step, log_every)
+        if after_step is not None:
+            after_step(step, done)
     totals.update({f"top1_{name}": float(c) for name, c in correct.items()})
-    stats = _epoch_stats(totals, time.perf_counter() - start, device)
+    stats = _epoch_stats(totals, time.perf_counter() - began, device)
     write_epoch(writer, stats, step)
     return step, stats
 

@@ -30,10 +30,12 @@ from jobs.parsing import parse_numbers, parse_params
 from jobs.runs import write_results
 from jobs.train_flags import layer
 from jobs.train import evaluate_checkpoint, train
+from jobs.train_on_ray import run_command
 from pipeline.snippets import SAMPLERS
 from training import data
 from training.config import AMP_MODES, DEVICES, EPOCH_SIZES, OPTIMIZERS, TrainConfig
 from training.data import TASKS, VERIFY_MODES, DataConfig
+from training.data.config import ON_CORRUPT
 from training.detection.metrics import DEFAULT_MATCHING, MATCHING_RULES
 from training.distributed import cpu_share
 from training.models import ModelConfig
@@ -140,6 +142,17 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--resume", default=None, is_flag=False, flag_value="last",
               help="Resume from a checkpoint (--resume alone: OUTPUT/last.pt).")
 @click.option("--log-every", type=int, default=10, show_default=True)
+@click.option("--checkpoint-every-steps", type=int, default=0, show_default=True,
+              help="Also write last.pt every N steps inside an epoch; a resumed run goes on mid-epoch (0: epoch ends).")
+@click.option("--on-corrupt", default="error", show_default=True, type=click.Choice(ON_CORRUPT),
+              help="A sample whose bytes miss its manifest hash: stop naming shard and key, or skip it (logged, counted).")
+@click.option("--ray-workers", default=None, metavar="N|MIN-MAX",
+              help="Train on Ray Train with N workers (MIN-MAX: elastic; jobs.train_on_ray).")
+@click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True, help="With --ray-workers.")
+@click.option("--address", default=None, help="With --ray-workers: the Ray cluster (auto, ray://HEAD:10001); "
+                                               "default: a local Ray.")
+@click.option("--max-failures", type=int, default=0, show_default=True,
+              help="With --ray-workers: worker-group restarts from the last checkpoint before the run fails.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--recipe", default=None, metavar="NAME",
               help="A paper's setting by name (`flowshard recipes` lists them); flags given here override it.")
@@ -148,6 +161,8 @@ def _floats(text: str) -> tuple[float, ...]:
                    "here override them.")
 def train_command(dataset: str, output: str, progress: bool, recipe: str | None, config: str | None, **o) -> None:
     """Train a two-stream network on DATASET (a built dataset or clip shards)."""
+    # Where the run goes (Ray Train's workers), not what it trains: not part of the run's config.
+    ray_args = {k: o.pop(k) for k in ("ray_workers", "ray_gpus_per_worker", "address", "max_failures")}
     try:
         prov = layer(click.get_current_context(), o, recipe, config)
         o = dict(prov.options)
@@ -162,7 +177,7 @@ def train_command(dataset: str, output: str, progress: bool, recipe: str | None,
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        summary = train(cfg, progress=progress)
+        summary = run_command(cfg, **ray_args) if ray_args["ray_workers"] else train(cfg, progress=progress)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if distributed_rank() == 0:
@@ -200,7 +215,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict, comm
                           snippets=o["snippets"], strides=strides, test_clips=o["test_clips"], ordered=ordered,
                           transform=transform,
                           batch_size=o["batch_size"], workers=workers, shuffle_buffer=o["shuffle_buffer"],
-                          seed=o["seed"], verify=o["verify"], gpu_decode=o.get("gpu_decode", False),
+                          seed=o["seed"], verify=o["verify"], on_corrupt=o.get("on_corrupt", "error"),
+                          gpu_decode=o.get("gpu_decode", False),
                           flow_mean_subtract=o.get("flow_mean_subtract", False), task=o.get("task", "classify"))
     weights = _floats(o["fusion_weights"]) if o.get("fusion_weights") else None  # None: the streams' defaults
     initial = None if o["weights"] in (None, "none") else o["weights"]
@@ -218,7 +234,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict, comm
                        device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
                        steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],
                        train_split=o["train_split"], eval_split=o["eval_split"], seed=o["seed"],
-                       resume=o["resume"], log_every=o["log_every"], command=command)
+                       resume=o["resume"], log_every=o["log_every"], command=command,
+                       checkpoint_every_steps=o.get("checkpoint_every_steps", 0))
 
 
 @click.command("evaluate")

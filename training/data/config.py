@@ -10,6 +10,7 @@ from training import streams as stream_spec
 from training.transforms import TransformConfig
 
 VERIFY_MODES = ("stream", "open", "off")
+ON_CORRUPT = ("error", "skip")  # a sample whose bytes miss its manifest hash: raise, or skip and count
 TASKS = ("classify", "detect")  # detect: frames with their boxes (training.detection.data)
 
 
@@ -39,6 +40,7 @@ class DataConfig:
     shuffle_buffer: int = 500
     seed: int = 0
     verify: str = "stream"
+    on_corrupt: str = "error"  # see ON_CORRUPT and training.data.integrity
     gpu_decode: bool = False  # decode JPEGs and augment on the training device (training.gpu_decode)
     task: str = "classify"
 
@@ -60,6 +62,8 @@ class DataConfig:
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"unknown verify mode {self.verify!r}; choose one of {VERIFY_MODES}")
+        if self.on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"unknown on_corrupt {self.on_corrupt!r}; choose one of {ON_CORRUPT}")
 
     @property
     def uses_rgb(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -13,9 +14,10 @@ import webdataset as wds
 
 from training import gpu_decode
 from training.data.config import DataConfig
+from training.data.integrity import SampleHashes, check_samples, load_sample_hashes
 from training.data.shards import EpochBlocks, EpochState, ShardList, open_shards, tar_samples
 from training.data.sources import DataSource, ShardSpec
-from training.data.stages import PickPlan, collate, decode, pick, shuffle, transform
+from training.data.stages import PickPlan, collate, decode, pick, shuffle, skip_done, transform
 from training.detection import data as detection
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,11 @@ def _warn_large_shards(shards: list[ShardSpec], block: int) -> None:
 
 
 def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState,
-                   block: int = 0) -> wds.DataPipeline:
+                   block: int = 0, hashes: SampleHashes | None = None) -> wds.DataPipeline:
     """The one pipeline, from shard list to batches (see the module docstring).
 
     `block`: samples each stream (rank x loader worker) uses per training epoch.
+    `hashes`: the manifest's per-sample hashes, checked before a sample is used.
     Stages are module functions bound with functools.partial (not lambdas), so the
     pipeline pickles for loader workers started with spawn or forkserver.
     """
@@ -65,13 +68,17 @@ def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, sta
         # Shards: this rank's and worker's block of the sample sequence (training), or each shard once.
         *shard_stages(shards, cfg, train=train, state=state, block=block),
         # Open: the stream hashes its bytes as they are read (verify="open": hash the file first).
-        partial(open_shards, verify=cfg.verify),
+        partial(open_shards, verify=_shard_verify(cfg, hashes)),
         # Tar -> samples: members grouped by key; the hash is checked when each shard ends.
         tar_samples,
+        # Check: each sample against its manifest hash, before it is used (cfg.on_corrupt: raise or skip).
+        partial(check_samples, hashes=hashes, on_corrupt=cfg.on_corrupt) if hashes else None,
         # Pick: choose clips (Simonyan, TSN segments, strided, test clips); drop other members.
         partial(pick, plan=plan, state=state),
         # Shuffle buffer over picked items (compressed bytes only, so the buffer stays small).
         partial(shuffle, bufsize=cfg.shuffle_buffer, seed=cfg.seed, state=state) if train else None,
+        # Resume: drop what this stream gave before a step checkpoint (state.done batches of the epoch).
+        partial(skip_done, batch_size=cfg.batch_size, state=state) if train else None,
         # Decode only the chosen frames and flow fields (--gpu-decode: later, on the device).
         None if cfg.gpu_decode else decode,
         # Transforms: paired crop and flip, normalization, interleaved flow stacking.
@@ -80,6 +87,15 @@ def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, sta
         wds.batched(cfg.batch_size, collation_fn=_collation(cfg), partial=not train),
     ]
     return wds.DataPipeline([s for s in stages if s is not None])
+
+
+def _shard_verify(cfg: DataConfig, hashes: SampleHashes | None) -> str:
+    """The shard-level check: as configured, except that skipping corrupt samples (--on-corrupt
+    skip) with a per-sample hash for every sample leaves nothing for it to add (every sample
+    used was checked) while its mismatch would stop the run the skip was asked to keep going."""
+    if hashes is not None and cfg.on_corrupt == "skip" and not hashes.unchecked:
+        return "off"
+    return cfg.verify
 
 
 def _collation(cfg: DataConfig):
@@ -97,12 +113,20 @@ class Loader:
     state: EpochState
     steps: int | None
     post: gpu_decode.GpuBatchDecoder | None = None  # --gpu-decode: bytes -> tensors on the device
+    # Run once right after the next iterator is made. The DataLoader draws its base seed from
+    # torch's global generator when an iterator starts: a run resumed inside an epoch restores
+    # the generator after that draw, as the uninterrupted run had it (jobs.runs.EpochLoop).
+    after_iter: Callable[[], None] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.state.epoch = int(epoch)
+    def set_epoch(self, epoch: int, done: int = 0) -> None:
+        """Draw epoch `epoch`, its first `done` batches already trained (a resumed step checkpoint)."""
+        self.state.epoch, self.state.done = int(epoch), int(done)
 
     def __iter__(self):
         batches = iter(self.loader)
+        if self.after_iter is not None:
+            self.after_iter, then = None, self.after_iter
+            then()
         return gpu_decode.decode_batches(batches, self.post) if self.post else batches
 
 
@@ -136,8 +160,9 @@ def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool,
         raise ValueError(f"a training loader needs steps >= 1, got {steps}")
     # Each worker yields its share; the training loop takes exactly `steps` batches.
     per_worker = math.ceil(steps / max(1, cfg.workers)) if train and steps is not None else 0
+    hashes = load_sample_hashes(source, split) if cfg.verify != "off" else None
     pipeline = build_pipeline(source.split_shards(split), cfg, train=train, state=state,
-                              block=per_worker * cfg.batch_size)
+                              block=per_worker * cfg.batch_size, hashes=hashes)
     if train:
         pipeline = pipeline.with_epoch(per_worker)
     loader = torch.utils.data.DataLoader(

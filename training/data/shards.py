@@ -46,16 +46,33 @@ class EpochState:
     """The epoch the seeded stages use; set it before each epoch's iter(loader).
 
     Loader workers are started afresh for every epoch (no persistent workers), so each
-    gets a copy of the pipeline holding the epoch set just before.
+    gets a copy of the pipeline holding the epoch set just before. `done`: batches of the
+    epoch a resumed run has already trained (a step checkpoint), see worker_info.
     """
 
     def __init__(self) -> None:
         self.epoch = 0
+        self.done = 0
 
 
-def worker_info() -> tuple[int, int, int, int]:
-    """(rank, world size, loader worker, workers) as webdataset's splitters see them."""
-    return wds.utils.pytorch_worker_info()
+def worker_info(state: EpochState | None = None) -> tuple[int, int, int, int]:
+    """(rank, world size, loader stream worker, workers) as webdataset's splitters see them.
+
+    After `state.done` batches of an epoch, the DataLoader (which takes batch i from
+    worker i % workers) would next take worker done % workers; a resumed loader starts at
+    worker 0 again, so worker w plays stream (w + done) % workers: the batches then come in
+    the order the uninterrupted run would have taken them.
+    """
+    rank, world, worker, workers = wds.utils.pytorch_worker_info()
+    if state is not None and state.done:
+        worker = (worker + state.done) % workers
+    return rank, world, worker, workers
+
+
+def batches_done(done: int, worker: int, workers: int) -> int:
+    """Batches stream `worker` of `workers` gave in the first `done` batches of an epoch
+    (the DataLoader takes batch i from worker i % workers)."""
+    return max(0, (done - worker + workers - 1) // workers)
 
 
 
@@ -137,7 +154,7 @@ class EpochBlocks:
         self.shards, self.block, self.seed, self.state = shards, block, seed, state
 
     def __call__(self) -> Iterator[dict]:
-        rank, world, worker, workers = worker_info()
+        rank, world, worker, workers = worker_info(self.state)
         streams, stream = world * workers, rank * workers + worker
         left = self.block
         for spec, skip in block_reads(self.shards, self.seed, self.block, self.state.epoch * streams + stream):

@@ -46,6 +46,7 @@ class DataSource:
     root: Location | None = None
     version: str = ""
     info: dict = field(default_factory=dict)
+    folder: Location | None = None  # the opened version's dataset.json and manifests (None: a URL list)
 
     @property
     def num_classes(self) -> int:
@@ -95,14 +96,14 @@ def open_source(spec: str | Path) -> DataSource:
         shards = tuple(ShardSpec(name=r["name"], url=str(storage.join(root, SHARD_DIR, r["name"])), split=r["split"],
                                  samples=int(r["samples"]), sha256=r["sha256"]) for r in rows)
         return DataSource(kind="clips", label_map=dict(info["label_map"]), shards=shards, root=root,
-                          version=_dataset_version(folder), info=info)
+                          version=_dataset_version(folder), info=info, folder=folder)
     ds = Dataset(root, vid or None)
     if ds.info.get("kind", "videos") != "videos":
         raise ValueError(f"{spec}: dataset kind {ds.info.get('kind')!r} is neither 'videos' nor 'clips'")
     shards = tuple(ShardSpec(name=s.name, url=str(s.path), split=s.split, samples=int(s.samples), sha256=s.sha256)
                    for s in ds.shards())
     return DataSource(kind="videos", label_map=dict(ds.label_map), shards=shards, root=ds.root,
-                      version=_dataset_version(ds.folder), info=ds.info)
+                      version=_dataset_version(ds.folder), info=ds.info, folder=ds.folder)
 
 
 def _dataset_version(folder: Location) -> str:

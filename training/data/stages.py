@@ -20,7 +20,7 @@ from pipeline import snippets as snip  # `snippets` is also a DataConfig field
 from pipeline.snippets import Clip
 from training import streams as stream_spec
 from training.data.config import DataConfig
-from training.data.shards import EpochState, SampleError, worker_info
+from training.data.shards import EpochState, SampleError, batches_done, worker_info
 from training.detection import data as detection
 from training.mean_flow import subtract_mean_flow
 from training.transforms import FieldPlanes, eval_views, train_views
@@ -153,7 +153,7 @@ def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> 
     Every item of a stream's block (EpochBlocks) leaves the buffer before any item read
     after the block: the block's samples are what the epoch uses, each exactly once.
     """
-    rank, _, worker, _ = worker_info()
+    rank, _, worker, _ = worker_info(state)
     rng = random.Random(f"shuffle/{seed}/{state.epoch}/{rank}/{worker}")
     buf: list[dict] = []
     for item in src:
@@ -169,6 +169,21 @@ def shuffle(src: Iterable[dict], bufsize: int, seed: int, state: EpochState) -> 
             yield buf.pop()
     rng.shuffle(buf)
     yield from buf
+
+
+def skip_done(src: Iterable[dict], batch_size: int, state: EpochState) -> Iterator[dict]:
+    """Stage: drop the items of the batches this stream gave before a step checkpoint (a
+    resumed run), so the epoch goes on where it stopped: nothing used twice, nothing skipped.
+
+    Everything before this stage is seeded by (seed, epoch, stream), so the stream
+    re-creates its order and the dropped items are the ones already trained on; they are
+    dropped before decoding.
+    """
+    _, _, worker, workers = worker_info(state)
+    drop = batches_done(state.done, worker, workers) * batch_size
+    for i, item in enumerate(src):
+        if i >= drop:
+            yield item
 
 
 def decode_item(item: dict) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,13 +46,15 @@ def to_device(batch: dict, streams: tuple[str, ...], device: torch.device) -> di
 def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, epoch: int, *,
                     streams: tuple[str, ...], steps: int, step: int, scaler=None, amp_dtype=None,
                     clip_grad: float = 0.0, writer=None, log_every: int = 10,
-                    progress: bool = True) -> tuple[int, dict]:
-    """Train for exactly `steps` batches on the sum of every stream's RPN and box losses."""
+                    progress: bool = True, start: int = 0,
+                    after_step: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
+    """Train for exactly `steps` batches on the sum of every stream's RPN and box losses;
+    `start` and `after_step` as in training.engine.train_one_epoch (step checkpoints)."""
     model.train()
     totals: dict[str, float] = defaultdict(float)
     frames = 0
-    start = time.perf_counter()
-    for bar, batch in epoch_batches(loader, steps, epoch, progress):
+    began = time.perf_counter()
+    for done, (bar, batch) in enumerate(epoch_batches(loader, steps - start, epoch, progress), start + 1):
         with autocast(device, amp_dtype):
             losses = model(to_device(batch, streams, device))
         value = optimize(sum(v.float() for v in losses.values()), model, optimizer, scheduler, scaler, clip_grad,
@@ -62,8 +65,10 @@ def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, e
         for k, v in losses.items():
             totals[k] += float(v.detach())
         log_step(bar, writer, value, optimizer, step, log_every)
-    stats = {k: v / max(1, steps) for k, v in totals.items()}
-    stats["frames_per_s"] = frames / max(time.perf_counter() - start, 1e-9)
+        if after_step is not None:
+            after_step(step, done)
+    stats = {k: v / max(1, steps - start) for k, v in totals.items()}
+    stats["frames_per_s"] = frames / max(time.perf_counter() - began, 1e-9)
     stats = {k: distributed.all_reduce_mean(v, str(device)) for k, v in stats.items()}
     write_epoch(writer, stats, step)
     return step, stats

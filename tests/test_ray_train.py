@@ -1,0 +1,246 @@
+"""Training on Ray Train (jobs.train_on_ray) on this machine's loopback Ray, two CPU workers.
+
+- An interrupted Ray Train run equals a torchrun run: rank 1 is SIGKILLed inside the first
+  epoch, Ray Train restarts the group from the step checkpoint, and the final weights and
+  losses equal those of a 2-process torchrun run with the same seed and batches; the
+  visits of the interrupted epoch hold every sample of each rank's block once.
+- Checkpoints and logs go to s3:// (the loopback moto server), and `flowshard evaluate`
+  reads them.
+- Step checkpoints resume mid-epoch in a plain run too, and corrupt samples are caught
+  before use (an error naming shard and key, or a counted skip).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_clips import flowshard, motion_list
+from test_s3 import BUCKET, s3  # noqa: F401  (the loopback S3 server fixture)
+
+from jobs.train_on_ray import RayTrainConfig, check_global_batch, parse_workers, train_on_ray
+from training import checkpoint, data
+from training.data.integrity import CorruptSampleError
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--arch", "resnet18", "--weights", "none", "--workers", "0", "--device", "cpu", "--no-progress",
+        "--crop-size", "32", "--batch-size", "2", "--clip-len", "4", "--steps-per-epoch", "3", "--epochs", "2",
+        "--eval-every", "0", "--lr", "0.05", "--seed", "3"]
+KILL_AT = 2  # rank 1 dies before its 3rd batch of epoch 0, just after the step checkpoint at 2 batches
+
+
+@pytest.fixture(scope="module")
+def motion(tmp_path_factory):
+    """4 motion classes x 4 textures of 16 frames: textures 0-2 train (12 videos), 3 test."""
+    root = tmp_path_factory.mktemp("ray_motion")
+    ds = root / "ds"
+    flowshard("build", str(motion_list(root, per_class=4, test_from=3, frames=16)), str(ds), "--flow", "farneback",
+              "--resize", "none", "--executor", "local", "--shard-samples", "5", "--no-progress")
+    return ds
+
+
+def config_of(ds: Path, out, *extra: str):
+    """The TrainConfig `flowshard train DS --output OUT ARGS EXTRA` would run."""
+    from jobs.model_options import resolve_defaults
+    from jobs.train import make_train_config, train_command
+
+    ctx = train_command.make_context("train", [str(ds), "--output", str(out), *ARGS, *extra])
+    o = dict(ctx.params)
+    for key in ("dataset", "output", "progress", "ray_workers", "ray_gpus_per_worker", "address", "max_failures"):
+        o.pop(key)
+    o["clip_len"] = o["clip_len"] or 4
+    return make_train_config(str(ds), str(out), data.open_source(ds).num_classes, resolve_defaults(o))
+
+
+def recording_loop(config: dict, visits: str) -> None:
+    """jobs.train_on_ray.train_loop, recording each batch's sample keys, and killing rank 1
+    (SIGKILL, no clean-up) before its KILL_AT-th batch of epoch 0 in the first attempt."""
+    import training.engine as engine
+    from jobs import train_on_ray
+
+    folder = Path(visits)
+    attempt = 2 if (folder / "killed").exists() else 1
+    real = engine.epoch_batches
+
+    def epoch_batches(loader, steps, epoch, progress):
+        rank = int(os.environ["RANK"])
+        for index, (bar, batch) in enumerate(real(loader, steps, epoch, progress), loader.state.done):
+            if attempt == 1 and rank == 1 and epoch == 0 and index == KILL_AT:
+                (folder / "killed").touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            with open(folder / f"rank{rank}.jsonl", "a") as f:
+                f.write(json.dumps({"attempt": attempt, "epoch": epoch, "index": index, "keys": batch["key"]}) + "\n")
+            yield bar, batch
+
+    engine.epoch_batches = epoch_batches
+    train_on_ray.train_loop(config)
+
+
+def expected_keys(ds: Path, cfg, rank: int, epoch: int) -> list[list[str]]:
+    """Rank `rank`'s batches of `epoch` (of 2 ranks), drawn in this process."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    try:
+        loader = data.make_loader(data.open_source(ds), "train", cfg.data, train=True, steps=3)
+        loader.set_epoch(epoch)
+        return [b["key"] for b, _ in zip(loader, range(3), strict=False)]
+    finally:
+        os.environ.pop("RANK")
+        os.environ.pop("WORLD_SIZE")
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(motion, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torchrun") / "run"
+    port = 29500 + os.getpid() % 1000
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "jobs.train", "train", str(motion),
+           "--output", str(out), *ARGS]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(motion, torchrun_run, ray_local,
+                                                                              tmp_path):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers do not import tests/
+    visits = tmp_path / "visits"
+    visits.mkdir()
+    cfg = dataclasses.replace(config_of(motion, tmp_path / "ray"), checkpoint_every_steps=2)
+    summary = train_on_ray(cfg, RayTrainConfig(min_workers=2, max_workers=2, max_failures=1),
+                           loop=functools.partial(recording_loop, visits=str(visits)))
+    assert (visits / "killed").exists()  # the first attempt died
+    reference = json.loads((torchrun_run / "train_summary.json").read_text())
+    assert summary["steps_per_rank"] == reference["steps_per_rank"] == [6, 6]
+    assert summary["world_size"] == 2
+    ours, theirs = checkpoint.load_checkpoint(tmp_path / "ray" / "last.pt"), checkpoint.load_checkpoint(
+        torchrun_run / "last.pt")
+    for name, tensor in theirs["model"].items():
+        torch.testing.assert_close(ours["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert summary["train"]["loss"] == pytest.approx(reference["train"]["loss"], rel=1e-4)
+    assert (tmp_path / "ray" / "epoch_001.pt").is_file() and (tmp_path / "ray" / "train.log").is_file()
+    assert any(p.name.startswith("checkpoint_step_") for p in (tmp_path / "ray").iterdir())  # Ray Train's records
+    log_text = (tmp_path / "ray" / "train.log").read_text()
+    assert "resumed from" in log_text and "2 batches of the next" in log_text
+    # Visits of the interrupted epoch: what the first attempt trained up to its step checkpoint,
+    # then the second attempt; exactly each rank's block. 2 ranks x 3 steps x 2 = the 12 train
+    # videos: each once.
+    flat = []
+    for rank in (0, 1):
+        rows = [json.loads(line) for line in (visits / f"rank{rank}.jsonl").read_text().splitlines()]
+        used = [r["keys"] for r in sorted(rows, key=lambda r: r["index"]) if r["epoch"] == 0
+                and (r["attempt"] == 2 or r["index"] < 2)]
+        assert used == expected_keys(motion, cfg, rank, 0)
+        flat += [k for keys in used for k in keys]
+    assert len(flat) == len(set(flat)) == 12
+
+
+@pytest.fixture
+def ray_with_s3_env(s3):  # noqa: F811
+    """A local Ray started inside the S3 server's environment (its workers, Ray Train's controller
+    among them, inherit the endpoint and credentials), then the session's Ray again."""
+    import ray
+
+    settings = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False,
+                "runtime_env": {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}}
+    had = ray.is_initialized()
+    ray.shutdown()
+    ray.init(**settings)
+    yield
+    ray.shutdown()
+    if had:
+        ray.init(**settings)
+
+
+def test_checkpoints_to_s3_then_evaluate_reads_them(motion, ray_with_s3_env, tmp_path):
+    from pipeline import storage
+
+    out = f"{BUCKET}/ray_runs/r18"
+    cfg = dataclasses.replace(config_of(motion, out), epochs=1)
+    summary = train_on_ray(cfg, RayTrainConfig(min_workers=2, max_workers=2))
+    files = set(storage.walk_files(out))
+    assert {"last.pt", "epoch_000.pt", "config.json", "train.log", "train_summary.json"} <= files
+    assert any(f.startswith("tb/") for f in files) and any(f.startswith("checkpoint_step_") for f in files)
+    assert summary["steps"] == 3
+    text = flowshard("evaluate", str(motion), f"{out}/last.pt", "--device", "cpu", "--workers", "0", "--no-progress",
+                     "--test-clips", "2")
+    assert "fused" in text
+
+
+def test_worker_counts_and_the_global_batch_rule():
+    assert parse_workers("4") == (4, 4) and parse_workers("2-8") == (2, 8)
+    with pytest.raises(ValueError, match="MIN-MAX"):
+        parse_workers("two")
+    with pytest.raises(ValueError, match="MIN <= MAX"):
+        RayTrainConfig(min_workers=3, max_workers=2)
+    assert check_global_batch(6, RayTrainConfig(min_workers=2, max_workers=3)) == 18
+    with pytest.raises(ValueError, match=r"does not split evenly over \[3\]"):
+        check_global_batch(4, RayTrainConfig(min_workers=2, max_workers=4))
+
+
+def test_a_step_checkpoint_resumes_mid_epoch_exactly_in_a_plain_run(motion, tmp_path):
+    args = [str(motion), *ARGS, "--epochs", "1", "--checkpoint-every-steps", "2"]
+    flowshard("train", *args, "--output", str(tmp_path / "a"))
+    step_ckpt = tmp_path / "b" / "last.pt"
+    # Interrupt after the step checkpoint: run the first 2 steps only, by stopping at its report.
+    cfg = config_of(motion, tmp_path / "b", "--epochs", "1", "--checkpoint-every-steps", "2")
+
+    class Stop(Exception):
+        pass
+
+    def stop(metrics, name):
+        if metrics["epoch_step"] == 2:
+            raise Stop
+
+    from jobs.train import train
+
+    with pytest.raises(Stop):
+        train(cfg, progress=False, report=stop)
+    assert checkpoint.load_checkpoint(step_ckpt)["position"]["epoch_step"] == 2
+    flowshard("train", *args, "--output", str(tmp_path / "b"), "--resume")
+    a, b = checkpoint.load_checkpoint(tmp_path / "a" / "last.pt"), checkpoint.load_checkpoint(step_ckpt)
+    assert a["step"] == b["step"] == 3
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, msg=name)
+
+
+def _corrupt_one_sample(ds: Path) -> tuple[str, str]:
+    """Flip one byte inside a stored JPEG of the first train shard; returns (shard, key)."""
+    import tarfile
+
+    spec = data.open_source(ds).split_shards("train")[0]
+    with tarfile.open(spec.url) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+    raw = bytearray(Path(spec.url).read_bytes())
+    raw[member.offset_data + member.size // 2] ^= 0xFF
+    Path(spec.url).write_bytes(bytes(raw))
+    return spec.name, member.name.split(".", 1)[0]
+
+
+def test_a_corrupt_sample_is_an_error_naming_it_or_a_counted_skip(motion, tmp_path, caplog):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(motion, ds)
+    name, key = _corrupt_one_sample(ds)
+    source = data.open_source(ds)
+    cfg = config_of(ds, tmp_path / "run").data
+    steps = 6  # every train sample of one worker stream, the corrupt one included
+    loader = data.make_loader(source, "train", dataclasses.replace(cfg, batch_size=2), train=True, steps=steps)
+    with pytest.raises(CorruptSampleError, match=f"shard {name}: sample {key} "):
+        list(zip(loader, range(steps), strict=False))
+    skipping = dataclasses.replace(cfg, batch_size=2, on_corrupt="skip")
+    loader = data.make_loader(source, "train", skipping, train=True, steps=steps)
+    keys = [k for b, _ in zip(loader, range(steps), strict=False) for k in b["key"]]
+    assert key not in keys and len(keys) == 12
+    assert f"sample {key} does not match" in caplog.text and "1 corrupt sample(s) skipped" in caplog.text
