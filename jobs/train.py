@@ -208,7 +208,8 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Streams to train: one, both (rgb,flow), or a comma list of rgb, flow and warped (warped flow "
                    "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
 @click.option("--arch", default="resnet50", show_default=True,
-              type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101"]))
+              type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "vgg16"]),
+              help="Stream backbone (vgg16: two_stream and fusion only, Simonyan & Zisserman's very deep streams).")
 @click.option("--weights", default="auto", show_default=True,
               help="Initial weights of both streams: 'auto' (ImageNet weights from torchvision's cache, an error "
                    "when absent), 'imagenet' (the same, downloaded into the cache when missing), a local "
@@ -225,6 +226,12 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--lr-schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step"]),
+              help="cosine: per-step cosine decay; step: --lr times --lr-gamma after each epoch of --lr-steps "
+                   "(the papers' schedule).")
+@click.option("--lr-steps", default=None, metavar="E1,E2,...",
+              help="--lr-schedule step: the epochs after which the lr drops, e.g. 3,6.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="--lr-schedule step: the factor of each drop.")
 @click.option("--clip-grad", type=float, default=40.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--clip-len", type=int, default=None,
               help="Flow fields per snippet (L). Default: the clip shards' L, a --clips dataset's L, else 10.")
@@ -353,6 +360,8 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict) -> T
     return TrainConfig(dataset=str(dataset), output=str(output), data=data_cfg, model=model_cfg, epochs=o["epochs"],
                        lr=o["lr"], flow_lr=o["flow_lr"], optimizer=o["optimizer"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                        warmup_epochs=o["warmup_epochs"], clip_grad=o["clip_grad"],
+                       lr_schedule=o.get("lr_schedule", "cosine"), lr_gamma=o.get("lr_gamma", 0.1),
+                       lr_steps=parse_numbers(o["lr_steps"], int) if o.get("lr_steps") else (),
                        device=o["device"] or _default_device(), amp=o["amp"], channels_last=o["channels_last"],
                        steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],
                        train_split=o["train_split"], eval_split=o["eval_split"], seed=o["seed"],

@@ -53,7 +53,7 @@ def test_in_channels_must_be_twice_the_clip_length():
     with pytest.raises(ValueError, match="neither|existing file"):
         build_model(cfg(weights="/no/such/file.pth"))
     with pytest.raises(ValueError, match="unknown arch"):
-        models.check(cfg(arch="vgg16"))
+        models.check(cfg(arch="vgg11"))
     with pytest.raises(ValueError, match="conv fusion needs both"):
         models.check(cfg(streams="rgb", fusion="conv"))
     with pytest.raises(ValueError, match="unknown model"):
