@@ -250,13 +250,12 @@ def repeat_input(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
 
 def widen_input_(backbone: nn.Module, stage: str, factor: int = 2) -> None:
     """Let the first convolution of `stage` (after a concatenation fusion) take the 2C channels."""
-    if not is_vgg(backbone):
-        block = getattr(backbone, stage)[0]
-        if block.downsample is None:
-            raise ValueError("concatenation fusion needs a projection shortcut after it (fuse below layer4)")
-        block.downsample[0] = repeat_input(block.downsample[0], factor)
     owner, name = first_conv(backbone, stage)
+    if not is_vgg(backbone) and owner.downsample is None:
+        raise ValueError("concatenation fusion needs a projection shortcut after it (fuse below layer4)")
     setattr(owner, name, repeat_input(getattr(owner, name), factor))
+    if not is_vgg(backbone):
+        owner.downsample[0] = repeat_input(owner.downsample[0], factor)
 
 
 def run_to(backbone: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
