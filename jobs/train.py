@@ -231,7 +231,8 @@ def _floats(text: str) -> tuple[float, ...]:
                    "(the papers' schedule).")
 @click.option("--lr-steps", default=None, metavar="E1,E2,...",
               help="--lr-schedule step: the epochs after which the lr drops, e.g. 3,6.")
-@click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="--lr-schedule step: the factor of each drop.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True,
+              help="--lr-schedule step: the factor of each drop.")
 @click.option("--clip-grad", type=float, default=40.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--clip-len", type=int, default=None,
               help="Flow fields per snippet (L). Default: the clip shards' L, a --clips dataset's L, else 10.")

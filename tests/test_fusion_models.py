@@ -82,7 +82,7 @@ def test_fusion_takes_the_rectified_maps():
     model = build_model(cfg(fusion_type="sum", temporal_pool="none", fusion_layer="layer2")).eval()
     x = clip(size=32)
     seen = {}
-    model.fuse.register_forward_hook(lambda m, inputs, out: seen.update(inputs=inputs, out=out))
+    model.fuse.register_forward_hook(lambda _module, inputs, out: seen.update(inputs=inputs, out=out))
     model(x)
     a_pre, b_pre, _ = seen["inputs"]
     assert (a_pre < 0).any() and (b_pre < 0).any()

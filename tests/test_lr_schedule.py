@@ -3,6 +3,7 @@ after an optional warm-up, beside the cosine default; settings checked; state th
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import pytest
@@ -52,7 +53,7 @@ def test_cosine_stays_the_default():
     cfg = train_config(epochs=2)
     assert cfg.lr_schedule == "cosine" and cfg.lr_steps == ()
     got = lrs(cfg, steps_per_epoch=4)
-    assert got[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(got, got[1:]))
+    assert got[0] == pytest.approx(1e-3) and all(a > b for a, b in itertools.pairwise(got))
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -89,7 +90,7 @@ def test_the_train_command_passes_the_step_schedule_on(monkeypatch):
     from training import data
 
     fake = data.DataSource(kind="videos", label_map={"a": 0, "b": 1}, shards=(), info={})
-    monkeypatch.setattr(data, "open_source", lambda spec: fake)
+    monkeypatch.setattr(data, "open_source", lambda _spec: fake)
     seen = {}
 
     def train(cfg, progress):  # records the config instead of training
@@ -98,12 +99,12 @@ def test_the_train_command_passes_the_step_schedule_on(monkeypatch):
 
     monkeypatch.setattr(jobs.train, "train", train)
     args = ["DS", "--output", "run", "--arch", "resnet18", "--weights", "none", "--device", "cpu", "--epochs", "6"]
-    result = CliRunner().invoke(jobs.train.train_command, args + ["--lr-schedule", "step", "--lr-steps", "2,4",
-                                                                  "--lr-gamma", "0.5"])
+    result = CliRunner().invoke(jobs.train.train_command, [*args, "--lr-schedule", "step", "--lr-steps", "2,4",
+                                                           "--lr-gamma", "0.5"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert (cfg.lr_schedule, cfg.lr_steps, cfg.lr_gamma) == ("step", (2, 4), 0.5)
     result = CliRunner().invoke(jobs.train.train_command, args)
     assert (seen["cfg"].lr_schedule, seen["cfg"].lr_steps) == ("cosine", ())
-    result = CliRunner().invoke(jobs.train.train_command, args + ["--lr-schedule", "step"])
+    result = CliRunner().invoke(jobs.train.train_command, [*args, "--lr-schedule", "step"])
     assert result.exit_code != 0 and "lr_steps must be" in result.output

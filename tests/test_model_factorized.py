@@ -59,7 +59,7 @@ def test_r2plus1d_puts_batch_norm_and_relu_between_the_spatial_and_the_temporal_
     # both signs before the ReLU (so the ReLU is at work), and the block computes exactly that chain.
     conv.train()
     seen = {}
-    temporal.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    temporal.register_forward_hook(lambda _module, inputs, _out: seen.update(x=inputs[0]))
     x = torch.randn(2, 4, 6, 16, 16)
     y = conv(x)
     mid = torch.nn.functional.batch_norm(spatial(x), None, None, bn.weight, bn.bias, training=True)

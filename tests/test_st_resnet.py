@@ -96,7 +96,7 @@ def test_the_connection_adds_the_pre_relu_appearance_map_to_the_residual_branch_
 
 def test_clips_of_another_length_are_refused():
     model = build_model(cfg(t=3)).eval()
-    with pytest.raises(ValueError, match="T = 3 snippets.*got clips of 4"):
+    with pytest.raises(ValueError, match=r"T = 3 snippets.*got clips of 4"):
         model(clip(t=4))
 
 

@@ -49,8 +49,10 @@ probabilities averaged for the prediction ("fused"). Outputs: "fusion" (the fuse
 back-propagation at relu5_3 (their conv layers below the fusion stay as the two-stream
 networks left them); here every layer trains, as in the paper's text.
 
-Revision 2 (this one) fuses after the ReLU by default, pools by one max over time and builds
-the 3D conv fusion as above; checkpoints of revision 1 are refused (training.models.check).
+Revision 2 (this one) fuses after the ReLU by default, ends every stage before the fusion
+layer with its ReLU (revision 1 left out the last ReLU of each of them), pools by one max
+over time and builds the 3D conv fusion as above; checkpoints of revision 1 are refused
+(training.models.check).
 """
 from __future__ import annotations
 
@@ -66,8 +68,9 @@ from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
 REVISION = 2
-REVISION_NOTE = ("revision 2 fuses the rectified maps, pools by one max over all T snippets and builds the "
-                 "paper's 3D conv fusion (concatenation + one 3x3x3 conv, [0.25 I, 0.75 I] init)")
+REVISION_NOTE = ("revision 2 fuses the rectified maps, rectifies every stage before the fusion, pools by one "
+                 "max over all T snippets and builds the paper's 3D conv fusion (concatenation + one 3x3x3 "
+                 "conv, [0.25 I, 0.75 I] init)")
 ORDERED_SNIPPETS = True
 FUSION_TYPES = ("conv3d", "sum", "max", "concat", "conv", "bilinear")
 FUSION_POINTS = ("relu", "pre-relu")
@@ -153,7 +156,7 @@ def conv3d_fusion_init_(conv: nn.Conv3d, halves: tuple[float, ...] = CONV3D_HALV
         raise ValueError(f"3D conv from {conv.in_channels} to {out} channels: not {len(halves)} blocks of {out}")
     k = conv.kernel_size
     grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in k], indexing="ij")
-    g = torch.exp(-sum(x * x for x in grids) / (2 * sigma * sigma))
+    g = torch.exp(-torch.stack([x * x for x in grids]).sum(0) / (2 * sigma * sigma))
     g = g / g.sum()
     with torch.no_grad():
         conv.weight.zero_()
@@ -196,11 +199,13 @@ class Fuse(nn.Module):
             y = torch.maximum(a, b)
         elif self.kind == "concat":
             y = torch.cat([a, b], dim=1)
-        elif self.kind == "conv":
+        elif self.kind == "conv" and self.conv is not None:
             y = self.conv(torch.cat([a, b], dim=1))
-        else:  # conv3d: the T snippets of a clip stacked in time, (N, 2C, T, H, W)
+        elif self.conv is not None:  # conv3d: the T snippets of a clip stacked in time, (N, 2C, T, H, W)
             clips = torch.cat([a, b], dim=1).unflatten(0, (-1, snippets)).transpose(1, 2)
             y = self.conv(clips).transpose(1, 2).flatten(0, 1)
+        else:
+            raise ValueError(f"unknown fusion type {self.kind!r}; choose one of {FUSION_TYPES}")
         return F.relu(y)
 
 
@@ -294,6 +299,7 @@ class FusionNet(VideoClassifier):
         if opt.fusion_type == "concat" and later:  # the next stage takes [a, b]: 2C channels
             widen_input_(self.rgb, later[0])
         pooled = opt.temporal_pool == "3d"
+        top: nn.Module
         if opt.fusion_type == "bilinear":  # a vector per snippet: no positions left for later stages
             drop_stages_(self.rgb, later)
             drop_top_(self.rgb)

@@ -23,8 +23,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.backbones import (STAGES, VGG_POOL5, check_arch, is_vgg, resnet_trunk, stage_channels,
-                                       stream_backbone, stream_top)
+from training.models.backbones import (
+    STAGES,
+    VGG_POOL5,
+    check_arch,
+    is_vgg,
+    resnet_trunk,
+    stage_channels,
+    stream_backbone,
+    stream_top,
+)
 from training.models.base import ModelConfig, VideoClassifier
 
 FUSIONS = ("late", "conv")
