@@ -1,6 +1,6 @@
 """Two-stream variants on the synthetic sets where one should beat another (issue: fusion family).
 
-    python bench/fusion_sets.py binding    [--workdir DIR] [--json out.json] [--runs late,conv_3d,...]
+    python bench/fusion_sets.py binding    [--workdir DIR] [--json out.json] [--runs late,conv3d_3d,...]
     python bench/fusion_sets.py long_range [--workdir DIR] [--json out.json]
 
 Generates the set (pipeline.synthetic.sets, scikit-image photos as backgrounds), builds it
@@ -47,16 +47,18 @@ FUSION_L2 = ["--model", "fusion", "--fusion-layer", "layer2"]
 
 BINDING_RUNS = {
     "late": ["--model", "two_stream", "--fusion", "late"],
-    "conv_3d": [*FUSION_L2, "--fusion-type", "conv", "--temporal-pool", "3d"],
+    # the paper's 3D conv fusion (concatenation + one 3x3x3 conv, then one max over the snippets)
+    "conv3d_3d": [*FUSION_L2, "--fusion-type", "conv3d", "--temporal-pool", "3d"],
+    # 2D fusion, then (3d) one max over the snippets or (none) their scores averaged
     **{f"{kind}_{pool}": [*FUSION_L2, "--fusion-type", kind, "--temporal-pool", pool]
-       for kind in ("sum", "max", "concat", "conv") for pool in ("none", "3d") if (kind, pool) != ("conv", "3d")},
+       for kind in ("sum", "max", "concat", "conv") for pool in ("none", "3d")},
     "bilinear_none": [*FUSION_L2, "--fusion-type", "bilinear", "--temporal-pool", "none"],
     "st_resnet": ["--model", "st_resnet", "--st-connection", "additive"],
-    "conv_3d_layer4": [*FUSION, "--fusion-type", "conv", "--temporal-pool", "3d"],
+    "conv3d_layer4": [*FUSION, "--fusion-type", "conv3d", "--temporal-pool", "3d"],
 }
 LONG_RANGE_RUNS = {
-    "single_scale": [*FUSION, "--fusion-type", "conv", "--temporal-pool", "3d", "--strides", "1"],
-    "multi_timescale": [*FUSION, "--fusion-type", "conv", "--temporal-pool", "3d", "--strides", "1,5,10"],
+    "single_scale": [*FUSION, "--fusion-type", "conv3d", "--temporal-pool", "3d", "--strides", "1"],
+    "multi_timescale": [*FUSION, "--fusion-type", "conv3d", "--temporal-pool", "3d", "--strides", "1,5,10"],
 }
 SETS = {
     # 48x48 frames, 12 px squares: layer4 of a 48 px crop is 2x2, layer3 3x3.

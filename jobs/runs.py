@@ -47,23 +47,31 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step cosine decay, after a linear warm-up of cfg.warmup_epochs.
+    """Per-step learning-rate schedule after a linear warm-up of cfg.warmup_epochs: cosine decay
+    (cfg.lr_schedule "cosine"), or the papers' step schedule ("step": the lr times cfg.lr_gamma
+    once each epoch of cfg.lr_steps is done, e.g. steps 3,6 with gamma 0.1: 1e-3, 1e-4 from
+    epoch 3 on (0-based), 1e-5 from epoch 6 on).
 
     Built-in schedulers only: their state dicts are plain data, so checkpoints load with
     weights_only=True.
     """
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if cfg.lr_schedule == "step":  # milestones count the steps after the warm-up
+        main = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[e * steps_per_epoch - warmup for e in cfg.lr_steps], gamma=cfg.lr_gamma)
+    else:
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
     if warmup == 0:
-        return cosine
+        return main
     linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, main], milestones=[warmup])
 
 
 def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
     """Refuse to resume with another model/clip setup or on another dataset version."""
     saved = ckpt["config"]
+    saved = {**saved, "model": {"revision": 1, **saved["model"]}}  # saved before revisions were recorded: 1
     now = cfg.to_dict()
     # Initial weights do not matter once the checkpoint's are loaded; everything else does.
     differ = sorted(k for k in now["model"]

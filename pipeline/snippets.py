@@ -26,6 +26,8 @@ samplers only choose candidate indices:
               the strides given: multi-timescale); at test N evenly spaced starts per stride;
               strides whose T snippets do not fit in a video are left out for it
     uniform   N evenly spaced candidates (test time, 25 by default), scores averaged per video
+    every     at test, every k-th candidate from the first: clips k frames apart over the whole
+              video (`test_every`; C3D's features: 16-frame clips every 8 frames)
 
 Indices that would fall outside a short video are clamped to its first or last frame or
 field (the edge is repeated), so every video with at least one field gives a clip.
@@ -148,6 +150,14 @@ def tsn_test_indices(num_candidates: int, segments: int, n: int) -> list[list[in
         if clip not in clips:
             clips.append(clip)
     return clips
+
+
+def every_indices(num_candidates: int, every: int) -> list[int]:
+    """Candidates 0, every, 2 * every, ...: clips `every` frames apart from the video's start."""
+    _check_candidates(num_candidates)
+    if every < 1:
+        raise ValueError(f"clips must be >= 1 frame apart, got {every}")
+    return list(range(0, num_candidates, every))
 
 
 def random_indices(num_candidates: int, n: int, rng: random.Random) -> list[int]:
@@ -283,6 +293,8 @@ class ClipSpec:
     # tsn: the network reads the K segments' snippets as one clip in time order (a Siamese
     # precondition/effect network), so each test clip holds K snippets too, not one.
     ordered: bool = False
+    # test clips of one snippet: 0 = `test_clips` evenly spaced; k = every k-th candidate (k frames apart)
+    test_every: int = 0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -292,6 +304,11 @@ class ClipSpec:
                              f"{self.segments}, {self.snippets}, {self.test_clips}")
         if not self.strides or min(self.strides) < 1:
             raise ValueError(f"strides must be positive integers, got {self.strides}")
+        if self.test_every < 0:
+            raise ValueError(f"test_every must be >= 0, got {self.test_every}")
+        if self.test_every and (self.sampler == "strided" or self.ordered):
+            raise ValueError(f"test clips every {self.test_every} frames are single snippets; sampler "
+                             f"{self.sampler!r}{' (ordered)' if self.ordered else ''} tests clips of several")
 
     @property
     def length(self) -> int:
@@ -324,13 +341,19 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     """The clips a video is scored on (their scores are averaged per video).
 
     simonyan and tsn: `test_clips` evenly spaced single snippets (TSN's test protocol: 25
-    snippets, scores averaged); ordered tsn: `test_clips` clips of one snippet per segment
+    snippets, scores averaged), or with `test_every` k every k-th candidate; ordered tsn:
+    `test_clips` clips of one snippet per segment
     (`tsn_test_indices`); strided: per stride that fits the video, `test_clips` evenly spaced
     starts of T snippets each, so every time scale covers the whole video.
     """
     n = len(cands)
     if spec.sampler == "tsn" and spec.ordered:
         return [tuple(cands[i] for i in idx) for idx in tsn_test_indices(n, spec.segments, spec.test_clips)]
+    if spec.test_every:
+        if cands.stored:
+            raise ValueError(f"clips every {spec.test_every} frames need every frame; this sample keeps separate "
+                             "clips (built with --clips, or clip shards): use evenly spaced test clips")
+        return [(cands[i],) for i in every_indices(n, spec.test_every)]
     if spec.sampler != "strided":
         return [(cands[i],) for i in uniform_indices(n, spec.test_clips)]
     check_frame_strides(cands, spec.snippets)

@@ -78,7 +78,20 @@ def test_c3d_trains_on_rgb_clip_shards_and_extracts_fc6_per_video(built, tmp_pat
     flowshard("train", str(clips), "--model", "c3d", "--output", str(run), "--crop-size", "32", "--width-mult",
               "0.0625", "--fc-dim", "24", *FAST)
     summary(run)
-    flowshard("features", str(built), str(run / "last.pt"), str(out), "--test-clips", "3", "--workers", "0")
+    # By default a clip every 8 frames (C3D's protocol): of 20 frames only the 16 from frame 0 fit
+    # (the next clip would start at frame 8 and end past the video); every 2 frames: starts 0, 2, 4.
+    flowshard("features", str(built), str(run / "last.pt"), str(out), "--workers", "0")
+    assert {r["clips"] for r in pq.read_table(out).to_pylist()} == {1}
+    flowshard("features", str(built), str(run / "last.pt"), str(out), "--clip-every", "2", "--workers", "0")
+    assert {r["clips"] for r in pq.read_table(out).to_pylist()} == {3}
+    from click.testing import CliRunner
+
+    from jobs.features import features_command
+
+    refused = CliRunner().invoke(features_command, [str(built), str(run / "last.pt"), str(out), "--test-clips", "3"])
+    assert refused.exit_code != 0 and "--clip-every 0" in refused.output
+    flowshard("features", str(built), str(run / "last.pt"), str(out), "--clip-every", "0", "--test-clips", "3",
+              "--workers", "0")
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 12 and {r["split"] for r in rows} == {"train", "test"}
     assert all(r["clips"] == 3 and len(r["feature"]) == 24 for r in rows)

@@ -35,7 +35,8 @@ def binding(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model,flags,outputs", [
-    ("fusion", ["--fusion-type", "conv", "--temporal-pool", "3d"], {"fusion", "flow"}),
+    ("fusion", [], {"fusion", "flow"}),  # the paper's network: 3D conv fusion, max over all T
+    ("fusion", ["--fusion-type", "conv", "--temporal-pool", "3d", "--fusion-point", "pre-relu"], {"fusion", "flow"}),
     ("fusion", ["--fusion-type", "bilinear", "--temporal-pool", "none", "--no-temporal-tower"], {"fusion"}),
     ("st_resnet", ["--st-connection", "multiplicative"], {"rgb", "flow"}),
 ])
@@ -100,7 +101,8 @@ def test_train_help_lists_the_models_and_their_options():
 
     text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
     assert "[two_stream|fusion|st_resnet" in text
-    for flag in ("--fusion-type [sum|max|concat|conv|bilinear]", "--fusion-layer", "--temporal-pool [3d|none]",
+    for flag in ("--fusion-type [conv3d|sum|max|concat|conv|bilinear]", "--fusion-layer", "--temporal-pool [3d|none]",
+                 "--fusion-point [relu|pre-relu]", "--lr-schedule [cosine|step]",
                  "--temporal-tower", "--st-connection [additive|multiplicative|none]", "--flow-weights",
                  "--flow-dropout", "--crop-positions [5|13]", "--max-distort"):
         assert flag in text, flag

@@ -14,7 +14,7 @@ def one_thread(torch_one_thread):
     """Every test here runs with one intra-op thread (see conftest.torch_one_thread)."""
 
 
-def test_r3d_18_matches_torchvision_and_the_paper_33_4M():
+def test_r3d_18_matches_torchvision_and_the_model_zoos_33_4M():
     net = on_meta(model="r3d", num_classes=400, rgb_frames=16)
     with torch.device("meta"):
         reference = torchvision.models.video.r3d_18(num_classes=400)
@@ -44,3 +44,30 @@ def test_r2plus1d_factorizes_every_conv_and_keeps_strides():
     # 8 frames: time stride 2 in conv3_1, conv4_1 and conv5_1 -> 1; 32 px -> 16 -> 2 after three more.
     maps = net.trunk(torch.randn(1, 3, 8, 32, 32))
     assert maps.shape == (1, 64, 1, 2, 2)
+
+
+@pytest.mark.parametrize("d", [3, 7])  # a block's conv and the stem
+def test_r2plus1d_puts_batch_norm_and_relu_between_the_spatial_and_the_temporal_conv(d):
+    torch.manual_seed(0)
+    conv = factorized.st_conv(4, 6, "2plus1d", d=d, stride=(2, 2))
+    spatial, bn, relu, temporal = conv
+    assert spatial.kernel_size == (1, d, d) and spatial.stride == (1, 2, 2)
+    assert temporal.kernel_size == (3, 1, 1) and temporal.stride == (2, 1, 1)
+    assert isinstance(bn, torch.nn.BatchNorm3d) and bn.num_features == spatial.out_channels
+    assert isinstance(relu, torch.nn.ReLU)
+    # What the temporal conv sees is the rectified, normalised spatial output: non-negative, with
+    # both signs before the ReLU (so the ReLU is at work), and the block computes exactly that chain.
+    conv.train()
+    seen = {}
+    temporal.register_forward_hook(lambda _module, inputs, _out: seen.update(x=inputs[0]))
+    x = torch.randn(2, 4, 6, 16, 16)
+    y = conv(x)
+    mid = torch.nn.functional.batch_norm(spatial(x), None, None, bn.weight, bn.bias, training=True)
+    assert (mid < 0).any() and (mid > 0).any()
+    torch.testing.assert_close(seen["x"], torch.relu(mid))
+    torch.testing.assert_close(y, temporal(torch.relu(mid)))
+    # The stem of an R(2+1)D net is factorized the same way.
+    net = build_model(ModelConfig(model="r2plus1d", streams="rgb", num_classes=5, rgb_frames=8,
+                                  options=factorized.Options(depth=10, width=8)))
+    kinds = [type(m).__name__ for m in net.trunk[0][0]]
+    assert kinds == ["Conv3d", "BatchNorm3d", "ReLU", "Conv3d"]

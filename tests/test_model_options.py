@@ -24,7 +24,7 @@ def test_an_option_several_families_take_is_declared_once_and_names_them_all():
     assert flags["--fc-dim"].help.startswith("c3d, fstcn, karpathy: ")
     assert flags["--depth"].help == "r3d, r2plus1d: ResNet depth."
     assert list(flags["--depth"].type.choices) == ["10", "18", "26", "34"]
-    assert [f for f in flags if f.startswith("--fusion")] == ["--fusion-type", "--fusion-layer"]
+    assert [f for f in flags if f.startswith("--fusion")] == ["--fusion-type", "--fusion-layer", "--fusion-point"]
 
 
 def test_family_options_from_cli_match_the_flags():

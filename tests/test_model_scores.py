@@ -27,6 +27,8 @@ CASES = {
     "two_stream-conv": ({"arch": "resnet18", "clip_len": 2, "fusion": "conv"}, 2, 32),
     "two_stream-warped": ({"arch": "resnet18", "clip_len": 2, "streams": "rgb,flow,warped"}, 2, 32),
     "fusion-3d": ({"model": "fusion", "arch": "resnet18", "clip_len": 2, "snippets": 2}, 2, 32),
+    "fusion-sum-pre-relu": ({"model": "fusion", "arch": "resnet18", "clip_len": 2, "snippets": 2,
+                            "options": fusion.Options(fusion_type="sum", fusion_point="pre-relu")}, 2, 32),
     "fusion-none": ({"model": "fusion", "arch": "resnet18", "clip_len": 2, "snippets": 2,
                      "options": fusion.Options(fusion_type="concat", fusion_layer="layer3", temporal_pool="none")},
                     2, 32),

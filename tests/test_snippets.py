@@ -174,3 +174,18 @@ def test_rgb_runs_are_centred_on_the_flow_stack_and_clamped_at_the_edges():
 def test_centred_keeps_the_stored_centre():
     assert sampling.centred(list(range(10)), 4) == (3, 4, 5, 6)
     assert sampling.centred([7], 1) == (7,)
+
+
+def test_test_clips_every_k_frames_cover_the_video_from_its_start():
+    # C3D's features: 16-frame RGB clips every 8 frames. 40 frames hold windows starting at 0 ... 24.
+    cands = sampling.candidates(dense_meta(40), SnippetShape(clip_len=0, rgb_frames=16))
+    clips = sampling.eval_clips(cands, ClipSpec(test_every=8, test_clips=3))
+    assert [c[0].frames[0] for c in clips] == [0, 8, 16, 24]
+    assert all(c[0].frames == tuple(range(c[0].frames[0], c[0].frames[0] + 16)) for c in clips)
+    assert sampling.every_indices(5, 8) == [0]  # a video shorter than two clips: one
+    with pytest.raises(ValueError, match="single snippets"):
+        ClipSpec(sampler="strided", snippets=3, test_every=8)
+    stored = sampling.candidates({"mode": "clips", "frames": [], "flow_fields": [],
+                                  "clips": [{"frame": 5, "flow": []}, {"frame": 15, "flow": []}]}, 0)
+    with pytest.raises(ValueError, match="separate clips"):
+        sampling.eval_clips(stored, ClipSpec(test_every=8))

@@ -1,10 +1,12 @@
-"""ST-ResNet: centre-slice temporal convolutions, motion -> appearance connections, sizes."""
+"""ST-ResNet as the authors built it: 3x1x1 temporal filters with W/3 taps at every depth, the pre-ReLU
+appearance map in the motion -> appearance connection, sizes, and the clip length check."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from training.models import ModelConfig, build_model
+from training.models.backbones import pre_relu, residual_branch, stem
 from training.models.st_resnet import Options, TemporalConv
 
 N = 4
@@ -24,36 +26,78 @@ def clip(b: int = 2, t: int = 3, clip_len: int = 4, size: int = 32) -> dict:
     return {"rgb": torch.randn(b, 1, t, 3, size, size), "flow": torch.randn(b, 1, t, 2 * clip_len, size, size)}
 
 
-@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 2)])
-def test_centre_slice_conv_gives_the_2d_output_frame_by_frame(kernel, stride):
+def test_temporal_filters_start_at_a_third_of_the_2d_weights_on_each_tap():
     torch.manual_seed(0)
-    conv2d = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=kernel // 2, bias=False)
+    conv2d = torch.nn.Conv2d(6, 5, 1, bias=False)
     conv3d = TemporalConv(conv2d, frames=4)
-    assert conv3d.conv.weight.shape == (5, 6, 3, kernel, kernel)
-    static = torch.randn(2, 1, 6, 9, 9).expand(2, 4, 6, 9, 9).flatten(0, 1)  # a still clip: one frame 4 times
-    moving = torch.randn(8, 6, 9, 9)
-    for x in (static, moving):
-        torch.testing.assert_close(conv3d(x), conv2d(x))
-    with torch.no_grad():  # once it learns, neighbouring snippets count: a still clip keeps its frame
-        conv3d.conv.weight[:, :, 0] = 0.5 * conv2d.weight
-    y = conv3d(static).unflatten(0, (2, 4))
-    torch.testing.assert_close(y[:, 1], 1.5 * conv2d(static).unflatten(0, (2, 4))[:, 1])
+    assert conv3d.conv.weight.shape == (5, 6, 3, 1, 1) and conv3d.conv.padding == (1, 0, 0)
+    for tap in range(3):  # the authors' cat(2, W/3, W/3, W/3)
+        torch.testing.assert_close(conv3d.conv.weight[:, :, tap], conv2d.weight / 3)
+    # So it starts as W on the average of each snippet and its neighbours (zero padding at the ends).
+    x = torch.randn(2, 4, 6, 9, 9)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 0, 1, 1))
+    average = (padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]) / 3
+    torch.testing.assert_close(conv3d(x.flatten(0, 1)), conv2d(average.flatten(0, 1)), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="1x1"):
+        TemporalConv(torch.nn.Conv2d(6, 5, 3), frames=4)
 
 
-def test_temporal_convs_start_as_the_frame_by_frame_network():
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_basic_blocks_get_3x1x1_temporal_filters_not_3x3x3_convs(arch):
+    with torch.device("meta"):
+        model = build_model(cfg(arch=arch, clip_len=10))
+        plain = build_model(cfg(arch=arch, clip_len=10, temporal_convs=False))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == 2 * 4 * 2  # two per second unit of each stage, in both streams
+    assert all(c.kernel_size == (3, 1, 1) and c.in_channels == c.out_channels for c in convs)
+    added = sum(3 * c * c for c in (64, 128, 256, 512)) * 2 * 2
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters()) == added
+
+
+def test_basic_block_temporal_filters_average_three_snippets():
+    model = build_model(cfg(arch="resnet18"))
+    unit = model.rgb.layer2[1]
+    filt, conv = unit.conv1[0], unit.conv1[1]
+    eye = torch.eye(128)
+    for tap in range(3):
+        torch.testing.assert_close(filt.conv.weight[:, :, tap, 0, 0], eye / 3)
+    assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3)
+
+
+def test_bottleneck_temporal_filters_on_a_still_clip():
     torch.manual_seed(1)
-    plain = build_model(cfg(connection="none", temporal_convs=False)).eval()
-    temporal = build_model(cfg(connection="none", temporal_convs=True)).eval()
-    state = dict(plain.state_dict())
-    for key, value in temporal.state_dict().items():
-        if key not in state:  # layerN.1.convK.conv.weight: the plain layerN.1.convK.weight in its centre slice
-            centre = torch.zeros_like(value)
-            centre[:, :, 1] = state.pop(key.replace(".conv.weight", ".weight"))
-            state[key] = centre
-    temporal.load_state_dict(state)  # strict: every weight of one net has its place in the other
+    model = build_model(cfg(arch="resnet50", t=3, clip_len=2))
+    conv = model.rgb.layer1[1].conv1  # res2b_branch2a, 256 -> 64
+    w2d = conv.conv.weight[:, :, 0] * 3  # the ImageNet (here random) 1x1 weights it was made of
+    frame = torch.randn(1, 256, 2, 2)
+    y = conv(frame.expand(3, 256, 2, 2))  # one clip: the same frame three times
+    ref = torch.nn.functional.conv2d(frame, w2d)[0]
+    torch.testing.assert_close(y[1], ref, atol=1e-5, rtol=1e-5)  # the middle snippet: the 2D network's map
+    torch.testing.assert_close(y[0], 2 / 3 * ref, atol=1e-5, rtol=1e-5)  # an end: one tap sees the zero padding
+
+
+def test_the_connection_adds_the_pre_relu_appearance_map_to_the_residual_branch_only():
+    torch.manual_seed(5)
+    model = build_model(cfg(temporal_convs=False)).eval()
     x = clip()
-    for key, value in plain(x).items():
-        torch.testing.assert_close(temporal(x)[key], value, atol=1e-5, rtol=1e-4)
+    a = stem(model.rgb, x["rgb"].flatten(0, 2))
+    m = stem(model.flow, x["flow"].flatten(0, 2))
+    first_a, second_a = model.rgb.layer1[0], model.rgb.layer1[1]
+    x_a = pre_relu(first_a, a)  # res2a of the appearance stream, before res2a_relu
+    assert (x_a < 0).any()
+    x_m = model.flow.layer1[0](m)  # res2a_relu of the motion stream
+    # x_a' = ReLU(ReLU(x_a) + F(x_a + ReLU(x_m))): the shortcut keeps the rectified appearance map.
+    expect = torch.relu(torch.relu(x_a) + residual_branch(second_a, x_a + x_m))
+    got, _ = model._stage(model.rgb.layer1, model.flow.layer1, a, m)
+    torch.testing.assert_close(got, expect)
+    old = torch.relu(torch.relu(x_a) + residual_branch(second_a, torch.relu(x_a) + x_m))
+    assert not torch.allclose(got, old)
+
+
+def test_clips_of_another_length_are_refused():
+    model = build_model(cfg(t=3)).eval()
+    with pytest.raises(ValueError, match=r"T = 3 snippets.*got clips of 4"):
+        model(clip(t=4))
 
 
 @pytest.mark.parametrize("connection", ["additive", "multiplicative"])
@@ -73,7 +117,7 @@ def test_the_appearance_stream_sees_motion_through_the_connections(connection):
 def test_resnet50_parameter_count():
     model = build_model(cfg(arch="resnet50", clip_len=10))
     resnet50 = 23_508_032  # without its ImageNet classifier
-    # The two 1x1 convs of res2b ... res5b gain two more slices each, in both streams.
+    # The two 1x1 convs of res2b ... res5b gain two more taps each, in both streams.
     temporal = 2 * 2 * 2 * (256 * 64 + 512 * 128 + 1024 * 256 + 2048 * 512)
     flow_conv1 = 64 * 49 * (20 - 3)
     heads = 2 * (2048 * N + N)

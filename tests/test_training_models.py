@@ -53,7 +53,7 @@ def test_in_channels_must_be_twice_the_clip_length():
     with pytest.raises(ValueError, match="neither|existing file"):
         build_model(cfg(weights="/no/such/file.pth"))
     with pytest.raises(ValueError, match="unknown arch"):
-        models.check(cfg(arch="vgg16"))
+        models.check(cfg(arch="vgg11"))
     with pytest.raises(ValueError, match="conv fusion needs both"):
         models.check(cfg(streams="rgb", fusion="conv"))
     with pytest.raises(ValueError, match="unknown model"):
@@ -132,3 +132,52 @@ def test_cli_model_names_are_the_factory_table():
 def test_model_config_round_trips_through_json_types():
     c = cfg(fusion="conv", fusion_weights=(1.0, 2.0))
     assert models.model_config_from_dict(c.to_dict()) == c
+
+
+def test_vgg16_streams_at_full_size_keep_fc6_fc7_and_cross_modality_init(tmp_path):
+    with torch.device("meta"):
+        model = build_model(cfg(arch="vgg16", clip_len=10))
+        reference = torchvision.models.vgg16()
+    params = {name: sum(p.numel() for p in s.parameters()) for name, s in model.streams.items()}
+    fc8 = 4096 * 1000 + 1000
+    vgg = sum(p.numel() for p in reference.parameters())
+    assert params["rgb"] == vgg - fc8 + 4096 * 5 + 5
+    assert params["flow"] == params["rgb"] + 64 * 9 * (20 - 3)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the papers' VGG: no BN
+    out = model({"rgb": torch.empty(1, 1, 1, 3, 224, 224, device="meta"),
+                 "flow": torch.empty(1, 1, 1, 20, 224, 224, device="meta")})
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"rgb": (1, 5), "flow": (1, 5)}
+    # ImageNet weights (here a local state dict) reach conv1_1 ... fc7; the flow stream's first conv
+    # is their channel mean (cross-modality), and fc8 is new.
+    torch.manual_seed(2)
+    small = torchvision.models.vgg16()
+    path = tmp_path / "vgg16.pth"
+    torch.save(small.state_dict(), path)
+    net = build_model(cfg(arch="vgg16", clip_len=2, weights=str(path)))
+    rgb, flow = net.streams["rgb"], net.streams["flow"]
+    torch.testing.assert_close(rgb.trunk[28].weight, small.features[28].weight)  # conv5_3
+    torch.testing.assert_close(rgb.top[3].weight, small.classifier[0].weight)  # fc6
+    torch.testing.assert_close(flow.top[6].weight, small.classifier[3].weight)  # fc7
+    torch.testing.assert_close(flow.trunk[0].weight[:, 3], small.features[0].weight.mean(1))
+    assert rgb.fc.weight.shape == (5, 4096)
+
+
+def test_vgg16_two_stream_trains_two_steps_on_cpu():
+    torch.manual_seed(0)
+    model = build_model(cfg(arch="vgg16", clip_len=2, fusion="conv"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = model.streams["flow"].trunk[0].weight.detach().clone()
+    for _ in range(2):
+        out = model(batch(clip_len=2))
+        loss = model.training_loss(out, torch.tensor([0, 4]), torch.nn.functional.cross_entropy)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert set(out) == {"rgb", "flow", "fused"} and torch.isfinite(loss)
+    assert not torch.equal(before, model.streams["flow"].trunk[0].weight)
+
+
+def test_families_on_residual_units_refuse_vgg16():
+    for name in ("st_resnet", "siamese", "detection"):
+        with pytest.raises(ValueError, match="ResNet residual units"):
+            models.check(cfg(model=name, arch="vgg16", snippets=4))

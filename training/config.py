@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("cpu", "cuda")
 EPOCH_SIZES = ("samples", "videos")
+LR_SCHEDULES = ("cosine", "step")  # jobs.runs.make_scheduler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
+    # "cosine": per-step cosine decay; "step": lr times lr_gamma after each epoch in lr_steps (the papers')
+    lr_schedule: str = "cosine"
+    lr_steps: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
     clip_grad: float = 40.0  # TSN clips the gradient norm at 40 (flow) / 20 (rgb); 0 disables
     device: str = "cuda"
     amp: str = "auto"
@@ -64,6 +69,7 @@ class TrainConfig:
                              f"got {self.momentum}, {self.weight_decay}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        check_lr_schedule(self)
         if self.clip_grad < 0:
             raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
         if self.device.split(":")[0] not in DEVICES:
@@ -76,6 +82,9 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
         if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
+        if self.model.revision is None:  # checkpoints record the revision the model was built as
+            object.__setattr__(self, "model", dataclasses.replace(self.model,
+                                                                  revision=models.revision(self.model.model)))
         if self.model.streams != self.data.streams:
             raise ValueError(f"model streams {self.model.streams!r} and data streams {self.data.streams!r} differ")
         check_model_data(self.model, self.data)
@@ -90,7 +99,22 @@ class TrainConfig:
         data = dict(d.pop("data"))
         data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))
         model = models.model_config_from_dict(d.pop("model"))
-        return cls(data=DataConfig(**_tuples(data, ("strides",))), model=model, **d)
+        return cls(data=DataConfig(**_tuples(data, ("strides",))), model=model, **_tuples(d, ("lr_steps",)))
+
+
+def check_lr_schedule(cfg: TrainConfig) -> None:
+    """Raise ValueError naming a schedule setting that cannot be run."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+    steps = tuple(cfg.lr_steps)
+    if cfg.lr_schedule == "cosine" and steps:
+        raise ValueError(f"lr_steps {steps} belong to the step schedule: use lr_schedule='step'")
+    if cfg.lr_schedule == "step":
+        if not steps or list(steps) != sorted(set(steps)) or steps[0] <= cfg.warmup_epochs or steps[-1] >= cfg.epochs:
+            raise ValueError(f"lr_steps must be increasing epochs after the warm-up ({cfg.warmup_epochs}) and "
+                             f"before the last epoch ({cfg.epochs}), got {steps}")
+        if not 0 < cfg.lr_gamma < 1:
+            raise ValueError(f"lr_gamma must be in (0, 1), got {cfg.lr_gamma}")
 
 
 def check_model_data(model: ModelConfig, data: DataConfig) -> None:

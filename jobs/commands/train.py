@@ -24,7 +24,7 @@ import click
 import torch
 
 from jobs.detect import action_names
-from jobs.features import extract_features
+from jobs.features import CLIP_EVERY, extract_features
 from jobs.model_options import FamilyCommand, model_options, model_takes_snippets, resolve_defaults
 from jobs.parsing import parse_numbers, parse_params
 from jobs.runs import write_results
@@ -33,7 +33,7 @@ from jobs.train import evaluate_checkpoint, train
 from jobs.train_on_ray import run_command
 from pipeline.snippets import SAMPLERS
 from training import data
-from training.config import AMP_MODES, DEVICES, EPOCH_SIZES, OPTIMIZERS, TrainConfig
+from training.config import AMP_MODES, DEVICES, EPOCH_SIZES, LR_SCHEDULES, OPTIMIZERS, TrainConfig
 from training.data import TASKS, VERIFY_MODES, DataConfig
 from training.data.config import ON_CORRUPT
 from training.detection.metrics import DEFAULT_MATCHING, MATCHING_RULES
@@ -68,7 +68,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--streams", default=None, metavar=STREAMS_METAVAR,
               help="Streams to train: one, both (rgb,flow), or a comma list of rgb, flow and warped (warped flow "
                    "of a --flow-warp build, TSN's third modality). Default: the model's (two_stream: both).")
-@click.option("--arch", default="resnet50", show_default=True, type=click.Choice(list(ARCHS)))
+@click.option("--arch", default="resnet50", show_default=True, type=click.Choice(list(ARCHS)),
+              help="Stream backbone (vgg16: two_stream and fusion only, Simonyan & Zisserman's very deep streams).")
 @click.option("--weights", default="auto", show_default=True,
               help="Initial weights of both streams: 'auto' (ImageNet weights from torchvision's cache, an error "
                    "when absent), 'imagenet' (the same, downloaded into the cache when missing), a local "
@@ -85,6 +86,13 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--lr-schedule", default="cosine", show_default=True, type=click.Choice(LR_SCHEDULES),
+              help="cosine: per-step cosine decay; step: --lr times --lr-gamma after each epoch of --lr-steps "
+                   "(the papers' schedule).")
+@click.option("--lr-steps", default=None, metavar="E1,E2,...",
+              help="--lr-schedule step: the epochs after which the lr drops, e.g. 3,6.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True,
+              help="--lr-schedule step: the factor of each drop.")
 @click.option("--clip-grad", type=float, default=40.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--clip-len", type=int, default=None,
               help="Flow fields per snippet (L). Default: the clip shards' L, a --clips dataset's L, else 10.")
@@ -235,7 +243,9 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict, comm
                        steps_per_epoch=o["steps_per_epoch"], epoch_size=o["epoch_size"], eval_every=o["eval_every"],
                        train_split=o["train_split"], eval_split=o["eval_split"], seed=o["seed"],
                        resume=o["resume"], log_every=o["log_every"], command=command,
-                       checkpoint_every_steps=o.get("checkpoint_every_steps", 0))
+                       checkpoint_every_steps=o.get("checkpoint_every_steps", 0),
+                       lr_schedule=o.get("lr_schedule", "cosine"), lr_gamma=o.get("lr_gamma", 0.1),
+                       lr_steps=parse_numbers(o["lr_steps"], int) if o.get("lr_steps") else ())
 
 
 @click.command("evaluate")
@@ -292,18 +302,22 @@ def results_table(results: dict) -> list[str]:
 @click.argument("checkpoint_path", metavar="CHECKPOINT")
 @click.argument("output", metavar="OUT.parquet")
 @click.option("--split", "splits", multiple=True, help="Splits to extract (repeatable). Default: every split.")
-@click.option("--test-clips", type=int, default=None, help="Clips per video sample (default: as trained).")
+@click.option("--clip-every", type=int, default=CLIP_EVERY, show_default=True,
+              help="A clip every N frames over the whole video (8: the C3D paper's 16-frame clips overlapping by 8; "
+                   "16: the authors' demo, non-overlapping); 0: --test-clips evenly spaced clips.")
+@click.option("--test-clips", type=int, default=None,
+              help="With --clip-every 0: clips per video sample (default: as trained).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--workers", type=int, default=None, help="Loader processes. Default: this machine's CPUs.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(DEVICES))
 @click.option("--l2/--no-l2", default=True, show_default=True, help="L2-normalise each video's mean feature.")
-def features_command(dataset: str, checkpoint_path: str, output: str, splits: tuple[str, ...],
+def features_command(dataset: str, checkpoint_path: str, output: str, splits: tuple[str, ...], clip_every: int,
                      test_clips: int | None, batch_size: int | None, workers: int | None, device: str,
                      l2: bool) -> None:
     """Per-video features (C3D: fc6, averaged over each video's clips) of CHECKPOINT on DATASET, to OUT.parquet."""
     try:
         rows = extract_features(dataset, checkpoint_path, output, splits=splits, device=device,
-                                test_clips=test_clips, batch_size=batch_size,
+                                clip_every=clip_every, test_clips=test_clips, batch_size=batch_size,
                                 workers=cpu_share() if workers is None else workers, l2=l2)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

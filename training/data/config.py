@@ -32,6 +32,7 @@ class DataConfig:
     snippets: int = 1
     strides: tuple[int, ...] = (1,)
     test_clips: int = snip.DEFAULT_TEST_CLIPS
+    test_every: int = 0  # > 0: single-snippet test clips that many frames apart instead (ClipSpec.test_every)
     ordered: bool = False  # tsn: the model reads the K snippets as one ordered clip (ClipSpec.ordered)
     flow_mean_subtract: bool = False  # Simonyan & Zisserman: each field of a flow/warped input loses its mean
     transform: TransformConfig = field(default_factory=TransformConfig)
@@ -86,4 +87,5 @@ class DataConfig:
     @property
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(sampler=self.sampler, segments=self.segments, snippets=self.snippets,
-                        strides=tuple(self.strides), test_clips=self.test_clips, ordered=self.ordered)
+                        strides=tuple(self.strides), test_clips=self.test_clips, ordered=self.ordered,
+                        test_every=self.test_every)

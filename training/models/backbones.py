@@ -1,6 +1,13 @@
-"""torchvision ResNet backbones shared by the model families: weights, cross-modality init,
-and the pieces of a residual block (its residual path, its shortcut) that fusion and
-cross-stream connections need.
+"""torchvision backbones shared by the model families (ResNets, and VGG-16 for the two-stream
+and fusion families): weights, cross-modality init, the stages of a stream up to its last
+conv maps, the pieces of a residual block (its residual path, its shortcut) that fusion
+and cross-stream connections need, and the top of a stream (its maps to a feature vector).
+
+VGG-16 (Simonyan & Zisserman's streams in Feichtenhofer et al. 2016; torchvision's, without
+batch norm, as those papers) is cut into the stages a ResNet has, named alike: the stem is
+conv1_1 ... relu1_2, "layerN" is poolN and the convolutions of block N + 1 (layer4 ends at
+relu5_3, the authors' fusion point), and the top is pool5, fc6 and fc7 (ImageNet weights
+kept; fc8 is each family's classifier).
 
 Weights (Wang et al. 2015's first good practice: ImageNet initialisation for both streams):
 None (random), "auto" (the default: torchvision's ImageNet weights from its cache, and a
@@ -19,7 +26,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import Bottleneck
 
 from training.streams import FIELD_STREAMS
 
@@ -31,13 +38,31 @@ ARCHS = {
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
     "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V2),
+    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1),
 }
+RESNETS = tuple(a for a in ARCHS if a.startswith("resnet"))
+# VGG-16's `features` indices: [start, end) of the stem and each stage; relu5_3 is index 29, pool5 30.
+VGG_STAGES = {"stem": (0, 4), "layer1": (4, 9), "layer2": (9, 16), "layer3": (16, 23), "layer4": (23, 30)}
+VGG_POOL5 = 30
 
 
 def check_arch(arch: str) -> None:
     """Raise ValueError naming `arch` unless it is one of ARCHS."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+
+
+def check_resnet(arch: str, family: str) -> None:
+    """Raise ValueError naming `arch` unless it is a ResNet (families built on residual units)."""
+    check_arch(arch)
+    if arch not in RESNETS:
+        raise ValueError(f"{family} is built on ResNet residual units; --arch {arch} is not one: "
+                         f"choose one of {RESNETS}")
+
+
+def is_vgg(backbone: nn.Module) -> bool:
+    """True for a torchvision VGG (its stages are slices of `features`), False for a ResNet."""
+    return isinstance(backbone, torchvision.models.VGG)
 
 
 def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -57,8 +82,8 @@ def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
-def load_backbone(arch: str, weights: str | None) -> ResNet:
-    """A torchvision ResNet with no weights, ImageNet weights, or weights from a local file.
+def load_backbone(arch: str, weights: str | None) -> nn.Module:
+    """A torchvision ResNet (or VGG-16) with no weights, ImageNet weights, or weights from a local file.
 
     A local file holds a torchvision state dict (e.g. resnet50-11ad3fa6.pth); it is read
     with weights_only=True, so it cannot run code.
@@ -75,30 +100,9 @@ def load_backbone(arch: str, weights: str | None) -> ResNet:
     if not path.is_file():
         raise ValueError(f"weights must be None, 'auto', 'imagenet' or an existing file, got {weights!r}")
     model = ctor(weights=None)
-    try:
-        model.load_state_dict(read_state(path, f"--weights {weights}: a torchvision {arch} state dict"))
-    except RuntimeError as exc:  # names or shapes of another network
-        raise ValueError(f"--weights {weights}: {path} does not fit {arch}: {_first_line(exc)}") from exc
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     log.info("loaded %s weights from %s", arch, path)
     return model
-
-
-def read_state(path: str | Path, expected: str) -> dict:
-    """A dict of tensors read with weights_only=True; ValueError naming `path` and what was
-    `expected` when the file is not one (any bytes at all may reach the unpickler)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  the unpickler raises whatever the bytes lead it to
-        raise ValueError(f"{path}: not a weights file (expected {expected}; torch.load: "
-                         f"{type(exc).__name__}: {_first_line(exc)})") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, expected {expected}")
-    return obj
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no message"
 
 
 def imagenet_cache_path(arch: str) -> Path:
@@ -143,7 +147,7 @@ def imagenet_file(arch: str, timeout: float = 30.0) -> Path:
     return path
 
 
-def resnet_trunk(backbone: ResNet) -> nn.Sequential:
+def resnet_trunk(backbone: nn.Module) -> nn.Sequential:
     """conv1 ... layer4 of a torchvision ResNet, as one Sequential (indices 0-3 stem, 4-7 layers)."""
     return nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool,
                          backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
@@ -154,7 +158,7 @@ def resnet_trunk(backbone: ResNet) -> nn.Sequential:
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def residual_branch(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
+def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The residual path F(x) of a block: its convolutions, without shortcut or final ReLU."""
     out = block.relu(block.bn1(block.conv1(x)))
     if isinstance(block, Bottleneck):
@@ -163,19 +167,82 @@ def residual_branch(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Te
     return block.bn2(block.conv2(out))
 
 
-def shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
+def shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The block's identity path (its 1x1 projection where it changes size)."""
     return x if block.downsample is None else block.downsample(x)
 
 
-def pre_relu(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
+def pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """F(x) + shortcut(x): the block's output before its last ReLU."""
     return residual_branch(block, x) + shortcut(block, x)
 
 
-def stem(backbone: ResNet, x: torch.Tensor) -> torch.Tensor:
-    """conv1, bn1, ReLU and max pooling of a torchvision ResNet."""
+def stem(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv1, bn1, ReLU and max pooling of a torchvision ResNet (VGG-16: conv1_1 ... relu1_2)."""
+    if is_vgg(backbone):
+        return vgg_slice(backbone, *VGG_STAGES["stem"])(x)
     return backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+
+
+def vgg_slice(backbone: nn.Module, start: int, end: int) -> nn.Sequential:
+    """VGG `features[start:end]`: the same modules (and weights), as a Sequential."""
+    return backbone.features[start:end]
+
+
+def run_stage(backbone: nn.Module, stage: str, x: torch.Tensor, *, before_relu: bool = False) -> torch.Tensor:
+    """One stage (layer1 ... layer4) of a stream; `before_relu` stops before its last ReLU
+    (a ResNet's last block without its ReLU: F(x) + shortcut(x); VGG: the last conv's output)."""
+    if is_vgg(backbone):
+        start, end = VGG_STAGES[stage]
+        return vgg_slice(backbone, start, end - 1 if before_relu else end)(x)
+    blocks = getattr(backbone, stage)
+    if not before_relu:
+        return blocks(x)
+    for block in blocks[:-1]:
+        x = block(x)
+    return pre_relu(blocks[-1], x)
+
+
+def drop_stages_(backbone: nn.Module, stages: tuple[str, ...] | list[str]) -> None:
+    """Remove `stages` of a stream whose maps are no longer used (no unused weights: DDP refuses them)."""
+    for stage in stages:
+        if is_vgg(backbone):
+            for i in range(*VGG_STAGES[stage]):
+                backbone.features[i] = nn.Identity()
+        else:
+            setattr(backbone, stage, nn.Sequential())
+
+
+def first_conv(backbone: nn.Module, stage: str) -> tuple[nn.Module, str]:
+    """The module holding a stage's first convolution and that convolution's attribute name."""
+    if is_vgg(backbone):
+        start, end = VGG_STAGES[stage]
+        index = next(i for i in range(start, end) if isinstance(backbone.features[i], nn.Conv2d))
+        return backbone.features, str(index)
+    return getattr(backbone, stage)[0], "conv1"
+
+
+def stream_top(backbone: nn.Module, dropout: float) -> tuple[nn.Module, int]:
+    """(module, its output width): a stream's last conv maps (after layer4) -> feature vector.
+
+    ResNet: global average pooling. VGG-16: pool5, torchvision's adaptive 7x7 pooling, fc6,
+    ReLU, dropout and fc7, ReLU, with their ImageNet weights (the dropout before the
+    classifier, fc8, is the family's), as in the authors' networks. A VGG backbone gives
+    its fc layers away (they move into the top, so no weight has two names).
+    """
+    if not is_vgg(backbone):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), stage_channels(backbone, STAGES[-1])
+    fc6, fc7 = backbone.classifier[0], backbone.classifier[3]
+    drop_top_(backbone)
+    top = nn.Sequential(backbone.features[VGG_POOL5], backbone.avgpool, nn.Flatten(1), fc6, nn.ReLU(inplace=True),
+                        nn.Dropout(dropout), fc7, nn.ReLU(inplace=True))
+    return top, fc7.out_features
+
+
+def drop_top_(backbone: nn.Module) -> None:
+    """Remove a VGG stream's fc6 and fc7 when nothing uses them (a ResNet's top has no weights)."""
+    if is_vgg(backbone):
+        backbone.classifier = nn.Identity()
 
 
 def check_snippet_streams(cfg, family: str) -> None:
@@ -191,22 +258,33 @@ def check_snippet_streams(cfg, family: str) -> None:
         raise ValueError(f"{family} takes clips of T >= 1 snippets in time order, got snippets={cfg.snippets}")
 
 
-def stage_channels(backbone: ResNet, stage: str) -> int:
-    """Channels out of a stage (layer1 ... layer4) of a torchvision ResNet."""
+def stage_channels(backbone: nn.Module, stage: str) -> int:
+    """Channels out of a stage (layer1 ... layer4) of a torchvision ResNet or VGG-16."""
+    if is_vgg(backbone):
+        start, end = VGG_STAGES[stage]
+        return [m for m in backbone.features[start:end] if isinstance(m, nn.Conv2d)][-1].out_channels
     last = getattr(backbone, stage)[-1]
     return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
 
 
 def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
-                    flow_weights: str | None = None) -> ResNet:
-    """A torchvision ResNet for the spatial (rgb) or temporal (flow) stream, without its fc.
+                    flow_weights: str | None = None) -> nn.Module:
+    """A torchvision ResNet (or VGG-16) for the spatial (rgb) or temporal (flow) stream, without
+    its ImageNet classifier (ResNet: fc; VGG: fc8, its fc6 and fc7 kept for `stream_top`).
 
-    A temporal stream's (flow or warped flow) conv1 takes 2L channels, cross-modality
+    A temporal stream's (flow or warped flow) first conv takes 2L channels, cross-modality
     initialised from `weights`, unless `flow_weights` names a pre-trained temporal stream
     (e.g. trained on `flowshard pretrain-flow` data), whose weights then replace all of it.
     """
     fields = stream in FIELD_STREAMS
+    if arch not in RESNETS and flow_weights:
+        raise ValueError(f"--flow-weights reads a ResNet temporal stream; --arch {arch} takes none")
     backbone = load_backbone(arch, None if fields and flow_weights else weights)
+    if arch not in RESNETS:
+        if fields:
+            backbone.features[0] = cross_modality_conv(backbone.features[0], 2 * clip_len)
+        backbone.classifier[6] = nn.Identity()
+        return backbone
     if fields:
         backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * clip_len)
     backbone.fc = nn.Identity()
@@ -222,7 +300,7 @@ TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", 
 def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A temporal stream's weights in torchvision's names, from a flowshard checkpoint (a
     two_stream or fusion model with a flow stream) or a torchvision state-dict file."""
-    obj = read_state(path, "--flow-weights: a flowshard checkpoint or a torchvision state dict")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
     state = obj["model"] if isinstance(obj, dict) and "model" in obj and "config" in obj else obj
     out = {}
     for key, value in state.items():
@@ -234,7 +312,7 @@ def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out or dict(state)
 
 
-def load_flow_weights(backbone: ResNet, path: str | Path) -> None:
+def load_flow_weights(backbone: nn.Module, path: str | Path) -> None:
     """Load a pre-trained temporal stream into `backbone` (ValueError naming the file when it does not fit)."""
     if not Path(path).is_file():
         raise ValueError(f"flow weights: no file {path}")

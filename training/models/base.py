@@ -39,6 +39,9 @@ class ModelConfig:
     fusion_kernel are the two-stream family's late/conv fusion settings; fusion_weights
     also weighs the rgb, flow (and warped) scores of any model that fuses late: two
     numbers (rgb, flow), three with a warped stream (rgb, flow, warped); None: TSN's.
+    revision: the family's model revision the config was made for (its module's REVISION;
+    training.models.revision), recorded in checkpoints so that a network whose computation
+    changed refuses the old weights; None: the current one (a TrainConfig records it).
     """
 
     model: str = "two_stream"
@@ -58,8 +61,11 @@ class ModelConfig:
     fusion_weights: tuple[float, ...] | None = None  # rgb, flow[, warped]; None: training.streams defaults
     fusion_kernel: int = 1
     options: Any = None
+    revision: int | None = None
 
     def __post_init__(self) -> None:
+        if self.revision is not None and self.revision < 1:
+            raise ValueError(f"revision must be >= 1, got {self.revision}")
         names = stream_spec.stream_names(self.streams)  # ValueError naming a bad setting
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")

@@ -40,7 +40,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from training.models.backbones import ARCHS, check_arch, cross_modality_conv, load_backbone
+from training.models.backbones import ARCHS, check_resnet, cross_modality_conv, load_backbone
 from training.models.base import ModelConfig
 from training.models.option_spec import OptionSpec
 
@@ -114,7 +114,7 @@ def options(cfg: ModelConfig) -> Options:
 
 def check(cfg: ModelConfig) -> None:
     """Raise ValueError naming the first setting this family cannot build."""
-    check_arch(cfg.arch)
+    check_resnet(cfg.arch, "detection")
     if "warped" in cfg.stream_names:
         raise ValueError(f"the detector's streams are rgb and flow, got streams={cfg.streams!r}")
     if cfg.rgb_frames != 1 or cfg.snippets:

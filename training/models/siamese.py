@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import streams as stream_spec
-from training.models.backbones import check_arch, cross_modality_conv, load_backbone, resnet_trunk
+from training.models.backbones import check_resnet, cross_modality_conv, load_backbone, resnet_trunk
 from training.models.base import ModelConfig, VideoClassifier, late_fusion
 from training.models.option_spec import OptionSpec
 
@@ -81,7 +81,7 @@ def options_from_cli(values: dict) -> Options:
 
 def check(cfg: ModelConfig) -> None:
     """Raise ValueError naming the first setting the Siamese model cannot build."""
-    check_arch(cfg.arch)
+    check_resnet(cfg.arch, "siamese")
     if cfg.snippets < 2:
         raise ValueError(f"siamese splits a clip of T >= 2 snippets into precondition and effect: use "
                          f"--sampling tsn --segments T (the whole video) or --sampling strided --snippets T, "

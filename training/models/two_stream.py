@@ -1,8 +1,11 @@
 """Two-stream networks (Simonyan & Zisserman 2014; TSN): a spatial stream on one RGB frame,
 a temporal stream on 2L flow channels, fused late or by a conv layer.
 
-Both streams are torchvision ResNets. The temporal stream's first convolution takes 2L
-channels and is initialised by cross-modality pre-training (backbones.cross_modality_conv).
+Both streams are torchvision ResNets, or VGG-16 (`arch="vgg16"`, Simonyan & Zisserman's
+very deep streams as Feichtenhofer et al. 2016 train them: conv1_1 ... relu5_3, then pool5,
+fc6, fc7 with their ImageNet weights, and a new fc8; dropout `dropout` after fc6 and fc7).
+The temporal stream's first convolution takes 2L channels and is initialised by
+cross-modality pre-training (backbones.cross_modality_conv).
 
 Fusion:
     late  weighted average of the streams' class scores (softmax), rgb:flow = 1:1.5 by
@@ -20,7 +23,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.models.backbones import check_arch, resnet_trunk, stage_channels, stream_backbone
+from training.models.backbones import (
+    STAGES,
+    VGG_POOL5,
+    check_arch,
+    is_vgg,
+    resnet_trunk,
+    stage_channels,
+    stream_backbone,
+    stream_top,
+)
 from training.models.base import ModelConfig, VideoClassifier
 
 FUSIONS = ("late", "conv")
@@ -42,18 +54,19 @@ def check(cfg: ModelConfig) -> None:
 
 
 class Stream(nn.Module):
-    """One stream: a ResNet trunk (conv1 ... layer4), global pooling, dropout, classifier."""
+    """One stream: a trunk to the last conv maps (ResNet: conv1 ... layer4; VGG-16: conv1_1 ...
+    relu5_3), its top (ResNet: global average pooling; VGG-16: pool5, fc6, fc7), dropout, classifier."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
         super().__init__()
-        self.trunk = resnet_trunk(backbone)
-        self.feature_dim = stage_channels(backbone, "layer4")
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.trunk = backbone.features[:VGG_POOL5] if is_vgg(backbone) else resnet_trunk(backbone)
+        self.maps_dim = stage_channels(backbone, STAGES[-1])
+        self.top, self.feature_dim = stream_top(backbone, dropout)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.feature_dim, num_classes)
 
     def classify(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(torch.flatten(self.pool(maps), 1)))
+        return self.fc(self.dropout(self.top(maps)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.trunk(x))
@@ -102,7 +115,7 @@ class TwoStream(VideoClassifier):
         self.streams = nn.ModuleDict({s: build_stream(cfg, s) for s in cfg.stream_names})
         self.fusion = None
         if cfg.fusion == "conv":
-            dim = self.streams["rgb"].feature_dim
+            dim = self.streams["rgb"].maps_dim
             self.fusion = ConvFusion(dim, cfg.num_classes, cfg.fusion_kernel, cfg.dropout)
         if cfg.partial_bn:
             freeze_partial_bn(self)
