@@ -159,7 +159,9 @@ def small_flags(recipe: recipes.Recipe) -> list[str]:
     extra = [a for key, args in SHRINK.items() if key in options for a in args]
     if "lr_steps" in flags:
         extra += ["--lr-steps", "1"]  # 2 epochs of 1 step: the drop after the first
-    if flags.get("arch") == "resnet50":
+    if flags.get("arch") in ("resnet50", "vgg16"):
+        # The smallest backbone of the same code path; VGG-16 itself trains two small steps in
+        # tests/test_fusion_models.py, and every recipe's own backbone builds at full size above.
         extra += ["--arch", "resnet18"]
     return [*FAST, *extra, *SMALL.get(recipe.name, ["--crop-size", "32"])]
 

@@ -123,7 +123,7 @@ def test_factory_is_an_explicit_dict():
 def test_cli_model_names_are_the_factory_table():
     import click
 
-    from jobs.train import train_command
+    from jobs.commands.train import train_command
 
     option = next(p for p in train_command.get_params(click.Context(train_command)) if p.name == "model")
     assert list(option.type.choices) == list(models.FAMILIES)
