@@ -91,6 +91,10 @@ def build_options(f):
         click.option("--flow-quality", type=int, default=95, show_default=True),
         click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,  # pipeline.stages.config.DEFAULT_MAX_PIXELS
                      help="Refuse (as an error row) a video whose frames are larger, before decoding it."),
+        click.option("--min-coverage", type=float, default=0.9, show_default=True,  # DEFAULT_MIN_COVERAGE
+                     help="Store a video only if it decodes at least this share of the frames its container "
+                          "declares (duration x rate); a shorter one (a download cut short) is an error row. "
+                          "0 stores whatever decodes, as release 0.1 did."),
         click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
         click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
@@ -126,7 +130,8 @@ def make_build_config(o: dict):
     from pipeline.build.config import BuildConfig, ShardConfig
     from pipeline.decode import DecodeConfig
     from pipeline.flow.warp import WarpConfig
-    from pipeline.stages.config import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
+    from pipeline.stages.config import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_COVERAGE, EncodeConfig, SampleConfig,
+                                        WorkerConfig)
 
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
@@ -137,6 +142,7 @@ def make_build_config(o: dict):
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
                                                   chunk_frames=o["chunk_frames"]),
                               max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
+                              min_coverage=o.get("min_coverage", DEFAULT_MIN_COVERAGE),
                               warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
         boxes = BoxesConfig(path=o["boxes_path"], tolerance=o.get("box_tolerance", 1.0)) if o.get("boxes_path") else None
