@@ -26,6 +26,10 @@ class ShardRow:
     samples: int
     bytes: int
     sha256: str
+    # Written by later releases than the first (only in unit records; "" in an older one):
+    tag: str = ""  # the store's identity of the tar when its record was written: ETag remotely, mtime_ns locally
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("tag",)  # written when not ""
 
     def to_json(self) -> dict:
         """The row as written to the unit record and shards.parquet."""
