@@ -115,9 +115,12 @@ def build_options(f):
                      help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave."),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
         click.option("--progress/--no-progress", default=True, show_default=True),
-        click.option("--retry-errors", is_flag=True,
-                     help="Compute the error rows of the version these inputs and settings gave again, "
-                          "into a new version that shares every other shard."),
+        click.option("--retry-errors", type=click.Choice(["transient", "all"]), is_flag=False,
+                     flag_value="transient", default=None,
+                     help="Compute the error rows of the version these inputs and settings gave again, into a "
+                          "new version that shares every shard it had: those whose failure was transient (a lost "
+                          "worker, storage), or with 'all' the broken files' too. Videos that now succeed go into "
+                          "a small new shard unit. Give it after INPUT and OUTPUT, or as --retry-errors=all."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -229,7 +232,7 @@ def run_build(input_path: str, output: str, o: dict):
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
     return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"],
-                         retry_errors=o.get("retry_errors", False))
+                         retry_errors=o.get("retry_errors") or False)
 
 
 def echo_summary(s) -> None:

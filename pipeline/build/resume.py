@@ -58,6 +58,21 @@ def load_finished(output: Location, unit: Unit) -> UnitRecord | None:
     return rec
 
 
+def load_without(output: Location, unit: Unit, whole: Unit, retried: frozenset[str]) -> UnitRecord | None:
+    """The record of `unit`, which is `whole` less the videos in `retried`, made from `whole`'s
+    record when those videos are error rows there: with no samples in its tars, the unit's tars
+    are the same, so it is committed as it stands (and its record saved under `unit`'s stem)."""
+    rec = load_finished(output, whole)
+    if rec is None or any(v.status == "ok" for v in rec.videos if v.id in retried):
+        return None
+    keep = {r.key for r in unit.refs}
+    rec = replace(rec, stem=unit.stem, videos=tuple(v for v in rec.videos if v.id in keep))
+    if {v.id for v in rec.videos} != keep:
+        return None
+    save_record(output, unit, rec)
+    return rec
+
+
 def _intact(tar: Location, row: ShardRow) -> bool:
     """Whether `tar` is the one `row` records: a stat when its tag still matches, else a full hash."""
     st = storage.stat(tar)
