@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import errno
 import re
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from pipeline import storage
 

@@ -72,7 +72,8 @@ def split_retried(units: list[Unit], retry: Retry) -> tuple[list[Unit], list[Uni
     last: a unit that lost only error rows keeps its tars (an error row has no samples), so a
     retry writes the small new units and nothing else. Units left empty are dropped.
     """
-    kept, moved = [], []
+    kept: list[Unit] = []
+    moved: list[VideoRef] = []
     for u in units:
         rest = tuple(r for r in u.refs if r.key not in retry.keys)
         moved.extend(r for r in u.refs if r.key in retry.keys)

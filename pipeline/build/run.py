@@ -37,8 +37,16 @@ from pipeline.build.config import STATE_DIR, BuildConfig
 from pipeline.build.executors import Executor, LocalExecutor, Progress
 from pipeline.build.lock import writer_lock
 from pipeline.build.manifest import SHARD_DIR
-from pipeline.build.plan import (RETRY_MODES, BuildContext, Retry, attach_stored, base_plan, identify, plan_units,
-                                 split_retried)
+from pipeline.build.plan import (
+    RETRY_MODES,
+    BuildContext,
+    Retry,
+    attach_stored,
+    base_plan,
+    identify,
+    plan_units,
+    split_retried,
+)
 from pipeline.build.records import UnitRecord
 from pipeline.build.units import Unit
 from pipeline.cluster import shared_paths

@@ -74,7 +74,7 @@ def _without_secrets(value, where: str, stripped: list[str]):
         return out
     if isinstance(value, list):
         kept = [_without_secrets(v, where, stripped) for v in value]
-        return [v for v, orig in zip(kept, value) if v is not None or orig is None]
+        return [v for v, orig in zip(kept, value, strict=True) if v is not None or orig is None]
     return _clean_value(value, where, stripped)
 
 
