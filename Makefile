@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: venv demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -48,6 +48,18 @@ class VideoEntry:
     shard: str  # the tar(s) holding its samples, comma-separated when its parts span several
     sha256: str
     error_kind: str = ""  # "transient" or "permanent" for an error row ("" in manifests older than it)
+    declared_frames: int = 0  # frames its container declares (duration x rate); 0: unknown or an older manifest
+    decoded_frames: int = 0  # frames decoded (`frames` counts those stored); 0: unknown or an older manifest
+
+    @property
+    def warning(self) -> str:
+        """What is odd about a stored video, e.g. "decoded 142 of 250 declared frames"; "" if nothing.
+
+        One frame short is a rounding of duration x rate, not a short file.
+        """
+        if self.status == "ok" and self.declared_frames and 0 < self.decoded_frames < self.declared_frames - 1:
+            return f"decoded {self.decoded_frames} of {self.declared_frames} declared frames"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,9 @@ class Dataset:
         return [VideoEntry(video_id=r["id"], path=r["path"], label=r["label"], label_id=r["label_id"],
                            split=r["split"], status=r["status"], error=r["error"] or "", frames=r["frames"],
                            flow_fields=r["flow_fields"], parts=r["parts"], shard=r["shard"] or "",
-                           sha256=r["sha256"] or "", error_kind=r.get("error_kind") or "") for r in rows]
+                           sha256=r["sha256"] or "", error_kind=r.get("error_kind") or "",
+                           declared_frames=r.get("declared_frames") or 0,
+                           decoded_frames=r.get("decoded_frames") or 0) for r in rows]
 
     @cached_property
     def _shards(self) -> list[ShardEntry]:

@@ -40,7 +40,7 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from pipeline import storage
+from pipeline import failures, storage
 from pipeline.records import FrameChunk, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,19 @@ def ffmpeg_version(exe: str | None = None) -> tuple[int, int]:
 
 
 class DecodeError(Exception):
-    """A video could not be probed or decoded; the message names the file and the reason."""
+    """A video could not be probed or decoded; the message names the file and the reason.
 
-    def __init__(self, uri: str, reason: str) -> None:
-        super().__init__(f"{uri}: {reason}")
-        self.uri = uri
-        self.reason = reason
+    kind: `failures.PERMANENT` (the file itself) unless the raiser knows better (a storage
+    error while fetching, ffmpeg killed by a signal). Every argument is in `args`, so the
+    error pickles intact (Ray moves it between processes).
+    """
+
+    def __init__(self, uri: str, reason: str, kind: str = failures.PERMANENT) -> None:
+        super().__init__(uri, reason, kind)
+        self.uri, self.reason, self.kind = uri, reason, kind
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.reason}"
 
 
 # --------------------------------------------------------------------------- config
@@ -230,7 +237,7 @@ def _fetch(uri: str) -> str:
             raise DecodeError(uri, "empty file (0 bytes)")
         return storage.local_copy(uri, st)
     except (OSError, ValueError) as exc:
-        raise DecodeError(uri, f"cannot read it ({exc})") from exc
+        raise DecodeError(uri, f"cannot read it ({exc})", failures.kind_of(exc)) from exc
 
 
 # --------------------------------------------------------------------------- probe
@@ -331,7 +338,10 @@ def probe(uri: str) -> VideoInfo:
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=_PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise DecodeError(uri, f"ffmpeg did not read the header within {_PROBE_TIMEOUT_S} s") from exc
+        # A header is read in well under a second: a hang is a machine or storage under strain
+        # as often as a bad file, so it is worth another try (and --retry-errors).
+        raise DecodeError(uri, f"ffmpeg did not read the header within {_PROBE_TIMEOUT_S} s",
+                          failures.TRANSIENT) from exc
     text = proc.stderr.decode("utf-8", errors="replace")
     # A remote input's banner names its local copy: name the object instead in messages.
     return parse_banner(uri, text.replace(path, uri) if storage.is_remote(uri) else text)
@@ -559,7 +569,9 @@ def _iter_raw(uri: str, cfg: DecodeConfig, info: VideoInfo | None, pix_fmt: str)
     finally:
         code = _reap(proc, reader)
     if finished and code != 0:
-        raise DecodeError(uri, f"ffmpeg exited with code {code} after {count} frames: {reader.message()}")
+        # SIGKILL (-9) comes from the kernel's or Ray's out-of-memory killer, never from the input.
+        kind = failures.TRANSIENT if code == -9 else failures.PERMANENT
+        raise DecodeError(uri, f"ffmpeg exited with code {code} after {count} frames: {reader.message()}", kind)
     if finished and count == 0:
         raise DecodeError(uri, f"no frames decoded: {reader.message()}")
 

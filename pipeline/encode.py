@@ -47,6 +47,15 @@ import simplejpeg
 
 from pipeline.flow.quantize import dequantize, quantize_inplace
 
+# SCHEMA_VERSION names the code that makes the bytes, not only their layout: version ids, unit
+# stems (tar names) and media keys (which stored samples a build may copy) all hash it. The rule,
+# enforced by tests/test_golden_bytes.py: when this code writes other bytes for the same inputs,
+# settings and tools (a member, a metadata key or value, JPEG or quantization, tar headers), the
+# same change bumps SCHEMA_VERSION (to a number no schema used yet; add it to KNOWN_SCHEMAS) and
+# rewrites the golden table. A bump means recomputing: every id, stem and media key changes, so a
+# resume, an incremental build or `pipeline.build.reuse` never copies bytes of the older code into
+# a version of the newer one (and a version never mixes the two). A change that leaves the bytes
+# alone (speed, logging, a new setting that is off by default) does not bump it.
 SCHEMA_VERSION = 1  # the base schema; what dataset and shard ids hash
 # Clip samples of several frames or snippets (their json maps snippets to stacked members).
 SNIPPETS_SCHEMA_VERSION = 2

@@ -1,4 +1,5 @@
-"""`flowshard report`: the videos a version could not store, grouped by reason.
+"""`flowshard report`: the videos a version could not store, grouped by reason, and the stored
+videos that look wrong (a `warning`, e.g. fewer frames decoded than the container declares).
 
 Error rows carry the worker's full message ("<path>: <what went wrong>"); the report sorts
 them into a few stable kinds (first matching pattern wins) so a big build's failures read
@@ -22,6 +23,7 @@ _KINDS: tuple[tuple[str, re.Pattern], ...] = tuple((kind, re.compile(pattern, re
     ("container not allowed", r"container not allowed"),
     ("no video stream", r"no video stream"),
     ("too short", r"too short"),
+    ("cut short", r"declared frames, below --min-coverage"),
     ("unsupported input URI", r"URI scheme"),
     ("decoding failed", r"ffmpeg|no frames decoded|unparsable|could not open|decod"),
     ("task lost", r"worker|crash|died|RayError|ObjectLost"),
@@ -61,8 +63,11 @@ def failure_groups(dataset: str | Path) -> dict:
              "error": detail(v.error, v.path)})
     ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     errors = ds.errors()
+    warnings = [{"id": v.video_id, "path": v.path, "split": v.split, "warning": v.warning}
+                for v in ds.videos() if v.warning]
     return {"version": ds.version, "videos": len(ds.videos(include_errors=True)), "errors": len(errors),
             "transient": sum(v.error_kind == "transient" for v in errors),
+            "warnings": sorted(warnings, key=lambda r: r["id"]),
             "failures": [{"reason": reason, "count": len(rows), "kind": "+".join(sorted({r["kind"] for r in rows})),
                           "videos": sorted(rows, key=lambda r: r["id"])} for reason, rows in ordered]}
 
@@ -72,6 +77,21 @@ def format_table(report: dict, *, every: bool = False) -> list[str]:
     lines = [f"version {report['version']}: {report['errors']} of {report['videos']} videos failed"
              + (f", {report['transient']} of them transient (flowshard build --retry-errors computes them again)"
                 if report.get("transient") else "")]
+    return lines + _failure_lines(report, every) + _warning_lines(report)
+
+
+def _warning_lines(report: dict) -> list[str]:
+    """Stored videos with a warning, one line each (every one: they are not grouped)."""
+    rows = report.get("warnings") or []
+    if not rows:
+        return []
+    width = max(30, *(len(r["path"]) for r in rows))
+    return [f"{len(rows)} stored video(s) with a warning:", f"{'VIDEO':<{width}}  WARNING",
+            *(f"{r['path']:<{width}}  {r['warning']}" for r in rows)]
+
+
+def _failure_lines(report: dict, every: bool) -> list[str]:
+    lines: list[str] = []
     if not report["failures"]:
         return lines
     width = max(len("REASON"), *(len(g["reason"]) for g in report["failures"]))

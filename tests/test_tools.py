@@ -119,12 +119,14 @@ def test_retry_errors_computes_the_error_rows_again_into_a_new_version(motion_vi
     units = manifest.read_rows(out / "versions" / v1 / "units.parquet")
     (unit,) = [u for u in units if "up_v_up_g00" in u["keys"]]
     v2, computed, copied, text = build(motion_videos, out, "--retry-errors")
-    assert v2 != v1 and (computed, copied) == (1, len(unit["keys"]) - 1)  # the rest of its unit copied
-    assert f"{len(units) - 1} unit(s) already done" in text
+    assert v2 != v1 and (computed, copied) == (1, 0)  # the retried video alone, in a new unit
+    assert f"{len(units)} unit(s) already done" in text  # its old unit too: it lost only an error row
     ds = open_dataset(out)
     assert ds.version == v2 and len(ds.errors()) == 0 and verify(out).ok
-    shared = {s.name for s in ds.shards()} & before
-    assert len(shared) == len(units) - 1 and len(set(tars(out)) - before) == 1  # one unit anew, the rest shared
+    assert before <= {s.name for s in ds.shards()} and len(set(tars(out)) - before) == 1  # one small tar anew
+    new_units = manifest.read_rows(out / "versions" / v2 / "units.parquet")
+    assert [u["keys"] for u in new_units if u["name"] not in {x["name"] for x in units}] == [["up_v_up_g00"]]
+    assert "up_v_up_g00" not in next(u for u in new_units if u["name"] == unit["name"])["keys"]
     assert build(motion_videos, out)[0] == v2  # a plain rerun keeps the retried version
     assert build(motion_videos, out, "--retry-errors")[0] == v2  # nothing left to retry
     # The same retry of the same version gives the same id, wherever it is built.
@@ -148,3 +150,26 @@ def test_the_local_executor_retries_transient_failures(motion_videos, tmp_path, 
     monkeypatch.setattr(planning, "plan_video", flaky)
     _, computed, _, _ = build(motion_videos, tmp_path / "ds")
     assert len(calls) == fails and computed == 8 and len(open_dataset(tmp_path / "ds").errors()) == 0
+
+
+def test_retry_errors_takes_transient_rows_and_all_takes_the_broken_files_too(motion_videos, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    shutil.copytree(motion_videos, src)
+    (src / "left" / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "ds"
+    with monkeypatch.context() as mp:
+        mp.setattr(planning, "plan_video", _unreachable("up_v_up_g00", []))
+        v1, *_ = build(src, out)
+    kinds = {v.video_id: v.error_kind for v in open_dataset(out).errors()}
+    assert kinds == {"up_v_up_g00": "transient", "left_broken": "permanent"}
+    calls = []
+    with monkeypatch.context() as mp:  # still unreachable: the retry is tried, and fails again
+        mp.setattr(planning, "plan_video", _unreachable("up_v_up_g00", calls))
+        v2, computed, copied, _ = build(src, out, "--retry-errors")
+    assert v2 != v1 and computed == 1 and copied == 0 and len(calls) == 3
+    assert {v.video_id for v in open_dataset(out).errors()} == {"up_v_up_g00", "left_broken"}
+    v3, computed, _, _ = build(src, out, "--retry-errors=all")
+    assert v3 not in (v1, v2) and computed == 2  # the broken file is tried again too (and still fails)
+    rows = {v.video_id: v for v in open_dataset(out).videos(include_errors=True)}
+    assert rows["up_v_up_g00"].status == "ok" and rows["left_broken"].status == "error"
+    assert verify(out).ok

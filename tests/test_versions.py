@@ -223,3 +223,29 @@ def test_a_truncated_shard_is_named_by_verify_and_hashes_are_exposed(motion_vide
     victim.write_bytes(victim.read_bytes()[:-1536])
     result = invoke("verify", str(out))
     assert result.exit_code != 0 and f"{victim.name}: " in result.output and "truncated" in result.output
+
+
+def test_a_schema_bump_recomputes_and_copies_nothing_stored_by_the_older_code(motion_videos, tmp_path, monkeypatch):
+    """Bytes change => the revision changes, and a bump means recomputing: no sample stored by the
+    code of another SCHEMA_VERSION is copied into the new version, and the old one stays intact."""
+    from pipeline.build import reuse
+    from pipeline.build.run import build_dataset
+    from pipeline.decode import DecodeConfig
+    from pipeline.flow.config import FlowConfig
+    from pipeline.stages.config import WorkerConfig
+    from pipeline.verify import verify as verify_dataset
+
+    out = tmp_path / "ds"
+    cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm="dis")),
+                      shard=ShardConfig(max_samples=3))
+    first = build_dataset(str(motion_videos), str(out), cfg, progress=False)
+    old_tars = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    monkeypatch.setattr(encode, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(encode, "KNOWN_SCHEMAS", (*encode.KNOWN_SCHEMAS, 4))
+    assert reuse.stored_videos(out, version.committed_versions(out))  # the older samples are there to be found
+    second = build_dataset(str(motion_videos), str(out), cfg, progress=False)
+    assert second.version != first.version and (second.computed, second.reused) == (8, 0)
+    new_tars = {p.name for p in (out / "shards").glob("*.tar")} - set(old_tars)
+    assert len(new_tars) == len(old_tars)  # every tar written anew, beside the old ones
+    assert all((out / "shards" / n).read_bytes() == b for n, b in old_tars.items())
+    assert verify_dataset(f"{out}@{first.version}").ok and verify_dataset(str(out)).ok

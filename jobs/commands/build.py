@@ -16,6 +16,7 @@ from pipeline import inputs
 from pipeline.boxes import BoxesConfig
 from pipeline.build.config import BuildConfig, ShardConfig
 from pipeline.build.executors import EXECUTORS, make_executor
+from pipeline.build.plan import RETRY_MODES
 from pipeline.build.run import build_dataset
 from pipeline.cluster.startup import RayConfig, cluster_gpus
 from pipeline.decode import DecodeConfig
@@ -23,7 +24,7 @@ from pipeline.flow.estimators import ALGORITHMS, algorithms_for
 from pipeline.flow.warp import FEATURES as WARP_FEATURES
 from pipeline.flow.warp import WarpConfig
 from pipeline.synthetic.still_motion import StillMotionConfig, find_images, write_still_motion_set
-from pipeline.stages.config import DEFAULT_MAX_PIXELS, EncodeConfig, SampleConfig, WorkerConfig
+from pipeline.stages.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_COVERAGE, EncodeConfig, SampleConfig, WorkerConfig
 
 log = logging.getLogger("flowshard")
 
@@ -66,6 +67,10 @@ def build_options(f):
         click.option("--flow-quality", type=int, default=95, show_default=True),
         click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
                      help="Refuse (as an error row) a video whose frames are larger, before decoding it."),
+        click.option("--min-coverage", type=float, default=DEFAULT_MIN_COVERAGE, show_default=True,
+                     help="Store a video only if it decodes at least this share of the frames its container "
+                          "declares (duration x rate); a shorter one (a download cut short) is an error row. "
+                          "0 stores whatever decodes, as release 0.1 did."),
         click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
         click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
@@ -88,9 +93,12 @@ def build_options(f):
         click.option("--progress/--no-progress", default=True, show_default=True),
         click.option("--wait", "lock_wait_s", type=float, default=0.0, show_default=True, metavar="SECONDS",
                      help="Wait this long for a running build or prune of OUTPUT to finish (0: refuse at once)."),
-        click.option("--retry-errors", is_flag=True,
-                     help="Compute the error rows of the version these inputs and settings gave again, "
-                          "into a new version that shares every other shard."),
+        click.option("--retry-errors", type=click.Choice(RETRY_MODES), is_flag=False,
+                     flag_value="transient", default=None,
+                     help="Compute the error rows of the version these inputs and settings gave again, into a "
+                          "new version that shares every shard it had: those whose failure was transient (a lost "
+                          "worker, storage), or with 'all' the broken files' too. Videos that now succeed go into "
+                          "a small new shard unit. Give it after INPUT and OUTPUT, or as --retry-errors=all."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -108,6 +116,7 @@ def make_build_config(o: dict) -> BuildConfig:
                               sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
                                                   chunk_frames=o["chunk_frames"]),
                               max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
+                              min_coverage=o.get("min_coverage", DEFAULT_MIN_COVERAGE),
                               warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
         boxes = BoxesConfig(path=o["boxes_path"], tolerance=o.get("box_tolerance", 1.0)) if o.get("boxes_path") else None
@@ -172,7 +181,7 @@ def run_build(input_path: str, output: str, o: dict):
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
     return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"],
-                         retry_errors=o.get("retry_errors", False), lock_wait_s=o.get("lock_wait_s", 0.0))
+                         retry_errors=o.get("retry_errors") or False, lock_wait_s=o.get("lock_wait_s", 0.0))
 
 
 def echo_summary(s) -> None:

@@ -3,7 +3,7 @@ then the top-level copies; and making an already committed version the latest ag
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline import boxes, encode, storage
 from pipeline.build import manifest
@@ -71,7 +71,8 @@ def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRe
     if missing:
         raise RuntimeError(f"{out}: {len(missing)} shard unit(s) did not finish ({missing[:5]}); rerun to resume")
     videos = [v for u in units for v in records[u.stem].videos]
-    shards = [s.to_json() for u in units for s in records[u.stem].shards]
+    # The store tag is resume's business (unit records), not the version's: left out of its manifests.
+    shards = [replace(s, tag="").to_json() for u in units for s in records[u.stem].shards]
     failures: dict[str, int] = {}
     for v in videos:
         if v.status != "ok":

@@ -27,6 +27,7 @@ VIDEO_SCHEMA = pa.schema([
     ("frames", pa.int64()), ("flow_fields", pa.int64()), ("parts", pa.int32()),
     ("shard", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
     ("content_sha256", pa.string()), ("media_key", pa.string()), ("boxes", pa.string()),
+    ("declared_frames", pa.int64()), ("decoded_frames", pa.int64()),
 ])
 SHARD_SCHEMA = pa.schema([
     ("name", pa.string()), ("split", pa.string()), ("samples", pa.int64()),

@@ -54,6 +54,9 @@ def _unit_number(name: str) -> int:
     return int(name.rsplit("-", 1)[1])
 
 
+RETRY_MODES = ("transient", "all")  # `--retry-errors [transient|all]`: which error rows are computed again
+
+
 @dataclass(frozen=True)
 class Retry:
     """`--retry-errors`: recompute the error rows `keys` of version `of`, sharing the rest."""
@@ -62,11 +65,33 @@ class Retry:
     keys: frozenset[str]
 
 
+def split_retried(units: list[Unit], retry: Retry) -> tuple[list[Unit], list[Unit]]:
+    """(the units less the videos to retry, the new units that hold those videos).
+
+    The videos retried leave their units for one new unit per split, numbered after the split's
+    last: a unit that lost only error rows keeps its tars (an error row has no samples), so a
+    retry writes the small new units and nothing else. Units left empty are dropped.
+    """
+    kept: list[Unit] = []
+    moved: list[VideoRef] = []
+    for u in units:
+        rest = tuple(r for r in u.refs if r.key not in retry.keys)
+        moved.extend(r for r in u.refs if r.key in retry.keys)
+        if rest:
+            kept.append(replace(u, refs=rest))
+    fresh = []
+    for split in sorted({r.split for r in moved}):
+        last = max((_unit_number(u.name) for u in units if u.split == split), default=-1)
+        refs = tuple(sorted((r for r in moved if r.split == split), key=lambda r: r.key))
+        fresh.append(Unit(name=f"{split}-{last + 1:05d}", split=split, refs=refs))
+    return kept, fresh
+
+
 def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig, retry: Retry | None = None) -> list[Unit]:
     """Units with their media keys and stems (name + a hash of what their tars depend on).
 
-    A unit holding videos to retry gets a stem of its own, so it is written anew (its other
-    videos copied from the stored shards); every other unit keeps its stem and its tars.
+    A unit holding videos to retry (`split_retried`) names the version it retries in its
+    stem, so it is written anew; every other unit keeps its stem and its tars.
     """
     out = []
     for u in units:

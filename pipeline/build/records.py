@@ -6,11 +6,13 @@ of its rows. The same records cross the Ray boundary (a writer actor returns one
 
 `to_json` gives the dict written to disk (and, row by row, to the Parquet manifests), with
 the same keys and values the build has always written, so neither file changes by a byte.
+Fields added after release 0.1 that are left out of the JSON while they hold their default
+(`OPTIONAL`) keep a record of an older release writing back the same bytes.
 `from_json` refuses a key it does not know and a value of the wrong type (ValueError naming
 it); a key an older release did not write takes the default documented on its field.
 """
 from dataclasses import MISSING, dataclass, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance  # what dataclasses.fields() accepts
@@ -27,6 +29,10 @@ class ShardRow:
     samples: int
     bytes: int
     sha256: str
+    # Written by later releases than the first (only in unit records; "" in an older one):
+    tag: str = ""  # the store's identity of the tar when its record was written: ETag remotely, mtime_ns locally
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("tag",)  # written when not ""
 
     def to_json(self) -> dict:
         """The row as written to the unit record and shards.parquet."""
@@ -60,6 +66,10 @@ class VideoRow:
     content_sha256: str = ""  # of the input's bytes; "" when not known
     media_key: str = ""  # identity of its frame and flow members; "": never copied into a later version
     boxes: str = ""  # its annotated boxes (`pipeline.boxes.manifest_value`); "": none
+    declared_frames: int = 0  # frames its container declares (duration x rate) at the stored rate; 0: unknown
+    decoded_frames: int = 0  # frames decoded (`frames` is those stored: fewer in clips mode); 0: unknown
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("declared_frames", "decoded_frames")  # written when not 0
 
     def to_json(self) -> dict:
         """The row as written to the unit record and manifest.parquet."""
@@ -105,7 +115,9 @@ class UnitRecord:
 
 
 def _to_json(row: Any) -> dict:
-    return {f.name: getattr(row, f.name) for f in fields(row)}
+    skip = getattr(row, "OPTIONAL", ())
+    return {f.name: getattr(row, f.name) for f in fields(row)
+            if f.name not in skip or getattr(row, f.name) != f.default}
 
 
 def _from_json(cls: type[T], data: dict, what: str, skip: tuple[str, ...] = ()) -> T:

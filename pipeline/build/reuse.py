@@ -47,6 +47,8 @@ class StoredVideo:
     parts: int
     sha256: str
     content_sha256: str = ""  # of the input's bytes, as its manifest row recorded it
+    declared_frames: int = 0  # as its manifest row recorded it (0: unknown)
+    decoded_frames: int = 0
 
     def sample_keys(self) -> list[str]:
         """The keys of its parts, as `pipeline.stages.samples.part_key` names them."""
@@ -72,7 +74,9 @@ def stored_videos(root: Location, versions: Iterable[str]) -> dict[str, StoredVi
             names = tuple(n for n in (row["shard"] or "").split(",") if n)
             if names and all(_intact(root, n, sizes.get(n), intact) for n in names):
                 index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"],
-                                        content_sha256=row.get("content_sha256") or "")
+                                        content_sha256=row.get("content_sha256") or "",
+                                        declared_frames=row.get("declared_frames") or 0,
+                                        decoded_frames=row.get("decoded_frames") or 0)
     return index
 
 
@@ -208,4 +212,5 @@ def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: Wor
     metas = [encode.load_meta(s[encode.META]) for s in samples]
     return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=sum(len(m["frames"]) for m in metas),
                        flow_fields=sum(len(m["flow_fields"]) for m in metas),
-                       stats={"reused": True, "content_sha256": video.content_sha256})
+                       stats={"reused": True, "content_sha256": video.content_sha256,
+                              "declared_frames": video.declared_frames, "decoded_frames": video.decoded_frames})

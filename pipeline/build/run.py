@@ -38,7 +38,16 @@ from pipeline.build.config import STATE_DIR, BuildConfig
 from pipeline.build.executors import Executor, LocalExecutor, Progress
 from pipeline.build.lock import writer_lock
 from pipeline.build.manifest import SHARD_DIR
-from pipeline.build.plan import BuildContext, Retry, attach_stored, base_plan, identify, plan_units
+from pipeline.build.plan import (
+    RETRY_MODES,
+    BuildContext,
+    Retry,
+    attach_stored,
+    base_plan,
+    identify,
+    plan_units,
+    split_retried,
+)
 from pipeline.build.records import UnitRecord
 from pipeline.build.units import Unit
 from pipeline.cluster import shared_paths
@@ -51,11 +60,12 @@ log = logging.getLogger(__name__)
 # --- the build ------------------------------------------------------------------------------
 
 def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: Executor | None = None,
-                  progress: bool = True, retry_errors: bool = False, lock_wait_s: float = 0.0) -> BuildSummary:
+                  progress: bool = True, retry_errors: bool | str = False, lock_wait_s: float = 0.0) -> BuildSummary:
     """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest.
 
     retry_errors: compute the error rows of the version these inputs and settings already
-    have again, into a new version that shares everything else (see `target_version`).
+    have again, into a new version that shares everything else (see `target_version`):
+    "transient" (or True) those whose failure was transient, "all" every one; False: none.
     lock_wait_s: how long to wait for another build or a prune of OUTPUT to finish (0: refuse at once).
     """
     t0 = time.perf_counter()
@@ -88,32 +98,40 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
 
 
 def target_version(out: Location, base: str, latest: str | None, refs: list[VideoRef],
-                   retry_errors: bool) -> tuple[str, Retry | None]:
+                   retry_errors: bool | str) -> tuple[str, Retry | None]:
     """The version to build or republish, and what to retry.
 
     `base` is the id the inputs, settings and tools give. The latest version stands for it
     when it is a retry of it (its error rows computed again): rebuilding the same inputs
     keeps that better version. With retry_errors, the error rows of that version are
-    computed again into a new version, whose id is derived from `base` and the version it
-    retries (deterministic: the same retry of the same version gives the same id).
+    computed again into a new version, whose id is derived from `base`, the version it
+    retries and the mode (deterministic: the same retry of the same version gives the same id).
+    Mode "transient" retries the rows whose failure was transient (a lost worker, storage, ...),
+    "all" every error row, the broken files' too (rows of manifests older than the kinds count
+    as permanent).
     """
+    mode = "transient" if retry_errors is True else retry_errors or ""
+    if mode and mode not in RETRY_MODES:
+        raise ValueError(f"retry_errors={retry_errors!r} must be one of {RETRY_MODES} (or True/False)")
     current = base
-    if (latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest)
-            and manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base):
-        current = latest
-    if not retry_errors:
+    if latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest):
+        if manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base:
+            current = latest
+    if not mode:
         return current, None
     if not version.is_committed(out, current):
         log.info("no version of these inputs and settings is built yet: building it (nothing to retry)")
         return base, None
     keys = {r.key for r in refs}
     rows = manifest.read_rows(storage.join(out, version.VERSIONS_DIR, current, manifest.MANIFEST))
-    errors = frozenset(r["id"] for r in rows if r["status"] != "ok" and r["id"] in keys)
+    errors = frozenset(r["id"] for r in rows if r["status"] != "ok" and r["id"] in keys
+                       and (mode == "all" or r.get("error_kind") == "transient"))
     if not errors:
-        log.info("version %s has no error rows to retry", current)
+        log.info("version %s has no %serror rows to retry", current, "" if mode == "all" else "transient ")
         return current, None
-    log.info("retrying %d error row(s) of version %s", len(errors), current)
-    return version.retry_id(base, current), Retry(of=current, keys=errors)
+    log.info("retrying %d %serror row(s) of version %s", len(errors), "" if mode == "all" else "transient ",
+             current)
+    return version.retry_id(base, current, everything=mode == "all"), Retry(of=current, keys=errors)
 
 
 def _build(ctx: BuildContext, executor: Executor, progress: bool, held: storage.Lock) -> BuildSummary:
@@ -122,12 +140,18 @@ def _build(ctx: BuildContext, executor: Executor, progress: bool, held: storage.
     # A damaged committed version is rebuilt on its own plan (same tar names), a retry on the
     # plan of the version it retries, anything else on the latest version's plan.
     planned_on = ctx.retry.of if ctx.retry else vid if version.is_committed(out, vid) else ctx.parent
-    units = identify(plan_units(list(ctx.refs), cfg.shard, base_plan(out, planned_on, cfg)), ctx.hashes, cfg,
-                     ctx.retry)
+    planned = plan_units(list(ctx.refs), cfg.shard, base_plan(out, planned_on, cfg))
+    whole = {u.name: u for u in identify(planned, ctx.hashes, cfg)}
+    if ctx.retry is not None:  # the videos retried go to new units; the units they leave keep their tars
+        kept, fresh = split_retried(planned, ctx.retry)
+        planned = kept + fresh
+    units = identify(planned, ctx.hashes, cfg, ctx.retry)
     records: dict[str, UnitRecord] = {}
     todo = []
     for unit in units:
         rec = resume.load_finished(out, unit)
+        if rec is None and ctx.retry is not None and unit.name in whole and whole[unit.name].stem != unit.stem:
+            rec = resume.load_without(out, unit, whole[unit.name], ctx.retry.keys)
         if rec is None:
             todo.append(unit)
         else:

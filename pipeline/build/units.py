@@ -18,6 +18,7 @@ from pipeline.build.config import BuildConfig
 from pipeline.build.manifest import SHARD_DIR
 from pipeline.build.records import ShardRow, UnitRecord, VideoRow
 from pipeline.records import VideoRef, VideoResult
+from pipeline.stages.plan import expected_frames
 from pipeline.stages.video import process_video
 from pipeline.storage import Location
 
@@ -88,7 +89,7 @@ class UnitWriter:
                           computed=len(self.rows) - reused, reused=reused,
                           shards=tuple(ShardRow(name=r.name, split=self.unit.split, samples=r.samples, bytes=r.bytes,
                                                 sha256=r.sha256) for r in tars if r.samples),
-                          videos=tuple(_row_of(r, shard_of, self.unit) for r in self.rows))
+                          videos=tuple(_row_of(r, shard_of, self.unit, self.cfg) for r in self.rows))
 
     def abort(self) -> None:
         """Drop the open temporary tar and close the stored shards."""
@@ -149,7 +150,15 @@ def _digest(sample: dict) -> dict:
             "__bytes__": shard.sample_bytes(sample), "__boxes__": boxes.sample_tubes(sample)}
 
 
-def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> VideoRow:
+def declared_frames(res: VideoResult, cfg: BuildConfig) -> int:
+    """Frames the video's container declares at the stored rate: from its probe, or as recorded
+    with the stored samples it was copied from; 0 when unknown."""
+    if res.info is not None:
+        return expected_frames(res.info, cfg.worker.decode)
+    return int(res.stats.get("declared_frames") or 0)
+
+
+def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit, cfg: BuildConfig) -> VideoRow:
     s = tuple(res.samples)  # the digests UnitWriter._write kept (a tuple already)
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
     content, media = unit.media.get(res.ref.key, ("", ""))
@@ -161,4 +170,5 @@ def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit) -> VideoRow:
                     shard=",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
                     bytes=sum(x["__bytes__"] for x in s), sha256=digest,
                     content_sha256=content, media_key=media if res.status == "ok" else "",
-                    boxes=boxes.manifest_value([x["__boxes__"] for x in s]))
+                    boxes=boxes.manifest_value([x["__boxes__"] for x in s]), declared_frames=declared_frames(res, cfg),
+                    decoded_frames=int(res.stats.get("decoded_frames") or 0) if res.status == "ok" else 0)

@@ -181,10 +181,12 @@ def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str
                     "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
 
 
-def retry_id(base: str, retried: str) -> str:
-    """The id of the version that computes the error rows of version `retried` again
-    (`flowshard build --retry-errors`); `base` is the id its inputs and settings give."""
-    return _digest({"base": base, "retry_of": retried})[:ID_CHARS]
+def retry_id(base: str, retried: str, *, everything: bool = False) -> str:
+    """The id of the version that computes the transient error rows (`everything`: all error
+    rows) of version `retried` again (`flowshard build --retry-errors [all]`); `base` is the id
+    its inputs and settings give."""
+    what = {"base": base, "retry_of": retried}
+    return _digest({**what, "errors": "all"} if everything else what)[:ID_CHARS]
 
 
 def boxes_id(ref: VideoRef) -> list[str]:

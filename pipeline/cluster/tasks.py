@@ -10,13 +10,17 @@ node ids it ran on, so the driver can report placement.
 The remote functions keep their leading underscore: a worker's process title is
 `ray::<function name>` (`ray::_flow`, ...), which `ps`, Ray's dashboard and the benchmarks
 show and look for, so the names stay what they have always been.
+
+Every task raises what went wrong as `failures.CarriedError`, classified on the worker where
+the whole error is known: its reason and kind reach the driver (and the manifest) intact,
+whatever the original exception's class (see `pipeline.failures`).
 """
 from __future__ import annotations
 
 import numpy as np
 import ray
 
-from pipeline import tools
+from pipeline import failures, tools
 from pipeline.build import versions as version
 from pipeline.cluster import shared_paths
 from pipeline.flow.batch import PairBatcher
@@ -49,7 +53,7 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig):
     # The node rides along: the decoder runs there too, so a remote input fetched into this
     # node's cache for the probe is read from that cache, not fetched again.
     plan = safe_plan(ref, cfg)
-    content = "" if isinstance(plan, VideoFailure) else version.fetched_sha256(ref.uri)
+    content = "" if isinstance(plan, VideoFailure) else failures.carrying(lambda: version.fetched_sha256(ref.uri))
     return plan, _node(), content
 
 
@@ -59,19 +63,24 @@ def _plan(ref: VideoRef, cfg: WorkerConfig):
     return plan_video(ref, cfg)
 
 
+def decode_video(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
+    """Stage 1: (ChunkJob, node id) per chunk; an error is raised as `failures.CarriedError`."""
+    node = _node()
+    for job in failures.carrying_iter(chunk_jobs(ref, plan, cfg)):
+        yield job, node  # the node rides along so the driver can report placement
+
+
 @ray.remote(max_retries=3)
 def _decode(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
-    """Stage 1 as a generator task: (ChunkJob, node id) per chunk, streamed while the video decodes."""
-    node = _node()
-    for job in chunk_jobs(ref, plan, cfg):
-        yield job, node  # the node rides along so the driver can report placement
+    """`decode_video` as a generator task, streamed while the video decodes."""
+    yield from decode_video(ref, plan, cfg)
 
 
 @ray.remote(num_returns=2, max_retries=3)
 def _flow(item: tuple, cfg: WorkerConfig):
     """Stage 2 on a CPU: (summary, decode node, flow node) and the encoded chunk."""
     job, decode_node = item
-    encoded = process_chunks([job], _estimator(cfg.flow), cfg)[0]
+    encoded = failures.carrying(lambda: process_chunks([job], _estimator(cfg.flow), cfg)[0])
     return (summarize(encoded), decode_node, _node()), encoded
 
 
@@ -79,7 +88,7 @@ def _flow(item: tuple, cfg: WorkerConfig):
 def _encode(item: tuple, computed: tuple, flow_node: str, cfg: WorkerConfig):
     """Encoding after a flow actor: (summary, decode node, flow node) and the encoded chunk."""
     (job, decode_node), (fields, warped) = item, computed
-    encoded = encode_chunk(job, fields, cfg, warped)
+    encoded = failures.carrying(lambda: encode_chunk(job, fields, cfg, warped))
     return (summarize(encoded), decode_node, flow_node), encoded
 
 

@@ -17,7 +17,15 @@ from pipeline import boxes, decode, encode, failures
 from pipeline.decode import DecodeError
 from pipeline.records import VideoRef
 from pipeline.stages.config import WorkerConfig
-from pipeline.stages.plan import VideoFailure, VideoPlan, clip_layout, failure_reason, safe_plan, settle_plan
+from pipeline.stages.plan import (
+    VideoFailure,
+    VideoPlan,
+    clip_layout,
+    expected_frames,
+    failure_reason,
+    safe_plan,
+    settle_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,11 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
     rows = ((_flow_frame(f, kind), pts, encode.encode_planes(*decode.split_planes(f), quality))
             for f, pts in decode.iter_planes(ref.uri, cfg.decode, plan.info))
     groups = decode.group_chunks(rows, chunk_frames=cfg.sample.chunk_frames, overlap=step)
+    first_pts = 0.0
     for index, start, owned, group, last in groups:
+        first_pts = float(group[0][1]) if index == 0 else first_pts
+        if last:  # the count is known: a video cut short fails before its last chunk is sent
+            check_declared(ref, plan, start + owned, float(group[owned - 1][1]) - first_pts, cfg)
         n = len(group)
         yield ChunkJob(video_key=ref.key, index=index, start=start, owned=owned, last=last,
                        frame_ids=tuple(range(start, start + n)), frames=np.stack([g[0] for g in group]),
@@ -72,6 +84,23 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
                        frame_pts=tuple(float(g[1]) for g in group[:owned]),
                        frame_bytes=tuple(g[2] for g in group[:owned]), size=_size(group[0][0]),
                        people=chunk_people(ref, plan, range(start, start + n), _size(group[0][0]), cfg))
+
+
+def check_declared(ref: VideoRef, plan: VideoPlan, decoded: int, span: float, cfg: WorkerConfig) -> None:
+    """DecodeError (permanent: the file is short) when fewer than `cfg.min_coverage` of the
+    frames the container declares (duration x rate) were decoded, and the decoded frames also
+    span less than that share of its duration; nothing when it declares no duration or rate.
+
+    span: seconds from the first decoded frame's time to the last one's. A variable-rate video
+    has fewer frames than duration x its nominal rate, but they span its whole duration.
+    """
+    declared = expected_frames(plan.info, cfg.decode)
+    rate = cfg.decode.fps or plan.info.fps
+    if not declared or decoded >= cfg.min_coverage * declared:
+        return
+    if span + 1.0 / rate < cfg.min_coverage * plan.info.duration:
+        raise DecodeError(ref.uri, f"decoded {decoded} of {declared} declared frames, below --min-coverage "
+                                   f"{cfg.min_coverage:g}: the file is cut short or damaged")
 
 
 def _flow_frame(frame: np.ndarray, kind: str) -> np.ndarray:
@@ -97,13 +126,14 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
     and the video is decoded a second time only if the new layout needs frames not held.
     """
     step = cfg.flow.step
-    held, total = _hold(ref, plan, needed_frames(plan, step), cfg)
+    held, total, span = _hold(ref, plan, needed_frames(plan, step), cfg)
+    check_declared(ref, plan, total, span, cfg)
     settled = settle_plan(plan, total, cfg)
     need = needed_frames(settled, step)
     if not need <= held.keys():
         log.info("%s: decoded %d frames, the header said %d: decoding again for the clips", ref.source,
                  total, plan.total_frames)
-        held, again = _hold(ref, plan, need, cfg)
+        held, again, _ = _hold(ref, plan, need, cfg)
         if again != total:
             raise DecodeError(ref.uri, f"decoded {total} frames, then {again}: the decode is not repeatable")
     kind, quality = cfg.flow.input, cfg.encode.rgb_quality
@@ -119,13 +149,15 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
                     size=size, people=chunk_people(ref, settled, ids, size, cfg))
 
 
-def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfig) -> tuple[dict, int]:
-    """One decode pass: {frame index: (I420 frame, pts)} for the frames in `need`, and the count."""
-    held, total = {}, 0
+def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfig) -> tuple[dict, int, float]:
+    """One decode pass: {frame index: (I420 frame, pts)} for the frames in `need`, the count and
+    the seconds from the first frame's time to the last one's."""
+    held, total, first, pts = {}, 0, 0.0, 0.0
     for total, (frame, pts) in enumerate(decode.iter_planes(ref.uri, cfg.decode, plan.info), start=1):
+        first = float(pts) if total == 1 else first
         if total - 1 in need:
             held[total - 1] = (frame, float(pts))
-    return held, total
+    return held, total, float(pts) - first
 
 
 def chunk_people(ref: VideoRef, plan: VideoPlan, frame_ids, size: tuple[int, int],

@@ -14,6 +14,10 @@ from pipeline.flow.warp import WarpConfig
 # 8K UHD: larger frames are refused before decoding, so a tiny file that declares a huge size
 # cannot make a worker allocate gigabytes (one rgb24 frame at this limit is about 100 MB).
 DEFAULT_MAX_PIXELS = 7680 * 4320
+# A video that decodes fewer than this share of the frames its container declares (duration x
+# rate) is an error row: a download cut short decodes cleanly up to where it stops. Releases
+# before this setting stored such videos (as min_coverage 0 does).
+DEFAULT_MIN_COVERAGE = 0.9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,10 +64,15 @@ class WorkerConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     max_pixels: int = DEFAULT_MAX_PIXELS  # a video whose source or stored frame is larger is an error row
     warp: WarpConfig | None = None  # --flow-warp: also store camera-compensated (warped) flow
+    # decoded / declared frames below this: an error row (`pipeline.stages.chunks.check_declared`)
+    min_coverage: float = DEFAULT_MIN_COVERAGE
 
     def __post_init__(self) -> None:
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 4:
             raise ValueError(f"max_pixels={self.max_pixels!r} must be an integer >= 4")
+        mc = self.min_coverage
+        if isinstance(mc, bool) or not isinstance(mc, (int, float)) or not 0.0 <= mc <= 1.0:
+            raise ValueError(f"min_coverage={mc!r} must be a number within 0..1")
 
     def output_dict(self) -> dict:
         """Every setting that changes the stored bytes (hashed into dataset versions)."""
@@ -72,6 +81,8 @@ class WorkerConfig:
                "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
                "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
                "limits": {"max_pixels": self.max_pixels}}
+        if self.min_coverage:  # 0 keeps the ids of earlier releases, which had no such limit
+            out["limits"]["min_coverage"] = float(self.min_coverage)
         if self.warp is not None:  # only when on: ids of builds without warped flow stay as they were
             out["warp"] = self.warp.output_dict()
         return out

@@ -56,7 +56,7 @@ def plan_video(ref: VideoRef, cfg: WorkerConfig) -> VideoPlan:
     try:
         info = decode.probe(ref.uri)
     except DecodeError as exc:
-        raise DecodeError(ref.uri, explain_probe_failure(ref.uri) or exc.reason) from exc
+        raise DecodeError(ref.uri, explain_probe_failure(ref.uri) or exc.reason, exc.kind) from exc
     if info.codec in ("", "none"):
         raise ValueError("unsupported codec: ffmpeg has no decoder for this video stream's codec")
     check_pixels(info, cfg)

@@ -52,8 +52,9 @@ def finish_video(ref: VideoRef, plan: VideoPlan, encoded: list[EncodedChunk], cf
         return VideoResult(ref=ref, status="error", error=failure_reason(ref, exc), info=plan.info)
     frames = sum(len(encode.load_meta(s[encode.META])["frames"]) for s in samples)
     fields = sum(len(encode.load_meta(s[encode.META])["flow_fields"]) for s in samples)
+    decoded = max(c.start + c.owned for c in encoded)  # clips mode stores fewer frames than it decodes
     return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=frames, flow_fields=fields,
-                       info=plan.info, stats={"seconds": seconds})
+                       info=plan.info, stats={"seconds": seconds, "decoded_frames": decoded})
 
 
 def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
@@ -73,4 +74,5 @@ def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
         return VideoResult(ref=ref, status="error", error=failure_reason(ref, exc), info=plan.info)
     meta = video_meta(ref, plan, cfg, summaries[0].size)
     samples = stream_parts(ref, meta, chunks, frames, cfg.sample.max_frames)
-    return VideoResult(ref=ref, status="ok", samples=samples, frames=frames, flow_fields=fields, info=plan.info)
+    return VideoResult(ref=ref, status="ok", samples=samples, frames=frames, flow_fields=fields, info=plan.info,
+                       stats={"decoded_frames": frames})

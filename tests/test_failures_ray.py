@@ -1,0 +1,150 @@
+"""Failures that keep their reason: errors raised in real Ray tasks reach the manifest with
+their own message and the right kind (transient: a lost worker, ffmpeg killed, storage
+trouble; permanent: the file itself).
+
+Each case runs a real build on the session's Ray. The decode task is the real one
+(`tasks.decode_video`, which `tasks._decode` runs), with the fault injected into the worker
+process itself: the decoder of one video raises a mid-stream error, SIGKILLs its own
+worker, or has its ffmpeg SIGKILLed the way an out-of-memory killer would.
+"""
+import pickle
+
+import pytest
+
+from pipeline import failures, open_dataset
+from pipeline.build.config import BuildConfig, ShardConfig
+from pipeline.build.run import build_dataset
+from pipeline.cluster import scheduler, tasks
+from pipeline.cluster.executor import RayExecutor
+from pipeline.decode import DecodeConfig, DecodeError
+from pipeline.flow.config import FlowConfig
+from pipeline.stages.config import SampleConfig, WorkerConfig
+from pipeline.synthetic import motion
+
+ray = pytest.importorskip("ray")
+
+VICTIM = "victim.mp4"  # long enough that its ffmpeg is still running when the fault comes
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Three short videos and the victim, whose 120 frames outgrow the pipe from ffmpeg."""
+    root = tmp_path_factory.mktemp("failure_videos")
+    for name, n, seed in (("left/a.mp4", 12, 1), ("left/b.mp4", 12, 2), ("right/c.mp4", 12, 3),
+                          (f"right/{VICTIM}", 120, 4)):
+        (root / name).parent.mkdir(exist_ok=True)
+        motion.write_video(root / name, motion.moving_frames(name.split("/")[0], n, 48, 64, seed=seed))
+    return root
+
+
+def _cfg(**worker):
+    return BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm="dis"),
+                                           sample=SampleConfig(chunk_frames=4), **worker),
+                       shard=ShardConfig(max_samples=4))
+
+
+def _faulty_decode(how: str, victim: str = VICTIM):
+    """A `_decode` task that runs the real decoder, with `how` injected into the frames of the
+    video whose path holds `victim`. Everything it uses is imported inside: the task runs in a
+    worker process that cannot import this test module."""
+    @ray.remote(max_retries=0)
+    def decode(ref, plan, cfg):
+        import os
+        import signal
+        from pathlib import Path
+
+        from pipeline import decode as dec
+        from pipeline.cluster import tasks
+        from pipeline.decode import DecodeError
+
+        def children(name: str) -> list[int]:
+            found = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    text = stat.read_text()
+                except OSError:
+                    continue
+                comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+                if comm.startswith(name) and int(rest[1]) == os.getpid():
+                    found.append(int(stat.parent.name))
+            return found
+
+        real = getattr(dec, "unpatched_iter_planes", dec.iter_planes)
+        dec.unpatched_iter_planes = real
+
+        def planes(uri, dcfg, info=None):
+            frames = real(uri, dcfg, info)
+            for n, item in enumerate(frames):
+                if n == 5 and victim in uri:
+                    if how == "decode":
+                        raise DecodeError(uri, "corrupt macroblock at frame 5")
+                    if how == "storage":  # botocore's error cannot be unpickled on its own
+                        from botocore.exceptions import ClientError
+                        raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate"},
+                                           "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+                    if how == "storage-errno":  # a storage error restated with its path: errno set after
+                        import errno
+
+                        from pipeline.build.manifest import os_error
+                        raise os_error(OSError(errno.EREMOTEIO, "remote I/O error"), f"{uri}: cannot read a block")
+                    if how == "worker":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if how == "ffmpeg":  # what the OOM killer does to a decoder: the next read ends
+                        for pid in children("ffmpeg"):
+                                os.kill(pid, signal.SIGKILL)
+                yield item
+
+        dec.iter_planes = planes  # this worker process only, for this task; other videos pass through
+        try:
+            yield from tasks.decode_video(ref, plan, cfg)
+        finally:
+            dec.iter_planes = real
+
+    return decode
+
+
+CASES = {
+    "decode": ("permanent", "corrupt macroblock at frame 5"),
+    "storage": ("transient", "SlowDown"),
+    "storage-errno": ("transient", "cannot read a block"),
+    "worker": ("transient", "WorkerCrashedError"),
+    "ffmpeg": ("transient", "ffmpeg exited with code -9"),
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("how", sorted(CASES))
+def test_errors_of_ray_tasks_keep_reason_and_kind(how, videos, tmp_path, ray_local, monkeypatch):
+    monkeypatch.setattr(tasks, "_decode", _faulty_decode(how))
+    summary = build_dataset(str(videos), str(tmp_path / "ds"), _cfg(), executor=RayExecutor(), progress=False)
+    rows = {v.path: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
+    kind, words = CASES[how]
+    row = rows[f"right/{VICTIM}"]
+    assert (row.status, row.error_kind) == ("error", kind), row
+    assert words in row.error and "deserialize" not in row.error, row.error
+    assert summary.ok == 3 and all(v.status == "ok" for p, v in rows.items() if p != f"right/{VICTIM}")
+
+
+def test_a_truncated_input_is_a_permanent_row_from_the_real_decode_task(tmp_path, ray_local):
+    """A faststart MP4 cut at 60 % of its bytes: the real `_decode` task raises DecodeError at
+    the end of the stream, and its reason reaches the manifest."""
+    videos = tmp_path / "in" / "left"
+    videos.mkdir(parents=True)
+    whole = motion.write_video(tmp_path / "whole.mp4", motion.moving_frames("left", 100, 48, 64, seed=1),
+                               extra_args=("-movflags", "+faststart"))
+    motion.write_truncated(videos / "cut.mp4", whole, 0.6)
+    motion.write_video(videos / "fine.mp4", motion.moving_frames("left", 12, 48, 64, seed=2))
+    build_dataset(str(tmp_path / "in"), str(tmp_path / "ds"), _cfg(), executor=RayExecutor(), progress=False)
+    rows = {v.path: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
+    cut = rows["left/cut.mp4"]
+    assert (cut.status, cut.error_kind) == ("error", "permanent")
+    assert "of 100 declared frames" in cut.error and "deserialize" not in cut.error
+    assert rows["left/fine.mp4"].status == "ok"
+
+
+def test_decode_and_carried_errors_pickle_with_reason_and_kind():
+    for exc in (DecodeError("a.mp4", "bad header"), DecodeError("a.mp4", "killed", failures.TRANSIENT),
+                failures.CarriedError("x.mp4: lost", failures.TRANSIENT)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert (type(back), str(back), back.kind) == (type(exc), str(exc), exc.kind)
+    assert scheduler.MAX_ATTEMPTS == failures.MAX_ATTEMPTS
