@@ -20,6 +20,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -47,7 +48,8 @@ def dataset_version(folder: str | Path) -> str:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel (state dict keys without "module.")."""
-    return model.module if hasattr(model, "module") else model
+    # DDP holds the model as a submodule, which Module's __getattr__ types as "Tensor | Module"
+    return cast(torch.nn.Module, model.module) if hasattr(model, "module") else model
 
 
 def rng_state() -> dict:
@@ -116,7 +118,7 @@ def load_checkpoint(path: Location) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  any file at all: the unpickler raises whatever the bytes lead it to
+    except Exception as exc:  # any file at all: the unpickler raises whatever the bytes lead it to
         raise ValueError(f"{path}: not a checkpoint (expected a flowshard checkpoint, a last.pt or epoch_NNN.pt "
                          f"of `flowshard train`; torch.load: {type(exc).__name__}: {_first_line(exc)})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from training import distributed, metrics
 from training.checkpoint import unwrap
-from training.models import ModelConfig
+from training.models import ModelConfig, VideoClassifier
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torc
     epoch done)` runs on every rank after each step (step checkpoints).
     """
     model.train()
-    net = unwrap(model)
+    net = cast(VideoClassifier, unwrap(model))  # the loop trains the classifier families
     totals = {"loss": 0.0, "samples": 0}
     correct: dict[str, torch.Tensor] = {}  # on device: no sync per step
     began = time.perf_counter()
@@ -148,7 +149,7 @@ def evaluate(model, loader, device: torch.device, *, model_cfg: ModelConfig, amp
     Uses the unwrapped model: ranks hold different numbers of clips, and DDP's forward
     would wait for the others.
     """
-    net = unwrap(model)
+    net = cast(VideoClassifier, unwrap(model))  # evaluated through its own `scores`
     net.eval()
     scores: dict[str, list[np.ndarray]] = {}
     labels: list[np.ndarray] = []

@@ -94,7 +94,7 @@ def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
             raise encode.SchemaError(f"{_where(sample)}: no {member} member (warped flow needs a dataset built "
                                      f"with --flow-warp)")
         fields = encode.unpack_stack(sample[member]) if use else None
-        item[name] = [[fields[f] for f in s.fields] for s in clip] if use else None
+        item[name] = [[fields[f] for f in s.fields] for s in clip] if fields is not None else None
     return item
 
 
@@ -229,10 +229,11 @@ def transform(src: Iterable[dict], cfg: DataConfig, train: bool, state: EpochSta
         fields, names = joint_fields(item)
         if train:
             rng = snip.sample_rng(cfg.seed, state.epoch, f"{item['__key__']}/{item['clip']}/augment")
-            item["rgb"], fields = train_views(item["rgb"], fields, cfg.transform, rng)
+            item["rgb"], views = train_views(item["rgb"], fields, cfg.transform, rng)
         else:
-            item["rgb"], fields = eval_views(item["rgb"], fields, cfg.transform)
-        for name, part in zip(names, np.split(fields, len(names), axis=2) if names else (), strict=True):
+            item["rgb"], views = eval_views(item["rgb"], fields, cfg.transform)
+        # views is None exactly when there are no field streams (names empty)
+        for name, part in zip(names, np.split(views, len(names), axis=2) if views is not None else (), strict=True):
             item[name] = subtract_mean_flow(part) if cfg.flow_mean_subtract else part
         yield item
 

@@ -99,7 +99,7 @@ def pick_items(sample: dict, meta: dict, cfg, train: bool, epoch: int, where: st
                 "tracks": ids,
                 "label": max(set(classes), key=classes.count) if classes else -1,
                 "rgb": [[sample[encode.rgb_member(p)]]] if cfg.uses_rgb else None,
-                "flow": [[sample[encode.flow_member(f)] for f in fields[p]]] if cfg.uses_flow else None})
+                "flow": [[sample[encode.flow_member(f)] for f in fields[p]]] if fields is not None else None})
         except KeyError as exc:
             raise encode.SchemaError(f"{where}: member {exc} named by its metadata is missing") from exc
     return items
@@ -124,6 +124,8 @@ def view(item: dict, flip: bool) -> dict:
         width = planes.shape[2]
         item["flow"] = flow_view(planes, flip)
     if flip:
+        if width is None:
+            raise ValueError("cannot flip the boxes of an item with neither an rgb nor a flow stream")
         item["boxes"] = box_ops.flip_boxes(item["boxes"], width)
     return item
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,27 +79,37 @@ class ModelConfig:
         for name, p in (("dropout", self.dropout), ("flow_dropout", self.flow_dropout)):
             if p is not None and not 0 <= p < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
-        if self.fusion_weights is None:
-            object.__setattr__(self, "fusion_weights", (1.0, 1.0, 0.5) if "warped" in names else (1.0, 1.5))
+        weights = self.fusion_weights
+        if weights is None:
+            weights = (1.0, 1.0, 0.5) if "warped" in names else (1.0, 1.5)
+            object.__setattr__(self, "fusion_weights", weights)
         want = 3 if "warped" in names else 2
-        w = tuple(self.fusion_weights)
+        w = tuple(weights)
         if len(w) != want or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"fusion_weights must be {want} non-negative numbers (rgb, flow"
                              f"{', warped' if want == 3 else ''}), got {self.fusion_weights}")
 
     def stream_dropout(self, stream: str) -> float:
         """The dropout before `stream`'s classifier."""
-        temporal = stream in stream_spec.FIELD_STREAMS and self.flow_dropout is not None
-        return self.flow_dropout if temporal else self.dropout
+        if stream in stream_spec.FIELD_STREAMS and self.flow_dropout is not None:
+            return self.flow_dropout
+        return self.dropout
 
     @property
     def stream_names(self) -> tuple[str, ...]:
         return stream_spec.stream_names(self.streams)
 
+    @property
+    def settled_fusion_weights(self) -> tuple[float, ...]:
+        """fusion_weights as __post_init__ settled them (the field reads None only before it)."""
+        if self.fusion_weights is None:
+            raise ValueError("fusion_weights is None: this ModelConfig bypassed __post_init__")
+        return self.fusion_weights
+
     def to_dict(self) -> dict:
         """Plain JSON types; the family options become a dict."""
         d = dataclasses.asdict(self)
-        d["fusion_weights"] = list(self.fusion_weights)
+        d["fusion_weights"] = list(self.settled_fusion_weights)
         return d
 
 
@@ -187,7 +197,7 @@ class VideoClassifier(nn.Module):
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
         return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},
-                           self.cfg.fusion_weights)
+                           self.cfg.settled_fusion_weights)
 
 
 # Parameter names of the temporal streams in every family (two_stream: streams.flow and
@@ -225,7 +235,8 @@ def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, ...]) -> 
     present = [s for s in stream_spec.STREAMS[:len(weights)] if s in scores]
     if len(present) >= 2:
         w = {s: weights[stream_spec.STREAMS.index(s)] for s in present}
-        fused = sum(w[s] * scores[s] for s in present) / sum(w.values())
+        # sum() starts from the int 0, so it reads as "Tensor | int"; the terms are tensors
+        fused = cast(torch.Tensor, sum(w[s] * scores[s] for s in present) / sum(w.values()))
     else:
         fused = torch.stack(list(scores.values())).mean(0)
     return {**scores, "fused": fused}

@@ -28,9 +28,11 @@ actions plus background (class 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
+from torchvision.models import ResNet
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -136,7 +138,7 @@ class KeepSizeTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
-def _resnet(cfg: ModelConfig, stream: str) -> nn.Module:
+def _resnet(cfg: ModelConfig, stream: str) -> ResNet:
     """The stream's ResNet: BatchNorm when trained from scratch, frozen BatchNorm over loaded weights."""
     ctor, _ = ARCHS[cfg.arch]
     if cfg.weights is None:
@@ -190,6 +192,9 @@ class TwoStreamDetector(nn.Module):
     gives "late", its streams fused late).
     """
 
+    streams: nn.ModuleDict  # stream name -> FasterRCNN (read them typed with `stream`)
+    fused: FastRCNNPredictor | None
+
     def __init__(self, cfg: ModelConfig):
         check(cfg)
         super().__init__()
@@ -199,6 +204,10 @@ class TwoStreamDetector(nn.Module):
         self.fused = None
         if len(self.streams) == 2 and self.opts.fusion == "concat":
             self.fused = FastRCNNPredictor(2 * self.opts.head_dim, cfg.num_classes)
+
+    def stream(self, name: str) -> FasterRCNN:
+        """The stream `name`'s detector (a ModuleDict hands out plain Modules)."""
+        return cast(FasterRCNN, self.streams[name])
 
     @property
     def output_keys(self) -> tuple[str, ...]:
@@ -215,7 +224,7 @@ class TwoStreamDetector(nn.Module):
         if self.training:
             losses = {f"{name}/{k}": v for name, r in runs.items() for k, v in r["losses"].items()}
             if len(runs) == 2 and self.fused is not None:
-                losses.update(self._fused_losses(runs))
+                losses.update(self._fused_losses(runs, self.fused))
             return losses
         out = {name: r["detections"] for name, r in runs.items()}
         if len(runs) == 1:
@@ -238,16 +247,16 @@ class TwoStreamDetector(nn.Module):
     def _union(self, runs: dict) -> list[torch.Tensor]:
         return [torch.cat(ps) for ps in zip(runs["rgb"]["proposals"], runs["flow"]["proposals"], strict=True)]
 
-    def _fused_losses(self, runs: dict) -> dict:
-        """Concat fusion's box losses on regions sampled from both streams' proposals."""
-        rgb = self.streams["rgb"]
+    def _fused_losses(self, runs: dict, fused: nn.Module) -> dict:
+        """Concat fusion's box losses (of the `fused` head) on regions sampled from both streams' proposals."""
+        rgb = self.stream("rgb")
         proposals, _, labels, regression = rgb.roi_heads.select_training_samples(self._union(runs),
                                                                                  runs["rgb"]["targets"])
         # Detached: as the paper's SVMs on fixed fc7 features, the fused head learns on top of the
         # streams without changing them, so "rgb" and "flow" stay single-stream detectors.
         x = torch.cat([_box_features(self.streams[s], runs[s]["features"], proposals, runs[s]["sizes"]).detach()
                        for s in ("rgb", "flow")], dim=1)
-        logits, boxes = self.fused(x)
+        logits, boxes = fused(x)
         cls, reg = fastrcnn_loss(logits, boxes, labels, regression)
         return {"fused/loss_classifier": cls, "fused/loss_box_reg": reg}
 
@@ -260,16 +269,16 @@ class TwoStreamDetector(nn.Module):
             "fused": self.fused(torch.cat([feats["rgb"], feats["flow"]], dim=1)), "late": self._late(feats)}
         out = {}
         for name, (logits, boxes) in heads.items():
-            b, s, lab = self.streams["rgb"].roi_heads.postprocess_detections(logits, boxes, proposals, sizes)
+            b, s, lab = self.stream("rgb").roi_heads.postprocess_detections(logits, boxes, proposals, sizes)
             dets = [{"boxes": x, "scores": y, "labels": z} for x, y, z in zip(b, s, lab, strict=True)]
-            out[name] = self.streams["rgb"].transform.postprocess(dets, sizes, runs["rgb"]["originals"])
+            out[name] = self.stream("rgb").transform.postprocess(dets, sizes, runs["rgb"]["originals"])
         return out
 
     def _late(self, feats: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted average of the streams' class probabilities (as log-probabilities, which the
         box post-processing's softmax turns back into them) and box regressions."""
-        w_rgb, w_flow = self.cfg.fusion_weights
-        (l_rgb, b_rgb), (l_flow, b_flow) = (self.streams[s].roi_heads.box_predictor(feats[s]) for s in ("rgb", "flow"))
+        w_rgb, w_flow = self.cfg.settled_fusion_weights
+        (l_rgb, b_rgb), (l_flow, b_flow) = (self.stream(s).roi_heads.box_predictor(feats[s]) for s in ("rgb", "flow"))
         prob = (w_rgb * torch.softmax(l_rgb, -1) + w_flow * torch.softmax(l_flow, -1)) / (w_rgb + w_flow)
         return torch.log(prob.clamp_min(1e-12)), (w_rgb * b_rgb + w_flow * b_flow) / (w_rgb + w_flow)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -178,14 +179,15 @@ class Siamese(VideoClassifier):
         """Each class's best-split cosine, as softmax(cos / SCORE_TEMPERATURE); rgb and flow fused late."""
         best = {name: sims.float().amax(1) for name, sims in logits.items()}
         return late_fusion({name: torch.softmax(s / SCORE_TEMPERATURE, dim=1) for name, s in best.items()},
-                           self.cfg.fusion_weights)
+                           self.cfg.settled_fusion_weights)
 
     def training_loss(self, logits: dict[str, torch.Tensor], labels: torch.Tensor,
                       criterion) -> torch.Tensor:  # noqa: ARG002 (VideoClassifier's signature)
         """E-step (best split for the true class, networks fixed) then the M-step's contrastive
         loss at that split, summed over streams. `criterion` (cross-entropy) is not used."""
-        return sum(contrastive_loss(chosen_split(sims.float(), labels), labels, self.opts.margin)
-                   for sims in logits.values())
+        # sum() starts from the int 0, so it reads as "Tensor | int"; every term is a tensor
+        return cast(torch.Tensor, sum(contrastive_loss(chosen_split(sims.float(), labels), labels, self.opts.margin)
+                                      for sims in logits.values()))
 
 
 def chosen_split(sims: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

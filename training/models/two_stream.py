@@ -20,6 +20,8 @@ The V views and K snippets of an item are scored one by one and their scores ave
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -56,6 +58,8 @@ def check(cfg: ModelConfig) -> None:
 class Stream(nn.Module):
     """One stream: a trunk to the last conv maps (ResNet: conv1 ... layer4; VGG-16: conv1_1 ...
     relu5_3), its top (ResNet: global average pooling; VGG-16: pool5, fc6, fc7), dropout, classifier."""
+
+    trunk: nn.Sequential
 
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
         super().__init__()
@@ -96,7 +100,8 @@ class ConvFusion(nn.Module):
 
 def run_trunk(trunk: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """Apply a trunk to (N, C, H, W), matching the weights' memory format (no layout copy in conv1)."""
-    if trunk[0].weight.is_contiguous(memory_format=torch.channels_last):
+    conv1 = cast(nn.Conv2d, trunk[0])  # a ResNet trunk starts with conv1 (backbones.resnet_trunk)
+    if conv1.weight.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     return trunk(x)
 
@@ -109,16 +114,23 @@ class TwoStream(VideoClassifier):
     fusion]}, each averaged over the V views and K snippets.
     """
 
+    streams: nn.ModuleDict  # stream name -> Stream (read them typed with `stream`)
+    fusion: ConvFusion | None
+
     def __init__(self, cfg: ModelConfig):
         check(cfg)
         super().__init__(cfg)
         self.streams = nn.ModuleDict({s: build_stream(cfg, s) for s in cfg.stream_names})
         self.fusion = None
         if cfg.fusion == "conv":
-            dim = self.streams["rgb"].maps_dim
+            dim = self.stream("rgb").maps_dim
             self.fusion = ConvFusion(dim, cfg.num_classes, cfg.fusion_kernel, cfg.dropout)
         if cfg.partial_bn:
             freeze_partial_bn(self)
+
+    def stream(self, name: str) -> Stream:
+        """The stream `name` as a Stream (a ModuleDict hands out plain Modules)."""
+        return cast(Stream, self.streams[name])
 
     @property
     def output_keys(self) -> tuple[str, ...]:
@@ -126,8 +138,8 @@ class TwoStream(VideoClassifier):
 
     def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{stream: (N, C, H, W)} snippets -> logits (N, classes) per stream [and "fused"]."""
-        maps = {name: run_trunk(stream.trunk, units[name]) for name, stream in self.streams.items()}
-        out = {name: self.streams[name].classify(m) for name, m in maps.items()}
+        maps = {name: run_trunk(self.stream(name).trunk, units[name]) for name in self.streams}
+        out = {name: self.stream(name).classify(m) for name, m in maps.items()}
         if self.fusion is not None:
             out["fused"] = self.fusion(maps["rgb"], maps["flow"])
         return out
@@ -140,16 +152,16 @@ class TwoStream(VideoClassifier):
         return self
 
 
-def frozen_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
+def frozen_bns(model: TwoStream) -> list[nn.BatchNorm2d]:
     """Partial BN (TSN): every BatchNorm of each stream except the first one."""
     out = []
-    for stream in model.streams.values():
-        bns = [m for m in stream.trunk.modules() if isinstance(m, nn.BatchNorm2d)]
+    for name in model.streams:
+        bns = [m for m in model.stream(name).trunk.modules() if isinstance(m, nn.BatchNorm2d)]
         out.extend(bns[1:])
     return out
 
 
-def freeze_partial_bn(model: nn.Module) -> None:
+def freeze_partial_bn(model: TwoStream) -> None:
     """Freeze the affine parameters of the BatchNorms partial BN keeps in eval mode."""
     for bn in frozen_bns(model):
         bn.weight.requires_grad_(False)
