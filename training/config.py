@@ -60,15 +60,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0 or (self.flow_lr is not None and self.flow_lr <= 0):
-            raise ValueError(f"lr and flow_lr must be positive, got {self.lr}, {self.flow_lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, "
-                             f"got {self.momentum}, {self.weight_decay}")
-        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        check_optimizer(self)
         check_lr_schedule(self)
         if self.clip_grad < 0:
             raise ValueError(f"clip_grad must be >= 0, got {self.clip_grad}")
@@ -100,6 +92,19 @@ class TrainConfig:
         data["transform"] = TransformConfig(**_tuples(data["transform"], ("scales",)))
         model = models.model_config_from_dict(d.pop("model"))
         return cls(data=DataConfig(**_tuples(data, ("strides",))), model=model, **_tuples(d, ("lr_steps",)))
+
+
+def check_optimizer(cfg: TrainConfig) -> None:
+    """Raise ValueError naming an optimizer setting that cannot be run (rates, momentum, warm-up)."""
+    if cfg.lr <= 0 or (cfg.flow_lr is not None and cfg.flow_lr <= 0):
+        raise ValueError(f"lr and flow_lr must be positive, got {cfg.lr}, {cfg.flow_lr}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
+    if not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
+        raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, "
+                         f"got {cfg.momentum}, {cfg.weight_decay}")
+    if cfg.warmup_epochs < 0 or cfg.warmup_epochs >= cfg.epochs:
+        raise ValueError(f"warmup_epochs must be in [0, epochs), got {cfg.warmup_epochs}")
 
 
 def check_lr_schedule(cfg: TrainConfig) -> None:

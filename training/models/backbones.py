@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from training.streams import FIELD_STREAMS
 
@@ -72,12 +73,13 @@ def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     channels and copied to all 2L flow channels, so a temporal stream starts from edge
     detectors that respond to flow images too.
     """
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    # torch annotates a Conv2d's own kernel_size, stride, padding and dilation as tuple[int, ...]; they are pairs.
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+                    conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
     with torch.no_grad():
         mean = conv.weight.mean(dim=1, keepdim=True)
         new.weight.copy_(mean.expand(-1, in_channels, -1, -1))
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:  # `new` has a bias exactly when `conv` has one
             new.bias.copy_(conv.bias)
     return new
 
@@ -149,8 +151,7 @@ def imagenet_file(arch: str, timeout: float = 30.0) -> Path:
 
 def resnet_trunk(backbone: nn.Module) -> nn.Sequential:
     """conv1 ... layer4 of a torchvision ResNet, as one Sequential (indices 0-3 stem, 4-7 layers)."""
-    return nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool,
-                         backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+    return nn.Sequential(*(backbone.get_submodule(name) for name in TRUNK_NAMES))
 
 
 # --- pieces of a residual block (torchvision BasicBlock or Bottleneck) ---------------------------
@@ -158,7 +159,10 @@ def resnet_trunk(backbone: nn.Module) -> nn.Sequential:
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+# torchvision ships no type information (no py.typed), so mypy reads its classes as Any: a block
+# annotated BasicBlock | Bottleneck (or a backbone cast to ResNet) names what it is, and its
+# children are not read as nn.Module attributes (Tensor | Module, never callable to mypy).
+def residual_branch(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """The residual path F(x) of a block: its convolutions, without shortcut or final ReLU."""
     out = block.relu(block.bn1(block.conv1(x)))
     if isinstance(block, Bottleneck):
@@ -167,12 +171,12 @@ def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block.bn2(block.conv2(out))
 
 
-def shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """The block's identity path (its 1x1 projection where it changes size)."""
     return x if block.downsample is None else block.downsample(x)
 
 
-def pre_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def pre_relu(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
     """F(x) + shortcut(x): the block's output before its last ReLU."""
     return residual_branch(block, x) + shortcut(block, x)
 
@@ -181,12 +185,23 @@ def stem(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """conv1, bn1, ReLU and max pooling of a torchvision ResNet (VGG-16: conv1_1 ... relu1_2)."""
     if is_vgg(backbone):
         return vgg_slice(backbone, *VGG_STAGES["stem"])(x)
-    return backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+    resnet = cast(ResNet, backbone)
+    return resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
+
+
+def vgg_features(backbone: nn.Module) -> nn.Sequential:
+    """A VGG's `features` (conv1_1 ... pool5): a Sequential by construction (torchvision's make_layers)."""
+    return cast(nn.Sequential, backbone.features)
+
+
+def vgg_classifier(backbone: nn.Module) -> nn.Sequential:
+    """A VGG's `classifier` (fc6, ReLU, dropout, fc7, ReLU, dropout, fc8): a Sequential by construction."""
+    return cast(nn.Sequential, backbone.classifier)
 
 
 def vgg_slice(backbone: nn.Module, start: int, end: int) -> nn.Sequential:
     """VGG `features[start:end]`: the same modules (and weights), as a Sequential."""
-    return backbone.features[start:end]
+    return vgg_features(backbone)[start:end]
 
 
 def run_stage(backbone: nn.Module, stage: str, x: torch.Tensor, *, before_relu: bool = False) -> torch.Tensor:
@@ -208,7 +223,7 @@ def drop_stages_(backbone: nn.Module, stages: tuple[str, ...] | list[str]) -> No
     for stage in stages:
         if is_vgg(backbone):
             for i in range(*VGG_STAGES[stage]):
-                backbone.features[i] = nn.Identity()
+                vgg_features(backbone)[i] = nn.Identity()
         else:
             setattr(backbone, stage, nn.Sequential())
 
@@ -217,8 +232,9 @@ def first_conv(backbone: nn.Module, stage: str) -> tuple[nn.Module, str]:
     """The module holding a stage's first convolution and that convolution's attribute name."""
     if is_vgg(backbone):
         start, end = VGG_STAGES[stage]
-        index = next(i for i in range(start, end) if isinstance(backbone.features[i], nn.Conv2d))
-        return backbone.features, str(index)
+        features = vgg_features(backbone)
+        index = next(i for i in range(start, end) if isinstance(features[i], nn.Conv2d))
+        return features, str(index)
     return getattr(backbone, stage)[0], "conv1"
 
 
@@ -232,9 +248,11 @@ def stream_top(backbone: nn.Module, dropout: float) -> tuple[nn.Module, int]:
     """
     if not is_vgg(backbone):
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), stage_channels(backbone, STAGES[-1])
-    fc6, fc7 = backbone.classifier[0], backbone.classifier[3]
+    classifier = vgg_classifier(backbone)
+    fc6, fc7 = classifier[0], cast(nn.Linear, classifier[3])
     drop_top_(backbone)
-    top = nn.Sequential(backbone.features[VGG_POOL5], backbone.avgpool, nn.Flatten(1), fc6, nn.ReLU(inplace=True),
+    top = nn.Sequential(vgg_features(backbone)[VGG_POOL5], backbone.get_submodule("avgpool"), nn.Flatten(1), fc6,
+                        nn.ReLU(inplace=True),
                         nn.Dropout(dropout), fc7, nn.ReLU(inplace=True))
     return top, fc7.out_features
 
@@ -262,7 +280,7 @@ def stage_channels(backbone: nn.Module, stage: str) -> int:
     """Channels out of a stage (layer1 ... layer4) of a torchvision ResNet or VGG-16."""
     if is_vgg(backbone):
         start, end = VGG_STAGES[stage]
-        return [m for m in backbone.features[start:end] if isinstance(m, nn.Conv2d)][-1].out_channels
+        return [m for m in vgg_features(backbone)[start:end] if isinstance(m, nn.Conv2d)][-1].out_channels
     last = getattr(backbone, stage)[-1]
     return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
 
@@ -282,11 +300,12 @@ def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
     backbone = load_backbone(arch, None if fields and flow_weights else weights)
     if arch not in RESNETS:
         if fields:
-            backbone.features[0] = cross_modality_conv(backbone.features[0], 2 * clip_len)
-        backbone.classifier[6] = nn.Identity()
+            features = vgg_features(backbone)
+            features[0] = cross_modality_conv(cast(nn.Conv2d, features[0]), 2 * clip_len)
+        vgg_classifier(backbone)[6] = nn.Identity()
         return backbone
     if fields:
-        backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * clip_len)
+        backbone.conv1 = cross_modality_conv(cast(ResNet, backbone).conv1, 2 * clip_len)
     backbone.fc = nn.Identity()
     if fields and flow_weights:
         load_flow_weights(backbone, flow_weights)

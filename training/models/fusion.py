@@ -57,13 +57,25 @@ over time and builds the 3D conv fusion as above; checkpoints of revision 1 are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.backbones import (STAGES, check_snippet_streams, drop_stages_, drop_top_, first_conv, is_vgg,
-                                       run_stage, stage_channels, stem, stream_backbone, stream_top)
+from training.models.backbones import (
+    STAGES,
+    check_snippet_streams,
+    drop_stages_,
+    drop_top_,
+    first_conv,
+    is_vgg,
+    run_stage,
+    stage_channels,
+    stem,
+    stream_backbone,
+    stream_top,
+)
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
@@ -180,7 +192,7 @@ class Fuse(nn.Module):
             with torch.no_grad():  # [I, I]: the sum of the two streams at the start
                 eye = torch.eye(channels)[:, :, None, None]
                 self.conv.weight.copy_(torch.cat([eye, eye], dim=1))
-                self.conv.bias.zero_()
+                cast(torch.Tensor, self.conv.bias).zero_()  # a Conv2d has a bias unless told otherwise
         elif kind == "conv3d":
             self.conv = nn.Conv3d(2 * channels, channels, 3, padding=1)
             conv3d_fusion_init_(self.conv)
@@ -244,11 +256,12 @@ class Tower(nn.Module):
 def repeat_input(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
     """A copy of `conv` taking `factor` times its input channels, its weights repeated along
     them: on concatenated maps [a, b] it starts as the conv of a + b."""
-    new = nn.Conv2d(conv.in_channels * factor, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    # torch annotates a Conv2d's own kernel_size, stride, padding and dilation as tuple[int, ...]; they are pairs.
+    new = nn.Conv2d(conv.in_channels * factor, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                    conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
     with torch.no_grad():
         new.weight.copy_(torch.cat([conv.weight] * factor, dim=1))
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:  # `new` has a bias exactly when `conv` has one
             new.bias.copy_(conv.bias)
     return new
 
@@ -260,7 +273,8 @@ def widen_input_(backbone: nn.Module, stage: str, factor: int = 2) -> None:
         raise ValueError("concatenation fusion needs a projection shortcut after it (fuse below layer4)")
     setattr(owner, name, repeat_input(getattr(owner, name), factor))
     if not is_vgg(backbone):
-        owner.downsample[0] = repeat_input(owner.downsample[0], factor)
+        projection = cast(nn.Sequential, owner.downsample)  # torchvision's: Sequential(1x1 conv, norm)
+        projection[0] = repeat_input(cast(nn.Conv2d, projection[0]), factor)
 
 
 def run_to(backbone: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:

@@ -42,8 +42,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from training.models.backbones import (STAGES, check_resnet, check_snippet_streams, pre_relu, residual_branch,
-                                       shortcut, stage_channels, stem, stream_backbone)
+from training.models.backbones import (
+    STAGES,
+    check_resnet,
+    check_snippet_streams,
+    pre_relu,
+    residual_branch,
+    shortcut,
+    stage_channels,
+    stem,
+    stream_backbone,
+)
 from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
@@ -111,11 +120,13 @@ class TemporalConv(nn.Module):
         if conv.kernel_size != (1, 1):
             raise ValueError(f"temporal filters replace 1x1 convolutions, got kernel {conv.kernel_size}")
         self.frames = frames
-        self.conv = nn.Conv3d(conv.in_channels, conv.out_channels, (3, 1, 1), stride=(1, *conv.stride),
+        # torch annotates a Conv2d's own stride as tuple[int, ...]; it is a pair, so this stride has 3 entries.
+        self.conv = nn.Conv3d(conv.in_channels, conv.out_channels, (3, 1, 1),
+                              stride=(1, *conv.stride),  # type: ignore[arg-type]
                               padding=(1, 0, 0), bias=conv.bias is not None)
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight.unsqueeze(2).expand_as(self.conv.weight) / 3)
-            if conv.bias is not None:
+            if conv.bias is not None and self.conv.bias is not None:  # a bias exactly when `conv` has one
                 self.conv.bias.copy_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +221,7 @@ class STResNet(VideoClassifier):
             x_m = units_m[1](x_m)
         else:
             x_a = units_a[0](x_a)
-        for unit_a, unit_m in zip(units_a[2:], units_m[2:]):
+        for unit_a, unit_m in zip(units_a[2:], units_m[2:], strict=True):
             x_a, x_m = unit_a(x_a), unit_m(x_m)
         return x_a, x_m
 
