@@ -114,9 +114,9 @@ def target_version(out: Location, base: str, latest: str | None, refs: list[Vide
     if mode and mode not in RETRY_MODES:
         raise ValueError(f"retry_errors={retry_errors!r} must be one of {RETRY_MODES} (or True/False)")
     current = base
-    if latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest):
-        if manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base:
-            current = latest
+    if (latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest)
+            and manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base):
+        current = latest
     if not mode:
         return current, None
     if not version.is_committed(out, current):

@@ -40,6 +40,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet
 
 from training import streams as stream_spec
 from training.models.backbones import check_resnet, cross_modality_conv, load_backbone, resnet_trunk
@@ -108,7 +109,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, stream: str, embed_dim: int):
         super().__init__()
-        backbone = load_backbone(cfg.arch, cfg.weights)
+        backbone = cast(ResNet, load_backbone(cfg.arch, cfg.weights))  # ResNets only: `check` refuses VGG-16
         if stream in stream_spec.FIELD_STREAMS:  # flow and warped flow: 2L channels
             backbone.conv1 = cross_modality_conv(backbone.conv1, 2 * cfg.clip_len)
         self.trunk = resnet_trunk(backbone)

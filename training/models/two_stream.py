@@ -34,6 +34,7 @@ from training.models.backbones import (
     stage_channels,
     stream_backbone,
     stream_top,
+    vgg_features,
 )
 from training.models.base import ModelConfig, VideoClassifier
 
@@ -63,7 +64,7 @@ class Stream(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
         super().__init__()
-        self.trunk = backbone.features[:VGG_POOL5] if is_vgg(backbone) else resnet_trunk(backbone)
+        self.trunk = vgg_features(backbone)[:VGG_POOL5] if is_vgg(backbone) else resnet_trunk(backbone)
         self.maps_dim = stage_channels(backbone, STAGES[-1])
         self.top, self.feature_dim = stream_top(backbone, dropout)
         self.dropout = nn.Dropout(dropout)
