@@ -51,17 +51,20 @@ class VideoOutcome:
 SPOOL_PREFIX = "flowshard-spool-"
 
 
-def spool_tag(output: Location | str) -> str:
-    """A short name for OUTPUT in spool folder names, so a build finds the spools of its own
-    dead runs (and only those) on every node."""
-    return hashlib.sha256(str(output).encode()).hexdigest()[:12]
+def spool_tag(output: Location | str, run: str = "") -> str:
+    """The name of a build's spool folders: a short hash of OUTPUT, so a build finds the spools
+    of its own dead runs (and only those) on every node, then `run`, this run's own token."""
+    digest = hashlib.sha256(str(output).encode()).hexdigest()[:12]
+    return f"{digest}-{run}" if run else digest
 
 
 def remove_stale_spools(tag: str) -> int:
-    """Remove this machine's spool folders (and the temporary tars inside them) of builds of
-    the OUTPUT `tag` names. Called under the build lock, before this build writes anything
-    here: every such folder belongs to a build that is dead. Returns how many were removed."""
-    stale = list(Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{tag}-*"))
+    """Remove this machine's spool folders (and the temporary tars inside them) of earlier runs
+    of the build `tag` names (`spool_tag(OUTPUT, run)`): those of the same OUTPUT but another run.
+    Called under the build lock, so each belongs to a build that is dead. Returns how many."""
+    output, _, run = tag.partition("-")
+    stale = [p for p in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{output}-*")
+             if not p.name.startswith(f"{SPOOL_PREFIX}{output}-{run}-")]
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return len(stale)

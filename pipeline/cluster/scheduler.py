@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ class Scheduler:
         self.placement, self.stats = ctx.placement, ctx.stats
         self.rcfg, self.cfg, self.output = ctx.ray_cfg, ctx.cfg, ctx.output
         self.done, self.progress = ctx.done, ctx.progress
-        self.tag = spool_tag(ctx.output)
+        self.tag = spool_tag(ctx.output, uuid.uuid4().hex[:8])  # this run's spools, told from dead runs
         self.nodes = NodeTable(checked=ctx.checks is not None)
         self.videos: dict[str, _Video] = {}
         self.refs: dict[Any, tuple] = {}  # every ref waited on but generators -> what it is
@@ -258,8 +259,9 @@ class Scheduler:
             return
         node.state = cluster_nodes.BAD
         self.bad_reason = problem
-        log.warning("node %s gets no work: %s (or keep the node out of this cluster, e.g. start it with "
-                    "another --address)", seen["name"], problem)
+        log.warning("node %s gets no work: %s", seen["name"], problem)
+        if self.nodes.all_bad():
+            raise RuntimeError("no node of the Ray cluster may take work: " + problem)
 
     def _size(self) -> None:
         """The bounds, from the CPUs of the good nodes (or the settings that fix them)."""
@@ -299,7 +301,6 @@ class Scheduler:
         if not r.flow_actors:
             return
         target = r.flow_actors if r.flow_actors > 0 else UNBOUNDED
-        cpus = self.nodes.cpus()
         while len(self.actors) < target:
             room = [n for n in self.nodes.good() if n.actors < cluster_nodes.actor_slots(n, r)]
             if not room:
@@ -307,11 +308,12 @@ class Scheduler:
             node = min(room, key=lambda n: n.actors)
             if target == UNBOUNDED and cluster_nodes.actor_slots(node, r) == UNBOUNDED:
                 break  # -1 without GPUs or a routing resource: nothing to count actors by
-            # An actor reserves a CPU only when CPUs are left for the encode tasks it feeds:
-            # with as many actors as CPUs, a reserved CPU each would starve those tasks for ever.
-            wanted = r.flow_actors if r.flow_actors > 0 else len(self.actors) + 1
+            # An actor reserves a CPU only when its node keeps CPUs for the encode tasks it feeds
+            # (they run next to it): with as many actors as CPUs there, a reserved CPU each would
+            # starve those tasks for ever.
+            here = min(cluster_nodes.actor_slots(node, r), r.flow_actors if r.flow_actors > 0 else UNBOUNDED)
             cls = ray.remote(tasks.FlowActor).options(
-                num_cpus=1 if cpus > wanted else 0, num_gpus=r.actor_gpus,
+                num_cpus=1 if node.cpus > here else 0, num_gpus=r.actor_gpus,
                 resources={r.actor_resource: 1} if r.actor_resource else None, max_restarts=3, max_task_retries=3,
                 max_concurrency=r.actor_concurrency, scheduling_strategy=node.pin())
             self.actors.append((cls.remote(self.cfg.worker), node))
@@ -336,7 +338,7 @@ class Scheduler:
     def _what_is_missing(self) -> str | None:
         """What the work left waits for, if anything: good nodes with CPUs, flow actors, writer nodes."""
         r = self.rcfg
-        if any(not a.committing for a in self.active.values()) and not self.nodes.good():
+        if (self.pending or self.active) and not self.nodes.good():
             return "a node that passes its checks"
         if self.decoding == 0 and any(a.todo for a in self.active.values()) \
                 and self.nodes.video_node(self._slots) is None:
