@@ -39,6 +39,17 @@ from pipeline.records import VideoRef  # noqa: E402
 
 log = logging.getLogger("bench.scheduler_scale")
 UNIT_VIDEOS = 1000
+_WAITS = [0]  # blocking ray.wait calls (num_returns=1) of the scheduler, for schedulers that do not count
+_wait = ray.wait
+
+
+def _counting_wait(*args, **kwargs):
+    if kwargs.get("num_returns", 1) == 1 and kwargs.get("timeout") != 0:
+        _WAITS[0] += 1
+    return _wait(*args, **kwargs)
+
+
+ray.wait = _counting_wait
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,17 @@ class _Writer:
     def take(self, chunks, outcomes, *payloads) -> int:
         return 0
 
+    # The per-call writer API of earlier schedulers, so the bench also runs against them
+    # (PYTHONPATH=<an older checkout>) for a side-by-side baseline.
+    def chunk(self, key, attempt, chunk) -> None:
+        return None
+
+    def video(self, key, attempt, outcome) -> int:
+        return 0
+
+    def finish(self) -> dict:
+        return {"unit": self.name}
+
     def finish_in_background(self) -> None:
         return None
 
@@ -137,6 +159,7 @@ def run_one(cpus: int, videos: int, chunks: int, servers: int) -> dict:
         tasks._decode = _Remote(pool, "decode", num_returns="streaming")
         tasks._flow = _Remote(pool, "flow", num_returns=2)
         scheduler.UnitAssembler = _Writer
+        _WAITS[0] = 0
         try:
             # The object store of this machine is no cluster's: chunks in flight follow the CPUs
             # as on a cluster whose store holds them (3 x CPUs, the scheduler's rule).
@@ -150,11 +173,14 @@ def run_one(cpus: int, videos: int, chunks: int, servers: int) -> dict:
         finally:
             tasks._plan, tasks._decode, tasks._flow, scheduler.UnitAssembler = originals
         s = ctx.stats
-        return {"cpus": cpus, "videos": videos, "chunks_per_video": chunks, "max_videos": s["max_videos"],
-                "max_chunks": s["max_chunks"], "driver_cpu_ms_per_video": round(1000 * cpu / videos, 3),
-                "events": s["events"], "events_per_s": round(s["events"] / wall, 1),
-                "events_per_video": round(s["events"] / videos, 2), "events_per_wait": round(s["events"] / s["waits"], 2),
-                "wall_s": round(wall, 2)}
+        # A scheduler without event counts (an earlier one) handled one event per wait: it counts
+        # its waits through the patched ray.wait.
+        events, waits = s.get("events", _WAITS[0]), s.get("waits", _WAITS[0])
+        return {"cpus": cpus, "videos": videos, "chunks_per_video": chunks, "max_videos": s.get("max_videos", 0),
+                "max_chunks": s.get("max_chunks", 3 * cpus),
+                "driver_cpu_ms_per_video": round(1000 * cpu / videos, 3), "events": events,
+                "events_per_s": round(events / wall, 1), "events_per_video": round(events / videos, 2),
+                "events_per_wait": round(events / max(waits, 1), 2), "wall_s": round(wall, 2)}
     finally:
         ray.shutdown()
 

@@ -153,6 +153,10 @@ class Scheduler:
         self.videos: dict[str, _Video] = {}
         self.refs: dict[Any, tuple] = {}  # every ref waited on but generators -> what it is
         self.gens: dict[Any, str] = {}  # decode generator -> video key
+        # Generators with a chunk ready that the bound on chunks in flight held back: taken
+        # first once chunks are written, and not waited on meanwhile.
+        self.parked: deque = deque()
+        self.fetched: dict[Any, Any] = {}  # values of this round's ready refs, fetched in one call
         self.active: dict[str, _Active] = {}  # units not yet committed, by name
         self.idle_writers: list[tuple[Any, Node]] = []
         self.writers: list[tuple[Any, Node]] = []
@@ -186,13 +190,15 @@ class Scheduler:
                     self._refresh()
                 self._activate()
                 self._start_videos()
+                self._unpark()
                 self._flush_actor_queue(force=self._must_flush())
                 self._flush_writers()
                 ready = self._wait()
                 self.stats["waits"] += 1
-                self.stats["events"] += len(ready)
+                self._fetch(ready)
                 for obj in ready:
                     self._handle(obj)
+                self.fetched.clear()
             self.stats["writer_peak_rss"] = max(ray.get([w.peak_rss.remote() for w, _ in self.writers]), default=0)
             self.stats["writers"] = len(self.writers)
         finally:
@@ -358,7 +364,8 @@ class Scheduler:
         from the cluster is a bug, raised."""
         objs = list(self.refs)
         if self.chunks_in_flight < self.max_chunks:
-            objs += list(self.gens)
+            parked = set(self.parked)
+            objs += [g for g in self.gens if g not in parked] if parked else list(self.gens)
         if not objs and self.actor_queue and self.actors:
             self._flush_actor_queue(force=True)
             objs = list(self.refs)
@@ -379,12 +386,15 @@ class Scheduler:
     def _handle(self, obj) -> None:
         key = self.gens.get(obj)
         if key is not None:
-            if self.chunks_in_flight < self.max_chunks:  # else it is taken again once chunks are written
-                self._next_chunk(self.videos[key])
-            return
+            if self.chunks_in_flight >= self.max_chunks:
+                self.parked.append(obj)  # taken once chunks are written (`_unpark`)
+                return
+            self.stats["events"] += 1
+            return self._next_chunk(self.videos[key])
         what = self.refs.pop(obj, None)
         if what is None:
             return
+        self.stats["events"] += 1
         kind = what[0]
         if kind == "plan":
             return self._plan_done(obj, *what[1:])
@@ -394,6 +404,30 @@ class Scheduler:
             return self._call_done(obj, *what[1:])
         if kind == "look":
             return self._look_done(obj, *what[1:])
+
+    def _fetch(self, ready: list) -> None:
+        """The values of the ready refs the handlers read, in one `ray.get` (one round trip, not
+        one per event); any error leaves them to be read one by one, each with its own error."""
+        wanted = [obj for obj in ready if obj in self.refs and self.refs[obj][0] in ("plan", "chunk", "call")]
+        if len(wanted) < 2:
+            return
+        try:
+            self.fetched = dict(zip(wanted, ray.get(wanted), strict=True))
+        except Exception:  # noqa: BLE001 - any task's error: each handler reads its own
+            self.fetched = {}
+
+    def _get(self, ref):
+        """A ready ref's value: fetched with the round's others, else read now (raising its error)."""
+        if ref in self.fetched:
+            return self.fetched.pop(ref)
+        return ray.get(ref)
+
+    def _unpark(self) -> None:
+        """Take the chunks the bound held back, as far as the bound now allows."""
+        while self.parked and self.chunks_in_flight < self.max_chunks:
+            key = self.gens.get(self.parked.popleft())
+            if key is not None:  # not given up meanwhile
+                self._next_chunk(self.videos[key])
 
     # -- videos ------------------------------------------------------------------------------
     def _start_videos(self) -> None:
@@ -436,7 +470,7 @@ class Scheduler:
         if v is None:
             return
         try:
-            plan, _, v.content = ray.get(ref)
+            plan, _, v.content = self._get(ref)
         except ray.exceptions.RayError as exc:
             return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
         if isinstance(plan, VideoFailure):
@@ -486,7 +520,7 @@ class Scheduler:
             return
         v.pending -= 1
         try:
-            summary, decode_node, flow_node = ray.get(ref)
+            summary, decode_node, flow_node = self._get(ref)
         except ray.exceptions.RayError as exc:
             self.chunks_in_flight -= 1
             return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
@@ -597,7 +631,7 @@ class Scheduler:
         if a is None or a.writer is not writer:
             return  # an answer of a writer this unit no longer has
         try:
-            result = ray.get(ref)
+            result = self._get(ref)
         except ray.exceptions.RayError as exc:
             return self._writers_lost(writer, exc)
         if what == "begin":
