@@ -33,14 +33,15 @@ class RayExecutor:
         # What the last run held at most: chunks between decoder and writer, writers at once,
         # and the writers' peak resident memory (bytes).
         self.stats: dict[str, int] = {}
-        self.input_path, self.refs, self.out = "", [], None
+        self.input_path: str = ""
+        self.refs: list[VideoRef] = []
 
     def prepare(self, input_path: str, refs: list[VideoRef], output, cfg: BuildConfig) -> None:
         """Nothing is refused up front: each node of a cluster is checked the first time it would
         take work (it must see the local INPUT videos and OUTPUT, `pipeline.cluster.shared_paths`,
         and run the tools the version names, `pipeline.tools`); a node that fails gets no work and
         a warning names it. What the checks need is kept for `run`."""
-        self.input_path, self.refs, self.out = input_path, refs, output
+        self.input_path, self.refs = input_path, refs
 
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done, progress) -> None:
         if not units:
