@@ -65,7 +65,7 @@ class _Server:
     """Answers the scheduler's remote calls at once (no video work)."""
 
     def plan(self, ref, cfg, chunks):
-        return ("plan", chunks), "node", ""
+        return ("plan", chunks), ray.get_runtime_context().get_node_id(), ""
 
     def decode(self, ref, plan, cfg):
         for i in range(plan[1]):  # noqa: UP028 - Ray's generator tasks need a generator function's own yields
