@@ -90,13 +90,17 @@ def test_auto_device_stays_on_cpu_without_gpus(two_nodes):
     assert resolve_auto_device(_opts(executor="local"))["flow_device"] == "cpu"  # no Ray asked
 
 
-def test_worker_node_removed_mid_build_loses_nothing(motion_videos, tmp_path, two_nodes):
+def test_worker_node_removed_mid_build_loses_nothing(tmp_path, two_nodes):
     """A node dies while it runs decode and flow tasks: Ray retries them elsewhere (or a
     rerun resumes), and the result equals a build that never lost a node."""
     import threading
     import time
 
+    from pipeline.synthetic import motion
+
     cluster, _ = two_nodes
+    # Enough videos that the extra node still gets some after its check (a task on it) is done.
+    videos = motion.make_motion_dataset(tmp_path / "in", per_class=5, num_frames=16, size=(64, 48), speed=2.0)
     extra = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     cfg = _cfg()
@@ -106,7 +110,7 @@ def test_worker_node_removed_mid_build_loses_nothing(motion_videos, tmp_path, tw
 
     def run():
         try:
-            build_dataset(str(motion_videos), str(out), cfg, executor=executor, progress=False)
+            build_dataset(str(videos), str(out), cfg, executor=executor, progress=False)
         except Exception as exc:  # noqa: BLE001 - the test reports whatever ended the first run
             errors.append(exc)
 
@@ -121,10 +125,10 @@ def test_worker_node_removed_mid_build_loses_nothing(motion_videos, tmp_path, tw
     thread.join(timeout=300)
     assert not thread.is_alive()
     if errors:  # the first run may fail; the same command resumes it
-        build_dataset(str(motion_videos), str(out), cfg, executor=RayExecutor(address=cluster.address),
+        build_dataset(str(videos), str(out), cfg, executor=RayExecutor(address=cluster.address),
                       progress=False)
-    assert open_dataset(out).info["counts"]["ok"] == 8
-    build_dataset(str(motion_videos), str(tmp_path / "clean"), cfg, progress=False)
+    assert open_dataset(out).info["counts"]["ok"] == 20
+    build_dataset(str(videos), str(tmp_path / "clean"), cfg, progress=False)
     assert _files(out) == _files(tmp_path / "clean")
 
 

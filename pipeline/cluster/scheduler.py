@@ -227,14 +227,28 @@ class Scheduler:
         for node in joined:
             self._check(node)
         for node in left:
-            log.warning("node %s left the cluster; its work is done elsewhere", node.name)
-            self.actors = [(a, n) for a, n in self.actors if n.alive]
-            self.idle_writers = [(w, n) for w, n in self.idle_writers if n.alive]
+            self._node_left(node)
         self._size()
         self._place_actors()
         self._ask()
         if self.nodes.all_bad():
             raise RuntimeError("no node of the Ray cluster may take work: " + self.bad_reason)
+
+    def _node_left(self, node: Node) -> None:
+        """`node` is gone (Ray says so, or a task pinned to it could not be placed): no more work
+        goes there, and its actors and idle writers are forgotten."""
+        if node.alive:
+            node.alive = False
+        log.warning("node %s left the cluster; its work is done elsewhere", node.name)
+        self.actors = [(a, n) for a, n in self.actors if n.alive]
+        self.idle_writers = [(w, n) for w, n in self.idle_writers if n.alive]
+
+    def _gone(self, exc: Exception, node: Node) -> None:
+        """A task or actor pinned to `node` could not run there because the node is gone: it
+        leaves the table now, before Ray's node list says so (which can lag by seconds)."""
+        names = {c.__name__ for c in type(exc).__mro__}
+        if names & (_NODE_GONE | {"NodeDiedError"}) and node.alive:
+            self._node_left(node)
 
     def _check(self, node: Node) -> None:
         if node.state == GOOD:  # a local Ray: this machine, whose stale spools go now
@@ -479,6 +493,7 @@ class Scheduler:
         try:
             plan, _, v.content = self._get(ref)
         except ray.exceptions.RayError as exc:
+            self._gone(exc, v.node)
             return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
         if isinstance(plan, VideoFailure):
             return self._fail(v, plan.reason, plan.kind)
@@ -530,6 +545,7 @@ class Scheduler:
             summary, decode_node, flow_node = self._get(ref)
         except ray.exceptions.RayError as exc:
             self.chunks_in_flight -= 1
+            self._gone(exc, v.node)
             return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
         v.summaries.append(summary)
         v.pairs += len(summary.flow_pairs)
@@ -667,6 +683,7 @@ class Scheduler:
         for w, node in [x for x in self.writers if x[0] is writer]:
             self.writers.remove((w, node))
             node.writers -= 1
+            self._gone(exc, node)
         self.idle_writers = [x for x in self.idle_writers if x[0] is not writer]
         for a in held:
             self._take_over(a, _error_text(exc))
@@ -689,6 +706,8 @@ class Scheduler:
         a.losses += 1
         a.finishing = a.committing = False
         same_node = a.spool and self.nodes.is_usable(a.node.id)
+        if a.losses >= 2 * MAX_ATTEMPTS:  # not even its error rows could be written
+            raise RuntimeError(f"writing shard unit {a.unit.stem} failed {a.losses} times: {reason}")
         if a.losses >= MAX_ATTEMPTS:
             log.warning("writing shard unit %s failed %d times (%s): its videos not yet written become transient "
                         "error rows (--retry-errors computes them again)", a.unit.stem, a.losses, reason)
