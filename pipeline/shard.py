@@ -82,11 +82,11 @@ class _TarStream:
     """One shard being written: samples are appended to its temporary tar as they come, so
     the writer holds one sample at a time, never the whole shard; `commit` makes it visible."""
 
-    def __init__(self, path: Location) -> None:
+    def __init__(self, path: Location, tmp_dir: str | None = None) -> None:
         self.remote = storage.is_remote(path)
         self.final = storage.location(path)
         self.name = storage.name(self.final)
-        self.tmp = _temporary(self.final, self.remote)
+        self.tmp = _temporary(self.final, self.remote, tmp_dir)
         self.keys: list[str] = []
         # Both stay open across add() calls (a streamed writer): close() or abort() closes them.
         self.raw = open(self.tmp, "wb")  # noqa: SIM115
@@ -140,13 +140,13 @@ def write_shard(samples: Iterable[dict], path: Location) -> ShardRecord:
     return stream.commit()
 
 
-def _temporary(final: Location, remote: bool) -> Path:
+def _temporary(final: Location, remote: bool, tmp_dir: str | None = None) -> Path:
     """Where a shard is assembled: beside it locally (same filesystem, so the rename is atomic),
-    in the system temp folder for a remote shard (bounded by the shard size)."""
+    in `tmp_dir` (default: the system temp folder) for a remote shard (bounded by the shard size)."""
     if not remote:
         local = Path(final)
         return local.with_name(f".{local.name}.tmp-{os.getpid()}")
-    fd, tmp = tempfile.mkstemp(prefix=f"flowshard-{storage.name(final)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f"flowshard-{storage.name(final)}.", suffix=".tmp", dir=tmp_dir)
     os.close(fd)
     return Path(tmp)
 
@@ -164,8 +164,9 @@ class RollingWriter:
     max_bytes on its own still goes into a shard by itself; no samples give one empty shard.
     """
 
-    def __init__(self, directory: Location, stem: str, *, max_bytes: int, max_samples: int) -> None:
-        self.directory, self.stem = directory, stem
+    def __init__(self, directory: Location, stem: str, *, max_bytes: int, max_samples: int,
+                 tmp_dir: str | None = None) -> None:
+        self.directory, self.stem, self.tmp_dir = directory, stem, tmp_dir
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.records: list[ShardRecord] = []
         self.current: _TarStream | None = None
@@ -173,7 +174,7 @@ class RollingWriter:
 
     def _open(self) -> _TarStream:
         name = f"{self.stem}.tar" if not self.records else f"{self.stem}_{len(self.records)}.tar"
-        self.current, self.size, self.count = _TarStream(storage.join(self.directory, name)), 0, 0
+        self.current, self.size, self.count = _TarStream(storage.join(self.directory, name), self.tmp_dir), 0, 0
         return self.current
 
     def add(self, sample: dict) -> None:

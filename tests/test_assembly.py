@@ -99,3 +99,57 @@ def test_spool_reads_back_in_chunk_order_and_cleans_up(motion_videos):
     assert list(spool.read("v")) == []
     spool.close()
     assert not os.path.exists(spool.dir)
+
+
+def test_a_writer_taking_over_a_spool_writes_the_same_tars(motion_videos, tmp_path):
+    """A writer dies (nothing closed, the last chunk record cut short) with half its videos
+    complete; a new one reopens the spool, reports those videos complete, takes the others and
+    commits, in the background, the tars one writer alone would have written."""
+    cfg = _cfg()
+    refs, _ = discover(str(motion_videos))
+    unit = identify(plan_units(refs, cfg.shard), {}, cfg)[0]
+    est = make_estimator(cfg.worker.flow)
+    (tmp_path / "a" / "shards").mkdir(parents=True)
+    (tmp_path / "b" / "shards").mkdir(parents=True)
+    expected = write_unit(unit, (process_video(r, cfg.worker, est) for r in unit.compute_refs), tmp_path / "a", cfg)
+    computed = {r.key: _computed(r, cfg, est) for r in unit.compute_refs}
+
+    def feed(writer, refs, attempt):
+        for r in refs:
+            plan, chunks = computed[r.key]
+            writer.take([(r.key, attempt)] * len(chunks), [], *chunks)
+            writer.take([], [(r.key, attempt, VideoOutcome(plan=plan, summaries=tuple(map(summarize, chunks))))])
+
+    first = UnitAssembler(tag="t")
+    folder = first.begin(unit, tmp_path / "b", cfg)
+    done, rest = unit.compute_refs[:4], unit.compute_refs[4:]
+    feed(first, done, 1)
+    first.chunk(rest[0].key, 1, computed[rest[0].key][1][0])  # a video in progress: computed again
+    with open(Path(folder) / f"{done[0].key}.chunks", "ab") as f:
+        f.write(b"\x80\x05partial")  # a record the killed writer never finished, after whole ones
+    del first  # killed: no abort, no close
+
+    second = UnitAssembler(tag="t")
+    assert second.resume(unit, tmp_path / "b", cfg, folder) == sorted(r.key for r in done)
+    feed(second, rest, 2)
+    second.finish_in_background()
+    record = second.committed(unit.name)
+    assert record == expected
+    for s in record.shards:
+        assert (tmp_path / "a" / "shards" / s.name).read_bytes() == (tmp_path / "b" / "shards" / s.name).read_bytes()
+    assert not os.path.exists(folder)  # the spool goes once the unit is committed
+
+
+def test_stale_spools_of_the_same_output_are_removed_and_this_runs_kept(tmp_path, monkeypatch):
+    import tempfile
+
+    from pipeline.build.assembly import SPOOL_PREFIX, remove_stale_spools, spool_tag
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = ChunkSpool(spool_tag("s3://b/out", "deadrun")).dir
+    mine = ChunkSpool(spool_tag("s3://b/out", "thisrun")).dir
+    other = ChunkSpool(spool_tag("s3://b/other-output", "x")).dir  # another build's: not ours to touch
+    (Path(dead) / "flowshard-u.tar.tmp").write_bytes(b"a temporary tar")
+    assert remove_stale_spools(spool_tag("s3://b/out", "thisrun")) == 1
+    assert not os.path.exists(dead) and os.path.isdir(mine) and os.path.isdir(other)
+    assert all(p.name.startswith(SPOOL_PREFIX) for p in tmp_path.iterdir())

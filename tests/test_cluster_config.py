@@ -31,3 +31,13 @@ def test_token_auth_on_and_dashboard_on_loopback():
     assert "--dashboard-host=127.0.0.1" in starts and "0.0.0.0" not in starts
     assert "~/.ray/auth_token" in cfg["file_mounts"]
     assert any("pip install" in c and "flowshard" in c for c in cfg["setup_commands"])
+
+
+def test_kinetics_config_places_its_work_on_node_types_the_cluster_offers():
+    """The shipped kinetics400 config routes flow actors and writers by resources that node
+    types of the shipped cluster offer; writers go to on-demand nodes (a spot loss costs units)."""
+    build = yaml.safe_load((ROOT / "jobs" / "configs" / "kinetics400.yaml").read_text())["build"]
+    types = _config()["available_node_types"]
+    offering = {name: t for name, t in types.items() if build["writer_resource"] in t.get("resources", {})}
+    assert offering and all("InstanceMarketOptions" not in t["node_config"] for t in offering.values())
+    assert build["actor_resource"] in types["gpu_worker"]["resources"]

@@ -90,6 +90,17 @@ def build_options(f):
         click.option("--actors-per-gpu", type=int, default=None,
                      help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave."),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
+        click.option("--writer-resource", default=None,
+                     help="Custom Ray resource that places shard writers (e.g. on-demand nodes; one unit each)."),
+        click.option("--min-nodes", type=int, default=0, show_default=True,
+                     help="Wait (asking the autoscaler) until the Ray cluster has this many nodes before starting."),
+        click.option("--min-cpus", type=int, default=0, show_default=True,
+                     help="Wait until the Ray cluster has this many CPUs before starting."),
+        click.option("--min-gpus", type=float, default=0.0, show_default=True,
+                     help="Wait until the Ray cluster has this many GPUs before starting."),
+        click.option("--min-wait", type=float, default=900.0, show_default=True,
+                     help="Seconds to wait for --min-nodes/--min-cpus/--min-gpus, and for the nodes flow actors "
+                          "or writers need, before the build fails."),
         click.option("--progress/--no-progress", default=True, show_default=True),
         click.option("--wait", "lock_wait_s", type=float, default=0.0, show_default=True, metavar="SECONDS",
                      help="Wait this long for a running build or prune of OUTPUT to finish (0: refuse at once)."),
@@ -134,7 +145,14 @@ def make_executor_from(o: dict, flow_device: str):
         actors = -1  # one per GPU, resolved once Ray is up
     return make_executor("ray", address=o["address"], num_cpus=o["num_cpus"], flow_actors=actors or 0,
                          actor_gpus=actor_gpus(o) if flow_device.startswith("cuda") else 0.0,
-                         actor_resource=o["actor_resource"])
+                         actor_resource=o["actor_resource"], **cluster_options(o))
+
+
+def cluster_options(o: dict) -> dict:
+    """The executor settings of the cluster's size and placement (RayConfig's names)."""
+    return {"writer_resource": o.get("writer_resource"), "min_nodes": o.get("min_nodes", 0),
+            "min_cpus": o.get("min_cpus", 0), "min_gpus": o.get("min_gpus", 0.0),
+            "min_wait_s": o.get("min_wait", 900.0)}
 
 
 def actor_gpus(o: dict) -> float:

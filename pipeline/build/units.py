@@ -58,12 +58,14 @@ class UnitWriter:
     one at a time, are ever held.
     """
 
-    def __init__(self, unit: Unit, output: Location, cfg: BuildConfig) -> None:
+    def __init__(self, unit: Unit, output: Location, cfg: BuildConfig, tmp_dir: str | None = None) -> None:
         self.unit, self.cfg = unit, cfg
         out = storage.location(output)
         self.shard_dir = storage.join(out, SHARD_DIR)
+        # tmp_dir: where a tar bound for object storage is assembled (a writer's spool folder,
+        # removed with it); local tars are assembled beside their final name.
         self.tars = shard.RollingWriter(self.shard_dir, unit.stem, max_bytes=cfg.shard.max_bytes,
-                                        max_samples=cfg.shard.max_samples)
+                                        max_samples=cfg.shard.max_samples, tmp_dir=tmp_dir)
         self.store = reuse.StoredSamples(self.shard_dir, unit.stored.values())
         self.rows: list[VideoResult] = []
         self.next = 0  # position in unit.refs of the next video to write

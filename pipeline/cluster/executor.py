@@ -6,12 +6,11 @@ import dataclasses
 import logging
 from collections import Counter
 
-import ray
-
 from pipeline import storage
 from pipeline.build.config import STATE_DIR, BuildConfig
 from pipeline.build.units import Unit
-from pipeline.cluster import shared_paths, tasks
+from pipeline.cluster import shared_paths
+from pipeline.cluster.nodes import wait_for_cluster
 from pipeline.cluster.scheduler import RunContext, Scheduler
 from pipeline.cluster.startup import RayConfig, init_ray
 from pipeline.records import VideoRef
@@ -34,46 +33,36 @@ class RayExecutor:
         # What the last run held at most: chunks between decoder and writer, writers at once,
         # and the writers' peak resident memory (bytes).
         self.stats: dict[str, int] = {}
+        self.input_path: str = ""
+        self.refs: list[VideoRef] = []
 
-    def prepare(self, input_path: str, refs: list[VideoRef], output, cfg: BuildConfig) -> None:
-        """On a cluster of several nodes, before any work: every node must see the local INPUT
-        videos and OUTPUT (`pipeline.cluster.shared_paths`) and run the tools the version names
-        (`pipeline.tools`), or the build stops with what to fix. A local Ray is one machine:
-        nothing to check, and Ray is not started for it."""
-        if not self.cfg.address and not ray.is_initialized():
-            return
-        init_ray(self.cfg)
-        nodes = sorted((n["NodeID"], n["NodeManagerAddress"]) for n in ray.nodes() if n["Alive"])
-        if len(nodes) < 2:
-            return
-        checks = shared_paths.plan(refs, output, storage.join(output, STATE_DIR))
-        try:
-            affinity = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
-            looks = ray.get([tasks._look.options(scheduling_strategy=affinity(
-                node_id=node, soft=False)).remote(self._view(node, checks), cfg.worker) for node, _ in nodes])
-        finally:
-            shared_paths.clean(checks)
-        for (node, address), seen in zip(nodes, looks, strict=True):
-            name = f"{address} ({seen['host']}, node {node[:12]})"
-            if seen["failed"]:
-                raise RuntimeError(shared_paths.refusal(name, seen["failed"], input_path, output))
-            differ = {k: (seen["tools"].get(k), v) for k, v in sorted(cfg.tools.items()) if seen["tools"].get(k) != v}
-            if differ:
-                raise RuntimeError(f"node {name} runs other tools than this driver "
-                                   f"({', '.join(f'{k} {a} there, {b} here' for k, (a, b) in differ.items())}): one "
-                                   f"version's bytes must come from one set of tools; install the same versions on "
-                                   f"every node and the driver")
-        log.info("%d nodes see INPUT and OUTPUT and run the same tools", len(nodes))
-
-    def _view(self, node: str, checks: list) -> list:
-        if self.path_view is None:
-            return checks
-        return [dataclasses.replace(c, path=self.path_view(node, c.path)) for c in checks]
+    def prepare(self, input_path: str, refs: list[VideoRef], output, cfg: BuildConfig) -> None:  # noqa: ARG002 (the Executor protocol's signature)
+        """Nothing is refused up front: each node of a cluster is checked the first time it would
+        take work (it must see the local INPUT videos and OUTPUT, `pipeline.cluster.shared_paths`,
+        and run the tools the version names, `pipeline.tools`); a node that fails gets no work and
+        a warning names it. What the checks need is kept for `run`."""
+        self.input_path, self.refs = input_path, refs
 
     def run(self, units: list[Unit], cfg: BuildConfig, output: str, done, progress) -> None:
         if not units:
             return
         init_ray(self.cfg)
+        wait_for_cluster(self.cfg)
+        # A local Ray is this machine: nothing to check. Any cluster joined by address may have
+        # (or gain) nodes that do not share this machine's files or tools.
+        checks = None
+        if self.cfg.address:
+            checks = shared_paths.plan(self.refs, storage.location(output), storage.join(storage.location(output),
+                                                                                     STATE_DIR))
+        view = None
+        if self.path_view is not None:
+            def view(node: str, cs: list) -> list:
+                return [dataclasses.replace(c, path=self.path_view(node, c.path)) for c in cs]
         ctx = RunContext(ray_cfg=self.cfg, cfg=cfg, output=output, done=done, progress=progress,
-                         placement=self.placement, stats=self.stats)
-        Scheduler(ctx).run(units)
+                         placement=self.placement, stats=self.stats, checks=checks,
+                         input_path=self.input_path, path_view=view)
+        try:
+            Scheduler(ctx).run(units)
+        finally:
+            if checks:
+                shared_paths.clean(checks)

@@ -36,6 +36,18 @@ class RayConfig:
     # per call loses nothing and lets each chunk go to encoding as soon as its pairs are done.
     chunks_per_call: int = 1
     actor_concurrency: int = 64  # calls one flow actor holds at once (their pairs fill its batches)
+    # The cluster's size before the build starts (`wait_for_cluster`), and how long to wait for
+    # it, for GPU nodes that flow actors need, or for nodes offering `writer_resource`.
+    min_nodes: int = 0
+    min_cpus: int = 0
+    min_gpus: float = 0.0
+    min_wait_s: float = 900.0  # cloud GPU nodes take minutes to boot and install
+    writer_resource: str | None = None  # custom resource that places shard writers (on-demand nodes)
+    # What the build asks of the autoscaler while it runs: a CPU per video left and a flow actor
+    # per `VIDEOS_PER_ACTOR` videos left (`pipeline.cluster.nodes`), up to these.
+    request_cpus: int = 4096
+    request_actors: int = 64
+    refresh_s: float = 2.0  # how often the driver reads the cluster's nodes (joined, left)
 
     def __post_init__(self) -> None:
         if self.flow_actors < -1 or self.actor_gpus < 0 or self.chunks_per_call < 1 or self.actor_concurrency < 1:
@@ -46,6 +58,11 @@ class RayConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("min_nodes", "min_cpus", "min_gpus", "min_wait_s", "request_cpus", "request_actors"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.refresh_s <= 0:
+            raise ValueError(f"refresh_s must be > 0, got {self.refresh_s}")
 
 
 def init_ray(cfg: RayConfig) -> None:

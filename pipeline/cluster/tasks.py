@@ -93,11 +93,16 @@ def _encode(item: tuple, computed: tuple, flow_node: str, cfg: WorkerConfig):
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _look(checks: list, cfg: WorkerConfig) -> dict:
-    """What one node sees of INPUT and OUTPUT (`shared_paths.look`), its tools and host name."""
+def _look(checks: list, cfg: WorkerConfig, spool_tag: str = "") -> dict:
+    """What one node sees of INPUT and OUTPUT (`shared_paths.look`), its tools and host name;
+    first, the spools a dead build of the same OUTPUT left on this node are removed."""
     import socket
 
-    return {"failed": shared_paths.look(checks), "tools": tools.fingerprint(cfg), "host": socket.gethostname()}
+    from pipeline.build.assembly import remove_stale_spools
+
+    stale = remove_stale_spools(spool_tag) if spool_tag else 0
+    return {"failed": shared_paths.look(checks), "tools": tools.fingerprint(cfg), "host": socket.gethostname(),
+            "stale_spools": stale}
 
 
 def chunk_flow_inputs(job: ChunkJob, flow) -> tuple[np.ndarray, list[tuple[int, int]]]:
