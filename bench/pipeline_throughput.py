@@ -44,8 +44,8 @@ from pipeline.synthetic import motion as synthetic  # noqa: E402
 from pipeline.build.config import BuildConfig, ShardConfig  # noqa: E402
 from pipeline.build.run import build_dataset  # noqa: E402
 from pipeline.decode import DecodeConfig  # noqa: E402
-from pipeline.flow.config import FlowConfig# noqa: E402
-from pipeline.flow.estimators import make_estimator# noqa: E402
+from pipeline.flow.config import FlowConfig  # noqa: E402
+from pipeline.flow.estimators import make_estimator  # noqa: E402
 from pipeline.cluster.executor import RayExecutor  # noqa: E402
 from pipeline.cluster.startup import RayConfig, init_ray  # noqa: E402
 from pipeline.stages.config import SampleConfig, WorkerConfig  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from jobs.runs import (EpochLoop, _writer, evaluation_provenance, initial_model, pick_split, prepare_run, resolve_eval_split,
-                       run_evaluation, run_folder, save_epoch, write_results)
+                       run_evaluation, run_folder, write_results)
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 from training.detection.metrics import DEFAULT_MATCHING
 from training import data

@@ -340,7 +340,7 @@ class EpochLoop:
 
 def checkpoint_name(info: DistInfo) -> str | None:
     """The file rank 0 just wrote (None on the other ranks, which write nothing)."""
-    return LAST if info.is_main else None
+    return checkpoint.LAST if info.is_main else None
 
 
 def _writer(out: Path):

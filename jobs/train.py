@@ -16,8 +16,7 @@ import torch
 
 from jobs.detect import evaluate_detector, train_detector
 from jobs.runs import (EpochLoop, Report, RunFolder, _headline, _writer, evaluation_provenance, initial_model,
-                       pick_split, prepare_run, resolve_eval_split, run_evaluation, run_folder, save_epoch,
-                       write_results)
+                       pick_split, prepare_run, resolve_eval_split, run_evaluation, run_folder, write_results)
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 from training.detection.metrics import DEFAULT_MATCHING
 from training import checkpoint, data, distributed, engine

@@ -86,7 +86,7 @@ def test_c3d_trains_on_rgb_clip_shards_and_extracts_fc6_per_video(built, tmp_pat
     assert {r["clips"] for r in pq.read_table(out).to_pylist()} == {3}
     from click.testing import CliRunner
 
-    from jobs.features import features_command
+    from jobs.commands.train import features_command
 
     refused = CliRunner().invoke(features_command, [str(built), str(run / "last.pt"), str(out), "--test-clips", "3"])
     assert refused.exit_code != 0 and "--clip-every 0" in refused.output

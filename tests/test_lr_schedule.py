@@ -86,7 +86,7 @@ def test_step_schedule_round_trips_through_config_and_checkpoint_state():
 
 
 def test_the_train_command_passes_the_step_schedule_on(monkeypatch):
-    import jobs.train
+    import jobs.commands.train
     from training import data
 
     fake = data.DataSource(kind="videos", label_map={"a": 0, "b": 1}, shards=(), info={})
@@ -97,14 +97,14 @@ def test_the_train_command_passes_the_step_schedule_on(monkeypatch):
         seen["cfg"] = cfg
         return {"steps": 0, "eval": None}
 
-    monkeypatch.setattr(jobs.train, "train", train)
+    monkeypatch.setattr(jobs.commands.train, "train", train)
     args = ["DS", "--output", "run", "--arch", "resnet18", "--weights", "none", "--device", "cpu", "--epochs", "6"]
-    result = CliRunner().invoke(jobs.train.train_command, [*args, "--lr-schedule", "step", "--lr-steps", "2,4",
+    result = CliRunner().invoke(jobs.commands.train.train_command, [*args, "--lr-schedule", "step", "--lr-steps", "2,4",
                                                            "--lr-gamma", "0.5"])
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert (cfg.lr_schedule, cfg.lr_steps, cfg.lr_gamma) == ("step", (2, 4), 0.5)
-    result = CliRunner().invoke(jobs.train.train_command, args)
+    result = CliRunner().invoke(jobs.commands.train.train_command, args)
     assert (seen["cfg"].lr_schedule, seen["cfg"].lr_steps) == ("cosine", ())
-    result = CliRunner().invoke(jobs.train.train_command, [*args, "--lr-schedule", "step"])
+    result = CliRunner().invoke(jobs.commands.train.train_command, [*args, "--lr-schedule", "step"])
     assert result.exit_code != 0 and "lr_steps must be" in result.output

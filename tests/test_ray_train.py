@@ -50,7 +50,7 @@ def motion(tmp_path_factory):
 def config_of(ds: Path, out, *extra: str):
     """The TrainConfig `flowshard train DS --output OUT ARGS EXTRA` would run."""
     from jobs.model_options import resolve_defaults
-    from jobs.train import make_train_config, train_command
+    from jobs.commands.train import make_train_config, train_command
 
     ctx = train_command.make_context("train", [str(ds), "--output", str(out), *ARGS, *extra])
     o = dict(ctx.params)

@@ -82,8 +82,9 @@ def test_pretrain_flow_builds_a_dataset_whose_flow_stream_initialises_other_mode
         net = build_model(ModelConfig(model=model, arch="resnet18", num_classes=4, clip_len=4, snippets=2,
                                       flow_weights=str(run / "last.pt")))
         torch.testing.assert_close(net.flow.conv1.weight, conv1)
-        unit = net.flow.layer4[1].conv2  # ST-ResNet: a temporal conv holding the 2D weights in its centre slice
-        torch.testing.assert_close(unit.weight if model == "fusion" else unit.conv.weight[:, :, 1], layer4)
+        # ST-ResNet-18: a 3x1x1 temporal filter (taps I/3) in front of the unit's 2D conv, which keeps its weights
+        unit = net.flow.layer4[1].conv2
+        torch.testing.assert_close(unit.weight if model == "fusion" else unit[1].weight, layer4)
     two = build_model(ModelConfig(arch="resnet18", num_classes=4, clip_len=4, flow_weights=str(run / "last.pt")))
     torch.testing.assert_close(two.streams["flow"].trunk[0].weight, conv1)
     with pytest.raises(ValueError, match="do not fit"):  # trained for L = 4, asked for L = 10

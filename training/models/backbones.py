@@ -102,9 +102,30 @@ def load_backbone(arch: str, weights: str | None) -> nn.Module:
     if not path.is_file():
         raise ValueError(f"weights must be None, 'auto', 'imagenet' or an existing file, got {weights!r}")
     model = ctor(weights=None)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(read_state(path, f"--weights {weights}: a torchvision {arch} state dict"))
+    except RuntimeError as exc:  # names or shapes of another network
+        raise ValueError(f"--weights {weights}: {path} does not fit {arch}: {_first_line(exc)}") from exc
     log.info("loaded %s weights from %s", arch, path)
     return model
+
+
+def read_state(path: str | Path, expected: str) -> dict:
+    """A dict of tensors read with weights_only=True; ValueError naming `path` and what was
+    `expected` when the file is not one (any bytes at all may reach the unpickler)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  the unpickler raises whatever the bytes lead it to
+        raise ValueError(f"{path}: not a weights file (expected {expected}; torch.load: "
+                         f"{type(exc).__name__}: {_first_line(exc)})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, expected {expected}")
+    return obj
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def imagenet_cache_path(arch: str) -> Path:
@@ -319,7 +340,7 @@ TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", 
 def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A temporal stream's weights in torchvision's names, from a flowshard checkpoint (a
     two_stream or fusion model with a flow stream) or a torchvision state-dict file."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_state(path, "--flow-weights: a flowshard checkpoint or a torchvision state dict")
     state = obj["model"] if isinstance(obj, dict) and "model" in obj and "config" in obj else obj
     out = {}
     for key, value in state.items():
