@@ -38,6 +38,7 @@ and the manifest's "boxes" column; their digest is part of the version id and of
 unit's identity (pipeline.build.run), not of the media key: a changed boxes file makes a new
 version whose samples are copied from the stored shards with new metadata, no flow recomputed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -97,10 +98,14 @@ _BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "bytearray",
 # _codecs.encode, which protocol 2 pickles written by Python 3 use to spell bytes objects.
 _ALLOWED = {
     ("_codecs", "encode"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 
@@ -118,8 +123,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             # numpy 2 keeps numpy.core only as a deprecated alias of numpy._core
             real = module.replace("numpy.core.", "numpy._core.") if hasattr(np, "_core") else module
             return getattr(importlib.import_module(real), name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}: annotation pickles may hold only "
-                                     "builtin containers and numpy arrays")
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: annotation pickles may hold only builtin containers and numpy arrays"
+        )
 
 
 def restricted_load(data: bytes, where: str):
@@ -133,6 +139,7 @@ def restricted_load(data: bytes, where: str):
 
 
 # --- importers ---------------------------------------------------------------------------------
+
 
 def load_boxes(path: str | Path, tolerance: float = 1.0) -> BoxesFile:
     """Import an annotation file or folder (see the module docstring); ValueError naming it."""
@@ -148,8 +155,10 @@ def load_boxes(path: str | Path, tolerance: float = 1.0) -> BoxesFile:
         return read_pickle(text, tolerance)
     if os.path.basename(text) == PUPPET_MASK:
         raise ValueError(f"--boxes {text}: give the folder holding <class>/<video>/{PUPPET_MASK} files")
-    raise ValueError(f"--boxes {text}: unknown annotation format (expected .csv, a UCF101-24 .pkl, "
-                     f"or a folder of J-HMDB {PUPPET_MASK} files)")
+    raise ValueError(
+        f"--boxes {text}: unknown annotation format (expected .csv, a UCF101-24 .pkl, "
+        f"or a folder of J-HMDB {PUPPET_MASK} files)"
+    )
 
 
 def _number(value: str, what: str, where: str) -> float:
@@ -199,19 +208,39 @@ def read_csv(path: str, tolerance: float = 1.0) -> BoxesFile:
     return _boxes_file(path, "csv", raw, {}, tolerance)
 
 
-def _boxes_file(path: str, fmt: str, raw: dict[str, list], sizes: dict[str, tuple[int, int]],
-                tolerance: float, labels: Iterable[str] | None = None) -> BoxesFile:
+def _boxes_file(
+    path: str,
+    fmt: str,
+    raw: dict[str, list],
+    sizes: dict[str, tuple[int, int]],
+    tolerance: float,
+    labels: Iterable[str] | None = None,
+) -> BoxesFile:
     """BoxesFile from {video: [(track, label, {frame: box})]}; label ids follow sorted names."""
     names = tuple(sorted(set(labels) if labels is not None else {lab for ts in raw.values() for _, lab, _ in ts}))
     ids = {name: i for i, name in enumerate(names)}
     videos = {}
     for video, tracks in raw.items():
-        built = tuple(Track(track=tr, label=lab, label_id=ids[lab], frames=tuple(sorted(bx)),
-                            boxes=tuple(_box(bx[f]) for f in sorted(bx)))
-                      for tr, lab, bx in tracks)
+        built = tuple(
+            Track(
+                track=tr,
+                label=lab,
+                label_id=ids[lab],
+                frames=tuple(sorted(bx)),
+                boxes=tuple(_box(bx[f]) for f in sorted(bx)),
+            )
+            for tr, lab, bx in tracks
+        )
         name = normalize_name(video)
-        videos[name] = VideoBoxes(file=str(path), format=fmt, video=name, tracks=built, labels=names,
-                                  size=sizes.get(video), tolerance=float(tolerance))
+        videos[name] = VideoBoxes(
+            file=str(path),
+            format=fmt,
+            video=name,
+            tracks=built,
+            labels=names,
+            size=sizes.get(video),
+            tolerance=float(tolerance),
+        )
     return BoxesFile(path=str(path), format=fmt, labels=names, videos=videos)
 
 
@@ -225,8 +254,10 @@ def read_pickle(path: str, tolerance: float = 1.0) -> BoxesFile:
             return _corrected_layout(path, data, tolerance)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: malformed UCF101-24 annotations ({type(exc).__name__}: {exc})") from exc
-    raise ValueError(f"{path}: not a UCF101-24 annotation pickle (expected the 'gttubes' layout of "
-                     "UCF101v2-GT.pkl or the per-video 'annotations' layout of pyannot.pkl)")
+    raise ValueError(
+        f"{path}: not a UCF101-24 annotation pickle (expected the 'gttubes' layout of "
+        "UCF101v2-GT.pkl or the per-video 'annotations' layout of pyannot.pkl)"
+    )
 
 
 def _box(values) -> tuple[float, float, float, float]:
@@ -322,6 +353,7 @@ def read_puppet_masks(folder: str, tolerance: float = 1.0) -> BoxesFile:
 
 # --- matching annotations to input videos --------------------------------------------------------
 
+
 def normalize_name(name: str) -> str:
     """A video name as annotation files and lists write it: POSIX separators, no extension."""
     text = str(name).replace("\\", "/").strip()
@@ -344,13 +376,21 @@ def attach(refs: list[VideoRef], cfg: BoxesConfig | None) -> list[VideoRef]:
     matched = match(refs, loaded)
     if not matched:
         example = next(iter(loaded.videos), "")
-        raise ValueError(f"--boxes {cfg.path}: none of its {len(loaded.videos)} videos (e.g. {example!r}) "
-                         "matches an input video's path or key")
+        raise ValueError(
+            f"--boxes {cfg.path}: none of its {len(loaded.videos)} videos (e.g. {example!r}) "
+            "matches an input video's path or key"
+        )
     unused = len(loaded.videos) - len(set(matched.values()))
     if unused:
         log.warning("%s: %d annotated video(s) are not among the inputs", cfg.path, unused)
-    log.info("%s (%s): boxes for %d of %d input videos, %d labels", cfg.path, loaded.format, len(matched),
-             len(refs), len(loaded.labels))
+    log.info(
+        "%s (%s): boxes for %d of %d input videos, %d labels",
+        cfg.path,
+        loaded.format,
+        len(matched),
+        len(refs),
+        len(loaded.labels),
+    )
     return [dataclasses.replace(r, boxes=loaded.videos[matched[r.key]]) if r.key in matched else r for r in refs]
 
 
@@ -382,8 +422,9 @@ def digest(vb: VideoBoxes | None) -> str:
     if vb is None:
         return ""
     tracks = [[t.track, t.label, t.label_id, list(t.frames), [list(b) for b in t.boxes]] for t in vb.tracks]
-    blob = json.dumps({"tracks": tracks, "size": vb.size, "tolerance": vb.tolerance, "labels": vb.labels},
-                      sort_keys=True).encode()
+    blob = json.dumps(
+        {"tracks": tracks, "size": vb.size, "tolerance": vb.tolerance, "labels": vb.labels}, sort_keys=True
+    ).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -393,14 +434,21 @@ def dataset_info(refs: Iterable[VideoRef], cfg: BoxesConfig | None) -> dict:
     if cfg is None or not annotated:
         return {}
     first = annotated[0]
-    return {"boxes": {"file": first.file, "format": first.format,
-                      "label_map": {n: i for i, n in enumerate(first.labels)},
-                      "tolerance": cfg.tolerance, "videos": len(annotated),
-                      "tracks": sum(len(vb.tracks) for vb in annotated),
-                      "boxes": sum(len(t.frames) for vb in annotated for t in vb.tracks)}}
+    return {
+        "boxes": {
+            "file": first.file,
+            "format": first.format,
+            "label_map": {n: i for i, n in enumerate(first.labels)},
+            "tolerance": cfg.tolerance,
+            "videos": len(annotated),
+            "tracks": sum(len(vb.tracks) for vb in annotated),
+            "boxes": sum(len(t.frames) for vb in annotated for t in vb.tracks),
+        }
+    }
 
 
 # --- checks ---------------------------------------------------------------------------------------
+
 
 def source_rate(decode_fps: float | None, source_fps: float) -> float:
     """Source frames per stored frame: 1 without --fps (stored frame n is source frame n)."""
@@ -416,16 +464,19 @@ def check_frame_size(vb: VideoBoxes | None, width: int, height: int) -> None:
     if vb is None:
         return
     if vb.size is not None and tuple(vb.size) != (width, height):
-        raise ValueError(f"its boxes are for {vb.size[0]}x{vb.size[1]} frames, the video decodes to "
-                         f"{width}x{height} ({_origin(vb)})")
+        raise ValueError(
+            f"its boxes are for {vb.size[0]}x{vb.size[1]} frames, the video decodes to {width}x{height} ({_origin(vb)})"
+        )
     tol = vb.tolerance
     for t in vb.tracks:
         for f, (x1, y1, x2, y2) in zip(t.frames, t.boxes, strict=True):
             if x2 <= x1 or y2 <= y1:
                 raise ValueError(f"empty box {_fmt((x1, y1, x2, y2))} in frame {f} (track {t.track}) ({_origin(vb)})")
             if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
-                raise ValueError(f"box {_fmt((x1, y1, x2, y2))} in frame {f} (track {t.track}) is out of the "
-                                 f"{width}x{height} frame ({_origin(vb)})")
+                raise ValueError(
+                    f"box {_fmt((x1, y1, x2, y2))} in frame {f} (track {t.track}) is out of the "
+                    f"{width}x{height} frame ({_origin(vb)})"
+                )
 
 
 def check_frames(vb: VideoBoxes | None, stored_frames: int, rate: float) -> None:
@@ -441,8 +492,9 @@ def check_frames(vb: VideoBoxes | None, stored_frames: int, rate: float) -> None
     for t in vb.tracks:
         if t.frames and t.frames[-1] >= limit:
             total = f"{stored_frames} frames" if rate == 1.0 else f"about {limit - 1} source frames"
-            raise ValueError(f"its boxes name frame {t.frames[-1]} (track {t.track}), but the video has "
-                             f"{total} ({_origin(vb)})")
+            raise ValueError(
+                f"its boxes name frame {t.frames[-1]} (track {t.track}), but the video has {total} ({_origin(vb)})"
+            )
 
 
 def _origin(vb: VideoBoxes) -> str:
@@ -454,6 +506,7 @@ def _fmt(box) -> str:
 
 
 # --- stored frames -------------------------------------------------------------------------------
+
 
 def track_box(t: Track, s: float) -> tuple[float, float, float, float] | None:
     """Track `t`'s box at source position `s` (frames), or None where it is absent.
@@ -478,8 +531,12 @@ def stored_box(box, source_size: tuple[int, int], size: tuple[int, int]) -> list
     sw, sh = source_size
     w, h = size
     x1, y1, x2, y2 = (min(max(v, 0.0), lim) for v, lim in zip(box, (sw, sh, sw, sh), strict=True))
-    return [round(x1 * w / sw, DIGITS), round(y1 * h / sh, DIGITS), round(x2 * w / sw, DIGITS),
-            round(y2 * h / sh, DIGITS)]
+    return [
+        round(x1 * w / sw, DIGITS),
+        round(y1 * h / sh, DIGITS),
+        round(x2 * w / sw, DIGITS),
+        round(y2 * h / sh, DIGITS),
+    ]
 
 
 def frame_boxes(vb: VideoBoxes, index: int, rate: float, source_size, size) -> list[list[float]]:
@@ -494,8 +551,9 @@ def annotate(meta: dict, vb: VideoBoxes) -> dict:
     Needs the metadata's frames (global indices), size, source_size, source_fps and decode fps.
     """
     rate = source_rate(meta["decode"].get("fps"), meta.get("source_fps", 0.0))
-    frames = [{**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])}
-              for f in meta["frames"]]
+    frames = [
+        {**f, "boxes": frame_boxes(vb, f["index"], rate, meta["source_size"], meta["size"])} for f in meta["frames"]
+    ]
     tracks = [{"track": t.track, "label": t.label, "label_id": t.label_id} for t in vb.tracks]
     return {**meta, "frames": frames, "tracks": tracks}
 
@@ -509,6 +567,7 @@ def flip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
 
 # --- manifest ---------------------------------------------------------------------------------------
 
+
 def sample_tubes(sample: dict) -> dict | None:
     """{"tracks", "frames": [[index, x1, y1, x2, y2, track], ...]} of a sample's json, None if unannotated."""
     data = sample.get("json", b"")
@@ -517,8 +576,7 @@ def sample_tubes(sample: dict) -> dict | None:
     meta = json.loads(data)
     if "tracks" not in meta:
         return None
-    return {"tracks": meta["tracks"],
-            "frames": [[f["index"], *b] for f in meta["frames"] for b in f.get("boxes", [])]}
+    return {"tracks": meta["tracks"], "frames": [[f["index"], *b] for f in meta["frames"] for b in f.get("boxes", [])]}
 
 
 def manifest_value(parts: list[dict | None]) -> str:

@@ -34,6 +34,7 @@ uploaded whole once written.
 `--per-video N` counts per video sample and stride: a video longer than the build's --max-frames
 is stored as several parts and gives N clips per part.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,13 +60,27 @@ log = logging.getLogger(__name__)
 SAMPLINGS = ("uniform", "random")
 MAX_PER_VIDEO = 1000  # clip keys end in _cNNN
 
-CLIP_SCHEMA = pa.schema([
-    ("id", pa.string()), ("video_id", pa.string()), ("source", pa.string()), ("label", pa.string()),
-    ("label_id", pa.int32()), ("split", pa.string()), ("clip", pa.int32()), ("frame", pa.int64()),
-    ("flow_from", pa.int64()), ("flow_fields", pa.int32()), ("snippets", pa.int32()), ("stride", pa.int32()),
-    ("parent_key", pa.string()), ("parent_shard", pa.string()), ("shard", pa.string()), ("bytes", pa.int64()),
-    ("sha256", pa.string()),
-])
+CLIP_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("video_id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.string()),
+        ("label_id", pa.int32()),
+        ("split", pa.string()),
+        ("clip", pa.int32()),
+        ("frame", pa.int64()),
+        ("flow_from", pa.int64()),
+        ("flow_fields", pa.int32()),
+        ("snippets", pa.int32()),
+        ("stride", pa.int32()),
+        ("parent_key", pa.string()),
+        ("parent_shard", pa.string()),
+        ("shard", pa.string()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,18 +108,19 @@ class ClipsConfig:
         snippets.SnippetShape(clip_len=self.clip_len, rgb_frames=self.rgb_frames, frame_stride=self.frame_stride)
         snippets.ClipSpec(sampler="strided", snippets=self.snippets, strides=self.strides)
         if not 1 <= self.per_video * len(self.strides) <= MAX_PER_VIDEO:
-            raise ValueError(f"per_video x strides must be in [1, {MAX_PER_VIDEO}], got "
-                             f"{self.per_video} x {len(self.strides)}")
+            raise ValueError(
+                f"per_video x strides must be in [1, {MAX_PER_VIDEO}], got {self.per_video} x {len(self.strides)}"
+            )
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {self.sampling!r}; choose one of {SAMPLINGS}")
         if self.shard_samples < 1 or self.shard_bytes < 1 << 16:
-            raise ValueError(f"shard_samples must be >= 1 and shard_bytes >= 64 KiB, got "
-                             f"{self.shard_samples}, {self.shard_bytes}")
+            raise ValueError(
+                f"shard_samples must be >= 1 and shard_bytes >= 64 KiB, got {self.shard_samples}, {self.shard_bytes}"
+            )
 
     @property
     def shape(self) -> SnippetShape:
-        return snippets.SnippetShape(clip_len=self.clip_len, rgb_frames=self.rgb_frames,
-                                     frame_stride=self.frame_stride)
+        return snippets.SnippetShape(clip_len=self.clip_len, rgb_frames=self.rgb_frames, frame_stride=self.frame_stride)
 
     @property
     def single(self) -> bool:
@@ -113,10 +129,18 @@ class ClipsConfig:
 
     def output_dict(self) -> dict:
         """Settings that change the output bytes."""
-        return {"clip_len": self.clip_len, "rgb_frames": self.rgb_frames, "frame_stride": self.frame_stride,
-                "snippets": self.snippets, "strides": list(self.strides), "per_video": self.per_video,
-                "sampling": self.sampling, "seed": self.seed, "shard_samples": self.shard_samples,
-                "shard_bytes": self.shard_bytes}
+        return {
+            "clip_len": self.clip_len,
+            "rgb_frames": self.rgb_frames,
+            "frame_stride": self.frame_stride,
+            "snippets": self.snippets,
+            "strides": list(self.strides),
+            "per_video": self.per_video,
+            "sampling": self.sampling,
+            "seed": self.seed,
+            "shard_samples": self.shard_samples,
+            "shard_bytes": self.shard_bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -173,6 +197,7 @@ def _pad(n: int) -> int:
 
 # --- pass 1: index ----------------------------------------------------------------------
 
+
 def index_shard(path: Location) -> Iterator[tuple[str, dict[str, Member], bytes]]:
     """(sample key, {ext: Member}, json bytes) per sample, reading headers and json only."""
     path = str(path)
@@ -218,8 +243,9 @@ def sample_clips(cands: snippets.Candidates, cfg: ClipsConfig, key: str) -> list
     return out
 
 
-def plan_sample(key: str, members: dict[str, Member], meta_bytes: bytes, shard_name: str,
-                cfg: ClipsConfig) -> list[PlannedClip]:
+def plan_sample(
+    key: str, members: dict[str, Member], meta_bytes: bytes, shard_name: str, cfg: ClipsConfig
+) -> list[PlannedClip]:
     """The clips of one video sample, with their metadata and member locations."""
     where = f"{shard_name} sample {key}"
     meta = encode.load_meta(meta_bytes, where)
@@ -247,8 +273,9 @@ def plan_sample(key: str, members: dict[str, Member], meta_bytes: bytes, shard_n
     return out
 
 
-def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, shard_name: str,
-              cfg: ClipsConfig) -> dict:
+def clip_meta(
+    key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, shard_name: str, cfg: ClipsConfig
+) -> dict:
     """The json of a clip sample.
 
     The compact layout (one frame, one snippet) keeps schema 1's keys: "frame" and
@@ -256,11 +283,23 @@ def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, sh
     order, and "snippets" maps each snippet to positions in those stacks.
     """
     out = {
-        "schema_version": encode.SCHEMA_VERSION, "kind": "clip", "key": f"{key}_c{j:03d}",
-        "video_id": meta["video_id"], "label": meta["label"], "label_id": meta["label_id"], "split": meta["split"],
-        "source": meta.get("source", ""), "part": meta.get("part", 0), "num_parts": meta.get("num_parts", 1),
-        "clip_index": j, "clip_len": cfg.clip_len, "fps": meta.get("fps"), "size": meta["size"],
-        "bound": meta["flow"]["bound"], "flow": meta["flow"], "rgb": meta.get("rgb", {}),
+        "schema_version": encode.SCHEMA_VERSION,
+        "kind": "clip",
+        "key": f"{key}_c{j:03d}",
+        "video_id": meta["video_id"],
+        "label": meta["label"],
+        "label_id": meta["label_id"],
+        "split": meta["split"],
+        "source": meta.get("source", ""),
+        "part": meta.get("part", 0),
+        "num_parts": meta.get("num_parts", 1),
+        "clip_index": j,
+        "clip_len": cfg.clip_len,
+        "fps": meta.get("fps"),
+        "size": meta["size"],
+        "bound": meta["flow"]["bound"],
+        "flow": meta["flow"],
+        "rgb": meta.get("rgb", {}),
         "parent": {"key": key, "shard": shard_name},
     }
     if encode.has_warped(meta):  # the warped stack holds the same pairs as flow.fstk
@@ -275,15 +314,22 @@ def clip_meta(key: str, j: int, clip: snippets.Clip, stride: int, meta: dict, sh
     fields = sorted({f for s in clip for f in s.fields})
     frame_at = {f: i for i, f in enumerate(frames)}
     field_at = {f: i for i, f in enumerate(fields)}
-    out.update({
-        "schema_version": encode.schema_version(encode.has_warped(meta), snippets=True), "rgb_frames": cfg.rgb_frames,
-        "frame_stride": cfg.frame_stride, "stride": stride,
-        "frames": [{"position": p, "index": meta["frames"][p]["index"], "pts": meta["frames"][p].get("pts")}
-                   for p in frames],
-        "flow_fields": [_field(meta, p) for p in fields],
-        "snippets": [{"frames": [frame_at[f] for f in s.frames], "fields": [field_at[f] for f in s.fields]}
-                     for s in clip],
-    })
+    out.update(
+        {
+            "schema_version": encode.schema_version(encode.has_warped(meta), snippets=True),
+            "rgb_frames": cfg.rgb_frames,
+            "frame_stride": cfg.frame_stride,
+            "stride": stride,
+            "frames": [
+                {"position": p, "index": meta["frames"][p]["index"], "pts": meta["frames"][p].get("pts")}
+                for p in frames
+            ],
+            "flow_fields": [_field(meta, p) for p in fields],
+            "snippets": [
+                {"frames": [frame_at[f] for f in s.frames], "fields": [field_at[f] for f in s.fields]} for s in clip
+            ],
+        }
+    )
     return out
 
 
@@ -291,16 +337,38 @@ def _field(meta: dict, position: int) -> dict:
     return {"position": position, **meta["flow_fields"][position]}  # from, to (and camera, with warped flow)
 
 
-def _planned(cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name: str,
-             cfg: ClipsConfig, warped=()) -> PlannedClip:
-    first = (cm["frame"] if cfg.single
-             else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]])
-    row = {"id": cm["key"], "video_id": cm["video_id"], "source": cm["source"], "label": cm["label"],
-           "label_id": cm["label_id"], "split": cm["split"], "clip": cm["clip_index"], "frame": first["index"],
-           "flow_from": cm["flow_fields"][0]["from"] if flow else -1, "flow_fields": len(flow),
-           "snippets": length, "stride": stride, "parent_key": key, "parent_shard": shard_name}
-    return PlannedClip(key=cm["key"], split=cm["split"], meta=encode.dump_meta(cm), rgb=rgb, flow=flow,
-                       single=cfg.single, row=row, warped=warped)
+def _planned(
+    cm: dict, key: str, stride: int, length: int, rgb, flow, shard_name: str, cfg: ClipsConfig, warped=()
+) -> PlannedClip:
+    first = (
+        cm["frame"] if cfg.single else cm["frames"][cm["snippets"][0]["frames"][len(cm["snippets"][0]["frames"]) // 2]]
+    )
+    row = {
+        "id": cm["key"],
+        "video_id": cm["video_id"],
+        "source": cm["source"],
+        "label": cm["label"],
+        "label_id": cm["label_id"],
+        "split": cm["split"],
+        "clip": cm["clip_index"],
+        "frame": first["index"],
+        "flow_from": cm["flow_fields"][0]["from"] if flow else -1,
+        "flow_fields": len(flow),
+        "snippets": length,
+        "stride": stride,
+        "parent_key": key,
+        "parent_shard": shard_name,
+    }
+    return PlannedClip(
+        key=cm["key"],
+        split=cm["split"],
+        meta=encode.dump_meta(cm),
+        rgb=rgb,
+        flow=flow,
+        single=cfg.single,
+        row=row,
+        warped=warped,
+    )
 
 
 def snippet_length(meta_bytes: bytes, cfg: ClipsConfig) -> tuple[int, int] | None:
@@ -323,12 +391,21 @@ def check_lengths(lengths: list[tuple[int, int]], cfg: ClipsConfig) -> None:
         return
     need = lengths[0][1]
     if len(short) == len(lengths):
-        raise ValueError(f"clip_len {cfg.clip_len}, rgb_frames {cfg.rgb_frames}: a snippet of {need} {what} is longer "
-                         f"than every video sample (the longest holds {max(short)}); choose a shorter --clip-len "
-                         "or --rgb-frames")
-    log.warning("%d of %d video samples hold fewer than the %d %s of a snippet (the shortest %d): their clips repeat "
-                "the last %s to fill it (TSN's padding)", len(short), len(lengths), need, what, min(short),
-                what[:-1])
+        raise ValueError(
+            f"clip_len {cfg.clip_len}, rgb_frames {cfg.rgb_frames}: a snippet of {need} {what} is longer "
+            f"than every video sample (the longest holds {max(short)}); choose a shorter --clip-len "
+            "or --rgb-frames"
+        )
+    log.warning(
+        "%d of %d video samples hold fewer than the %d %s of a snippet (the shortest %d): their clips repeat "
+        "the last %s to fill it (TSN's padding)",
+        len(short),
+        len(lengths),
+        need,
+        what,
+        min(short),
+        what[:-1],
+    )
 
 
 def plan_clips(shards: list, cfg: ClipsConfig) -> list[PlannedClip]:
@@ -351,6 +428,7 @@ def plan_clips(shards: list, cfg: ClipsConfig) -> list[PlannedClip]:
 
 
 # --- pass 2: shuffle, pack, write ---------------------------------------------------------
+
 
 def pack(clips: list[PlannedClip], cfg: ClipsConfig) -> list[list[PlannedClip]]:
     """Cut clips (already in write order) into shards within the count and size limits."""
@@ -426,12 +504,18 @@ def clip_sample(clip: PlannedClip, reader: MemberReader) -> dict:
 
 def write_group(group: list[PlannedClip], path: Location, reader: MemberReader, rows: list[dict]) -> shard.ShardRecord:
     """Write one clip shard atomically; appends each clip's manifest row to `rows`."""
+
     def samples():
         for clip in group:
             sample = clip_sample(clip, reader)
-            rows.append({**clip.row, "shard": storage.name(path),
-                         "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
-                         "sha256": shard.sample_sha256(sample)})
+            rows.append(
+                {
+                    **clip.row,
+                    "shard": storage.name(path),
+                    "bytes": sum(len(v) for k, v in sample.items() if k != "__key__"),
+                    "sha256": shard.sample_sha256(sample),
+                }
+            )
             yield sample
 
     return shard.write_shard(samples(), path)
@@ -465,8 +549,9 @@ def derive_clips(dataset: Location, output: Location, cfg: ClipsConfig, *, overw
             random.Random(f"clips/{cfg.seed}/{split}").shuffle(clips)  # mixes videos and classes
             for n, group in enumerate(pack(clips, cfg)):
                 rec = write_group(group, storage.join(out, SHARD_DIR, f"{split}-{n:05d}.tar"), reader, rows)
-                shard_rows.append({"name": rec.name, "split": split, "samples": rec.samples, "bytes": rec.bytes,
-                                   "sha256": rec.sha256})
+                shard_rows.append(
+                    {"name": rec.name, "split": split, "samples": rec.samples, "bytes": rec.bytes, "sha256": rec.sha256}
+                )
     finally:
         reader.close()
     _remove_stale(out, {r["name"] for r in shard_rows})
@@ -474,8 +559,9 @@ def derive_clips(dataset: Location, output: Location, cfg: ClipsConfig, *, overw
     manifest.write_parquet(storage.join(out, manifest.MANIFEST), sorted(rows, key=lambda r: r["id"]), CLIP_SCHEMA)
     manifest.write_parquet(storage.join(out, SHARDS), sorted(shard_rows, key=lambda r: r["name"]), SHARD_SCHEMA)
     manifest.atomic_write_bytes(storage.join(out, DATASET_JSON), manifest.dump_json(info_out))  # the commit, last
-    log.info("%s: %d clips of %d videos in %d shards", out, len(rows), len({r["video_id"] for r in rows}),
-             len(shard_rows))
+    log.info(
+        "%s: %d clips of %d videos in %d shards", out, len(rows), len({r["video_id"] for r in rows}), len(shard_rows)
+    )
     return info_out
 
 
@@ -486,25 +572,38 @@ def _remove_stale(out: Location, keep: set[str]) -> None:
             storage.remove(storage.join(out, SHARD_DIR, name))
 
 
-def clips_info(parent: Location, folder: Location, parent_info: dict, cfg: ClipsConfig, rows: list[dict],
-               shard_rows: list[dict]) -> dict:
+def clips_info(
+    parent: Location, folder: Location, parent_info: dict, cfg: ClipsConfig, rows: list[dict], shard_rows: list[dict]
+) -> dict:
     """dataset.json of a clip-shard folder: kind, labels, counts, config, parent record, version.
 
     parent: the parent's OUTPUT folder; folder: where its (version's) dataset.json is.
     """
     parent_sha = hashlib.sha256(storage.read_bytes(storage.join(folder, DATASET_JSON))).hexdigest()
     path = str(parent) if storage.is_remote(parent) else str(Path(parent).absolute())
-    parent_record = {"path": path, "version": parent_info.get("version"),
-                     "dataset_json_sha256": parent_sha}
-    identity = {"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
-                "parent": parent_info.get("version") or parent_sha}
+    parent_record = {"path": path, "version": parent_info.get("version"), "dataset_json_sha256": parent_sha}
+    identity = {
+        "schema": encode.SCHEMA_VERSION,
+        "config": cfg.output_dict(),
+        "parent": parent_info.get("version") or parent_sha,
+    }
     splits = sorted({r["split"] for r in shard_rows})
-    counts = {"clips": {s: sum(r["split"] == s for r in rows) for s in splits},
-              "videos": {s: len({r["video_id"] for r in rows if r["split"] == s}) for s in splits},
-              "shards": {s: sum(r["split"] == s for r in shard_rows) for s in splits},
-              "bytes": sum(r["bytes"] for r in shard_rows)}
+    counts = {
+        "clips": {s: sum(r["split"] == s for r in rows) for s in splits},
+        "videos": {s: len({r["video_id"] for r in rows if r["split"] == s}) for s in splits},
+        "shards": {s: sum(r["split"] == s for r in shard_rows) for s in splits},
+        "bytes": sum(r["bytes"] for r in shard_rows),
+    }
     warped = "warp" in parent_info.get("config", {})  # its clips carry warped stacks: schema 3
-    return {"format": "flowshard", "kind": "clips", "schema_version": encode.schema_version(warped),
-            "version": hashlib.sha256(manifest.dump_json(identity)).hexdigest()[:16],
-            "label_map": parent_info["label_map"], "num_classes": len(parent_info["label_map"]),
-            "clip_len": cfg.clip_len, "config": cfg.output_dict(), "counts": counts, "parent": parent_record}
+    return {
+        "format": "flowshard",
+        "kind": "clips",
+        "schema_version": encode.schema_version(warped),
+        "version": hashlib.sha256(manifest.dump_json(identity)).hexdigest()[:16],
+        "label_map": parent_info["label_map"],
+        "num_classes": len(parent_info["label_map"]),
+        "clip_len": cfg.clip_len,
+        "config": cfg.output_dict(),
+        "counts": counts,
+        "parent": parent_record,
+    }

@@ -13,6 +13,7 @@ and finds the version's dataset.json and manifests in `version_dir(root, version
 files are always in root/shards/. OUTPUT may be a local folder or a bucket prefix
 ("s3://bucket/out@3f2a9c"): files are read through `pipeline.storage`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -115,8 +116,9 @@ class Dataset:
             self.folder = version_dir(self.root, self.info["version"])
         schema = self.info.get("schema_version")
         if schema not in encode.KNOWN_SCHEMAS:
-            raise SchemaError(f"{self.root}: schema version {schema!r} is not one this flowshard reads "
-                              f"{encode.KNOWN_SCHEMAS}")
+            raise SchemaError(
+                f"{self.root}: schema version {schema!r} is not one this flowshard reads {encode.KNOWN_SCHEMAS}"
+            )
 
     @property
     def label_map(self) -> dict[str, int]:
@@ -148,24 +150,45 @@ class Dataset:
     @cached_property
     def _videos(self) -> list[VideoEntry]:
         rows = self._rows(manifest.MANIFEST)
-        return [VideoEntry(video_id=r["id"], path=r["path"], label=r["label"], label_id=r["label_id"],
-                           split=r["split"], status=r["status"], error=r["error"] or "", frames=r["frames"],
-                           flow_fields=r["flow_fields"], parts=r["parts"], shard=r["shard"] or "",
-                           sha256=r["sha256"] or "", error_kind=r.get("error_kind") or "",
-                           declared_frames=r.get("declared_frames") or 0,
-                           decoded_frames=r.get("decoded_frames") or 0) for r in rows]
+        return [
+            VideoEntry(
+                video_id=r["id"],
+                path=r["path"],
+                label=r["label"],
+                label_id=r["label_id"],
+                split=r["split"],
+                status=r["status"],
+                error=r["error"] or "",
+                frames=r["frames"],
+                flow_fields=r["flow_fields"],
+                parts=r["parts"],
+                shard=r["shard"] or "",
+                sha256=r["sha256"] or "",
+                error_kind=r.get("error_kind") or "",
+                declared_frames=r.get("declared_frames") or 0,
+                decoded_frames=r.get("decoded_frames") or 0,
+            )
+            for r in rows
+        ]
 
     @cached_property
     def _shards(self) -> list[ShardEntry]:
         rows = self._rows(manifest.SHARDS)
-        return [ShardEntry(name=r["name"], path=str(storage.join(self.root, manifest.SHARD_DIR, r["name"])),
-                           split=r["split"],
-                           samples=r["samples"], bytes=r["bytes"], sha256=r["sha256"]) for r in rows]
+        return [
+            ShardEntry(
+                name=r["name"],
+                path=str(storage.join(self.root, manifest.SHARD_DIR, r["name"])),
+                split=r["split"],
+                samples=r["samples"],
+                bytes=r["bytes"],
+                sha256=r["sha256"],
+            )
+            for r in rows
+        ]
 
     def videos(self, split: str | None = None, *, include_errors: bool = False) -> list[VideoEntry]:
         """Videos stored in the dataset (optionally of one split; error rows on request)."""
-        return [v for v in self._videos if (split is None or v.split == split)
-                and (include_errors or v.status == "ok")]
+        return [v for v in self._videos if (split is None or v.split == split) and (include_errors or v.status == "ok")]
 
     def errors(self) -> list[VideoEntry]:
         """Videos that could not be processed, with their reasons."""
@@ -199,8 +222,12 @@ class Dataset:
         """The raw sample dicts of a video (one per part), read from its shard(s)."""
         entry = self._entry(video_id)
         names = entry.shard.split(",")  # a long video's parts may span a unit's overflow tars
-        parts = [smp for name in names for smp in self._iter_shard(storage.join(self.root, manifest.SHARD_DIR, name))
-                 if smp["__key__"] == video_id or smp["__key__"].startswith(f"{video_id}_part")]
+        parts = [
+            smp
+            for name in names
+            for smp in self._iter_shard(storage.join(self.root, manifest.SHARD_DIR, name))
+            if smp["__key__"] == video_id or smp["__key__"].startswith(f"{video_id}_part")
+        ]
         parts = [p for p in parts if encode.load_meta(p[encode.META], p["__key__"]).get("video_id") == video_id]
         if len(parts) != entry.parts:
             raise SchemaError(f"{video_id}: {len(parts)} of {entry.parts} parts found in {names}")
@@ -213,8 +240,12 @@ class Dataset:
         meta["frames"] = [f for d in decoded for f in d.meta["frames"]]
         meta["flow_fields"] = [f for d in decoded for f in d.meta["flow_fields"]]
         warped = np.concatenate([d.warped for d in decoded]) if decoded[0].warped is not None else None
-        return DecodedSample(frames=np.concatenate([d.frames for d in decoded]),
-                             flow=np.concatenate([d.flow for d in decoded]), meta=meta, warped=warped)
+        return DecodedSample(
+            frames=np.concatenate([d.frames for d in decoded]),
+            flow=np.concatenate([d.flow for d in decoded]),
+            meta=meta,
+            warped=warped,
+        )
 
 
 def open_dataset(path: Location) -> Dataset:

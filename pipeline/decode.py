@@ -20,6 +20,7 @@ there, not streamed into ffmpeg's stdin: containers whose index sits at the end 
 moov atom follows the media data, as most cameras write it) cannot be read from a pipe, and a
 probe followed by a decode, possibly in two processes, reads the object once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -65,9 +66,32 @@ _PROBE_TIMEOUT_S = 120  # reading a header is quick; a hang means a broken or bl
 # outside INPUT into a dataset. So ffmpeg may open local files and pipes only, and only with
 # demuxers of video containers (and still images) that read nothing but their own input.
 PROTOCOLS = "file,pipe"
-CONTAINERS = ("mov", "matroska", "avi", "flv", "asf", "mpeg", "mpegts", "mpegvideo", "m4v", "h264", "hevc",
-              "ogg", "mxf", "nut", "dv", "yuv4mpegpipe", "mjpeg", "gif", "apng", "png_pipe", "jpeg_pipe",
-              "bmp_pipe", "webp_pipe", "tiff_pipe")
+CONTAINERS = (
+    "mov",
+    "matroska",
+    "avi",
+    "flv",
+    "asf",
+    "mpeg",
+    "mpegts",
+    "mpegvideo",
+    "m4v",
+    "h264",
+    "hevc",
+    "ogg",
+    "mxf",
+    "nut",
+    "dv",
+    "yuv4mpegpipe",
+    "mjpeg",
+    "gif",
+    "apng",
+    "png_pipe",
+    "jpeg_pipe",
+    "bmp_pipe",
+    "webp_pipe",
+    "tiff_pipe",
+)
 INPUT_GUARDS = {"protocol_whitelist": PROTOCOLS, "format_whitelist": ",".join(CONTAINERS)}
 
 
@@ -93,8 +117,13 @@ def ffmpeg_version(exe: str | None = None) -> tuple[int, int]:
 
     Decides between -fps_mode (ffmpeg >= 5.1) and the older -vsync spelling.
     """
-    out = subprocess.run([exe or resolve_ffmpeg(), "-hide_banner", "-version"], stdin=subprocess.DEVNULL,
-                         capture_output=True, timeout=60, check=False).stdout.decode("utf-8", errors="replace")
+    out = subprocess.run(
+        [exe or resolve_ffmpeg(), "-hide_banner", "-version"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    ).stdout.decode("utf-8", errors="replace")
     m = re.search(r"ffmpeg version n?(\d+)\.(\d+)", out)
     return (int(m.group(1)), int(m.group(2))) if m else (99, 0)
 
@@ -183,8 +212,12 @@ class DecodeConfig:
 
         `threads` is left out: it changes speed, not the frames.
         """
-        return {"resize": self.resize.strip().lower(), "fps": None if self.fps is None else float(self.fps),
-                "scale_flags": PLANE_FLAGS, **PLANE_FORMAT}
+        return {
+            "resize": self.resize.strip().lower(),
+            "fps": None if self.fps is None else float(self.fps),
+            "scale_flags": PLANE_FLAGS,
+            **PLANE_FORMAT,
+        }
 
 
 # --------------------------------------------------------------------------- uris
@@ -301,8 +334,15 @@ def _video_info(index: int, tail: str, detail: list[str], duration: float) -> Vi
     if abs(rotation) % 180 == 90:
         width, height = height, width
     fps = _rate(_FPS_RE.search(tail)) or _rate(_TBR_RE.search(tail))
-    return VideoInfo(width=width, height=height, fps=fps, duration=duration, stream_index=index,
-                     codec=tail.split(maxsplit=1)[0].rstrip(","), rotation=rotation)
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=fps,
+        duration=duration,
+        stream_index=index,
+        codec=tail.split(maxsplit=1)[0].rstrip(","),
+        rotation=rotation,
+    )
 
 
 def parse_banner(uri: str, text: str) -> VideoInfo:
@@ -310,8 +350,11 @@ def parse_banner(uri: str, text: str) -> VideoInfo:
     if "Invalid data found when processing input" in text:
         raise DecodeError(uri, "not a media file (Invalid data found when processing input)")
     if "Format not on whitelist" in text:
-        raise DecodeError(uri, "container not allowed: a playlist or list that names other files or URLs "
-                               "(HLS, concat, DASH), or a format that is no video container; not opened")
+        raise DecodeError(
+            uri,
+            "container not allowed: a playlist or list that names other files or URLs "
+            "(HLS, concat, DASH), or a format that is no video container; not opened",
+        )
     if "Input #0" not in text:
         raise DecodeError(uri, f"ffmpeg could not open it: {_meaningful_lines(text.splitlines()) or 'no output'}")
     dur = _DURATION_RE.search(text)
@@ -334,14 +377,20 @@ def probe(uri: str) -> VideoInfo:
     path = _check_file(uri)
     # ffmpeg without an output exits 1 ("At least one output file must be specified"): expected.
     try:
-        proc = subprocess.run([resolve_ffmpeg(), "-hide_banner", "-nostdin", *guarded_input(path)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              timeout=_PROBE_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            [resolve_ffmpeg(), "-hide_banner", "-nostdin", *guarded_input(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         # A header is read in well under a second: a hang is a machine or storage under strain
         # as often as a bad file, so it is worth another try (and --retry-errors).
-        raise DecodeError(uri, f"ffmpeg did not read the header within {_PROBE_TIMEOUT_S} s",
-                          failures.TRANSIENT) from exc
+        raise DecodeError(
+            uri, f"ffmpeg did not read the header within {_PROBE_TIMEOUT_S} s", failures.TRANSIENT
+        ) from exc
     text = proc.stderr.decode("utf-8", errors="replace")
     # A remote input's banner names its local copy: name the object instead in messages.
     return parse_banner(uri, text.replace(path, uri) if storage.is_remote(uri) else text)
@@ -355,8 +404,11 @@ _LEVEL_RE = re.compile(r"\[(panic|fatal|error|warning)\]")
 
 _ADDRESS_RE = re.compile(r"\s@\s0x[0-9a-fA-F]+(?=\])")
 # Lines that name a cause; "Error opening input..." only says that opening failed.
-_CAUSE_RE = re.compile(r"error|invalid|not supported|unsupported|not found|no such|could not|cannot|unable|"
-                       r"failed|unknown|denied|too large|corrupt|missing|not implemented", re.IGNORECASE)
+_CAUSE_RE = re.compile(
+    r"error|invalid|not supported|unsupported|not found|no such|could not|cannot|unable|"
+    r"failed|unknown|denied|too large|corrupt|missing|not implemented",
+    re.IGNORECASE,
+)
 _GENERIC_RE = re.compile(r"^(\[[^]]*\]\s*)?Error opening (input|output)( files?)?\b", re.IGNORECASE)
 
 
@@ -380,15 +432,20 @@ def _meaningful_lines(lines, n: int = 3) -> str:
     causes = [ln for ln in kept if _CAUSE_RE.search(ln)]
     specific = [ln for ln in causes if not _GENERIC_RE.search(ln)]
     generic = [ln for ln in causes if _GENERIC_RE.search(ln)]
-    chosen = list(dict.fromkeys(specific[:n - 1] + generic[-1:] if specific else causes[-n:]))
+    chosen = list(dict.fromkeys(specific[: n - 1] + generic[-1:] if specific else causes[-n:]))
     return " | ".join(chosen) if chosen else _last_lines(kept, n)
 
 
 @functools.lru_cache(maxsize=1)
 def showinfo_has_checksum() -> bool:
     """Whether this ffmpeg's showinfo filter takes `checksum` (newer builds; older always sum)."""
-    proc = subprocess.run([resolve_ffmpeg(), "-hide_banner", "-h", "filter=showinfo"], capture_output=True,
-                          text=True, timeout=30, check=False)  # the help text decides, whatever the exit status
+    proc = subprocess.run(
+        [resolve_ffmpeg(), "-hide_banner", "-h", "filter=showinfo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )  # the help text decides, whatever the exit status
     return "checksum" in proc.stdout + proc.stderr
 
 
@@ -408,8 +465,14 @@ def build_command(source: str, size: tuple[int, int], cfg: DecodeConfig, pix_fmt
         stream = stream.filter("fps", fps=cfg.fps)
     width, height = size
     if pix_fmt == PLANE_FORMAT["pix_fmt"]:
-        stream = stream.filter("scale", width, height, flags=PLANE_FLAGS, out_range=PLANE_FORMAT["range"],
-                               out_color_matrix=PLANE_FORMAT["matrix"])
+        stream = stream.filter(
+            "scale",
+            width,
+            height,
+            flags=PLANE_FLAGS,
+            out_range=PLANE_FORMAT["range"],
+            out_color_matrix=PLANE_FORMAT["matrix"],
+        )
     elif pix_fmt == "rgb24":
         stream = stream.filter("scale", width, height, flags=SCALE_FLAGS)
     else:
@@ -610,11 +673,19 @@ def group_chunks(rows: Iterator, *, chunk_frames: int, overlap: int) -> Iterator
         yield index, start, len(buf), list(buf), True
 
 
-def iter_chunks(key: str, uri: str, cfg: DecodeConfig, *, chunk_frames: int, overlap: int,
-                info: VideoInfo | None = None) -> Iterator[FrameChunk]:
+def iter_chunks(
+    key: str, uri: str, cfg: DecodeConfig, *, chunk_frames: int, overlap: int, info: VideoInfo | None = None
+) -> Iterator[FrameChunk]:
     """Yield RGB FrameChunks that own `chunk_frames` consecutive frames plus `overlap` look-ahead
     frames (see `group_chunks`)."""
     groups = group_chunks(iter_frames(uri, cfg, info), chunk_frames=chunk_frames, overlap=overlap)
     for index, start, owned, rows, last in groups:
-        yield FrameChunk(video_key=key, index=index, start=start, owned=owned, frames=np.stack([f for f, _ in rows]),
-                         pts=tuple(float(p) for _, p in rows), last=last)
+        yield FrameChunk(
+            video_key=key,
+            index=index,
+            start=start,
+            owned=owned,
+            frames=np.stack([f for f, _ in rows]),
+            pts=tuple(float(p) for _, p in rows),
+            last=last,
+        )

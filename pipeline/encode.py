@@ -33,6 +33,7 @@ SCHEMA_VERSION, the base schema, and the settings, which name the warp when it i
 Data with warped flow says 3, so a reader that does not know warped flow refuses it instead
 of silently dropping the third modality.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,6 +113,7 @@ def check_key(key: str) -> str:
 
 
 # --- codecs -----------------------------------------------------------------------------
+
 
 def encode_rgb(frame: np.ndarray, quality: int = 90) -> bytes:
     """RGB uint8 (H, W, 3) -> JPEG bytes (4:2:0, baseline, deterministic)."""
@@ -219,13 +221,13 @@ def unpack_stack(data: bytes, select: list[int] | None = None) -> list[bytes]:
     if offsets[-1] != len(data):
         raise SchemaError(f"FlowStack is truncated or padded: {len(data)} bytes, header says {offsets[-1]}")
     wanted = range(count) if select is None else select
-    return [data[offsets[i]:offsets[i + 1]] for i in wanted]
+    return [data[offsets[i] : offsets[i + 1]] for i in wanted]
 
 
 # --- samples ----------------------------------------------------------------------------
 
-def to_sample(key: str, meta: dict, frames: list[bytes], flows: list[bytes],
-              warped: list[bytes] | None = None) -> dict:
+
+def to_sample(key: str, meta: dict, frames: list[bytes], flows: list[bytes], warped: list[bytes] | None = None) -> dict:
     """Build a webdataset sample dict for a video sample (member order is fixed by the writer).
 
     warped: the warped flow members, one per flow field (schema 2), or None.
@@ -293,8 +295,9 @@ def check_warped(members: Mapping[str, bytes], meta: dict, where: str) -> list[i
     if got != want:
         raise SchemaError(f"{where}: {len(got)} warped field member(s) present, the metadata declares {len(want)}")
     if want and meta.get("schema_version") != WARPED_SCHEMA_VERSION:
-        raise SchemaError(f"{where}: warped flow in a sample of schema {meta.get('schema_version')!r}, "
-                          f"not {WARPED_SCHEMA_VERSION}")
+        raise SchemaError(
+            f"{where}: warped flow in a sample of schema {meta.get('schema_version')!r}, not {WARPED_SCHEMA_VERSION}"
+        )
     return got
 
 
@@ -307,8 +310,10 @@ def from_sample(members: Mapping[str, bytes], where: str = "sample") -> DecodedS
     meta = load_meta(members[META], where)
     rgb, flow = member_positions(members)
     if rgb != list(range(len(meta["frames"]))) or flow != list(range(len(meta["flow_fields"]))):
-        raise SchemaError(f"{where}: members do not match metadata ({len(rgb)} frames, {len(flow)} fields present; "
-                          f"{len(meta['frames'])} and {len(meta['flow_fields'])} declared)")
+        raise SchemaError(
+            f"{where}: members do not match metadata ({len(rgb)} frames, {len(flow)} fields present; "
+            f"{len(meta['frames'])} and {len(meta['flow_fields'])} declared)"
+        )
     warped = check_warped(members, meta, where)
     w, h = meta["size"]
     frames = np.stack([decode_rgb(members[rgb_member(i)]) for i in rgb]) if rgb else np.zeros((0, h, w, 3), np.uint8)

@@ -32,6 +32,7 @@ puts zero motion at 127 (-1/128 after normalisation). The x and y images are dec
 the stored (2H, W) member and each written once as its own JPEG (quality: the dataset's
 flow quality unless given), the one re-encoding the export does.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,9 @@ def write_sample(sample: dict, folder: Path, quality: int | None) -> tuple[int, 
     where = sample.get("__key__", "sample")
     meta = encode.load_meta(sample[encode.META], where)
     if meta.get("mode") == "clips":
-        raise ValueError(f"{where}: a --clips dataset keeps only some frames; rawframes needs every frame "
-                         f"(rebuild without --clips)")
+        raise ValueError(
+            f"{where}: a --clips dataset keeps only some frames; rawframes needs every frame (rebuild without --clips)"
+        )
     q = int(quality or meta["flow"].get("quality", 95))
     for i, f in enumerate(meta["frames"]):
         _write(folder / RGB_TMPL.format(f["index"] + 1), sample[encode.rgb_member(i)])  # bytes unchanged
@@ -120,8 +122,9 @@ def check_folder(folder: Path, frames: int, fields: int, warped: bool) -> None:
         want |= {WARP_TMPL.format(c, k) for c in "xy" for k in range(1, fields + 1)}
     missing = sorted(want - names)
     if missing or len(names) != len(want):
-        raise RuntimeError(f"{folder}: {len(missing)} file(s) missing (e.g. {missing[:3]}), {len(names)} present, "
-                           f"{len(want)} expected")
+        raise RuntimeError(
+            f"{folder}: {len(missing)} file(s) missing (e.g. {missing[:3]}), {len(names)} present, {len(want)} expected"
+        )
 
 
 def export_rawframes(dataset: str, output: str | Path, *, flow_quality: int | None = None) -> ExportSummary:
@@ -140,8 +143,10 @@ def export_rawframes(dataset: str, output: str | Path, *, flow_quality: int | No
     for sample in ds.iter_samples():  # one sample (a video or one part of it) in memory at a time
         vid = encode.load_meta(sample[encode.META], sample["__key__"])["video_id"]
         if vid not in videos:
-            raise ValueError(f"{sample.get('__shard__', '')}: sample {sample['__key__']} of video {vid!r}, "
-                             f"which the manifest does not list")
+            raise ValueError(
+                f"{sample.get('__shard__', '')}: sample {sample['__key__']} of video {vid!r}, "
+                f"which the manifest does not list"
+            )
         folder = frame_root / vid
         folder.mkdir(exist_ok=True)
         n_frames, n_fields = write_sample(sample, folder, flow_quality)
@@ -151,8 +156,10 @@ def export_rawframes(dataset: str, output: str | Path, *, flow_quality: int | No
     summary = ExportSummary(output=str(out), warped=warped)
     for vid, v in videos.items():
         if written[vid] != [v.frames, v.flow_fields]:
-            raise RuntimeError(f"{vid}: wrote {written[vid][0]} frames and {written[vid][1]} fields, the manifest "
-                               f"says {v.frames} and {v.flow_fields}")
+            raise RuntimeError(
+                f"{vid}: wrote {written[vid][0]} frames and {written[vid][1]} fields, the manifest "
+                f"says {v.frames} and {v.flow_fields}"
+            )
         check_folder(frame_root / vid, v.frames, v.flow_fields, warped)
         summary.videos += 1
         summary.frames += v.frames
@@ -164,8 +171,10 @@ def export_rawframes(dataset: str, output: str | Path, *, flow_quality: int | No
 
 def list_lines(ds: Dataset, split: str, flow: bool) -> list[str]:
     """mmaction2 annotation lines "<folder> <count> <label id>" of a split, in video id order."""
-    return [f"{v.video_id} {v.flow_fields if flow else v.frames} {v.label_id}\n"
-            for v in sorted(ds.videos(split), key=lambda v: v.video_id)]
+    return [
+        f"{v.video_id} {v.flow_fields if flow else v.frames} {v.label_id}\n"
+        for v in sorted(ds.videos(split), key=lambda v: v.video_id)
+    ]
 
 
 def write_lists(ds: Dataset, out: Path) -> list[str]:
@@ -184,10 +193,21 @@ def write_lists(ds: Dataset, out: Path) -> list[str]:
 def write_info(ds: Dataset, out: Path, summary: ExportSummary) -> None:
     """export.json: what the pixel values mean and where they came from."""
     flow = ds.info.get("config", {}).get("flow", {})
-    info = {"format": "rawframes", "dataset": str(ds.root), "version": ds.version,
-            "bound": flow.get("bound"), "step": flow.get("step"), "quantization": QUANTIZATION,
-            "zero_motion": 128, "rgb_template": "img_{:05}.jpg", "flow_template": FLOW_TMPL,
-            "warp_template": WARP_TMPL if summary.warped else None, "start_index": 1,
-            "videos": summary.videos, "frames": summary.frames, "flow_fields": summary.flow_fields,
-            "lists": summary.lists}
+    info = {
+        "format": "rawframes",
+        "dataset": str(ds.root),
+        "version": ds.version,
+        "bound": flow.get("bound"),
+        "step": flow.get("step"),
+        "quantization": QUANTIZATION,
+        "zero_motion": 128,
+        "rgb_template": "img_{:05}.jpg",
+        "flow_template": FLOW_TMPL,
+        "warp_template": WARP_TMPL if summary.warped else None,
+        "start_index": 1,
+        "videos": summary.videos,
+        "frames": summary.frames,
+        "flow_fields": summary.flow_fields,
+        "lists": summary.lists,
+    }
     _write(out / "export.json", (json.dumps(info, indent=2) + "\n").encode())

@@ -16,6 +16,7 @@ then reports "Failed to deserialize exception"). So a task classifies its error 
 happened, with the whole chain at hand, and raises `CarriedError` (reason and kind, plain
 strings) instead (`carried`); the driver reads both back intact.
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,14 +32,33 @@ KINDS = (TRANSIENT, PERMANENT)
 MAX_ATTEMPTS = 3  # tries of a video (or of a unit's writer) lost to transient failures, per build
 
 # Ray errors that mean "the machine, not the video": a process, node or object was lost.
-_RAY_TRANSIENT = frozenset({
-    "WorkerCrashedError", "LocalRayletDiedError", "NodeDiedError", "OutOfMemoryError", "OutOfDiskError",
-    "ObjectStoreFullError", "ObjectLostError", "ObjectFetchTimedOutError", "OwnerDiedError",
-    "ObjectFreedError", "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError",
-    "ObjectReconstructionFailedLineageEvictedError", "ReferenceCountingAssertionError", "RaySystemError",
-    "RayActorError", "ActorDiedError", "ActorUnavailableError", "RpcError", "GetTimeoutError",
-    "PlasmaObjectNotAvailable", "TaskPlacementGroupRemoved", "ActorPlacementGroupRemoved",
-})
+_RAY_TRANSIENT = frozenset(
+    {
+        "WorkerCrashedError",
+        "LocalRayletDiedError",
+        "NodeDiedError",
+        "OutOfMemoryError",
+        "OutOfDiskError",
+        "ObjectStoreFullError",
+        "ObjectLostError",
+        "ObjectFetchTimedOutError",
+        "OwnerDiedError",
+        "ObjectFreedError",
+        "ObjectReconstructionFailedError",
+        "ObjectReconstructionFailedMaxAttemptsExceededError",
+        "ObjectReconstructionFailedLineageEvictedError",
+        "ReferenceCountingAssertionError",
+        "RaySystemError",
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "RpcError",
+        "GetTimeoutError",
+        "PlasmaObjectNotAvailable",
+        "TaskPlacementGroupRemoved",
+        "ActorPlacementGroupRemoved",
+    }
+)
 # The machine running out of something, not the file being wrong.
 _MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EDQUOT})
 # ffmpeg killed by SIGKILL: the kernel's or Ray's out-of-memory killer, never the input itself.

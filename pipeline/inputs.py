@@ -15,6 +15,7 @@ folders are found with one recursive listing, and relative paths in a list or sp
 are taken relative to the prefix that holds it. Videos get the same keys and sources as
 they would from a local copy of the same tree, so both give the same dataset version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
-                              ".flv", ".wmv", ".3gp", ".ogv"})
+VIDEO_EXTENSIONS = frozenset(
+    {".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
+)
 LIST_SUFFIXES = (".csv", ".parquet")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")  # explicit ASCII classes: non-ASCII letters are unsafe too
@@ -108,8 +110,13 @@ def _check_split(value: str, where: str) -> str:
 def _warn_missing(items: list[dict], where: str) -> None:
     missing = [it["source"] for it in items if "://" not in it["uri"] and not os.path.exists(it["uri"])]
     if missing:
-        log.warning("%d of %d videos named in %s are not on disk (first: %s); they will be "
-                    "reported as errors", len(missing), len(items), where, missing[0])
+        log.warning(
+            "%d of %d videos named in %s are not on disk (first: %s); they will be reported as errors",
+            len(missing),
+            len(items),
+            where,
+            missing[0],
+        )
 
 
 def _item(uri: str, source: str, label: str, label_id: int, split: str) -> dict:
@@ -124,7 +131,7 @@ def _uri(path: Location) -> str:
 def _rel(path: Location, root: Location) -> str:
     """`path` relative to `root`, as a POSIX path (the video's source)."""
     if storage.is_remote(path):
-        return str(path)[len(str(root)):].lstrip("/")
+        return str(path)[len(str(root)) :].lstrip("/")
     return Path(path).relative_to(root).as_posix()
 
 
@@ -170,16 +177,24 @@ def _discover_folders(root: Location, default_split: str) -> tuple[list[VideoRef
     """Layout (a): one sub-folder per class; labels are the sub-folder names."""
     by_label, loose = _remote_classes(str(root)) if storage.is_remote(root) else _local_classes(Path(root))
     if loose:
-        log.warning("ignoring %d video files directly in %s (not in a class folder), e.g. %s",
-                    len(loose), root, sorted(loose)[0])
+        log.warning(
+            "ignoring %d video files directly in %s (not in a class folder), e.g. %s",
+            len(loose),
+            root,
+            sorted(loose)[0],
+        )
     if not by_label:
-        raise ValueError(f"no videos found in class sub-folders of {root} "
-                         f"(extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})")
+        raise ValueError(
+            f"no videos found in class sub-folders of {root} (extensions: {', '.join(sorted(VIDEO_EXTENSIONS))})"
+        )
     if len(by_label) == 1:
         log.warning("only one class folder with videos in %s: %s", root, next(iter(by_label)))
     labels = {name: i for i, name in enumerate(sorted(by_label))}
-    items = [_item(_uri(p), _rel(p, root), label, labels[label], default_split)
-             for label, videos in by_label.items() for p in videos]
+    items = [
+        _item(_uri(p), _rel(p, root), label, labels[label], default_split)
+        for label, videos in by_label.items()
+        for p in videos
+    ]
     return _assign_keys(items), labels
 
 
@@ -235,8 +250,10 @@ def _discover_list(path: Location, default_split: str) -> tuple[list[VideoRef], 
     splits = _column(table, "split", path) if "split" in table.column_names else [default_split] * len(paths)
     ids = {name: i for i, name in enumerate(sorted(set(labels)))}
     base = storage.parent(path) if storage.is_remote(path) else Path(path).parent.absolute()
-    items = [_item(_list_uri(p, base), p, lab, ids[lab], _check_split(s, f"{path} row {row}"))
-             for row, (p, lab, s) in enumerate(zip(paths, labels, splits, strict=True), start=1)]
+    items = [
+        _item(_list_uri(p, base), p, lab, ids[lab], _check_split(s, f"{path} row {row}"))
+        for row, (p, lab, s) in enumerate(zip(paths, labels, splits, strict=True), start=1)
+    ]
     _warn_missing(items, str(path))
     return _assign_keys(items), ids
 
@@ -268,8 +285,9 @@ def _lines(path: Location) -> list[list[str]]:
 def _ucf_files(root: Location, split: int) -> tuple[Location, Location, Location] | None:
     for sub in _UCF_LIST_DIRS:
         folder = storage.join(root, sub) if sub else root
-        index, train, test = (storage.join(folder, n) for n in ("classInd.txt", f"trainlist0{split}.txt",
-                                                                f"testlist0{split}.txt"))
+        index, train, test = (
+            storage.join(folder, n) for n in ("classInd.txt", f"trainlist0{split}.txt", f"testlist0{split}.txt")
+        )
         if all(storage.isfile(f) for f in (index, train, test)):
             return index, train, test
     return None
@@ -348,8 +366,11 @@ def _discover_hmdb(root: Location, files: list[Location], split: int) -> tuple[l
 
 
 def _looked_for(root: Location, split: int | str) -> list[str]:
-    ucf = [str(storage.join(root, sub, name)) for sub in _UCF_LIST_DIRS
-           for name in ("classInd.txt", f"trainlist0{split}.txt", f"testlist0{split}.txt")]
+    ucf = [
+        str(storage.join(root, sub, name))
+        for sub in _UCF_LIST_DIRS
+        for name in ("classInd.txt", f"trainlist0{split}.txt", f"testlist0{split}.txt")
+    ]
     hmdb = [str(storage.join(root, sub, f"*_test_split{split}.txt")) for sub in _HMDB_LIST_DIRS]
     return ucf + hmdb
 
@@ -363,8 +384,9 @@ def _discover_split(root: Location, split: int) -> tuple[list[VideoRef], dict[st
     ucf = _ucf_files(root, split)
     hmdb = _hmdb_files(root, split) if ucf is None else []
     if ucf is None and not hmdb:
-        raise ValueError(f"split={split}: no official split files in {root}; looked for "
-                         + ", ".join(_looked_for(root, split)))
+        raise ValueError(
+            f"split={split}: no official split files in {root}; looked for " + ", ".join(_looked_for(root, split))
+        )
     items, classes = _discover_ucf(root, ucf) if ucf else _discover_hmdb(root, hmdb, split)
     if not items:
         raise ValueError(f"split={split}: the split files in {root} list no videos")
@@ -375,8 +397,9 @@ def _discover_split(root: Location, split: int) -> tuple[list[VideoRef], dict[st
 # --------------------------------------------------------------------------- entry point
 
 
-def discover(input_path: str, *, split: int | None = None,
-             default_split: str = "train") -> tuple[list[VideoRef], dict[str, int]]:
+def discover(
+    input_path: str, *, split: int | None = None, default_split: str = "train"
+) -> tuple[list[VideoRef], dict[str, int]]:
     """The input's videos as VideoRefs sorted by key, and the label map {label: id}.
 
     input_path: a folder per class, a .csv/.parquet list, or a UCF101/HMDB51 root.
@@ -396,6 +419,8 @@ def discover(input_path: str, *, split: int | None = None,
     if split is not None:
         return _discover_split(path, split)
     if _has_split_files(path):
-        log.info("%s has official split files; reading it as one folder per class "
-                 "(pass split=1..3 to use the split files)", path)
+        log.info(
+            "%s has official split files; reading it as one folder per class (pass split=1..3 to use the split files)",
+            path,
+        )
     return _discover_folders(path, default_split)

@@ -3,6 +3,7 @@
 Each stage takes and returns these plain values, so stages are testable without Ray
 and the Ray layer only moves them around.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

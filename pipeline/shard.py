@@ -7,6 +7,7 @@ completes. Tar headers carry a fixed mtime, uid/gid and owner names, and members
 within each sample, so the same samples always give the same bytes, wherever they are
 written (webdataset's TarWriter stamps the current time, hence our own writer).
 """
+
 from __future__ import annotations
 
 import errno
@@ -164,8 +165,9 @@ class RollingWriter:
     max_bytes on its own still goes into a shard by itself; no samples give one empty shard.
     """
 
-    def __init__(self, directory: Location, stem: str, *, max_bytes: int, max_samples: int,
-                 tmp_dir: str | None = None) -> None:
+    def __init__(
+        self, directory: Location, stem: str, *, max_bytes: int, max_samples: int, tmp_dir: str | None = None
+    ) -> None:
         self.directory, self.stem, self.tmp_dir = directory, stem, tmp_dir
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.records: list[ShardRecord] = []
@@ -203,8 +205,9 @@ class RollingWriter:
             self.current = None
 
 
-def write_rolling(samples: Iterable[dict], directory: Location, stem: str, *,
-                  max_bytes: int, max_samples: int) -> list[ShardRecord]:
+def write_rolling(
+    samples: Iterable[dict], directory: Location, stem: str, *, max_bytes: int, max_samples: int
+) -> list[ShardRecord]:
     """`RollingWriter` over an iterable of samples."""
     writer = RollingWriter(directory, stem, max_bytes=max_bytes, max_samples=max_samples)
     try:

@@ -32,6 +32,7 @@ samplers only choose candidate indices:
 Indices that would fall outside a short video are clamped to its first or last frame or
 field (the edge is repeated), so every video with at least one field gives a clip.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -96,6 +97,7 @@ def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
 
 
 # --- index choices -------------------------------------------------------------------------
+
 
 def simonyan_index(num_candidates: int, rng: random.Random) -> int:
     """One candidate drawn uniformly."""
@@ -196,6 +198,7 @@ def _check_candidates(num_candidates: int) -> None:
 
 # --- candidates of a sample -----------------------------------------------------------------
 
+
 def centred(positions: list[int] | tuple[int, ...], length: int, what: str = "flow fields") -> tuple[int, ...]:
     """The `length` items centred like the stored ones: item length // 2 stays at the centre.
 
@@ -207,7 +210,7 @@ def centred(positions: list[int] | tuple[int, ...], length: int, what: str = "fl
     if length > stored:
         raise ValueError(f"{what}: {length} asked for, the stored snippet holds {stored}")
     start = stored // 2 - length // 2
-    return tuple(positions[start:start + length])
+    return tuple(positions[start : start + length])
 
 
 @dataclass(frozen=True)
@@ -258,17 +261,21 @@ def candidates(meta: dict, shape: SnippetShape | int) -> Candidates:
     position = {int(f["index"]): i for i, f in enumerate(frames)}
     frame_of_field = tuple(_frame_position(int(f["from"]), position, frames) for f in fields)
     count = max(1, len(fields) - shape.clip_len + 1) if fields else 0
-    return Candidates(shape=shape, count=count, frame_of_field=frame_of_field, num_fields=len(fields),
-                      num_frames=len(frames))
+    return Candidates(
+        shape=shape, count=count, frame_of_field=frame_of_field, num_fields=len(fields), num_frames=len(frames)
+    )
 
 
 def _clips_mode(meta: dict, shape: SnippetShape) -> Candidates:
     """A `build --clips` sample stores one frame per clip: F > 1 needs a dense build."""
     if shape.rgb_frames > 1:
-        raise ValueError(f"rgb_frames {shape.rgb_frames} needs runs of frames; this sample was built with "
-                         "--clips and stores one frame per clip (build the dataset densely)")
-    stored = tuple(Snippet(frames=(int(c["frame"]),), fields=centred(c["flow"], shape.clip_len))
-                   for c in meta.get("clips", []))
+        raise ValueError(
+            f"rgb_frames {shape.rgb_frames} needs runs of frames; this sample was built with "
+            "--clips and stores one frame per clip (build the dataset densely)"
+        )
+    stored = tuple(
+        Snippet(frames=(int(c["frame"]),), fields=centred(c["flow"], shape.clip_len)) for c in meta.get("clips", [])
+    )
     return Candidates(shape=shape, count=len(stored), stored=stored)
 
 
@@ -280,6 +287,7 @@ def _frame_position(index: int, position: dict[int, int], frames: list[dict]) ->
 
 
 # --- clips ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClipSpec:
@@ -300,15 +308,19 @@ class ClipSpec:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
         if self.segments < 1 or self.snippets < 1 or self.test_clips < 1:
-            raise ValueError(f"segments, snippets and test_clips must be >= 1, got "
-                             f"{self.segments}, {self.snippets}, {self.test_clips}")
+            raise ValueError(
+                f"segments, snippets and test_clips must be >= 1, got "
+                f"{self.segments}, {self.snippets}, {self.test_clips}"
+            )
         if not self.strides or min(self.strides) < 1:
             raise ValueError(f"strides must be positive integers, got {self.strides}")
         if self.test_every < 0:
             raise ValueError(f"test_every must be >= 0, got {self.test_every}")
         if self.test_every and (self.sampler == "strided" or self.ordered):
-            raise ValueError(f"test clips every {self.test_every} frames are single snippets; sampler "
-                             f"{self.sampler!r}{' (ordered)' if self.ordered else ''} tests clips of several")
+            raise ValueError(
+                f"test clips every {self.test_every} frames are single snippets; sampler "
+                f"{self.sampler!r}{' (ordered)' if self.ordered else ''} tests clips of several"
+            )
 
     @property
     def length(self) -> int:
@@ -320,8 +332,10 @@ def check_frame_strides(cands: Candidates, snippets: int) -> None:
     """Strides count stored frames: refuse T > 1 snippets on a sample whose candidates are not
     one frame apart (a `build --clips` sample keeps a few separate clips per video)."""
     if snippets > 1 and cands.stored:
-        raise ValueError(f"strided clips of {snippets} snippets are a stride of frames apart, but this sample was "
-                         "built with --clips and keeps separate clips, not every frame: build the dataset densely")
+        raise ValueError(
+            f"strided clips of {snippets} snippets are a stride of frames apart, but this sample was "
+            "built with --clips and keeps separate clips, not every frame: build the dataset densely"
+        )
 
 
 def train_clip(cands: Candidates, spec: ClipSpec, rng: random.Random) -> Clip:
@@ -351,8 +365,10 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
         return [tuple(cands[i] for i in idx) for idx in tsn_test_indices(n, spec.segments, spec.test_clips)]
     if spec.test_every:
         if cands.stored:
-            raise ValueError(f"clips every {spec.test_every} frames need every frame; this sample keeps separate "
-                             "clips (built with --clips, or clip shards): use evenly spaced test clips")
+            raise ValueError(
+                f"clips every {spec.test_every} frames need every frame; this sample keeps separate "
+                "clips (built with --clips, or clip shards): use evenly spaced test clips"
+            )
         return [(cands[i],) for i in every_indices(n, spec.test_every)]
     if spec.sampler != "strided":
         return [(cands[i],) for i in uniform_indices(n, spec.test_clips)]
@@ -360,7 +376,8 @@ def eval_clips(cands: Candidates, spec: ClipSpec) -> list[Clip]:
     out: list[Clip] = []
     for stride in fitting_strides(n, spec.snippets, spec.strides):
         starts = strided_starts(n, spec.snippets, stride)
-        out.extend(tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s))
-                   for s in uniform_indices(starts, spec.test_clips))
+        out.extend(
+            tuple(cands[i] for i in strided_indices(n, spec.snippets, stride, s))
+            for s in uniform_indices(starts, spec.test_clips)
+        )
     return out
-

@@ -15,6 +15,7 @@ concern; this module is the namespace callers use (`from pipeline import storage
 - the input cache (`pipeline.store.cache`): local copies of remote inputs per machine.
 - locks (`pipeline.store.lock`): flock locally, a refreshed lease object remotely.
 """
+
 from __future__ import annotations
 
 from pipeline.store.atomic import makedirs, put_file, remove, write_bytes_atomic
@@ -44,11 +45,49 @@ from pipeline.store.lock import LOCK_TTL_S, Lock, LockHeld, lock
 from pipeline.store.retry import OBJECT_ATTEMPTS, is_transient, retry
 
 __all__ = [
-    "CACHE_BYTES", "HASH_CHUNK", "LOCK_TTL_S", "OBJECT_ATTEMPTS", "READ_BLOCK", "REQUEST_ATTEMPTS",
-    "FileStat", "Location", "Lock", "LockHeld",
-    "configure", "exists", "filesystem", "fsspec_env", "is_remote", "is_transient", "isdir", "isfile", "join",
-    "list_dirs", "list_entries", "list_files", "local_copy", "location", "lock", "makedirs", "name",
-    "normalize_url", "open_read", "options_for", "parent", "parse_options", "put_file", "read_bytes", "read_text",
-    "remove", "reset", "retry", "scheme", "sha256", "size", "stat", "stat_many", "walk_files",
+    "CACHE_BYTES",
+    "HASH_CHUNK",
+    "LOCK_TTL_S",
+    "OBJECT_ATTEMPTS",
+    "READ_BLOCK",
+    "REQUEST_ATTEMPTS",
+    "FileStat",
+    "Location",
+    "Lock",
+    "LockHeld",
+    "configure",
+    "exists",
+    "filesystem",
+    "fsspec_env",
+    "is_remote",
+    "is_transient",
+    "isdir",
+    "isfile",
+    "join",
+    "list_dirs",
+    "list_entries",
+    "list_files",
+    "local_copy",
+    "location",
+    "lock",
+    "makedirs",
+    "name",
+    "normalize_url",
+    "open_read",
+    "options_for",
+    "parent",
+    "parse_options",
+    "put_file",
+    "read_bytes",
+    "read_text",
+    "remove",
+    "reset",
+    "retry",
+    "scheme",
+    "sha256",
+    "size",
+    "stat",
+    "stat_many",
+    "walk_files",
     "write_bytes_atomic",
 ]

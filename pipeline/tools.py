@@ -7,6 +7,7 @@ put two kinds of bytes under one id. So `fingerprint` names every such tool the 
 use, and nothing else: a torch upgrade does not change the version of an OpenCV build.
 Weights are identified by the sha256 of their bytes, never by their path.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,9 @@ _JPEG_PACKAGES = ("simplejpeg",)  # JPEG encoders beside OpenCV's, where install
 @functools.cache
 def ffmpeg_version(exe: str) -> str:
     """The version string of an ffmpeg binary ("7.0.2-static", "n7.1", "N-112345-g...")."""
-    out = subprocess.run([exe, "-hide_banner", "-version"], stdin=subprocess.DEVNULL, capture_output=True,
-                         timeout=60, check=False).stdout.decode("utf-8", errors="replace")
+    out = subprocess.run(
+        [exe, "-hide_banner", "-version"], stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
+    ).stdout.decode("utf-8", errors="replace")
     m = re.search(r"ffmpeg version (\S+)", out)
     return m.group(1) if m else "unknown"
 

@@ -1,4 +1,5 @@
 """`flowshard verify`: check a dataset against its manifests, shard by shard and sample by sample."""
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,9 @@ def _check_samples(entry, decode: bool, report: VerifyReport, seen: dict) -> Non
             except (SchemaError, KeyError, ValueError) as exc:
                 report.problems.append(str(exc))
                 continue
-            seen.setdefault(meta["video_id"], []).append({"part": meta["part"], "sha": shard.sample_sha256(
-                {k: v for k, v in smp.items() if k != "__shard__"})})
+            seen.setdefault(meta["video_id"], []).append(
+                {"part": meta["part"], "sha": shard.sample_sha256({k: v for k, v in smp.items() if k != "__shard__"})}
+            )
     except shard.ShardError as exc:
         report.problems.append(str(exc))
         return
@@ -106,8 +108,9 @@ def _check_strays(ds: Dataset, report: VerifyReport) -> None:
     # Shards are shared between versions: a tar is a stray only if no committed version lists it.
     known = {s.name for s in ds.shards()}
     for vid in version.committed_versions(ds.root):
-        known.update(r["name"] for r in manifest.read_rows(storage.join(version.version_dir(ds.root, vid),
-                                                                          manifest.SHARDS)))
+        known.update(
+            r["name"] for r in manifest.read_rows(storage.join(version.version_dir(ds.root, vid), manifest.SHARDS))
+        )
     for name in storage.list_files(storage.join(ds.root, manifest.SHARD_DIR), suffix=".tar"):
         if name not in known:
             report.warnings.append(f"{name}: a tar in shards/ that no version of this dataset lists")

@@ -1,4 +1,5 @@
 """Looking at samples: the standard flow colour wheel and contact sheets."""
+
 from __future__ import annotations
 
 import cv2
@@ -9,8 +10,14 @@ from pipeline.encode import DecodedSample
 
 def _colour_wheel() -> np.ndarray:
     """The Middlebury colour wheel (Baker et al.): 55 hues from red through the spectrum."""
-    segments = ((15, (255, 0, 0), (255, 255, 0)), (6, (255, 255, 0), (0, 255, 0)), (4, (0, 255, 0), (0, 255, 255)),
-                (11, (0, 255, 255), (0, 0, 255)), (13, (0, 0, 255), (255, 0, 255)), (6, (255, 0, 255), (255, 0, 0)))
+    segments = (
+        (15, (255, 0, 0), (255, 255, 0)),
+        (6, (255, 255, 0), (0, 255, 0)),
+        (4, (0, 255, 0), (0, 255, 255)),
+        (11, (0, 255, 255), (0, 0, 255)),
+        (13, (0, 0, 255), (255, 0, 255)),
+        (6, (255, 0, 255), (255, 0, 0)),
+    )
     rows = []
     for n, a, b in segments:
         t = np.arange(n)[:, None] / n
@@ -61,12 +68,20 @@ def sheet_labels(sample: DecodedSample, picks: list[int], bound: float) -> dict:
     fields = m.get("flow_fields", [])
     flow = m.get("flow", {})
     w, h = m.get("size", [sample.frames.shape[2], sample.frames.shape[1]])
-    title = (f"{m.get('video_id', m.get('key', '?'))}  label: {m.get('label', '?')} ({m.get('label_id', '?')})  "
-             f"{flow.get('algorithm', '?')} flow, {w}x{h}")
+    title = (
+        f"{m.get('video_id', m.get('key', '?'))}  label: {m.get('label', '?')} ({m.get('label_id', '?')})  "
+        f"{flow.get('algorithm', '?')} flow, {w}x{h}"
+    )
     rows = ["RGB", "flow colour", "flow x", "flow y"] + (["warped colour"] if sample.warped is not None else [])
     columns = [f"t={fields[i]['from']}->{fields[i]['to']}" if i < len(fields) else "t=0" for i in picks]
-    legend = ["colour: direction,", f"saturated at {bound / 4:g} px", "white: no motion",
-              "x, y grey: 128 = 0 px,", f"0 / 255 = -/+{bound:g} px", "x right, y down"]
+    legend = [
+        "colour: direction,",
+        f"saturated at {bound / 4:g} px",
+        "white: no motion",
+        "x, y grey: 128 = 0 px,",
+        f"0 / 255 = -/+{bound:g} px",
+        "x right, y down",
+    ]
     return {"title": title, "rows": rows, "columns": columns, "legend": legend}
 
 
@@ -92,8 +107,12 @@ def _tiles(sample: DecodedSample, picks: list[int], bound: float) -> list[list[n
     for i in picks:
         field = sample.flow[i] if f else np.zeros((*sample.frames.shape[1:3], 2), np.float32)
         frame_pos = _frame_of_field(sample.meta, int(i)) if f else 0
-        rows = [sample.frames[frame_pos], flow_to_color(field, bound / 4), grey_component(field[..., 0], bound),
-                grey_component(field[..., 1], bound)]
+        rows = [
+            sample.frames[frame_pos],
+            flow_to_color(field, bound / 4),
+            grey_component(field[..., 0], bound),
+            grey_component(field[..., 1], bound),
+        ]
         if sample.warped is not None:
             rows.append(flow_to_color(sample.warped[i] if f else field, bound / 4))
         cols.append(rows)
@@ -123,12 +142,12 @@ def contact_sheet(sample: DecodedSample, columns: int = 6, bound: float | None =
         _text(sheet, caption, x + 2, 2 * LINE)
         for r, tile in enumerate(rows):
             y = top + r * (th + 2)
-            sheet[y:y + th, x:x + tw] = cv2.resize(tile, (tw, th), interpolation=cv2.INTER_NEAREST)
+            sheet[y : y + th, x : x + tw] = cv2.resize(tile, (tw, th), interpolation=cv2.INTER_NEAREST)
     for r, name in enumerate(labels["rows"]):
         _text(sheet, name, 4, top + r * (th + 2) + th // 2 + 4)
     lx = LABEL_WIDTH + len(picks) * (tw + 2) + 8
     wheel = LEGEND_WIDTH - 24
-    sheet[top:top + wheel, lx:lx + wheel] = colour_wheel_legend(wheel, bound / 4)
+    sheet[top : top + wheel, lx : lx + wheel] = colour_wheel_legend(wheel, bound / 4)
     for k, line in enumerate(labels["legend"]):
         _text(sheet, line, lx, top + wheel + (k + 1) * LINE)
     return sheet

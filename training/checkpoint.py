@@ -13,6 +13,7 @@ so torch.load(weights_only=True) reads it and loading never runs code from the f
 It is serialised to memory and written under a temporary name, then renamed: a crash
 mid-write leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,15 +67,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_checkpoint(*, model, optimizer, scheduler, scaler, step: int, epoch: int, config: dict,
-                    dataset_version: str, rng: list[dict] | None = None, dataset_name: str = "",
-                    position: dict | None = None) -> dict:
+def make_checkpoint(
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    step: int,
+    epoch: int,
+    config: dict,
+    dataset_version: str,
+    rng: list[dict] | None = None,
+    dataset_name: str = "",
+    position: dict | None = None,
+) -> dict:
     """The checkpoint dict of the current training state; `dataset_name` is the tag the dataset
     version was opened by ("OUTPUT@paper"), "" when it was opened by id or as the latest;
     `position` where inside an epoch a step checkpoint was taken (see the module docstring)."""
     json.dumps(config)  # fail early (TypeError) on anything weights_only loading would refuse
     extra = {"position": {k: int(v) for k, v in position.items()}} if position else {}
-    return {**extra,
+    return {
+        **extra,
         "format": FORMAT,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
@@ -119,8 +132,10 @@ def load_checkpoint(path: Location) -> dict:
     try:
         ckpt = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as exc:  # any file at all: the unpickler raises whatever the bytes lead it to
-        raise ValueError(f"{path}: not a checkpoint (expected a flowshard checkpoint, a last.pt or epoch_NNN.pt "
-                         f"of `flowshard train`; torch.load: {type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ValueError(
+            f"{path}: not a checkpoint (expected a flowshard checkpoint, a last.pt or epoch_NNN.pt "
+            f"of `flowshard train`; torch.load: {type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a flowshard checkpoint of format {FORMAT}")
     return ckpt
@@ -131,8 +146,9 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else "no message"
 
 
-def restore(ckpt: dict, *, model, optimizer=None, scheduler=None, scaler=None, rank: int | None = None,
-            world_size: int = 1) -> tuple[int, int]:
+def restore(
+    ckpt: dict, *, model, optimizer=None, scheduler=None, scaler=None, rank: int | None = None, world_size: int = 1
+) -> tuple[int, int]:
     """Load the state of `ckpt` into the given objects; returns (step, epoch).
 
     With `rank`, also this rank's generator state (rank 0's when the world size changed).
@@ -147,7 +163,10 @@ def restore(ckpt: dict, *, model, optimizer=None, scheduler=None, scaler=None, r
     if rank is not None and ckpt.get("rng"):
         states = ckpt["rng"]
         if len(states) != world_size:
-            log.warning("checkpoint holds generator states of %d rank(s), this run has %d: all start from rank 0's",
-                        len(states), world_size)
+            log.warning(
+                "checkpoint holds generator states of %d rank(s), this run has %d: all start from rank 0's",
+                len(states),
+                world_size,
+            )
         set_rng_state(states[rank] if len(states) == world_size else states[0])
     return int(ckpt["step"]), int(ckpt["epoch"])

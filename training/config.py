@@ -4,6 +4,7 @@ data (training.data.DataConfig) and model (training.models.ModelConfig) configs 
 A TrainConfig converts to plain JSON types (`to_dict`) for checkpoints and logs, and back
 (`from_dict`), so a checkpoint never stores a Python object that needs unpickling.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,8 +76,9 @@ class TrainConfig:
         if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
         if self.model.revision is None:  # checkpoints record the revision the model was built as
-            object.__setattr__(self, "model", dataclasses.replace(self.model,
-                                                                  revision=models.revision(self.model.model)))
+            object.__setattr__(
+                self, "model", dataclasses.replace(self.model, revision=models.revision(self.model.model))
+            )
         if self.model.streams != self.data.streams:
             raise ValueError(f"model streams {self.model.streams!r} and data streams {self.data.streams!r} differ")
         check_model_data(self.model, self.data)
@@ -101,8 +103,7 @@ def check_optimizer(cfg: TrainConfig) -> None:
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
     if not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
-        raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, "
-                         f"got {cfg.momentum}, {cfg.weight_decay}")
+        raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0, got {cfg.momentum}, {cfg.weight_decay}")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs >= cfg.epochs:
         raise ValueError(f"warmup_epochs must be in [0, epochs), got {cfg.warmup_epochs}")
 
@@ -116,8 +117,10 @@ def check_lr_schedule(cfg: TrainConfig) -> None:
         raise ValueError(f"lr_steps {steps} belong to the step schedule: use lr_schedule='step'")
     if cfg.lr_schedule == "step":
         if not steps or list(steps) != sorted(set(steps)) or steps[0] <= cfg.warmup_epochs or steps[-1] >= cfg.epochs:
-            raise ValueError(f"lr_steps must be increasing epochs after the warm-up ({cfg.warmup_epochs}) and "
-                             f"before the last epoch ({cfg.epochs}), got {steps}")
+            raise ValueError(
+                f"lr_steps must be increasing epochs after the warm-up ({cfg.warmup_epochs}) and "
+                f"before the last epoch ({cfg.epochs}), got {steps}"
+            )
         if not 0 < cfg.lr_gamma < 1:
             raise ValueError(f"lr_gamma must be in (0, 1), got {cfg.lr_gamma}")
 
@@ -125,19 +128,25 @@ def check_lr_schedule(cfg: TrainConfig) -> None:
 def check_model_data(model: ModelConfig, data: DataConfig) -> None:
     """The loader must give the network the input it is built for (ValueError naming the mismatch)."""
     if (data.task == "detect") != (model.model == "detection"):
-        raise ValueError(f"task {data.task!r} with model {model.model!r}: --task detect trains the detection "
-                         "model, and the detection model trains only with --task detect")
+        raise ValueError(
+            f"task {data.task!r} with model {model.model!r}: --task detect trains the detection "
+            "model, and the detection model trains only with --task detect"
+        )
     models.check(model)
     if model.clip_len != data.clip_len:
-        raise ValueError(f"model clip_len {model.clip_len} and data clip_len {data.clip_len} differ: "
-                         f"the temporal stream takes 2 * clip_len channels")
+        raise ValueError(
+            f"model clip_len {model.clip_len} and data clip_len {data.clip_len} differ: "
+            f"the temporal stream takes 2 * clip_len channels"
+        )
     if model.rgb_frames != data.rgb_frames:
         raise ValueError(f"model rgb_frames {model.rgb_frames} and data rgb_frames {data.rgb_frames} differ")
     ordered = data.sampler == "strided" or (data.sampler == "tsn" and data.ordered)
     if model.snippets and (not ordered or data.clip_spec.length != model.snippets):
-        raise ValueError(f"model {model.model!r} takes clips of {model.snippets} snippets in time order: use "
-                         f"--sampling strided --snippets {model.snippets} or --sampling tsn --segments "
-                         f"{model.snippets} (got sampler {data.sampler!r} with {data.clip_spec.length})")
+        raise ValueError(
+            f"model {model.model!r} takes clips of {model.snippets} snippets in time order: use "
+            f"--sampling strided --snippets {model.snippets} or --sampling tsn --segments "
+            f"{model.snippets} (got sampler {data.sampler!r} with {data.clip_spec.length})"
+        )
 
 
 def _tuples(d: dict, keys: tuple[str, ...]) -> dict:

@@ -3,6 +3,7 @@
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them
 the run is a single process and every helper here degrades to a no-op.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Both take everything they use as arguments (torchvision references style); the caller
 (jobs/train.py) owns setup, DDP wrapping, checkpoints and the epoch loop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,10 +36,27 @@ def stream_inputs(batch: dict, streams: tuple[str, ...], device: torch.device) -
     return {s: batch[s].to(device, non_blocking=True) for s in streams}
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, loader, device: torch.device, epoch: int, *,
-                    model_cfg: ModelConfig, steps: int, step: int, scaler=None, amp_dtype=None,
-                    clip_grad: float = 0.0, writer=None, log_every: int = 10, progress: bool = True,
-                    start: int = 0, after_step: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
+def train_one_epoch(
+    model,
+    criterion,
+    optimizer,
+    scheduler,
+    loader,
+    device: torch.device,
+    epoch: int,
+    *,
+    model_cfg: ModelConfig,
+    steps: int,
+    step: int,
+    scaler=None,
+    amp_dtype=None,
+    clip_grad: float = 0.0,
+    writer=None,
+    log_every: int = 10,
+    progress: bool = True,
+    start: int = 0,
+    after_step: Callable[[int, int], None] | None = None,
+) -> tuple[int, dict]:
     """Train for exactly `steps` batches; returns (global step after the epoch, epoch stats).
 
     The fixed step count is what keeps DDP ranks in lockstep: every rank runs the same
@@ -141,8 +159,9 @@ def _epoch_stats(totals: dict, seconds: float, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, *, model_cfg: ModelConfig, amp_dtype=None,
-             progress: bool = True) -> dict:
+def evaluate(
+    model, loader, device: torch.device, *, model_cfg: ModelConfig, amp_dtype=None, progress: bool = True
+) -> dict:
     """Scores of every test clip (views averaged), gathered from all ranks, then metrics.
 
     Returns {"rgb", "flow", "fused"} -> metrics.summarize (None for an absent stream).
@@ -161,8 +180,11 @@ def evaluate(model, loader, device: torch.device, *, model_cfg: ModelConfig, amp
             scores.setdefault(name, []).append(s.float().cpu().numpy())
         labels.append(batch["label"].numpy())
         videos.extend(batch["video_id"])
-    local = ({k: np.concatenate(v) for k, v in scores.items()},
-             np.concatenate(labels) if labels else np.zeros(0, np.int64), videos)
+    local = (
+        {k: np.concatenate(v) for k, v in scores.items()},
+        np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        videos,
+    )
     # Ranks are our own processes; all_gather_object pickles only what this function built.
     gathered = distributed.all_gather_object(local)
     names = sorted({k for part in gathered for k in part[0]})

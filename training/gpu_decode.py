@@ -16,6 +16,7 @@ and (B, V, K, 2L, S, S). Values can differ from the CPU path by a JPEG decoder's
 (nvJPEG vs libjpeg-turbo) and the resize's: tests hold them within one quantization level.
 Every step also runs on CPU tensors (device="cpu"), which is how the tests compare the paths.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -29,11 +30,14 @@ from training.transforms import FLOW_ZERO, IMAGENET_MEAN, IMAGENET_STD, Box, Tra
 
 def raw_collate(items: list[dict]) -> dict:
     """Items with undecoded members -> a batch of bytes for `GpuBatchDecoder` (runs in loader workers)."""
-    return {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
-            "video_id": [it["video_id"] for it in items], "clip": [it["clip"] for it in items],
-            "key": [it["__key__"] for it in items],
-            "rgb_bytes": [it["rgb"] for it in items] if items[0]["rgb"] is not None else None,
-            "flow_bytes": [it["flow"] for it in items] if items[0]["flow"] is not None else None}
+    return {
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "video_id": [it["video_id"] for it in items],
+        "clip": [it["clip"] for it in items],
+        "key": [it["__key__"] for it in items],
+        "rgb_bytes": [it["rgb"] for it in items] if items[0]["rgb"] is not None else None,
+        "flow_bytes": [it["flow"] for it in items] if items[0]["flow"] is not None else None,
+    }
 
 
 def decode_jpegs(blobs: list[bytes], device: torch.device, gray: bool) -> list[torch.Tensor]:
@@ -49,7 +53,7 @@ def decode_jpegs(blobs: list[bytes], device: torch.device, gray: bool) -> list[t
 
 def crop_resize(x: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     """Crop (..., H, W) to `box`, resize to size x size (bilinear, half-pixel centres), rounded: float."""
-    patch = x[..., box.y:box.y + box.h, box.x:box.x + box.w].float()
+    patch = x[..., box.y : box.y + box.h, box.x : box.x + box.w].float()
     if patch.shape[-2:] == (size, size):
         return patch
     lead = patch.shape[:-2]
@@ -116,7 +120,7 @@ class GpuBatchDecoder:
         images = decode_jpegs(flat, self.device, gray)
         out, pos = [], 0
         for k, n in shapes:
-            out.append(torch.stack(images[pos:pos + k * n]).view(k, n, *images[pos].shape))
+            out.append(torch.stack(images[pos : pos + k * n]).view(k, n, *images[pos].shape))
             pos += k * n
         return out
 

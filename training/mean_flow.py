@@ -12,6 +12,7 @@ pixels and for the loader's normalised (q - 128) / 128 values alike.
 Unlike warped flow (pipeline.flow.warp), it removes only the translation part of the camera
 motion, and it also shifts a scene whose foreground moves as a whole.
 """
+
 from __future__ import annotations
 
 import numpy as np

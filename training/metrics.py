@@ -5,6 +5,7 @@ the scores of all clips of a video (TSN's protocol, parts of long videos include
 scores the average. Mean class accuracy is the mean over classes of per-class recall at
 video level, the number UCF101/HMDB51 papers report next to top-1.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
-def video_average(scores: np.ndarray, labels: np.ndarray,
-                  video_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def video_average(
+    scores: np.ndarray, labels: np.ndarray, video_ids: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Average the clip scores of each video; every clip of a video must carry one label."""
     rows: dict[str, list[int]] = defaultdict(list)
     for i, vid in enumerate(video_ids):
@@ -63,8 +65,11 @@ def mean_class_accuracy(cm: np.ndarray) -> float:
 def summarize(scores: np.ndarray, labels: np.ndarray, video_ids: list[str], num_classes: int) -> dict:
     """Clip and video top-1/top-5 and video-level mean class accuracy of one output."""
     vscores, vlabels, _ = video_average(scores, labels, video_ids)
-    cm = confusion_matrix(vscores.argmax(axis=1), vlabels, num_classes) if len(vlabels) else \
-        np.zeros((num_classes, num_classes), np.int64)
+    cm = (
+        confusion_matrix(vscores.argmax(axis=1), vlabels, num_classes)
+        if len(vlabels)
+        else np.zeros((num_classes, num_classes), np.int64)
+    )
     return {
         "clip_top1": topk_accuracy(scores, labels, 1),
         "clip_top5": topk_accuracy(scores, labels, 5),
@@ -77,13 +82,15 @@ def summarize(scores: np.ndarray, labels: np.ndarray, video_ids: list[str], num_
     }
 
 
-def summarize_outputs(scores: dict[str, np.ndarray], labels: np.ndarray, video_ids: list[str],
-                      num_classes: int) -> dict:
+def summarize_outputs(
+    scores: dict[str, np.ndarray], labels: np.ndarray, video_ids: list[str], num_classes: int
+) -> dict:
     """{"rgb", "flow", "fused", + any other output of the model} -> summary; one of the
     three the model lacks maps to None."""
     names = list(OUTPUTS) + sorted(set(scores) - set(OUTPUTS))
-    return {name: (summarize(scores[name], labels, video_ids, num_classes) if name in scores else None)
-            for name in names}
+    return {
+        name: (summarize(scores[name], labels, video_ids, num_classes) if name in scores else None) for name in names
+    }
 
 
 def plot_confusion(cm: np.ndarray | list, class_names: list[str], path: str | Path, title: str = "") -> Path:
@@ -110,8 +117,15 @@ def plot_confusion(cm: np.ndarray | list, class_names: list[str], path: str | Pa
             for i in range(n):
                 for j in range(n):
                     if cm[i, j]:
-                        ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                                color="white" if norm[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(int(cm[i, j])),
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black",
+                        )
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=100)

@@ -5,6 +5,7 @@ list of "rgb", "flow" and "warped" (TSN's three modalities: warped flow is flow 
 camera motion removed, stored by `flowshard build --flow-warp`). Flow and warped streams
 take 2L channels of L stacked fields each.
 """
+
 from __future__ import annotations
 
 STREAMS = ("rgb", "flow", "warped")

@@ -38,6 +38,7 @@ and resizing each channel on its own is faster than one 2L-channel resize.
   magnitude relative to the view's pixels (0.875-1.33x for 224 crops of 256-pixel frames),
   as in TSN and mmaction2, whose pretrained temporal streams expect this.
 """
+
 from __future__ import annotations
 
 import random
@@ -59,8 +60,11 @@ FLOW_ZERO = 128.0  # the quantized value of zero motion (pipeline.flow.quantize.
 # uint8 -> float32 normalization tables (cv2.LUT): flow (q - 128) / 128, and RGB's
 # per-channel ImageNet normalization.
 FLOW_LUT = ((np.arange(256, dtype=np.float32) - np.float32(FLOW_ZERO)) / np.float32(FLOW_ZERO)).reshape(1, 256)
-RGB_LUT = ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - IMAGENET_MEAN) / IMAGENET_STD
-           ).astype(np.float32).reshape(1, 256, 3)
+RGB_LUT = (
+    ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - IMAGENET_MEAN) / IMAGENET_STD)
+    .astype(np.float32)
+    .reshape(1, 256, 3)
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,12 +103,12 @@ class Box:
 
 # --- crop boxes -------------------------------------------------------------------------
 
+
 def fixed_offsets(width: int, height: int, crop_w: int, crop_h: int, count: int = 13) -> list[tuple[int, int]]:
     """TSN's 13 fixed crop positions: corners, centre, edge midpoints and quarter points; the
     first 5 (count=5) are Wang et al.'s corner cropping: the 4 corners and the centre."""
     ws, hs = (width - crop_w) // 4, (height - crop_h) // 4
-    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
-            (1, 1), (3, 1), (1, 3), (3, 3)]
+    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
     return [(i * ws, j * hs) for i, j in grid[:count]]
 
 
@@ -131,8 +135,13 @@ def centre_box(height: int, width: int, size: int) -> Box:
 def five_boxes(height: int, width: int, size: int) -> list[Box]:
     """Four corners and the centre (the first half of the 10-crop test)."""
     right, bottom = width - size, height - size
-    return [Box(0, 0, size, size), Box(right, 0, size, size), Box(0, bottom, size, size),
-            Box(right, bottom, size, size), centre_box(height, width, size)]
+    return [
+        Box(0, 0, size, size),
+        Box(right, 0, size, size),
+        Box(0, bottom, size, size),
+        Box(right, bottom, size, size),
+        centre_box(height, width, size),
+    ]
 
 
 def eval_side(height: int, width: int, scales: tuple[float, ...] = TSN_SCALES) -> int:
@@ -156,6 +165,7 @@ def eval_boxes(height: int, width: int, cfg: TransformConfig) -> list[tuple[Box,
 
 
 # --- array ops ---------------------------------------------------------------------------
+
 
 def stack_fields(planes: list[np.ndarray]) -> np.ndarray:
     """L stored fields, each a (2H, W) plane with x over y -> (2L, H, W) [x_0, y_0, x_1, ...].
@@ -188,7 +198,7 @@ class FieldPlanes:
 
     def __getitem__(self, c: int) -> np.ndarray:
         plane = self.planes[c // 2]
-        return plane[:self.h] if c % 2 == 0 else plane[self.h:]
+        return plane[: self.h] if c % 2 == 0 else plane[self.h :]
 
     def __iter__(self):
         return (self[c] for c in range(len(self)))
@@ -208,7 +218,7 @@ def interleave(flow_q: np.ndarray) -> np.ndarray:
 
 def crop_resize(img: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Crop (H, W, C) to `box` and resize it to (size, size, C), bilinear."""
-    patch = img[box.y:box.y + box.h, box.x:box.x + box.w]
+    patch = img[box.y : box.y + box.h, box.x : box.x + box.w]
     if patch.shape[:2] != (size, size):
         patch = cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
     return patch if patch.ndim == 3 else patch[..., None]
@@ -216,7 +226,7 @@ def crop_resize(img: np.ndarray, box: Box, size: int) -> np.ndarray:
 
 def crop_resize_planes(planes: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Crop (C, H, W) to `box` and resize each channel to (size, size), bilinear."""
-    patch = planes[:, box.y:box.y + box.h, box.x:box.x + box.w]
+    patch = planes[:, box.y : box.y + box.h, box.x : box.x + box.w]
     if patch.shape[1:] == (size, size):
         return patch
     out = np.empty((len(patch), size, size), np.uint8)
@@ -252,6 +262,7 @@ def hflip_flow(x: np.ndarray) -> np.ndarray:
 
 
 # --- item transforms ----------------------------------------------------------------------
+
 
 def _frame_size(rgb: np.ndarray | None, flow: list | None) -> tuple[int, int]:
     """(H, W) shared by both streams; they must match for a shared crop to align them."""
@@ -309,7 +320,7 @@ def _flow_view(stack, box: Box, flip: bool, size: int, out: np.ndarray | None = 
     channels = len(stack)
     buf = np.empty((channels, size, size), np.uint8)
     for c in range(channels):
-        plane = stack[c][box.y:box.y + box.h, box.x:box.x + box.w]
+        plane = stack[c][box.y : box.y + box.h, box.x : box.x + box.w]
         if plane.shape == (size, size):
             buf[c] = plane
         else:
@@ -324,8 +335,9 @@ def _flow_view(stack, box: Box, flip: bool, size: int, out: np.ndarray | None = 
     return out
 
 
-def train_views(rgb: np.ndarray | None, flow: list | None, cfg: TransformConfig,
-                rng: random.Random) -> tuple[np.ndarray | None, np.ndarray | None]:
+def train_views(
+    rgb: np.ndarray | None, flow: list | None, cfg: TransformConfig, rng: random.Random
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """One random multi-scale crop and flip shared by every snippet, frame and stream.
 
     rgb: (K, F, H, W, 3) uint8 (K snippets of F frames); flow: K stacks of (2L, H, W)
@@ -337,8 +349,9 @@ def train_views(rgb: np.ndarray | None, flow: list | None, cfg: TransformConfig,
     return _apply(rgb, flow, [(box, flip)], cfg.crop_size)
 
 
-def eval_views(rgb: np.ndarray | None, flow: list | None,
-               cfg: TransformConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+def eval_views(
+    rgb: np.ndarray | None, flow: list | None, cfg: TransformConfig
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Centre crop (V = 1) or 10 crops (corners + centre, and their mirrors: V = 10), at
     training's scale (`eval_boxes`); shapes as `train_views`."""
     h, w = _frame_size(rgb, flow)

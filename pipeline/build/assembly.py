@@ -8,6 +8,7 @@ length of a video). A video is written into the unit's open temporary tar as soo
 every video planned before it are complete: one chunk and one sample part are held in
 memory at a time. No Ray here: `pipeline.cluster.scheduler` runs this class as an actor.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,11 @@ def remove_stale_spools(tag: str) -> int:
     of the build `tag` names (`spool_tag(OUTPUT, run)`): those of the same OUTPUT but another run.
     Called under the build lock, so each belongs to a build that is dead. Returns how many."""
     output, _, run = tag.partition("-")
-    stale = [p for p in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{output}-*")
-             if not p.name.startswith(f"{SPOOL_PREFIX}{output}-{run}-")]
+    stale = [
+        p
+        for p in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{output}-*")
+        if not p.name.startswith(f"{SPOOL_PREFIX}{output}-{run}-")
+    ]
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
     return len(stale)
@@ -210,12 +214,17 @@ class UnitAssembler:
         self.attempts = {key: attempt for key, (attempt, _) in saved.items()}
         self.outcomes = {key: outcome for key, (_, outcome) in saved.items()}
         self._write_ready()
-        log.info("%s: taken over from its spool with %d of %d video(s) complete", unit.stem, len(saved),
-                 len(unit.compute_refs))
+        log.info(
+            "%s: taken over from its spool with %d of %d video(s) complete",
+            unit.stem,
+            len(saved),
+            len(unit.compute_refs),
+        )
         return sorted(saved)
 
-    def take(self, chunks: list[tuple[str, int]], outcomes: list[tuple[str, int, VideoOutcome]],
-             *payloads: EncodedChunk) -> int:
+    def take(
+        self, chunks: list[tuple[str, int]], outcomes: list[tuple[str, int, VideoOutcome]], *payloads: EncodedChunk
+    ) -> int:
         """One batched call: spool `chunks` ((key, attempt) of each of `payloads`), then record
         `outcomes`; returns how many of the unit's computed videos are still unwritten."""
         for (key, attempt), chunk in zip(chunks, payloads, strict=True):
@@ -303,8 +312,9 @@ class UnitAssembler:
         if self.writer is None or self.spool is None:
             raise RuntimeError("no unit is being written")
         if self.order:
-            raise RuntimeError(f"{self.writer.unit.stem}: {len(self.order)} video(s) never completed, "
-                               f"first {self.order[0].key}")
+            raise RuntimeError(
+                f"{self.writer.unit.stem}: {len(self.order)} video(s) never completed, first {self.order[0].key}"
+            )
         writer, spool = self.writer, self.spool
         self.writer = self.spool = None
         return writer, spool

@@ -1,5 +1,6 @@
 """Committing a version: its folder (manifests, plan, dataset.json last), the catalog row,
 then the top-level copies; and making an already committed version the latest again."""
+
 from __future__ import annotations
 
 import logging
@@ -57,10 +58,19 @@ def republish(out: Location, vid: str, parent: str | None) -> BuildSummary:
         if v["status"] != "ok":
             failures[v["error"]] = failures.get(v["error"], 0) + 1
     c = info["counts"]
-    return BuildSummary(output=str(out), version=vid, videos=c["videos"], ok=c["ok"], errors=c["errors"],
-                        frames=c["frames"], flow_fields=c["flow_fields"], shards=c["shards"], bytes=c["bytes"],
-                        units_skipped=len(manifest.read_rows(storage.join(folder, version.UNITS))),
-                        failures=failures)
+    return BuildSummary(
+        output=str(out),
+        version=vid,
+        videos=c["videos"],
+        ok=c["ok"],
+        errors=c["errors"],
+        frames=c["frames"],
+        flow_fields=c["flow_fields"],
+        shards=c["shards"],
+        bytes=c["bytes"],
+        units_skipped=len(manifest.read_rows(storage.join(folder, version.UNITS))),
+        failures=failures,
+    )
 
 
 def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRecord]) -> BuildSummary:
@@ -77,21 +87,40 @@ def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRe
     for v in videos:
         if v.status != "ok":
             failures[v.error] = failures.get(v.error, 0) + 1
-    counts = {"videos": len(videos), "ok": sum(v.status == "ok" for v in videos), "errors": sum(failures.values()),
-              "frames": sum(v.frames for v in videos), "flow_fields": sum(v.flow_fields for v in videos),
-              "shards": len(shards), "bytes": sum(s["bytes"] for s in shards),
-              "splits": {sp: sum(v.split == sp and v.status == "ok" for v in videos)
-                         for sp in sorted({v.split for v in videos})}}
+    counts = {
+        "videos": len(videos),
+        "ok": sum(v.status == "ok" for v in videos),
+        "errors": sum(failures.values()),
+        "frames": sum(v.frames for v in videos),
+        "flow_fields": sum(v.flow_fields for v in videos),
+        "shards": len(shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "splits": {
+            sp: sum(v.split == sp and v.status == "ok" for v in videos) for sp in sorted({v.split for v in videos})
+        },
+    }
     label_map = dict(ctx.label_map)
-    info = {"format": "flowshard", "kind": "videos",
-            "schema_version": encode.schema_version(cfg.worker.warp is not None),
-            "version": vid,
-            "code_version": _code_version(), "config": cfg.output_dict(), "label_map": label_map,
-            "num_classes": len(label_map), "counts": counts, "input": str(ctx.input_path), "split": cfg.split,
-            **boxes.dataset_info((r for u in units for r in u.refs), cfg.boxes)}
+    info = {
+        "format": "flowshard",
+        "kind": "videos",
+        "schema_version": encode.schema_version(cfg.worker.warp is not None),
+        "version": vid,
+        "code_version": _code_version(),
+        "config": cfg.output_dict(),
+        "label_map": label_map,
+        "num_classes": len(label_map),
+        "counts": counts,
+        "input": str(ctx.input_path),
+        "split": cfg.split,
+        **boxes.dataset_info((r for u in units for r in u.refs), cfg.boxes),
+    }
     if ctx.retry is not None:  # what it retried, and the id the same inputs give without retries
-        info.update(retry_of=ctx.retry.of, base_version=manifest.read_info(
-            storage.join(out, version.VERSIONS_DIR, ctx.retry.of)).get("base_version", ctx.retry.of))
+        info.update(
+            retry_of=ctx.retry.of,
+            base_version=manifest.read_info(storage.join(out, version.VERSIONS_DIR, ctx.retry.of)).get(
+                "base_version", ctx.retry.of
+            ),
+        )
     folder = storage.join(out, version.VERSIONS_DIR, vid)
     try:
         storage.makedirs(folder)
@@ -102,9 +131,18 @@ def finish_build(ctx: BuildContext, units: list[Unit], records: dict[str, UnitRe
     manifest.write_manifest(folder, [v.to_json() for v in videos], shards, info)
     version.update_catalog(out, info, shards, ctx.parent)
     manifest.publish_latest(out, folder)
-    return BuildSummary(output=str(out), version=vid, videos=len(videos), ok=counts["ok"],
-                        errors=counts["errors"], frames=counts["frames"], flow_fields=counts["flow_fields"],
-                        shards=len(shards), bytes=counts["bytes"], failures=failures)
+    return BuildSummary(
+        output=str(out),
+        version=vid,
+        videos=len(videos),
+        ok=counts["ok"],
+        errors=counts["errors"],
+        frames=counts["frames"],
+        flow_fields=counts["flow_fields"],
+        shards=len(shards),
+        bytes=counts["bytes"],
+        failures=failures,
+    )
 
 
 def _code_version() -> str:

@@ -2,6 +2,7 @@
 
 `BuildConfig.output_dict` is what a dataset version hashes (`pipeline.build.versions`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,14 @@ class BuildConfig:
 
     def output_dict(self) -> dict:
         """Settings (and tools) that change the output bytes."""
-        out = {**self.worker.output_dict(), "shard": {"max_bytes": self.shard.max_bytes,
-               "max_samples": self.shard.max_samples, "seed": self.shard.seed}}
+        out = {
+            **self.worker.output_dict(),
+            "shard": {
+                "max_bytes": self.shard.max_bytes,
+                "max_samples": self.shard.max_samples,
+                "seed": self.shard.seed,
+            },
+        }
         return {**out, "tools": dict(sorted(self.tools.items()))} if self.tools else out
 
     def config_hash(self) -> str:

@@ -3,6 +3,7 @@
 `LocalExecutor` runs every unit in this process, one video at a time; the Ray executor
 (`pipeline.cluster.executor.RayExecutor`) runs them on local or remote Ray.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,14 @@ class Executor(Protocol):
     def prepare(self, input_path: str, refs: list[VideoRef], output: Location, cfg: BuildConfig) -> None:
         """Before any work: refuse (RuntimeError) a build the machines it runs on cannot do right."""
 
-    def run(self, units: list[Unit], cfg: BuildConfig, output: str, done: Callable[[Unit, UnitRecord], None],
-            progress: Progress) -> None: ...
+    def run(
+        self,
+        units: list[Unit],
+        cfg: BuildConfig,
+        output: str,
+        done: Callable[[Unit, UnitRecord], None],
+        progress: Progress,
+    ) -> None: ...
 
 
 class LocalExecutor:

@@ -5,6 +5,7 @@ changed is `versions.diff_versions(parent, version)` summed up: videos added, re
 changed in content and relabelled, and the settings and tools that differ. Shared bytes are
 the bytes of the tars both reference (stored once in OUTPUT/shards/).
 """
+
 from __future__ import annotations
 
 from pipeline import storage
@@ -25,11 +26,17 @@ def changes(root: Location, parent: str, vid: str) -> dict:
     relabelled, and the names of the settings and tools that differ."""
     d = version.diff_versions(root, parent, vid)
     settings = [s["setting"] for s in d["settings"]]
-    return {"added": len(d["added"]), "removed": len(d["removed"]), "moved": len(d["moved"]),
-            "changed": len(d["changed"]), "relabelled": len(d["relabelled"]),
-            "classes_added": d["classes"]["added"], "classes_removed": d["classes"]["removed"],
-            "settings": [s for s in settings if not s.startswith(TOOLS_PREFIX)],
-            "tools": [s[len(TOOLS_PREFIX):] for s in settings if s.startswith(TOOLS_PREFIX)]}
+    return {
+        "added": len(d["added"]),
+        "removed": len(d["removed"]),
+        "moved": len(d["moved"]),
+        "changed": len(d["changed"]),
+        "relabelled": len(d["relabelled"]),
+        "classes_added": d["classes"]["added"],
+        "classes_removed": d["classes"]["removed"],
+        "settings": [s for s in settings if not s.startswith(TOOLS_PREFIX)],
+        "tools": [s[len(TOOLS_PREFIX) :] for s in settings if s.startswith(TOOLS_PREFIX)],
+    }
 
 
 def lineage(output: Location) -> list[dict]:
@@ -46,8 +53,11 @@ def lineage(output: Location) -> list[dict]:
         entry = {**r, "parent_state": "", "shared_bytes": 0, "changes": None}
         if parent and parent in committed:
             mine, theirs = _shards(root, r["version"]), _shards(root, parent)
-            entry.update(parent_state="committed", changes=changes(root, parent, r["version"]),
-                         shared_bytes=sum(b for n, b in mine.items() if n in theirs))
+            entry.update(
+                parent_state="committed",
+                changes=changes(root, parent, r["version"]),
+                shared_bytes=sum(b for n, b in mine.items() if n in theirs),
+            )
         elif parent:
             entry["parent_state"] = "pruned" if parent in pruned else "missing"
         out.append(entry)
@@ -58,8 +68,11 @@ def describe(entry: dict) -> str:
     """A one-line summary of a lineage entry's changes ("+2 added, 1 relabelled; settings: flow.algorithm")."""
     c = entry["changes"]
     if c is None:
-        return {"": "first version", "pruned": f"parent {entry['parent']} was pruned",
-                "missing": f"parent {entry['parent']} is gone"}[entry["parent_state"]]
+        return {
+            "": "first version",
+            "pruned": f"parent {entry['parent']} was pruned",
+            "missing": f"parent {entry['parent']} is gone",
+        }[entry["parent_state"]]
     words = [f"{c[k]} {k}" for k in ("added", "removed", "moved", "changed", "relabelled") if c[k]]
     if c["classes_added"] or c["classes_removed"]:
         words.append(f"classes +{len(c['classes_added'])}/-{len(c['classes_removed'])}")

@@ -6,6 +6,7 @@ the holder dies, so a killed writer never leaves a stale lock behind. On object 
 object that a killed writer leaves behind: the next one takes it over once its holder is a dead
 process on this machine or has not refreshed it for `storage.LOCK_TTL_S` seconds (see `storage.lock`).
 """
+
 from __future__ import annotations
 
 import contextlib

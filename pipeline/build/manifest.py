@@ -6,6 +6,7 @@ build, and readers refuse it. Each version has its own folder (OUTPUT/versions/<
 the version's folder is complete, dataset.json last. Every file goes through
 `pipeline.storage`, so a dataset folder may be a local path or a bucket prefix (s3://...).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,38 @@ MANIFEST = "manifest.parquet"
 SHARDS = "shards.parquet"
 SHARD_DIR = "shards"
 
-VIDEO_SCHEMA = pa.schema([
-    ("id", pa.string()), ("path", pa.string()), ("label", pa.string()), ("label_id", pa.int32()),
-    ("split", pa.string()), ("status", pa.string()), ("error", pa.string()), ("error_kind", pa.string()),
-    ("frames", pa.int64()), ("flow_fields", pa.int64()), ("parts", pa.int32()),
-    ("shard", pa.string()), ("bytes", pa.int64()), ("sha256", pa.string()),
-    ("content_sha256", pa.string()), ("media_key", pa.string()), ("boxes", pa.string()),
-    ("declared_frames", pa.int64()), ("decoded_frames", pa.int64()),
-])
-SHARD_SCHEMA = pa.schema([
-    ("name", pa.string()), ("split", pa.string()), ("samples", pa.int64()),
-    ("bytes", pa.int64()), ("sha256", pa.string()),
-])
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("label_id", pa.int32()),
+        ("split", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("error_kind", pa.string()),
+        ("frames", pa.int64()),
+        ("flow_fields", pa.int64()),
+        ("parts", pa.int32()),
+        ("shard", pa.string()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("content_sha256", pa.string()),
+        ("media_key", pa.string()),
+        ("boxes", pa.string()),
+        ("declared_frames", pa.int64()),
+        ("decoded_frames", pa.int64()),
+    ]
+)
+SHARD_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("split", pa.string()),
+        ("samples", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
 
 
 def atomic_write_bytes(path: Location, data: bytes) -> None:
@@ -91,8 +112,9 @@ def read_info(output: Location) -> dict:
     try:
         data = storage.read_bytes(storage.join(output, DATASET_JSON))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{output}: no {DATASET_JSON}: not a flowshard dataset, or its build did not "
-                                "finish") from None
+        raise FileNotFoundError(
+            f"{output}: no {DATASET_JSON}: not a flowshard dataset, or its build did not finish"
+        ) from None
     return json.loads(data)
 
 

@@ -5,6 +5,7 @@ their videos (minus removed ones), new videos go into new units. A unit's stem c
 hash of everything its tar bytes depend on, so an unchanged unit keeps its tar and a changed
 one gets a new tar beside the old. `BuildContext` is what a build settles before any work.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,9 @@ def plan_units(refs: list[VideoRef], cfg: ShardConfig, base: BasePlan | None = N
         random.Random(f"{cfg.seed}:{split}").shuffle(group)
         first = 1 + max((_unit_number(n) for n, s, _ in base or [] if s == split), default=-1)
         for n, lo in enumerate(range(0, len(group), cfg.max_samples)):
-            units.append(Unit(name=f"{split}-{first + n:05d}", split=split,
-                              refs=tuple(group[lo:lo + cfg.max_samples])))
+            units.append(
+                Unit(name=f"{split}-{first + n:05d}", split=split, refs=tuple(group[lo : lo + cfg.max_samples]))
+            )
     return sorted(units, key=lambda u: u.name)
 
 
@@ -96,10 +98,12 @@ def identify(units: list[Unit], hashes: Mapping[str, str], cfg: BuildConfig, ret
     out = []
     for u in units:
         # A remote object's content sha256 is only known once a worker has read it: "" here.
-        media = {r.key: (ident if version.is_sha256(ident) else "", version.media_key(ident, cfg.worker, cfg.tools))
-                 for r in u.refs for ident in [hashes.get(r.key, "")]}
-        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1], *version.boxes_id(r)]
-                for r in u.refs]
+        media = {
+            r.key: (ident if version.is_sha256(ident) else "", version.media_key(ident, cfg.worker, cfg.tools))
+            for r in u.refs
+            for ident in [hashes.get(r.key, "")]
+        }
+        refs = [[r.key, r.source, r.label, r.label_id, r.split, media[r.key][1], *version.boxes_id(r)] for r in u.refs]
         what = {"unit": u.name, "schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(), "refs": refs}
         if retry is not None and any(r.key in retry.keys for r in u.refs):
             what["retry_of"] = retry.of

@@ -22,6 +22,7 @@ Deletions on object storage go through `pipeline.storage` (retried on transient 
 bucket versioning, deleted objects keep costing space until the bucket's lifecycle rules expire
 them: `versioning_note` says so.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,6 +113,7 @@ class PruneResult:
 
 # --- references -------------------------------------------------------------------------------
 
+
 def _shard_rows(root: Location, vid: str) -> dict[str, int]:
     path = storage.join(root, version.VERSIONS_DIR, vid, manifest.SHARDS)
     return {r["name"]: r["bytes"] for r in manifest.read_rows(path)} if storage.exists(path) else {}
@@ -152,6 +154,7 @@ def unshared_bytes(root: Location) -> dict[str, int]:
 
 # --- planning ---------------------------------------------------------------------------------
 
+
 def _created_s(root: Location, vid: str) -> float:
     st = storage.stat(storage.join(root, version.VERSIONS_DIR, vid, manifest.DATASET_JSON))
     return st.mtime if st is not None else 0.0
@@ -167,7 +170,7 @@ def select(root: Location, opts: PruneOptions, now: float) -> tuple[list[str], l
     named = {version.resolve_version(root, spec) for spec in opts.versions}
     chosen = set(named)
     if opts.keep_last is not None or opts.older_than_days is not None:
-        newest = set(order[len(order) - opts.keep_last:]) if opts.keep_last else set()
+        newest = set(order[len(order) - opts.keep_last :]) if opts.keep_last else set()
         for vid in order:
             old = opts.older_than_days is None or now - _created_s(root, vid) > opts.older_than_days * DAY_S
             if vid != latest and vid not in newest and old:
@@ -183,8 +186,9 @@ def select(root: Location, opts: PruneOptions, now: float) -> tuple[list[str], l
         elif names.get(vid) and not opts.force:
             refused.append(f"{vid} is tagged {', '.join(names[vid])} (--keep-tagged keeps it, --force removes it)")
         elif vid == latest and not opts.force:
-            refused.append(f"{vid} is the latest version (--force removes it; the newest other version "
-                           "becomes the latest)")
+            refused.append(
+                f"{vid} is the latest version (--force removes it; the newest other version becomes the latest)"
+            )
         else:
             remove.append(vid)
     if refused:
@@ -207,8 +211,11 @@ def plan_prune(root: Location, remove: list[str]) -> PrunePlan:
     known = keep_shards | set(shards) | {n for v in committed for n in _shard_rows(root, v)}
     known |= {n for names in records.values() for n in names}
     shard_dir = storage.join(root, manifest.SHARD_DIR)
-    strays = {n: storage.size(storage.join(shard_dir, n)) or 0
-              for n in storage.list_files(shard_dir, suffix=".tar") if n not in known}
+    strays = {
+        n: storage.size(storage.join(shard_dir, n)) or 0
+        for n in storage.list_files(shard_dir, suffix=".tar")
+        if n not in known
+    }
     units = sorted(s for s in gone_stems - keep_stems if s in records)
     meta = sum(storage.size(storage.join(root, STATE_DIR, UNITS_DIR, f"{s}.json")) or 0 for s in units)
     for vid in remove:
@@ -218,18 +225,29 @@ def plan_prune(root: Location, remove: list[str]) -> PrunePlan:
     if latest in remove:
         latest = _newest_remaining(root, set(remove))
     names = tags.names_by_version(root)
-    return PrunePlan(versions=list(remove), names={v: names[v] for v in remove if v in names},
-                     shards=shards, strays=strays, units=units, metadata_bytes=meta, latest=latest)
+    return PrunePlan(
+        versions=list(remove),
+        names={v: names[v] for v in remove if v in names},
+        shards=shards,
+        strays=strays,
+        units=units,
+        metadata_bytes=meta,
+        latest=latest,
+    )
 
 
 def _newest_remaining(root: Location, gone: set[str]) -> str:
     """The newest committed version (catalog order) not in `gone`; "" when none is left."""
-    remaining = [r["version"] for r in version.read_catalog(root)
-                 if r["version"] not in gone and version.is_committed(root, r["version"])]
+    remaining = [
+        r["version"]
+        for r in version.read_catalog(root)
+        if r["version"] not in gone and version.is_committed(root, r["version"])
+    ]
     return remaining[-1] if remaining else ""
 
 
 # --- doing it ---------------------------------------------------------------------------------
+
 
 def prune(output: Location, opts: PruneOptions, *, now: float | None = None) -> PruneResult:
     """Remove the versions `opts` selects and every file only they reference; see the module doc."""
@@ -240,8 +258,9 @@ def prune(output: Location, opts: PruneOptions, *, now: float | None = None) -> 
         remove, kept = select(root, opts, now)
         plan = plan_prune(root, remove)
         plan.kept = kept
-        return PruneResult(plan=plan, dry_run=True, resumed=storage.exists(_journal_path(root)),
-                           note=versioning_note(root))
+        return PruneResult(
+            plan=plan, dry_run=True, resumed=storage.exists(_journal_path(root)), note=versioning_note(root)
+        )
     with writer_lock(root, wait_s=opts.lock_wait_s) as held, tags.tag_lock(root):
         resumed = finish_interrupted(root, tag_lock_held=True)
         remove, kept = select(root, opts, now)
@@ -270,8 +289,12 @@ def finish_interrupted(output: Location, *, tag_lock_held: bool = False) -> bool
         journal = json.loads(storage.read_bytes(_journal_path(root)))
     except FileNotFoundError:
         return False
-    log.warning("%s: finishing a prune that was interrupted (started %s UTC, versions %s)", root,
-                journal.get("started"), ", ".join(journal.get("versions", [])) or "none")
+    log.warning(
+        "%s: finishing a prune that was interrupted (started %s UTC, versions %s)",
+        root,
+        journal.get("started"),
+        ", ".join(journal.get("versions", [])) or "none",
+    )
     if tag_lock_held:
         _finish(root, journal)
     else:
@@ -356,9 +379,13 @@ def versioning_note(root: Location) -> str:
         versioned = storage.retry(lambda: fs.is_bucket_versioned(bucket), f"s3://{bucket}: versioning")
     except OSError as exc:
         log.debug("cannot read the versioning of s3://%s (%s)", bucket, exc)
-        return (f"s3://{bucket}: if versioning is on for this bucket, deleted objects keep costing space "
-                "until its lifecycle rules expire their noncurrent versions")
+        return (
+            f"s3://{bucket}: if versioning is on for this bucket, deleted objects keep costing space "
+            "until its lifecycle rules expire their noncurrent versions"
+        )
     if not versioned:
         return ""
-    return (f"s3://{bucket} keeps object versions: the deleted objects still cost space until the bucket's "
-            "lifecycle rules expire their noncurrent versions")
+    return (
+        f"s3://{bucket} keeps object versions: the deleted objects still cost space until the bucket's "
+        "lifecycle rules expire their noncurrent versions"
+    )

@@ -11,6 +11,7 @@ Fields added after release 0.1 that are left out of the JSON while they hold the
 `from_json` refuses a key it does not know and a value of the wrong type (ValueError naming
 it); a key an older release did not write takes the default documented on its field.
 """
+
 from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -96,8 +97,11 @@ class UnitRecord:
 
     def to_json(self) -> dict:
         """The record as written to OUTPUT/.flowshard/units/<stem>.json."""
-        return {**_to_json(self), "shards": [s.to_json() for s in self.shards],
-                "videos": [v.to_json() for v in self.videos]}
+        return {
+            **_to_json(self),
+            "shards": [s.to_json() for s in self.shards],
+            "videos": [v.to_json() for v in self.videos],
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "UnitRecord":
@@ -116,8 +120,9 @@ class UnitRecord:
 
 def _to_json(row: Any) -> dict:
     skip = getattr(row, "OPTIONAL", ())
-    return {f.name: getattr(row, f.name) for f in fields(row)
-            if f.name not in skip or getattr(row, f.name) != f.default}
+    return {
+        f.name: getattr(row, f.name) for f in fields(row) if f.name not in skip or getattr(row, f.name) != f.default
+    }
 
 
 def _from_json(cls: type[T], data: dict, what: str, skip: tuple[str, ...] = ()) -> T:

@@ -10,6 +10,7 @@ record was written. A tar whose tag still matches is the one recorded; one whose
 (touched, copied back, or a record from before tags) is hashed in full. `flowshard verify`
 always hashes every tar.
 """
+
 from __future__ import annotations
 
 import json
@@ -123,8 +124,10 @@ def share_identical(output: Location, record: UnitRecord, known: Mapping[tuple[s
         return record
     log.info("unit %s: %d tar(s) identical to stored ones, shared", record.stem, len(renamed))
     shards = tuple(replace(s, name=renamed.get(s.name, s.name)) for s in record.shards)
-    videos = tuple(replace(v, shard=",".join(renamed.get(n, n) for n in v.shard.split(",")) if v.shard else "")
-                   for v in record.videos)
+    videos = tuple(
+        replace(v, shard=",".join(renamed.get(n, n) for n in v.shard.split(",")) if v.shard else "")
+        for v in record.videos
+    )
     return replace(record, shards=shards, videos=videos)
 
 

@@ -11,6 +11,7 @@ only the wanted samples), and each video's parts are checked against the hash it
 recorded before they are used: an altered shard is never copied into a new version. On
 object storage the same reads are range requests (`pipeline.storage.open_read`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,6 +60,7 @@ class StoredVideo:
 
 # --- the index of stored videos (driver side) ------------------------------------------------
 
+
 def stored_videos(root: Location, versions: Iterable[str]) -> dict[str, StoredVideo]:
     """media key -> StoredVideo over the given committed versions, keeping only videos whose
     shards are all present with their recorded size."""
@@ -73,10 +75,15 @@ def stored_videos(root: Location, versions: Iterable[str]) -> dict[str, StoredVi
                 continue
             names = tuple(n for n in (row["shard"] or "").split(",") if n)
             if names and all(_intact(root, n, sizes.get(n), intact) for n in names):
-                index[mk] = StoredVideo(key=row["id"], shards=names, parts=row["parts"], sha256=row["sha256"],
-                                        content_sha256=row.get("content_sha256") or "",
-                                        declared_frames=row.get("declared_frames") or 0,
-                                        decoded_frames=row.get("decoded_frames") or 0)
+                index[mk] = StoredVideo(
+                    key=row["id"],
+                    shards=names,
+                    parts=row["parts"],
+                    sha256=row["sha256"],
+                    content_sha256=row.get("content_sha256") or "",
+                    declared_frames=row.get("declared_frames") or 0,
+                    decoded_frames=row.get("decoded_frames") or 0,
+                )
     return index
 
 
@@ -90,6 +97,7 @@ def _intact(root: Location, name: str, size: int | None, seen: dict[str, bool]) 
 
 
 # --- reading stored members (writer side) -----------------------------------------------------
+
 
 class StoredSamples:
     """Reads the members of wanted stored samples from shards in OUTPUT/shards/."""
@@ -139,8 +147,10 @@ class StoredSamples:
         parts = [self._read_sample(video, key) for key in video.sample_keys()]
         digest = hashlib.sha256("".join(shard.sample_sha256(p) for p in parts).encode()).hexdigest()
         if digest != video.sha256:
-            raise StaleSample(f"{','.join(video.shards)}: stored sample {video.key} does not match the hash "
-                              f"its manifest recorded (the shard was altered)")
+            raise StaleSample(
+                f"{','.join(video.shards)}: stored sample {video.key} does not match the hash "
+                f"its manifest recorded (the shard was altered)"
+            )
         return parts
 
     def _read_sample(self, video: StoredVideo, key: str) -> dict:
@@ -154,19 +164,20 @@ class StoredSamples:
                         f.seek(offset)
                         sample[ext] = f.read(size)
                 except OSError as exc:
-                    raise StaleSample(f"{storage.join(self.dir, name)}: cannot read stored sample {key} "
-                                      f"({exc})") from exc
+                    raise StaleSample(
+                        f"{storage.join(self.dir, name)}: cannot read stored sample {key} ({exc})"
+                    ) from exc
                 return sample
         raise StaleSample(f"{','.join(video.shards)}: stored sample {key} not found")
 
 
 # --- re-packing ---------------------------------------------------------------------------------
 
+
 def repack(ref: VideoRef, parts: list[dict], max_frames: int) -> list[dict]:
     """New samples for `ref` from a stored video's parts: frame and flow members copied as they
     are, metadata rewritten for the new key, label, split and source, parts re-cut."""
-    pairs = sorted(((encode.load_meta(p[encode.META], p["__key__"]), p) for p in parts),
-                   key=lambda mp: mp[0]["part"])
+    pairs = sorted(((encode.load_meta(p[encode.META], p["__key__"]), p) for p in parts), key=lambda mp: mp[0]["part"])
     frames = [(f["index"], f["pts"], p[encode.rgb_member(i)]) for m, p in pairs for i, f in enumerate(m["frames"])]
     fields = [stored_field(m, p, i) for m, p in pairs for i in range(len(m["flow_fields"]))]
     first = pairs[0][0]
@@ -210,7 +221,16 @@ def load_video(ref: VideoRef, video: StoredVideo, store: StoredSamples, cfg: Wor
     except ValueError as exc:
         return VideoResult(ref=ref, status="error", error=f"{ref.source}: {exc}")
     metas = [encode.load_meta(s[encode.META]) for s in samples]
-    return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=sum(len(m["frames"]) for m in metas),
-                       flow_fields=sum(len(m["flow_fields"]) for m in metas),
-                       stats={"reused": True, "content_sha256": video.content_sha256,
-                              "declared_frames": video.declared_frames, "decoded_frames": video.decoded_frames})
+    return VideoResult(
+        ref=ref,
+        status="ok",
+        samples=tuple(samples),
+        frames=sum(len(m["frames"]) for m in metas),
+        flow_fields=sum(len(m["flow_fields"]) for m in metas),
+        stats={
+            "reused": True,
+            "content_sha256": video.content_sha256,
+            "declared_frames": video.declared_frames,
+            "decoded_frames": video.decoded_frames,
+        },
+    )

@@ -23,6 +23,7 @@ OUTPUT may be a local folder or a bucket prefix (s3://...): every file goes thro
 the unit record is written after its shards and dataset.json last, exactly as on disk; the
 build lock is an object refreshed while the build runs (see `storage.lock`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,17 @@ log = logging.getLogger(__name__)
 
 # --- the build ------------------------------------------------------------------------------
 
-def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: Executor | None = None,
-                  progress: bool = True, retry_errors: bool | str = False, lock_wait_s: float = 0.0) -> BuildSummary:
+
+def build_dataset(
+    input_path: str,
+    output: str,
+    cfg: BuildConfig,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    retry_errors: bool | str = False,
+    lock_wait_s: float = 0.0,
+) -> BuildSummary:
     """Build (or resume) the version of INPUT under `cfg` in OUTPUT and make it the latest.
 
     retry_errors: compute the error rows of the version these inputs and settings already
@@ -83,22 +93,31 @@ def build_dataset(input_path: str, output: str, cfg: BuildConfig, *, executor: E
         executor.prepare(input_path, refs, out, cfg)  # e.g. every node of a cluster sees INPUT and OUTPUT
         hashes = version.content_hashes(refs, storage.join(out, STATE_DIR))
         parent = version.latest_version(out)
-        vid, retry = target_version(out, version.version_id(refs, hashes, label_map, cfg), parent, refs,
-                                    retry_errors)
+        vid, retry = target_version(out, version.version_id(refs, hashes, label_map, cfg), parent, refs, retry_errors)
         if version.is_committed(out, vid) and shards_intact(out, vid):
             held.check()
             summary = republish(out, vid, parent)
         else:
-            ctx = BuildContext(out=out, input_path=input_path, refs=tuple(refs), label_map=label_map, hashes=hashes,
-                               cfg=cfg, vid=vid, parent=parent, retry=retry)
+            ctx = BuildContext(
+                out=out,
+                input_path=input_path,
+                refs=tuple(refs),
+                label_map=label_map,
+                hashes=hashes,
+                cfg=cfg,
+                vid=vid,
+                parent=parent,
+                retry=retry,
+            )
             summary = _build(ctx, executor, progress, held)
     summary.parent = parent or ""
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def target_version(out: Location, base: str, latest: str | None, refs: list[VideoRef],
-                   retry_errors: bool | str) -> tuple[str, Retry | None]:
+def target_version(
+    out: Location, base: str, latest: str | None, refs: list[VideoRef], retry_errors: bool | str
+) -> tuple[str, Retry | None]:
     """The version to build or republish, and what to retry.
 
     `base` is the id the inputs, settings and tools give. The latest version stands for it
@@ -114,8 +133,13 @@ def target_version(out: Location, base: str, latest: str | None, refs: list[Vide
     if mode and mode not in RETRY_MODES:
         raise ValueError(f"retry_errors={retry_errors!r} must be one of {RETRY_MODES} (or True/False)")
     current = base
-    if (latest and latest != base and version.is_committed(out, latest) and shards_intact(out, latest)
-            and manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base):
+    if (
+        latest
+        and latest != base
+        and version.is_committed(out, latest)
+        and shards_intact(out, latest)
+        and manifest.read_info(storage.join(out, version.VERSIONS_DIR, latest)).get("base_version") == base
+    ):
         current = latest
     if not mode:
         return current, None
@@ -124,13 +148,15 @@ def target_version(out: Location, base: str, latest: str | None, refs: list[Vide
         return base, None
     keys = {r.key for r in refs}
     rows = manifest.read_rows(storage.join(out, version.VERSIONS_DIR, current, manifest.MANIFEST))
-    errors = frozenset(r["id"] for r in rows if r["status"] != "ok" and r["id"] in keys
-                       and (mode == "all" or r.get("error_kind") == "transient"))
+    errors = frozenset(
+        r["id"]
+        for r in rows
+        if r["status"] != "ok" and r["id"] in keys and (mode == "all" or r.get("error_kind") == "transient")
+    )
     if not errors:
         log.info("version %s has no %serror rows to retry", current, "" if mode == "all" else "transient ")
         return current, None
-    log.info("retrying %d %serror row(s) of version %s", len(errors), "" if mode == "all" else "transient ",
-             current)
+    log.info("retrying %d %serror row(s) of version %s", len(errors), "" if mode == "all" else "transient ", current)
     return version.retry_id(base, current, everything=mode == "all"), Retry(of=current, keys=errors)
 
 
@@ -160,9 +186,16 @@ def _build(ctx: BuildContext, executor: Executor, progress: bool, held: storage.
         index = reuse.stored_videos(out, version.committed_versions(out))
         todo = [attach_stored(u, index) for u in todo]
     computing = sum(len(u.compute_refs) for u in todo)
-    log.info("version %s: %d videos in %d shard unit(s); %d unit(s) already written; %d video(s) to "
-             "compute, %d to copy from stored shards", vid, len(ctx.refs), len(units), len(records), computing,
-             sum(len(u.stored) for u in todo))
+    log.info(
+        "version %s: %d videos in %d shard unit(s); %d unit(s) already written; %d video(s) to "
+        "compute, %d to copy from stored shards",
+        vid,
+        len(ctx.refs),
+        len(units),
+        len(records),
+        computing,
+        sum(len(u.stored) for u in todo),
+    )
     bar = Progress(computing, enabled=progress)
     known = resume.stored_tars(out, version.committed_versions(out)) if todo else {}
 

@@ -14,6 +14,7 @@ Both files are small JSON objects written atomically through `pipeline.storage`;
 hold OUTPUT/.tags.lock (a lock of its own: tagging never waits for a build) so two writers never
 lose each other's names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,11 +51,11 @@ def now_utc() -> str:
 def check_name(name: str) -> str:
     """`name` if it can be a tag; ValueError naming it and the rule it breaks otherwise."""
     if not NAME_RE.fullmatch(name or ""):
-        raise ValueError(f"tag {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
-                         "or digit")
+        raise ValueError(f"tag {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     if set(name) <= _HEX:
-        raise ValueError(f"tag {name!r} could be read as a version id prefix (hex digits only): "
-                         "add a letter beyond a-f")
+        raise ValueError(
+            f"tag {name!r} could be read as a version id prefix (hex digits only): add a letter beyond a-f"
+        )
     if name.lower() in RESERVED:
         raise ValueError(f"tag {name!r} is reserved")
     return name
@@ -66,6 +67,7 @@ def _check_id(version: str) -> None:
 
 
 # --- tags -------------------------------------------------------------------------------------
+
 
 def read_tags(root: Location) -> dict[str, dict]:
     """name -> {"version", "tagged"} of OUTPUT's tags ({} when it has none)."""
@@ -142,6 +144,7 @@ def tag_lock(root: Location, *, wait_s: float = TAG_LOCK_WAIT_S) -> Iterator[sto
 
 # --- pruned versions --------------------------------------------------------------------------
 
+
 def read_pruned(root: Location) -> dict[str, dict]:
     """version id -> {"pruned": UTC time, "names": [...]} of every version pruned from OUTPUT."""
     return dict(_read_json(storage.join(root, PRUNED)).get("versions", {}))
@@ -152,8 +155,9 @@ def record_pruned(root: Location, entries: dict[str, dict]) -> None:
     known = read_pruned(root)
     merged = {**entries, **known}
     if merged != known:
-        manifest.atomic_write_bytes(storage.join(root, PRUNED),
-                                    manifest.dump_json({"versions": dict(sorted(merged.items()))}))
+        manifest.atomic_write_bytes(
+            storage.join(root, PRUNED), manifest.dump_json({"versions": dict(sorted(merged.items()))})
+        )
 
 
 def pruned_error(root: Location, spec: str, *, min_prefix: int = 6) -> VersionPruned | None:

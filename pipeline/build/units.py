@@ -4,6 +4,7 @@ Shared by the build (`pipeline.build.run`, which plans, resumes and commits) and
 that run units (`pipeline.build.executors.LocalExecutor`, `pipeline.cluster.executor.RayExecutor`),
 so neither imports the other.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ class Unit:
 
 # --- writing a unit ---------------------------------------------------------------------------
 
+
 class UnitWriter:
     """Writes one unit's tar(s) from computed results handed over one at a time, in plan order.
 
@@ -64,8 +66,9 @@ class UnitWriter:
         self.shard_dir = storage.join(out, SHARD_DIR)
         # tmp_dir: where a tar bound for object storage is assembled (a writer's spool folder,
         # removed with it); local tars are assembled beside their final name.
-        self.tars = shard.RollingWriter(self.shard_dir, unit.stem, max_bytes=cfg.shard.max_bytes,
-                                        max_samples=cfg.shard.max_samples, tmp_dir=tmp_dir)
+        self.tars = shard.RollingWriter(
+            self.shard_dir, unit.stem, max_bytes=cfg.shard.max_bytes, max_samples=cfg.shard.max_samples, tmp_dir=tmp_dir
+        )
         self.store = reuse.StoredSamples(self.shard_dir, unit.stored.values())
         self.rows: list[VideoResult] = []
         self.next = 0  # position in unit.refs of the next video to write
@@ -87,11 +90,19 @@ class UnitWriter:
         tars = self._guard(self.tars.close)
         shard_of = {k: r.name for r in tars for k in r.keys}
         reused = sum(1 for r in self.rows if r.stats.get("reused"))
-        return UnitRecord(unit=self.unit.name, stem=self.unit.stem, split=self.unit.split,
-                          computed=len(self.rows) - reused, reused=reused,
-                          shards=tuple(ShardRow(name=r.name, split=self.unit.split, samples=r.samples, bytes=r.bytes,
-                                                sha256=r.sha256) for r in tars if r.samples),
-                          videos=tuple(_row_of(r, shard_of, self.unit, self.cfg) for r in self.rows))
+        return UnitRecord(
+            unit=self.unit.name,
+            stem=self.unit.stem,
+            split=self.unit.split,
+            computed=len(self.rows) - reused,
+            reused=reused,
+            shards=tuple(
+                ShardRow(name=r.name, split=self.unit.split, samples=r.samples, bytes=r.bytes, sha256=r.sha256)
+                for r in tars
+                if r.samples
+            ),
+            videos=tuple(_row_of(r, shard_of, self.unit, self.cfg) for r in self.rows),
+        )
 
     def abort(self) -> None:
         """Drop the open temporary tar and close the stored shards."""
@@ -115,8 +126,11 @@ class UnitWriter:
         try:
             return write()
         except OSError as exc:
-            raise manifest.os_error(exc, f"{self.shard_dir}: cannot write the shard(s) of unit {self.unit.stem} "
-                                         f"({exc.strerror or exc}); no partial shard was left") from exc
+            raise manifest.os_error(
+                exc,
+                f"{self.shard_dir}: cannot write the shard(s) of unit {self.unit.stem} "
+                f"({exc.strerror or exc}); no partial shard was left",
+            ) from exc
 
 
 def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg: BuildConfig) -> UnitRecord:
@@ -136,8 +150,9 @@ def write_unit(unit: Unit, results: Iterable[VideoResult], output: Location, cfg
         raise
 
 
-def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.StoredSamples,
-                     cfg: BuildConfig) -> VideoResult:
+def _copy_or_compute(
+    ref: VideoRef, stored: reuse.StoredVideo, store: reuse.StoredSamples, cfg: BuildConfig
+) -> VideoResult:
     """A stored video copied; recomputed here instead if its stored samples are gone or altered."""
     try:
         return reuse.load_video(ref, stored, store, cfg.worker)
@@ -148,8 +163,12 @@ def _copy_or_compute(ref: VideoRef, stored: reuse.StoredVideo, store: reuse.Stor
 
 def _digest(sample: dict) -> dict:
     """What the manifest row needs of a sample, not its bytes (they are streamed to the tar)."""
-    return {"__key__": sample["__key__"], "__sha__": shard.sample_sha256(sample),
-            "__bytes__": shard.sample_bytes(sample), "__boxes__": boxes.sample_tubes(sample)}
+    return {
+        "__key__": sample["__key__"],
+        "__sha__": shard.sample_sha256(sample),
+        "__bytes__": shard.sample_bytes(sample),
+        "__boxes__": boxes.sample_tubes(sample),
+    }
 
 
 def declared_frames(res: VideoResult, cfg: BuildConfig) -> int:
@@ -165,12 +184,24 @@ def _row_of(res: VideoResult, shard_of: dict[str, str], unit: Unit, cfg: BuildCo
     digest = hashlib.sha256("".join(x["__sha__"] for x in s).encode()).hexdigest() if s else ""
     content, media = unit.media.get(res.ref.key, ("", ""))
     content = res.stats.get("content_sha256") or content  # hashed by the worker that read the bytes
-    return VideoRow(id=res.ref.key, path=res.ref.source, label=res.ref.label, label_id=res.ref.label_id,
-                    split=res.ref.split, status=res.status, error=res.error,
-                    error_kind=(res.error_kind or "permanent") if res.status != "ok" else "", frames=res.frames,
-                    flow_fields=res.flow_fields, parts=len(s),
-                    shard=",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
-                    bytes=sum(x["__bytes__"] for x in s), sha256=digest,
-                    content_sha256=content, media_key=media if res.status == "ok" else "",
-                    boxes=boxes.manifest_value([x["__boxes__"] for x in s]), declared_frames=declared_frames(res, cfg),
-                    decoded_frames=int(res.stats.get("decoded_frames") or 0) if res.status == "ok" else 0)
+    return VideoRow(
+        id=res.ref.key,
+        path=res.ref.source,
+        label=res.ref.label,
+        label_id=res.ref.label_id,
+        split=res.ref.split,
+        status=res.status,
+        error=res.error,
+        error_kind=(res.error_kind or "permanent") if res.status != "ok" else "",
+        frames=res.frames,
+        flow_fields=res.flow_fields,
+        parts=len(s),
+        shard=",".join(dict.fromkeys(shard_of[x["__key__"]] for x in s)),
+        bytes=sum(x["__bytes__"] for x in s),
+        sha256=digest,
+        content_sha256=content,
+        media_key=media if res.status == "ok" else "",
+        boxes=boxes.manifest_value([x["__boxes__"] for x in s]),
+        declared_frames=declared_frames(res, cfg),
+        decoded_frames=int(res.stats.get("decoded_frames") or 0) if res.status == "ok" else 0,
+    )

@@ -19,6 +19,7 @@ OUTPUT/dataset.json is the pointer to the latest version; readers take that vers
 folder, so a crash while the copies are refreshed never mixes two versions. OUTPUT may be
 a local folder or a bucket prefix: every file goes through `pipeline.storage`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,18 +50,35 @@ HASH_CACHE = "content_hashes.json"
 MIN_PREFIX = 6
 ID_CHARS = 16
 
-CATALOG_SCHEMA = pa.schema([
-    ("version", pa.string()), ("seq", pa.int32()), ("parent", pa.string()), ("videos", pa.int64()),
-    ("ok", pa.int64()), ("errors", pa.int64()), ("shards", pa.int64()), ("bytes", pa.int64()),
-    ("new_bytes", pa.int64()), ("frames", pa.int64()), ("flow_fields", pa.int64()),
-    ("config_hash", pa.string()), ("schema_version", pa.int32()),
-])
-UNIT_SCHEMA = pa.schema([
-    ("name", pa.string()), ("stem", pa.string()), ("split", pa.string()), ("keys", pa.list_(pa.string())),
-])
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("version", pa.string()),
+        ("seq", pa.int32()),
+        ("parent", pa.string()),
+        ("videos", pa.int64()),
+        ("ok", pa.int64()),
+        ("errors", pa.int64()),
+        ("shards", pa.int64()),
+        ("bytes", pa.int64()),
+        ("new_bytes", pa.int64()),
+        ("frames", pa.int64()),
+        ("flow_fields", pa.int64()),
+        ("config_hash", pa.string()),
+        ("schema_version", pa.int32()),
+    ]
+)
+UNIT_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("stem", pa.string()),
+        ("split", pa.string()),
+        ("keys", pa.list_(pa.string())),
+    ]
+)
 
 
 # --- content hashes ---------------------------------------------------------------------------
+
 
 def _stat_key(uri: str) -> tuple[int, int] | None:
     """(size, mtime_ns) of a regular local file; None for anything else (missing, remote, FIFO)."""
@@ -144,6 +162,7 @@ def _read_hash_cache(path: Location) -> dict[str, list]:
 
 # --- ids --------------------------------------------------------------------------------------
 
+
 def _digest(obj) -> str:
     return hashlib.sha256(manifest.dump_json(obj)).hexdigest()
 
@@ -173,12 +192,17 @@ def media_key(content_sha256: str, cfg: WorkerConfig, tools: Mapping[str, str] |
     return _digest({**ident, "tools": dict(sorted(tools.items()))} if tools else ident)[:32]
 
 
-def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int],
-               cfg: BuildConfig) -> str:
+def version_id(refs: list[VideoRef], hashes: dict[str, str], label_map: dict[str, int], cfg: BuildConfig) -> str:
     """The dataset version id: a hash of inputs, labels, output settings and schema version."""
     videos = sorted([r.key, r.source, r.label, r.split, hashes.get(r.key, ""), *boxes_id(r)] for r in refs)
-    return _digest({"schema": encode.SCHEMA_VERSION, "config": cfg.output_dict(),
-                    "label_map": dict(sorted(label_map.items())), "videos": videos})[:ID_CHARS]
+    return _digest(
+        {
+            "schema": encode.SCHEMA_VERSION,
+            "config": cfg.output_dict(),
+            "label_map": dict(sorted(label_map.items())),
+            "videos": videos,
+        }
+    )[:ID_CHARS]
 
 
 def retry_id(base: str, retried: str, *, everything: bool = False) -> str:
@@ -195,6 +219,7 @@ def boxes_id(ref: VideoRef) -> list[str]:
 
 
 # --- where versions live ----------------------------------------------------------------------
+
 
 def version_dir(root: Location, version: str) -> Location:
     """The folder holding a version's dataset.json and manifests.
@@ -223,8 +248,9 @@ def latest_version(root: Location) -> str | None:
 def committed_versions(root: Location) -> list[str]:
     """Ids of every committed version in OUTPUT/versions/, sorted."""
     folder = storage.join(root, VERSIONS_DIR)
-    return sorted(v for v in storage.list_dirs(folder)
-                  if storage.exists(storage.join(folder, v, manifest.DATASET_JSON)))
+    return sorted(
+        v for v in storage.list_dirs(folder) if storage.exists(storage.join(folder, v, manifest.DATASET_JSON))
+    )
 
 
 def resolve_version(root: Location, spec: str | None) -> str:
@@ -248,8 +274,9 @@ def resolve_version(root: Location, spec: str | None) -> str:
     if gone is not None and not any(v.startswith(spec) for v in known):
         raise gone
     if not set(spec) <= set("0123456789abcdef"):
-        raise ValueError(f"{root}: no version {spec!r}, nor a tag of that name; tags: "
-                         f"{sorted(tags.read_tags(root)) or 'none'}")
+        raise ValueError(
+            f"{root}: no version {spec!r}, nor a tag of that name; tags: {sorted(tags.read_tags(root)) or 'none'}"
+        )
     if len(spec) < MIN_PREFIX:
         raise ValueError(f"version {spec!r} is too short: give at least {MIN_PREFIX} characters of the id")
     matches = sorted(v for v in known if v.startswith(spec))
@@ -261,6 +288,7 @@ def resolve_version(root: Location, spec: str | None) -> str:
 
 
 # --- the catalog ------------------------------------------------------------------------------
+
 
 def read_catalog(root: Location) -> list[dict]:
     """Catalog rows (one per committed version), in creation order."""
@@ -282,12 +310,21 @@ def update_catalog(root: Location, info: dict, shards: list[dict], parent: str |
     if vid not in rows:
         seen = {s["name"] for v in rows for s in _shard_rows(root, v)}
         counts = info["counts"]
-        rows[vid] = {"version": vid, "seq": max((r["seq"] for r in rows.values()), default=0) + 1,
-                     "parent": parent or "", "videos": counts["videos"], "ok": counts["ok"],
-                     "errors": counts["errors"], "shards": counts["shards"], "bytes": counts["bytes"],
-                     "new_bytes": sum(s["bytes"] for s in shards if s["name"] not in seen),
-                     "frames": counts["frames"], "flow_fields": counts["flow_fields"],
-                     "config_hash": _digest(info["config"])[:16], "schema_version": info["schema_version"]}
+        rows[vid] = {
+            "version": vid,
+            "seq": max((r["seq"] for r in rows.values()), default=0) + 1,
+            "parent": parent or "",
+            "videos": counts["videos"],
+            "ok": counts["ok"],
+            "errors": counts["errors"],
+            "shards": counts["shards"],
+            "bytes": counts["bytes"],
+            "new_bytes": sum(s["bytes"] for s in shards if s["name"] not in seen),
+            "frames": counts["frames"],
+            "flow_fields": counts["flow_fields"],
+            "config_hash": _digest(info["config"])[:16],
+            "schema_version": info["schema_version"],
+        }
     ordered = sorted(rows.values(), key=lambda r: (r["seq"], r["version"]))
     manifest.write_parquet(storage.join(root, CATALOG), ordered, CATALOG_SCHEMA)
     return rows[vid]
@@ -311,11 +348,19 @@ def list_versions(root: Location) -> list[dict]:
     """Catalog rows with `created`, `latest` and `names` (its tags) added (what `flowshard versions` prints)."""
     latest = latest_version(root)
     names = tags.names_by_version(root)
-    return [{**r, "created": created_at(root, r["version"]), "latest": r["version"] == latest,
-             "names": names.get(r["version"], [])} for r in read_catalog(root)]
+    return [
+        {
+            **r,
+            "created": created_at(root, r["version"]),
+            "latest": r["version"] == latest,
+            "names": names.get(r["version"], []),
+        }
+        for r in read_catalog(root)
+    ]
 
 
 # --- diffs ------------------------------------------------------------------------------------
+
 
 def diff_versions(root: Location, a: str, b: str) -> dict:
     """What changed from version `a` to version `b`: videos added, removed, changed in content,
@@ -326,17 +371,30 @@ def diff_versions(root: Location, a: str, b: str) -> dict:
     common = sorted(set(va) & set(vb))
 
     def changed(field: str) -> list[dict]:
-        return [{"id": k, "from": va[k][field], "to": vb[k][field], "path": vb[k]["path"]}
-                for k in common if va[k].get(field) != vb[k].get(field)]
+        return [
+            {"id": k, "from": va[k][field], "to": vb[k][field], "path": vb[k]["path"]}
+            for k in common
+            if va[k].get(field) != vb[k].get(field)
+        ]
 
-    content = [{"id": k, "path": vb[k]["path"]} for k in common
-               if va[k].get("content_sha256") != vb[k].get("content_sha256")]
+    content = [
+        {"id": k, "path": vb[k]["path"]} for k in common if va[k].get("content_sha256") != vb[k].get("content_sha256")
+    ]
     added, removed, moved = _added_removed_moved(va, vb)
     ia, ib = (manifest.read_info(version_dir(root, v)) for v in (a, b))
-    return {"from": a, "to": b, "added": added, "removed": removed, "moved": moved,
-            "changed": content, "relabelled": changed("label"), "split_changed": changed("split"),
-            "status_changed": changed("status"), "classes": _class_diff(ia["label_map"], ib["label_map"]),
-            "settings": _dict_diff(ia.get("config", {}), ib.get("config", {}))}
+    return {
+        "from": a,
+        "to": b,
+        "added": added,
+        "removed": removed,
+        "moved": moved,
+        "changed": content,
+        "relabelled": changed("label"),
+        "split_changed": changed("split"),
+        "status_changed": changed("status"),
+        "classes": _class_diff(ia["label_map"], ib["label_map"]),
+        "settings": _dict_diff(ia.get("config", {}), ib.get("config", {})),
+    }
 
 
 def _added_removed_moved(va: dict[str, dict], vb: dict[str, dict]) -> tuple[list, list, list]:
@@ -350,15 +408,21 @@ def _added_removed_moved(va: dict[str, dict], vb: dict[str, dict]) -> tuple[list
         else:
             added.append({"id": k, "path": vb[k]["path"], "label": vb[k]["label"]})
     moved_from = {m["from"] for m in moved}
-    removed = [{"id": k, "path": va[k]["path"], "label": va[k]["label"]}
-               for k in sorted(set(va) - set(vb)) if k not in moved_from]
+    removed = [
+        {"id": k, "path": va[k]["path"], "label": va[k]["label"]}
+        for k in sorted(set(va) - set(vb))
+        if k not in moved_from
+    ]
     return added, removed, moved
 
 
 def _class_diff(a: dict[str, int], b: dict[str, int]) -> dict:
     """Classes added and removed, and those whose label id changed (labels are numbered in order)."""
-    return {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
-            "renumbered": [{"label": k, "from": a[k], "to": b[k]} for k in sorted(set(a) & set(b)) if a[k] != b[k]]}
+    return {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "renumbered": [{"label": k, "from": a[k], "to": b[k]} for k in sorted(set(a) & set(b)) if a[k] != b[k]],
+    }
 
 
 def _video_rows(root: Location, vid: str) -> dict[str, dict]:

@@ -9,6 +9,7 @@ the scheduler and the executor that runs a build's units on Ray.
     executor.py      RayExecutor, what the build calls
     shared_paths.py  does every node see INPUT and OUTPUT (no Ray)
 """
+
 import os
 
 # Set before any module of this package imports Ray: a local Ray then binds to loopback.

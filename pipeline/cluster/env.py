@@ -5,6 +5,7 @@ listings, so nothing that grants access may travel in it. Cluster nodes authenti
 their own (an instance role or workload identity, or credentials in the nodes' own
 environment: docs/CLUSTER.md); the driver forwards only where the data is.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,29 @@ _JSON_ENV = ("FSSPEC_S3", "FLOWSHARD_STORAGE_OPTIONS")
 # A setting is a secret when its name (lower case, without "_" and "-") holds one of these or ends
 # in "key" (key, account_key, SSECustomerKey, sas_key ...): keys, tokens, passwords, connection
 # strings (which embed an account key) and passphrases of key files.
-_SECRET_WORDS = ("secret", "token", "password", "passwd", "passphrase", "credential", "accesskey", "privatekey",
-                 "apikey", "customerkey", "keymd5", "connectionstring", "sastoken", "signature", "auth")
+_SECRET_WORDS = (
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "passphrase",
+    "credential",
+    "accesskey",
+    "privatekey",
+    "apikey",
+    "customerkey",
+    "keymd5",
+    "connectionstring",
+    "sastoken",
+    "signature",
+    "auth",
+)
 # Values that hold a credential whatever their setting's name: an Azure connection string, a signed URL.
-_SECRET_VALUE = re.compile(r"(AccountKey|SharedAccessSignature|SharedAccessKey)=|[?&](sig|signature|"
-                           r"X-Amz-Signature|X-Amz-Credential|X-Goog-Signature|token)=", re.IGNORECASE)
+_SECRET_VALUE = re.compile(
+    r"(AccountKey|SharedAccessSignature|SharedAccessKey)=|[?&](sig|signature|"
+    r"X-Amz-Signature|X-Amz-Credential|X-Goog-Signature|token)=",
+    re.IGNORECASE,
+)
 
 
 def _is_secret(name: str) -> bool:
@@ -96,6 +115,8 @@ def forwarded_env() -> dict[str, str]:
         else:
             env[name] = cleaned
     if stripped:
-        log.warning("not forwarding %s to Ray workers: nodes use their own credentials (instance role or "
-                    "their environment)", ", ".join(stripped))
+        log.warning(
+            "not forwarding %s to Ray workers: nodes use their own credentials (instance role or their environment)",
+            ", ".join(stripped),
+        )
     return env

@@ -1,5 +1,6 @@
 """RayExecutor: what the build calls to run its units on Ray (see `pipeline.cluster.tasks` for
 the task graph and `pipeline.cluster.scheduler` for the driver loop)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,7 @@ class RayExecutor:
     cluster whose nodes do not share a filesystem on one machine.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, *, path_view=None,
-                 **kwargs) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *, path_view=None, **kwargs) -> None:
         self.cfg = RayConfig(address=address, num_cpus=num_cpus, **kwargs)
         self.path_view = path_view
         self.placement: dict[str, Counter] = {"decode": Counter(), "flow": Counter()}  # node id -> chunks
@@ -52,15 +52,27 @@ class RayExecutor:
         # (or gain) nodes that do not share this machine's files or tools.
         checks = None
         if self.cfg.address:
-            checks = shared_paths.plan(self.refs, storage.location(output), storage.join(storage.location(output),
-                                                                                     STATE_DIR))
+            checks = shared_paths.plan(
+                self.refs, storage.location(output), storage.join(storage.location(output), STATE_DIR)
+            )
         view = None
         if self.path_view is not None:
+
             def view(node: str, cs: list) -> list:
                 return [dataclasses.replace(c, path=self.path_view(node, c.path)) for c in cs]
-        ctx = RunContext(ray_cfg=self.cfg, cfg=cfg, output=output, done=done, progress=progress,
-                         placement=self.placement, stats=self.stats, checks=checks,
-                         input_path=self.input_path, path_view=view)
+
+        ctx = RunContext(
+            ray_cfg=self.cfg,
+            cfg=cfg,
+            output=output,
+            done=done,
+            progress=progress,
+            placement=self.placement,
+            stats=self.stats,
+            checks=checks,
+            input_path=self.input_path,
+            path_view=view,
+        )
         try:
             Scheduler(ctx).run(units)
         finally:

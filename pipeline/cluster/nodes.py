@@ -11,6 +11,7 @@ The autoscaler sees the build's demand through `ray.autoscaler.sdk.request_resou
 size the cluster should have, replaced at every change and cleared when the build ends), so
 a head-only cluster grows to what the videos left can use.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,8 +78,12 @@ class NodeTable:
         for node_id, info in alive.items():
             node = self.nodes.get(node_id)
             if node is None:
-                node = Node(id=node_id, address=info["NodeManagerAddress"], resources=dict(info["Resources"]),
-                            state=CHECKING if self.checked else GOOD)
+                node = Node(
+                    id=node_id,
+                    address=info["NodeManagerAddress"],
+                    resources=dict(info["Resources"]),
+                    state=CHECKING if self.checked else GOOD,
+                )
                 self.nodes[node_id] = node
                 joined.append(node)
             node.resources = dict(info["Resources"])
@@ -134,9 +139,11 @@ def node_problem(seen: dict, tools: Mapping[str, str], input_path: str, output) 
         return shared_paths.refusal(seen["name"], seen["failed"], input_path, output)
     differ = {k: (seen["tools"].get(k), v) for k, v in sorted(tools.items()) if seen["tools"].get(k) != v}
     if differ:
-        return (f"node {seen['name']} runs other tools than this driver "
-                f"({', '.join(f'{k} {a} there, {b} here' for k, (a, b) in differ.items())}): one version's "
-                f"bytes must come from one set of tools; install the same versions on every node and the driver")
+        return (
+            f"node {seen['name']} runs other tools than this driver "
+            f"({', '.join(f'{k} {a} there, {b} here' for k, (a, b) in differ.items())}): one version's "
+            f"bytes must come from one set of tools; install the same versions on every node and the driver"
+        )
     return None
 
 
@@ -182,8 +189,9 @@ def _size_text(nodes: int, cpus: int, gpus: float) -> str:
     return f"{nodes} node(s), {cpus} CPU(s), {gpus:g} GPU(s)"
 
 
-def wait_for_cluster(cfg: RayConfig, *, clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> None:
+def wait_for_cluster(
+    cfg: RayConfig, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+) -> None:
     """Wait until the cluster has `cfg.min_nodes` nodes, `min_cpus` CPUs and `min_gpus` GPUs
     (asking the autoscaler for them), at most `cfg.min_wait_s` seconds; RuntimeError after that."""
     if not (cfg.min_nodes or cfg.min_cpus or cfg.min_gpus):
@@ -200,12 +208,18 @@ def wait_for_cluster(cfg: RayConfig, *, clock: Callable[[], float] = time.monoto
         if not waited:
             waited = True
             request(cfg.min_cpus, [{"GPU": 1}] * math.ceil(cfg.min_gpus))
-            log.info("waiting up to %.0f s for the Ray cluster to reach %s (it has %s; asked the autoscaler "
-                     "for them)", cfg.min_wait_s, want, _size_text(nodes, cpus, gpus))
+            log.info(
+                "waiting up to %.0f s for the Ray cluster to reach %s (it has %s; asked the autoscaler for them)",
+                cfg.min_wait_s,
+                want,
+                _size_text(nodes, cpus, gpus),
+            )
         if clock() >= deadline:
             request(0, [])
-            raise RuntimeError(f"the Ray cluster did not reach {want} within {cfg.min_wait_s:.0f} s (it has "
-                               f"{_size_text(nodes, cpus, gpus)}): start more nodes (the autoscaler's max_workers in "
-                               f"ray_cluster.yaml, or `ray start` on more machines), or lower --min-nodes/--min-cpus/"
-                               f"--min-gpus, or wait longer with --min-wait")
+            raise RuntimeError(
+                f"the Ray cluster did not reach {want} within {cfg.min_wait_s:.0f} s (it has "
+                f"{_size_text(nodes, cpus, gpus)}): start more nodes (the autoscaler's max_workers in "
+                f"ray_cluster.yaml, or `ray start` on more machines), or lower --min-nodes/--min-cpus/"
+                f"--min-gpus, or wait longer with --min-wait"
+            )
         sleep(min(1.0, max(0.0, deadline - clock())))

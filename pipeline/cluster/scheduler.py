@@ -24,6 +24,7 @@ error row at once. A writer lost with its process is replaced by one on the same
 rewrites the unit from its spool; a unit whose writers are lost `MAX_ATTEMPTS` times (or whose
 node is gone) is committed with its videos as transient error rows, and the build goes on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -274,8 +275,11 @@ class Scheduler:
         problem = cluster_nodes.node_problem(seen, self.cfg.tools, self.ctx.input_path, self.output)
         if problem is None:
             node.state = GOOD
-            log.info("node %s checked: it sees INPUT and OUTPUT and runs the same tools%s", seen["name"],
-                     f"; removed {seen['stale_spools']} stale spool(s)" if seen.get("stale_spools") else "")
+            log.info(
+                "node %s checked: it sees INPUT and OUTPUT and runs the same tools%s",
+                seen["name"],
+                f"; removed {seen['stale_spools']} stale spool(s)" if seen.get("stale_spools") else "",
+            )
             self._size()
             self._place_actors()
             return
@@ -335,9 +339,14 @@ class Scheduler:
             # starve those tasks for ever.
             here = min(cluster_nodes.actor_slots(node, r), r.flow_actors if r.flow_actors > 0 else UNBOUNDED)
             cls = ray.remote(tasks.FlowActor).options(
-                num_cpus=1 if node.cpus > here else 0, num_gpus=r.actor_gpus,
-                resources={r.actor_resource: 1} if r.actor_resource else None, max_restarts=3, max_task_retries=3,
-                max_concurrency=r.actor_concurrency, scheduling_strategy=node.pin())
+                num_cpus=1 if node.cpus > here else 0,
+                num_gpus=r.actor_gpus,
+                resources={r.actor_resource: 1} if r.actor_resource else None,
+                max_restarts=3,
+                max_task_retries=3,
+                max_concurrency=r.actor_concurrency,
+                scheduling_strategy=node.pin(),
+            )
             self.actors.append((cls.remote(self.cfg.worker), node))
             node.actors += 1
             log.info("started flow actor %d on node %s", len(self.actors), node.name)
@@ -354,23 +363,31 @@ class Scheduler:
             self.starved_logged = True
             log.info("waiting up to %.0f s for %s (asked the autoscaler for it)", self.rcfg.min_wait_s, what)
         elif now - self.starved_since > self.rcfg.min_wait_s:
-            raise RuntimeError(f"waited {self.rcfg.min_wait_s:.0f} s for {what}: none came. Start such nodes "
-                               f"(ray_cluster.yaml's node types, their max_workers) or wait longer with --min-wait")
+            raise RuntimeError(
+                f"waited {self.rcfg.min_wait_s:.0f} s for {what}: none came. Start such nodes "
+                f"(ray_cluster.yaml's node types, their max_workers) or wait longer with --min-wait"
+            )
 
     def _what_is_missing(self) -> str | None:
         """What the work left waits for, if anything: good nodes with CPUs, flow actors, writer nodes."""
         r = self.rcfg
         if (self.pending or self.active) and not self.nodes.good():
             return "a node that passes its checks"
-        if self.decoding == 0 and any(a.todo for a in self.active.values()) \
-                and self.nodes.video_node(self._slots) is None:
+        if (
+            self.decoding == 0
+            and any(a.todo for a in self.active.values())
+            and self.nodes.video_node(self._slots) is None
+        ):
             return "a node with CPUs for decoding and flow"
         if r.flow_actors and not self.actors and (self.actor_queue or self.decoding):
             needs = ", ".join(f"{k}={v:g}" for k, v in cluster_nodes.actor_bundle(r).items()) or "any resources"
             return f"a node for the flow actors ({needs})"
         if self.pending and not self.active and not self.idle_writers:
-            return f"a node offering the writer resource {r.writer_resource}" if r.writer_resource \
+            return (
+                f"a node offering the writer resource {r.writer_resource}"
+                if r.writer_resource
                 else "a node for the shard writers"
+            )
         return None
 
     # -- waiting -----------------------------------------------------------------------------
@@ -390,8 +407,10 @@ class Scheduler:
         self._starved(missing)
         if not objs:
             if missing is None and (self.pending or self.active):
-                raise RuntimeError(f"scheduler stalled with {len(self.active)} unit(s) open, "
-                                   f"{self.chunks_in_flight} chunk(s) in flight and nothing to wait for")
+                raise RuntimeError(
+                    f"scheduler stalled with {len(self.active)} unit(s) open, "
+                    f"{self.chunks_in_flight} chunk(s) in flight and nothing to wait for"
+                )
             time.sleep(timeout)
             return []
         ready, _ = ray.wait(objs, num_returns=1, timeout=timeout, fetch_local=False)
@@ -416,8 +435,12 @@ class Scheduler:
         if what is None:
             return None
         self.stats["events"] += 1
-        handlers: dict[str, Callable[..., None]] = {"plan": self._plan_done, "chunk": self._chunk_done,
-                                                    "call": self._call_done, "look": self._look_done}
+        handlers: dict[str, Callable[..., None]] = {
+            "plan": self._plan_done,
+            "chunk": self._chunk_done,
+            "call": self._call_done,
+            "look": self._look_done,
+        }
         return handlers[what[0]](obj, *what[1:])
 
     def _fetch(self, ready: list) -> None:
@@ -457,8 +480,9 @@ class Scheduler:
                 self.videos[ref.key] = v
                 self.decoding += 1
                 node.open += 1
-                plan_ref = tasks._plan.options(num_cpus=self.rcfg.decode_cpus,
-                                               scheduling_strategy=node.pin()).remote(ref, self.cfg_ref)
+                plan_ref = tasks._plan.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=node.pin()).remote(
+                    ref, self.cfg_ref
+                )
                 self.refs[plan_ref] = ("plan", ref.key, v.attempt)
 
     def _release(self, v: _Video) -> None:
@@ -493,8 +517,9 @@ class Scheduler:
             return self._fail(v, plan.reason, plan.kind)
         v.plan = plan
         # On the node that planned it: a remote input is already in that node's cache.
-        v.gen = tasks._decode.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=v.node.pin(),
-                                      _generator_backpressure_num_objects=2).remote(v.ref, plan, self.cfg_ref)
+        v.gen = tasks._decode.options(
+            num_cpus=self.rcfg.decode_cpus, scheduling_strategy=v.node.pin(), _generator_backpressure_num_objects=2
+        ).remote(v.ref, plan, self.cfg_ref)
         self.gens[v.gen] = key
         return None
 
@@ -514,8 +539,9 @@ class Scheduler:
             self._flush_actor_queue(force=False)
             return
         # num_returns=2: a list of two refs (Ray's annotations say one)
-        status, payload = cast("list[ray.ObjectRef]", tasks._flow.options(scheduling_strategy=v.node.pin()).remote(
-            job_ref, self.cfg_ref))
+        status, payload = cast(
+            "list[ray.ObjectRef]", tasks._flow.options(scheduling_strategy=v.node.pin()).remote(job_ref, self.cfg_ref)
+        )
         self.refs[status] = ("chunk", v.ref.key, v.attempt, payload)
 
     def _flush_actor_queue(self, force: bool) -> None:
@@ -528,8 +554,10 @@ class Scheduler:
             fields = fields if isinstance(fields, list) else [fields]
             for (key, attempt, job_ref), f in zip(batch, fields, strict=True):
                 # Encoding next to the actor: its node was checked, and has CPUs for it.
-                status, payload = cast("list[ray.ObjectRef]", tasks._encode.options(
-                    scheduling_strategy=node.pin()).remote(job_ref, f, node.id, self.cfg_ref))
+                status, payload = cast(
+                    "list[ray.ObjectRef]",
+                    tasks._encode.options(scheduling_strategy=node.pin()).remote(job_ref, f, node.id, self.cfg_ref),
+                )
                 self.refs[status] = ("chunk", key, attempt, payload)
 
     def _chunk_done(self, ref, key: str, attempt: int, payload) -> None:
@@ -578,8 +606,13 @@ class Scheduler:
         if not v.complete or self._current(v.ref.key, v.attempt) is None:
             return
         a = self.active[v.unit]
-        outcome = VideoOutcome(plan=v.plan, summaries=tuple(sorted(v.summaries, key=lambda c: c.index)),
-                               failure=v.failure, kind=v.kind, content_sha256=v.content)
+        outcome = VideoOutcome(
+            plan=v.plan,
+            summaries=tuple(sorted(v.summaries, key=lambda c: c.index)),
+            failure=v.failure,
+            kind=v.kind,
+            content_sha256=v.content,
+        )
         a.outcomes.append((v.ref.key, v.attempt, outcome))
         self.dirty.add(a.unit.name)
         del self.videos[v.ref.key]
@@ -602,8 +635,7 @@ class Scheduler:
                 return
             writer, node = got
             unit = self.pending.popleft()
-            a = _Active(unit=unit, writer=writer, node=node, todo=deque(unit.compute_refs),
-                        left=len(unit.compute_refs))
+            a = _Active(unit=unit, writer=writer, node=node, todo=deque(unit.compute_refs), left=len(unit.compute_refs))
             self.active[unit.name] = a
             writing = sum(not a.committing for a in self.active.values())
             self.stats["peak_writers"] = max(self.stats["peak_writers"], writing)
@@ -622,8 +654,9 @@ class Scheduler:
         # `committed` runs in a concurrency group of its own: the calls of the next unit never
         # wait behind the upload of the last one.
         cls = ray.remote(concurrency_groups={"commit": 1})(UnitAssembler)  # type: ignore[call-overload]
-        writer = cls.options(num_cpus=0, max_restarts=0, resources={res: 1} if res else None,
-                             scheduling_strategy=node.pin()).remote(self.tag)
+        writer = cls.options(
+            num_cpus=0, max_restarts=0, resources={res: 1} if res else None, scheduling_strategy=node.pin()
+        ).remote(self.tag)
         node.writers += 1
         self.writers.append((writer, node))
         return writer, node
@@ -708,8 +741,13 @@ class Scheduler:
         if a.losses >= 2 * MAX_ATTEMPTS:  # not even its error rows could be written
             raise RuntimeError(f"writing shard unit {a.unit.stem} failed {a.losses} times: {reason}")
         if a.losses >= MAX_ATTEMPTS:
-            log.warning("writing shard unit %s failed %d times (%s): its videos not yet written become transient "
-                        "error rows (--retry-errors computes them again)", a.unit.stem, a.losses, reason)
+            log.warning(
+                "writing shard unit %s failed %d times (%s): its videos not yet written become transient "
+                "error rows (--retry-errors computes them again)",
+                a.unit.stem,
+                a.losses,
+                reason,
+            )
             return self._give_up(a, reason)
         got = self._writer(a.node if same_node else None)
         if got is None:
@@ -717,12 +755,22 @@ class Scheduler:
         writer, node = got
         a.writer, a.node, a.busy, a.todo = writer, node, True, deque()
         if same_node:
-            log.warning("the writer of shard unit %s was lost (%s); a new one takes over its spool (%d of %d)",
-                        a.unit.stem, reason, a.losses + 1, MAX_ATTEMPTS)
+            log.warning(
+                "the writer of shard unit %s was lost (%s); a new one takes over its spool (%d of %d)",
+                a.unit.stem,
+                reason,
+                a.losses + 1,
+                MAX_ATTEMPTS,
+            )
             self._call(a, "resume", writer.resume.remote(a.unit, self.output, self.cfg, a.spool))
         else:
-            log.warning("the writer of shard unit %s was lost with its node (%s); the unit starts over (%d of %d)",
-                        a.unit.stem, reason, a.losses + 1, MAX_ATTEMPTS)
+            log.warning(
+                "the writer of shard unit %s was lost with its node (%s); the unit starts over (%d of %d)",
+                a.unit.stem,
+                reason,
+                a.losses + 1,
+                MAX_ATTEMPTS,
+            )
             self._call(a, "begin", writer.begin.remote(a.unit, self.output, self.cfg))
             self._resumed(a, set())
         return None

@@ -10,6 +10,7 @@ every node has at the same path. Object-storage locations need no check.
 
 No Ray here: a task of `pipeline.cluster.tasks` runs `look` on each node.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,9 +79,15 @@ def clean(checks: list[Check]) -> None:
 def refusal(node: str, failed: list[Check], input_path: str, output: Location) -> str:
     """The message that stops the build: what the node cannot see, and the fix."""
     whats = sorted({c.what for c in failed})
-    where = {"INPUT": f"INPUT {input_path} (e.g. {next(c.path for c in failed if c.what == 'INPUT')})"
-             if "INPUT" in whats else "", "OUTPUT": f"OUTPUT {output}"}
+    where = {
+        "INPUT": f"INPUT {input_path} (e.g. {next(c.path for c in failed if c.what == 'INPUT')})"
+        if "INPUT" in whats
+        else "",
+        "OUTPUT": f"OUTPUT {output}",
+    }
     seen = " and ".join(where[w] for w in whats)
-    return (f"{seen} is a local path that node {node} cannot see: on a multi-node Ray cluster the build's "
-            f"INPUT and OUTPUT must be on storage every node sees. Use object storage (s3://bucket/prefix, "
-            f"any fsspec URL) or a shared mount (NFS, ...) at the same path on every node.")
+    return (
+        f"{seen} is a local path that node {node} cannot see: on a multi-node Ray cluster the build's "
+        f"INPUT and OUTPUT must be on storage every node sees. Use object storage (s3://bucket/prefix, "
+        f"any fsspec URL) or a shared mount (NFS, ...) at the same path on every node."
+    )

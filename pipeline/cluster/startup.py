@@ -1,5 +1,6 @@
 """Where and how wide a build runs on Ray: its settings, starting or joining Ray, and the GPUs
 a cluster offers."""
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,13 @@ def init_ray(cfg: RayConfig) -> None:
         # No runtime_env: its workers are this process's descendants and inherit its environment
         # (the settings above included), while a runtime_env would leave the workers Ray prestarts
         # unusable for this job and start new ones (seconds of CPU on a small machine).
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
-                 _system_config={"num_workers_soft_limit": idle_worker_limit(cfg.num_cpus or os.cpu_count() or 1)})
+        ray.init(
+            address="local",
+            num_cpus=cfg.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config={"num_workers_soft_limit": idle_worker_limit(cfg.num_cpus or os.cpu_count() or 1)},
+        )
     log.info("Ray resources: %s", ray.cluster_resources())
 
 

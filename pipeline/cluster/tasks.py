@@ -15,6 +15,7 @@ Every task raises what went wrong as `failures.CarriedError`, classified on the 
 the whole error is known: its reason and kind reach the driver (and the manifest) intact,
 whatever the original exception's class (see `pipeline.failures`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -101,8 +102,12 @@ def _look(checks: list, cfg: WorkerConfig, spool_tag: str = "") -> dict:
     from pipeline.build.assembly import remove_stale_spools
 
     stale = remove_stale_spools(spool_tag) if spool_tag else 0
-    return {"failed": shared_paths.look(checks), "tools": tools.fingerprint(cfg), "host": socket.gethostname(),
-            "stale_spools": stale}
+    return {
+        "failed": shared_paths.look(checks),
+        "tools": tools.fingerprint(cfg),
+        "host": socket.gethostname(),
+        "stale_spools": stale,
+    }
 
 
 def chunk_flow_inputs(job: ChunkJob, flow) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -131,8 +136,10 @@ class FlowActor:
         jobs = [job for job, _ in items]
         plain = [self.batcher.submit(*chunk_flow_inputs(job, self.cfg.flow)) for job in jobs]
         warped = [self._submit_warped(job) for job in jobs]  # None each without --flow-warp
-        q = [(p.result(), None if w is None else WarpedFields(fields=w[0].result(), cameras=w[1]))
-             for p, w in zip(plain, warped, strict=True)]
+        q = [
+            (p.result(), None if w is None else WarpedFields(fields=w[0].result(), cameras=w[1]))
+            for p, w in zip(plain, warped, strict=True)
+        ]
         # Ray splits a returned list over num_returns refs only when there are several.
         return q[0] if len(q) == 1 else q
 
@@ -147,5 +154,8 @@ class FlowActor:
 
     def stats(self) -> dict:
         """Batches run and pairs per batch so far."""
-        return {"batches": self.batcher.stats.batches, "pairs": self.batcher.stats.pairs,
-                "sizes": list(self.batcher.stats.sizes)}
+        return {
+            "batches": self.batcher.stats.batches,
+            "pairs": self.batcher.stats.pairs,
+            "sizes": list(self.batcher.stats.sizes),
+        }

@@ -14,6 +14,7 @@ Scores per case (a set of pairs of one motion): mean end-point error (EPE, px) o
 pixels, the share of valid pixels whose end-point error exceeds 3 px (outliers), and
 pairs/s of the estimator calls (after one untimed warm-up call per estimator).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,6 +34,7 @@ FLO_UNKNOWN = 1e9  # Middlebury marks unknown flow with components above this
 
 
 # --- ground truth ----------------------------------------------------------------------------
+
 
 def _smooth_field(height: int, width: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
     """A smooth random (H, W, 2) field with max |component| = amplitude."""
@@ -81,7 +83,7 @@ def photo_pair(kind: str, height: int, width: int, seed: int = 0) -> tuple[np.nd
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     map_x, map_y = xs + flow[..., 0] + pad, ys + flow[..., 1] + pad
     frame0 = cv2.remap(src, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    frame1 = src[pad:pad + height, pad:pad + width]
+    frame1 = src[pad : pad + height, pad : pad + width]
     return to_u8(frame0), to_u8(frame1), flow
 
 
@@ -99,22 +101,23 @@ def eval_margin(flow: np.ndarray) -> int:
 def interior(shape: tuple[int, int], margin: int) -> np.ndarray:
     """(H, W) bool mask, True `margin` pixels in from every side."""
     mask = np.zeros(shape, bool)
-    mask[margin:shape[0] - margin, margin:shape[1] - margin] = True
+    mask[margin : shape[0] - margin, margin : shape[1] - margin] = True
     return mask
 
 
 # --- scores ----------------------------------------------------------------------------------
 
+
 def endpoint_errors(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per-pixel end-point error |estimate - truth| of (..., H, W, 2) arrays."""
     diff = np.asarray(estimate, np.float64) - np.asarray(truth, np.float64)
-    return np.sqrt((diff ** 2).sum(-1))
+    return np.sqrt((diff**2).sum(-1))
 
 
 def mean_epe(estimate: np.ndarray, truth: np.ndarray, margin: int) -> float:
     """Mean end-point error over (..., H, W, 2) arrays, `margin` pixels in from every side."""
     err = endpoint_errors(estimate, truth)
-    return float(err[..., margin:err.shape[-2] - margin, margin:err.shape[-1] - margin].mean())
+    return float(err[..., margin : err.shape[-2] - margin, margin : err.shape[-1] - margin].mean())
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,16 @@ class Score:
     pairs_per_s: float
 
     def as_dict(self) -> dict:
-        return {"case": self.name, "pairs": self.pairs, "width": self.size[0], "height": self.size[1],
-                "max_motion_px": round(self.max_motion, 4), "epe": round(self.epe, 6),
-                "outliers_3px": round(self.outliers, 6), "pairs_per_s": round(self.pairs_per_s, 4)}
+        return {
+            "case": self.name,
+            "pairs": self.pairs,
+            "width": self.size[0],
+            "height": self.size[1],
+            "max_motion_px": round(self.max_motion, 4),
+            "epe": round(self.epe, 6),
+            "outliers_3px": round(self.outliers, 6),
+            "pairs_per_s": round(self.pairs_per_s, 4),
+        }
 
 
 def builtin_case(kind: str, height: int, width: int, pairs: int, seed: int = 0) -> Case:
@@ -170,16 +180,24 @@ def score(estimate: np.ndarray, case: Case, seconds: float) -> Score:
     err = endpoint_errors(estimate, case.truth)[case.valid]
     if not err.size:
         raise ValueError(f"{case.name}: no pixel has a known ground truth")
-    return Score(name=case.name, pairs=len(case.prev), size=(case.prev.shape[2], case.prev.shape[1]),
-                 max_motion=case.max_motion, epe=float(err.mean()), outliers=float((err > OUTLIER_PX).mean()),
-                 pairs_per_s=len(case.prev) / max(seconds, 1e-9))
+    return Score(
+        name=case.name,
+        pairs=len(case.prev),
+        size=(case.prev.shape[2], case.prev.shape[1]),
+        max_motion=case.max_motion,
+        epe=float(err.mean()),
+        outliers=float((err > OUTLIER_PX).mean()),
+        pairs_per_s=len(case.prev) / max(seconds, 1e-9),
+    )
 
 
 def run_case(estimator, case: Case, batch_size: int = 16) -> tuple[np.ndarray, float]:
     """The estimator's flow for every pair of a case (batches of `batch_size`) and the seconds it took."""
     start = time.perf_counter()
-    out = [np.asarray(estimator(case.prev[b:b + batch_size], case.nxt[b:b + batch_size]), np.float32)
-           for b in range(0, len(case.prev), batch_size)]
+    out = [
+        np.asarray(estimator(case.prev[b : b + batch_size], case.nxt[b : b + batch_size]), np.float32)
+        for b in range(0, len(case.prev), batch_size)
+    ]
     return np.concatenate(out), time.perf_counter() - start
 
 
@@ -199,24 +217,31 @@ def overall(scores: list[Score]) -> Score:
     weights = [s.pairs * s.size[0] * s.size[1] for s in scores]
     total = sum(weights)
     seconds = sum(s.pairs / s.pairs_per_s for s in scores)
-    return Score(name="all", pairs=sum(s.pairs for s in scores), size=scores[0].size,
-                 max_motion=max(s.max_motion for s in scores),
-                 epe=sum(w * s.epe for w, s in zip(weights, scores, strict=True)) / total,
-                 outliers=sum(w * s.outliers for w, s in zip(weights, scores, strict=True)) / total,
-                 pairs_per_s=sum(s.pairs for s in scores) / max(seconds, 1e-9))
+    return Score(
+        name="all",
+        pairs=sum(s.pairs for s in scores),
+        size=scores[0].size,
+        max_motion=max(s.max_motion for s in scores),
+        epe=sum(w * s.epe for w, s in zip(weights, scores, strict=True)) / total,
+        outliers=sum(w * s.outliers for w, s in zip(weights, scores, strict=True)) / total,
+        pairs_per_s=sum(s.pairs for s in scores) / max(seconds, 1e-9),
+    )
 
 
 def format_table(scores: list[Score]) -> list[str]:
     """The scores as aligned text lines (one per case, then the overall row)."""
     head = f"{'CASE':<16} {'PAIRS':>5} {'SIZE':>9} {'MAX PX':>7} {'EPE (px)':>9} {'>3 PX':>7} {'PAIRS/S':>8}"
     rows = [head]
-    rows.extend(f"{s.name:<16} {s.pairs:>5} {s.size[0]:>4}x{s.size[1]:<4} {s.max_motion:>7.2f} "
-                f"{s.epe:>9.4f} {100 * s.outliers:>6.2f}% {s.pairs_per_s:>8.2f}"
-                for s in scores + ([overall(scores)] if len(scores) > 1 else []))
+    rows.extend(
+        f"{s.name:<16} {s.pairs:>5} {s.size[0]:>4}x{s.size[1]:<4} {s.max_motion:>7.2f} "
+        f"{s.epe:>9.4f} {100 * s.outliers:>6.2f}% {s.pairs_per_s:>8.2f}"
+        for s in scores + ([overall(scores)] if len(scores) > 1 else [])
+    )
     return rows
 
 
 # --- user pairs --------------------------------------------------------------------------------
+
 
 def read_flo(path: str | Path) -> np.ndarray:
     """A Middlebury .flo file -> (H, W, 2) float32; raises ValueError naming the file and the reason."""
@@ -236,8 +261,7 @@ def write_flo(path: str | Path, flow: np.ndarray) -> Path:
         raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
     h, w = flow.shape[:2]
     path = Path(path)
-    path.write_bytes(np.float32(FLO_MAGIC).tobytes() + np.array([w, h], "<i4").tobytes()
-                     + flow.astype("<f4").tobytes())
+    path.write_bytes(np.float32(FLO_MAGIC).tobytes() + np.array([w, h], "<i4").tobytes() + flow.astype("<f4").tobytes())
     return path
 
 
@@ -255,8 +279,14 @@ def file_case(first: str | Path, second: str | Path, gt: str | Path) -> Case:
     if a.shape != b.shape:
         raise ValueError(f"{first} and {second}: frames of different sizes {a.shape[::-1]} and {b.shape[::-1]}")
     if truth.shape[:2] != a.shape:
-        raise ValueError(f"{gt}: ground truth of {truth.shape[1]}x{truth.shape[0]} for frames of "
-                         f"{a.shape[1]}x{a.shape[0]}")
+        raise ValueError(
+            f"{gt}: ground truth of {truth.shape[1]}x{truth.shape[0]} for frames of {a.shape[1]}x{a.shape[0]}"
+        )
     valid = np.isfinite(truth).all(-1) & (np.abs(truth) < FLO_UNKNOWN).all(-1)
-    return Case(name=Path(first).name, prev=a[None], nxt=b[None], truth=np.where(valid[..., None], truth, 0)[None],
-                valid=valid[None])
+    return Case(
+        name=Path(first).name,
+        prev=a[None],
+        nxt=b[None],
+        truth=np.where(valid[..., None], truth, 0)[None],
+        valid=valid[None],
+    )

@@ -13,6 +13,7 @@ to `linger` seconds for more pairs, and never holds a finished batch back waitin
 Each pair's flow does not depend on the pairs beside it in a batch (every step is a per-pair
 tensor op), so the bytes equal those of computing each chunk on its own (tests check this).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -86,8 +87,14 @@ class PairBatcher:
     batch_size: an int, or a function of (height, width) giving B for frames of that size.
     """
 
-    def __init__(self, estimator, *, bound: float = DEFAULT_BOUND, batch_size: int | Callable[[int, int], int] = 16,
-                 linger: float = 0.002) -> None:
+    def __init__(
+        self,
+        estimator,
+        *,
+        bound: float = DEFAULT_BOUND,
+        batch_size: int | Callable[[int, int], int] = 16,
+        linger: float = 0.002,
+    ) -> None:
         if isinstance(batch_size, int) and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.path = staged_path(estimator)
@@ -112,8 +119,9 @@ class PairBatcher:
                 raise ValueError(f"pair ({a}, {b}) is outside the chunk's {len(frames)} frames")
         h, w = frames.shape[1:3]
         fut: Future = Future()
-        chunk = _Chunk(frames=frames, pairs=list(pairs), out=np.empty((len(pairs), h, w, 2), np.uint8),
-                       future=fut, left=len(pairs))
+        chunk = _Chunk(
+            frames=frames, pairs=list(pairs), out=np.empty((len(pairs), h, w, 2), np.uint8), future=fut, left=len(pairs)
+        )
         if not pairs:
             fut.set_result(chunk.out)
             return fut

@@ -1,5 +1,6 @@
 """Which flow a build computes and how (`FlowConfig`), checked against the estimator table, and
 the helpers that turn `--flow-param` values into typed records."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,13 @@ class FlowConfig:
         count by their content hash in the build's tools (`pipeline.tools`), not by their path:
         the same weights elsewhere give the same bytes."""
         params = {k: v for k, v in self.params_dict().items() if k != "weights"}
-        out = {"algorithm": self.algorithm, "backend": self.backend, "step": self.step,
-               "bound": self.bound, "params": params}
+        out = {
+            "algorithm": self.algorithm,
+            "backend": self.backend,
+            "step": self.step,
+            "bound": self.bound,
+            "params": params,
+        }
         if self.torch_options.dtype != "fp32":
             out["dtype"] = self.torch_options.dtype
         return out

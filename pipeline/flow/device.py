@@ -13,6 +13,7 @@ batch k, has the copy in of k+1 and the copy out of k-1 run while k computes, an
 both ways (frames in, quantized fields out: a quarter of float32's bytes). On CPU the same
 calls run in order without streams, so the CPU tests exercise the same logic.
 """
+
 from __future__ import annotations
 
 import logging

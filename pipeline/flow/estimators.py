@@ -8,6 +8,7 @@ resolution, x to the right and y down (OpenCV's convention): I_t(p) ~ I_{t+step}
 
 Factories import their module when called, so a CPU worker never imports torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,8 +113,9 @@ class EstimatorSpec:
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
         if self.cpu_batch < 1 or self.cuda_batch_pixels < 1:
-            raise ValueError(f"cpu_batch and cuda_batch_pixels must be >= 1, got {self.cpu_batch}, "
-                             f"{self.cuda_batch_pixels}")
+            raise ValueError(
+                f"cpu_batch and cuda_batch_pixels must be >= 1, got {self.cpu_batch}, {self.cuda_batch_pixels}"
+            )
 
 
 def _opencv_tvl1(cfg: FlowSettings) -> FlowEstimator:
@@ -138,24 +140,35 @@ def _torch_tvl1(cfg: FlowSettings) -> FlowEstimator:
     from pipeline.flow.tvl1_torch import TorchTVL1
 
     opts = cfg.torch_options
-    return TorchTVL1(cfg.params, device=cfg.device, compile=opts.compile, dtype=opts.dtype,
-                     sync_every=opts.sync_every)
+    return TorchTVL1(cfg.params, device=cfg.device, compile=opts.compile, dtype=opts.dtype, sync_every=opts.sync_every)
 
 
 def _raft(cfg: FlowSettings, *, model: str) -> FlowEstimator:
     from pipeline.flow.raft import RAFTFlow
 
     opts = cfg.torch_options
-    return RAFTFlow(cfg.params.weights, model=model, device=cfg.device, num_flow_updates=cfg.params.num_flow_updates,
-                    compile=opts.compile, dtype=opts.dtype)
+    return RAFTFlow(
+        cfg.params.weights,
+        model=model,
+        device=cfg.device,
+        num_flow_updates=cfg.params.num_flow_updates,
+        compile=opts.compile,
+        dtype=opts.dtype,
+    )
 
 
 def _sea_raft(cfg: FlowSettings, *, variant: str) -> FlowEstimator:
     from pipeline.flow.searaft import SEARAFTFlow
 
     opts = cfg.torch_options
-    return SEARAFTFlow(cfg.params.weights, variant=variant, device=cfg.device, iters=cfg.params.iters,
-                       compile=opts.compile, dtype=opts.dtype)
+    return SEARAFTFlow(
+        cfg.params.weights,
+        variant=variant,
+        device=cfg.device,
+        iters=cfg.params.iters,
+        compile=opts.compile,
+        dtype=opts.dtype,
+    )
 
 
 def _torchvision_weights(algorithm: str) -> Path:
@@ -169,24 +182,51 @@ _CPU = ("cpu",)
 _CPU_CUDA = ("cpu", "cuda")
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
-    "tvl1": EstimatorSpec(params=TVL1Params, backends={"opencv": Backend(factory=_opencv_tvl1, devices=_CPU),
-                                                       "torch": Backend(factory=_torch_tvl1, devices=_CPU_CUDA)}),
+    "tvl1": EstimatorSpec(
+        params=TVL1Params,
+        backends={
+            "opencv": Backend(factory=_opencv_tvl1, devices=_CPU),
+            "torch": Backend(factory=_torch_tvl1, devices=_CPU_CUDA),
+        },
+    ),
     "farneback": EstimatorSpec(params=FarnebackParams, backends={"opencv": Backend(factory=_farneback, devices=_CPU)}),
     "dis": EstimatorSpec(params=DISParams, backends={"opencv": Backend(factory=_dis, devices=_CPU)}),
     "raft_small": EstimatorSpec(
-        params=RAFTParams, backends={"torch": Backend(factory=partial(_raft, model="raft_small"), devices=_CPU_CUDA)},
-        input="rgb", learned=True, cpu_batch=4, cuda_batch_pixels=5_600_000, packages=("torchvision",),
-        cached_weights=_torchvision_weights),
+        params=RAFTParams,
+        backends={"torch": Backend(factory=partial(_raft, model="raft_small"), devices=_CPU_CUDA)},
+        input="rgb",
+        learned=True,
+        cpu_batch=4,
+        cuda_batch_pixels=5_600_000,
+        packages=("torchvision",),
+        cached_weights=_torchvision_weights,
+    ),
     "raft_large": EstimatorSpec(
-        params=RAFTParams, backends={"torch": Backend(factory=partial(_raft, model="raft_large"), devices=_CPU_CUDA)},
-        input="rgb", learned=True, cpu_batch=4, cuda_batch_pixels=2_800_000, packages=("torchvision",),
-        cached_weights=_torchvision_weights),
+        params=RAFTParams,
+        backends={"torch": Backend(factory=partial(_raft, model="raft_large"), devices=_CPU_CUDA)},
+        input="rgb",
+        learned=True,
+        cpu_batch=4,
+        cuda_batch_pixels=2_800_000,
+        packages=("torchvision",),
+        cached_weights=_torchvision_weights,
+    ),
     "sea_raft_s": EstimatorSpec(
-        params=SEARAFTParams, backends={"torch": Backend(factory=partial(_sea_raft, variant="S"), devices=_CPU_CUDA)},
-        input="rgb", learned=True, cpu_batch=4, cuda_batch_pixels=5_600_000),
+        params=SEARAFTParams,
+        backends={"torch": Backend(factory=partial(_sea_raft, variant="S"), devices=_CPU_CUDA)},
+        input="rgb",
+        learned=True,
+        cpu_batch=4,
+        cuda_batch_pixels=5_600_000,
+    ),
     "sea_raft_m": EstimatorSpec(
-        params=SEARAFTParams, backends={"torch": Backend(factory=partial(_sea_raft, variant="M"), devices=_CPU_CUDA)},
-        input="rgb", learned=True, cpu_batch=4, cuda_batch_pixels=5_600_000),
+        params=SEARAFTParams,
+        backends={"torch": Backend(factory=partial(_sea_raft, variant="M"), devices=_CPU_CUDA)},
+        input="rgb",
+        learned=True,
+        cpu_batch=4,
+        cuda_batch_pixels=5_600_000,
+    ),
 }
 
 
@@ -223,8 +263,7 @@ def backend_for(algorithm: str, backend: str, device: str) -> Backend:
         raise ValueError(f"the {backend} backend implements {algorithms_for(backend)}, not {algorithm!r}")
     build = row.backends[backend]
     if device.split(":", 1)[0] not in build.devices:
-        raise ValueError(f"the {backend} backend runs {algorithm} on {' or '.join(build.devices)} only, "
-                         f"not {device!r}")
+        raise ValueError(f"the {backend} backend runs {algorithm} on {' or '.join(build.devices)} only, not {device!r}")
     return build
 
 

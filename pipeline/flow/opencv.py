@@ -6,6 +6,7 @@ OpenCV object once and sets OpenCV's thread count: Ray runs one worker per core,
 own thread pool (TV-L1 and DIS use one) would oversubscribe the cores unless it is capped.
 cv2.setNumThreads is process-wide, so the last estimator built in a process sets it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,11 @@ from pipeline.flow.params import DISParams, FarnebackParams, TVL1Params, check_f
 
 log = logging.getLogger(__name__)
 
-_DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
 
 
 def check_pair_batch(prev: np.ndarray, nxt: np.ndarray) -> None:
@@ -95,8 +99,19 @@ class OpenCVTVL1(_PairEstimator):
             raise ValueError(f"OpenCV TV-L1 needs median_filtering of 0, 1, 3 or 5, got {p.median_filtering}")
         # Positional: the Python binding names the arguments lambda_ and innnerIterations (sic).
         self._tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(
-            p.tau, p.lambda_, p.theta, p.nscales, p.warps, p.epsilon, p.inner_iterations,
-            p.outer_iterations, p.scale_step, p.gamma, p.median_filtering, p.use_initial_flow)
+            p.tau,
+            p.lambda_,
+            p.theta,
+            p.nscales,
+            p.warps,
+            p.epsilon,
+            p.inner_iterations,
+            p.outer_iterations,
+            p.scale_step,
+            p.gamma,
+            p.median_filtering,
+            p.use_initial_flow,
+        )
         log.debug("built %r", self)
 
     def _one(self, prev: np.ndarray, nxt: np.ndarray, init: np.ndarray | None) -> np.ndarray:
@@ -108,6 +123,7 @@ class OpenCVTVL1(_PairEstimator):
             return self._tvl1.calc(prev, nxt, init)
         return self._tvl1.calc(prev, nxt, None)
 
+
 class Farneback(_PairEstimator):
     """cv2.calcOpticalFlowFarneback with `FarnebackParams`, one pair at a time."""
 
@@ -118,8 +134,10 @@ class Farneback(_PairEstimator):
         p = self.params
         if p.flags & cv2.OPTFLOW_USE_INITIAL_FLOW and init is None:
             init = np.zeros((*prev.shape, 2), np.float32)  # the flag needs a flow to start from
-        return cv2.calcOpticalFlowFarneback(prev, nxt, init, p.pyr_scale, p.levels, p.winsize,
-                                            p.iterations, p.poly_n, p.poly_sigma, p.flags)
+        return cv2.calcOpticalFlowFarneback(
+            prev, nxt, init, p.pyr_scale, p.levels, p.winsize, p.iterations, p.poly_n, p.poly_sigma, p.flags
+        )
+
 
 class DIS(_PairEstimator):
     """cv2.DISOpticalFlow from a preset, with the non-None `DISParams` fields overriding it."""
@@ -135,10 +153,13 @@ class DIS(_PairEstimator):
     @staticmethod
     def _build(p: DISParams):
         dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[p.preset])
-        overrides = {"setFinestScale": p.finest_scale, "setPatchSize": p.patch_size,
-                     "setPatchStride": p.patch_stride,
-                     "setGradientDescentIterations": p.gradient_descent_iterations,
-                     "setVariationalRefinementIterations": p.variational_refinement_iterations}
+        overrides = {
+            "setFinestScale": p.finest_scale,
+            "setPatchSize": p.patch_size,
+            "setPatchStride": p.patch_stride,
+            "setGradientDescentIterations": p.gradient_descent_iterations,
+            "setVariationalRefinementIterations": p.variational_refinement_iterations,
+        }
         for setter, value in overrides.items():
             if value is not None:
                 getattr(dis, setter)(int(value))

@@ -4,6 +4,7 @@ estimator runs (`TorchOptions`), and the frame-batch check every estimator appli
 Kept below `pipeline.flow.estimators` (the table and the factory) so that the estimators import
 their parameters without importing the table that builds them.
 """
+
 from __future__ import annotations
 
 import dataclasses

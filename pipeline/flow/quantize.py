@@ -6,6 +6,7 @@ so zero motion maps to 128 (127.5 rounded half to even is 128) and one level is 
 The bound b and this formula travel in each sample's metadata; `pipeline.flow.device` holds
 the same mapping on a torch device, with the same bytes.
 """
+
 from __future__ import annotations
 
 import numpy as np

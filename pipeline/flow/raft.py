@@ -8,6 +8,7 @@ border) and the flow cropped back. RAFT was trained on colour: it takes the RGB 
 0 -> frame 1, x right, y down, pixels (OpenCV's convention). dtype fp16/bf16 runs the network
 under autocast; compile=True runs it through torch.compile.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,13 +49,16 @@ def find_weights(model: str, weights: str | Path | None = None) -> Path:
     _, url = _builder_and_url(model)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if not cached.is_file():
-        raise FileNotFoundError(f"no {model} weights at {str(cached)!r}; pass a checkpoint path "
-                                f"(the file published at {url}) - weights are never downloaded")
+        raise FileNotFoundError(
+            f"no {model} weights at {str(cached)!r}; pass a checkpoint path "
+            f"(the file published at {url}) - weights are never downloaded"
+        )
     return cached
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = 8,
-                    minimum: int = MIN_SIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int = 8, minimum: int = MIN_SIDE
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (N, C, H, W) bottom and right (replicated) to sides divisible by `multiple`, >= `minimum`.
 
     Returns the padded tensor and the original (H, W) to crop back to.
@@ -86,9 +90,17 @@ class RAFTFlow(DeviceEstimator):
     input = "rgb"
     name = "torch-raft"
 
-    def __init__(self, weights: str | Path | None = None, *, model: str = "raft_small", device: str = "cpu",
-                 num_flow_updates: int = 12, random_init: bool = False, compile: bool = False,
-                 dtype: str | torch.dtype = "fp32"):
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        *,
+        model: str = "raft_small",
+        device: str = "cpu",
+        num_flow_updates: int = 12,
+        random_init: bool = False,
+        compile: bool = False,
+        dtype: str | torch.dtype = "fp32",
+    ):
         if num_flow_updates < 1:
             raise ValueError(f"num_flow_updates must be >= 1, got {num_flow_updates}")
         super().__init__(device, dtype)
@@ -113,5 +125,7 @@ class RAFTFlow(DeviceEstimator):
         return flow[:, :, :h, :w].float()
 
     def __repr__(self) -> str:
-        return (f"RAFTFlow(model={self.model_name!r}, device={str(self.device)!r}, updates={self.num_flow_updates}, "
-                f"dtype={self.dtype}, compile={self.compile})")
+        return (
+            f"RAFTFlow(model={self.model_name!r}, device={str(self.device)!r}, updates={self.num_flow_updates}, "
+            f"dtype={self.dtype}, compile={self.compile})"
+        )

@@ -31,6 +31,7 @@ Tartan-C-T-TSKH-*-S/M checkpoints: a `.pth` saved with torch.save(model.state_di
 release (needs the safetensors package). The reference registers each downsampling block's
 BatchNorm twice (`bn3` and `downsample.1`); the duplicate is accepted and checked equal.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,6 +55,7 @@ MIN_SIDE = 64  # padded sides: the 4th correlation level of 1/8 features needs a
 
 
 # ----------------------------------------------------------------------------- encoders
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BatchNorm and a residual (1x1 conv + BN where shape changes)."""
@@ -97,6 +99,7 @@ class Encoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- update
+
 
 class ConvNextBlock(nn.Module):
     """Depthwise 7x7, LayerNorm over channels, MLP x4 with GELU, layer scale, residual, 1x1 out."""
@@ -150,6 +153,7 @@ class UpdateBlock(nn.Module):
 
 # ----------------------------------------------------------------------------- correlation
 
+
 def correlation_pyramid(f1: torch.Tensor, f2: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
     """All-pairs correlation of 1/8 features, divided by sqrt(channels), against `levels`
     successively halved (bilinear) versions of the second frame's features.
@@ -162,7 +166,7 @@ def correlation_pyramid(f1: torch.Tensor, f2: torch.Tensor, levels: int = LEVELS
     for i in range(levels):
         if i:
             f2 = F.interpolate(f2, scale_factor=0.5, mode="bilinear", align_corners=False)
-        corr = torch.bmm(a, f2.flatten(2)) / c ** 0.5  # (N, h*w, h_i*w_i)
+        corr = torch.bmm(a, f2.flatten(2)) / c**0.5  # (N, h*w, h_i*w_i)
         out.append(corr.reshape(n * h * w, 1, *f2.shape[-2:]))
     return out
 
@@ -181,7 +185,7 @@ def lookup(pyramid: list[torch.Tensor], coords: torch.Tensor, radius: int = RADI
     centre = coords.permute(0, 2, 3, 1).reshape(n * h * w, 1, 1, 2)
     out = []
     for i, corr in enumerate(pyramid):
-        xy = centre / 2 ** i + delta
+        xy = centre / 2**i + delta
         hh, ww = corr.shape[-2:]
         grid = torch.stack((2 * xy[..., 0] / max(ww - 1, 1) - 1, 2 * xy[..., 1] / max(hh - 1, 1) - 1), dim=-1)
         sampled = F.grid_sample(corr, grid.to(corr.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -201,12 +205,14 @@ def convex_upsample(flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def coords_grid(n: int, h: int, w: int, device, dtype=torch.float32) -> torch.Tensor:
     """(N, 2, h, w) pixel coordinates, x then y."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
-                            torch.arange(w, device=device, dtype=dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype), indexing="ij"
+    )
     return torch.stack((xs, ys))[None].expand(n, -1, -1, -1)
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 class SEARAFT(nn.Module):
     """The SEA-RAFT network (module docstring); forward takes images in [-1, 1], sides % 8 == 0."""
@@ -220,10 +226,12 @@ class SEARAFT(nn.Module):
         self.cnet = Encoder(6, 2 * DIM, depths)
         self.fnet = Encoder(3, 2 * DIM, depths)
         self.init_conv = nn.Conv2d(2 * DIM, 2 * DIM, 3, padding=1)
-        self.upsample_weight = nn.Sequential(nn.Conv2d(DIM, 2 * DIM, 3, padding=1), nn.ReLU(inplace=True),
-                                             nn.Conv2d(2 * DIM, 64 * 9, 1))
-        self.flow_head = nn.Sequential(nn.Conv2d(DIM, 2 * DIM, 3, padding=1), nn.ReLU(inplace=True),
-                                       nn.Conv2d(2 * DIM, 6, 3, padding=1))  # flow 2 + mixture weight 2 + log b 2
+        self.upsample_weight = nn.Sequential(
+            nn.Conv2d(DIM, 2 * DIM, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(2 * DIM, 64 * 9, 1)
+        )
+        self.flow_head = nn.Sequential(
+            nn.Conv2d(DIM, 2 * DIM, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(2 * DIM, 6, 3, padding=1)
+        )  # flow 2 + mixture weight 2 + log b 2
         self.update_block = UpdateBlock(corr_channels)
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 4) -> torch.Tensor:
@@ -281,16 +289,27 @@ class SEARAFTFlow(DeviceEstimator):
     input = "rgb"
     name = "torch-sea-raft"
 
-    def __init__(self, weights: str | Path | None = None, *, variant: str = "M", device: str = "cpu", iters: int = 4,
-                 random_init: bool = False, compile: bool = False, dtype: str | torch.dtype = "fp32") -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        *,
+        variant: str = "M",
+        device: str = "cpu",
+        iters: int = 4,
+        random_init: bool = False,
+        compile: bool = False,
+        dtype: str | torch.dtype = "fp32",
+    ) -> None:
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         super().__init__(device, dtype)
         net = SEARAFT(variant)
         if not random_init:
             if weights is None:
-                raise FileNotFoundError(f"sea_raft_{variant.lower()} needs --flow-param weights=FILE, a local "
-                                        "checkpoint of the published model; weights are never downloaded")
+                raise FileNotFoundError(
+                    f"sea_raft_{variant.lower()} needs --flow-param weights=FILE, a local "
+                    "checkpoint of the published model; weights are never downloaded"
+                )
             net.load_state_dict(official_state_dict(load_weights(weights)))
             log.info("loaded SEA-RAFT-%s weights from %s", variant, weights)
         self.variant, self.iters, self.compile = variant, iters, bool(compile)
@@ -305,8 +324,10 @@ class SEARAFTFlow(DeviceEstimator):
         b = F.pad(rgb_input(nxt), pad, mode="replicate")
         with autocast(self.device, self.dtype):
             flow = self._forward(a, b, iters=self.iters)
-        return flow[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w].float()
+        return flow[:, :, pad[2] : pad[2] + h, pad[0] : pad[0] + w].float()
 
     def __repr__(self) -> str:
-        return (f"SEARAFTFlow(variant={self.variant!r}, device={str(self.device)!r}, iters={self.iters}, "
-                f"dtype={self.dtype}, compile={self.compile})")
+        return (
+            f"SEARAFTFlow(variant={self.variant!r}, device={str(self.device)!r}, iters={self.iters}, "
+            f"dtype={self.dtype}, compile={self.compile})"
+        )

@@ -32,6 +32,7 @@ Pyramid resampling taps are cached on the device, so no level pays a host-to-dev
 Flow direction and units are OpenCV's: (N, 2, H, W), x then y in pixels, from I0 to I1:
 I0(p) ~ I1(p + u(p)). Intensities are on OpenCV's scale, 0..255 (lambda depends on it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,6 +54,7 @@ _FLT_EPSILON = float(np.finfo(np.float32).eps)  # std::numeric_limits<float>::ep
 
 # ----------------------------------------------------------------------------- resizing
 
+
 @functools.lru_cache(maxsize=256)
 def _resize_taps(out_len: int, in_len: int, src_per_dst: float) -> tuple[np.ndarray, ...]:
     """Neighbour indices and weights of cv::resize INTER_LINEAR along one axis.
@@ -69,12 +71,17 @@ def _resize_taps(out_len: int, in_len: int, src_per_dst: float) -> tuple[np.ndar
 
 
 @functools.lru_cache(maxsize=512)
-def _device_taps(out_len: int, in_len: int, src_per_dst: float, device: torch.device,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _device_taps(
+    out_len: int, in_len: int, src_per_dst: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     """`_resize_taps` as tensors on `device`, copied once: a blocking copy per level would be a host sync."""
     lo, hi, w_lo, w_hi = _resize_taps(out_len, in_len, src_per_dst)
-    return (torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device),
-            torch.from_numpy(w_lo).to(device, dtype), torch.from_numpy(w_hi).to(device, dtype))
+    return (
+        torch.from_numpy(lo).to(device),
+        torch.from_numpy(hi).to(device),
+        torch.from_numpy(w_lo).to(device, dtype),
+        torch.from_numpy(w_hi).to(device, dtype),
+    )
 
 
 def _resize_axis(x: torch.Tensor, dim: int, out_len: int, src_per_dst: float) -> torch.Tensor:
@@ -123,6 +130,7 @@ def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> 
 
 # ----------------------------------------------------------------------------- finite differences
 
+
 def centered_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """OpenCV's centeredGradient: half the central difference, one-sided (still halved) at borders.
 
@@ -149,6 +157,7 @@ def divergence(p: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- median filter
 
+
 def _oddeven_merge_pairs(n: int) -> list[tuple[int, int]]:
     """Comparators of Batcher's odd-even merge sort for n a power of two."""
     pairs: list[tuple[int, int]] = []
@@ -157,8 +166,9 @@ def _oddeven_merge_pairs(n: int) -> list[tuple[int, int]]:
         k = p
         while k >= 1:
             for j in range(k % p, n - k, 2 * k):
-                pairs.extend((i + j, i + j + k) for i in range(min(k, n - j - k))
-                             if (i + j) // (2 * p) == (i + j + k) // (2 * p))
+                pairs.extend(
+                    (i + j, i + j + k) for i in range(min(k, n - j - k)) if (i + j) // (2 * p) == (i + j + k) // (2 * p)
+                )
             k //= 2
         p *= 2
     return pairs
@@ -196,7 +206,7 @@ def median_filter(u: torch.Tensor, ksize: int, network: tuple | None = None) -> 
     r = ksize // 2
     pad = F.pad(u, (r, r, r, r), mode="replicate")
     h, w = u.shape[-2:]
-    vals = [pad[..., dy:dy + h, dx:dx + w] for dy in range(ksize) for dx in range(ksize)]
+    vals = [pad[..., dy : dy + h, dx : dx + w] for dy in range(ksize) for dx in range(ksize)]
     for i, j, keep_min, keep_max in network:
         a, b = vals[i], vals[j]
         if keep_min:
@@ -207,6 +217,7 @@ def median_filter(u: torch.Tensor, ksize: int, network: tuple | None = None) -> 
 
 
 # ----------------------------------------------------------------------------- one level
+
 
 def warp_bicubic(stack: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Sample (N, K, H, W) at p + flow(p), bicubic (a = -0.75 as OpenCV), zero outside.
@@ -222,8 +233,17 @@ def warp_bicubic(stack: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
-def tvl1_step(u: torch.Tensor, p: torch.Tensor, g: torch.Tensor, grad: torch.Tensor, rho_c: torch.Tensor,
-              active: torch.Tensor, l_t: float, theta: float, taut: float):
+def tvl1_step(
+    u: torch.Tensor,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    grad: torch.Tensor,
+    rho_c: torch.Tensor,
+    active: torch.Tensor,
+    l_t: float,
+    theta: float,
+    taut: float,
+):
     """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables).
 
     u: (N, C, H, W) flow (C = 3 when gamma adds the illumination term u3); p: (N, C, 2, H, W)
@@ -258,8 +278,7 @@ def _kernels(compiled: bool):
     """The per-iteration functions, optionally through torch.compile (fuses each into few kernels)."""
     if not compiled:
         return tvl1_step, tvl1_median
-    return (torch.compile(tvl1_step, dynamic=True),
-            torch.compile(tvl1_median, dynamic=True))
+    return (torch.compile(tvl1_step, dynamic=True), torch.compile(tvl1_median, dynamic=True))
 
 
 @dataclass
@@ -287,8 +306,15 @@ class _Work:
 
     def select(self, keep: torch.Tensor) -> _Work:
         """The working set restricted to positions `keep` (all of them still active)."""
-        return _Work(rows=self.rows[keep], u=self.u[keep], p=self.p[keep], g=self.g[keep],
-                     grad=self.grad[keep], rho_c=self.rho_c[keep], active=self.active[keep])
+        return _Work(
+            rows=self.rows[keep],
+            u=self.u[keep],
+            p=self.p[keep],
+            g=self.g[keep],
+            grad=self.grad[keep],
+            rho_c=self.rho_c[keep],
+            active=self.active[keep],
+        )
 
 
 class _Solver:
@@ -320,9 +346,15 @@ class _Solver:
         extra = (torch.full_like(gx, self.params.gamma),) if u.shape[1] > 2 else ()
         g = torch.cat((gx, gy, *extra), dim=1)  # with gamma, u3's coefficient in rho
         n = u.shape[0]
-        return _Work(rows=torch.arange(n, device=u.device), u=u, p=p, g=g.to(self.dtype),
-                     grad=grad.to(self.dtype), rho_c=rho_c.to(self.dtype),
-                     active=torch.ones(n, dtype=torch.bool, device=u.device))
+        return _Work(
+            rows=torch.arange(n, device=u.device),
+            u=u,
+            p=p,
+            g=g.to(self.dtype),
+            grad=grad.to(self.dtype),
+            rho_c=rho_c.to(self.dtype),
+            active=torch.ones(n, dtype=torch.bool, device=u.device),
+        )
 
     def _iterate(self, work: _Work) -> tuple[torch.Tensor, torch.Tensor]:
         """Outer and inner iterations of one warp, each pair stopping as OpenCV's loop does."""
@@ -335,8 +367,9 @@ class _Solver:
             if prm.median_filtering > 1:
                 work.u = self.median(work.u, work.active, prm.median_filtering, self.network)
             for _ in range(prm.inner_iterations):
-                work.u, work.p, err = self.step(work.u, work.p, work.g, work.grad, work.rho_c, work.active,
-                                                l_t, prm.theta, taut)
+                work.u, work.p, err = self.step(
+                    work.u, work.p, work.g, work.grad, work.rho_c, work.active, l_t, prm.theta, taut
+                )
                 work.active = work.active & (err > scaled_eps)
                 self.pair_steps += work.rows.numel()
                 count += 1
@@ -351,6 +384,7 @@ class _Solver:
 
 
 # ----------------------------------------------------------------------------- public API
+
 
 def check_tensor_pair(i0: torch.Tensor, i1: torch.Tensor) -> None:
     """Raise ValueError unless i0, i1 are equal-shape (N, H, W) floating tensors on one device."""
@@ -376,8 +410,9 @@ def check_params(params: TVL1Params | None) -> TVL1Params:
     return params
 
 
-def _initial_flows(init_flow: torch.Tensor | None, n: int, sizes, params: TVL1Params,
-                   device: torch.device) -> torch.Tensor:
+def _initial_flows(
+    init_flow: torch.Tensor | None, n: int, sizes, params: TVL1Params, device: torch.device
+) -> torch.Tensor:
     """The flow (N, C, h, w) at the coarsest level: zeros, or the initial flow scaled down level by level."""
     channels = 3 if params.gamma != 0 else 2
     h, w = sizes[-1]
@@ -400,9 +435,16 @@ def default_sync_every(device: torch.device) -> int:
     return 10 if device.type == "cuda" else 1
 
 
-def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None, *,
-              init_flow: torch.Tensor | None = None, compile: bool = False,
-              dtype: torch.dtype = torch.float32, sync_every: int | None = None) -> torch.Tensor:
+def tvl1_flow(
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    params: TVL1Params | None = None,
+    *,
+    init_flow: torch.Tensor | None = None,
+    compile: bool = False,
+    dtype: torch.dtype = torch.float32,
+    sync_every: int | None = None,
+) -> torch.Tensor:
     """Dual TV-L1 flow from i0 to i1 for a batch, as OpenCV's DualTVL1OpticalFlow::calc.
 
     i0, i1: (N, H, W) float tensors, intensities 0..255, on any device (the work runs there).
@@ -448,8 +490,15 @@ class TorchTVL1(DeviceEstimator):
     input = "gray"
     name = "torch-tvl1"
 
-    def __init__(self, params: TVL1Params | None = None, device: str = "cpu", *,
-                 compile: bool = False, dtype: str | torch.dtype = "fp32", sync_every: int | None = None):
+    def __init__(
+        self,
+        params: TVL1Params | None = None,
+        device: str = "cpu",
+        *,
+        compile: bool = False,
+        dtype: str | torch.dtype = "fp32",
+        sync_every: int | None = None,
+    ):
         self.params = check_params(params)
         super().__init__(device, dtype)
         if sync_every is not None and (isinstance(sync_every, bool) or sync_every < 0):
@@ -457,8 +506,15 @@ class TorchTVL1(DeviceEstimator):
         self.compile, self.sync_every = bool(compile), sync_every
 
     def _flow(self, prev: torch.Tensor, nxt: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
-        return tvl1_flow(prev.float(), nxt.float(), self.params, init_flow=init, compile=self.compile,
-                         dtype=self.dtype, sync_every=self.sync_every)
+        return tvl1_flow(
+            prev.float(),
+            nxt.float(),
+            self.params,
+            init_flow=init,
+            compile=self.compile,
+            dtype=self.dtype,
+            sync_every=self.sync_every,
+        )
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray, init_flow: np.ndarray | None = None) -> np.ndarray:
         """Flow for each pair; init_flow (N, H, W, 2) is used only when params.use_initial_flow."""
@@ -471,5 +527,7 @@ class TorchTVL1(DeviceEstimator):
         return np.ascontiguousarray(flow.numpy(), dtype=np.float32)
 
     def __repr__(self) -> str:
-        return (f"TorchTVL1(device={str(self.device)!r}, compile={self.compile}, dtype={self.dtype}, "
-                f"sync_every={self.sync_every}, params={self.params})")
+        return (
+            f"TorchTVL1(device={str(self.device)!r}, compile={self.compile}, dtype={self.dtype}, "
+            f"sync_every={self.sync_every}, params={self.params})"
+        )

@@ -20,6 +20,7 @@ the warped pairs can share a batch with the plain pairs. Person boxes, when a da
 them, keep features off people: `estimate_camera(..., mask=exclusion_mask(shape, boxes))`,
 which `pipeline.stages.warped.warp_inputs(..., boxes=...)` does per pair.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -54,9 +55,16 @@ class WarpConfig:
 
     def output_dict(self) -> dict:
         """The settings as stored in metadata and hashed into dataset versions."""
-        return {"features": self.features, "max_features": self.max_features, "max_shift": self.max_shift,
-                "ratio": self.ratio, "ransac_threshold": self.ransac_threshold, "min_matches": self.min_matches,
-                "min_inliers": self.min_inliers, "border": self.border}
+        return {
+            "features": self.features,
+            "max_features": self.max_features,
+            "max_shift": self.max_shift,
+            "ratio": self.ratio,
+            "ransac_threshold": self.ransac_threshold,
+            "min_matches": self.min_matches,
+            "min_inliers": self.min_inliers,
+            "border": self.border,
+        }
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,12 @@ class CameraMotion:
 
     def as_meta(self) -> dict:
         """The per-field metadata: H row-major (9 numbers), matches, inliers, estimated."""
-        return {"homography": [float(f"{v:.9g}") for v in self.matrix.ravel()], "matches": self.matches,
-                "inliers": self.inliers, "estimated": self.estimated}
+        return {
+            "homography": [float(f"{v:.9g}") for v in self.matrix.ravel()],
+            "matches": self.matches,
+            "inliers": self.inliers,
+            "estimated": self.estimated,
+        }
 
 
 IDENTITY = np.eye(3)
@@ -79,13 +91,15 @@ IDENTITY = np.eye(3)
 
 # --- features and homography ----------------------------------------------------------------
 
+
 def _detector(cfg: WarpConfig, shape: tuple[int, int]):
     if cfg.features == "sift":
         return cv2.SIFT_create(nfeatures=cfg.max_features), cv2.NORM_L2
     # ORB's patch (31 px by default) and edge margin must fit small frames.
     patch = int(min(31, max(9, min(shape) // 4)))
-    return cv2.ORB_create(nfeatures=cfg.max_features, edgeThreshold=patch, patchSize=patch,
-                          fastThreshold=10), cv2.NORM_HAMMING
+    return cv2.ORB_create(
+        nfeatures=cfg.max_features, edgeThreshold=patch, patchSize=patch, fastThreshold=10
+    ), cv2.NORM_HAMMING
 
 
 def exclusion_mask(shape: tuple[int, int], boxes: Iterable[Sequence[float]]) -> np.ndarray:
@@ -99,12 +113,13 @@ def exclusion_mask(shape: tuple[int, int], boxes: Iterable[Sequence[float]]) -> 
         if len(box) != 4:
             raise ValueError(f"a box is (x0, y0, x1, y1), got {box!r}")
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        mask[max(0, y0):max(0, min(h, y1)), max(0, x0):max(0, min(w, x1))] = 0
+        mask[max(0, y0) : max(0, min(h, y1)), max(0, x0) : max(0, min(w, x1))] = 0
     return mask
 
 
-def match_features(prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig,
-                   mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def match_features(
+    prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Matched keypoint positions (N, 2) in frame t and frame t+step (float32, x then y)."""
     detector, norm = _detector(cfg, prev.shape)
     kp0, d0 = detector.detectAndCompute(prev, mask)
@@ -117,12 +132,15 @@ def match_features(prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig,
     near = (np.linalg.norm(p0[:, None] - p1[None], axis=-1) <= cfg.max_shift).astype(np.uint8)
     pairs = cv2.BFMatcher(norm).knnMatch(d0, d1, k=2, mask=near)
     keep = [m[0] for m in pairs if m and (len(m) == 1 or m[0].distance < cfg.ratio * m[1].distance)]
-    return (np.array([p0[m.queryIdx] for m in keep], np.float32).reshape(-1, 2),
-            np.array([p1[m.trainIdx] for m in keep], np.float32).reshape(-1, 2))
+    return (
+        np.array([p0[m.queryIdx] for m in keep], np.float32).reshape(-1, 2),
+        np.array([p1[m.trainIdx] for m in keep], np.float32).reshape(-1, 2),
+    )
 
 
-def track_corners(prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig, guess: np.ndarray | None,
-                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def track_corners(
+    prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig, guess: np.ndarray | None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Corners of frame t tracked into frame t+step with sub-pixel precision (pyramidal
     Lucas-Kanade, started where the homography `guess` puts them): (N, 2) and (N, 2) float32.
 
@@ -154,8 +172,7 @@ def _fit(p0: np.ndarray, p1: np.ndarray, cfg: WarpConfig) -> tuple[np.ndarray | 
     return h / h[2, 2], int(inliers.sum())
 
 
-def estimate_camera(prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig,
-                    mask: np.ndarray | None = None) -> CameraMotion:
+def estimate_camera(prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig, mask: np.ndarray | None = None) -> CameraMotion:
     """The camera motion between grey uint8 frames prev (t) and nxt (t+step) as a homography.
 
     Descriptor matches give a first estimate, which starts sub-pixel corner tracking; the
@@ -175,6 +192,7 @@ def estimate_camera(prev: np.ndarray, nxt: np.ndarray, cfg: WarpConfig,
 
 
 # --- warping ------------------------------------------------------------------------------------
+
 
 def source_maps(matrix: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Where each pixel p of frame t lands in frame t+step under H: (map_x, map_y) float32."""

@@ -4,6 +4,7 @@ The decoder JPEG-encodes each kept frame from its YUV planes where it was decode
 flow only the luma planes (or RGB, for an estimator whose `input` is "rgb"). Also here: which
 rows of a job the flow stage pairs (`pair_rows`, `flow_inputs`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,6 @@ class ChunkJob:
     people: Mapping[int, list] | None = None
 
 
-
 def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[ChunkJob]:
     """Stream the video's frames as ChunkJobs; a decode failure raises DecodeError.
 
@@ -68,8 +68,10 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
         yield _clips_job(ref, plan, cfg)
         return
     step, kind, quality = cfg.flow.step, cfg.flow.input, cfg.encode.rgb_quality
-    rows = ((_flow_frame(f, kind), pts, encode.encode_planes(*decode.split_planes(f), quality))
-            for f, pts in decode.iter_planes(ref.uri, cfg.decode, plan.info))
+    rows = (
+        (_flow_frame(f, kind), pts, encode.encode_planes(*decode.split_planes(f), quality))
+        for f, pts in decode.iter_planes(ref.uri, cfg.decode, plan.info)
+    )
     groups = decode.group_chunks(rows, chunk_frames=cfg.sample.chunk_frames, overlap=step)
     first_pts = 0.0
     for index, start, owned, group, last in groups:
@@ -77,13 +79,21 @@ def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[Ch
         if last:  # the count is known: a video cut short fails before its last chunk is sent
             check_declared(ref, plan, start + owned, float(group[owned - 1][1]) - first_pts, cfg)
         n = len(group)
-        yield ChunkJob(video_key=ref.key, index=index, start=start, owned=owned, last=last,
-                       frame_ids=tuple(range(start, start + n)), frames=np.stack([g[0] for g in group]),
-                       fields=tuple(start + r for r in range(owned) if r + step < n),
-                       frame_index=tuple(range(start, start + owned)),
-                       frame_pts=tuple(float(g[1]) for g in group[:owned]),
-                       frame_bytes=tuple(g[2] for g in group[:owned]), size=_size(group[0][0]),
-                       people=chunk_people(ref, plan, range(start, start + n), _size(group[0][0]), cfg))
+        yield ChunkJob(
+            video_key=ref.key,
+            index=index,
+            start=start,
+            owned=owned,
+            last=last,
+            frame_ids=tuple(range(start, start + n)),
+            frames=np.stack([g[0] for g in group]),
+            fields=tuple(start + r for r in range(owned) if r + step < n),
+            frame_index=tuple(range(start, start + owned)),
+            frame_pts=tuple(float(g[1]) for g in group[:owned]),
+            frame_bytes=tuple(g[2] for g in group[:owned]),
+            size=_size(group[0][0]),
+            people=chunk_people(ref, plan, range(start, start + n), _size(group[0][0]), cfg),
+        )
 
 
 def check_declared(ref: VideoRef, plan: VideoPlan, decoded: int, span: float, cfg: WorkerConfig) -> None:
@@ -99,8 +109,11 @@ def check_declared(ref: VideoRef, plan: VideoPlan, decoded: int, span: float, cf
     if not declared or decoded >= cfg.min_coverage * declared:
         return
     if span + 1.0 / rate < cfg.min_coverage * plan.info.duration:
-        raise DecodeError(ref.uri, f"decoded {decoded} of {declared} declared frames, below --min-coverage "
-                                   f"{cfg.min_coverage:g}: the file is cut short or damaged")
+        raise DecodeError(
+            ref.uri,
+            f"decoded {decoded} of {declared} declared frames, below --min-coverage "
+            f"{cfg.min_coverage:g}: the file is cut short or damaged",
+        )
 
 
 def _flow_frame(frame: np.ndarray, kind: str) -> np.ndarray:
@@ -131,8 +144,12 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
     settled = settle_plan(plan, total, cfg)
     need = needed_frames(settled, step)
     if not need <= held.keys():
-        log.info("%s: decoded %d frames, the header said %d: decoding again for the clips", ref.source,
-                 total, plan.total_frames)
+        log.info(
+            "%s: decoded %d frames, the header said %d: decoding again for the clips",
+            ref.source,
+            total,
+            plan.total_frames,
+        )
         held, again, _ = _hold(ref, plan, need, cfg)
         if again != total:
             raise DecodeError(ref.uri, f"decoded {total} frames, then {again}: the decode is not repeatable")
@@ -141,12 +158,21 @@ def _clips_job(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> ChunkJob:
     keep_frames, keep_fields = clip_layout(settled)
     keep = sorted(keep_frames)
     size = _size(decode.split_planes(held[ids[0]][0])[0])
-    return ChunkJob(video_key=ref.key, index=0, start=0, owned=total, last=True, frame_ids=tuple(ids),
-                    frames=np.stack([_flow_frame(held[i][0], kind) for i in ids]),
-                    fields=tuple(sorted(keep_fields)), frame_index=tuple(keep),
-                    frame_pts=tuple(held[i][1] for i in keep),
-                    frame_bytes=tuple(encode.encode_planes(*decode.split_planes(held[i][0]), quality) for i in keep),
-                    size=size, people=chunk_people(ref, settled, ids, size, cfg))
+    return ChunkJob(
+        video_key=ref.key,
+        index=0,
+        start=0,
+        owned=total,
+        last=True,
+        frame_ids=tuple(ids),
+        frames=np.stack([_flow_frame(held[i][0], kind) for i in ids]),
+        fields=tuple(sorted(keep_fields)),
+        frame_index=tuple(keep),
+        frame_pts=tuple(held[i][1] for i in keep),
+        frame_bytes=tuple(encode.encode_planes(*decode.split_planes(held[i][0]), quality) for i in keep),
+        size=size,
+        people=chunk_people(ref, settled, ids, size, cfg),
+    )
 
 
 def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfig) -> tuple[dict, int, float]:
@@ -160,8 +186,9 @@ def _hold(ref: VideoRef, plan: VideoPlan, need: frozenset[int], cfg: WorkerConfi
     return held, total, float(pts) - first
 
 
-def chunk_people(ref: VideoRef, plan: VideoPlan, frame_ids, size: tuple[int, int],
-                 cfg: WorkerConfig) -> dict[int, list] | None:
+def chunk_people(
+    ref: VideoRef, plan: VideoPlan, frame_ids, size: tuple[int, int], cfg: WorkerConfig
+) -> dict[int, list] | None:
     """The annotated boxes of a chunk's frames in stored pixels, when warped flow needs them."""
     if cfg.warp is None or ref.boxes is None or not len(frame_ids):
         return None
@@ -183,8 +210,8 @@ def video_jobs(ref: VideoRef, cfg: WorkerConfig) -> Iterator[VideoPlan | ChunkJo
         yield VideoFailure(reason=failure_reason(ref, exc), kind=failures.kind_of(exc))
 
 
-
 # --- what flow takes of a chunk ---------------------------------------------------------------
+
 
 def pair_rows(job: ChunkJob, step: int) -> list[tuple[int, int]]:
     """(row of t, row of t + step) in `job.frames` for every field t the job computes."""
@@ -202,25 +229,45 @@ def flow_inputs(job: ChunkJob, step: int) -> tuple[np.ndarray, np.ndarray]:
 
 def gray(frames: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) RGB uint8 -> (N, H, W) luma uint8 (for frames that come as RGB)."""
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else \
-        np.zeros(frames.shape[:3], np.uint8)
+    return (
+        np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        if len(frames)
+        else np.zeros(frames.shape[:3], np.uint8)
+    )
 
 
-def frames_job(frames: np.ndarray, key: str, index: int, start: int, owned: int, last: bool, *,
-               kind: str = "gray", step: int = 1, rgb_quality: int = 90) -> ChunkJob:
+def frames_job(
+    frames: np.ndarray,
+    key: str,
+    index: int,
+    start: int,
+    owned: int,
+    last: bool,
+    *,
+    kind: str = "gray",
+    step: int = 1,
+    rgb_quality: int = 90,
+) -> ChunkJob:
     """A dense ChunkJob of RGB frames (N, H, W, 3) already in memory, as a decoder would send
     it: flow frames in the estimator's form `kind`, owned frames JPEG-encoded (tests, benchmarks)."""
     n = len(frames)
-    return ChunkJob(video_key=key, index=index, start=start, owned=owned, last=last,
-                    frame_ids=tuple(range(start, start + n)), frames=gray(frames) if kind == "gray" else frames,
-                    fields=tuple(start + r for r in range(owned) if r + step < n),
-                    frame_index=tuple(range(start, start + owned)),
-                    frame_pts=tuple(float(start + r) for r in range(owned)),
-                    frame_bytes=tuple(encode.encode_rgb(f, rgb_quality) for f in frames[:owned]),
-                    size=(frames.shape[2], frames.shape[1]))
+    return ChunkJob(
+        video_key=key,
+        index=index,
+        start=start,
+        owned=owned,
+        last=last,
+        frame_ids=tuple(range(start, start + n)),
+        frames=gray(frames) if kind == "gray" else frames,
+        fields=tuple(start + r for r in range(owned) if r + step < n),
+        frame_index=tuple(range(start, start + owned)),
+        frame_pts=tuple(float(start + r) for r in range(owned)),
+        frame_bytes=tuple(encode.encode_rgb(f, rgb_quality) for f in frames[:owned]),
+        size=(frames.shape[2], frames.shape[1]),
+    )
 
 
 def _rows(frames: np.ndarray, rows: list[int]) -> np.ndarray:
     if rows and rows == list(range(rows[0], rows[0] + len(rows))):
-        return frames[rows[0]:rows[0] + len(rows)]
+        return frames[rows[0] : rows[0] + len(rows)]
     return frames[rows]

@@ -3,6 +3,7 @@
 `WorkerConfig.output_dict` is what a dataset version hashes: every setting that changes the
 stored bytes, and nothing else.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,9 @@ class SampleConfig:
         if self.clips < 0 or self.clip_len < 1:
             raise ValueError(f"clips must be >= 0 and clip_len >= 1, got {self.clips}, {self.clip_len}")
         if self.max_frames < 2 or self.chunk_frames < 1:
-            raise ValueError(f"max_frames must be >= 2 and chunk_frames >= 1, "
-                             f"got {self.max_frames}, {self.chunk_frames}")
+            raise ValueError(
+                f"max_frames must be >= 2 and chunk_frames >= 1, got {self.max_frames}, {self.chunk_frames}"
+            )
 
     @property
     def mode(self) -> str:
@@ -77,10 +79,13 @@ class WorkerConfig:
     def output_dict(self) -> dict:
         """Every setting that changes the stored bytes (hashed into dataset versions)."""
         s = self.sample
-        out = {"decode": self.decode.output_dict(), "flow": self.flow.output_dict(),
-               "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
-               "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
-               "limits": {"max_pixels": self.max_pixels}}
+        out = {
+            "decode": self.decode.output_dict(),
+            "flow": self.flow.output_dict(),
+            "encode": {"rgb_quality": self.encode.rgb_quality, "flow_quality": self.encode.flow_quality},
+            "sample": {"mode": s.mode, "clips": s.clips, "clip_len": s.clip_len, "max_frames": s.max_frames},
+            "limits": {"max_pixels": self.max_pixels},
+        }
         if self.min_coverage:  # 0 keeps the ids of earlier releases, which had no such limit
             out["limits"]["min_coverage"] = float(self.min_coverage)
         if self.warp is not None:  # only when on: ids of builds without warped flow stay as they were

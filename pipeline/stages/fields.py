@@ -3,6 +3,7 @@
 On CPU builds `process_chunks` does both in one task; on GPU builds `compute_fields` (or a
 flow actor's batcher) runs on the GPU and `encode_chunk` after it, on a CPU.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -35,10 +36,12 @@ def compute_fields(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: FlowConf
         owner = [j for j in group for _ in range(len(inputs[j][0]))]
         size = cfg.batch_for(*prev.shape[1:3])
         for b in range(0, len(prev), size):
-            for j, fl in zip(owner[b:b + size], estimator(prev[b:b + size], nxt[b:b + size]), strict=True):
+            for j, fl in zip(owner[b : b + size], estimator(prev[b : b + size], nxt[b : b + size]), strict=True):
                 out[j].append(fl)
-    return [np.stack(o) if o else np.zeros((0, job.size[1], job.size[0], 2), np.float32)
-            for o, job in zip(out, jobs, strict=True)]
+    return [
+        np.stack(o) if o else np.zeros((0, job.size[1], job.size[0], 2), np.float32)
+        for o, job in zip(out, jobs, strict=True)
+    ]
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -50,12 +53,19 @@ def flow_bytes(job: ChunkJob, estimator: FlowEstimator, cfg: WorkerConfig) -> tu
     whole chunk (64 float fields at 1280x720 would be 470 MB)."""
     prev, nxt = flow_inputs(job, cfg.flow.step)
     size = cfg.flow.batch_for(prev.shape[1], prev.shape[2]) if getattr(estimator, "batched", True) else 1
-    return tuple(_encode_field(fl, cfg) for b in range(0, len(prev), size)
-                 for fl in estimator(prev[b:b + size], nxt[b:b + size]))
+    return tuple(
+        _encode_field(fl, cfg)
+        for b in range(0, len(prev), size)
+        for fl in estimator(prev[b : b + size], nxt[b : b + size])
+    )
 
 
-def encode_chunk(job: ChunkJob, fields: Iterable[np.ndarray] | tuple[bytes, ...], cfg: WorkerConfig,
-                 warped: WarpedFields | None = None) -> EncodedChunk:
+def encode_chunk(
+    job: ChunkJob,
+    fields: Iterable[np.ndarray] | tuple[bytes, ...],
+    cfg: WorkerConfig,
+    warped: WarpedFields | None = None,
+) -> EncodedChunk:
     """The chunk's encoded output: its frames (encoded at decode), its fields and (--flow-warp)
     its warped fields, given as arrays (float or quantized) to encode here, or as encoded bytes."""
     encoded = tuple(f if isinstance(f, bytes) else _encode_field(f, cfg) for f in fields)
@@ -64,13 +74,23 @@ def encode_chunk(job: ChunkJob, fields: Iterable[np.ndarray] | tuple[bytes, ...]
     if (warped is not None) != (cfg.warp is not None) or (warped is not None and len(warped.fields) != len(encoded)):
         raise RuntimeError(f"{job.video_key}: warped fields do not match the flow fields or --flow-warp")
     step = cfg.flow.step
-    return EncodedChunk(video_key=job.video_key, index=job.index, start=job.start, frame_bytes=job.frame_bytes,
-                        frame_index=job.frame_index, frame_pts=job.frame_pts, flow_bytes=encoded,
-                        flow_pairs=tuple((t, t + step) for t in job.fields), size=job.size, last=job.last,
-                        owned=job.owned,
-                        warped_bytes=tuple(f if isinstance(f, bytes) else _encode_field(f, cfg)
-                                           for f in warped.fields) if warped else (),
-                        cameras=warped.cameras if warped else ())
+    return EncodedChunk(
+        video_key=job.video_key,
+        index=job.index,
+        start=job.start,
+        frame_bytes=job.frame_bytes,
+        frame_index=job.frame_index,
+        frame_pts=job.frame_pts,
+        flow_bytes=encoded,
+        flow_pairs=tuple((t, t + step) for t in job.fields),
+        size=job.size,
+        last=job.last,
+        owned=job.owned,
+        warped_bytes=tuple(f if isinstance(f, bytes) else _encode_field(f, cfg) for f in warped.fields)
+        if warped
+        else (),
+        cameras=warped.cameras if warped else (),
+    )
 
 
 def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:

@@ -4,6 +4,7 @@ In clips mode the layout comes from the frame count the header promises, and is 
 the count actually decoded (`settle_plan`); a failure is carried as data (`VideoFailure`)
 so the build goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,9 @@ def clips_plan(info: VideoInfo, total: int, cfg: WorkerConfig) -> VideoPlan:
     starts = clip_starts(total - step, s.clips, s.clip_len)
     clips = tuple((st + s.clip_len // 2, tuple(range(st, st + s.clip_len))) for st in starts)
     fields = frozenset(f for _, fs in clips for f in fs)
-    return VideoPlan(info=info, total_frames=total, keep_frames=frozenset(c for c, _ in clips),
-                     keep_fields=fields, clips=clips)
+    return VideoPlan(
+        info=info, total_frames=total, keep_frames=frozenset(c for c, _ in clips), keep_fields=fields, clips=clips
+    )
 
 
 def settle_plan(plan: VideoPlan, total: int, cfg: WorkerConfig) -> VideoPlan:
@@ -107,8 +109,10 @@ def check_pixels(info: VideoInfo, cfg: WorkerConfig) -> None:
     out_w, out_h = cfg.decode.output_size(info.width, info.height)
     for what, (w, h) in (("declared resolution", (info.width, info.height)), ("stored frame size", (out_w, out_h))):
         if w * h > cfg.max_pixels:
-            raise ValueError(f"{what} {w}x{h} ({_pixels(w * h)}) exceeds the limit of "
-                             f"{_pixels(cfg.max_pixels)} (max_pixels); not decoded")
+            raise ValueError(
+                f"{what} {w}x{h} ({_pixels(w * h)}) exceeds the limit of "
+                f"{_pixels(cfg.max_pixels)} (max_pixels); not decoded"
+            )
 
 
 def _pixels(n: int) -> str:
@@ -117,10 +121,14 @@ def _pixels(n: int) -> str:
 
 # ffmpeg lines that say plainly why a file could not be opened, though its last lines may not.
 _PROBE_CAUSES = (
-    (re.compile(r"Picture size (\d+)x(\d+) is invalid"),
-     "declared resolution {0}x{1} is invalid or too large to decode; not decoded"),
-    (re.compile(r"no decoder found for: ?(\S+)|Decoder \(codec (\S+)\) not found"),
-     "unsupported codec {0}: this ffmpeg has no decoder for it"),
+    (
+        re.compile(r"Picture size (\d+)x(\d+) is invalid"),
+        "declared resolution {0}x{1} is invalid or too large to decode; not decoded",
+    ),
+    (
+        re.compile(r"no decoder found for: ?(\S+)|Decoder \(codec (\S+)\) not found"),
+        "unsupported codec {0}: this ffmpeg has no decoder for it",
+    ),
 )
 
 
@@ -134,9 +142,14 @@ def explain_probe_failure(uri: str) -> str | None:
         path = decode.local_path(uri)
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             return None  # missing, empty or special files: the probe's own reason is already clear
-        proc = subprocess.run([decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", *decode.guarded_input(path)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            [decode.resolve_ffmpeg(), "-hide_banner", "-nostdin", *decode.guarded_input(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
     except (DecodeError, OSError, subprocess.TimeoutExpired):
         return None
     text = proc.stderr.decode("utf-8", errors="replace")
@@ -166,4 +179,3 @@ def failure_reason(ref: VideoRef, exc: Exception) -> str:
     """The failure's message, naming the video's source unless it already names the file."""
     text = str(exc)
     return text if ref.uri in text or ref.source in text else f"{ref.source}: {text}"
-

@@ -5,6 +5,7 @@ is an error row); a dense video becomes parts of `max_frames` frames, a clips-mo
 sample. Stored members re-packed without recomputing go through the same functions
 (`pipeline.build.reuse`), so both paths give equal bytes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,12 +34,20 @@ class ChunkSummary:
 
 def summarize(chunk: EncodedChunk) -> ChunkSummary:
     """The summary of an encoded chunk."""
-    return ChunkSummary(index=chunk.index, start=chunk.start, owned=chunk.owned, frame_index=chunk.frame_index,
-                        flow_pairs=chunk.flow_pairs, size=chunk.size, last=chunk.last)
+    return ChunkSummary(
+        index=chunk.index,
+        start=chunk.start,
+        owned=chunk.owned,
+        frame_index=chunk.frame_index,
+        flow_pairs=chunk.flow_pairs,
+        size=chunk.size,
+        last=chunk.last,
+    )
 
 
-def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: Sequence[EncodedChunk | ChunkSummary],
-                   step: int) -> tuple[int, int]:
+def check_coverage(
+    ref: VideoRef, plan: VideoPlan, chunks: Sequence[EncodedChunk | ChunkSummary], step: int
+) -> tuple[int, int]:
     """Check the chunks cover the video without gaps; return (decoded frames, flow fields).
 
     This is the count-what-you-write check: every decoded frame and every pair must be
@@ -52,8 +61,9 @@ def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: Sequence[EncodedChunk
         got = [i for c in chunks for i in c.frame_index]
         pairs = [p[0] for c in chunks for p in c.flow_pairs]
         if got != list(range(total)) or pairs != list(range(max(0, total - step))):
-            raise RuntimeError(f"{ref.source}: {len(got)} frames and {len(pairs)} fields encoded, "
-                               f"{total} frames decoded")
+            raise RuntimeError(
+                f"{ref.source}: {len(got)} frames and {len(pairs)} fields encoded, {total} frames decoded"
+            )
     else:
         got = sorted(i for c in chunks for i in c.frame_index)
         pairs = sorted(p[0] for c in chunks for p in c.flow_pairs)
@@ -61,8 +71,10 @@ def check_coverage(ref: VideoRef, plan: VideoPlan, chunks: Sequence[EncodedChunk
         if plan.total_frames != total or got != sorted(keep_frames) or pairs != sorted(keep_fields):
             raise RuntimeError(f"{ref.source}: the clips encoded do not match the plan for {total} decoded frames")
     if total <= step:
-        raise ValueError(f"{ref.source}: too short: {total} frame(s) decoded, need at least {step + 1} "
-                         f"for one flow field at --step {step}")
+        raise ValueError(
+            f"{ref.source}: too short: {total} frame(s) decoded, need at least {step + 1} "
+            f"for one flow field at --step {step}"
+        )
     return total, max(0, total - step)
 
 
@@ -77,13 +89,26 @@ def video_meta(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, size: tuple[in
     warped = {"warp": {**cfg.warp.output_dict(), "method": "homography"}} if cfg.warp is not None else {}
     return {
         **warped,
-        "schema_version": encode.schema_version(cfg.warp is not None), "kind": "video", "video_id": ref.key,
+        "schema_version": encode.schema_version(cfg.warp is not None),
+        "kind": "video",
+        "video_id": ref.key,
         "source": ref.source,
-        "label": ref.label, "label_id": ref.label_id, "split": ref.split, "fps": fps, "source_fps": info.fps,
-        "source_size": [info.width, info.height], "size": list(size), "mode": cfg.sample.mode,
+        "label": ref.label,
+        "label_id": ref.label_id,
+        "split": ref.split,
+        "fps": fps,
+        "source_fps": info.fps,
+        "source_size": [info.width, info.height],
+        "size": list(size),
+        "mode": cfg.sample.mode,
         "decode": cfg.decode.output_dict(),
-        "flow": {**f.output_dict(), "quantization": QUANTIZATION, "codec": "jpg",
-                 "quality": cfg.encode.flow_quality, "layout": "x_over_y"},
+        "flow": {
+            **f.output_dict(),
+            "quantization": QUANTIZATION,
+            "codec": "jpg",
+            "quality": cfg.encode.flow_quality,
+            "layout": "x_over_y",
+        },
         "rgb": {"codec": "jpg", "quality": cfg.encode.rgb_quality},
     }
 
@@ -113,8 +138,12 @@ class Field(NamedTuple):
 def chunk_fields(c: EncodedChunk) -> list[Field]:
     """The fields of an encoded chunk, in order."""
     n = len(c.flow_bytes)
-    return [Field(a, b, data, w, cam) for (a, b), data, w, cam in
-            zip(c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n, strict=True)]
+    return [
+        Field(a, b, data, w, cam)
+        for (a, b), data, w, cam in zip(
+            c.flow_pairs, c.flow_bytes, c.warped_bytes or (None,) * n, c.cameras or (None,) * n, strict=True
+        )
+    ]
 
 
 def _field_meta(f: Field) -> dict:
@@ -130,9 +159,12 @@ def _warped_members(key: str, fields: list[Field]) -> list[bytes]:
 
 
 def _sample(key: str, meta: dict, frames: list, fields: list[Field], annotations: boxes.VideoBoxes | None) -> dict:
-    meta = {**meta, "key": key,
-            "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
-            "flow_fields": [_field_meta(f) for f in fields]}
+    meta = {
+        **meta,
+        "key": key,
+        "frames": [{"index": i, "pts": round(p, 6)} for i, p, _ in frames],
+        "flow_fields": [_field_meta(f) for f in fields],
+    }
     if annotations is not None:
         meta = boxes.annotate(meta, annotations)
     warped = _warped_members(key, fields) if encode.has_warped(meta) else None
@@ -161,18 +193,28 @@ def dense_samples(ref: VideoRef, meta: dict, frames: list, fields: list, max_fra
     used to re-pack stored members without recomputing them, so both paths give equal bytes.
     """
     parts = -(-len(frames) // max_frames)
-    return [_part(ref, meta, k, parts, frames[k * max_frames:(k + 1) * max_frames],
-                  [f for f in fields if k * max_frames <= f[0] < (k + 1) * max_frames]) for k in range(parts)]
+    return [
+        _part(
+            ref,
+            meta,
+            k,
+            parts,
+            frames[k * max_frames : (k + 1) * max_frames],
+            [f for f in fields if k * max_frames <= f[0] < (k + 1) * max_frames],
+        )
+        for k in range(parts)
+    ]
 
 
 def _part(ref: VideoRef, meta: dict, k: int, parts: int, frames: list, fields: list) -> dict:
-    return _sample(part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields,
-                   ref.boxes)
+    return _sample(
+        part_key(ref, k, parts), {**meta, "part": k, "num_parts": parts, "clips": []}, frames, fields, ref.boxes
+    )
 
 
-
-def stream_parts(ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], total: int,
-                  max_frames: int) -> Iterator[dict]:
+def stream_parts(
+    ref: VideoRef, meta: dict, chunks: Iterable[EncodedChunk], total: int, max_frames: int
+) -> Iterator[dict]:
     """Dense parts, each emitted as soon as the chunks holding its frames have been read.
 
     A field (t, t+step) is encoded by the chunk that owns frame t, so once frame

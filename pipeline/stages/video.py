@@ -4,6 +4,7 @@
 executor, tests); `finish_video` and `stream_video` turn a video's encoded chunks, computed
 wherever, into its `VideoResult`, a failure included as an error row.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,8 +44,9 @@ def process_video(ref: VideoRef, cfg: WorkerConfig, estimator: FlowEstimator | N
     return finish_video(ref, plan, encoded, cfg, seconds=time.perf_counter() - t0)
 
 
-def finish_video(ref: VideoRef, plan: VideoPlan, encoded: list[EncodedChunk], cfg: WorkerConfig,
-                 seconds: float = 0.0) -> VideoResult:
+def finish_video(
+    ref: VideoRef, plan: VideoPlan, encoded: list[EncodedChunk], cfg: WorkerConfig, seconds: float = 0.0
+) -> VideoResult:
     """Assemble samples, turning an assembly failure into an error result for this video."""
     try:
         samples = assemble_video(ref, plan, encoded, cfg)
@@ -53,12 +55,20 @@ def finish_video(ref: VideoRef, plan: VideoPlan, encoded: list[EncodedChunk], cf
     frames = sum(len(encode.load_meta(s[encode.META])["frames"]) for s in samples)
     fields = sum(len(encode.load_meta(s[encode.META])["flow_fields"]) for s in samples)
     decoded = max(c.start + c.owned for c in encoded)  # clips mode stores fewer frames than it decodes
-    return VideoResult(ref=ref, status="ok", samples=tuple(samples), frames=frames, flow_fields=fields,
-                       info=plan.info, stats={"seconds": seconds, "decoded_frames": decoded})
+    return VideoResult(
+        ref=ref,
+        status="ok",
+        samples=tuple(samples),
+        frames=frames,
+        flow_fields=fields,
+        info=plan.info,
+        stats={"seconds": seconds, "decoded_frames": decoded},
+    )
 
 
-def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
-                 chunks: Iterable[EncodedChunk], cfg: WorkerConfig) -> VideoResult:
+def stream_video(
+    ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary], chunks: Iterable[EncodedChunk], cfg: WorkerConfig
+) -> VideoResult:
     """Like `finish_video`, but the samples are produced while `chunks` (in index order) are
     read, so a writer holds one part of a video at a time, however long the video is.
 
@@ -74,5 +84,12 @@ def stream_video(ref: VideoRef, plan: VideoPlan, summaries: list[ChunkSummary],
         return VideoResult(ref=ref, status="error", error=failure_reason(ref, exc), info=plan.info)
     meta = video_meta(ref, plan, cfg, summaries[0].size)
     samples = stream_parts(ref, meta, chunks, frames, cfg.sample.max_frames)
-    return VideoResult(ref=ref, status="ok", samples=samples, frames=frames, flow_fields=fields, info=plan.info,
-                       stats={"decoded_frames": frames})
+    return VideoResult(
+        ref=ref,
+        status="ok",
+        samples=samples,
+        frames=frames,
+        flow_fields=fields,
+        info=plan.info,
+        stats={"decoded_frames": frames},
+    )

@@ -3,6 +3,7 @@
 Each pair's camera motion is estimated on a CPU (feature matching, RANSAC) and its second
 frame warped back; the warped pairs then go through whichever estimator computes the plain flow.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -67,8 +68,9 @@ def warp_inputs(job: ChunkJob, cfg: WorkerConfig, boxes: Mapping[int, list] | No
         seconds.append(warp.compensate(a, b, cam.matrix, warp_cfg.border))
         cams.append(cam.as_meta())
     empty = np.zeros((0, *firsts_in.shape[1:]), np.uint8)
-    return WarpInputs(firsts=np.stack(firsts) if cams else empty, seconds=np.stack(seconds) if cams else empty,
-                      cameras=tuple(cams))
+    return WarpInputs(
+        firsts=np.stack(firsts) if cams else empty, seconds=np.stack(seconds) if cams else empty, cameras=tuple(cams)
+    )
 
 
 def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[WarpedFields | None]:
@@ -80,7 +82,10 @@ def compute_warped(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerCo
         wi = warp_inputs(job, cfg, job.people)
         w, h = job.size
         b = cfg.flow.batch_for(h, w)
-        fields = [estimator(wi.firsts[i:i + b], wi.seconds[i:i + b]) for i in range(0, len(wi.cameras), b)]
-        out.append(WarpedFields(fields=np.concatenate(fields) if fields else np.zeros((0, h, w, 2), np.float32),
-                                cameras=wi.cameras))
+        fields = [estimator(wi.firsts[i : i + b], wi.seconds[i : i + b]) for i in range(0, len(wi.cameras), b)]
+        out.append(
+            WarpedFields(
+                fields=np.concatenate(fields) if fields else np.zeros((0, h, w, 2), np.float32), cameras=wi.cameras
+            )
+        )
     return out

@@ -8,6 +8,7 @@ off by a killed process stays invisible (an AbortIncompleteMultipartUpload lifec
 reclaims its parts). Larger objects, such as tar shards, are assembled in a local
 temporary file and uploaded whole (`put_file`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -93,4 +94,3 @@ def remove(loc: Location, *, missing_ok: bool = True) -> None:
     except FileNotFoundError:
         if not missing_ok:
             raise
-

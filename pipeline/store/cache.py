@@ -1,4 +1,5 @@
 """Local copies of remote inputs, one per machine and object version, pruned by size."""
+
 from __future__ import annotations
 
 import contextlib
@@ -82,4 +83,3 @@ def _prune_cache(keep: Path) -> None:
             if p != keep:
                 p.unlink(missing_ok=True)  # a decoder that has it open keeps reading it
                 total -= nbytes
-

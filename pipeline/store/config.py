@@ -5,6 +5,7 @@ Configuration, in increasing priority: the usual environment of each filesystem
 instance role for s3), fsspec's own config (files in FSSPEC_CONFIG_DIR, or
 FSSPEC_S3='{"endpoint_url": ...}'), then `configure` (`flowshard --storage-options JSON`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,10 @@ def fsspec_env(options: dict[str, dict], protocols: tuple[str, ...] = ("s3",)) -
     with this environment open filesystems exactly as this process does.
     """
     protos = sorted({p for p in options if p != "*"} | (set(protocols) if "*" in options else set()))
-    return {f"FSSPEC_{p.upper()}": json.dumps(_merged(options.get("*", {}), options.get(p, {})), sort_keys=True)
-            for p in protos}
+    return {
+        f"FSSPEC_{p.upper()}": json.dumps(_merged(options.get("*", {}), options.get(p, {})), sort_keys=True)
+        for p in protos
+    }
 
 
 def reset() -> None:
@@ -114,4 +117,3 @@ def filesystem(url: str) -> tuple[Any, str]:
     except (ImportError, ValueError) as exc:
         raise ValueError(f"{url}: no filesystem for scheme {proto!r} ({exc})") from exc
     return fs, fs._strip_protocol(url)
-

@@ -3,6 +3,7 @@
 Remotely every operation is retried on transient errors (`pipeline.store.retry`); reads
 of a file object go out as range requests of `READ_BLOCK` bytes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,8 +44,9 @@ def stat(loc: Location) -> FileStat | None:
             return None
         import stat as stat_mod
 
-        return FileStat(size=st.st_size, mtime=st.st_mtime, tag=str(st.st_mtime_ns),
-                        is_file=stat_mod.S_ISREG(st.st_mode))
+        return FileStat(
+            size=st.st_size, mtime=st.st_mtime, tag=str(st.st_mtime_ns), is_file=stat_mod.S_ISREG(st.st_mode)
+        )
     try:
         info = _remote(str(loc), "", lambda fs, p: fs.info(p))
     except FileNotFoundError:
@@ -62,8 +64,13 @@ def _file_stat(info: dict) -> FileStat:
         mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
     tag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("checksum") or "")
     version = info.get("VersionId") or info.get("version_id") or info.get("generation") or ""
-    return FileStat(size=int(info.get("size") or 0), mtime=float(mtime), tag=tag.strip('"'),
-                    is_file=info.get("type", "file") == "file", version_id="" if version == "null" else str(version))
+    return FileStat(
+        size=int(info.get("size") or 0),
+        mtime=float(mtime),
+        tag=tag.strip('"'),
+        is_file=info.get("type", "file") == "file",
+        version_id="" if version == "null" else str(version),
+    )
 
 
 def size(loc: Location) -> int | None:
@@ -74,6 +81,7 @@ def size(loc: Location) -> int | None:
 
 # Remotely these go through `stat`: fsspec's generic isfile() answers False on any error,
 # and a throttled request must not read as a missing file.
+
 
 def exists(loc: Location) -> bool:
     """True when a file or folder (a non-empty prefix, remotely) is there."""
@@ -102,8 +110,9 @@ def open_read(loc: Location, *, block_size: int = READ_BLOCK):
     """A seekable binary file object; remotely reads go out as range requests of `block_size`."""
     if not is_remote(loc):
         return open(loc, "rb")
-    return _remote(str(loc), "cannot open it",
-                   lambda fs, p: fs.open(p, "rb", block_size=block_size, cache_type="readahead"))
+    return _remote(
+        str(loc), "cannot open it", lambda fs, p: fs.open(p, "rb", block_size=block_size, cache_type="readahead")
+    )
 
 
 def read_bytes(loc: Location) -> bytes:
@@ -143,8 +152,11 @@ def list_entries(loc: Location) -> list[tuple[str, bool]]:
     except FileNotFoundError:
         return []
     base = filesystem(str(loc))[1].rstrip("/")
-    out = {(i["name"].rstrip("/").rsplit("/", 1)[-1], i.get("type") == "directory") for i in infos
-           if i["name"].rstrip("/") != base}
+    out = {
+        (i["name"].rstrip("/").rsplit("/", 1)[-1], i.get("type") == "directory")
+        for i in infos
+        if i["name"].rstrip("/") != base
+    }
     return sorted(out)
 
 
@@ -165,7 +177,7 @@ def walk_files(loc: Location) -> list[str]:
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     found = _remote(str(loc), "cannot list it", lambda fs, p: fs.find(p, detail=True))
     base = filesystem(str(loc))[1].rstrip("/") + "/"
-    return sorted(k[len(base):] for k, i in found.items() if i.get("type", "file") == "file" and k.startswith(base))
+    return sorted(k[len(base) :] for k, i in found.items() if i.get("type", "file") == "file" and k.startswith(base))
 
 
 def stat_many(urls: list[str]) -> dict[str, FileStat | None]:
@@ -185,4 +197,3 @@ def stat_many(urls: list[str]) -> dict[str, FileStat | None]:
         listed = {i["name"].rstrip("/").rsplit("/", 1)[-1]: _file_stat(i) for i in infos}
         out.update({u: listed.get(name(u)) for u in members})
     return out
-

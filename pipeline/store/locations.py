@@ -3,6 +3,7 @@
 Local code keeps its behaviour and bytes; a remote location is "s3://bucket/prefix/name"
 (`location`, `join`, `name`). `file://` URLs are local paths.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -28,7 +29,7 @@ def location(loc: Location) -> Location:
         text = str(loc)
         return text if text.endswith("://") else text.rstrip("/")
     text = str(loc)
-    return Path(text[len("file://"):]) if text.startswith("file://") else Path(text)
+    return Path(text[len("file://") :]) if text.startswith("file://") else Path(text)
 
 
 def join(base: Location, *parts: str) -> Location:
@@ -62,4 +63,3 @@ def normalize_url(url: str) -> str:
     if key.startswith("..") or key == ".":
         raise ValueError(f"{url!r} points outside its bucket")
     return f"{proto}://{bucket}/{key}" if key else f"{proto}://{bucket}"
-

@@ -1,4 +1,5 @@
 """Exclusive locks on a location: flock locally, a refreshed lease object remotely."""
+
 from __future__ import annotations
 
 import contextlib
@@ -106,8 +107,16 @@ class _Lease(Lock):
         self.thread: threading.Thread | None = None
 
     def body(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "refreshed": time.time(), "ttl": self.ttl}, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self.token,
+                "refreshed": time.time(),
+                "ttl": self.ttl,
+            },
+            sort_keys=True,
+        ).encode()
 
     def holder(self) -> dict | None:
         try:
@@ -120,8 +129,7 @@ class _Lease(Lock):
     def acquire(self) -> None:
         for _ in range(3):
             try:
-                _remote(self.url, "cannot create the lock",
-                        lambda fs, p: fs.pipe_file(p, self.body(), mode="create"))
+                _remote(self.url, "cannot create the lock", lambda fs, p: fs.pipe_file(p, self.body(), mode="create"))
             except FileExistsError:
                 held = self.holder()
                 if held is None:

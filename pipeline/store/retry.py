@@ -6,6 +6,7 @@ SlowDown and timeouts again. Whole-object operations (read, write, upload, stat,
 retried once more here, bounded (`OBJECT_ATTEMPTS`), on the same transient errors only: a
 missing object or a refused credential fails at once.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,22 +25,59 @@ T = TypeVar("T")
 OBJECT_ATTEMPTS = 4  # per whole-object operation, here
 RETRY_BASE_S = 0.25
 
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
-    "RequestLimitExceeded", "TooManyRequests", "RequestTimeout", "InternalError", "ServiceUnavailable",
-    "BadGateway", "GatewayTimeout", "500", "502", "503", "504",
-})
-_TRANSIENT_ERRNOS = frozenset({errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.ECONNRESET,
-                               errno.ECONNABORTED, errno.ETIMEDOUT, errno.EAGAIN, errno.EPIPE})
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "BadGateway",
+        "GatewayTimeout",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EBUSY,
+        getattr(errno, "EREMOTEIO", errno.EIO),
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.EPIPE,
+    }
+)
 # Connection-level failures from aiohttp, botocore and fsspec, matched by name: importing
 # them would make every local-only user load the whole S3 stack.
-_TRANSIENT_TYPES = frozenset({
-    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
-    "ResponseStreamingError", "IncompleteReadError", "ClientPayloadError", "ServerDisconnectedError",
-    "ClientConnectionError", "ClientOSError", "ServerTimeoutError", "FSTimeoutError", "IncompleteRead",
-})
-_STORAGE_MODULES = frozenset({"botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs", "google",
-                              "azure", "urllib3", "requests"})
+_TRANSIENT_TYPES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ClientConnectionError",
+        "ClientOSError",
+        "ServerTimeoutError",
+        "FSTimeoutError",
+        "IncompleteRead",
+    }
+)
+_STORAGE_MODULES = frozenset(
+    {"botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs", "google", "azure", "urllib3", "requests"}
+)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -83,8 +121,14 @@ def retry(fn: Callable[[], T], what: str, *, attempts: int = OBJECT_ATTEMPTS) ->
             if not is_transient(exc) or attempt == attempts:
                 raise _as_os_error(exc, what, attempt) from exc
             delay = RETRY_BASE_S * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s: transient storage error (%s); retry %d of %d in %.1f s", what, _short(exc),
-                        attempt, attempts - 1, delay)
+            log.warning(
+                "%s: transient storage error (%s); retry %d of %d in %.1f s",
+                what,
+                _short(exc),
+                attempt,
+                attempts - 1,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -114,4 +158,3 @@ def _as_os_error(exc: Exception, what: str, attempts: int) -> OSError:
 def remote(url: str, what: str, op: Callable[[Any, str], T]) -> T:
     fs, path = filesystem(url)
     return retry(lambda: op(fs, path), f"{url}: {what}" if what else url)
-

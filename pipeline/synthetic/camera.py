@@ -16,6 +16,7 @@ Ground truth, for the pair (t, t+1):
 Frames are rendered by sampling the scene with cv2.remap (bicubic) at exact coordinates, so
 the ground truth holds away from the object's anti-aliased edge (test against eroded masks).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,7 @@ class CameraSceneConfig:
 
     def __post_init__(self) -> None:
         if self.width < 32 or self.height < 32 or self.frames < 2:
-            raise ValueError(f"need at least 32x32 frames and 2 frames, got {self.width}x{self.height}, "
-                             f"{self.frames}")
+            raise ValueError(f"need at least 32x32 frames and 2 frames, got {self.width}x{self.height}, {self.frames}")
         if not 0.05 <= self.object_size <= 0.8 or abs(self.zoom) >= 0.2:
             raise ValueError("object_size must be in [0.05, 0.8] and |zoom| < 0.2")
 
@@ -78,8 +78,12 @@ class _Scene:
 
     def __init__(self, cfg: CameraSceneConfig) -> None:
         self.cfg = cfg
-        corners = [camera_matrix(cfg, t) @ np.array([x, y, 1.0]) for t in (0, cfg.frames - 1)
-                   for x in (0, cfg.width) for y in (0, cfg.height)]
+        corners = [
+            camera_matrix(cfg, t) @ np.array([x, y, 1.0])
+            for t in (0, cfg.frames - 1)
+            for x in (0, cfg.width)
+            for y in (0, cfg.height)
+        ]
         lo = np.min([c[:2] for c in corners], axis=0) - 8
         hi = np.max([c[:2] for c in corners], axis=0) + 8
         self.origin = lo  # scene coordinates of background pixel (0, 0)
@@ -89,7 +93,7 @@ class _Scene:
         ow = max(8, int(round(0.6 * oh)))
         self.sprite = photo_texture(oh, ow, seed=cfg.seed + 1, gray=False)
         yy, xx = np.mgrid[0:oh, 0:ow].astype(np.float32)
-        self.alpha = ((((xx - (ow - 1) / 2) / (ow / 2)) ** 2 + ((yy - (oh - 1) / 2) / (oh / 2)) ** 2) <= 1.0)
+        self.alpha = (((xx - (ow - 1) / 2) / (ow / 2)) ** 2 + ((yy - (oh - 1) / 2) / (oh / 2)) ** 2) <= 1.0
         self.alpha = self.alpha.astype(np.float32)
         # The object starts so that it crosses the frame centre halfway through the clip.
         centre = camera_matrix(cfg, cfg.frames // 2) @ np.array([(cfg.width - 1) / 2, (cfg.height - 1) / 2, 1.0])
@@ -102,10 +106,15 @@ class _Scene:
     def render(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Frame t (uint8 RGB) and its object coverage (float 0..1)."""
         cfg = self.cfg
-        ys, xs = np.mgrid[0:cfg.height, 0:cfg.width].astype(np.float64)
+        ys, xs = np.mgrid[0 : cfg.height, 0 : cfg.width].astype(np.float64)
         sx, sy = _apply(camera_matrix(cfg, t), xs, ys)
-        bg = cv2.remap(self.background, (sx - self.origin[0]).astype(np.float32),
-                       (sy - self.origin[1]).astype(np.float32), cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        bg = cv2.remap(
+            self.background,
+            (sx - self.origin[0]).astype(np.float32),
+            (sy - self.origin[1]).astype(np.float32),
+            cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_REFLECT,
+        )
         o = self.object_at(t)
         mx, my = (sx - o[0]).astype(np.float32), (sy - o[1]).astype(np.float32)
         fg = cv2.remap(self.sprite, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
@@ -118,7 +127,7 @@ def render_scene(cfg: CameraSceneConfig) -> CameraScene:
     """Render the clip of `cfg` with its exact ground truth."""
     scene = _Scene(cfg)
     rendered = [scene.render(t) for t in range(cfg.frames)]
-    ys, xs = np.mgrid[0:cfg.height, 0:cfg.width].astype(np.float64)
+    ys, xs = np.mgrid[0 : cfg.height, 0 : cfg.width].astype(np.float64)
     speed = np.array(cfg.object_speed)
     flows, warped, masks, homs = [], [], [], []
     for t in range(cfg.frames - 1):
@@ -133,9 +142,13 @@ def render_scene(cfg: CameraSceneConfig) -> CameraScene:
         warped.append(np.stack([wx - xs, wy - ys], -1))
         masks.append(on_object)
         homs.append(hom / hom[2, 2])
-    return CameraScene(frames=np.stack([f for f, _ in rendered]), flow=np.stack(flows).astype(np.float32),
-                       warped_flow=np.stack(warped).astype(np.float32), object_mask=np.stack(masks),
-                       homographies=np.stack(homs))
+    return CameraScene(
+        frames=np.stack([f for f, _ in rendered]),
+        flow=np.stack(flows).astype(np.float32),
+        warped_flow=np.stack(warped).astype(np.float32),
+        object_mask=np.stack(masks),
+        homographies=np.stack(homs),
+    )
 
 
 def erode(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -150,12 +163,17 @@ def score_regions(scene: CameraScene, object_margin: int = 3, border: int = 8) -
     frame border, and background pixels that stay in view in frame t+1."""
     _t, h, w = scene.object_mask.shape
     inner = np.zeros((h, w), bool)
-    inner[border:h - border, border:w - border] = True
+    inner[border : h - border, border : w - border] = True
     obj = erode(scene.object_mask, object_margin) & inner
     near_object = ~erode(~scene.object_mask, object_margin + 3)
     ys, xs = np.mgrid[0:h, 0:w]
-    lands = [(f[..., 0] + xs >= border) & (f[..., 0] + xs < w - border) & (f[..., 1] + ys >= border)
-             & (f[..., 1] + ys < h - border) for f in scene.flow]
+    lands = [
+        (f[..., 0] + xs >= border)
+        & (f[..., 0] + xs < w - border)
+        & (f[..., 1] + ys >= border)
+        & (f[..., 1] + ys < h - border)
+        for f in scene.flow
+    ]
     bg = ~near_object & inner & np.stack(lands)
     return bg, obj
 
@@ -166,5 +184,7 @@ def write_camera_videos(root: str | Path, configs: dict[str, CameraSceneConfig],
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    return {name: write_video(root / f"{name}.mp4", iter(render_scene(cfg).frames), fps, quality="10")
-            for name, cfg in configs.items()}
+    return {
+        name: write_video(root / f"{name}.mp4", iter(render_scene(cfg).frames), fps, quality="10")
+        for name, cfg in configs.items()
+    }

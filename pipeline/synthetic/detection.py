@@ -15,6 +15,7 @@ The set is written as videos (folder per class), a list CSV (path,label,split) a
 boxes CSV (video,frame,x1,y1,x2,y2,label,track) for `flowshard build --boxes`.
 Backgrounds need scikit-image (a test dependency): `pip install scikit-image`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -81,6 +82,7 @@ class DetectionSet:
 
 # --- images ----------------------------------------------------------------------------------
 
+
 def _skimage(name: str) -> np.ndarray:
     try:
         from skimage import data
@@ -101,7 +103,7 @@ def background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     scale = rng.uniform(0.5, 0.9)
     ch, cw = int(h * scale), int(min(w, h * scale * width / height))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    return cv2.resize(img[y:y + ch, x:x + cw], (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img[y : y + ch, x : x + cw], (width, height), interpolation=cv2.INTER_AREA)
 
 
 def object_texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -110,13 +112,14 @@ def object_texture(rng: np.random.Generator, width: int, height: int) -> np.ndar
     h, w = img.shape[:2]
     side = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
     y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    patch = cv2.resize(img[y:y + side, x:x + side], (width, height), interpolation=cv2.INTER_AREA)
+    patch = cv2.resize(img[y : y + side, x : x + side], (width, height), interpolation=cv2.INTER_AREA)
     tint = rng.uniform(0.3, 1.0, size=3).astype(np.float32)
     patch = patch * tint + rng.uniform(0, 60, size=3).astype(np.float32)
     return np.clip(patch, 0, 255).astype(np.uint8)
 
 
 # --- motion ----------------------------------------------------------------------------------------
+
 
 def action_offsets(action: str, frames: int, amplitude: float, period: float, phase: float = 0.0) -> np.ndarray:
     """(frames, 2) offsets (dx, dy) in pixels of an actor moving its class's way, starting at (0, 0)."""
@@ -142,8 +145,7 @@ def random_walk(rng: np.random.Generator, frames: int, speed: float) -> np.ndarr
     return pos
 
 
-def _fit(offsets: np.ndarray, w: float, h: float, width: int, height: int,
-         rng: np.random.Generator) -> np.ndarray:
+def _fit(offsets: np.ndarray, w: float, h: float, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """Top-left positions (frames, 2): a random start that keeps the whole path inside the frame."""
     room = np.array([width - w, height - h], np.float64)
     extent = np.ptp(offsets, axis=0)
@@ -155,6 +157,7 @@ def _fit(offsets: np.ndarray, w: float, h: float, width: int, height: int,
 
 # --- rendering ------------------------------------------------------------------------------------
 
+
 def paste(frame: np.ndarray, patch: np.ndarray, x: float, y: float) -> np.ndarray:
     """`patch` drawn onto `frame` with its top-left corner at sub-pixel (x, y), edges antialiased."""
     h, w = patch.shape[:2]
@@ -162,8 +165,9 @@ def paste(frame: np.ndarray, patch: np.ndarray, x: float, y: float) -> np.ndarra
     m = np.array([[1, 0, x], [0, 1, y]], np.float64)
     # Pixel centres: patch pixel (i, j) covers [j, j + 1) and lands on [x + j, x + j + 1).
     warped = cv2.warpAffine(patch, m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(np.ones((h, w), np.float32), m, (big_w, big_h), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT)[..., None]
+    alpha = cv2.warpAffine(
+        np.ones((h, w), np.float32), m, (big_w, big_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )[..., None]
     # The warped patch is already weighted by its coverage (the border is black): add it as it is.
     return np.clip(frame * (1 - alpha) + warped, 0, 255).round().astype(np.uint8)
 
@@ -193,16 +197,19 @@ def make_video(action: str, cfg: DetectionSetConfig, rng: np.random.Generator) -
     kind = cfg.distractor if cfg.distractor != "mixed" else ("static", "random")[rng.integers(2)]
     if kind != "none":
         wander = random_walk(rng, cfg.frames, 0.03 * height) if kind == "random" else np.zeros((cfg.frames, 2))
-        objects.insert(int(rng.integers(2)), (object_texture(rng, int(dw), int(dh)),
-                                              _fit(wander, dw, dh, width, height, rng)))
+        objects.insert(
+            int(rng.integers(2)), (object_texture(rng, int(dw), int(dh)), _fit(wander, dw, dh, width, height, rng))
+        )
     frames = []
     for t in range(cfg.frames):
         img = bg.copy()
         for patch, path in objects:  # drawn in a random order: either may pass in front
             img = paste(img, patch, *path[t])
         frames.append(img)
-    boxes = {t: (float(actor[t, 0]), float(actor[t, 1]), float(actor[t, 0] + aw), float(actor[t, 1] + ah))
-             for t in range(start, end)}
+    boxes = {
+        t: (float(actor[t, 0]), float(actor[t, 1]), float(actor[t, 0] + aw), float(actor[t, 1] + ah))
+        for t in range(start, end)
+    }
     return VideoPlanned(frames=frames, boxes=boxes, action=action)
 
 
@@ -219,9 +226,19 @@ def make_detection_dataset(root: str | Path, cfg: DetectionSetConfig = Detection
             rel = f"videos/{action}/v_{action}_{i:03d}.mp4"
             write_video(root / rel, video.frames, cfg.fps)
             rows.append({"path": rel, "label": action, "split": "train" if i < cfg.train_per_class else "test"})
-            box_rows.extend({"video": rel, "frame": t, "x1": f"{b[0]:.4f}", "y1": f"{b[1]:.4f}",
-                             "x2": f"{b[2]:.4f}", "y2": f"{b[3]:.4f}", "label": action, "track": 0}
-                            for t, b in sorted(video.boxes.items()))
+            box_rows.extend(
+                {
+                    "video": rel,
+                    "frame": t,
+                    "x1": f"{b[0]:.4f}",
+                    "y1": f"{b[1]:.4f}",
+                    "x2": f"{b[2]:.4f}",
+                    "y2": f"{b[3]:.4f}",
+                    "label": action,
+                    "track": 0,
+                }
+                for t, b in sorted(video.boxes.items())
+            )
     list_csv, boxes_csv = root / "list.csv", root / "boxes.csv"
     _write_csv(list_csv, ["path", "label", "split"], rows)
     _write_csv(boxes_csv, ["video", "frame", "x1", "y1", "x2", "y2", "label", "track"], box_rows)

@@ -4,6 +4,7 @@ A smooth random texture, or a photograph shipped with the package (`texture="pho
 the demo uses), is warped a known amount per frame (translation, zoom, rotation), so the
 true flow between frames t and t+1 is known everywhere away from the borders.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,17 @@ def warp_matrix(motion: str, t: float, speed: float, width: int, height: int) ->
     raise ValueError(f"unknown motion {motion!r}; choose one of {MOTIONS}")
 
 
-def moving_frames(motion: str, num_frames: int, height: int, width: int, *, speed: float = 2.0,
-                  seed: int = 0, margin: int = 64, source: str = "noise") -> Iterator[np.ndarray]:
+def moving_frames(
+    motion: str,
+    num_frames: int,
+    height: int,
+    width: int,
+    *,
+    speed: float = 2.0,
+    seed: int = 0,
+    margin: int = 64,
+    source: str = "noise",
+) -> Iterator[np.ndarray]:
     """Yield `num_frames` RGB frames of a texture moving with `motion` at `speed` per frame.
 
     source: "noise" (a random multi-scale texture) or "photo" (photograph number `seed`).
@@ -67,9 +77,10 @@ def moving_frames(motion: str, num_frames: int, height: int, width: int, *, spee
     big = backdrop(height + 2 * margin, width + 2 * margin, seed, source)
     for t in range(num_frames):
         m = warp_matrix(motion, t, speed, width + 2 * margin, height + 2 * margin)
-        frame = cv2.warpAffine(big, m, (width + 2 * margin, height + 2 * margin),
-                               flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_WRAP)
-        yield frame[margin:margin + height, margin:margin + width]
+        frame = cv2.warpAffine(
+            big, m, (width + 2 * margin, height + 2 * margin), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_WRAP
+        )
+        yield frame[margin : margin + height, margin : margin + width]
 
 
 def true_flow(motion: str, speed: float, height: int, width: int, margin: int = 64) -> np.ndarray:
@@ -93,19 +104,53 @@ def ffmpeg_exe() -> str:
     return resolve_ffmpeg()
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0, *,
-                codec: str = "libx264", pix_fmt: str = "yuv420p", quality: str = "17",
-                extra_args: tuple[str, ...] = ()) -> Path:
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    quality: str = "17",
+    extra_args: tuple[str, ...] = (),
+) -> Path:
     """Encode RGB frames to a video file with ffmpeg (no shell; the file name is one argv item)."""
     path = Path(path)
     frames = iter(frames)
     first = next(frames)
     h, w = first.shape[:2]
-    qflag = {"libx264": ["-crf", quality], "mpeg4": ["-q:v", "2"], "mjpeg": ["-q:v", "2"],
-             "libvpx": ["-b:v", "2M"], "ffv1": [], "png": []}.get(codec, [])
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0", "-c:v", codec, *qflag, "-pix_fmt", pix_fmt,
-           *extra_args, str(path)]
+    qflag = {
+        "libx264": ["-crf", quality],
+        "mpeg4": ["-q:v", "2"],
+        "mjpeg": ["-q:v", "2"],
+        "libvpx": ["-b:v", "2M"],
+        "ffv1": [],
+        "png": [],
+    }.get(codec, [])
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-c:v",
+        codec,
+        *qflag,
+        "-pix_fmt",
+        pix_fmt,
+        *extra_args,
+        str(path),
+    ]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     stdin, stderr = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stderr)  # both PIPE: never None
     try:
@@ -122,9 +167,18 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.
     return path
 
 
-def make_motion_dataset(root: str | Path, *, classes: tuple[str, ...] = ("left", "right", "up", "down"),
-                        per_class: int = 3, num_frames: int = 24, size: tuple[int, int] = (96, 72),
-                        speed: float = 2.0, fps: float = 25.0, seed: int = 0, source: str = "noise") -> Path:
+def make_motion_dataset(
+    root: str | Path,
+    *,
+    classes: tuple[str, ...] = ("left", "right", "up", "down"),
+    per_class: int = 3,
+    num_frames: int = 24,
+    size: tuple[int, int] = (96, 72),
+    speed: float = 2.0,
+    fps: float = 25.0,
+    seed: int = 0,
+    source: str = "noise",
+) -> Path:
     """Write a folder-per-class dataset whose classes differ only by motion (same textures in each).
 
     source: "noise" textures or shipped "photo"graphs (see `moving_frames`).
@@ -153,22 +207,29 @@ def write_split_list(root: str | Path, videos: str | Path, test_from: int) -> Pa
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
         for p in sorted(Path(videos).rglob("*.mp4")):
-            w.writerow([p.relative_to(root).as_posix(), p.parent.name,
-                        "test" if int(p.stem[-2:]) >= test_from else "train"])
+            w.writerow(
+                [p.relative_to(root).as_posix(), p.parent.name, "test" if int(p.stem[-2:]) >= test_from else "train"]
+            )
     return path
 
 
 def _run_ffmpeg(args: list[str], path: Path) -> Path:
     """Run ffmpeg with an argv list (no shell) and raise naming `path` when it fails."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg could not write {path}: {proc.stderr.decode(errors='replace').strip()}")
     return path
 
 
-def write_vfr_video(path: str | Path, frames: Iterable[np.ndarray], times: list[float], *,
-                    codec: str = "libx264") -> Path:
+def write_vfr_video(
+    path: str | Path, frames: Iterable[np.ndarray], times: list[float], *, codec: str = "libx264"
+) -> Path:
     """Encode frames shown at the given times (seconds, increasing, millisecond grid): variable rate.
 
     Use a container with millisecond timestamps such as .mkv; each frame keeps its own time.
@@ -180,22 +241,43 @@ def write_vfr_video(path: str | Path, frames: Iterable[np.ndarray], times: list[
     for n in range(len(times) - 1, -1, -1):
         expr = f"if(eq(N,{n}),{times[n]:.3f},{expr})"
     vf = f"settb=1/1000,setpts='({expr})/TB'"  # quoted: the expression holds commas
-    return write_video(path, frames, 25.0, codec=codec,
-                       extra_args=("-vf", vf, "-fps_mode", "passthrough", "-enc_time_base", "1:1000"))
+    return write_video(
+        path, frames, 25.0, codec=codec, extra_args=("-vf", vf, "-fps_mode", "passthrough", "-enc_time_base", "1:1000")
+    )
 
 
 def write_audio_first(path: str | Path, video: str | Path) -> Path:
     """Copy `video` into `path` with a silent audio track as stream 0 and the video as stream 1."""
     path = Path(path)
-    return _run_ffmpeg(["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-i", str(video),
-                        "-map", "0:a", "-map", "1:v", "-c:v", "copy", "-c:a", "aac", "-shortest", str(path)], path)
+    return _run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-i",
+            str(video),
+            "-map",
+            "0:a",
+            "-map",
+            "1:v",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
+        path,
+    )
 
 
 def write_audio_only(path: str | Path, seconds: float = 0.5) -> Path:
     """A file with a silent audio track and no video stream (e.g. .m4a or .mp4)."""
     path = Path(path)
-    return _run_ffmpeg(["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", f"{seconds}",
-                        "-c:a", "aac", str(path)], path)
+    return _run_ffmpeg(
+        ["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", f"{seconds}", "-c:a", "aac", str(path)], path
+    )
 
 
 def write_rotated(path: str | Path, video: str | Path, degrees: float = 90.0) -> Path:
@@ -205,6 +287,7 @@ def write_rotated(path: str | Path, video: str | Path, degrees: float = 90.0) ->
 
 
 # --- broken and hostile files (for tests of error rows and input safety) ------------------------
+
 
 def write_declared_size(path: str | Path, width: int, height: int) -> Path:
     """A tiny YUV4MPEG2 file (any extension) whose header declares width x height frames.

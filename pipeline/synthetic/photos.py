@@ -3,6 +3,7 @@
 Real content for known-motion flow pairs (`pipeline.flow.accuracy`), the demo's videos and the
 camera-motion generator, without scikit-image or a download.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -55,4 +56,4 @@ def photo_texture(height: int, width: int, seed: int = 0, *, gray: bool = True) 
     small = cv2.resize(img, size, interpolation=interp).astype(np.float32)
     y = rng.integers(0, small.shape[0] - height + 1)
     x = rng.integers(0, small.shape[1] - width + 1)
-    return np.ascontiguousarray(small[y:y + height, x:x + width])
+    return np.ascontiguousarray(small[y : y + height, x : x + width])

@@ -23,6 +23,7 @@ long_range  One textured square moves horizontally: "right", "left", or it rever
 Backgrounds are real photographs passed in by the caller (e.g. scikit-image's sample
 images, `photos()`); each video takes a random crop of a random photo.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,14 +65,19 @@ class SetConfig:
 
     def __post_init__(self) -> None:
         if self.per_class < 1 or self.test_per_class < 0:
-            raise ValueError(f"per_class must be >= 1 and test_per_class >= 0, got "
-                             f"{self.per_class}, {self.test_per_class}")
+            raise ValueError(
+                f"per_class must be >= 1 and test_per_class >= 0, got {self.per_class}, {self.test_per_class}"
+            )
         if self.num_frames < 2 or self.object_size < 4 or self.speed < 1:
-            raise ValueError(f"num_frames >= 2, object_size >= 4 and speed >= 1 needed, got "
-                             f"{self.num_frames}, {self.object_size}, {self.speed}")
+            raise ValueError(
+                f"num_frames >= 2, object_size >= 4 and speed >= 1 needed, got "
+                f"{self.num_frames}, {self.object_size}, {self.speed}"
+            )
         if self.object_size + self.travel > min(self.size):
-            raise ValueError(f"an object of {self.object_size} px moving {self.travel} px does not fit in "
-                             f"{self.size[0]}x{self.size[1]} frames")
+            raise ValueError(
+                f"an object of {self.object_size} px moving {self.travel} px does not fit in "
+                f"{self.size[0]}x{self.size[1]} frames"
+            )
         if not 0 <= self.tint <= 255 - _LUMA_RANGE[1]:
             raise ValueError(f"tint must be in [0, {255 - _LUMA_RANGE[1]:.0f}], got {self.tint}")
 
@@ -82,6 +88,7 @@ class SetConfig:
 
 
 # --- pictures --------------------------------------------------------------------------------
+
 
 def photos() -> list[np.ndarray]:
     """scikit-image's sample photographs as RGB uint8 (needs scikit-image, a test dependency)."""
@@ -102,7 +109,7 @@ def background(pictures: list[np.ndarray], size: tuple[int, int], rng: random.Ra
     h, w = img.shape[:2]
     side = int(min(h, w) * rng.uniform(0.25, 1.0))
     x, y = rng.randrange(w - side + 1), rng.randrange(h - side + 1)
-    crop = img[y:y + side, x:x + side]
+    crop = img[y : y + side, x : x + side]
     return cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
 
 
@@ -123,12 +130,13 @@ def render(bg: np.ndarray, objects: list[tuple[np.ndarray, np.ndarray]]) -> list
         for patch, path in objects:
             x, y = (int(v) for v in path[t])
             s = patch.shape[0]
-            frame[y:y + s, x:x + s] = patch
+            frame[y : y + s, x : x + s] = patch
         frames.append(frame)
     return frames
 
 
 # --- trajectories ----------------------------------------------------------------------------
+
 
 def straight_path(centre: tuple[float, float], direction: str, cfg: SetConfig) -> np.ndarray:
     """(num_frames, 2) top-left positions moving `speed` px per frame, at `centre` mid-video."""
@@ -156,8 +164,10 @@ def binding_paths(dir_a: str, dir_b: str, cfg: SetConfig, rng: random.Random) ->
         a, b = (straight_path((rng.uniform(*box[0]), rng.uniform(*box[1])), d, cfg) for d in (dir_a, dir_b))
         if apart(a, b, cfg.object_size):
             return a, b
-    raise ValueError(f"no two paths of {cfg.object_size} px squares moving {cfg.travel} px fit apart in "
-                     f"{w}x{h} frames: use bigger frames or fewer frames")
+    raise ValueError(
+        f"no two paths of {cfg.object_size} px squares moving {cfg.travel} px fit apart in "
+        f"{w}x{h} frames: use bigger frames or fewer frames"
+    )
 
 
 def long_range_path(label: str, cfg: SetConfig, rng: random.Random) -> np.ndarray:
@@ -174,6 +184,7 @@ def long_range_path(label: str, cfg: SetConfig, rng: random.Random) -> np.ndarra
 
 
 # --- videos and sets -------------------------------------------------------------------------
+
 
 def binding_video(label: str, cfg: SetConfig, pictures: list[np.ndarray], rng: random.Random) -> list[np.ndarray]:
     """One binding video whose A square moves towards `label` (B in one of the other directions)."""
@@ -209,8 +220,7 @@ def write_set(root: str | Path, kind: str, cfg: SetConfig, pictures: list[np.nda
             rel = f"videos/{label}/{kind}_{label}_{i:03d}.mp4"
             # Lossless 4:4:4: lossy coding adds grey noise that depends on the colour (and 4:2:0
             # chroma bleeds the tint into the grey around the squares), which flow would see.
-            synthetic.write_video(root / rel, make(label, cfg, pictures, rng), cfg.fps, pix_fmt="yuv444p",
-                                  quality="0")
+            synthetic.write_video(root / rel, make(label, cfg, pictures, rng), cfg.fps, pix_fmt="yuv444p", quality="0")
             rows.append({"path": rel, "label": label, "split": "train" if i < cfg.per_class else "test"})
     listing = root / "list.csv"
     with open(listing, "w", newline="") as f:

@@ -13,6 +13,7 @@ or no disc at all, on backgrounds drawn from the same textures), so appearance a
 best ambiguous; only the order of the two states separates the classes. Nothing moves: optical
 flow sees only the instant of change.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,12 @@ log = logging.getLogger(__name__)
 STATE_CLASSES = ("red_to_green", "green_to_red", "appears", "disappears")
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60)}
 # (before, after) per class; None: no disc. "any" is one colour, drawn per video.
-STATES = {"red_to_green": ("red", "green"), "green_to_red": ("green", "red"), "appears": (None, "any"),
-          "disappears": ("any", None)}
+STATES = {
+    "red_to_green": ("red", "green"),
+    "green_to_red": ("green", "red"),
+    "appears": (None, "any"),
+    "disappears": ("any", None),
+}
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,16 @@ def state_frames(video: StateVideo, background: np.ndarray, num_frames: int) -> 
         yield frame
 
 
-def make_state_change_dataset(root: str | Path, *, classes: tuple[str, ...] = STATE_CLASSES, per_class: int = 3,
-                              num_frames: int = 32, size: tuple[int, int] = (96, 72), fps: float = 25.0,
-                              seed: int = 0) -> Path:
+def make_state_change_dataset(
+    root: str | Path,
+    *,
+    classes: tuple[str, ...] = STATE_CLASSES,
+    per_class: int = 3,
+    num_frames: int = 32,
+    size: tuple[int, int] = (96, 72),
+    fps: float = 25.0,
+    seed: int = 0,
+) -> Path:
     """Write a folder-per-class state-change dataset; video i of every class uses background
     texture seed + i, so backgrounds carry no label information."""
     root = Path(root)

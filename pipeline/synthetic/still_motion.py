@@ -15,6 +15,7 @@ estimator into shards that `flowshard train OUT --streams flow` reads. Whole pho
 one split (the last `test_fraction` of them, in name order, to "test"), so test videos show
 photos never seen in training.
 """
+
 from __future__ import annotations
 
 import csv
@@ -105,10 +106,13 @@ def still_view(img: np.ndarray, size: tuple[int, int], margin: float, rng: rando
     """A random view of the photo, `margin` times the frame size, so motion finds content to show."""
     w, h = int(size[0] * margin), int(size[1] * margin)
     scale = max(w / img.shape[1], h / img.shape[0]) * rng.uniform(1.0, 1.5)
-    big = cv2.resize(img, (max(w, round(img.shape[1] * scale)), max(h, round(img.shape[0] * scale))),
-                     interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    big = cv2.resize(
+        img,
+        (max(w, round(img.shape[1] * scale)), max(h, round(img.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+    )
     x, y = rng.randrange(big.shape[1] - w + 1), rng.randrange(big.shape[0] - h + 1)
-    return big[y:y + h, x:x + w]
+    return big[y : y + h, x : x + w]
 
 
 def camera_frames(img: np.ndarray, motion: str, cfg: StillMotionConfig, rng: random.Random) -> list[np.ndarray]:

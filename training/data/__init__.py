@@ -11,6 +11,7 @@ list of an epoch, EpochBlocks, hashing while reading, tar samples), stages (pick
 decode, transform, collate), loader (the pipeline and make_loader). The names jobs use are
 importable from the package.
 """
+
 from __future__ import annotations
 
 from training.data.config import TASKS, VERIFY_MODES, DataConfig
@@ -19,16 +20,16 @@ from training.data.shards import SampleError, ShardHashError
 from training.data.sources import DataSource, ShardSpec, open_source, url_source
 
 __all__ = [
-           "TASKS",
-           "VERIFY_MODES",
-           "DataConfig",
-           "DataSource",
-           "Loader",
-           "SampleError",
-           "ShardHashError",
-           "ShardSpec",
-           "make_loader",
-           "open_source",
-           "steps_per_epoch",
-           "url_source",
+    "TASKS",
+    "VERIFY_MODES",
+    "DataConfig",
+    "DataSource",
+    "Loader",
+    "SampleError",
+    "ShardHashError",
+    "ShardSpec",
+    "make_loader",
+    "open_source",
+    "steps_per_epoch",
+    "url_source",
 ]

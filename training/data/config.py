@@ -1,5 +1,5 @@
-"""The loader's settings (DataConfig), validated when made.
-"""
+"""The loader's settings (DataConfig), validated when made."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,11 +81,20 @@ class DataConfig:
     @property
     def shape(self) -> SnippetShape:
         """One snippet: L fields when a flow or warped stream is read (0 otherwise) and F frames."""
-        return SnippetShape(clip_len=self.clip_len if stream_spec.uses_fields(self.streams) else 0,
-                            rgb_frames=self.rgb_frames, frame_stride=self.frame_stride)
+        return SnippetShape(
+            clip_len=self.clip_len if stream_spec.uses_fields(self.streams) else 0,
+            rgb_frames=self.rgb_frames,
+            frame_stride=self.frame_stride,
+        )
 
     @property
     def clip_spec(self) -> ClipSpec:
-        return ClipSpec(sampler=self.sampler, segments=self.segments, snippets=self.snippets,
-                        strides=tuple(self.strides), test_clips=self.test_clips, ordered=self.ordered,
-                        test_every=self.test_every)
+        return ClipSpec(
+            sampler=self.sampler,
+            segments=self.segments,
+            snippets=self.snippets,
+            strides=tuple(self.strides),
+            test_clips=self.test_clips,
+            ordered=self.ordered,
+            test_every=self.test_every,
+        )

@@ -15,6 +15,7 @@ sample too, so each sample is checked on arrival, in every rank and loader worke
 A mismatch raises CorruptSampleError naming shard and key (on_corrupt="error"), or is
 skipped, logged and counted (on_corrupt="skip"); never silent.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,6 @@ from training.data.shards import SampleError
 from training.data.sources import DataSource
 
 log = logging.getLogger(__name__)
-
 
 
 class CorruptSampleError(SampleError):
@@ -68,14 +68,20 @@ def load_sample_hashes(source: DataSource, split: str) -> SampleHashes | None:
     names = {s.name for s in source.split_shards(split)}
     rows = read_rows(path)
     if source.kind == "clips":
-        return SampleHashes(digests={r["id"]: bytes.fromhex(r["sha256"]) for r in rows
-                                     if r["shard"] in names and r["sha256"]}, nested=False)
+        return SampleHashes(
+            digests={r["id"]: bytes.fromhex(r["sha256"]) for r in rows if r["shard"] in names and r["sha256"]},
+            nested=False,
+        )
     videos = [r for r in rows if r["split"] == split and r["status"] == "ok"]
     whole = {r["id"]: bytes.fromhex(r["sha256"]) for r in videos if r["parts"] == 1 and r["sha256"]}
     unchecked = sum(r["parts"] for r in videos if r["parts"] != 1 or not r["sha256"])
     if unchecked:
-        log.warning("%d sample(s) of split %r are parts of long videos without a per-sample hash in the manifest: "
-                    "they are checked by their shard's hash only", unchecked, split)
+        log.warning(
+            "%d sample(s) of split %r are parts of long videos without a per-sample hash in the manifest: "
+            "they are checked by their shard's hash only",
+            unchecked,
+            split,
+        )
     return SampleHashes(digests=whole, nested=True, unchecked=unchecked)
 
 
@@ -92,8 +98,10 @@ def check_samples(src: Iterable[dict], hashes: SampleHashes, on_corrupt: str) ->
     for sample in src:
         expected = hashes.digests.get(sample["__key__"])
         if expected is not None and hashes.digest(sample) != expected:
-            message = (f"shard {sample.get('__shard__', '?')}: sample {sample['__key__']} does not match the "
-                       "manifest's sha256: the shard is corrupt or was changed after the dataset was built")
+            message = (
+                f"shard {sample.get('__shard__', '?')}: sample {sample['__key__']} does not match the "
+                "manifest's sha256: the shard is corrupt or was changed after the dataset was built"
+            )
             if on_corrupt == "error":
                 raise CorruptSampleError(message)
             skipped += 1

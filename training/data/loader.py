@@ -1,6 +1,7 @@
 """The pipeline (`build_pipeline`: the shard stages then the sample stages, one visible
 list) and the loader that runs it per rank and worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,7 @@ from training.detection import data as detection
 log = logging.getLogger(__name__)
 
 
-def shard_stages(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState,
-                 block: int) -> list:
+def shard_stages(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState, block: int) -> list:
     """The first stages: which shards (and samples of them) this rank and worker read.
 
     Training on a manifest (every shard's sample count known): this stream's block of the
@@ -48,14 +48,25 @@ def _warn_large_shards(shards: list[ShardSpec], block: int) -> None:
     average half a shard per stream and epoch. Say so when that is a large part of a block."""
     mean = sum(s.samples for s in shards) / len(shards)
     if mean / 2 > 0.25 * block:
-        log.warning("shards hold %.0f samples on average and each loader stream uses %d per epoch: about %.0f%% "
-                    "more samples are read than used (a block starting inside a shard reads the samples before "
-                    "it); smaller shards (flowshard clips --shard-samples) or fewer loader workers read less",
-                    mean, block, 100 * mean / 2 / block)
+        log.warning(
+            "shards hold %.0f samples on average and each loader stream uses %d per epoch: about %.0f%% "
+            "more samples are read than used (a block starting inside a shard reads the samples before "
+            "it); smaller shards (flowshard clips --shard-samples) or fewer loader workers read less",
+            mean,
+            block,
+            100 * mean / 2 / block,
+        )
 
 
-def build_pipeline(shards: list[ShardSpec], cfg: DataConfig, *, train: bool, state: EpochState,
-                   block: int = 0, hashes: SampleHashes | None = None) -> wds.DataPipeline:
+def build_pipeline(
+    shards: list[ShardSpec],
+    cfg: DataConfig,
+    *,
+    train: bool,
+    state: EpochState,
+    block: int = 0,
+    hashes: SampleHashes | None = None,
+) -> wds.DataPipeline:
     """The one pipeline, from shard list to batches (see the module docstring).
 
     `block`: samples each stream (rank x loader worker) uses per training epoch.
@@ -137,8 +148,7 @@ def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size: int, *,
-                    per: str = "samples") -> int:
+def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size: int, *, per: str = "samples") -> int:
     """Optimizer steps per epoch, shared by all ranks: one pass over the split's samples
     (per="samples"), or about one item per video (per="videos": on clip shards of N clips
     per video, successive epochs walk through the stored clips, a different one per video
@@ -147,8 +157,16 @@ def steps_per_epoch(source: DataSource, split: str, cfg: DataConfig, world_size:
     return max(1, count // (cfg.batch_size * world_size))
 
 
-def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool, steps: int | None = None,
-                pin_memory: bool = False, device: str | torch.device = "cpu") -> Loader:
+def make_loader(
+    source: DataSource,
+    split: str,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    steps: int | None = None,
+    pin_memory: bool = False,
+    device: str | torch.device = "cpu",
+) -> Loader:
     """The loader of one split. train=True needs `steps`, the batches each rank takes per epoch.
 
     With cfg.gpu_decode the batches are decoded and augmented on `device` in this process.
@@ -161,13 +179,19 @@ def make_loader(source: DataSource, split: str, cfg: DataConfig, *, train: bool,
     # Each worker yields its share; the training loop takes exactly `steps` batches.
     per_worker = math.ceil(steps / max(1, cfg.workers)) if train and steps is not None else 0
     hashes = load_sample_hashes(source, split) if cfg.verify != "off" else None
-    pipeline = build_pipeline(source.split_shards(split), cfg, train=train, state=state,
-                              block=per_worker * cfg.batch_size, hashes=hashes)
+    pipeline = build_pipeline(
+        source.split_shards(split), cfg, train=train, state=state, block=per_worker * cfg.batch_size, hashes=hashes
+    )
     if train:
         pipeline = pipeline.with_epoch(per_worker)
     loader = torch.utils.data.DataLoader(
-        pipeline, batch_size=None, num_workers=cfg.workers, pin_memory=pin_memory,
-        worker_init_fn=_init_worker if cfg.workers else None, persistent_workers=False,
-        prefetch_factor=4 if cfg.workers else None)
+        pipeline,
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_init_worker if cfg.workers else None,
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.workers else None,
+    )
     post = gpu_decode.GpuBatchDecoder(cfg, device, train=train, state=state) if cfg.gpu_decode else None
     return Loader(loader=loader, state=state, steps=steps if train else None, post=post)

@@ -19,6 +19,7 @@ them, so each shard a stream reads to its end is hashed whole. The shuffle buffe
 at each block's end. A bare URL list (no sample counts) draws shards with replacement
 instead. Evaluation reads each shard once, split across ranks and workers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,7 +74,6 @@ def batches_done(done: int, worker: int, workers: int) -> int:
     """Batches stream `worker` of `workers` gave in the first `done` batches of an epoch
     (the DataLoader takes batch i from worker i % workers)."""
     return max(0, (done - worker + workers - 1) // workers)
-
 
 
 class ShardList:
@@ -195,8 +195,10 @@ class HashingReader:
 def check_hash(name: str, actual: str, expected: str | None) -> None:
     """Raise ShardHashError naming the shard when a pinned hash does not match."""
     if expected and actual != expected:
-        raise ShardHashError(f"shard {name}: sha256 {actual} does not match the manifest's {expected}: "
-                             "the file is corrupt or was changed after the dataset was built")
+        raise ShardHashError(
+            f"shard {name}: sha256 {actual} does not match the manifest's {expected}: "
+            "the file is corrupt or was changed after the dataset was built"
+        )
 
 
 def _open_url(url: str):

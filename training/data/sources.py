@@ -10,6 +10,7 @@ samples (the fast path: one RGB frame and one stacked member of L flow fields) o
 samples (every frame and field of a video, dense or built with --clips; clips are sampled
 here, which TSN's segments need).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,9 @@ class DataSource:
     def split_shards(self, split: str) -> list[ShardSpec]:
         shards = [s for s in self.shards if s.split == split or self.kind == "urls"]
         if not shards:
-            raise ValueError(f"no shards of split {split!r} in {self.root or 'the URL list'}; "
-                             f"splits present: {self.splits()}")
+            raise ValueError(
+                f"no shards of split {split!r} in {self.root or 'the URL list'}; splits present: {self.splits()}"
+            )
         return shards
 
     def num_samples(self, split: str) -> int:
@@ -93,17 +95,41 @@ def open_source(spec: str | Path) -> DataSource:
     info = read_info(folder)
     if info.get("kind") == "clips":
         rows = read_rows(storage.join(folder, SHARDS))
-        shards = tuple(ShardSpec(name=r["name"], url=str(storage.join(root, SHARD_DIR, r["name"])), split=r["split"],
-                                 samples=int(r["samples"]), sha256=r["sha256"]) for r in rows)
-        return DataSource(kind="clips", label_map=dict(info["label_map"]), shards=shards, root=root,
-                          version=_dataset_version(folder), info=info, folder=folder)
+        shards = tuple(
+            ShardSpec(
+                name=r["name"],
+                url=str(storage.join(root, SHARD_DIR, r["name"])),
+                split=r["split"],
+                samples=int(r["samples"]),
+                sha256=r["sha256"],
+            )
+            for r in rows
+        )
+        return DataSource(
+            kind="clips",
+            label_map=dict(info["label_map"]),
+            shards=shards,
+            root=root,
+            version=_dataset_version(folder),
+            info=info,
+            folder=folder,
+        )
     ds = Dataset(root, vid or None)
     if ds.info.get("kind", "videos") != "videos":
         raise ValueError(f"{spec}: dataset kind {ds.info.get('kind')!r} is neither 'videos' nor 'clips'")
-    shards = tuple(ShardSpec(name=s.name, url=str(s.path), split=s.split, samples=int(s.samples), sha256=s.sha256)
-                   for s in ds.shards())
-    return DataSource(kind="videos", label_map=dict(ds.label_map), shards=shards, root=ds.root,
-                      version=_dataset_version(ds.folder), info=ds.info, folder=ds.folder)
+    shards = tuple(
+        ShardSpec(name=s.name, url=str(s.path), split=s.split, samples=int(s.samples), sha256=s.sha256)
+        for s in ds.shards()
+    )
+    return DataSource(
+        kind="videos",
+        label_map=dict(ds.label_map),
+        shards=shards,
+        root=ds.root,
+        version=_dataset_version(ds.folder),
+        info=ds.info,
+        folder=ds.folder,
+    )
 
 
 def _dataset_version(folder: Location) -> str:

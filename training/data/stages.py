@@ -5,6 +5,7 @@ encode.load_meta, RGB through encode.decode_rgb, flow fields as their stored (2H
 planes by `encode.decode_flow_plane`, FlowStack through encode.unpack_stack); any other member is
 dropped undecoded, nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 # The members flowshard decodes and the functions that decode them; nothing else is decoded.
 DECODERS = {"rgb": encode.decode_rgb, "flow": encode.decode_flow_plane, "warped": encode.decode_flow_plane}
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -62,8 +59,13 @@ def pick_items(sample: dict, plan: PickPlan, epoch: int) -> list[dict]:
 
 
 def _item(sample: dict, meta: dict, clip: int) -> dict:
-    return {"__key__": sample["__key__"], "__shard__": sample.get("__shard__", ""), "video_id": meta["video_id"],
-            "label": int(meta["label_id"]), "clip": clip}
+    return {
+        "__key__": sample["__key__"],
+        "__shard__": sample.get("__shard__", ""),
+        "video_id": meta["video_id"],
+        "label": int(meta["label_id"]),
+        "clip": clip,
+    }
 
 
 def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
@@ -75,24 +77,33 @@ def _clip_item(sample: dict, meta: dict, plan: PickPlan) -> dict:
     stored = _stored_snippets(meta)
     want = cfg.clip_spec.length
     if plan.train and len(stored) != want:
-        raise ValueError(f"{_where(sample)}: the clip holds {len(stored)} snippet(s), the sampler asks for {want} "
-                         f"(clip shards made with --snippets {len(stored)} train with --sampling "
-                         f"{'strided' if len(stored) > 1 else 'simonyan'} --snippets {len(stored)})")
-    clip = tuple(snip.Snippet(frames=snip.centred(s.frames, cfg.rgb_frames, "RGB frames"),
-                              fields=snip.centred(s.fields, cfg.clip_len) if stream_spec.uses_fields(cfg.streams)
-                              else ())
-                 for s in stored)
+        raise ValueError(
+            f"{_where(sample)}: the clip holds {len(stored)} snippet(s), the sampler asks for {want} "
+            f"(clip shards made with --snippets {len(stored)} train with --sampling "
+            f"{'strided' if len(stored) > 1 else 'simonyan'} --snippets {len(stored)})"
+        )
+    clip = tuple(
+        snip.Snippet(
+            frames=snip.centred(s.frames, cfg.rgb_frames, "RGB frames"),
+            fields=snip.centred(s.fields, cfg.clip_len) if stream_spec.uses_fields(cfg.streams) else (),
+        )
+        for s in stored
+    )
     if cfg.uses_rgb:
-        frames = ([sample[encode.RGB_CLIP]] if encode.RGB_CLIP in sample
-                  else encode.unpack_stack(sample[encode.RGB_STACK]))
+        frames = (
+            [sample[encode.RGB_CLIP]] if encode.RGB_CLIP in sample else encode.unpack_stack(sample[encode.RGB_STACK])
+        )
         item["rgb"] = [[frames[f] for f in s.frames] for s in clip]
     else:
         item["rgb"] = None
-    for name, member, use in (("flow", encode.FLOW_STACK, cfg.uses_flow), ("warped", encode.WARPED_STACK,
-                                                                          cfg.uses_warped)):
+    for name, member, use in (
+        ("flow", encode.FLOW_STACK, cfg.uses_flow),
+        ("warped", encode.WARPED_STACK, cfg.uses_warped),
+    ):
         if use and member not in sample:
-            raise encode.SchemaError(f"{_where(sample)}: no {member} member (warped flow needs a dataset built "
-                                     f"with --flow-warp)")
+            raise encode.SchemaError(
+                f"{_where(sample)}: no {member} member (warped flow needs a dataset built with --flow-warp)"
+            )
         fields = encode.unpack_stack(sample[member]) if use else None
         item[name] = [[fields[f] for f in s.fields] for s in clip] if fields is not None else None
     return item
@@ -124,14 +135,16 @@ def _video_items(sample: dict, meta: dict, plan: PickPlan, epoch: int) -> list[d
 
 def _with_members(item: dict, sample: dict, clip: Clip, cfg: DataConfig) -> dict:
     try:
-        item["rgb"] = ([[sample[encode.rgb_member(f)] for f in s.frames] for s in clip] if cfg.uses_rgb else None)
-        item["flow"] = ([[sample[encode.flow_member(f)] for f in s.fields] for s in clip] if cfg.uses_flow else None)
-        item["warped"] = ([[sample[encode.warped_member(f)] for f in s.fields] for s in clip]
-                          if cfg.uses_warped else None)
+        item["rgb"] = [[sample[encode.rgb_member(f)] for f in s.frames] for s in clip] if cfg.uses_rgb else None
+        item["flow"] = [[sample[encode.flow_member(f)] for f in s.fields] for s in clip] if cfg.uses_flow else None
+        item["warped"] = (
+            [[sample[encode.warped_member(f)] for f in s.fields] for s in clip] if cfg.uses_warped else None
+        )
     except KeyError as exc:
-        raise encode.SchemaError(f"{_where(sample)}: member {exc} named by its metadata is missing"
-                                 + (" (warped flow needs a dataset built with --flow-warp)" if "warped" in str(exc)
-                                    else "")) from exc
+        raise encode.SchemaError(
+            f"{_where(sample)}: member {exc} named by its metadata is missing"
+            + (" (warped flow needs a dataset built with --flow-warp)" if "warped" in str(exc) else "")
+        ) from exc
     return item
 
 
@@ -252,9 +265,12 @@ def collate(items: list[dict]) -> dict:
 
     V: views (crops), K: snippets in time order, F frames and L fields per snippet.
     """
-    batch = {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
-             "video_id": [it["video_id"] for it in items], "clip": [it["clip"] for it in items],
-             "key": [it["__key__"] for it in items]}
+    batch = {
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "video_id": [it["video_id"] for it in items],
+        "clip": [it["clip"] for it in items],
+        "key": [it["__key__"] for it in items],
+    }
     for name in stream_spec.STREAMS:
         if items[0].get(name) is not None:
             batch[name] = torch.from_numpy(np.stack([it[name] for it in items]))

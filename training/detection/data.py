@@ -17,6 +17,7 @@ Transforms: no crop (regions are found in the whole frame), RGB normalised like 
 classification streams and flow as (q - 128) / 128; a horizontal flip (training, `--flip`)
 mirrors both streams, negates flow x and moves every box to x1' = W - x2, x2' = W - x1.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,8 +78,9 @@ def chosen_frames(count: int, key: str, cfg, train: bool, epoch: int) -> list[in
 def pick_items(sample: dict, meta: dict, cfg, train: bool, epoch: int, where: str) -> list[dict]:
     """The detection items of a video sample, holding only the chosen members' bytes."""
     if meta.get("kind") != "video":
-        raise encode.SchemaError(f"{where}: detection reads video samples (the built dataset), not "
-                                 f"{meta.get('kind')!r} samples")
+        raise encode.SchemaError(
+            f"{where}: detection reads video samples (the built dataset), not {meta.get('kind')!r} samples"
+        )
     if "tracks" not in meta and train:
         log.debug("%s: no boxes, skipped in training", where)
         return []
@@ -93,13 +95,21 @@ def pick_items(sample: dict, meta: dict, cfg, train: bool, epoch: int, where: st
         frame = meta["frames"][p]
         b, labels, ids = frame_targets(frame, tracks)
         try:
-            items.append({
-                "__key__": sample["__key__"], "__shard__": sample.get("__shard__", ""),
-                "video_id": meta["video_id"], "frame": int(frame["index"]), "clip": p, "boxes": b, "labels": labels,
-                "tracks": ids,
-                "label": max(set(classes), key=classes.count) if classes else -1,
-                "rgb": [[sample[encode.rgb_member(p)]]] if cfg.uses_rgb else None,
-                "flow": [[sample[encode.flow_member(f)] for f in fields[p]]] if fields is not None else None})
+            items.append(
+                {
+                    "__key__": sample["__key__"],
+                    "__shard__": sample.get("__shard__", ""),
+                    "video_id": meta["video_id"],
+                    "frame": int(frame["index"]),
+                    "clip": p,
+                    "boxes": b,
+                    "labels": labels,
+                    "tracks": ids,
+                    "label": max(set(classes), key=classes.count) if classes else -1,
+                    "rgb": [[sample[encode.rgb_member(p)]]] if cfg.uses_rgb else None,
+                    "flow": [[sample[encode.flow_member(f)] for f in fields[p]]] if fields is not None else None,
+                }
+            )
         except KeyError as exc:
             raise encode.SchemaError(f"{where}: member {exc} named by its metadata is missing") from exc
     return items
@@ -146,11 +156,14 @@ def collate(items: list[dict]) -> dict:
     """Items -> a batch of lists (frames may differ in size between videos): "rgb", "flow" (tensors
     (3, H, W) and (2L, H, W)), "targets" ({"boxes", "labels"}), "video_id", "frame" (index),
     "label" (the video's action), "tracks" (track id per box), "key"."""
-    batch = {"targets": [{"boxes": torch.from_numpy(it["boxes"]), "labels": torch.from_numpy(it["labels"])}
-                         for it in items],
-             "video_id": [it["video_id"] for it in items], "frame": [it["frame"] for it in items],
-             "label": [it["label"] for it in items], "tracks": [it["tracks"] for it in items],
-             "key": [it["__key__"] for it in items]}
+    batch = {
+        "targets": [{"boxes": torch.from_numpy(it["boxes"]), "labels": torch.from_numpy(it["labels"])} for it in items],
+        "video_id": [it["video_id"] for it in items],
+        "frame": [it["frame"] for it in items],
+        "label": [it["label"] for it in items],
+        "tracks": [it["tracks"] for it in items],
+        "key": [it["__key__"] for it in items],
+    }
     for name in ("rgb", "flow"):
         if items[0][name] is not None:
             batch[name] = [torch.from_numpy(it[name]) for it in items]

@@ -16,6 +16,7 @@ output (rgb, flow, fused, and late beside a concat-fused model):
 Every frame of every video of the split is scored, annotated or not: an unannotated video's
 detections are false positives (training.detection.metrics).
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,11 +44,26 @@ def to_device(batch: dict, streams: tuple[str, ...], device: torch.device) -> di
     return out
 
 
-def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, epoch: int, *,
-                    streams: tuple[str, ...], steps: int, step: int, scaler=None, amp_dtype=None,
-                    clip_grad: float = 0.0, writer=None, log_every: int = 10,
-                    progress: bool = True, start: int = 0,
-                    after_step: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
+def train_one_epoch(
+    model,
+    optimizer,
+    scheduler,
+    loader,
+    device: torch.device,
+    epoch: int,
+    *,
+    streams: tuple[str, ...],
+    steps: int,
+    step: int,
+    scaler=None,
+    amp_dtype=None,
+    clip_grad: float = 0.0,
+    writer=None,
+    log_every: int = 10,
+    progress: bool = True,
+    start: int = 0,
+    after_step: Callable[[int, int], None] | None = None,
+) -> tuple[int, dict]:
     """Train for exactly `steps` batches on the sum of every stream's RPN and box losses;
     `start` and `after_step` as in training.engine.train_one_epoch (step checkpoints)."""
     model.train()
@@ -57,8 +73,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, e
     for done, (bar, batch) in enumerate(epoch_batches(loader, steps - start, epoch, progress), start + 1):
         with autocast(device, amp_dtype):
             losses = model(to_device(batch, streams, device))
-        value = optimize(sum(v.float() for v in losses.values()), model, optimizer, scheduler, scaler, clip_grad,
-                         step)
+        value = optimize(sum(v.float() for v in losses.values()), model, optimizer, scheduler, scaler, clip_grad, step)
         step += 1
         frames += len(batch["targets"])
         totals["loss"] += value
@@ -76,13 +91,17 @@ def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, e
 
 def _numpy(det: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A torchvision detection dict -> (boxes, scores, 0-based action ids)."""
-    return (det["boxes"].float().cpu().numpy(), det["scores"].float().cpu().numpy(),
-            det["labels"].cpu().numpy().astype(np.int64) - 1)
+    return (
+        det["boxes"].float().cpu().numpy(),
+        det["scores"].float().cpu().numpy(),
+        det["labels"].cpu().numpy().astype(np.int64) - 1,
+    )
 
 
 @torch.no_grad()
-def detect(model, loader, device: torch.device, *, streams: tuple[str, ...], amp_dtype=None,
-           progress: bool = True) -> list[dict]:
+def detect(
+    model, loader, device: torch.device, *, streams: tuple[str, ...], amp_dtype=None, progress: bool = True
+) -> list[dict]:
     """Every frame's detections per output and its ground truth, gathered from all ranks.
 
     One record per frame: video_id, frame, label, gt_boxes (n, 4), gt_labels (n,) 0-based,
@@ -96,9 +115,17 @@ def detect(model, loader, device: torch.device, *, streams: tuple[str, ...], amp
         with autocast(device, amp_dtype):
             out = net(inputs)
         for i, target in enumerate(batch["targets"]):
-            records.append({"video_id": batch["video_id"][i], "frame": batch["frame"][i], "label": batch["label"][i],
-                            "gt_boxes": target["boxes"].numpy(), "gt_labels": target["labels"].numpy() - 1,
-                            "gt_tracks": batch["tracks"][i], "dets": {k: _numpy(v[i]) for k, v in out.items()}})
+            records.append(
+                {
+                    "video_id": batch["video_id"][i],
+                    "frame": batch["frame"][i],
+                    "label": batch["label"][i],
+                    "gt_boxes": target["boxes"].numpy(),
+                    "gt_labels": target["labels"].numpy() - 1,
+                    "gt_tracks": batch["tracks"][i],
+                    "dets": {k: _numpy(v[i]) for k, v in out.items()},
+                }
+            )
     gathered = distributed.all_gather_object(records)
     return [r for part in gathered for r in part]
 
@@ -112,8 +139,15 @@ def ground_truth_tubes(records: list[dict]) -> dict[str, list[Tube]]:
     out: dict[str, list[Tube]] = defaultdict(list)
     for (video, _), rows in sorted(per.items()):
         rows.sort(key=lambda x: x[0])
-        out[video].append(Tube(label=rows[0][2], frames=tuple(f for f, _, _ in rows),
-                               boxes=np.stack([b for _, b, _ in rows]), scores=np.ones(len(rows)), score=1.0))
+        out[video].append(
+            Tube(
+                label=rows[0][2],
+                frames=tuple(f for f, _, _ in rows),
+                boxes=np.stack([b for _, b, _ in rows]),
+                scores=np.ones(len(rows)),
+                score=1.0,
+            )
+        )
     return dict(out)
 
 
@@ -131,7 +165,7 @@ def video_tubes(records: list[dict], output: str, num_actions: int, cfg: TubeCon
             for r in rows:
                 b, s, lab = r["dets"][output]
                 keep = np.nonzero(lab == c)[0]
-                keep = keep[np.argsort(-s[keep], kind="stable")][:cfg.candidates]
+                keep = keep[np.argsort(-s[keep], kind="stable")][: cfg.candidates]
                 boxes.append(b[keep])
                 scores.append(s[keep])
             tubes.extend((video, t) for t in link(frames, boxes, scores, c, cfg))
@@ -147,8 +181,9 @@ def frame_scores(records: list[dict], output: str, num_actions: int) -> np.ndarr
     return out
 
 
-def summarize(records: list[dict], class_names: list[str], cfg: TubeConfig,
-              matching: str = det_metrics.DEFAULT_MATCHING) -> dict:
+def summarize(
+    records: list[dict], class_names: list[str], cfg: TubeConfig, matching: str = det_metrics.DEFAULT_MATCHING
+) -> dict:
     """Per output: frame-mAP, video-mAP and classification metrics (see the module docstring)."""
     det_metrics.check_matching(matching)
     if not any(len(r["gt_boxes"]) for r in records):
@@ -162,23 +197,46 @@ def summarize(records: list[dict], class_names: list[str], cfg: TubeConfig,
     labelled = [i for i, r in enumerate(records) if r["label"] >= 0]
     results = {}
     for output in records[0]["dets"]:
-        dets = [det_metrics.FrameDetection(r["video_id"], r["frame"], int(lab), float(s), b)
-                for r in records for b, s, lab in zip(*r["dets"][output], strict=True)]
+        dets = [
+            det_metrics.FrameDetection(r["video_id"], r["frame"], int(lab), float(s), b)
+            for r in records
+            for b, s, lab in zip(*r["dets"][output], strict=True)
+        ]
         frame = det_metrics.frame_map(dets, gt_frames, class_names, matching=matching)
         tubes = video_tubes(records, output, num, cfg)
         video = det_metrics.video_map(tubes, gt_tubes, class_names, matching=matching)
         scores = frame_scores(records, output, num)
-        cls = metrics.summarize(scores[labelled], np.array([records[i]["label"] for i in labelled], np.int64),
-                                [records[i]["video_id"] for i in labelled], num)
-        results[output] = {**cls, "frame_map": frame["map"], "frame_ap": frame["ap"], "video_map": video["map"],
-                           "video_ap": video["ap"], "frames": len(records), "tubes": len(tubes),
-                           "matching": matching}
+        cls = metrics.summarize(
+            scores[labelled],
+            np.array([records[i]["label"] for i in labelled], np.int64),
+            [records[i]["video_id"] for i in labelled],
+            num,
+        )
+        results[output] = {
+            **cls,
+            "frame_map": frame["map"],
+            "frame_ap": frame["ap"],
+            "video_map": video["map"],
+            "video_ap": video["ap"],
+            "frames": len(records),
+            "tubes": len(tubes),
+            "matching": matching,
+        }
     return results
 
 
-def evaluate(model, loader, device: torch.device, *, streams: tuple[str, ...], class_names: list[str],
-             tube_cfg: TubeConfig, matching: str = det_metrics.DEFAULT_MATCHING, amp_dtype=None,
-             progress: bool = True) -> dict:
+def evaluate(
+    model,
+    loader,
+    device: torch.device,
+    *,
+    streams: tuple[str, ...],
+    class_names: list[str],
+    tube_cfg: TubeConfig,
+    matching: str = det_metrics.DEFAULT_MATCHING,
+    amp_dtype=None,
+    progress: bool = True,
+) -> dict:
     """Detect on every frame of the loader's videos, link tubes, and score them."""
     det_metrics.check_matching(matching)  # before the detector runs over the whole split
     records = detect(model, loader, device, streams=streams, amp_dtype=amp_dtype, progress=progress)

@@ -26,6 +26,7 @@ They differ only where ground truths of one action overlap each other.
 AP is VOC 2010's: precision made monotone (each point takes the best precision at any
 higher recall), then summed over the recall steps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,8 +96,12 @@ class FrameDetection:
     box: np.ndarray
 
 
-def frame_ap(dets: list[FrameDetection], gt: dict[tuple[str, int], np.ndarray], iou: float = FRAME_IOU,
-             matching: str = DEFAULT_MATCHING) -> float:
+def frame_ap(
+    dets: list[FrameDetection],
+    gt: dict[tuple[str, int], np.ndarray],
+    iou: float = FRAME_IOU,
+    matching: str = DEFAULT_MATCHING,
+) -> float:
     """AP of one action's detections against its ground-truth boxes per (video, frame)."""
     check_matching(matching)
     order = sorted(range(len(dets)), key=lambda i: -dets[i].score)
@@ -114,8 +119,13 @@ def frame_ap(dets: list[FrameDetection], gt: dict[tuple[str, int], np.ndarray], 
     return average_precision([d.score for d in dets], hits, sum(len(v) for v in gt.values()))
 
 
-def frame_map(dets: list[FrameDetection], gt: dict[int, dict[tuple[str, int], np.ndarray]],
-              class_names: list[str], iou: float = FRAME_IOU, matching: str = DEFAULT_MATCHING) -> dict:
+def frame_map(
+    dets: list[FrameDetection],
+    gt: dict[int, dict[tuple[str, int], np.ndarray]],
+    class_names: list[str],
+    iou: float = FRAME_IOU,
+    matching: str = DEFAULT_MATCHING,
+) -> dict:
     """{"map", "ap": {action: AP}} over the actions with ground truth (gt: action -> frame -> boxes)."""
     aps = {}
     for c, name in enumerate(class_names):
@@ -137,13 +147,15 @@ def tube_overlap(a: Tube, b: Tube) -> float:
     t_iou = (hi - lo + 1) / (max(a1, b1) - min(a0, b0) + 1)
     boxes_a, boxes_b = a.box_at(), b.box_at()
     frames = sorted(f for f in set(boxes_a) | set(boxes_b) if lo <= f <= hi)
-    ious = [iou_matrix(boxes_a[f][None], boxes_b[f][None])[0, 0] if f in boxes_a and f in boxes_b else 0.0
-            for f in frames]
+    ious = [
+        iou_matrix(boxes_a[f][None], boxes_b[f][None])[0, 0] if f in boxes_a and f in boxes_b else 0.0 for f in frames
+    ]
     return float(t_iou * np.mean(ious))
 
 
-def video_ap(tubes: list[tuple[str, Tube]], gt: dict[str, list[Tube]], iou: float,
-             matching: str = DEFAULT_MATCHING) -> float:
+def video_ap(
+    tubes: list[tuple[str, Tube]], gt: dict[str, list[Tube]], iou: float, matching: str = DEFAULT_MATCHING
+) -> float:
     """AP of one action's tubes (video, tube) against the ground-truth tubes of each video."""
     check_matching(matching)
     order = sorted(range(len(tubes)), key=lambda i: -tubes[i][1].score)
@@ -160,15 +172,24 @@ def video_ap(tubes: list[tuple[str, Tube]], gt: dict[str, list[Tube]], iou: floa
     return average_precision([t.score for _, t in tubes], hits, sum(len(v) for v in gt.values()))
 
 
-def video_map(tubes: list[tuple[str, Tube]], gt: dict[str, list[Tube]], class_names: list[str],
-              ious: tuple[float, ...] = VIDEO_IOUS, matching: str = DEFAULT_MATCHING) -> dict:
+def video_map(
+    tubes: list[tuple[str, Tube]],
+    gt: dict[str, list[Tube]],
+    class_names: list[str],
+    ious: tuple[float, ...] = VIDEO_IOUS,
+    matching: str = DEFAULT_MATCHING,
+) -> dict:
     """{"map": {iou: mAP}, "ap": {iou: {action: AP}}} (iou keys as strings, e.g. "0.5")."""
     out: dict[str, dict] = {"map": {}, "ap": {}}
     for thr in ious:
         aps = {}
         for c, name in enumerate(class_names):
-            aps[name] = video_ap([(v, t) for v, t in tubes if t.label == c],
-                                 {v: [g for g in ts if g.label == c] for v, ts in gt.items()}, thr, matching)
+            aps[name] = video_ap(
+                [(v, t) for v, t in tubes if t.label == c],
+                {v: [g for g in ts if g.label == c] for v, ts in gt.items()},
+                thr,
+                matching,
+            )
         out["map"][f"{thr:g}"], out["ap"][f"{thr:g}"] = _mean(aps), aps
     return out
 

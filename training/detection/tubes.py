@@ -16,6 +16,7 @@ of the tube is labelled action or background by a second dynamic program that re
 s_c(R_t) for action frames, `threshold` for background ones and charges `penalty` for each
 change of label; every run of action frames becomes a tube, scored by its own energy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,8 +101,9 @@ def energy(boxes: np.ndarray, scores: np.ndarray, overlap_weight: float) -> floa
     return float((np.sum(scores) + overlap_weight * ov) / len(boxes))
 
 
-def link(frames: list[int], boxes: list[np.ndarray], scores: list[np.ndarray], label: int,
-         cfg: TubeConfig) -> list[Tube]:
+def link(
+    frames: list[int], boxes: list[np.ndarray], scores: list[np.ndarray], label: int, cfg: TubeConfig
+) -> list[Tube]:
     """Tubes of action `label` through consecutive frames, each frame's candidates (n_t, 4), (n_t,).
 
     The best path is taken, its boxes removed, and again, up to cfg.max_tubes or until a
@@ -116,9 +118,13 @@ def link(frames: list[int], boxes: list[np.ndarray], scores: list[np.ndarray], l
             if any(len(x) == 0 for x in s):
                 break
             path, score = best_path(b, s, cfg.overlap_weight)
-            tube = Tube(label=label, frames=tuple(frames[lo:hi]),
-                        boxes=np.stack([b[t][i] for t, i in enumerate(path)]),
-                        scores=np.array([s[t][i] for t, i in enumerate(path)]), score=score)
+            tube = Tube(
+                label=label,
+                frames=tuple(frames[lo:hi]),
+                boxes=np.stack([b[t][i] for t, i in enumerate(path)]),
+                scores=np.array([s[t][i] for t, i in enumerate(path)]),
+                score=score,
+            )
             tubes.extend(trim(tube, cfg) if cfg.trim else [tube])
             b = [np.delete(x, i, axis=0) for x, i in zip(b, path, strict=True)]
             s = [np.delete(x, i) for x, i in zip(s, path, strict=True)]
@@ -160,6 +166,13 @@ def trim(tube: Tube, cfg: TubeConfig) -> list[Tube]:
     out = []
     for lo, hi in _runs(keep.tolist()):
         boxes, scores = tube.boxes[lo:hi], tube.scores[lo:hi]
-        out.append(Tube(label=tube.label, frames=tube.frames[lo:hi], boxes=boxes, scores=scores,
-                        score=energy(boxes, scores, cfg.overlap_weight)))
+        out.append(
+            Tube(
+                label=tube.label,
+                frames=tube.frames[lo:hi],
+                boxes=boxes,
+                scores=scores,
+                score=energy(boxes, scores, cfg.overlap_weight),
+            )
+        )
     return out

@@ -12,6 +12,7 @@ refused, never run through the new network). jobs.model_options builds `flowshar
 flags from this table. See training.models.base for the batch layout and outputs every
 family shares.
 """
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -52,10 +53,12 @@ def check_revision(name: str, made_for: int) -> None:
     current = revision(name)
     if made_for != current:
         note = getattr(family(name), "REVISION_NOTE", "")
-        raise ValueError(f"this checkpoint's {name!r} model is revision {made_for}, and this flowshard builds "
-                         f"revision {current}{f' ({note})' if note else ''}: its weights would not compute what "
-                         f"they were trained for. Retrain it, or evaluate it with the flowshard release that "
-                         f"trained it")
+        raise ValueError(
+            f"this checkpoint's {name!r} model is revision {made_for}, and this flowshard builds "
+            f"revision {current}{f' ({note})' if note else ''}: its weights would not compute what "
+            f"they were trained for. Retrain it, or evaluate it with the flowshard release that "
+            f"trained it"
+        )
 
 
 def check(cfg: ModelConfig) -> None:
@@ -65,8 +68,10 @@ def check(cfg: ModelConfig) -> None:
         check_revision(cfg.model, cfg.revision)
     options_cls = getattr(fam, "Options", None)
     if cfg.options is not None and (options_cls is None or not isinstance(cfg.options, options_cls)):
-        raise ValueError(f"model {cfg.model!r} takes {options_cls.__name__ if options_cls else 'no'} options, "
-                         f"got {type(cfg.options).__name__}")
+        raise ValueError(
+            f"model {cfg.model!r} takes {options_cls.__name__ if options_cls else 'no'} options, "
+            f"got {type(cfg.options).__name__}"
+        )
     fam.check(cfg)
 
 
@@ -92,5 +97,17 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**d)
 
 
-__all__ = ["ARCHS", "FAMILIES", "ModelConfig", "VideoClassifier", "build_model", "check", "check_revision",
-           "cross_modality_conv", "family", "load_backbone", "model_config_from_dict", "revision"]
+__all__ = [
+    "ARCHS",
+    "FAMILIES",
+    "ModelConfig",
+    "VideoClassifier",
+    "build_model",
+    "check",
+    "check_revision",
+    "cross_modality_conv",
+    "family",
+    "load_backbone",
+    "model_config_from_dict",
+    "revision",
+]

@@ -16,6 +16,7 @@ are not there; never a silent random start, never a download the user did not as
 "imagenet" (the same, downloaded into torchvision's cache when missing) or a local
 torchvision state-dict file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,9 @@ def check_resnet(arch: str, family: str) -> None:
     """Raise ValueError naming `arch` unless it is a ResNet (families built on residual units)."""
     check_arch(arch)
     if arch not in RESNETS:
-        raise ValueError(f"{family} is built on ResNet residual units; --arch {arch} is not one: "
-                         f"choose one of {RESNETS}")
+        raise ValueError(
+            f"{family} is built on ResNet residual units; --arch {arch} is not one: choose one of {RESNETS}"
+        )
 
 
 def is_vgg(backbone: nn.Module) -> bool:
@@ -74,8 +76,16 @@ def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     detectors that respond to flow images too.
     """
     # torch annotates a Conv2d's own kernel_size, stride, padding and dilation as tuple[int, ...]; they are pairs.
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-                    conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        conv.bias is not None,
+    )
     with torch.no_grad():
         mean = conv.weight.mean(dim=1, keepdim=True)
         new.weight.copy_(mean.expand(-1, in_channels, -1, -1))
@@ -115,9 +125,10 @@ def read_state(path: str | Path, expected: str) -> dict:
     `expected` when the file is not one (any bytes at all may reach the unpickler)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  the unpickler raises whatever the bytes lead it to
-        raise ValueError(f"{path}: not a weights file (expected {expected}; torch.load: "
-                         f"{type(exc).__name__}: {_first_line(exc)})") from exc
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: not a weights file (expected {expected}; torch.load: {type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, expected {expected}")
     return obj
@@ -138,9 +149,11 @@ def cached_imagenet_file(arch: str) -> Path:
     """The ImageNet weights of `arch` in torchvision's cache; ValueError saying how to go on when absent."""
     path = imagenet_cache_path(arch)
     if not path.is_file():
-        raise ValueError(f"ImageNet weights for {arch} are not in torchvision's cache ({path}): download them with "
-                         f"--weights imagenet, pass --weights FILE (a torchvision state dict), or --weights none to "
-                         f"train from random initial weights")
+        raise ValueError(
+            f"ImageNet weights for {arch} are not in torchvision's cache ({path}): download them with "
+            f"--weights imagenet, pass --weights FILE (a torchvision state dict), or --weights none to "
+            f"train from random initial weights"
+        )
     return path
 
 
@@ -164,7 +177,8 @@ def imagenet_file(arch: str, timeout: float = 30.0) -> Path:
         raise ValueError(
             f"ImageNet weights for {arch} are not in torchvision's cache ({path}) and could not be downloaded "
             f"from {url} ({exc}): put that file there, pass --weights FILE (a torchvision state dict), or "
-            "--weights none to train from random initial weights") from exc
+            "--weights none to train from random initial weights"
+        ) from exc
     finally:
         socket.setdefaulttimeout(previous)
     return path
@@ -272,9 +286,16 @@ def stream_top(backbone: nn.Module, dropout: float) -> tuple[nn.Module, int]:
     classifier = vgg_classifier(backbone)
     fc6, fc7 = classifier[0], cast(nn.Linear, classifier[3])
     drop_top_(backbone)
-    top = nn.Sequential(vgg_features(backbone)[VGG_POOL5], backbone.get_submodule("avgpool"), nn.Flatten(1), fc6,
-                        nn.ReLU(inplace=True),
-                        nn.Dropout(dropout), fc7, nn.ReLU(inplace=True))
+    top = nn.Sequential(
+        vgg_features(backbone)[VGG_POOL5],
+        backbone.get_submodule("avgpool"),
+        nn.Flatten(1),
+        fc6,
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        fc7,
+        nn.ReLU(inplace=True),
+    )
     return top, fc7.out_features
 
 
@@ -291,8 +312,9 @@ def check_snippet_streams(cfg, family: str) -> None:
     if cfg.streams != "both":
         raise ValueError(f"{family} needs both streams, got streams={cfg.streams!r}")
     if cfg.rgb_frames != 1:
-        raise ValueError(f"{family}: the spatial stream sees one RGB frame per snippet, "
-                         f"got rgb_frames={cfg.rgb_frames}")
+        raise ValueError(
+            f"{family}: the spatial stream sees one RGB frame per snippet, got rgb_frames={cfg.rgb_frames}"
+        )
     if cfg.snippets < 1:
         raise ValueError(f"{family} takes clips of T >= 1 snippets in time order, got snippets={cfg.snippets}")
 
@@ -306,8 +328,9 @@ def stage_channels(backbone: nn.Module, stage: str) -> int:
     return (last.bn3 if isinstance(last, Bottleneck) else last.bn2).num_features
 
 
-def stream_backbone(arch: str, weights: str | None, stream: str, clip_len: int,
-                    flow_weights: str | None = None) -> nn.Module:
+def stream_backbone(
+    arch: str, weights: str | None, stream: str, clip_len: int, flow_weights: str | None = None
+) -> nn.Module:
     """A torchvision ResNet (or VGG-16) for the spatial (rgb) or temporal (flow) stream, without
     its ImageNet classifier (ResNet: fc; VGG: fc8, its fc6 and fc7 kept for `stream_top`).
 
@@ -345,10 +368,10 @@ def flow_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
         if key.startswith("streams.flow.trunk."):
-            index, _, rest = key[len("streams.flow.trunk."):].partition(".")
+            index, _, rest = key[len("streams.flow.trunk.") :].partition(".")
             out[f"{TRUNK_NAMES[int(index)]}.{rest}"] = value
         elif key.startswith("flow.") and not key.startswith("flow_"):
-            out[key[len("flow."):]] = value
+            out[key[len("flow.") :]] = value
     return out or dict(state)
 
 
@@ -362,6 +385,7 @@ def load_flow_weights(backbone: nn.Module, path: str | Path) -> None:
     except RuntimeError as exc:  # a shape differs, e.g. conv1 trained for another clip length
         raise ValueError(f"flow weights {path} do not fit this temporal stream: {exc}") from exc
     if missing or unexpected:
-        raise ValueError(f"flow weights {path} do not fit this temporal stream: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"flow weights {path} do not fit this temporal stream: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     log.info("temporal stream initialised from %s", path)

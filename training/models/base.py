@@ -14,6 +14,7 @@ snippet, or one per view for a family whose network takes the K snippets of a cl
 together, `ordered_snippets`), the family scores each unit (`score_units`) and the base
 averages the units of each item once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,10 @@ class ModelConfig:
         if stream_spec.uses_fields(self.streams) and self.clip_len < 1:
             raise ValueError(f"the flow stream needs clip_len >= 1, got {self.clip_len}")
         if self.in_channels_flow is not None and self.in_channels_flow != 2 * self.clip_len:
-            raise ValueError(f"the temporal stream takes 2 * clip_len = {2 * self.clip_len} channels "
-                             f"(x and y per field), got in_channels_flow={self.in_channels_flow}")
+            raise ValueError(
+                f"the temporal stream takes 2 * clip_len = {2 * self.clip_len} channels "
+                f"(x and y per field), got in_channels_flow={self.in_channels_flow}"
+            )
         if self.rgb_frames < 1 or self.snippets < 0:
             raise ValueError(f"rgb_frames must be >= 1 and snippets >= 0, got {self.rgb_frames}, {self.snippets}")
         for name, p in (("dropout", self.dropout), ("flow_dropout", self.flow_dropout)):
@@ -86,8 +89,10 @@ class ModelConfig:
         want = 3 if "warped" in names else 2
         w = tuple(weights)
         if len(w) != want or min(w) < 0 or sum(w) <= 0:
-            raise ValueError(f"fusion_weights must be {want} non-negative numbers (rgb, flow"
-                             f"{', warped' if want == 3 else ''}), got {self.fusion_weights}")
+            raise ValueError(
+                f"fusion_weights must be {want} non-negative numbers (rgb, flow"
+                f"{', warped' if want == 3 else ''}), got {self.fusion_weights}"
+            )
 
     def stream_dropout(self, stream: str) -> float:
         """The dropout before `stream`'s classifier."""
@@ -161,7 +166,7 @@ class VideoClassifier(nn.Module):
         and the leading sizes they were flattened from, (B, V, K) or (B, V)."""
         for name in self.input_streams:
             check_input(batch[name], name)
-        group = batch[self.input_streams[0]].shape[:2 if self.ordered_snippets else 3]
+        group = batch[self.input_streams[0]].shape[: 2 if self.ordered_snippets else 3]
         return {name: batch[name].flatten(0, len(group) - 1) for name in self.input_streams}, group
 
     def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,8 +201,9 @@ class VideoClassifier(nn.Module):
 
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Softmax scores per output, and "fused": the model's own fused output, else late fusion."""
-        return late_fusion({name: torch.softmax(x.float(), dim=1) for name, x in logits.items()},
-                           self.cfg.settled_fusion_weights)
+        return late_fusion(
+            {name: torch.softmax(x.float(), dim=1) for name, x in logits.items()}, self.cfg.settled_fusion_weights
+        )
 
 
 # Parameter names of the temporal streams in every family (two_stream: streams.flow and
@@ -232,7 +238,7 @@ def late_fusion(scores: dict[str, torch.Tensor], weights: tuple[float, ...]) -> 
     the mean of all."""
     if "fused" in scores:
         return scores
-    present = [s for s in stream_spec.STREAMS[:len(weights)] if s in scores]
+    present = [s for s in stream_spec.STREAMS[: len(weights)] if s in scores]
     if len(present) >= 2:
         w = {s: weights[stream_spec.STREAMS.index(s)] for s in present}
         # sum() starts from the int 0, so it reads as "Tensor | int"; the terms are tensors

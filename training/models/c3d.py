@@ -17,6 +17,7 @@ Scaled-down copies (CPU benchmarks): Options.width_mult scales every conv's chan
 fc_dim the FC layers; `size` is the crop the FC layers are built for (the CLI passes
 --crop-size). Batch norm after each conv is an option the paper does not have (off).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,16 @@ from training.models.clip_input import check_rgb_only, classifier_head, flat_siz
 from training.models.option_spec import FC_DIM, PAPER_FC_DIM, WIDTH_MULT, OptionSpec
 
 # (channels, pool after it) for conv1a ... conv5b; None: no pool. pool5 pads H and W by one.
-LAYERS = ((64, (1, 2, 2)), (128, (2, 2, 2)), (256, None), (256, (2, 2, 2)), (512, None), (512, (2, 2, 2)),
-          (512, None), (512, "pool5"))
+LAYERS = (
+    (64, (1, 2, 2)),
+    (128, (2, 2, 2)),
+    (256, None),
+    (256, (2, 2, 2)),
+    (512, None),
+    (512, (2, 2, 2)),
+    (512, None),
+    (512, "pool5"),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,15 +60,21 @@ class Options:
 
 # Tran et al. 2015: 16-frame RGB clips at 112 x 112.
 INPUT = {"streams": "rgb", "rgb_frames": 16, "crop_size": 112}
-OPTIONS = (WIDTH_MULT, FC_DIM,
-           OptionSpec(flag="conv-bn", type=bool, default=False,
-                      help="batch norm after every convolution (not in the paper)."))
+OPTIONS = (
+    WIDTH_MULT,
+    FC_DIM,
+    OptionSpec(flag="conv-bn", type=bool, default=False, help="batch norm after every convolution (not in the paper)."),
+)
 
 
 def options_from_cli(values: dict) -> Options:
     """The Options the parsed command-line values (OPTIONS' keys and --crop-size) describe."""
-    return Options(width_mult=values["width_mult"], fc_dim=values["fc_dim"] or PAPER_FC_DIM,
-                   size=values["crop_size"], batch_norm=values["conv_bn"])
+    return Options(
+        width_mult=values["width_mult"],
+        fc_dim=values["fc_dim"] or PAPER_FC_DIM,
+        size=values["crop_size"],
+        batch_norm=values["conv_bn"],
+    )
 
 
 def options(cfg: ModelConfig) -> Options:
@@ -102,8 +117,7 @@ class C3D(VideoClassifier):
         self.frames = cfg.rgb_frames
         self.trunk = conv_trunk(self.opts)
         self.pool5_size = flat_size(lambda: conv_trunk(self.opts), (3, self.frames, self.opts.size, self.opts.size))
-        self.head = classifier_head(self.pool5_size, (self.opts.fc_dim, self.opts.fc_dim), cfg.num_classes,
-                                    cfg.dropout)
+        self.head = classifier_head(self.pool5_size, (self.opts.fc_dim, self.opts.fc_dim), cfg.num_classes, cfg.dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -111,8 +125,10 @@ class C3D(VideoClassifier):
     def _pool5(self, x: torch.Tensor) -> torch.Tensor:
         clips = rgb_volumes(x, self.frames)
         if clips.shape[-2:] != (self.opts.size, self.opts.size):
-            raise ValueError(f"c3d was built for {self.opts.size}x{self.opts.size} crops, got "
-                             f"{tuple(clips.shape[-2:])}: train and evaluate with --crop-size {self.opts.size}")
+            raise ValueError(
+                f"c3d was built for {self.opts.size}x{self.opts.size} crops, got "
+                f"{tuple(clips.shape[-2:])}: train and evaluate with --crop-size {self.opts.size}"
+            )
         return torch.flatten(self.trunk(clips), 1)
 
     def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ frames of a snippet stacked [r0, g0, b0, r1, ...]. The base hands a family one u
 (item, view, snippet), (N, 3F, S, S); a 3D network wants (N, 3, F, S, S) volumes. Its
 logits are averaged back over views and snippets by the base, as for every family.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,8 +22,10 @@ def rgb_volumes(x: torch.Tensor, frames: int) -> torch.Tensor:
     """(N, 3F, S, S) snippets -> (N, 3, F, S, S) volumes."""
     n, c, h, w = x.shape
     if c != 3 * frames:
-        raise ValueError(f"the network takes {frames} RGB frames per snippet (3 x {frames} channels), "
-                         f"the batch holds {c} channels: train with --rgb-frames {frames}")
+        raise ValueError(
+            f"the network takes {frames} RGB frames per snippet (3 x {frames} channels), "
+            f"the batch holds {c} channels: train with --rgb-frames {frames}"
+        )
     return x.reshape(n, frames, 3, h, w).transpose(1, 2)
 
 

@@ -25,6 +25,7 @@ Each stream is trained with its own RPN and box losses, so rgb-only and flow-onl
 detections are available beside the fused ones. ModelConfig.num_classes counts the
 actions plus background (class 0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,9 @@ class Options:
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown detection fusion {self.fusion!r}; choose one of {FUSIONS}")
         if self.min_size < 0 or self.max_size < 0 or (self.max_size and self.max_size < self.min_size):
-            raise ValueError(f"min_size and max_size must be >= 0 and max_size >= min_size, got "
-                             f"{self.min_size}, {self.max_size}")
+            raise ValueError(
+                f"min_size and max_size must be >= 0 and max_size >= min_size, got {self.min_size}, {self.max_size}"
+            )
         if self.fpn_channels < 1 or self.head_dim < 1 or self.proposals < 1 or self.roi_batch < 1:
             raise ValueError("fpn_channels, head_dim, proposals and roi_batch must be >= 1")
         if len(self.anchor_sizes) != 5 or min(self.anchor_sizes) < 1:
@@ -79,26 +81,40 @@ class Options:
 
 
 OPTIONS = (
-    OptionSpec(flag="det-fusion", default="concat", choices=FUSIONS,
-               help="per-region fusion, concat (fc7 of both streams, the paper's) or late "
-                    "(scores averaged with --fusion-weights)."),
+    OptionSpec(
+        flag="det-fusion",
+        default="concat",
+        choices=FUSIONS,
+        help="per-region fusion, concat (fc7 of both streams, the paper's) or late "
+        "(scores averaged with --fusion-weights).",
+    ),
     OptionSpec(flag="det-min-size", type=int, default=0, help="resize frames to this short side (0: as stored)."),
     OptionSpec(flag="det-max-size", type=int, default=0, help="cap on the long side when resizing (0: none)."),
     OptionSpec(flag="det-anchor-sizes", default="32,64,128,256,512", help="anchor size per FPN level (5)."),
     OptionSpec(flag="det-fpn-channels", type=int, default=256, help="FPN width."),
     OptionSpec(flag="det-head-dim", type=int, default=1024, help="fc6/fc7 width."),
-    OptionSpec(flag="det-proposals", type=int, default=1000,
-               help="RPN proposals per frame and stream at test time (twice that in training)."),
+    OptionSpec(
+        flag="det-proposals",
+        type=int,
+        default=1000,
+        help="RPN proposals per frame and stream at test time (twice that in training).",
+    ),
     OptionSpec(flag="det-roi-batch", type=int, default=512, help="regions sampled per frame for the box losses."),
 )
 
 
 def options_from_cli(values: dict) -> Options:
     """The Options the parsed command-line values (OPTIONS' keys) describe."""
-    return Options(fusion=values["det_fusion"], min_size=values["det_min_size"], max_size=values["det_max_size"],
-                   anchor_sizes=int_list(values["det_anchor_sizes"]), fpn_channels=values["det_fpn_channels"],
-                   head_dim=values["det_head_dim"], proposals=values["det_proposals"],
-                   roi_batch=values["det_roi_batch"])
+    return Options(
+        fusion=values["det_fusion"],
+        min_size=values["det_min_size"],
+        max_size=values["det_max_size"],
+        anchor_sizes=int_list(values["det_anchor_sizes"]),
+        fpn_channels=values["det_fpn_channels"],
+        head_dim=values["det_head_dim"],
+        proposals=values["det_proposals"],
+        roi_batch=values["det_roi_batch"],
+    )
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -120,8 +136,10 @@ def check(cfg: ModelConfig) -> None:
     if "warped" in cfg.stream_names:
         raise ValueError(f"the detector's streams are rgb and flow, got streams={cfg.streams!r}")
     if cfg.rgb_frames != 1 or cfg.snippets:
-        raise ValueError(f"the detector reads one frame (and its flow stack) per item, got rgb_frames="
-                         f"{cfg.rgb_frames}, snippets={cfg.snippets}")
+        raise ValueError(
+            f"the detector reads one frame (and its flow stack) per item, got rgb_frames="
+            f"{cfg.rgb_frames}, snippets={cfg.snippets}"
+        )
     options(cfg)
 
 
@@ -156,22 +174,32 @@ def stream_detector(cfg: ModelConfig, stream: str) -> FasterRCNN:
     opts = options(cfg)
     net = _resnet(cfg, stream)
     stage2 = net.inplanes // 8  # layer1's output channels (64 or 256), as torchvision computes them
-    backbone = BackboneWithFPN(net, {f"layer{k}": str(k - 1) for k in range(1, 5)},
-                               [stage2 * 2 ** (k - 1) for k in range(1, 5)], opts.fpn_channels,
-                               extra_blocks=LastLevelMaxPool())
+    backbone = BackboneWithFPN(
+        net,
+        {f"layer{k}": str(k - 1) for k in range(1, 5)},
+        [stage2 * 2 ** (k - 1) for k in range(1, 5)],
+        opts.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
     model = FasterRCNN(
-        backbone, num_classes=None,
+        backbone,
+        num_classes=None,
         rpn_anchor_generator=AnchorGenerator(tuple((a,) for a in opts.anchor_sizes), ((0.5, 1.0, 2.0),) * 5),
-        rpn_pre_nms_top_n_train=2 * opts.proposals, rpn_post_nms_top_n_train=2 * opts.proposals,
-        rpn_pre_nms_top_n_test=opts.proposals, rpn_post_nms_top_n_test=opts.proposals,
+        rpn_pre_nms_top_n_train=2 * opts.proposals,
+        rpn_post_nms_top_n_train=2 * opts.proposals,
+        rpn_pre_nms_top_n_test=opts.proposals,
+        rpn_post_nms_top_n_test=opts.proposals,
         box_head=TwoMLPHead(opts.fpn_channels * 7 * 7, opts.head_dim),
         box_predictor=FastRCNNPredictor(opts.head_dim, cfg.num_classes),
-        box_batch_size_per_image=opts.roi_batch, box_score_thresh=opts.score_thresh,
-        box_detections_per_img=opts.detections)
+        box_batch_size_per_image=opts.roi_batch,
+        box_score_thresh=opts.score_thresh,
+        box_detections_per_img=opts.detections,
+    )
     channels = 3 if stream == "rgb" else 2 * cfg.clip_len
     # The loader normalises both streams (training.transforms): mean 0 and std 1 here.
-    model.transform = KeepSizeTransform(opts.min_size == 0, opts.min_size or 1, opts.max_size or 1_000_000,
-                                        [0.0] * channels, [1.0] * channels)
+    model.transform = KeepSizeTransform(
+        opts.min_size == 0, opts.min_size or 1, opts.max_size or 1_000_000, [0.0] * channels, [1.0] * channels
+    )
     return model
 
 
@@ -238,8 +266,14 @@ class TwoStreamDetector(nn.Module):
         features = det.backbone(image_list.tensors)
         proposals, rpn_losses = det.rpn(image_list, features, tgts)
         dets, roi_losses = det.roi_heads(features, proposals, image_list.image_sizes, tgts)
-        run = {"features": features, "proposals": proposals, "sizes": image_list.image_sizes,
-               "originals": originals, "targets": tgts, "losses": {**rpn_losses, **roi_losses}}
+        run = {
+            "features": features,
+            "proposals": proposals,
+            "sizes": image_list.image_sizes,
+            "originals": originals,
+            "targets": tgts,
+            "losses": {**rpn_losses, **roi_losses},
+        }
         if not self.training:
             run["detections"] = det.transform.postprocess(dets, image_list.image_sizes, originals)
         return run
@@ -250,12 +284,18 @@ class TwoStreamDetector(nn.Module):
     def _fused_losses(self, runs: dict, fused: nn.Module) -> dict:
         """Concat fusion's box losses (of the `fused` head) on regions sampled from both streams' proposals."""
         rgb = self.stream("rgb")
-        proposals, _, labels, regression = rgb.roi_heads.select_training_samples(self._union(runs),
-                                                                                 runs["rgb"]["targets"])
+        proposals, _, labels, regression = rgb.roi_heads.select_training_samples(
+            self._union(runs), runs["rgb"]["targets"]
+        )
         # Detached: as the paper's SVMs on fixed fc7 features, the fused head learns on top of the
         # streams without changing them, so "rgb" and "flow" stay single-stream detectors.
-        x = torch.cat([_box_features(self.streams[s], runs[s]["features"], proposals, runs[s]["sizes"]).detach()
-                       for s in ("rgb", "flow")], dim=1)
+        x = torch.cat(
+            [
+                _box_features(self.streams[s], runs[s]["features"], proposals, runs[s]["sizes"]).detach()
+                for s in ("rgb", "flow")
+            ],
+            dim=1,
+        )
         logits, boxes = fused(x)
         cls, reg = fastrcnn_loss(logits, boxes, labels, regression)
         return {"fused/loss_classifier": cls, "fused/loss_box_reg": reg}
@@ -265,8 +305,11 @@ class TwoStreamDetector(nn.Module):
         (the same streams fused late, for comparison)."""
         proposals, sizes = self._union(runs), runs["rgb"]["sizes"]
         feats = {s: _box_features(self.streams[s], runs[s]["features"], proposals, sizes) for s in ("rgb", "flow")}
-        heads = {"fused": self._late(feats)} if self.fused is None else {
-            "fused": self.fused(torch.cat([feats["rgb"], feats["flow"]], dim=1)), "late": self._late(feats)}
+        heads = (
+            {"fused": self._late(feats)}
+            if self.fused is None
+            else {"fused": self.fused(torch.cat([feats["rgb"], feats["flow"]], dim=1)), "late": self._late(feats)}
+        )
         out = {}
         for name, (logits, boxes) in heads.items():
             b, s, lab = self.stream("rgb").roi_heads.postprocess_detections(logits, boxes, proposals, sizes)

@@ -23,6 +23,7 @@ Shortcuts are identities, or a strided 1x1x1 convolution + batch norm where the 
 Scaled-down copies: Options.width (64 in the paper; the CLI's --width-mult scales it) sets
 the channels of conv1 and conv2_x, doubling per stage; `depth` 10 has one block per stage.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ class Options:
             raise ValueError(f"width must be >= 1, got {self.width}")
 
 
-OPTIONS = (WIDTH_MULT,
-           OptionSpec(flag="depth", default="18", choices=tuple(str(d) for d in BLOCKS), help="ResNet depth."))
+OPTIONS = (
+    WIDTH_MULT,
+    OptionSpec(flag="depth", default="18", choices=tuple(str(d) for d in BLOCKS), help="ResNet depth."),
+)
 
 
 def options_from_cli(values: dict) -> Options:
@@ -85,8 +88,10 @@ def st_conv(n_in: int, n_out: int, kind: str, *, t: int = 3, d: int = 3, stride:
     mid = mid_channels(n_in, n_out, t, d)
     return nn.Sequential(
         nn.Conv3d(n_in, mid, (1, d, d), stride=(1, ss, ss), padding=(0, d // 2, d // 2), bias=False),
-        nn.BatchNorm3d(mid), nn.ReLU(inplace=True),
-        nn.Conv3d(mid, n_out, (t, 1, 1), stride=(st, 1, 1), padding=(t // 2, 0, 0), bias=False))
+        nn.BatchNorm3d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(mid, n_out, (t, 1, 1), stride=(st, 1, 1), padding=(t // 2, 0, 0), bias=False),
+    )
 
 
 class Block(nn.Module):
@@ -125,7 +130,7 @@ class VideoResNet(VideoClassifier):
         layers: list[nn.Module] = [stem(opts.width, kind)]
         n_in = opts.width
         for stage, blocks in enumerate(BLOCKS[opts.depth]):
-            n_out = opts.width * 2 ** stage
+            n_out = opts.width * 2**stage
             for i in range(blocks):
                 layers.append(Block(n_in, n_out, kind, stride=2 if stage > 0 and i == 0 else 1))
                 n_in = n_out

@@ -31,6 +31,7 @@ Options: frames T and dt (the paper samples clips of T frames with a temporal st
 differences dt frames apart), width_mult, fc dims and the input crop `size` the FC layers
 are built for; CPU benchmarks shrink them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,8 +62,10 @@ class Options:
         if self.frames < 2 or self.diff < 1:
             raise ValueError(f"frames must be >= 2 and diff >= 1, got {self.frames}, {self.diff}")
         if self.width_mult <= 0 or len(self.fc_dims) != 2 or min(self.fc_dims) < 1 or self.tcl_channels < 1:
-            raise ValueError(f"width_mult > 0, two fc_dims >= 1 and tcl_channels >= 1 needed, got "
-                             f"{self.width_mult}, {self.fc_dims}, {self.tcl_channels}")
+            raise ValueError(
+                f"width_mult > 0, two fc_dims >= 1 and tcl_channels >= 1 needed, got "
+                f"{self.width_mult}, {self.fc_dims}, {self.tcl_channels}"
+            )
         if map_side(self.size) < 1:
             raise ValueError(f"size {self.size} is too small for FstCN's strides and poolings (it needs >= 54)")
 
@@ -72,17 +75,29 @@ class Options:
         return self.frames + self.diff
 
 
-OPTIONS = (WIDTH_MULT, FC_DIM,
-           OptionSpec(flag="diff-frames", type=int, default=9,
-                      help="dt, frames between the two of each difference (T = --rgb-frames - dt)."))
+OPTIONS = (
+    WIDTH_MULT,
+    FC_DIM,
+    OptionSpec(
+        flag="diff-frames",
+        type=int,
+        default=9,
+        help="dt, frames between the two of each difference (T = --rgb-frames - dt).",
+    ),
+)
 
 
 def options_from_cli(values: dict) -> Options:
     """The Options the parsed command-line values (OPTIONS' keys, --rgb-frames, --crop-size)
     describe: T = --rgb-frames - dt, the second FC layer half the first."""
     fc = values["fc_dim"] or PAPER_FC_DIM
-    return Options(frames=values["rgb_frames"] - values["diff_frames"], diff=values["diff_frames"],
-                   width_mult=values["width_mult"], fc_dims=(fc, max(1, fc // 2)), size=values["crop_size"])
+    return Options(
+        frames=values["rgb_frames"] - values["diff_frames"],
+        diff=values["diff_frames"],
+        width_mult=values["width_mult"],
+        fc_dims=(fc, max(1, fc // 2)),
+        size=values["crop_size"],
+    )
 
 
 def map_side(size: int) -> int:
@@ -99,27 +114,37 @@ def check(cfg: ModelConfig) -> None:
     check_rgb_only(cfg, "fstcn")
     opts = cfg.options or Options()
     if cfg.rgb_frames != opts.clip_frames:
-        raise ValueError(f"fstcn reads T + dt = {opts.frames} + {opts.diff} = {opts.clip_frames} frames per clip, "
-                         f"got rgb_frames={cfg.rgb_frames}")
+        raise ValueError(
+            f"fstcn reads T + dt = {opts.frames} + {opts.diff} = {opts.clip_frames} frames per clip, "
+            f"got rgb_frames={cfg.rgb_frames}"
+        )
 
 
 def lower_scls(mult: float) -> nn.Sequential:
     """Conv1 ... Conv4, shared by both paths (2D, frame by frame)."""
     c1, c2, c3 = scaled(96, mult), scaled(256, mult), scaled(512, mult)
     return nn.Sequential(
-        nn.Conv2d(3, c1, 7, stride=2, padding=3), nn.ReLU(inplace=True), nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+        nn.Conv2d(3, c1, 7, stride=2, padding=3),
+        nn.ReLU(inplace=True),
+        nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
         nn.MaxPool2d(3, 2),
-        nn.Conv2d(c1, c2, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
+        nn.Conv2d(c1, c2, 5, stride=2, padding=2),
+        nn.ReLU(inplace=True),
+        nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
         nn.MaxPool2d(3, 2),
-        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(c3, c3, 3, padding=1), nn.ReLU(inplace=True))
+        nn.Conv2d(c2, c3, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c3, c3, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
 
 
 def conv5(mult: float) -> nn.Sequential:
     """The 128-channel 3x3 conv and 3x3/3 pooling each path puts on Conv4 (in the TCL path:
     the T-P operator's transformation)."""
-    return nn.Sequential(nn.Conv2d(scaled(512, mult), scaled(128, mult), 3, padding=1), nn.ReLU(inplace=True),
-                         nn.MaxPool2d(3, 3))
+    return nn.Sequential(
+        nn.Conv2d(scaled(512, mult), scaled(128, mult), 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 3)
+    )
 
 
 def frame_maps(o: Options) -> nn.Sequential:
@@ -165,12 +190,15 @@ class FstCN(VideoClassifier):
         self.transform = conv5(o.width_mult)
         self.tcl = TCL(scaled(128, o.width_mult), o.tcl_channels)
         spatial_dim = flat_size(lambda: frame_maps(o), (3, o.size, o.size))
-        temporal_dim = flat_size(lambda: _TemporalProbe(frame_maps(o), TCL(scaled(128, o.width_mult), o.tcl_channels),
-                                                        o.frames), (o.frames, 3, o.size, o.size))
+        temporal_dim = flat_size(
+            lambda: _TemporalProbe(frame_maps(o), TCL(scaled(128, o.width_mult), o.tcl_channels), o.frames),
+            (o.frames, 3, o.size, o.size),
+        )
         self.spatial_fc = classifier_head(spatial_dim, o.fc_dims[:1], o.fc_dims[1], cfg.dropout)
         self.temporal_fc = classifier_head(temporal_dim, o.fc_dims[:1], o.fc_dims[1], cfg.dropout)
-        self.classifier = nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
-                                        nn.Linear(2 * o.fc_dims[1], cfg.num_classes))
+        self.classifier = nn.Sequential(
+            nn.ReLU(inplace=True), nn.Dropout(cfg.dropout), nn.Linear(2 * o.fc_dims[1], cfg.num_classes)
+        )
 
     def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{"rgb": (N, 3(T+dt), S, S)} clips -> {"rgb": (N, classes)} logits."""
@@ -178,11 +206,13 @@ class FstCN(VideoClassifier):
         n, c, s, _ = x.shape
         o = self.opts
         if c != 3 * o.clip_frames or s != o.size:
-            raise ValueError(f"fstcn takes {o.clip_frames} frames of {o.size}x{o.size} per clip "
-                             f"(--rgb-frames {o.clip_frames} --crop-size {o.size}), got {c // 3} of {s}x{s}")
+            raise ValueError(
+                f"fstcn takes {o.clip_frames} frames of {o.size}x{o.size} per clip "
+                f"(--rgb-frames {o.clip_frames} --crop-size {o.size}), got {c // 3} of {s}x{s}"
+            )
         clips = x.reshape(n, o.clip_frames, 3, s, s)
         middle = clips[:, o.frames // 2]
-        diffs = (clips[:, o.diff:] - clips[:, :o.frames]).flatten(0, 1)
+        diffs = (clips[:, o.diff :] - clips[:, : o.frames]).flatten(0, 1)
         spatial = self.spatial_fc(torch.flatten(self.spatial(self.scls(middle)), 1))
         seqs = permute_to_sequences(self.transform(self.scls(diffs)), o.frames)
         temporal = self.temporal_fc(permute_back(self.tcl(seqs), n))

@@ -54,6 +54,7 @@ layer with its ReLU (revision 1 left out the last ReLU of each of them), pools b
 over time and builds the 3D conv fusion as above; checkpoints of revision 1 are refused
 (training.models.check).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,9 +81,11 @@ from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
 REVISION = 2
-REVISION_NOTE = ("revision 2 fuses the rectified maps, rectifies every stage before the fusion, pools by one "
-                 "max over all T snippets and builds the paper's 3D conv fusion (concatenation + one 3x3x3 "
-                 "conv, [0.25 I, 0.75 I] init)")
+REVISION_NOTE = (
+    "revision 2 fuses the rectified maps, rectifies every stage before the fusion, pools by one "
+    "max over all T snippets and builds the paper's 3D conv fusion (concatenation + one 3x3x3 "
+    "conv, [0.25 I, 0.75 I] init)"
+)
 ORDERED_SNIPPETS = True
 FUSION_TYPES = ("conv3d", "sum", "max", "concat", "conv", "bilinear")
 FUSION_POINTS = ("relu", "pre-relu")
@@ -117,26 +120,50 @@ class Options:
 
 
 OPTIONS = (
-    OptionSpec(flag="fusion-type", default="conv3d", choices=FUSION_TYPES,
-               help="how the two streams' maps are fused at --fusion-layer (conv3d: the paper's concatenation + "
-                    "3x3x3 conv over the snippets; conv: 1x1 conv initialised as their sum)."),
-    OptionSpec(flag="fusion-layer", default="layer4", choices=STAGES,
-               help="the stage at whose end the streams are fused (layer4: conv5_x; VGG-16: relu5_3)."),
-    OptionSpec(flag="fusion-point", default="relu", choices=FUSION_POINTS,
-               help="fuse the stage's rectified maps (relu, the authors') or the maps before its last ReLU."),
-    OptionSpec(flag="temporal-pool", default="3d", choices=TEMPORAL_POOLS,
-               help="3d = one max over the T snippets' maps, then the stream's spatial pooling; "
-                    "none = each snippet scored alone, scores averaged."),
-    OptionSpec(flag="temporal-tower", type=bool, default=True,
-               help="keep the temporal stream's own tower and classifier (averaged with the fused one)."),
+    OptionSpec(
+        flag="fusion-type",
+        default="conv3d",
+        choices=FUSION_TYPES,
+        help="how the two streams' maps are fused at --fusion-layer (conv3d: the paper's concatenation + "
+        "3x3x3 conv over the snippets; conv: 1x1 conv initialised as their sum).",
+    ),
+    OptionSpec(
+        flag="fusion-layer",
+        default="layer4",
+        choices=STAGES,
+        help="the stage at whose end the streams are fused (layer4: conv5_x; VGG-16: relu5_3).",
+    ),
+    OptionSpec(
+        flag="fusion-point",
+        default="relu",
+        choices=FUSION_POINTS,
+        help="fuse the stage's rectified maps (relu, the authors') or the maps before its last ReLU.",
+    ),
+    OptionSpec(
+        flag="temporal-pool",
+        default="3d",
+        choices=TEMPORAL_POOLS,
+        help="3d = one max over the T snippets' maps, then the stream's spatial pooling; "
+        "none = each snippet scored alone, scores averaged.",
+    ),
+    OptionSpec(
+        flag="temporal-tower",
+        type=bool,
+        default=True,
+        help="keep the temporal stream's own tower and classifier (averaged with the fused one).",
+    ),
 )
 
 
 def options_from_cli(values: dict) -> Options:
     """The Options the parsed command-line values (OPTIONS' keys) describe."""
-    return Options(fusion_type=values["fusion_type"], fusion_layer=values["fusion_layer"],
-                   fusion_point=values["fusion_point"], temporal_pool=values["temporal_pool"],
-                   temporal_tower=values["temporal_tower"])
+    return Options(
+        fusion_type=values["fusion_type"],
+        fusion_layer=values["fusion_layer"],
+        fusion_point=values["fusion_point"],
+        temporal_pool=values["temporal_pool"],
+        temporal_tower=values["temporal_tower"],
+    )
 
 
 def options(cfg: ModelConfig) -> Options:
@@ -149,11 +176,14 @@ def check(cfg: ModelConfig) -> None:
     opt = options(cfg)
     last = opt.fusion_layer == STAGES[-1]
     if cfg.arch == "vgg16" and opt.fusion_type == "concat" and last:
-        raise ValueError("concat fusion at VGG-16's relu5_3 would feed fc6 twice its input: use conv3d (the "
-                         "paper's), conv, sum or max there")
+        raise ValueError(
+            "concat fusion at VGG-16's relu5_3 would feed fc6 twice its input: use conv3d (the "
+            "paper's), conv, sum or max there"
+        )
 
 
 # --- fusion layers -------------------------------------------------------------------------------
+
 
 def conv3d_fusion_init_(conv: nn.Conv3d, halves: tuple[float, ...] = CONV3D_HALVES, sigma: float = 1.0) -> None:
     """Initialise a kC -> C 3D conv as the authors do: block i of its input channels maps to the
@@ -253,12 +283,21 @@ class Tower(nn.Module):
 
 # --- the model ------------------------------------------------------------------------------------
 
+
 def repeat_input(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
     """A copy of `conv` taking `factor` times its input channels, its weights repeated along
     them: on concatenated maps [a, b] it starts as the conv of a + b."""
     # torch annotates a Conv2d's own kernel_size, stride, padding and dilation as tuple[int, ...]; they are pairs.
-    new = nn.Conv2d(conv.in_channels * factor, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
-                    conv.padding, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
+    new = nn.Conv2d(
+        conv.in_channels * factor,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        conv.bias is not None,
+    )
     with torch.no_grad():
         new.weight.copy_(torch.cat([conv.weight] * factor, dim=1))
         if conv.bias is not None and new.bias is not None:  # `new` has a bias exactly when `conv` has one
@@ -280,14 +319,14 @@ def widen_input_(backbone: nn.Module, stage: str, factor: int = 2) -> None:
 def run_to(backbone: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """A stream from its input to the end of `layer`, stopped before its last ReLU."""
     x = stem(backbone, x)
-    for name in STAGES[:STAGES.index(layer)]:
+    for name in STAGES[: STAGES.index(layer)]:
         x = run_stage(backbone, name, x)
     return run_stage(backbone, layer, x, before_relu=True)
 
 
 def run_from(backbone: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """The stages of a stream after `layer`, on rectified maps."""
-    for name in STAGES[STAGES.index(layer) + 1:]:
+    for name in STAGES[STAGES.index(layer) + 1 :]:
         x = run_stage(backbone, name, x)
     return x
 
@@ -308,7 +347,7 @@ class FusionNet(VideoClassifier):
         self.rgb = stream_backbone(cfg.arch, cfg.weights, "rgb", cfg.clip_len)
         self.flow = stream_backbone(cfg.arch, cfg.weights, "flow", cfg.clip_len, cfg.flow_weights)
         channels = stage_channels(self.rgb, opt.fusion_layer)
-        later = STAGES[STAGES.index(opt.fusion_layer) + 1:]
+        later = STAGES[STAGES.index(opt.fusion_layer) + 1 :]
         self.fuse = Fuse(opt.fusion_type, channels, opt.fusion_point)
         if opt.fusion_type == "concat" and later:  # the next stage takes [a, b]: 2C channels
             widen_input_(self.rgb, later[0])

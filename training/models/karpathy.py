@@ -26,6 +26,7 @@ Time fusion, inside each stream (`time_fusion`):
 Scaled-down copies (CPU benchmarks): width_mult on the conv channels, fc_dim, and the crop
 `size` (the CLI passes --crop-size) the FC layer is built for.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,11 +49,20 @@ LATE_FRAME_STRIDE = 15
 # Karpathy et al. 2014: 178 x 178 crops (multiresolution); frames per time fusion: input_defaults.
 INPUT = {"streams": "rgb", "crop_size": 178}
 OPTIONS = (
-    OptionSpec(flag="time-fusion", default="slow", choices=TIME_FUSIONS,
-               help="where the frames meet (sets --rgb-frames 1/10/2/10; late: --frame-stride 15)."),
-    OptionSpec(flag="multires", type=bool, default=True,
-               help="context + fovea streams at half the pixels each (else one full-frame stream)."),
-    WIDTH_MULT, FC_DIM,
+    OptionSpec(
+        flag="time-fusion",
+        default="slow",
+        choices=TIME_FUSIONS,
+        help="where the frames meet (sets --rgb-frames 1/10/2/10; late: --frame-stride 15).",
+    ),
+    OptionSpec(
+        flag="multires",
+        type=bool,
+        default=True,
+        help="context + fovea streams at half the pixels each (else one full-frame stream).",
+    ),
+    WIDTH_MULT,
+    FC_DIM,
 )
 
 
@@ -65,8 +75,13 @@ def input_defaults(values: dict) -> dict:
 
 def options_from_cli(values: dict) -> Options:
     """The Options the parsed command-line values (OPTIONS' keys and --crop-size) describe."""
-    return Options(time_fusion=values["time_fusion"], multires=values["multires"], width_mult=values["width_mult"],
-                   fc_dim=values["fc_dim"] or PAPER_FC_DIM, size=values["crop_size"])
+    return Options(
+        time_fusion=values["time_fusion"],
+        multires=values["multires"],
+        width_mult=values["width_mult"],
+        fc_dim=values["fc_dim"] or PAPER_FC_DIM,
+        size=values["crop_size"],
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,11 +155,22 @@ def tower(opts: Options, in_frames: int) -> nn.Sequential:
     time = SLOW_TIME if slow else ((1, 1),) * 3
     first_in = 3 * in_frames if opts.time_fusion == "early" else 3
     dims = 3 if slow else 2
-    layers = [conv(slow, first_in, c[0], 11, 3, 0, time[0]), nn.ReLU(inplace=True), lrn(), pool(dims),
-              conv(slow, c[0], c[1], 5, 1, 2, time[1]), nn.ReLU(inplace=True), lrn(), pool(dims),
-              conv(slow, c[1], c[2], 3, 1, 1, time[2]), nn.ReLU(inplace=True),
-              conv(slow, c[2], c[3], 3, 1, 1, (1, 1)), nn.ReLU(inplace=True),
-              conv(slow, c[3], c[4], 3, 1, 1, (1, 1)), nn.ReLU(inplace=True)]
+    layers = [
+        conv(slow, first_in, c[0], 11, 3, 0, time[0]),
+        nn.ReLU(inplace=True),
+        lrn(),
+        pool(dims),
+        conv(slow, c[0], c[1], 5, 1, 2, time[1]),
+        nn.ReLU(inplace=True),
+        lrn(),
+        pool(dims),
+        conv(slow, c[1], c[2], 3, 1, 1, time[2]),
+        nn.ReLU(inplace=True),
+        conv(slow, c[2], c[3], 3, 1, 1, (1, 1)),
+        nn.ReLU(inplace=True),
+        conv(slow, c[3], c[4], 3, 1, 1, (1, 1)),
+        nn.ReLU(inplace=True),
+    ]
     if not opts.multires:
         layers.append(pool(dims))
     return nn.Sequential(*layers)
@@ -190,18 +216,21 @@ class Karpathy(VideoClassifier):
             return {"full": frames}
         n, f, _c, s, _ = frames.shape
         half, lo = s // 2, s // 4
-        context = F.interpolate(frames.flatten(0, 1), size=(half, half), mode="bilinear", antialias=True,
-                                align_corners=False).unflatten(0, (n, f))
-        return {"context": context, "fovea": frames[..., lo:lo + half, lo:lo + half]}
+        context = F.interpolate(
+            frames.flatten(0, 1), size=(half, half), mode="bilinear", antialias=True, align_corners=False
+        ).unflatten(0, (n, f))
+        return {"context": context, "fovea": frames[..., lo : lo + half, lo : lo + half]}
 
     def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{"rgb": (N, 3F, S, S)} clips -> {"rgb": (N, classes)} logits."""
         x = units["rgb"]
         n, c, s, _ = x.shape
         if c != 3 * self.frames or s != self.opts.size:
-            raise ValueError(f"karpathy ({self.opts.time_fusion}) takes {self.frames} frames of "
-                             f"{self.opts.size}x{self.opts.size} (--rgb-frames {self.frames} --crop-size "
-                             f"{self.opts.size}), got {c // 3} of {s}x{s}")
+            raise ValueError(
+                f"karpathy ({self.opts.time_fusion}) takes {self.frames} frames of "
+                f"{self.opts.size}x{self.opts.size} (--rgb-frames {self.frames} --crop-size "
+                f"{self.opts.size}), got {c // 3} of {s}x{s}"
+            )
         frames = x.reshape(n, self.frames, 3, s, s)
         inputs = self.stream_inputs(frames)
         feats = torch.cat([self.streams[name](inputs[name]) for name in self.streams], dim=1)

@@ -6,6 +6,7 @@ click options of them (training stays free of the CLI). An option several famili
 (--width-mult, --fc-dim) is declared once, here, and listed by each of them; its help
 text names the families that list it, in training.models.FAMILIES order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ class OptionSpec:
         if self.type not in TYPES:
             raise ValueError(f"option --{self.flag}: type must be one of {TYPES}, got {self.type!r}")
         if self.choices is not None and (self.type is not str or self.default not in self.choices):
-            raise ValueError(f"option --{self.flag}: choices need a str option whose default is one of them, "
-                             f"got {self.type.__name__} default {self.default!r} of {self.choices}")
+            raise ValueError(
+                f"option --{self.flag}: choices need a str option whose default is one of them, "
+                f"got {self.type.__name__} default {self.default!r} of {self.choices}"
+            )
 
     @property
     def key(self) -> str:
@@ -40,9 +43,14 @@ class OptionSpec:
         return self.flag.replace("-", "_")
 
 
-WIDTH_MULT = OptionSpec(flag="width-mult", type=float, default=1.0,
-                        help="channel width multiplier of the convolutions (1: the paper's).")
-FC_DIM = OptionSpec(flag="fc-dim", type=int, default=None, show_default=False,
-                    help="width of the first fully connected layer (default: the paper's, 4096; fstcn's second "
-                         "is half of it).")
+WIDTH_MULT = OptionSpec(
+    flag="width-mult", type=float, default=1.0, help="channel width multiplier of the convolutions (1: the paper's)."
+)
+FC_DIM = OptionSpec(
+    flag="fc-dim",
+    type=int,
+    default=None,
+    show_default=False,
+    help="width of the first fully connected layer (default: the paper's, 4096; fstcn's second is half of it).",
+)
 PAPER_FC_DIM = 4096  # what --fc-dim left unset gives

@@ -31,6 +31,7 @@ global-pooled features averaged over a part's frames; the flow stream's first co
 2L channels (cross-modality initialisation). T_i start at the identity (an action that
 changes nothing) plus small noise that breaks the tie between classes.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,9 @@ class Options:
 
 OPTIONS = (
     OptionSpec(flag="embed-dim", type=int, default=512, help="size of the precondition and effect embeddings."),
-    OptionSpec(flag="margin", type=float, default=0.5,
-               help="cosine margin of the contrastive loss for the wrong actions."),
+    OptionSpec(
+        flag="margin", type=float, default=0.5, help="cosine margin of the contrastive loss for the wrong actions."
+    ),
 )
 
 
@@ -85,9 +87,11 @@ def check(cfg: ModelConfig) -> None:
     """Raise ValueError naming the first setting the Siamese model cannot build."""
     check_resnet(cfg.arch, "siamese")
     if cfg.snippets < 2:
-        raise ValueError(f"siamese splits a clip of T >= 2 snippets into precondition and effect: use "
-                         f"--sampling tsn --segments T (the whole video) or --sampling strided --snippets T, "
-                         f"got snippets={cfg.snippets}")
+        raise ValueError(
+            f"siamese splits a clip of T >= 2 snippets into precondition and effect: use "
+            f"--sampling tsn --segments T (the whole video) or --sampling strided --snippets T, "
+            f"got snippets={cfg.snippets}"
+        )
     if cfg.rgb_frames != 1:
         raise ValueError(f"siamese encodes one RGB frame per snippet, got rgb_frames={cfg.rgb_frames}")
 
@@ -134,8 +138,9 @@ class SiameseStream(nn.Module):
         self.pre = Encoder(cfg, stream, opts.embed_dim)
         self.eff = Encoder(cfg, stream, opts.embed_dim)
         eye = torch.eye(opts.embed_dim).expand(cfg.num_classes, -1, -1)
-        self.transforms = nn.Parameter(eye + opts.init_noise * torch.randn(cfg.num_classes, opts.embed_dim,
-                                                                             opts.embed_dim))
+        self.transforms = nn.Parameter(
+            eye + opts.init_noise * torch.randn(cfg.num_classes, opts.embed_dim, opts.embed_dim)
+        )
         self.lengths = part_lengths(cfg.snippets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,16 +184,22 @@ class Siamese(VideoClassifier):
     def scores(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each class's best-split cosine, as softmax(cos / SCORE_TEMPERATURE); rgb and flow fused late."""
         best = {name: sims.float().amax(1) for name, sims in logits.items()}
-        return late_fusion({name: torch.softmax(s / SCORE_TEMPERATURE, dim=1) for name, s in best.items()},
-                           self.cfg.settled_fusion_weights)
+        return late_fusion(
+            {name: torch.softmax(s / SCORE_TEMPERATURE, dim=1) for name, s in best.items()},
+            self.cfg.settled_fusion_weights,
+        )
 
-    def training_loss(self, logits: dict[str, torch.Tensor], labels: torch.Tensor,
-                      criterion) -> torch.Tensor:  # noqa: ARG002 (VideoClassifier's signature)
+    def training_loss(self, logits: dict[str, torch.Tensor], labels: torch.Tensor, criterion) -> torch.Tensor:  # noqa: ARG002 (VideoClassifier's signature)
         """E-step (best split for the true class, networks fixed) then the M-step's contrastive
         loss at that split, summed over streams. `criterion` (cross-entropy) is not used."""
         # sum() starts from the int 0, so it reads as "Tensor | int"; every term is a tensor
-        return cast(torch.Tensor, sum(contrastive_loss(chosen_split(sims.float(), labels), labels, self.opts.margin)
-                                      for sims in logits.values()))
+        return cast(
+            torch.Tensor,
+            sum(
+                contrastive_loss(chosen_split(sims.float(), labels), labels, self.opts.margin)
+                for sims in logits.values()
+            ),
+        )
 
 
 def chosen_split(sims: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ fused late (the weighted average of their class probabilities, `fusion_weights`)
 Revision 2 (this one) adds the pre-ReLU appearance map, initialises W/3 taps and uses 3x1x1
 filters at every depth; checkpoints of revision 1 are refused (training.models.check).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ from training.models.base import ModelConfig, VideoClassifier
 from training.models.option_spec import OptionSpec
 
 REVISION = 2
-REVISION_NOTE = ("revision 2 adds the pre-ReLU appearance map to the motion one, and its temporal filters are "
-                 "3x1x1 with W/3 on each tap at every depth")
+REVISION_NOTE = (
+    "revision 2 adds the pre-ReLU appearance map to the motion one, and its temporal filters are "
+    "3x1x1 with W/3 on each tap at every depth"
+)
 ORDERED_SNIPPETS = True
 CONNECTIONS = ("additive", "multiplicative", "none")
 POOLS = ("max", "avg")
@@ -82,19 +85,34 @@ class Options:
 
 
 OPTIONS = (
-    OptionSpec(flag="st-connection", default="additive", choices=CONNECTIONS,
-               help="residual connections from the motion into the appearance stream."),
-    OptionSpec(flag="st-temporal-convs", type=bool, default=True,
-               help="3x1x1 temporal filters over the snippets in each stage's second unit (W/3 on each tap)."),
-    OptionSpec(flag="st-temporal-pool", default="max", choices=POOLS,
-               help="pooling over the T snippets before each stream's classifier."),
+    OptionSpec(
+        flag="st-connection",
+        default="additive",
+        choices=CONNECTIONS,
+        help="residual connections from the motion into the appearance stream.",
+    ),
+    OptionSpec(
+        flag="st-temporal-convs",
+        type=bool,
+        default=True,
+        help="3x1x1 temporal filters over the snippets in each stage's second unit (W/3 on each tap).",
+    ),
+    OptionSpec(
+        flag="st-temporal-pool",
+        default="max",
+        choices=POOLS,
+        help="pooling over the T snippets before each stream's classifier.",
+    ),
 )
 
 
 def options_from_cli(values: dict) -> Options:
     """The Options the parsed command-line values (OPTIONS' keys) describe."""
-    return Options(connection=values["st_connection"], temporal_convs=values["st_temporal_convs"],
-                   temporal_pool=values["st_temporal_pool"])
+    return Options(
+        connection=values["st_connection"],
+        temporal_convs=values["st_temporal_convs"],
+        temporal_pool=values["st_temporal_pool"],
+    )
 
 
 def options(cfg: ModelConfig) -> Options:
@@ -121,9 +139,14 @@ class TemporalConv(nn.Module):
             raise ValueError(f"temporal filters replace 1x1 convolutions, got kernel {conv.kernel_size}")
         self.frames = frames
         # torch annotates a Conv2d's own stride as tuple[int, ...]; it is a pair, so this stride has 3 entries.
-        self.conv = nn.Conv3d(conv.in_channels, conv.out_channels, (3, 1, 1),
-                              stride=(1, *conv.stride),  # type: ignore[arg-type]
-                              padding=(1, 0, 0), bias=conv.bias is not None)
+        self.conv = nn.Conv3d(
+            conv.in_channels,
+            conv.out_channels,
+            (3, 1, 1),
+            stride=(1, *conv.stride),  # type: ignore[arg-type]
+            padding=(1, 0, 0),
+            bias=conv.bias is not None,
+        )
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight.unsqueeze(2).expand_as(self.conv.weight) / 3)
             if conv.bias is not None and self.conv.bias is not None:  # a bias exactly when `conv` has one
@@ -196,15 +219,18 @@ class STResNet(VideoClassifier):
             temporal_convs_(self.rgb, cfg.snippets)
             temporal_convs_(self.flow, cfg.snippets)
         channels = stage_channels(self.rgb, STAGES[-1])
-        self.heads = nn.ModuleDict({s: Head(channels, cfg.num_classes, cfg.stream_dropout(s), self.opt.temporal_pool)
-                                    for s in ("rgb", "flow")})
+        self.heads = nn.ModuleDict(
+            {s: Head(channels, cfg.num_classes, cfg.stream_dropout(s), self.opt.temporal_pool) for s in ("rgb", "flow")}
+        )
 
     def score_units(self, units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{"rgb": (N, T, 3, H, W), "flow": (N, T, 2L, H, W)} clips -> logits (N, classes) per stream."""
         t = units["rgb"].shape[1]
         if t != self.cfg.snippets:
-            raise ValueError(f"this st_resnet takes clips of T = {self.cfg.snippets} snippets (its temporal filters "
-                             f"are built for them), got clips of {t}: sample --snippets {self.cfg.snippets}")
+            raise ValueError(
+                f"this st_resnet takes clips of T = {self.cfg.snippets} snippets (its temporal filters "
+                f"are built for them), got clips of {t}: sample --snippets {self.cfg.snippets}"
+            )
         x_a = stem(self.rgb, units["rgb"].flatten(0, 1))
         x_m = stem(self.flow, units["flow"].flatten(0, 1))
         for stage in STAGES:

@@ -18,6 +18,7 @@ Fusion:
 The V views and K snippets of an item are scored one by one and their scores averaged
 (TSN's segmental consensus, in VideoClassifier.forward).
 """
+
 from __future__ import annotations
 
 from typing import cast
@@ -48,8 +49,9 @@ def check(cfg: ModelConfig) -> None:
     if cfg.fusion not in FUSIONS:
         raise ValueError(f"unknown fusion {cfg.fusion!r}; choose one of {FUSIONS}")
     if cfg.fusion == "conv" and cfg.stream_names != ("rgb", "flow"):
-        raise ValueError(f"conv fusion needs both streams, rgb and flow, got streams={cfg.streams!r} "
-                         f"(three streams fuse late)")
+        raise ValueError(
+            f"conv fusion needs both streams, rgb and flow, got streams={cfg.streams!r} (three streams fuse late)"
+        )
     if cfg.fusion_kernel not in FUSION_KERNELS:
         raise ValueError(f"fusion_kernel must be one of {FUSION_KERNELS}, got {cfg.fusion_kernel}")
     if cfg.rgb_frames != 1:
@@ -88,8 +90,11 @@ class ConvFusion(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, kernel: int, dropout: float):
         super().__init__()
-        self.fuse = nn.Sequential(nn.Conv2d(2 * channels, channels, kernel, padding=kernel // 2, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(
+            nn.Conv2d(2 * channels, channels, kernel, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
