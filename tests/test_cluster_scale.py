@@ -55,9 +55,9 @@ def many_videos(tmp_path_factory):
                                       speed=2.0)
 
 
-def _cfg(samples=4):
+def _cfg(samples=4, algorithm="farneback"):
     return BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"),
-                                           flow=FlowConfig(algorithm="farneback"),
+                                           flow=FlowConfig(algorithm=algorithm),
                                            sample=SampleConfig(chunk_frames=4)),
                        shard=ShardConfig(max_samples=samples))
 
@@ -94,14 +94,17 @@ def test_nodes_joining_mid_build_take_work_and_a_blind_one_is_named(many_videos,
     executor = RayExecutor(address=cluster.address, path_view=_blind_view(many_videos), refresh_s=0.3)
     out = tmp_path / "ds"
     with caplog.at_level("INFO", logger="pipeline.cluster.scheduler"):
-        thread, result = _in_thread(lambda: build_dataset(str(many_videos), str(out), _cfg(), executor=executor,
-                                                          progress=False))
+        # TV-L1 (about 20 times Farneback's cost): enough work left for the nodes that join, on any machine.
+        thread, result = _in_thread(lambda: build_dataset(str(many_videos), str(out), _cfg(algorithm="tvl1"),
+                                                          executor=executor, progress=False))
         deadline = time.time() + 60
         while not executor.placement["flow"]:  # the build runs on the head alone
             assert time.time() < deadline and thread.is_alive(), result
             time.sleep(0.05)
-        joined = cluster.add_node(num_cpus=1)
+        # The blind node first: it must join (and be checked) while work is left, whatever the
+        # machine's speed; the node that sees everything joins after it and takes work.
         blind = cluster.add_node(num_cpus=1, resources={BLIND: 1})
+        joined = cluster.add_node(num_cpus=1)
         thread.join(timeout=240)
     assert not thread.is_alive() and not isinstance(result[0], Exception), result
     assert result[0].ok == 24 and result[0].errors == 0  # nothing lost
@@ -110,7 +113,7 @@ def test_nodes_joining_mid_build_take_work_and_a_blind_one_is_named(many_videos,
     assert blind.node_id not in placed  # the blind one never did
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(blind.node_id[:12] in w and "gets no work" in w and "shared mount" in w for w in warnings), warnings
-    build_dataset(str(many_videos), str(tmp_path / "local"), _cfg(), progress=False)
+    build_dataset(str(many_videos), str(tmp_path / "local"), _cfg(algorithm="tvl1"), progress=False)
     assert _files(out) == _files(tmp_path / "local")
 
 
