@@ -451,7 +451,7 @@ class Scheduler:
             return
         try:
             self.fetched = dict(zip(wanted, ray.get(wanted), strict=True))
-        except Exception:
+        except ray.exceptions.RayError:  # one task's error: `_get` reads each ref and meets it there
             self.fetched = {}
 
     def _get(self, ref):
