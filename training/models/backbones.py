@@ -75,9 +75,15 @@ def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     channels and copied to all 2L flow channels, so a temporal stream starts from edge
     detectors that respond to flow images too.
     """
+    mean = conv.weight.detach().mean(dim=1, keepdim=True)
+    return conv_like(conv, mean.expand(-1, in_channels, -1, -1))
+
+
+def conv_like(conv: nn.Conv2d, weight: torch.Tensor) -> nn.Conv2d:
+    """A Conv2d with `conv`'s geometry and bias, the input channels of `weight` and its values."""
     # torch annotates a Conv2d's own kernel_size, stride, padding and dilation as tuple[int, ...]; they are pairs.
     new = nn.Conv2d(
-        in_channels,
+        weight.shape[1] * conv.groups,
         conv.out_channels,
         conv.kernel_size,  # type: ignore[arg-type]
         conv.stride,  # type: ignore[arg-type]
@@ -87,8 +93,7 @@ def cross_modality_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         conv.bias is not None,
     )
     with torch.no_grad():
-        mean = conv.weight.mean(dim=1, keepdim=True)
-        new.weight.copy_(mean.expand(-1, in_channels, -1, -1))
+        new.weight.copy_(weight)
         if conv.bias is not None and new.bias is not None:  # `new` has a bias exactly when `conv` has one
             new.bias.copy_(conv.bias)
     return new

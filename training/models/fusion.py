@@ -67,6 +67,7 @@ from torch import nn
 from training.models.backbones import (
     STAGES,
     check_snippet_streams,
+    conv_like,
     drop_stages_,
     drop_top_,
     first_conv,
@@ -287,22 +288,7 @@ class Tower(nn.Module):
 def repeat_input(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
     """A copy of `conv` taking `factor` times its input channels, its weights repeated along
     them: on concatenated maps [a, b] it starts as the conv of a + b."""
-    # torch annotates a Conv2d's own kernel_size, stride, padding and dilation as tuple[int, ...]; they are pairs.
-    new = nn.Conv2d(
-        conv.in_channels * factor,
-        conv.out_channels,
-        conv.kernel_size,  # type: ignore[arg-type]
-        conv.stride,  # type: ignore[arg-type]
-        conv.padding,  # type: ignore[arg-type]
-        conv.dilation,  # type: ignore[arg-type]
-        conv.groups,
-        conv.bias is not None,
-    )
-    with torch.no_grad():
-        new.weight.copy_(torch.cat([conv.weight] * factor, dim=1))
-        if conv.bias is not None and new.bias is not None:  # `new` has a bias exactly when `conv` has one
-            new.bias.copy_(conv.bias)
-    return new
+    return conv_like(conv, torch.cat([conv.weight.detach()] * factor, dim=1))
 
 
 def widen_input_(backbone: nn.Module, stage: str, factor: int = 2) -> None:
