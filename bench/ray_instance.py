@@ -18,10 +18,10 @@ _CHILD = """
 import os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray
-from pipeline.cluster.startup import idle_worker_limit
+from pipeline.cluster.startup import local_system_config
 cpus = int(sys.argv[1])
 ctx = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-               _system_config={"num_workers_soft_limit": idle_worker_limit(cpus)})
+               _system_config=local_system_config(cpus))
 print(ctx.address_info["gcs_address"], flush=True)
 sys.stdin.read()
 ray.shutdown()

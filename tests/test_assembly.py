@@ -56,6 +56,7 @@ def test_chunks_in_any_order_give_the_in_process_tars(motion_videos, tmp_path):
         plan, chunks = computed[r.key]
         outcomes.append(writer.video(r.key, 1, VideoOutcome(plan=plan, summaries=tuple(map(summarize, chunks)))))
     assert outcomes == [len(unit.compute_refs)] * (len(unit.compute_refs) - 1) + [0]
+    assert writer.spool.reads == 0 and writer.spool.held_bytes == 0  # written from memory, then let go
     record = writer.finish()
     assert record == expected
     for s in record.shards:
@@ -95,10 +96,26 @@ def test_spool_reads_back_in_chunk_order_and_cleans_up(motion_videos):
     for c in reversed(chunks):
         spool.add("v", c)
     assert [c.index for c in spool.read("v")] == [0, 1, 2] and list(spool.read("v")) == chunks
+    assert spool.reads == 0  # held in memory
     spool.drop("v")
-    assert list(spool.read("v")) == []
+    assert list(spool.read("v")) == [] and spool.held_bytes == 0
     spool.close()
     assert not os.path.exists(spool.dir)
+
+
+def test_chunks_beyond_the_memory_bound_are_read_back_from_the_spool(motion_videos):
+    cfg = _cfg()
+    refs, _ = discover(str(motion_videos))
+    _, chunks = _computed(refs[0], cfg, make_estimator(cfg.worker.flow))
+    one = sum(map(len, chunks[0].frame_bytes + chunks[0].flow_bytes))
+    spool = ChunkSpool(hold_bytes=one)  # room for the first chunk only
+    for c in chunks:
+        spool.add("v", c)
+    assert 0 < spool.held_bytes <= one
+    assert list(spool.read("v")) == chunks and spool.reads == len(chunks)  # not all held: the disk copy
+    spool.release("v")
+    assert spool.held_bytes == 0 and list(spool.read("v")) == chunks  # the disk copy stays until close
+    spool.close()
 
 
 def test_a_writer_taking_over_a_spool_writes_the_same_tars(motion_videos, tmp_path):
@@ -131,6 +148,7 @@ def test_a_writer_taking_over_a_spool_writes_the_same_tars(motion_videos, tmp_pa
 
     second = UnitAssembler(tag="t")
     assert second.resume(unit, tmp_path / "b", cfg, folder) == sorted(r.key for r in done)
+    assert second.spool.reads == sum(len(computed[r.key][1]) for r in done)  # rewritten from the disk copy
     feed(second, rest, 2)
     second.finish_in_background()
     record = second.committed(unit.name)

@@ -2,8 +2,9 @@
 their own message and the right kind (transient: a lost worker, ffmpeg killed, storage
 trouble; permanent: the file itself).
 
-Each case runs a real build on the session's Ray. The decode task is the real one
-(`tasks.decode_video`, which `tasks._decode` runs), with the fault injected into the worker
+Each case runs a real build on the session's Ray, on both paths a video can take: split
+(the real `tasks.decode_video`, which `tasks._decode` runs) and fused (the real
+`tasks.video_in_one`, which `tasks._video` runs), with the fault injected into the worker
 process itself: the decoder of one video raises a mid-stream error, SIGKILLs its own
 worker, or has its ffmpeg SIGKILLed the way an out-of-memory killer would.
 """
@@ -43,12 +44,13 @@ def _cfg(**worker):
                        shard=ShardConfig(max_samples=4))
 
 
-def _faulty_decode(how: str, victim: str = VICTIM):
-    """A `_decode` task that runs the real decoder, with `how` injected into the frames of the
-    video whose path holds `victim`. Everything it uses is imported inside: the task runs in a
-    worker process that cannot import this test module."""
+def _faulty_decode(how: str, victim: str = VICTIM, body: str = "decode_video"):
+    """A `_decode` task (or, with body "video_in_one", a `_video` task) that runs the real
+    decoder, with `how` injected into the frames of the video whose path holds `victim`.
+    Everything it uses is imported inside: the task runs in a worker process that cannot
+    import this test module."""
     @ray.remote(max_retries=0)
-    def decode(ref, plan, cfg):
+    def decode(ref, *args):
         import os
         import signal
         from pathlib import Path
@@ -96,7 +98,7 @@ def _faulty_decode(how: str, victim: str = VICTIM):
 
         dec.iter_planes = planes  # this worker process only, for this task; other videos pass through
         try:
-            yield from tasks.decode_video(ref, plan, cfg)
+            yield from getattr(tasks, body)(ref, *args)
         finally:
             dec.iter_planes = real
 
@@ -113,10 +115,18 @@ CASES = {
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("path", ["split", "fused"])
 @pytest.mark.parametrize("how", sorted(CASES))
-def test_errors_of_ray_tasks_keep_reason_and_kind(how, videos, tmp_path, ray_local, monkeypatch):
-    monkeypatch.setattr(tasks, "_decode", _faulty_decode(how))
-    summary = build_dataset(str(videos), str(tmp_path / "ds"), _cfg(), executor=RayExecutor(), progress=False)
+def test_errors_of_ray_tasks_keep_reason_and_kind(how, path, videos, tmp_path, ray_local, monkeypatch):
+    if path == "fused":  # every video on the fused path, the victim's included
+        monkeypatch.setattr(scheduler.Scheduler, "_fuse", lambda self, node: True)
+        monkeypatch.setattr(tasks, "_video", _faulty_decode(how, body="video_in_one"))
+    else:
+        monkeypatch.setattr(tasks, "_decode", _faulty_decode(how))
+    executor = RayExecutor(fused=path == "fused")
+    summary = build_dataset(str(videos), str(tmp_path / "ds"), _cfg(), executor=executor, progress=False)
+    fused = executor.stats["fused_videos"]  # tries: a transient failure is tried again
+    assert fused >= 4 if path == "fused" else fused == 0
     rows = {v.path: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
     kind, words = CASES[how]
     row = rows[f"right/{VICTIM}"]

@@ -1,10 +1,15 @@
 """The Ray driver's bounds: object-store use independent of the unit size, writers bounded,
 and a driver that makes progress whatever the settings (it never spins)."""
+from collections import deque
+
 import pytest
 
 from pipeline import open_dataset
 from pipeline.cluster import scheduler, tasks
 from pipeline.cluster.executor import RayExecutor
+from pipeline.cluster.nodes import GOOD, Node
+from pipeline.cluster.startup import RayConfig
+from pipeline.records import VideoRef
 from pipeline.synthetic import motion
 from pipeline.build.config import BuildConfig, ShardConfig
 from pipeline.build.run import build_dataset
@@ -15,9 +20,9 @@ from pipeline.stages.config import SampleConfig, WorkerConfig
 ray = pytest.importorskip("ray")
 
 
-def _cfg(samples, algo="dis"):
+def _cfg(samples, algo="dis", chunk_frames=4):
     return BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm=algo),
-                                           sample=SampleConfig(chunk_frames=4)),
+                                           sample=SampleConfig(chunk_frames=chunk_frames)),
                        shard=ShardConfig(max_samples=samples))
 
 
@@ -39,17 +44,21 @@ def object_refs(monkeypatch):
     return peak
 
 
-def test_object_store_use_does_not_grow_with_the_unit(motion_videos, tmp_path, ray_local, object_refs):
+@pytest.mark.parametrize("fused", [False, True])
+def test_object_store_use_does_not_grow_with_the_unit(motion_videos, tmp_path, ray_local, object_refs, fused):
     """One unit of 8 videos (24 chunks) holds no more objects than 8 units of one video: each
-    chunk is released once its writer has it, not when the whole unit is done."""
+    chunk is released once its writer has it, not when the whole unit is done. A fused video's
+    task may hold up to 3 items its driver has not taken yet (its back-pressure), so with 2
+    videos at once the driver's count may differ by up to 3 per video beside the split path's 2."""
     peaks, stats = {}, {}
     for samples in (1, 8):
         object_refs[0] = 0
-        executor = RayExecutor(max_chunks=2, max_videos=2)
+        executor = RayExecutor(max_chunks=2, max_videos=2, fused=fused)
         build_dataset(str(motion_videos), str(tmp_path / str(samples)), _cfg(samples), executor=executor,
                       progress=False)
         peaks[samples], stats[samples] = object_refs[0], dict(executor.stats)
-    assert peaks[8] <= peaks[1] + 2, peaks
+    assert peaks[8] <= peaks[1] + (2 + 3 * 2 if fused else 2), peaks
+    assert (stats[8]["fused_videos"] > 0) == fused
     assert stats[8]["peak_chunks"] <= 2 and stats[1]["peak_chunks"] <= 2
     build_dataset(str(motion_videos), str(tmp_path / "local"), _cfg(8), progress=False)
     assert _files(tmp_path / "8") == _files(tmp_path / "local")
@@ -134,3 +143,75 @@ def test_one_cpu_and_a_flow_actor_still_finish(motion_videos, tmp_path):
                            "--no-progress"], cwd=repo, env=env, capture_output=True, text=True, timeout=360)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "8 of 8 videos ok" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def longer_videos(tmp_path_factory):
+    """8 videos of 48 frames (64x48): 12 chunks of 4 each, so fused tasks are still running
+    when the split videos start."""
+    root = tmp_path_factory.mktemp("longer_videos")
+    for i, m in enumerate(("left", "right", "up", "down") * 2):
+        (root / m).mkdir(exist_ok=True)
+        motion.write_video(root / m / f"v{i}.mp4", motion.moving_frames(m, 48, 48, 64, seed=i))
+    return root
+
+
+def test_fused_videos_while_others_wait_then_split_ones_and_the_same_bytes(longer_videos, tmp_path, ray_local):
+    """A CPU build runs a video as one task while at least a CPU's worth of videos wait to start
+    (8 videos on 2 CPUs: the first 6), the last ones on the split path; the shards are those of
+    an all-split build and of the in-process build, byte for byte. The bound on chunks in
+    flight is at its smallest (the next test checks the rule that keeps that from hanging)."""
+    cfg = _cfg(3)
+    fused, split = RayExecutor(max_chunks=2), RayExecutor(fused=False)
+    build_dataset(str(longer_videos), str(tmp_path / "fused"), cfg, executor=fused, progress=False)
+    build_dataset(str(longer_videos), str(tmp_path / "split"), cfg, executor=split, progress=False)
+    build_dataset(str(longer_videos), str(tmp_path / "local"), cfg, progress=False)
+    assert fused.stats["fused_videos"] == 8 - int(ray.cluster_resources()["CPU"]) and split.stats["fused_videos"] == 0
+    assert _files(tmp_path / "fused") == _files(tmp_path / "split") == _files(tmp_path / "local")
+    assert sum(fused.placement["flow"].values()) == sum(split.placement["flow"].values()) == 96  # 12 chunks x 8
+
+
+class _Submitted:
+    """A stand-in remote function: counts the tasks submitted, starts nothing."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *_):
+        self.calls += 1
+        return object()
+
+
+def test_split_videos_start_only_where_a_cpu_is_free_of_fused_tasks(monkeypatch):
+    """A fused task waiting for its chunk to be taken (the bound on chunks in flight) holds its
+    CPU, and a split video's chunks fill that bound waiting for flow tasks: with every CPU of a
+    node held by fused tasks, the two waited on each other (a 2-CPU build of 8 x 150-frame
+    videos hung). A split video starts only where a CPU is free of fused tasks, and no fused
+    task starts beside an open split video."""
+    plans, fused = _Submitted(), _Submitted()
+    monkeypatch.setattr(scheduler.tasks, "_plan", plans)
+    monkeypatch.setattr(scheduler.tasks, "_video", fused)
+    s = scheduler.Scheduler.__new__(scheduler.Scheduler)
+    node = Node(id="ab" * 28, address="a", resources={"CPU": 2}, state=GOOD)
+    s.nodes = scheduler.NodeTable(checked=False)
+    s.nodes.nodes = {node.id: node}
+    s.rcfg, s.cfg_ref, s.tries, s.max_videos, s.decoding = RayConfig(), None, 0, 8, 0
+    s.videos, s.refs, s.gens, s.stats = {}, {}, {}, {"fused_videos": 0}
+    unit = scheduler._Active(unit=type("U", (), {"name": "u"})(), writer=None, node=node, todo=deque(), left=0)
+    s.active = {"u": unit}
+
+    def start(todo: int, waiting_after: int) -> tuple[int, int]:
+        unit.todo = deque(VideoRef(key=f"k{s.tries + i}", uri="", source="", label="", label_id=0)
+                          for i in range(todo))
+        s.videos_left = len(s.videos) + todo + waiting_after
+        s._start_videos()
+        return fused.calls, plans.calls
+
+    assert start(todo=2, waiting_after=4) == (2, 0) and node.fused == 2  # videos wait: fused, both CPUs held
+    assert start(todo=1, waiting_after=0) == (2, 0) and len(unit.todo) == 1  # split, but no CPU is free of them
+    s._release(next(v for v in s.videos.values() if v.fused))  # a fused task ended
+    assert start(todo=1, waiting_after=0) == (2, 1) and node.split == 1
+    assert start(todo=1, waiting_after=4) == (2, 2)  # a retried video beside an open split one: split too

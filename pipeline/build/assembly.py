@@ -51,6 +51,9 @@ class VideoOutcome:
 
 
 SPOOL_PREFIX = "flowshard-spool-"
+# Encoded chunks a writer holds in memory besides its spool (`ChunkSpool`): enough for the
+# videos of a unit in flight at once at common sizes (a 64-frame chunk at 340x256 is ~2 MB).
+HOLD_BYTES = 256 * 1024 * 1024
 
 
 def spool_tag(output: Location | str, run: str = "") -> str:
@@ -81,14 +84,21 @@ class ChunkSpool:
     One file per video, (attempt, chunk) records appended as they come, read back in chunk
     order; a video's outcome in a file of its own once it is complete. Everything stays until
     the unit is committed, so a writer that is lost mid-unit is replaced by one on the same node
-    that rewrites the unit from the spool (`reopen`) instead of computing it again. The files
+    that rewrites the unit from the spool (`reopen`) instead of computing it again.
+
+    The chunks are also held in memory, up to `hold_bytes` in all, and a video whose chunks
+    are all held is written from memory: the disk copy is then only for a writer that takes
+    over, and is never read back (unpickling it again cost about as much as writing the tar). The files
     live in a private folder (mode 0700) and only a writer of this build reads them back, which
     is why pickle is safe here: nothing untrusted is ever unpickled.
     """
 
-    def __init__(self, tag: str = "", folder: str | None = None) -> None:
+    def __init__(self, tag: str = "", folder: str | None = None, hold_bytes: int = HOLD_BYTES) -> None:
         self.dir = folder or tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{tag + '-' if tag else ''}")
         self.index: dict[str, dict[int, tuple[int, int]]] = {}  # key -> chunk index -> (offset, length)
+        self.held: dict[str, dict[int, EncodedChunk]] = {}  # key -> chunk index -> chunk, in memory
+        self.hold_bytes, self.held_bytes = hold_bytes, 0
+        self.reads = 0  # chunks read back from disk (a take-over, or more than `hold_bytes` at once)
 
     @classmethod
     def reopen(cls, folder: str) -> tuple[ChunkSpool, dict[str, tuple[int, VideoOutcome]]]:
@@ -135,6 +145,11 @@ class ChunkSpool:
             offset = f.tell()
             f.write(data)
         self.index.setdefault(key, {})[chunk.index] = (offset, len(data))
+        held = self.held.setdefault(key, {})
+        self.held_bytes -= _size(held.pop(chunk.index, None))
+        if self.held_bytes + _size(chunk) <= self.hold_bytes:
+            held[chunk.index] = chunk
+            self.held_bytes += _size(chunk)
 
     def save_outcome(self, key: str, attempt: int, outcome: VideoOutcome) -> None:
         """Keep video `key`'s outcome beside its chunks (written whole: a torn file never counts)."""
@@ -148,14 +163,24 @@ class ChunkSpool:
         entries = sorted(self.index.get(key, {}).items())
         if not entries:
             return
+        held = self.held.get(key, {})
+        if all(index in held for index, _ in entries):
+            yield from (held[index] for index, _ in entries)
+            return
         with open(self._path(key), "rb") as f:
             for _, (offset, length) in entries:
                 f.seek(offset)
+                self.reads += 1
                 yield pickle.loads(f.read(length))[1]
+
+    def release(self, key: str) -> None:
+        """Video `key` is written: its chunks leave memory (the disk copy stays until commit)."""
+        self.held_bytes -= sum(_size(c) for c in self.held.pop(key, {}).values())
 
     def drop(self, key: str) -> None:
         """Forget video `key`'s chunks and outcome (a try given up, or restarted)."""
         self.index.pop(key, None)
+        self.release(key)
         for suffix in (".chunks", ".outcome"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(key, suffix))
@@ -164,6 +189,15 @@ class ChunkSpool:
         """Remove the spool folder."""
         shutil.rmtree(self.dir, ignore_errors=True)
         self.index.clear()
+        self.held.clear()
+        self.held_bytes = 0
+
+
+def _size(chunk: EncodedChunk | None) -> int:
+    """Bytes a held chunk counts against the spool's memory bound (its encoded members)."""
+    if chunk is None:
+        return 0
+    return sum(map(len, chunk.frame_bytes)) + sum(map(len, chunk.flow_bytes)) + sum(map(len, chunk.warped_bytes))
 
 
 class UnitAssembler:
@@ -268,10 +302,11 @@ class UnitAssembler:
     def _write_ready(self) -> None:
         # The spool keeps what was written until the unit is committed: a writer taking over
         # from this one writes the tar again from it.
-        writer, _, _ = self._unit()
+        writer, spool, _ = self._unit()
         while self.order and self.order[0].key in self.outcomes:
             ref = self.order.pop(0)
             writer.add(self._result(ref, self.outcomes.pop(ref.key)))
+            spool.release(ref.key)
 
     def _unit(self) -> tuple[UnitWriter, ChunkSpool, BuildConfig]:
         """The writer, spool and config of the unit in progress; RuntimeError before begin()."""

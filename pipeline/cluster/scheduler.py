@@ -75,6 +75,7 @@ class _Video:
     gen: Any = None
     gen_done: bool = False
     decoding: bool = True  # counts against max_videos (and its node's share) until its decoder ends
+    fused: bool = False  # one `_video` task plans, decodes, flows and encodes it (see `_fuse`)
     summaries: list = field(default_factory=list)
     pending: int = 0  # chunk results not yet known
     pairs: int = 0
@@ -180,7 +181,9 @@ class Scheduler:
         self.starved_logged = False
         self.bad_reason = ""  # why the last node that failed its checks gets no work
         self.cfg_ref = ray.put(self.cfg.worker)  # put once: every task takes the same config
-        self.stats.update(peak_chunks=0, peak_writers=0, writers=0, writer_peak_rss=0, events=0, waits=0)
+        self.stats.update(
+            peak_chunks=0, peak_writers=0, writers=0, writer_peak_rss=0, events=0, waits=0, fused_videos=0
+        )
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self, units: list[Unit]) -> None:
@@ -399,6 +402,7 @@ class Scheduler:
         if self.chunks_in_flight < self.max_chunks:
             parked = set(self.parked)
             objs += [g for g in self.gens if g not in parked] if parked else list(self.gens)
+
         if not objs and self.actor_queue and self.actors:
             self._flush_actor_queue(force=True)
             objs = list(self.refs)
@@ -474,16 +478,79 @@ class Scheduler:
                 node = self.nodes.video_node(self._slots)
                 if node is None:
                     return
+                fused = self._fuse(node)
+                if not fused and node.fused >= node.cpus:
+                    return  # a split video waits for a CPU that no fused task holds (see `_fuse`)
                 ref = a.todo.popleft()
                 self.tries += 1
                 v = _Video(ref=ref, unit=a.unit.name, node=node, attempt=self.tries)
                 self.videos[ref.key] = v
                 self.decoding += 1
                 node.open += 1
+                if fused:
+                    self._start_fused(v)
+                    continue
+                node.split += 1
                 plan_ref = tasks._plan.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=node.pin()).remote(
                     ref, self.cfg_ref
                 )
                 self.refs[plan_ref] = ("plan", ref.key, v.attempt)
+
+    def _fuse(self, node: Node) -> bool:
+        """Whether the next video, on `node`, runs on the fused path: a CPU build (no flow actors)
+        with at least one video per CPU still waiting to start after it, and no split video open
+        on the node. Its chunks then run one after another in one process, which costs nothing
+        while other videos keep every CPU busy; the build's last videos take the split path, so
+        their chunks spread over the CPUs the others free.
+
+        The two paths never hold each other up on a node: a fused task waiting for its chunks to
+        be taken (the bound on chunks in flight) holds its CPU, so split videos, whose flow tasks
+        fill that bound, start on a node only while a CPU there is free of fused tasks
+        (`_start_videos`), and no fused task starts beside an open split video.
+        """
+        if not self.rcfg.fused or self.rcfg.flow_actors or node.split:
+            return False
+        return self.videos_left - len(self.videos) - 1 >= self.nodes.cpus()
+
+    def _start_fused(self, v: _Video) -> None:
+        v.fused = True
+        v.node.fused += 1
+        self.stats["fused_videos"] += 1
+        # Room for a chunk's two items (status, payload) and the next chunk's status: the task
+        # computes one chunk ahead while the driver passes this one to its writer, no more.
+        v.gen = tasks._video.options(
+            num_cpus=1, scheduling_strategy=v.node.pin(), _generator_backpressure_num_objects=3
+        ).remote(v.ref, self.cfg_ref)
+        self.gens[v.gen] = v.ref.key
+
+    def _fused_item(self, v: _Video, item) -> None:
+        """The next item of a fused video's task: its plan first, then a chunk (status, payload)."""
+        if v.plan is None:
+            self._planned(v, lambda: ray.get(item))
+            return
+        # The payload is yielded right after its status; after an error there is none (the
+        # status ref holds the error, met in `_chunk_done`).
+        payload = next(v.gen, None)
+        v.pending += 1
+        self.chunks_in_flight += 1
+        self.stats["peak_chunks"] = max(self.stats["peak_chunks"], self.chunks_in_flight)
+        self.refs[item] = ("chunk", v.ref.key, v.attempt, payload)
+        return
+
+    def _planned(self, v: _Video, read: Callable[[], tuple]) -> bool:
+        """Take the video's plan (`read()` returns `tasks.plan_video`'s result); False when the
+        video failed instead (an error row, or a try again)."""
+        try:
+            plan, _, v.content = read()
+        except ray.exceptions.RayError as exc:
+            self._gone(exc, v.node)
+            self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
+            return False
+        if isinstance(plan, VideoFailure):
+            self._fail(v, plan.reason, plan.kind)
+            return False
+        v.plan = plan
+        return True
 
     def _release(self, v: _Video) -> None:
         """The video's decoder is over (done, failed or dropped): its slot is free."""
@@ -491,6 +558,10 @@ class Scheduler:
             v.decoding = False
             self.decoding -= 1
             v.node.open -= 1
+            if v.fused:
+                v.node.fused -= 1
+            else:
+                v.node.split -= 1
         if v.gen is not None:
             self.gens.pop(v.gen, None)
 
@@ -506,22 +577,14 @@ class Scheduler:
 
     def _plan_done(self, ref, key: str, attempt: int) -> None:
         v = self._current(key, attempt)
-        if v is None:
-            return None
-        try:
-            plan, _, v.content = self._get(ref)
-        except ray.exceptions.RayError as exc:
-            self._gone(exc, v.node)
-            return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
-        if isinstance(plan, VideoFailure):
-            return self._fail(v, plan.reason, plan.kind)
-        v.plan = plan
+        if v is None or not self._planned(v, lambda: self._get(ref)):
+            return
         # On the node that planned it: a remote input is already in that node's cache.
         v.gen = tasks._decode.options(
             num_cpus=self.rcfg.decode_cpus, scheduling_strategy=v.node.pin(), _generator_backpressure_num_objects=2
-        ).remote(v.ref, plan, self.cfg_ref)
+        ).remote(v.ref, v.plan, self.cfg_ref)
         self.gens[v.gen] = key
-        return None
+        return
 
     def _next_chunk(self, v: _Video) -> None:
         try:
@@ -530,6 +593,9 @@ class Scheduler:
             v.gen_done = True
             self._release(v)
             self._maybe_finish(v)
+            return
+        if v.fused:
+            self._fused_item(v, job_ref)
             return
         v.pending += 1
         self.chunks_in_flight += 1
@@ -572,6 +638,9 @@ class Scheduler:
             self.chunks_in_flight -= 1
             self._gone(exc, v.node)
             return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
+        if payload is None:  # a fused task's chunk without its encoded bytes (cannot happen; said if it does)
+            self.chunks_in_flight -= 1
+            return self._fail(v, f"{v.ref.source}: a chunk came without its encoded bytes", failures.TRANSIENT)
         v.summaries.append(summary)
         v.pairs += len(summary.flow_pairs)
         self.placement["decode"][decode_node] += 1

@@ -30,6 +30,9 @@ class RayConfig:
     # otherwise hold CPU that the flow tasks it waits for need (a deadlock), and ffmpeg's
     # work is small beside flow's. The driver bounds how many run instead (max_videos).
     decode_cpus: float = 0.0
+    # CPU builds: a video runs as one task (plan, decode, flow, encode in one process) while
+    # other videos wait to start (`Scheduler._fuse`); False: always the split path.
+    fused: bool = True
     flow_actors: int = 0  # > 0: flow runs in this many actors (GPU builds); -1: one per GPU
     actor_gpus: float = 0.0  # GPUs per flow actor (fractions allowed)
     actor_resource: str | None = None  # custom resource that routes flow actors to their nodes
@@ -89,21 +92,41 @@ def init_ray(cfg: RayConfig) -> None:
             num_cpus=cfg.num_cpus,
             include_dashboard=False,
             log_to_driver=False,
-            _system_config={"num_workers_soft_limit": idle_worker_limit(cfg.num_cpus or os.cpu_count() or 1)},
+            # Ray's own INFO and WARNING lines (the instance started, its token) are not the
+            # user's business for a private loopback instance; its errors still show.
+            logging_level=logging.ERROR,
+            _system_config=local_system_config(cfg.num_cpus or os.cpu_count() or 1),
         )
     log.info("Ray resources: %s", ray.cluster_resources())
 
 
-def idle_worker_limit(cpus: int) -> int:
-    """Idle worker processes a local Ray keeps for a build on `cpus` CPUs.
+def local_system_config(cpus: int) -> dict:
+    """Ray settings of the embedded instance a build starts: only what the build uses.
 
-    Ray keeps at most as many idle workers as there are free CPUs and kills the rest after a
-    second. Flow tasks hold every CPU of a build, so each decoder, probe and writer that goes
-    idle for a moment was killed and a new process started for the next video (about a second
-    of CPU each: measured 17 % of a 2-CPU build's wall time at 340x256). Keep enough for the
-    decoders, probes and flow workers a build runs at once (see Scheduler: max_videos).
+    A private loopback instance is read by nobody but this driver, so the per-process work
+    that serves observers goes: metrics every worker and agent export every few seconds, and
+    task events (the state API's and `ray timeline`'s record of every task) sent to the GCS.
+    A cluster a user started with `ray start` keeps what it has (these apply only here).
     """
-    return 3 * cpus + 4
+    return {
+        "num_workers_soft_limit": idle_worker_limit(cpus),
+        "enable_metrics_collection": False,
+        "task_events_report_interval_ms": 0,
+    }
+
+
+def idle_worker_limit(cpus: int) -> int:
+    """Worker processes a local Ray keeps (idle ones beyond it are killed) for a build on `cpus` CPUs.
+
+    Ray's default keeps as many as there are CPUs and kills the rest after a second. Flow holds
+    every CPU of a build, so a decoder, probe or writer idle for a moment was killed and a new
+    process started for the next video (about a second of CPU each: 17 % of a 2-CPU build's
+    wall time at 340x256). A build runs one fused task per CPU and, for its last videos, one
+    decoder per CPU beside the flow tasks: the limit keeps the CPUs' workers and a bounded
+    number more (16 at most), not a multiple of the node, so a 96-CPU node keeps 116 worker
+    processes, not hundreds.
+    """
+    return cpus + min(cpus, 16) + 4
 
 
 def cluster_gpus(cfg: RayConfig) -> float:

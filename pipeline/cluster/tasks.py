@@ -1,9 +1,12 @@
 """Ray's side of the stages: the remote functions and the flow actor, each a thin wrapper
 around `pipeline.stages` (which stays Ray-free and testable without Ray).
 
-Per video: a small `_plan` task probes it (fetching a remote input into its node's cache);
-a `_decode` generator task on the same node streams its frames in chunks; each chunk goes
-to a `_flow` CPU task (flow + encode) or, on GPU builds, to a `FlowActor` (flow only,
+Per video, on CPU builds while other videos wait to start: one `_video` generator task probes,
+decodes, computes flow and encodes it in one process, so frames never cross the object store
+(the fused path). Otherwise (the build's last videos, whose chunks should spread over every
+CPU, and GPU builds): a small `_plan` task probes it (fetching a remote input into its node's
+cache); a `_decode` generator task on the same node streams its frames in chunks; each chunk
+goes to a `_flow` CPU task (flow + encode) or, on GPU builds, to a `FlowActor` (flow only,
 batched across videos) followed by an `_encode` CPU task. Every chunk result carries the
 node ids it ran on, so the driver can report placement.
 
@@ -18,6 +21,8 @@ whatever the original exception's class (see `pipeline.failures`).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import ray
 
@@ -29,7 +34,7 @@ from pipeline.flow.estimators import make_estimator
 from pipeline.records import VideoRef
 from pipeline.stages.chunks import ChunkJob, chunk_jobs, pair_rows
 from pipeline.stages.config import WorkerConfig
-from pipeline.stages.fields import encode_chunk, process_chunks
+from pipeline.stages.fields import encode_chunk, process_chunk, process_chunks
 from pipeline.stages.plan import VideoFailure, VideoPlan, safe_plan
 from pipeline.stages.samples import summarize
 from pipeline.stages.warped import WarpedFields, warp_inputs
@@ -75,6 +80,31 @@ def decode_video(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
 def _decode(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
     """`decode_video` as a generator task, streamed while the video decodes."""
     yield from decode_video(ref, plan, cfg)
+
+
+def video_in_one(ref: VideoRef, cfg: WorkerConfig):
+    """Plan, decode, CPU flow and encode of one video in this process: first `plan_video`'s
+    result, then per chunk its status (summary, node, node) and its encoded chunk.
+
+    The frames never leave the process (no object-store copy, no second worker process per
+    video); the price is that one video's chunks run one after another on one CPU.
+    """
+    planned = plan_video(ref, cfg)
+    yield planned
+    plan, node, _ = planned
+    if isinstance(plan, VideoFailure):
+        return
+    estimator = _estimator(cfg.flow)
+    for job in failures.carrying_iter(chunk_jobs(ref, plan, cfg)):
+        encoded = failures.carrying(functools.partial(process_chunk, job, estimator, cfg))
+        yield summarize(encoded), node, node
+        yield encoded
+
+
+@ray.remote(max_retries=3)
+def _video(ref: VideoRef, cfg: WorkerConfig):
+    """`video_in_one` as a generator task holding one CPU (the scheduler's fused path)."""
+    yield from video_in_one(ref, cfg)
 
 
 @ray.remote(num_returns=2, max_retries=3)

@@ -100,6 +100,11 @@ def _encode_field(field: np.ndarray, cfg: WorkerConfig) -> bytes:
     return encode.encode_flow(field, cfg.flow.bound, cfg.encode.flow_quality)
 
 
+def process_chunk(job: ChunkJob, estimator: FlowEstimator, cfg: WorkerConfig) -> EncodedChunk:
+    """Stage 2 for one chunk."""
+    return process_chunks([job], estimator, cfg)[0]
+
+
 def process_chunks(jobs: list[ChunkJob], estimator: FlowEstimator, cfg: WorkerConfig) -> list[EncodedChunk]:
     """Stage 2 for a batch of chunks (possibly of several videos)."""
     warped = compute_warped(jobs, estimator, cfg)
