@@ -77,6 +77,15 @@ def _paste(frame: np.ndarray, patch: np.ndarray, x: int, y: int) -> None:
         frame[y0:y1, x0:x1] = patch[y0 - y:y1 - y, x0 - x:x1 - x]
 
 
+def write_sized(root: Path, num_frames: int, count: int, size: tuple[int, int], fps: float = 25.0) -> list[Path]:
+    """Write `count` H.264 photo videos of one size (e.g. the standard 340x256) under root/<size>/."""
+    w, h = size
+    folder = Path(root) / f"{w}x{h}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [synthetic.write_video(folder / f"v{i:03d}.mp4", photo_frames(w, h, num_frames, seed=i), fps,
+                                  codec="libx264", quality="23") for i in range(count)]
+
+
 def write_mixed(root: Path, num_frames: int, copies: int = 1, fps: float = 25.0) -> list[Path]:
     """Write `copies` videos of each MIXED size under root/<size>/ (a folder per class)."""
     paths = []

@@ -5,7 +5,8 @@
 For each CPU count, a local Ray declares that many logical CPUs (`num_cpus`) and the real
 `pipeline.cluster.scheduler.Scheduler` runs a build of (videos-per-cpu x CPUs, at least 2,000)
 videos in units of 1,000, sized by its own rules for that many CPUs. No video is decoded: the
-remote functions it calls (`tasks._plan`, `_decode`, `_flow`) and the writer class are replaced
+remote functions it calls (`tasks._video` on the fused path, the default of CPU builds;
+`tasks._plan`, `_decode`, `_flow` on the split path, `--path split`) and the writer class are replaced
 by no-op stand-ins served by a few actors (`--servers`), so the machine runs a handful of worker
 processes instead of one per logical CPU, and each call returns at once. What remains is the
 driver's own work per event: submitting, waiting, handling results, batching writer calls.
@@ -73,6 +74,12 @@ class _Server:
 
     def flow(self, job, cfg):
         return (_Summary(index=job), "node", "node"), b"x"
+
+    def video(self, ref, cfg, part, parts, chunks):
+        yield ("plan", chunks), ray.get_runtime_context().get_node_id(), ""
+        for i in range(part, chunks, parts):
+            yield _Summary(index=i), "node", "node"
+            yield b"x"
 
 
 class _Remote:
@@ -146,7 +153,7 @@ def _units(videos: int) -> list[Unit]:
             for k in range(0, videos, UNIT_VIDEOS)]
 
 
-def run_one(cpus: int, videos: int, chunks: int, servers: int) -> dict:
+def run_one(cpus: int, videos: int, chunks: int, servers: int, path: str = "fused") -> dict:
     """One build of `videos` no-op videos on a local Ray declaring `cpus` logical CPUs."""
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 << 20,
@@ -155,7 +162,8 @@ def run_one(cpus: int, videos: int, chunks: int, servers: int) -> dict:
     try:
         pool = [_Server.remote() for _ in range(servers)]
         ray.get([s.plan.remote(None, None, 0) for s in pool])  # started before the clock
-        originals = (tasks._plan, tasks._decode, tasks._flow, scheduler.UnitAssembler)
+        originals = (tasks._plan, tasks._decode, tasks._flow, tasks._video, scheduler.UnitAssembler)
+        tasks._video = _Remote(pool, "video", extra=(chunks,), num_returns="streaming")
         tasks._plan = _Remote(pool, "plan", extra=(chunks,))
         tasks._decode = _Remote(pool, "decode", num_returns="streaming")
         tasks._flow = _Remote(pool, "flow", num_returns=2)
@@ -165,7 +173,7 @@ def run_one(cpus: int, videos: int, chunks: int, servers: int) -> dict:
             # The object store of this machine is no cluster's: chunks in flight follow the CPUs
             # as on a cluster whose store holds them (3 x CPUs, the scheduler's rule).
             progress = _Progress()
-            ctx = scheduler.RunContext(ray_cfg=RayConfig(max_chunks=3 * cpus), cfg=BuildConfig(), output="/nowhere",
+            ctx = scheduler.RunContext(ray_cfg=RayConfig(max_chunks=3 * cpus, fused=path == "fused"), cfg=BuildConfig(), output="/nowhere",
                                        done=lambda unit, rec: None, progress=progress,
                                        placement={"decode": Counter(), "flow": Counter()}, stats={})
             sched = scheduler.Scheduler(ctx)
@@ -175,7 +183,7 @@ def run_one(cpus: int, videos: int, chunks: int, servers: int) -> dict:
             if progress.errors or progress.videos != videos:
                 raise RuntimeError(f"{progress.errors} of {progress.videos} no-op videos failed: the stand-ins are broken")
         finally:
-            tasks._plan, tasks._decode, tasks._flow, scheduler.UnitAssembler = originals
+            tasks._plan, tasks._decode, tasks._flow, tasks._video, scheduler.UnitAssembler = originals
         s = ctx.stats
         # A scheduler without event counts (an earlier one) handled one event per wait: it counts
         # its waits through the patched ray.wait.
@@ -196,13 +204,15 @@ def main() -> None:
     p.add_argument("--min-videos", type=int, default=2000)
     p.add_argument("--chunks", type=int, default=4, help="chunks per video (a 10 s clip at 25 fps: 4 of 64 frames)")
     p.add_argument("--servers", type=int, default=4, help="actors answering the no-op calls")
+    p.add_argument("--path", choices=["fused", "split"], default="fused",
+                   help="the CPU build's path a video takes: one task (fused) or probe, decode and flow tasks")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"# {platform.node()}: {os.cpu_count()} cores, ray {ray.__version__}")
     rows = []
     for cpus in args.cpus:
         videos = max(args.min_videos, int(args.videos_per_cpu * cpus))
-        rows.append(run_one(cpus, videos, args.chunks, args.servers))
+        rows.append(run_one(cpus, videos, args.chunks, args.servers, args.path))
         print(json.dumps(rows[-1]), flush=True)
     print("| logical CPUs | videos | driver CPU per video | events/s | events per video | events per wait | wall |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

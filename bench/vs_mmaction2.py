@@ -1,6 +1,6 @@
 """flowshard against mmaction2's flow script, side by side on the same videos.
 
-    PYTHONPATH=. python bench/vs_mmaction2.py --mmaction2-script PATH/tools/misc/flow_extraction.py
+    PYTHONPATH=. python bench/vs_mmaction2.py --mmaction2-script PATH/tools/misc/flow_extraction.py [--size 340x256 --videos 8]
 
 mmaction2's `tools/misc/flow_extraction.py` (written against open-mmlab/mmaction2 at commit
 4d6c93474730cad2f25e51109adcf96824efc7a3, the script's blob b8763430b52ba9983cd5fea2ff6b4ecb4605bb7c;
@@ -89,6 +89,9 @@ def main() -> None:
     ap.add_argument("--mmaction2-script", required=True, type=Path,
                     help="tools/misc/flow_extraction.py of mmaction2 (see the pinned commit above)")
     ap.add_argument("--copies", type=int, default=1, help="videos of each of the 4 sizes")
+    ap.add_argument("--size", default=None, help="WxH: --videos photo videos of this one size (e.g. 340x256, "
+                    "the size UCF101 and Kinetics pipelines resize to) instead of the 4 mixed sizes")
+    ap.add_argument("--videos", type=int, default=8, help="videos of --size")
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of flowshard's local Ray (default: all)")
@@ -100,7 +103,11 @@ def main() -> None:
     blob = git_blob_id(script)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fs-vs-mma-"))
     root = work / "videos"
-    videos = media.write_mixed(root, args.frames, copies=args.copies)
+    if args.size:
+        size = tuple(int(x) for x in args.size.lower().split("x"))
+        videos = media.write_sized(root, args.frames, args.videos, (size[0], size[1]))
+    else:
+        videos = media.write_mixed(root, args.frames, copies=args.copies)
     cpus = args.num_cpus or os.cpu_count()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
           f"{len(videos)} videos ({', '.join(sorted({p.parent.name for p in videos}, key=lambda s: int(s.split('x')[0])))}) "

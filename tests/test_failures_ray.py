@@ -119,7 +119,7 @@ CASES = {
 @pytest.mark.parametrize("how", sorted(CASES))
 def test_errors_of_ray_tasks_keep_reason_and_kind(how, path, videos, tmp_path, ray_local, monkeypatch):
     if path == "fused":  # every video on the fused path, the victim's included
-        monkeypatch.setattr(scheduler.Scheduler, "_fuse", lambda self, node: True)
+        monkeypatch.setattr(scheduler.Scheduler, "_fused_parts", lambda self, node: 2)  # each video in 2 tasks
         monkeypatch.setattr(tasks, "_video", _faulty_decode(how, body="video_in_one"))
     else:
         monkeypatch.setattr(tasks, "_decode", _faulty_decode(how))

@@ -230,7 +230,7 @@ def test_ray_build_survives_a_killed_flow_worker_and_listens_on_loopback_only(tm
         flow_workers = []
 
         def flow_running():
-            flow_workers[:] = [p for p in _descendants(proc.pid) if _title(p).startswith("ray::_flow")]
+            flow_workers[:] = [p for p in _descendants(proc.pid) if _title(p).startswith(("ray::_flow", "ray::_video"))]
             return bool(flow_workers)
         wait_for(flow_running, proc, timeout=180, what="a flow task")
         os.kill(flow_workers[0], signal.SIGKILL)  # a worker process in the middle of a flow task

@@ -9,7 +9,6 @@ from pipeline.cluster import scheduler, tasks
 from pipeline.cluster.executor import RayExecutor
 from pipeline.cluster.nodes import GOOD, Node
 from pipeline.cluster.startup import RayConfig
-from pipeline.records import VideoRef
 from pipeline.synthetic import motion
 from pipeline.build.config import BuildConfig, ShardConfig
 from pipeline.build.run import build_dataset
@@ -112,8 +111,8 @@ def _flaky_plan(marker_dir, failures_before_success):
 @pytest.mark.parametrize("fails", [1, 5])
 def test_transient_failures_are_retried_within_the_build(motion_videos, tmp_path, ray_local, monkeypatch, fails):
     (tmp_path / "tries").mkdir()
-    monkeypatch.setattr(tasks, "_plan", _flaky_plan(str(tmp_path / "tries"), fails))
-    summary = build_dataset(str(motion_videos), str(tmp_path / "ds"), _cfg(3), executor=RayExecutor(),
+    monkeypatch.setattr(tasks, "_plan", _flaky_plan(str(tmp_path / "tries"), fails))  # the split path's probe
+    summary = build_dataset(str(motion_videos), str(tmp_path / "ds"), _cfg(3), executor=RayExecutor(fused=False),
                             progress=False)
     tries = len(list((tmp_path / "tries").iterdir()))
     rows = {v.video_id: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
@@ -158,60 +157,30 @@ def longer_videos(tmp_path_factory):
 
 def test_fused_videos_while_others_wait_then_split_ones_and_the_same_bytes(longer_videos, tmp_path, ray_local):
     """A CPU build runs a video as one task while at least a CPU's worth of videos wait to start
-    (8 videos on 2 CPUs: the first 6), the last ones on the split path; the shards are those of
-    an all-split build and of the in-process build, byte for byte. The bound on chunks in
-    flight is at its smallest (the next test checks the rule that keeps that from hanging)."""
+    (8 videos on 2 CPUs: the first 7), the last as 2 tasks that share its chunks; the shards
+    are those of an all-split build and of the in-process build, byte for byte."""
     cfg = _cfg(3)
     fused, split = RayExecutor(max_chunks=2), RayExecutor(fused=False)
     build_dataset(str(longer_videos), str(tmp_path / "fused"), cfg, executor=fused, progress=False)
     build_dataset(str(longer_videos), str(tmp_path / "split"), cfg, executor=split, progress=False)
     build_dataset(str(longer_videos), str(tmp_path / "local"), cfg, progress=False)
-    assert fused.stats["fused_videos"] == 8 - int(ray.cluster_resources()["CPU"]) and split.stats["fused_videos"] == 0
+    assert (fused.stats["fused_videos"], fused.stats["fused_tasks"], split.stats["fused_videos"]) == (8, 9, 0)
     assert _files(tmp_path / "fused") == _files(tmp_path / "split") == _files(tmp_path / "local")
     assert sum(fused.placement["flow"].values()) == sum(split.placement["flow"].values()) == 96  # 12 chunks x 8
 
 
-class _Submitted:
-    """A stand-in remote function: counts the tasks submitted, starts nothing."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def options(self, **_):
-        return self
-
-    def remote(self, *_):
-        self.calls += 1
-        return object()
-
-
-def test_split_videos_start_only_where_a_cpu_is_free_of_fused_tasks(monkeypatch):
-    """A fused task waiting for its chunk to be taken (the bound on chunks in flight) holds its
-    CPU, and a split video's chunks fill that bound waiting for flow tasks: with every CPU of a
-    node held by fused tasks, the two waited on each other (a 2-CPU build of 8 x 150-frame
-    videos hung). A split video starts only where a CPU is free of fused tasks, and no fused
-    task starts beside an open split video."""
-    plans, fused = _Submitted(), _Submitted()
-    monkeypatch.setattr(scheduler.tasks, "_plan", plans)
-    monkeypatch.setattr(scheduler.tasks, "_video", fused)
+@pytest.mark.parametrize("cpus, waiting, expected", [(2, 8, 1), (2, 3, 1), (2, 2, 1), (2, 1, 2), (16, 4, 4),
+                                                    (16, 1, 16), (16, 32, 1)])
+def test_the_last_videos_are_shared_over_the_cpus_the_others_free(cpus, waiting, expected):
+    """One fused task per video while videos wait; the last ones as cpus // videos left tasks."""
     s = scheduler.Scheduler.__new__(scheduler.Scheduler)
-    node = Node(id="ab" * 28, address="a", resources={"CPU": 2}, state=GOOD)
-    s.nodes = scheduler.NodeTable(checked=False)
-    s.nodes.nodes = {node.id: node}
-    s.rcfg, s.cfg_ref, s.tries, s.max_videos, s.decoding = RayConfig(), None, 0, 8, 0
-    s.videos, s.refs, s.gens, s.stats = {}, {}, {}, {"fused_videos": 0}
-    unit = scheduler._Active(unit=type("U", (), {"name": "u"})(), writer=None, node=node, todo=deque(), left=0)
-    s.active = {"u": unit}
-
-    def start(todo: int, waiting_after: int) -> tuple[int, int]:
-        unit.todo = deque(VideoRef(key=f"k{s.tries + i}", uri="", source="", label="", label_id=0)
-                          for i in range(todo))
-        s.videos_left = len(s.videos) + todo + waiting_after
-        s._start_videos()
-        return fused.calls, plans.calls
-
-    assert start(todo=2, waiting_after=4) == (2, 0) and node.fused == 2  # videos wait: fused, both CPUs held
-    assert start(todo=1, waiting_after=0) == (2, 0) and len(unit.todo) == 1  # split, but no CPU is free of them
-    s._release(next(v for v in s.videos.values() if v.fused))  # a fused task ended
-    assert start(todo=1, waiting_after=0) == (2, 1) and node.split == 1
-    assert start(todo=1, waiting_after=4) == (2, 2)  # a retried video beside an open split one: split too
+    s.cfg, s.rcfg = _cfg(1), RayConfig()
+    s.videos, s.videos_left = {"running": None}, waiting + 1
+    node = Node(id="ab" * 28, address="a", resources={"CPU": cpus}, state=GOOD)
+    assert s._fused_parts(node) == expected
+    s.rcfg = RayConfig(fused=False)
+    assert s._fused_parts(node) == 0  # the split path
+    s.rcfg = RayConfig(flow_actors=1)
+    assert s._fused_parts(node) == 0  # GPU builds: flow actors batch chunks across videos
+    s.rcfg, s.cfg = RayConfig(), BuildConfig(worker=WorkerConfig(sample=SampleConfig(clips=2)))
+    assert s._fused_parts(node) == 1  # a clips-mode video is one job

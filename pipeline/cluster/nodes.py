@@ -43,8 +43,6 @@ class Node:
     state: str = CHECKING
     alive: bool = True
     open: int = 0  # videos decoding there
-    fused: int = 0  # of which on the fused path (each holds a CPU there), and on the split path
-    split: int = 0
     writers: int = 0
     actors: int = 0
 

@@ -72,10 +72,12 @@ class _Video:
     content: str = ""
     failure: str | None = None
     kind: str = ""
-    gen: Any = None
+    gens: list = field(default_factory=list)  # its generator tasks (several parts of a fused video)
+    parts_left: int = 0  # its generators not yet exhausted
+    planned: set = field(default_factory=set)  # fused parts whose plan (their first item) was taken
     gen_done: bool = False
     decoding: bool = True  # counts against max_videos (and its node's share) until its decoder ends
-    fused: bool = False  # one `_video` task plans, decodes, flows and encodes it (see `_fuse`)
+    fused: bool = False  # `_video` tasks plan, decode, flow and encode it (see `_fuse`)
     summaries: list = field(default_factory=list)
     pending: int = 0  # chunk results not yet known
     pairs: int = 0
@@ -112,6 +114,13 @@ def _error_text(exc: Exception) -> str:
     if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         return _error_text(exc.cause)
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+
+
+def _cancel(v: _Video) -> None:
+    """Stop the video's generator tasks that may still run (a try given up)."""
+    if not v.gen_done:
+        for gen in v.gens:
+            ray.cancel(gen, force=False)
 
 
 def _kind(exc: Exception) -> str:
@@ -182,7 +191,14 @@ class Scheduler:
         self.bad_reason = ""  # why the last node that failed its checks gets no work
         self.cfg_ref = ray.put(self.cfg.worker)  # put once: every task takes the same config
         self.stats.update(
-            peak_chunks=0, peak_writers=0, writers=0, writer_peak_rss=0, events=0, waits=0, fused_videos=0
+            peak_chunks=0,
+            peak_writers=0,
+            writers=0,
+            writer_peak_rss=0,
+            events=0,
+            waits=0,
+            fused_videos=0,
+            fused_tasks=0,
         )
 
     # -- main loop ---------------------------------------------------------------------------
@@ -434,7 +450,7 @@ class Scheduler:
                 self.parked.append(obj)  # taken once chunks are written (`_unpark`)
                 return None
             self.stats["events"] += 1
-            return self._next_chunk(self.videos[key])
+            return self._next_chunk(self.videos[key], obj)
         what = self.refs.pop(obj, None)
         if what is None:
             return None
@@ -467,9 +483,10 @@ class Scheduler:
     def _unpark(self) -> None:
         """Take the chunks the bound held back, as far as the bound now allows."""
         while self.parked and self.chunks_in_flight < self.max_chunks:
-            key = self.gens.get(self.parked.popleft())
+            gen = self.parked.popleft()
+            key = self.gens.get(gen)
             if key is not None:  # not given up meanwhile
-                self._next_chunk(self.videos[key])
+                self._next_chunk(self.videos[key], gen)
 
     # -- videos ------------------------------------------------------------------------------
     def _start_videos(self) -> None:
@@ -478,59 +495,60 @@ class Scheduler:
                 node = self.nodes.video_node(self._slots)
                 if node is None:
                     return
-                fused = self._fuse(node)
-                if not fused and node.fused >= node.cpus:
-                    return  # a split video waits for a CPU that no fused task holds (see `_fuse`)
+                parts = self._fused_parts(node)
                 ref = a.todo.popleft()
                 self.tries += 1
                 v = _Video(ref=ref, unit=a.unit.name, node=node, attempt=self.tries)
                 self.videos[ref.key] = v
                 self.decoding += 1
                 node.open += 1
-                if fused:
-                    self._start_fused(v)
+                if parts:
+                    self._start_fused(v, parts)
                     continue
-                node.split += 1
                 plan_ref = tasks._plan.options(num_cpus=self.rcfg.decode_cpus, scheduling_strategy=node.pin()).remote(
                     ref, self.cfg_ref
                 )
                 self.refs[plan_ref] = ("plan", ref.key, v.attempt)
 
-    def _fuse(self, node: Node) -> bool:
-        """Whether the next video, on `node`, runs on the fused path: a CPU build (no flow actors)
-        with at least one video per CPU still waiting to start after it, and no split video open
-        on the node. Its chunks then run one after another in one process, which costs nothing
-        while other videos keep every CPU busy; the build's last videos take the split path, so
-        their chunks spread over the CPUs the others free.
+    def _fused_parts(self, node: Node) -> int:
+        """How many fused tasks the next video, on `node`, runs as (0: the split path).
 
-        The two paths never hold each other up on a node: a fused task waiting for its chunks to
-        be taken (the bound on chunks in flight) holds its CPU, so split videos, whose flow tasks
-        fill that bound, start on a node only while a CPU there is free of fused tasks
-        (`_start_videos`), and no fused task starts beside an open split video.
+        A CPU build (no flow actors) runs every video fused: one process plans, decodes, flows
+        and encodes it, so frames never cross the object store and no decoder process runs
+        beside the flow ones. While at least a CPU's worth of videos wait to start, one task per
+        video keeps every CPU busy. The build's last videos are shared over the CPUs the others
+        free: `cpus // videos left` tasks each, every one computing every n-th chunk.
         """
-        if not self.rcfg.fused or self.rcfg.flow_actors or node.split:
-            return False
-        return self.videos_left - len(self.videos) - 1 >= self.nodes.cpus()
+        if not self.rcfg.fused or self.rcfg.flow_actors:
+            return 0
+        if self.cfg.worker.sample.clips:  # a clips-mode video is one job: nothing to share
+            return 1
+        waiting = self.videos_left - len(self.videos)  # this one included
+        return max(1, node.cpus // max(1, waiting))
 
-    def _start_fused(self, v: _Video) -> None:
-        v.fused = True
-        v.node.fused += 1
+    def _start_fused(self, v: _Video, parts: int) -> None:
+        v.fused, v.parts_left = True, parts
         self.stats["fused_videos"] += 1
-        # Room for a chunk's two items (status, payload) and the next chunk's status: the task
+        self.stats["fused_tasks"] += parts
+        # Room for a chunk's two items (status, payload) and the next chunk's status: a task
         # computes one chunk ahead while the driver passes this one to its writer, no more.
-        v.gen = tasks._video.options(
-            num_cpus=1, scheduling_strategy=v.node.pin(), _generator_backpressure_num_objects=3
-        ).remote(v.ref, self.cfg_ref)
-        self.gens[v.gen] = v.ref.key
+        for part in range(parts):
+            gen = tasks._video.options(
+                num_cpus=1, scheduling_strategy=v.node.pin(), _generator_backpressure_num_objects=3
+            ).remote(v.ref, self.cfg_ref, part, parts)
+            v.gens.append(gen)
+            self.gens[gen] = v.ref.key
 
-    def _fused_item(self, v: _Video, item) -> None:
+    def _fused_item(self, v: _Video, gen, item) -> None:
         """The next item of a fused video's task: its plan first, then a chunk (status, payload)."""
-        if v.plan is None:
-            self._planned(v, lambda: ray.get(item))
+        if gen not in v.planned:
+            v.planned.add(gen)
+            if v.plan is None:  # the other parts' plans are the same
+                self._planned(v, lambda: ray.get(item))
             return
         # The payload is yielded right after its status; after an error there is none (the
         # status ref holds the error, met in `_chunk_done`).
-        payload = next(v.gen, None)
+        payload = next(gen, None)
         v.pending += 1
         self.chunks_in_flight += 1
         self.stats["peak_chunks"] = max(self.stats["peak_chunks"], self.chunks_in_flight)
@@ -558,12 +576,8 @@ class Scheduler:
             v.decoding = False
             self.decoding -= 1
             v.node.open -= 1
-            if v.fused:
-                v.node.fused -= 1
-            else:
-                v.node.split -= 1
-        if v.gen is not None:
-            self.gens.pop(v.gen, None)
+        for gen in v.gens:
+            self.gens.pop(gen, None)
 
     def _must_flush(self) -> bool:
         """Send part batches to the flow actors when no more chunks can come to fill them."""
@@ -580,22 +594,26 @@ class Scheduler:
         if v is None or not self._planned(v, lambda: self._get(ref)):
             return
         # On the node that planned it: a remote input is already in that node's cache.
-        v.gen = tasks._decode.options(
+        gen = tasks._decode.options(
             num_cpus=self.rcfg.decode_cpus, scheduling_strategy=v.node.pin(), _generator_backpressure_num_objects=2
         ).remote(v.ref, v.plan, self.cfg_ref)
-        self.gens[v.gen] = key
+        v.gens, v.parts_left = [gen], 1
+        self.gens[gen] = key
         return
 
-    def _next_chunk(self, v: _Video) -> None:
+    def _next_chunk(self, v: _Video, gen) -> None:
         try:
-            job_ref = next(v.gen)
+            job_ref = next(gen)
         except StopIteration:
-            v.gen_done = True
-            self._release(v)
-            self._maybe_finish(v)
+            self.gens.pop(gen, None)
+            v.parts_left -= 1
+            if v.parts_left == 0:
+                v.gen_done = True
+                self._release(v)
+                self._maybe_finish(v)
             return
         if v.fused:
-            self._fused_item(v, job_ref)
+            self._fused_item(v, gen, job_ref)
             return
         v.pending += 1
         self.chunks_in_flight += 1
@@ -657,8 +675,7 @@ class Scheduler:
 
     def _fail(self, v: _Video, reason: str, kind: str) -> None:
         """A failed try: restarted if transient and tries are left, else the video's error row."""
-        if v.gen is not None and not v.gen_done:
-            ray.cancel(v.gen, force=False)
+        _cancel(v)
         v.gen_done = True
         self._release(v)
         key = v.ref.key
@@ -795,8 +812,7 @@ class Scheduler:
         losses its videos not yet complete become transient error rows."""
         for key in [k for k, v in self.videos.items() if v.unit == a.unit.name]:
             v = self.videos.pop(key)
-            if v.gen is not None and not v.gen_done:
-                ray.cancel(v.gen, force=False)
+            _cancel(v)
             self._release(v)
         for ref, what in list(self.refs.items()):
             if what[0] == "call" and what[2] == a.unit.name:

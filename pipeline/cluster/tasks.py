@@ -82,12 +82,14 @@ def _decode(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig):
     yield from decode_video(ref, plan, cfg)
 
 
-def video_in_one(ref: VideoRef, cfg: WorkerConfig):
+def video_in_one(ref: VideoRef, cfg: WorkerConfig, part: int = 0, parts: int = 1):
     """Plan, decode, CPU flow and encode of one video in this process: first `plan_video`'s
     result, then per chunk its status (summary, node, node) and its encoded chunk.
 
-    The frames never leave the process (no object-store copy, no second worker process per
-    video); the price is that one video's chunks run one after another on one CPU.
+    The frames never leave the process (no object-store copy, no decoder process beside the
+    flow one). With parts > 1, this task computes every parts-th chunk from `part` on and
+    `parts` tasks share the video over as many CPUs: each decodes the whole video (decoding
+    costs a few percent of flow), and JPEG-encodes only its own chunks' frames.
     """
     planned = plan_video(ref, cfg)
     yield planned
@@ -95,16 +97,19 @@ def video_in_one(ref: VideoRef, cfg: WorkerConfig):
     if isinstance(plan, VideoFailure):
         return
     estimator = _estimator(cfg.flow)
-    for job in failures.carrying_iter(chunk_jobs(ref, plan, cfg)):
+    mine = None if parts == 1 else (lambda index: index % parts == part)
+    for job in failures.carrying_iter(chunk_jobs(ref, plan, cfg, mine)):
+        if mine is not None and not mine(job.index):
+            continue
         encoded = failures.carrying(functools.partial(process_chunk, job, estimator, cfg))
         yield summarize(encoded), node, node
         yield encoded
 
 
 @ray.remote(max_retries=3)
-def _video(ref: VideoRef, cfg: WorkerConfig):
+def _video(ref: VideoRef, cfg: WorkerConfig, part: int = 0, parts: int = 1):
     """`video_in_one` as a generator task holding one CPU (the scheduler's fused path)."""
-    yield from video_in_one(ref, cfg)
+    yield from video_in_one(ref, cfg, part, parts)
 
 
 @ray.remote(num_returns=2, max_retries=3)

@@ -8,7 +8,7 @@ rows of a job the flow stage pairs (`pair_rows`, `flow_inputs`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -58,19 +58,28 @@ class ChunkJob:
     people: Mapping[int, list] | None = None
 
 
-def chunk_jobs(ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig) -> Iterator[ChunkJob]:
+def chunk_jobs(
+    ref: VideoRef, plan: VideoPlan, cfg: WorkerConfig, wanted: Callable[[int], bool] | None = None
+) -> Iterator[ChunkJob]:
     """Stream the video's frames as ChunkJobs; a decode failure raises DecodeError.
 
     Dense: one job per `chunk_frames` frames, sent while the rest decodes. Clips mode: the
     frames the clips use are held while the video decodes once, then sent as one job.
+    wanted(chunk index): False for a dense chunk whose job the caller drops (another task
+    computes it), so its frames are not JPEG-encoded here; the job still comes, to keep the
+    video's checks (its frame count) in every task that decodes it.
     """
     if plan.keep_frames is not None:
         yield _clips_job(ref, plan, cfg)
         return
-    step, kind, quality = cfg.flow.step, cfg.flow.input, cfg.encode.rgb_quality
+    step, kind, quality, cf = cfg.flow.step, cfg.flow.input, cfg.encode.rgb_quality, cfg.sample.chunk_frames
     rows = (
-        (_flow_frame(f, kind), pts, encode.encode_planes(*decode.split_planes(f), quality))
-        for f, pts in decode.iter_planes(ref.uri, cfg.decode, plan.info)
+        (
+            _flow_frame(f, kind),
+            pts,
+            encode.encode_planes(*decode.split_planes(f), quality) if wanted is None or wanted(i // cf) else b"",
+        )
+        for i, (f, pts) in enumerate(decode.iter_planes(ref.uri, cfg.decode, plan.info))
     )
     groups = decode.group_chunks(rows, chunk_frames=cfg.sample.chunk_frames, overlap=step)
     first_pts = 0.0
