@@ -24,7 +24,9 @@ twice).
 Fault tolerance. FailureConfig(max_failures=K): when a worker process dies (or its node
 goes), Ray Train restarts the group; the restarted workers find Ray Train's latest checkpoint
 and resume from OUTPUT/last.pt, written at every epoch end and every
---checkpoint-every-steps steps. A step checkpoint records how far into its epoch it is, and
+--checkpoint-every-steps steps. Every rank waits at each checkpoint until Ray Train has
+committed it (report_checkpoint says why), so a rank that dies after a checkpoint cannot
+take it with it. A step checkpoint records how far into its epoch it is, and
 the loader skips exactly the batches already trained (training.data.stages.skip_done): no
 sample used twice, none skipped.
 
@@ -126,26 +128,51 @@ def train_loop(config: dict) -> None:
     storage.configure(config.get("storage_options") or {})
     cfg = group_config(TrainConfig.from_dict(config["train"]), ray.train.get_context().get_world_size(),
                        config["max_workers"])
-    if ray.train.get_checkpoint() is not None:
-        # A restarted group: go on from the run's last checkpoint (at least as new as Ray Train's).
-        log.info("restarted by Ray Train: resuming from %s", storage.join(storage.location(cfg.output), "last.pt"))
+    committed = ray.train.get_checkpoint()
+    if committed is not None:
+        # A restarted group: go on from the run's last.pt, which is at least as new as Ray
+        # Train's last committed checkpoint (rank 0 writes it before every report).
+        log.info("restarted by Ray Train (its last committed checkpoint: step %s): resuming from %s",
+                 committed_step(committed), storage.join(storage.location(cfg.output), "last.pt"))
         cfg = dataclasses.replace(cfg, resume="last")
     train(cfg, progress=False, report=report_checkpoint)
 
 
+def committed_step(committed) -> int | None:
+    """The step a Ray Train checkpoint folder stands for (its MARKER), None if it has none."""
+    with committed.as_directory() as folder:
+        path = os.path.join(folder, MARKER)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f).get("step")
+
+
 def report_checkpoint(metrics: dict, name: str | None) -> None:
-    """Tell Ray Train of a checkpoint (every rank calls this; rank 0 passes the file it wrote)."""
+    """Tell Ray Train of a checkpoint (every rank calls this; rank 0 passes the file it wrote) and
+    wait until Ray Train has committed it.
+
+    Why wait: ray.train.report only queues a rank's report in its own process; the controller
+    collects the queues when it next polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+    2 s by default) and registers the checkpoint only once every rank's report of that round is
+    in. A rank that dies before that poll (a SIGKILL just after its report, a spot node gone)
+    takes its queued report with it, the round is never registered, and the restarted group's
+    ray.train.get_checkpoint() is None (or an older one): it would train again from there.
+    Waiting for the commit (CheckpointConsistencyMode.COMMITTED) costs up to one poll interval
+    per checkpoint and makes every checkpoint a rank has gone past one a restart resumes from.
+    """
     import ray.train
 
     values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if name is None:
         ray.train.report(values)
-        return
-    with tempfile.TemporaryDirectory(prefix="flowshard-ckpt-") as folder:
-        with open(os.path.join(folder, MARKER), "w") as f:
-            json.dump({"checkpoint": name, **values}, f)
-        ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"checkpoint_step_{int(values['step']):09d}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="flowshard-ckpt-") as folder:
+            with open(os.path.join(folder, MARKER), "w") as f:
+                json.dump({"checkpoint": name, **values}, f)
+            ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                             checkpoint_dir_name=f"checkpoint_step_{int(values['step']):09d}")
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
 # --- the driver --------------------------------------------------------------------------

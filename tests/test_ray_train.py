@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--arch", "resnet18", "--weights", "none", "--workers", "0", "--device", "cpu", "--no-progress",
         "--crop-size", "32", "--batch-size", "2", "--clip-len", "4", "--steps-per-epoch", "3", "--epochs", "2",
         "--eval-every", "0", "--lr", "0.05", "--seed", "3"]
-KILL_AT = 2  # rank 1 dies before its 3rd batch of epoch 0, just after the step checkpoint at 2 batches
+KILL_AT = 2  # rank 1 dies as soon as its report of the step checkpoint at 2 batches of epoch 0 returns
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +62,31 @@ def config_of(ds: Path, out, *extra: str):
 
 def recording_loop(config: dict, visits: str) -> None:
     """jobs.train_on_ray.train_loop, recording each batch's sample keys, and killing rank 1
-    (SIGKILL, no clean-up) before its KILL_AT-th batch of epoch 0 in the first attempt."""
+    (SIGKILL, no clean-up) in the first attempt the moment its report of the step checkpoint
+    after KILL_AT batches of epoch 0 returns: the tightest race between a report and a death
+    (without waiting for Ray Train's commit, the report died with the process)."""
     import training.engine as engine
     from jobs import train_on_ray
 
     folder = Path(visits)
     attempt = 2 if (folder / "killed").exists() else 1
-    real = engine.epoch_batches
+    real, real_report = engine.epoch_batches, train_on_ray.report_checkpoint
 
     def epoch_batches(loader, steps, epoch, progress):
         rank = int(os.environ["RANK"])
         for index, (bar, batch) in enumerate(real(loader, steps, epoch, progress), loader.state.done):
-            if attempt == 1 and rank == 1 and epoch == 0 and index == KILL_AT:
-                (folder / "killed").touch()
-                os.kill(os.getpid(), signal.SIGKILL)
             with open(folder / f"rank{rank}.jsonl", "a") as f:
                 f.write(json.dumps({"attempt": attempt, "epoch": epoch, "index": index, "keys": batch["key"]}) + "\n")
             yield bar, batch
 
+    def report_checkpoint(metrics: dict, name: str | None) -> None:
+        real_report(metrics, name)
+        if attempt == 1 and int(os.environ["RANK"]) == 1 and (metrics["epoch"], metrics["epoch_step"]) == (0, KILL_AT):
+            (folder / "killed").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
     engine.epoch_batches = epoch_batches
+    train_on_ray.report_checkpoint = report_checkpoint
     train_on_ray.train_loop(config)
 
 
@@ -109,10 +115,6 @@ def torchrun_run(motion, tmp_path_factory):
     return out
 
 
-# Known failure, kept visible: after the SIGKILL the restarted worker group gets no checkpoint from
-# ray.train.get_checkpoint() (Ray 2.60, local cluster), so it retrains from the start; the final
-# weights still equal torchrun's, the step resume is not shown. Open work of the Ray Train issue.
-@pytest.mark.xfail(reason="the restarted group sees no reported checkpoint (Ray 2.60, local)", strict=False)
 def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(motion, torchrun_run, ray_local,
                                                                               tmp_path):
     import ray.cloudpickle
@@ -143,7 +145,7 @@ def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(m
     for rank in (0, 1):
         rows = [json.loads(line) for line in (visits / f"rank{rank}.jsonl").read_text().splitlines()]
         used = [r["keys"] for r in sorted(rows, key=lambda r: r["index"]) if r["epoch"] == 0
-                and (r["attempt"] == 2 or r["index"] < 2)]
+                and (r["attempt"] == 2 or r["index"] < KILL_AT)]
         assert used == expected_keys(motion, cfg, rank, 0)
         flat += [k for keys in used for k in keys]
     assert len(flat) == len(set(flat)) == 12
