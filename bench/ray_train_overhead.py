@@ -1,12 +1,14 @@
 """Ray Train's overhead per step: samples/s of 1 and 2 Ray Train CPU workers against the same
 runs under torchrun (same dataset, model, batches and seed).
 
-    PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 python bench/ray_train_overhead.py [--steps 20]
+    PYTHONPATH=$PWD RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 python bench/ray_train_overhead.py [--steps 20] [--repeats 3]
 
-Builds a small synthetic motion dataset, then trains one epoch of --steps steps per rank four
-ways and reports the train loop's clips/s (train_summary.json "train" "clips_per_s", averaged
-over ranks: start-up, Ray's included, is outside it) and the Ray Train / torchrun ratio.
-The runs alternate in one process, so a busy machine slows both alike; rerun on an idle one.
+Builds a small synthetic motion dataset, then, for 1 and 2 ranks, trains one epoch of --steps
+steps per rank under torchrun and under Ray Train, --repeats pairs of runs side by side (the
+pair's order alternates, so a load that comes and goes on a shared machine does not always
+fall on the same side). Reports the train loop's clips/s per rank (train_summary.json "train"
+"clips_per_s", averaged over ranks: start-up, Ray's included, is outside it), the median of
+each side and the median of the pairs' Ray Train / torchrun ratios.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.ray_train_overhead")
@@ -55,21 +58,34 @@ def build(root: Path) -> Path:
     return ds
 
 
+def pair(ds: Path, out: Path, ranks: int, steps: int, ray_first: bool) -> tuple[float, float]:
+    """(torchrun clips/s, Ray Train clips/s) of one pair of runs, in the order given."""
+    runs = {"torchrun": lambda: torchrun(ds, out / "torchrun", ranks, steps),
+            "ray": lambda: ray_train(ds, out / "ray", ranks, steps)}
+    speed = {name: runs[name]()["train"]["clips_per_s"]
+             for name in (("ray", "torchrun") if ray_first else ("torchrun", "ray"))}
+    base, ray = speed["torchrun"], speed["ray"]
+    log.info("%d rank(s), %s first: torchrun %.2f, Ray Train %.2f clips/s per rank (ratio %.3f; load average "
+             "%.1f after)", ranks, "Ray Train" if ray_first else "torchrun", base, ray, ray / base, os.getloadavg()[0])
+    return base, ray
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="Steps per rank.")
+    parser.add_argument("--repeats", type=int, default=3, help="Pairs of runs per rank count.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         ds = build(Path(tmp))
         rows = []
         for n in (1, 2):
-            base = torchrun(ds, Path(tmp) / f"torchrun{n}", n, args.steps)["train"]["clips_per_s"]
-            ray = ray_train(ds, Path(tmp) / f"ray{n}", n, args.steps)["train"]["clips_per_s"]
-            rows.append((n, base, ray))
-        log.info("%-8s %14s %16s %8s", "RANKS", "TORCHRUN c/s", "RAY TRAIN c/s", "RATIO")
-        for n, base, ray in rows:
-            log.info("%-8d %14.2f %16.2f %8.3f", n, base, ray, ray / base)
+            pairs = [pair(ds, Path(tmp) / f"{n}-{i}", n, args.steps, ray_first=i % 2 == 1)
+                     for i in range(args.repeats)]
+            rows.append((n, median(b for b, _ in pairs), median(r for _, r in pairs), median(r / b for b, r in pairs)))
+        log.info("%-8s %14s %16s %14s", "RANKS", "TORCHRUN c/s", "RAY TRAIN c/s", "MEDIAN RATIO")
+        for n, base, ray, ratio in rows:
+            log.info("%-8d %14.2f %16.2f %14.3f", n, base, ray, ratio)
 
 
 if __name__ == "__main__":

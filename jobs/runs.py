@@ -325,7 +325,7 @@ class EpochLoop:
                 position = {"epoch_step": done, **loader_geometry(self.cfg, self.info, self.steps)}
                 save_step(self.state, self.cfg, self.source, self.run, epoch, step, position)
                 if self.report is not None:
-                    self.report({"epoch": epoch, "step": step, "epoch_step": done}, checkpoint_name(self.info))
+                    self.report(self.where(epoch, step, done), checkpoint_name(self.info))
         return hook
 
     def end(self, epoch: int, step: int, stats: dict) -> None:
@@ -335,7 +335,12 @@ class EpochLoop:
     def reported(self, epoch: int, step: int, stats: dict) -> None:
         """Report the epoch's checkpoint, once its metrics and logs are written and synced."""
         if self.report is not None:
-            self.report({"epoch": epoch, "step": step, "epoch_step": 0, **stats}, checkpoint_name(self.info))
+            self.report({**self.where(epoch, step, 0), **stats}, checkpoint_name(self.info))
+
+    def where(self, epoch: int, step: int, epoch_step: int) -> dict:
+        """What a report says of its checkpoint: its place in the run, and the group that trained it
+        (an elastic Ray Train group changes size between restarts)."""
+        return {"epoch": epoch, "step": step, "epoch_step": epoch_step, "world_size": self.info.world_size}
 
 
 def checkpoint_name(info: DistInfo) -> str | None:

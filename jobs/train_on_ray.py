@@ -24,22 +24,26 @@ twice).
 Fault tolerance. FailureConfig(max_failures=K): when a worker process dies (or its node
 goes), Ray Train restarts the group; the restarted workers find Ray Train's latest checkpoint
 and resume from OUTPUT/last.pt, written at every epoch end and every
---checkpoint-every-steps steps. A step checkpoint records how far into its epoch it is, and
+--checkpoint-every-steps steps. Every rank waits at each checkpoint until Ray Train has
+committed it (report_checkpoint says why), so a rank that dies after a checkpoint cannot
+take it with it. A step checkpoint records how far into its epoch it is, and
 the loader skips exactly the batches already trained (training.data.stages.skip_done): no
 sample used twice, none skipped.
 
 Elastic. --ray-workers MIN-MAX: ScalingConfig(num_workers=(MIN, MAX)); Ray Train starts as
 many workers as the cluster has room for and restarts the group larger or smaller when
-nodes come and go. The rule: the global batch stays the same, --batch-size x MAX, split
-evenly over the workers of the moment (so it must divide by every size from MIN to MAX),
-and the learning rate and schedule stay as given. A group whose size differs from a step
-checkpoint's goes back to the start of that epoch (jobs.runs.resume_point): each epoch is
-drawn by one group, so the equal-use guarantee holds.
+nodes come and go (a node lost without a preemption notice counts against --max-failures).
+The rule: the global batch stays the same, --batch-size x MAX, split evenly over the
+workers of the moment (so it must divide by every size from MIN to MAX), and the learning
+rate and schedule stay as given. A group whose size differs from a step checkpoint's goes
+back to the start of that epoch (jobs.runs.resume_point): each epoch is drawn by one group,
+so the equal-use guarantee holds. Every report names the group's size (world_size).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -126,26 +130,68 @@ def train_loop(config: dict) -> None:
     storage.configure(config.get("storage_options") or {})
     cfg = group_config(TrainConfig.from_dict(config["train"]), ray.train.get_context().get_world_size(),
                        config["max_workers"])
-    if ray.train.get_checkpoint() is not None:
-        # A restarted group: go on from the run's last checkpoint (at least as new as Ray Train's).
-        log.info("restarted by Ray Train: resuming from %s", storage.join(storage.location(cfg.output), "last.pt"))
+    committed = ray.train.get_checkpoint()
+    if committed is not None:
+        # A restarted group: go on from the run's last.pt, which is at least as new as Ray
+        # Train's last committed checkpoint (rank 0 writes it before every report).
+        log.info("restarted by Ray Train (its last committed checkpoint: step %s): resuming from %s",
+                 committed_step(committed), storage.join(storage.location(cfg.output), "last.pt"))
         cfg = dataclasses.replace(cfg, resume="last")
-    train(cfg, progress=False, report=report_checkpoint)
+    train(cfg, progress=False, report=functools.partial(report_checkpoint, output=cfg.output))
 
 
-def report_checkpoint(metrics: dict, name: str | None) -> None:
-    """Tell Ray Train of a checkpoint (every rank calls this; rank 0 passes the file it wrote)."""
+def committed_step(committed) -> int | None:
+    """The step a Ray Train checkpoint folder stands for (its MARKER), None if it has none."""
+    with committed.as_directory() as folder:
+        path = os.path.join(folder, MARKER)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f).get("step")
+
+
+def report_checkpoint(metrics: dict, name: str | None, *, output: str) -> None:
+    """Tell Ray Train of a checkpoint (every rank calls this; rank 0 passes the file it wrote in
+    `output`) and wait until Ray Train has committed it.
+
+    Why wait: ray.train.report only queues a rank's report in its own process; the controller
+    collects the queues when it next polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+    2 s by default) and registers the checkpoint only once every rank's report of that round is
+    in. A rank that dies before that poll (a SIGKILL just after its report, a spot node gone)
+    takes its queued report with it, the round is never registered, and the restarted group's
+    ray.train.get_checkpoint() is None (or an older one): it would train again from there.
+    Waiting for the commit (CheckpointConsistencyMode.COMMITTED) costs up to one poll interval
+    per checkpoint; in return no rank trains past a checkpoint a restart would not find.
+    """
     import ray.train
 
     values = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if name is None:
         ray.train.report(values)
-        return
-    with tempfile.TemporaryDirectory(prefix="flowshard-ckpt-") as folder:
-        with open(os.path.join(folder, MARKER), "w") as f:
-            json.dump({"checkpoint": name, **values}, f)
-        ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"checkpoint_step_{int(values['step']):09d}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="flowshard-ckpt-") as folder:
+            with open(os.path.join(folder, MARKER), "w") as f:
+                json.dump({"checkpoint": name, **values}, f)
+            ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                             checkpoint_dir_name=free_dir_name(output, int(values["step"])))
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+
+
+def free_dir_name(output: str, step: int) -> str:
+    """Rank 0's name for the Ray Train checkpoint folder of `step` in the run folder `output` (Ray
+    Train takes rank 0's): checkpoint_step_NNNNNNNNN, or with _2, _3, ... when that one is there.
+
+    A group that went back to its epoch's start (an elastic group of another size) reaches the
+    same steps again; reported under the same name, Ray Train would copy into the folder it
+    still lists and, when it drops the older entry, delete the folder the newer one names.
+    """
+    out = storage.location(output)
+    base = f"checkpoint_step_{step:09d}"
+    name, n = base, 1
+    while storage.exists(storage.join(out, name)):
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 # --- the driver --------------------------------------------------------------------------
@@ -178,6 +224,9 @@ def make_trainer(cfg, ray_cfg: RayTrainConfig, loop: Callable[[dict], None] = tr
     if use_gpu != cfg.device.startswith("cuda"):
         raise ValueError(f"--device {cfg.device} with {ray_cfg.gpus_per_worker} GPUs per Ray worker: "
                          "give GPUs to train on cuda, none to train on cpu")
+    if ray_cfg.elastic and ray_cfg.max_failures == 0:
+        log.warning("an elastic group with --max-failures 0 ends when a node goes away without a preemption "
+                    "notice (Ray Train counts that as a worker failure): give --max-failures N or -1")
     resources = {"CPU": ray_cfg.cpus_per_worker, **({"GPU": ray_cfg.gpus_per_worker} if use_gpu else {})}
     workers = (ray_cfg.min_workers, ray_cfg.max_workers) if ray_cfg.elastic else ray_cfg.max_workers
     scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,

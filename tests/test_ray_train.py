@@ -4,6 +4,10 @@
   epoch, Ray Train restarts the group from the step checkpoint, and the final weights and
   losses equal those of a 2-process torchrun run with the same seed and batches; the
   visits of the interrupted epoch hold every sample of each rank's block once.
+- Elastic (`--ray-workers 1-2`) on a loopback `ray.cluster_utils.Cluster` of two 1-CPU
+  worker nodes: one node is removed inside epoch 1, the group restarts with the one worker
+  left (global batch kept, epoch 1 from its start) and finishes; each epoch used every
+  sample once.
 - Checkpoints and logs go to s3:// (the loopback moto server), and `flowshard evaluate`
   reads them.
 - Step checkpoints resume mid-epoch in a plain run too, and corrupt samples are caught
@@ -11,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -18,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,7 +31,7 @@ import torch
 from test_clips import flowshard, motion_list
 from test_s3 import BUCKET, s3  # noqa: F401  (the loopback S3 server fixture)
 
-from jobs.train_on_ray import RayTrainConfig, check_global_batch, parse_workers, train_on_ray
+from jobs.train_on_ray import RayTrainConfig, check_global_batch, free_dir_name, parse_workers, train_on_ray
 from training import checkpoint, data
 from training.data.integrity import CorruptSampleError
 
@@ -34,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--arch", "resnet18", "--weights", "none", "--workers", "0", "--device", "cpu", "--no-progress",
         "--crop-size", "32", "--batch-size", "2", "--clip-len", "4", "--steps-per-epoch", "3", "--epochs", "2",
         "--eval-every", "0", "--lr", "0.05", "--seed", "3"]
-KILL_AT = 2  # rank 1 dies before its 3rd batch of epoch 0, just after the step checkpoint at 2 batches
+KILL_AT = 2  # rank 1 dies as soon as its report of the step checkpoint at 2 batches of epoch 0 returns
 
 
 @pytest.fixture(scope="module")
@@ -60,27 +66,57 @@ def config_of(ds: Path, out, *extra: str):
     return make_train_config(str(ds), str(out), data.open_source(ds).num_classes, resolve_defaults(o))
 
 
-def recording_loop(config: dict, visits: str) -> None:
-    """jobs.train_on_ray.train_loop, recording each batch's sample keys, and killing rank 1
-    (SIGKILL, no clean-up) before its KILL_AT-th batch of epoch 0 in the first attempt."""
-    import training.engine as engine
-    from jobs import train_on_ray
+def record_visits(folder: Path, **fields) -> None:
+    """In this Ray Train worker, append each batch's sample keys (with `fields`) to folder/rank{RANK}.jsonl."""
+    from training import engine
 
-    folder = Path(visits)
-    attempt = 2 if (folder / "killed").exists() else 1
     real = engine.epoch_batches
 
     def epoch_batches(loader, steps, epoch, progress):
         rank = int(os.environ["RANK"])
         for index, (bar, batch) in enumerate(real(loader, steps, epoch, progress), loader.state.done):
-            if attempt == 1 and rank == 1 and epoch == 0 and index == KILL_AT:
-                (folder / "killed").touch()
-                os.kill(os.getpid(), signal.SIGKILL)
             with open(folder / f"rank{rank}.jsonl", "a") as f:
-                f.write(json.dumps({"attempt": attempt, "epoch": epoch, "index": index, "keys": batch["key"]}) + "\n")
+                f.write(json.dumps({**fields, "epoch": epoch, "index": index, "keys": batch["key"]}) + "\n")
             yield bar, batch
 
     engine.epoch_batches = epoch_batches
+
+
+def after_report(action) -> None:
+    """In this Ray Train worker, call action(metrics) each time a checkpoint report has returned
+    (Ray Train has committed it)."""
+    from jobs import train_on_ray
+
+    real = train_on_ray.report_checkpoint
+
+    def report_checkpoint(metrics: dict, name: str | None, **kw) -> None:
+        real(metrics, name, **kw)
+        action(metrics)
+
+    train_on_ray.report_checkpoint = report_checkpoint
+
+
+def visits_of(folder: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def recording_loop(config: dict, visits: str) -> None:
+    """jobs.train_on_ray.train_loop, recording each batch's sample keys, and killing rank 1
+    (SIGKILL, no clean-up) in the first attempt the moment its report of the step checkpoint
+    after KILL_AT batches of epoch 0 returns: the tightest race between a report and a death
+    (without waiting for Ray Train's commit, the report died with the process)."""
+    from jobs import train_on_ray
+
+    folder = Path(visits)
+    attempt = 2 if (folder / "killed").exists() else 1
+
+    def kill(metrics: dict) -> None:
+        if attempt == 1 and int(os.environ["RANK"]) == 1 and (metrics["epoch"], metrics["epoch_step"]) == (0, KILL_AT):
+            (folder / "killed").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    record_visits(folder, attempt=attempt)
+    after_report(kill)
     train_on_ray.train_loop(config)
 
 
@@ -109,10 +145,6 @@ def torchrun_run(motion, tmp_path_factory):
     return out
 
 
-# Known failure, kept visible: after the SIGKILL the restarted worker group gets no checkpoint from
-# ray.train.get_checkpoint() (Ray 2.60, local cluster), so it retrains from the start; the final
-# weights still equal torchrun's, the step resume is not shown. Open work of the Ray Train issue.
-@pytest.mark.xfail(reason="the restarted group sees no reported checkpoint (Ray 2.60, local)", strict=False)
 def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(motion, torchrun_run, ray_local,
                                                                               tmp_path):
     import ray.cloudpickle
@@ -141,29 +173,139 @@ def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(m
     # videos: each once.
     flat = []
     for rank in (0, 1):
-        rows = [json.loads(line) for line in (visits / f"rank{rank}.jsonl").read_text().splitlines()]
+        rows = visits_of(visits, rank)
         used = [r["keys"] for r in sorted(rows, key=lambda r: r["index"]) if r["epoch"] == 0
-                and (r["attempt"] == 2 or r["index"] < 2)]
+                and (r["attempt"] == 2 or r["index"] < KILL_AT)]
         assert used == expected_keys(motion, cfg, rank, 0)
         flat += [k for keys in used for k in keys]
     assert len(flat) == len(set(flat)) == 12
 
 
+REMOVE_AT = (1, 1)  # (epoch, batches done): rank 1 asks for its node to go after this step checkpoint
+
+
+def shrinking_loop(config: dict, visits: str) -> None:
+    """jobs.train_on_ray.train_loop, recording each batch's keys with the group's size; in a
+    group of 2, rank 1 writes its node's id to visits/remove once its REMOVE_AT step checkpoint
+    is committed, then waits there for the test to take the node away."""
+    import time
+
+    import ray
+
+    from jobs import train_on_ray
+
+    folder, size = Path(visits), int(os.environ["WORLD_SIZE"])
+
+    def ask_for_removal(metrics: dict) -> None:
+        if size == 2 and int(os.environ["RANK"]) == 1 and (metrics["epoch"], metrics["epoch_step"]) == REMOVE_AT:
+            (folder / "remove.tmp").write_text(ray.get_runtime_context().get_node_id())
+            (folder / "remove.tmp").rename(folder / "remove")
+            time.sleep(600)  # ends with the node
+
+    record_visits(folder, size=size)
+    after_report(ask_for_removal)
+    train_on_ray.train_loop(config)
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """A loopback Ray cluster: a head without CPUs (the driver, Ray Train's controller) and two
+    worker nodes of 1 CPU, one Ray Train worker each."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Right after a node goes, Ray Train's elastic policy still counts its CPU and first tries the
+    # old size, whose placement group waits this long before it retries smaller (60 s by default).
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+
+    def start():
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
+        return cluster, nodes
+
+    try:
+        with another_ray(start) as started:
+            yield started
+    finally:
+        cluster.shutdown()
+
+
+def remove_node_when_asked(cluster, nodes, folder: Path, stop: threading.Event) -> threading.Thread:
+    """A thread that takes away the node named in folder/remove once it appears (as a spot node goes)."""
+    def run() -> None:
+        while not stop.wait(0.2):
+            if (folder / "remove").exists():
+                node_id = (folder / "remove").read_text()
+                cluster.remove_node(next(n for n in nodes if n.node_id == node_id))
+                return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_elastic_group_goes_on_with_fewer_workers_when_a_node_goes(motion, two_node_cluster, tmp_path):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers do not import tests/
+    cluster, nodes = two_node_cluster
+    visits, out = tmp_path / "visits", tmp_path / "elastic"
+    visits.mkdir()
+    cfg = dataclasses.replace(config_of(motion, out), checkpoint_every_steps=1)
+    stop = threading.Event()
+    remover = remove_node_when_asked(cluster, nodes, visits, stop)
+    try:
+        summary = train_on_ray(cfg, RayTrainConfig(min_workers=1, max_workers=2, max_failures=1),
+                               loop=functools.partial(shrinking_loop, visits=str(visits)))
+    finally:
+        stop.set()
+        remover.join()
+    assert (visits / "remove").exists() and len([n for n in ray.nodes() if n["Alive"]]) == 2  # head + 1 left
+    # The run ended on one worker, with the same global batch (2 per rank x 2 = 4 on one rank) and
+    # the same steps per epoch; the 2-worker step checkpoint inside epoch 1 took it back to epoch_000.pt.
+    assert summary["world_size"] == 1 and summary["steps_per_rank"] == [6]
+    log_text = (out / "train.log").read_text()
+    assert "2 rank(s), batch 2 per rank" in log_text and "1 rank(s), batch 4 per rank" in log_text, log_text
+    assert "the epoch restarts from its beginning" in log_text, log_text
+    marker = json.loads((out / "checkpoint_step_000000006" / "flowshard.json").read_text())  # Ray Train's last
+    assert marker["world_size"] == 1 and marker["epoch"] == 1
+    assert checkpoint.load_checkpoint(out / "last.pt")["step"] == 6
+    # Equal use: epoch 0 drawn by the 2 workers, epoch 1 by the 1 left; each holds the 12 train videos once.
+    rows = visits_of(visits, 0) + visits_of(visits, 1)
+    first = [k for r in rows if r["epoch"] == 0 and r["size"] == 2 for k in r["keys"]]
+    second = [k for r in rows if r["epoch"] == 1 and r["size"] == 1 for k in r["keys"]]
+    assert len(first) == len(set(first)) == 12 and sorted(second) == sorted(first)
+
+
+LOCAL_RAY = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False,
+             "runtime_env": {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}}  # as conftest's ray_local
+
+
+@contextlib.contextmanager
+def another_ray(start):
+    """Ray as start() connects it instead of the session's, which comes back after."""
+    import ray
+
+    had = ray.is_initialized()
+    ray.shutdown()
+    try:
+        yield start()
+    finally:
+        ray.shutdown()
+        if had:
+            ray.init(**LOCAL_RAY)
+
+
 @pytest.fixture
 def ray_with_s3_env(s3):  # noqa: F811
     """A local Ray started inside the S3 server's environment (its workers, Ray Train's controller
-    among them, inherit the endpoint and credentials), then the session's Ray again."""
+    among them, inherit the endpoint and credentials)."""
     import ray
 
-    settings = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": False,
-                "runtime_env": {"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}}
-    had = ray.is_initialized()
-    ray.shutdown()
-    ray.init(**settings)
-    yield
-    ray.shutdown()
-    if had:
-        ray.init(**settings)
+    with another_ray(lambda: ray.init(**LOCAL_RAY)):
+        yield
 
 
 def test_checkpoints_to_s3_then_evaluate_reads_them(motion, ray_with_s3_env, tmp_path):
@@ -190,6 +332,13 @@ def test_worker_counts_and_the_global_batch_rule():
     assert check_global_batch(6, RayTrainConfig(min_workers=2, max_workers=3)) == 18
     with pytest.raises(ValueError, match=r"does not split evenly over \[3\]"):
         check_global_batch(4, RayTrainConfig(min_workers=2, max_workers=4))
+
+
+def test_a_step_reached_again_gets_a_ray_train_folder_of_its_own(tmp_path):
+    (tmp_path / "checkpoint_step_000000004").mkdir()
+    (tmp_path / "checkpoint_step_000000004_2").mkdir()
+    assert free_dir_name(str(tmp_path), 4) == "checkpoint_step_000000004_3"
+    assert free_dir_name(str(tmp_path), 5) == "checkpoint_step_000000005"
 
 
 def test_a_step_checkpoint_resumes_mid_epoch_exactly_in_a_plain_run(motion, tmp_path):
