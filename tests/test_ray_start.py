@@ -15,17 +15,23 @@ from pipeline.cluster.startup import RayConfig, init_ray
 init_ray(RayConfig(num_cpus=1))
 print("REGION", ray.get(ray.remote(lambda: os.environ.get("AWS_REGION")).remote()),
       ray.get(ray.remote(lambda: os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")).remote()))
+config = ray._private.worker._global_node._config
+print("LEAN", config.get("enable_metrics_collection"), config.get("task_events_report_interval_ms"))
 ray.shutdown()
 """
 
 
 def test_fresh_local_ray_workers_inherit_the_settings():
     """A private local Ray is started without a runtime_env (which would leave its prestarted
-    workers unusable for the build); the settings still reach every worker."""
+    workers unusable for the build); the settings still reach every worker. It starts lean
+    (no metrics, no task events: nobody reads them on a private instance), and Ray's own
+    start-up and token lines stay out of the user's terminal."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_REGION")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert "REGION eu-test-1 0" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "LEAN False 0" in out.stdout
+    assert "Started a local Ray instance" not in out.stderr and "Token authentication" not in out.stderr, out.stderr
 
 
 _CHURN = """
