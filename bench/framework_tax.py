@@ -109,7 +109,10 @@ def pss_kb(pid: str) -> int:
 
 
 def machine_cpu() -> float:
-    """Busy CPU seconds of the whole machine so far (idle and iowait left out)."""
+    """Busy CPU seconds of the whole machine so far (every process; idle and iowait left out).
+
+    Machine-wide on purpose: Ray's worker processes are not the driver's descendants once Ray
+    re-parents them, and workers Ray kills and restarts would escape a per-process count."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(ticks) - ticks[3] - ticks[4]) / TICK
 

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import media  # noqa: E402
+from framework_tax import machine_cpu  # noqa: E402
 
 from pipeline import decode
 from pipeline.synthetic import motion as synthetic  # noqa: E402
@@ -139,15 +140,6 @@ def build_rate(root: Path, algo: str, workers: int) -> tuple[float, float]:
         return rate, cpu
     finally:
         ray.shutdown()
-
-
-def machine_cpu() -> float:
-    """Busy CPU seconds of the whole machine so far (every process; idle and iowait left out).
-
-    Machine-wide on purpose: Ray's worker processes are not this process's descendants once
-    Ray re-parents them, and workers Ray kills and restarts would escape a per-process count."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class WorkerSampler:

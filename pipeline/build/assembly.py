@@ -147,9 +147,10 @@ class ChunkSpool:
         self.index.setdefault(key, {})[chunk.index] = (offset, len(data))
         held = self.held.setdefault(key, {})
         self.held_bytes -= _size(held.pop(chunk.index, None))
-        if self.held_bytes + _size(chunk) <= self.hold_bytes:
+        size = _size(chunk)
+        if self.held_bytes + size <= self.hold_bytes:
             held[chunk.index] = chunk
-            self.held_bytes += _size(chunk)
+            self.held_bytes += size
 
     def save_outcome(self, key: str, attempt: int, outcome: VideoOutcome) -> None:
         """Keep video `key`'s outcome beside its chunks (written whole: a torn file never counts)."""

@@ -77,7 +77,7 @@ class _Video:
     planned: set = field(default_factory=set)  # fused parts whose plan (their first item) was taken
     gen_done: bool = False
     decoding: bool = True  # counts against max_videos (and its node's share) until its decoder ends
-    fused: bool = False  # `_video` tasks plan, decode, flow and encode it (see `_fuse`)
+    fused: bool = False  # `_video` tasks plan, decode, flow and encode it (see `_fused_parts`)
     summaries: list = field(default_factory=list)
     pending: int = 0  # chunk results not yet known
     pairs: int = 0
@@ -418,7 +418,6 @@ class Scheduler:
         if self.chunks_in_flight < self.max_chunks:
             parked = set(self.parked)
             objs += [g for g in self.gens if g not in parked] if parked else list(self.gens)
-
         if not objs and self.actor_queue and self.actors:
             self._flush_actor_queue(force=True)
             objs = list(self.refs)
@@ -553,7 +552,6 @@ class Scheduler:
         self.chunks_in_flight += 1
         self.stats["peak_chunks"] = max(self.stats["peak_chunks"], self.chunks_in_flight)
         self.refs[item] = ("chunk", v.ref.key, v.attempt, payload)
-        return
 
     def _planned(self, v: _Video, read: Callable[[], tuple]) -> bool:
         """Take the video's plan (`read()` returns `tasks.plan_video`'s result); False when the
@@ -599,7 +597,6 @@ class Scheduler:
         ).remote(v.ref, v.plan, self.cfg_ref)
         v.gens, v.parts_left = [gen], 1
         self.gens[gen] = key
-        return
 
     def _next_chunk(self, v: _Video, gen) -> None:
         try:

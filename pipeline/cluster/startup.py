@@ -30,8 +30,8 @@ class RayConfig:
     # otherwise hold CPU that the flow tasks it waits for need (a deadlock), and ffmpeg's
     # work is small beside flow's. The driver bounds how many run instead (max_videos).
     decode_cpus: float = 0.0
-    # CPU builds: a video runs as one task (plan, decode, flow, encode in one process) while
-    # other videos wait to start (`Scheduler._fuse`); False: always the split path.
+    # CPU builds: each video runs as fused tasks (plan, decode, flow, encode in one process;
+    # `Scheduler._fused_parts`); False: the split path (probe, decode and flow tasks).
     fused: bool = True
     flow_actors: int = 0  # > 0: flow runs in this many actors (GPU builds); -1: one per GPU
     actor_gpus: float = 0.0  # GPUs per flow actor (fractions allowed)

@@ -99,8 +99,6 @@ def video_in_one(ref: VideoRef, cfg: WorkerConfig, part: int = 0, parts: int = 1
     estimator = _estimator(cfg.flow)
     mine = None if parts == 1 else (lambda index: index % parts == part)
     for job in failures.carrying_iter(chunk_jobs(ref, plan, cfg, mine)):
-        if mine is not None and not mine(job.index):
-            continue
         encoded = failures.carrying(functools.partial(process_chunk, job, estimator, cfg))
         yield summarize(encoded), node, node
         yield encoded

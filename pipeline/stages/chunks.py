@@ -65,9 +65,9 @@ def chunk_jobs(
 
     Dense: one job per `chunk_frames` frames, sent while the rest decodes. Clips mode: the
     frames the clips use are held while the video decodes once, then sent as one job.
-    wanted(chunk index): False for a dense chunk whose job the caller drops (another task
-    computes it), so its frames are not JPEG-encoded here; the job still comes, to keep the
-    video's checks (its frame count) in every task that decodes it.
+    wanted(chunk index): False for a dense chunk another task computes: its frames are decoded
+    (the video's checks, e.g. its frame count, still run here) but neither JPEG-encoded nor
+    sent as a job.
     """
     if plan.keep_frames is not None:
         yield _clips_job(ref, plan, cfg)
@@ -81,12 +81,14 @@ def chunk_jobs(
         )
         for i, (f, pts) in enumerate(decode.iter_planes(ref.uri, cfg.decode, plan.info))
     )
-    groups = decode.group_chunks(rows, chunk_frames=cfg.sample.chunk_frames, overlap=step)
+    groups = decode.group_chunks(rows, chunk_frames=cf, overlap=step)
     first_pts = 0.0
     for index, start, owned, group, last in groups:
         first_pts = float(group[0][1]) if index == 0 else first_pts
         if last:  # the count is known: a video cut short fails before its last chunk is sent
             check_declared(ref, plan, start + owned, float(group[owned - 1][1]) - first_pts, cfg)
+        if wanted is not None and not wanted(index):
+            continue
         n = len(group)
         yield ChunkJob(
             video_key=ref.key,
