@@ -24,6 +24,7 @@ from jobs.runs import (EpochLoop, _writer, evaluation_provenance, initial_model,
 from pipeline.build.manifest import atomic_write_bytes, dump_json
 from training.detection.metrics import DEFAULT_MATCHING
 from training import data
+from training.detection import data as det_data
 from training.detection import engine
 from training.detection.tubes import TubeConfig, tube_config
 
@@ -37,11 +38,6 @@ def action_names(info: dict, dataset: str) -> list[str]:
         raise ValueError(f"{dataset} has no boxes: build it with `flowshard build ... --boxes FILE` to train "
                          "or evaluate a detector")
     return [n for n, _ in sorted(boxes["label_map"].items(), key=lambda kv: kv[1])]
-
-
-def frames_per_sample(data_cfg) -> int:
-    """Training items one video sample gives per epoch (training.detection.data.chosen_frames)."""
-    return data_cfg.segments if data_cfg.sampler == "tsn" else 1
 
 
 def train_detector(cfg, info, progress: bool, report=None) -> dict:
@@ -59,7 +55,7 @@ def train_detector(cfg, info, progress: bool, report=None) -> dict:
 
 
 def _run(cfg, info, source, names, model, device, run, eval_split, progress, report=None) -> dict:
-    per_epoch = source.num_samples(cfg.train_split) * frames_per_sample(cfg.data)
+    per_epoch = source.num_samples(cfg.train_split) * det_data.items_per_sample(cfg.data)
     steps = cfg.steps_per_epoch or max(1, per_epoch // (cfg.data.batch_size * info.world_size))
     state = prepare_run(cfg, info, source, model, device, steps, find_unused=True)  # before the loaders start
     pin = device.type == "cuda"

@@ -177,3 +177,21 @@ def test_train_detect_and_evaluate_end_to_end(det_ds, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", str(det_ds), str(run / "last.pt"), "--json", str(out),
                                       "--tube-param", "lambda=2", "--no-progress", "--device", "cpu"])
     assert result.exit_code != 0 and "unknown tube setting(s) ['lambda']" in result.output
+
+
+def test_a_training_epoch_reads_each_video_once_and_no_frame_twice(det_ds):
+    """Detection items are frames, several per video sample: the loader's block (videos per
+    epoch) is the items an epoch takes over the frames each video gives, so an epoch reads
+    each training video once and hands out each chosen frame once."""
+    source = data.open_source(str(det_ds))
+    cfg = data.DataConfig(task="detect", sampler="tsn", segments=4, clip_len=2, batch_size=2, workers=0)
+    assert det_data.items_per_sample(cfg) == 4
+    videos = source.num_samples("train")
+    steps = videos * 4 // cfg.batch_size
+    loader = data.make_loader(source, "train", cfg, train=True, steps=steps)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        seen = [(v, f) for b in loader for v, f in zip(b["video_id"], b["frame"])]
+        assert len(seen) == steps * cfg.batch_size
+        assert len(set(seen)) == len(seen), f"epoch {epoch}: a frame handed out twice: {sorted(seen)}"
+        assert len({v for v, _ in seen}) == videos

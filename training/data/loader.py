@@ -141,6 +141,19 @@ class Loader:
         return gpu_decode.decode_batches(batches, self.post) if self.post else batches
 
 
+def block_samples(batches: int, cfg: DataConfig) -> int:
+    """Samples a loader stream uses per epoch to give `batches` batches.
+
+    A classification sample gives one item; a detection sample gives several frames
+    (training.detection.data.items_per_sample), so its block is that many times smaller:
+    sized in items, an epoch would read each video several times and the shuffle buffer
+    would hand out the same frame twice. A stream whose samples give fewer items (short or
+    unannotated videos) reads on past its block (EpochBlocks) rather than run dry.
+    """
+    per_sample = detection.items_per_sample(cfg) if cfg.task == "detect" else 1
+    return math.ceil(batches * cfg.batch_size / per_sample)
+
+
 def _init_worker(_: int) -> None:
     import cv2
 
@@ -180,7 +193,7 @@ def make_loader(
     per_worker = math.ceil(steps / max(1, cfg.workers)) if train and steps is not None else 0
     hashes = load_sample_hashes(source, split) if cfg.verify != "off" else None
     pipeline = build_pipeline(
-        source.split_shards(split), cfg, train=train, state=state, block=per_worker * cfg.batch_size, hashes=hashes
+        source.split_shards(split), cfg, train=train, state=state, block=block_samples(per_worker, cfg), hashes=hashes
     )
     if train:
         pipeline = pipeline.with_epoch(per_worker)

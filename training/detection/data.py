@@ -66,13 +66,18 @@ def frame_targets(frame: dict, tracks: dict[int, int]) -> tuple[np.ndarray, np.n
     return b, labels, np.array([int(r[4]) for r in rows], np.int64)
 
 
+def items_per_sample(cfg) -> int:
+    """Training items one annotated video sample gives per epoch (`chosen_frames`): one per
+    segment with `--sampling tsn`, else one. A video shorter than its segments gives fewer."""
+    return cfg.segments if cfg.sampler == "tsn" else 1
+
+
 def chosen_frames(count: int, key: str, cfg, train: bool, epoch: int) -> list[int]:
     """Positions of the frames a sample gives: every frame (evaluation) or one per segment (training)."""
     if not train:
         return list(range(count))
     rng = snip.sample_rng(cfg.seed, epoch, key)
-    segments = cfg.segments if cfg.sampler == "tsn" else 1
-    return sorted(set(snip.tsn_indices(count, segments, rng)))
+    return sorted(set(snip.tsn_indices(count, items_per_sample(cfg), rng)))
 
 
 def pick_items(sample: dict, meta: dict, cfg, train: bool, epoch: int, where: str) -> list[dict]:
