@@ -197,8 +197,9 @@ def loader_geometry(cfg: TrainConfig, info: DistInfo, steps: int) -> dict:
             "steps": steps}
 
 
-def resume_point(ckpt: dict, resume: Location, geometry: dict) -> tuple[dict, int]:
-    """(the checkpoint to restore, batches of the next epoch already trained).
+def resume_point(ckpt: dict, resume: Location, geometry: dict) -> tuple[dict, int, Location | None]:
+    """(the checkpoint to restore, batches of the next epoch already trained, where it was read:
+    `resume` or the epoch checkpoint it fell back to, None for the very start).
 
     A step checkpoint taken with another loader geometry (an elastic group that changed
     size, other --workers or --batch-size) cannot go on inside its epoch without using some
@@ -208,15 +209,16 @@ def resume_point(ckpt: dict, resume: Location, geometry: dict) -> tuple[dict, in
     """
     position = ckpt.get("position")
     if not position:
-        return ckpt, 0
+        return ckpt, 0, resume
     if {k: position.get(k) for k in geometry} == geometry:
-        return ckpt, int(position["epoch_step"])
+        return ckpt, int(position["epoch_step"]), resume
     epoch = int(ckpt["epoch"])
     log.warning("%s was taken inside epoch %d with loader geometry %s, this run has %s: the epoch restarts "
                 "from its beginning", resume, epoch + 1, {k: position.get(k) for k in geometry}, geometry)
     if epoch < 0:
-        return {}, 0
-    return checkpoint.load_checkpoint(storage.join(storage.parent(resume), checkpoint.epoch_name(epoch))), 0
+        return {}, 0, None
+    at = storage.join(storage.parent(resume), checkpoint.epoch_name(epoch))
+    return checkpoint.load_checkpoint(at), 0, at
 
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:
@@ -249,12 +251,12 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, source, model: torch.nn.Module
     if resume is not None:
         ckpt = checkpoint.load_checkpoint(resume)
         check_resume(ckpt, cfg, source.version)
-        ckpt, start_batch = resume_point(ckpt, resume, loader_geometry(cfg, info, steps))
+        ckpt, start_batch, at = resume_point(ckpt, resume, loader_geometry(cfg, info, steps))
         if ckpt:
             step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
                                             scaler=scaler, rank=info.rank, world_size=info.world_size)
             start_epoch = done + 1
-            log.info("resumed from %s at step %d (epoch %d done, %d batches of the next)", resume, step, done,
+            log.info("resumed from %s at step %d (epoch %d done, %d batches of the next)", at, step, done,
                      start_batch)
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(

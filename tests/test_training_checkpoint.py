@@ -112,3 +112,29 @@ def test_dataset_version_falls_back_to_the_hash_of_dataset_json(tmp_path):
     import hashlib
 
     assert checkpoint.dataset_version(tmp_path) == hashlib.sha256(b'{"kind": "videos"}').hexdigest()
+
+
+def test_resume_point_names_the_epoch_checkpoint_it_falls_back_to(tmp_path):
+    """A step checkpoint of another loader geometry (an elastic group that shrank) goes back to
+    its epoch's start: the checkpoint restored, and the file it came from, are epoch_NNN.pt."""
+    from jobs.runs import resume_point
+
+    model = torch.nn.Linear(1, 1)
+    run = tmp_path / "run"
+
+    def save(step, epoch, names, **extra):
+        ckpt = checkpoint.make_checkpoint(model=model, optimizer=None, scheduler=None, scaler=None, step=step,
+                                          epoch=epoch, config={}, dataset_version="x")
+        checkpoint.save_checkpoint({**ckpt, **extra}, run, names=names)
+
+    save(4, 0, ("epoch_000.pt",))
+    geometry = {"world_size": 2, "workers": 0, "batch_size": 2, "steps": 4}
+    save(6, 0, ("last.pt",), position={**geometry, "epoch_step": 2})
+    last = checkpoint.load_checkpoint(run / "last.pt")
+    ckpt, start, at = resume_point(last, run / "last.pt", geometry)
+    assert (ckpt["step"], start, at) == (6, 2, run / "last.pt")  # same geometry: inside the epoch
+    ckpt, start, at = resume_point(last, run / "last.pt", {**geometry, "world_size": 1, "batch_size": 4})
+    assert (ckpt["step"], start, str(at)) == (4, 0, str(run / "epoch_000.pt"))
+    save(2, -1, ("last.pt",), position={**geometry, "epoch_step": 2})  # inside the first epoch
+    first = checkpoint.load_checkpoint(run / "last.pt")
+    assert resume_point(first, run / "last.pt", {**geometry, "world_size": 1}) == ({}, 0, None)
