@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 # The configuration (rules, and why each one turned off is off) lives in pyproject.toml.
-LINT_PATHS ?= pipeline training
+LINT_PATHS ?= pipeline training jobs
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)

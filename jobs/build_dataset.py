@@ -8,6 +8,7 @@ given with `--input`, `--output` or `--set KEY=VALUE` override the file. Progres
 job log; the last line is the summary as JSON (version id, counts, failures by reason,
 throughput).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def load_job_config(path: str | Path, overrides: dict | None = None) -> dict:
     options.update({k: v for k, v in given.items() if k not in ("input", "output")})
     if isinstance(options.get("flow_param"), dict):  # YAML mapping -> KEY=VALUE pairs
         options["flow_param"] = tuple(f"{k}={json.dumps(v)}" for k, v in options["flow_param"].items())
-    cfg = {"name": raw.get("name", Path(path).stem), "input": given.get("input", raw.get("input")),
-           "output": given.get("output", raw.get("output")), "options": options}
+    cfg = {
+        "name": raw.get("name", Path(path).stem),
+        "input": given.get("input", raw.get("input")),
+        "output": given.get("output", raw.get("output")),
+        "options": options,
+    }
     for key in ("input", "output"):
         if not cfg[key]:
             raise ValueError(f"{path}: no {key} given (set it in the file or with --{key})")
@@ -51,10 +56,21 @@ def load_job_config(path: str | Path, overrides: dict | None = None) -> dict:
 
 def summary_dict(name: str, s) -> dict:
     """The job's closing record."""
-    return {"job": name, "version": s.version, "output": s.output, "videos": s.videos, "ok": s.ok,
-            "errors": s.errors, "failures": s.failures, "frames": s.frames, "flow_fields": s.flow_fields,
-            "shards": s.shards, "bytes": s.bytes, "seconds": round(s.seconds, 2),
-            "pairs_per_second": round(s.flow_fields / max(s.seconds, 1e-9), 2)}
+    return {
+        "job": name,
+        "version": s.version,
+        "output": s.output,
+        "videos": s.videos,
+        "ok": s.ok,
+        "errors": s.errors,
+        "failures": s.failures,
+        "frames": s.frames,
+        "flow_fields": s.flow_fields,
+        "shards": s.shards,
+        "bytes": s.bytes,
+        "seconds": round(s.seconds, 2),
+        "pairs_per_second": round(s.flow_fields / max(s.seconds, 1e-9), 2),
+    }
 
 
 @click.command()
@@ -75,8 +91,14 @@ def main(config_path: str, input_path: str | None, output: str | None, sets: tup
     log.info("job %s: %s -> %s", job["name"], job["input"], job["output"])
     summary = run_build(job["input"], job["output"], job["options"])
     record = summary_dict(job["name"], summary)
-    log.info("job %s done: version %s, %d/%d videos ok, %.1f pairs/s", job["name"], summary.version,
-             summary.ok, summary.videos, record["pairs_per_second"])
+    log.info(
+        "job %s done: version %s, %d/%d videos ok, %.1f pairs/s",
+        job["name"],
+        summary.version,
+        summary.ok,
+        summary.videos,
+        record["pairs_per_second"],
+    )
     for reason, count in sorted(summary.failures.items(), key=lambda kv: -kv[1]):
         log.warning("failed x%d: %s", count, reason)
     click.echo(json.dumps(record, sort_keys=True))

@@ -5,6 +5,7 @@ only when one of them runs or shows its help (`LazyGroup`): `flowshard --help` r
 one-line descriptions from the modules' source instead, so it stays fast although the
 training commands import torch at the top of their module.
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,10 +48,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 class LazyGroup(click.Group):
     """A group whose commands (COMMANDS) are imported when one is invoked or shows its help."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: ARG002 (click's signature)
         return sorted(COMMANDS)  # click's own order: by name
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:  # noqa: ARG002
         if cmd_name not in COMMANDS:
             return None
         module, attribute = COMMANDS[cmd_name]
@@ -74,14 +75,19 @@ def short_help(name: str, limit: int = 45) -> str:
         raise ValueError(f"command {name!r}: module {module} not found")
     with open(spec.origin, encoding="utf-8") as f:
         tree = ast.parse(f.read())
-    doc = next((ast.get_docstring(node) for node in tree.body
-                if isinstance(node, ast.FunctionDef) and node.name == attribute), None)
+    doc = next(
+        (ast.get_docstring(node) for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == attribute),
+        None,
+    )
     return click.Command(name, help=doc).get_short_help_str(limit)
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def configure_storage(text: str | None) -> None:
@@ -102,10 +108,15 @@ def configure_storage(text: str | None) -> None:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS, case_sensitive=False))
-@click.option("--storage-options", default=None, metavar="JSON", envvar="FLOWSHARD_STORAGE_OPTIONS",
-              help="Options of the filesystems behind s3:// (any fsspec) URLs, per protocol or for all: "
-                   '\'{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Default: the AWS environment '
-                   "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) and fsspec's config. Env: FLOWSHARD_STORAGE_OPTIONS.")
+@click.option(
+    "--storage-options",
+    default=None,
+    metavar="JSON",
+    envvar="FLOWSHARD_STORAGE_OPTIONS",
+    help="Options of the filesystems behind s3:// (any fsspec) URLs, per protocol or for all: "
+    '\'{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}\'. Default: the AWS environment '
+    "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) and fsspec's config. Env: FLOWSHARD_STORAGE_OPTIONS.",
+)
 def cli(log_level: str, storage_options: str | None) -> None:
     """flowshard: labelled videos -> optical flow -> WebDataset shards -> two-stream training.
 

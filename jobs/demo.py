@@ -1,4 +1,5 @@
 """Sample data for `flowshard demo`: labelled videos whose classes differ by motion."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,15 @@ log = logging.getLogger(__name__)
 DEMO_CLASSES = ("left", "right", "up", "down")
 
 
-def make_demo_videos(root: str | Path, *, per_class: int = 4, test_per_class: int = 1, num_frames: int = 24,
-                     size: tuple[int, int] = (128, 96), seed: int = 0) -> Path:
+def make_demo_videos(
+    root: str | Path,
+    *,
+    per_class: int = 4,
+    test_per_class: int = 1,
+    num_frames: int = 24,
+    size: tuple[int, int] = (128, 96),
+    seed: int = 0,
+) -> Path:
     """Write a few videos per motion class and a list.csv (path,label,split) naming them.
 
     Each video pans over one of the photographs shipped with flowshard, and the same
@@ -21,8 +29,9 @@ def make_demo_videos(root: str | Path, *, per_class: int = 4, test_per_class: in
     dataset is also a check that motion survives the pipeline, on real content.
     """
     root = Path(root)
-    synthetic.make_motion_dataset(root, classes=DEMO_CLASSES, per_class=per_class, num_frames=num_frames,
-                                  size=size, seed=seed, source="photo")
+    synthetic.make_motion_dataset(
+        root, classes=DEMO_CLASSES, per_class=per_class, num_frames=num_frames, size=size, seed=seed, source="photo"
+    )
     rows = []
     for motion in DEMO_CLASSES:
         for i in range(per_class):

@@ -15,6 +15,7 @@ extraction demo (facebook/C3D, examples/c3d_feature_extraction, input_list_frm.t
 non-overlapping clips instead, starting at frames 1, 17, 33, ...: `--clip-every 16` gives
 those. `--clip-every 0 --test-clips N` takes N evenly spaced clips, as evaluation does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +33,21 @@ from training.engine import stream_inputs
 
 log = logging.getLogger(__name__)
 
-FEATURE_SCHEMA = pa.schema([("video_id", pa.string()), ("split", pa.string()), ("label", pa.string()),
-                            ("label_id", pa.int32()), ("clips", pa.int32()), ("feature", pa.list_(pa.float32()))])
+FEATURE_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.string()),
+        ("label_id", pa.int32()),
+        ("clips", pa.int32()),
+        ("feature", pa.list_(pa.float32())),
+    ]
+)
 
 
-def video_rows(features: np.ndarray, video_ids: list[str], labels: np.ndarray, split: str, class_names: list[str],
-               l2: bool) -> list[dict]:
+def video_rows(
+    features: np.ndarray, video_ids: list[str], labels: np.ndarray, split: str, class_names: list[str], l2: bool
+) -> list[dict]:
     """Rows of per-video features: each video's clip features averaged (then L2-normalised)."""
     rows = []
     for vid in sorted(set(video_ids)):
@@ -46,8 +56,16 @@ def video_rows(features: np.ndarray, video_ids: list[str], labels: np.ndarray, s
         if l2:
             mean /= max(np.linalg.norm(mean), 1e-12)
         label_id = int(labels[mask][0])
-        rows.append({"video_id": vid, "split": split, "label": class_names[label_id], "label_id": label_id,
-                     "clips": int(mask.sum()), "feature": mean.astype(np.float32).tolist()})
+        rows.append(
+            {
+                "video_id": vid,
+                "split": split,
+                "label": class_names[label_id],
+                "label_id": label_id,
+                "clips": int(mask.sum()),
+                "feature": mean.astype(np.float32).tolist(),
+            }
+        )
     return rows
 
 
@@ -67,23 +85,38 @@ def split_features(model, loader, device) -> tuple[np.ndarray, list[str], np.nda
 CLIP_EVERY = 8  # C3D's feature protocol: 16-frame clips every 8 frames
 
 
-def extract_features(dataset: str, ckpt_path: str, out: str | Path, *, splits: tuple[str, ...] = (),
-                     device: str = "cpu", clip_every: int = CLIP_EVERY, test_clips: int | None = None,
-                     batch_size: int | None = None, workers: int | None = None, l2: bool = True) -> list[dict]:
+def extract_features(
+    dataset: str,
+    ckpt_path: str,
+    out: str | Path,
+    *,
+    splits: tuple[str, ...] = (),
+    device: str = "cpu",
+    clip_every: int = CLIP_EVERY,
+    test_clips: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    l2: bool = True,
+) -> list[dict]:
     """Write OUT (Parquet, FEATURE_SCHEMA) with one row per video of each split (all when
     `splits` is empty); returns the rows. Clips every `clip_every` frames, or (0) `test_clips`
     evenly spaced ones (default: as trained)."""
     if clip_every < 0:
         raise ValueError(f"clip_every must be >= 0, got {clip_every}")
     if clip_every and test_clips is not None:
-        raise ValueError(f"--test-clips {test_clips} picks evenly spaced clips: pass --clip-every 0 with it "
-                         f"(clips every {clip_every} frames take the whole video)")
+        raise ValueError(
+            f"--test-clips {test_clips} picks evenly spaced clips: pass --clip-every 0 with it "
+            f"(clips every {clip_every} frames take the whole video)"
+        )
     _, cfg, source, model = open_trained(dataset, ckpt_path)
     dev = torch.device(device)
     model.to(dev).eval()
-    data_cfg = dataclasses.replace(cfg.data, transform=dataclasses.replace(cfg.data.transform, test_crops=1),
-                                   test_every=clip_every,
-                                   **_given(test_clips=test_clips, batch_size=batch_size, workers=workers))
+    data_cfg = dataclasses.replace(
+        cfg.data,
+        transform=dataclasses.replace(cfg.data.transform, test_crops=1),
+        test_every=clip_every,
+        **_given(test_clips=test_clips, batch_size=batch_size, workers=workers),
+    )
     rows: list[dict] = []
     for split in splits or tuple(source.splits()):
         loader = data.make_loader(source, split, data_cfg, train=False, device=dev)

@@ -11,13 +11,24 @@ The family modules import torch, so the table is read when the train command's p
 are first needed (FamilyCommand), not when the command is registered: `flowshard --help`
 stays fast.
 """
+
 from __future__ import annotations
 
 import click
 
 # Settings of flags left unset, for every model; each family's INPUT overrides them.
-BASE_DEFAULTS = {"streams": "both", "rgb_frames": 1, "frame_stride": 1, "sampling": "simonyan", "segments": 3, "snippets": 1,
-                 "strides": "1", "crop_size": 224, "dropout": 0.5, "flow_dropout": None}
+BASE_DEFAULTS = {
+    "streams": "both",
+    "rgb_frames": 1,
+    "frame_stride": 1,
+    "sampling": "simonyan",
+    "segments": 3,
+    "snippets": 1,
+    "strides": "1",
+    "crop_size": 224,
+    "dropout": 0.5,
+    "flow_dropout": None,
+}
 MODEL_AFTER = "task"  # --model follows this parameter in the command's listing
 FAMILY_OPTIONS_AFTER = "partial_bn"  # and the families' options follow this one
 
@@ -39,8 +50,10 @@ def with_family_params(params: list[click.Parameter]) -> list[click.Parameter]:
     """`params` with --model after MODEL_AFTER and every family's options after FAMILY_OPTIONS_AFTER."""
     names = [p.name for p in params]
     if MODEL_AFTER not in names or FAMILY_OPTIONS_AFTER not in names:
-        raise ValueError(f"the command needs parameters {MODEL_AFTER!r} and {FAMILY_OPTIONS_AFTER!r} "
-                         f"to place --model and the family options after, got {names}")
+        raise ValueError(
+            f"the command needs parameters {MODEL_AFTER!r} and {FAMILY_OPTIONS_AFTER!r} "
+            f"to place --model and the family options after, got {names}"
+        )
     added = {MODEL_AFTER: [model_option()], FAMILY_OPTIONS_AFTER: family_options()}
     return [q for p in params for q in (p, *added.get(p.name, []))]
 
@@ -49,8 +62,13 @@ def model_option() -> click.Option:
     """--model: one of training.models.FAMILIES."""
     from training.models import FAMILIES
 
-    return click.Option(["--model"], default="two_stream", show_default=True, type=click.Choice(list(FAMILIES)),
-                        help="Model family (see README: one command per model).")
+    return click.Option(
+        ["--model"],
+        default="two_stream",
+        show_default=True,
+        type=click.Choice(list(FAMILIES)),
+        help="Model family (see README: one command per model).",
+    )
 
 
 def family_options() -> list[click.Option]:
@@ -73,11 +91,11 @@ def click_option(spec, families: list[str]) -> click.Option:
     """The click option of an OptionSpec taken by `families`."""
     text = f"{', '.join(families)}: {spec.help}"
     if spec.type is bool:
-        return click.Option([f"--{spec.flag}/--no-{spec.flag}"], default=spec.default,
-                            show_default=spec.show_default, help=text)
+        return click.Option(
+            [f"--{spec.flag}/--no-{spec.flag}"], default=spec.default, show_default=spec.show_default, help=text
+        )
     kind = click.Choice(list(spec.choices)) if spec.choices else spec.type
-    return click.Option([f"--{spec.flag}"], type=kind, default=spec.default, show_default=spec.show_default,
-                        help=text)
+    return click.Option([f"--{spec.flag}"], type=kind, default=spec.default, show_default=spec.show_default, help=text)
 
 
 def family_input(model: str, values: dict) -> dict:

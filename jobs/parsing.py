@@ -1,4 +1,6 @@
-"""Parsing of command-line values shared by the command modules (jobs.commands.*, jobs.model_options, jobs.build_dataset)."""
+"""Parsing of command-line values shared by the command modules (jobs.commands.*,
+jobs.model_options, jobs.build_dataset)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +9,22 @@ import re
 import click
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
-          "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "kib": 1 << 10,
+    "m": 1e6,
+    "mb": 1e6,
+    "mib": 1 << 20,
+    "g": 1e9,
+    "gb": 1e9,
+    "gib": 1 << 30,
+    "t": 1e12,
+    "tb": 1e12,
+    "tib": 1 << 40,
+}
 
 
 def parse_size(text: str) -> int:

@@ -5,6 +5,7 @@ checks, per-epoch checkpoints, metrics files, and checkpoint evaluation with its
 It sits below both commands, so jobs.train and jobs.detect import it and not each other's
 internals.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -37,6 +38,7 @@ TRAIN_LOG = "train.log"
 
 # --- composition ---------------------------------------------------------------------------
 
+
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (TSN) or AdamW over the trainable parameters; the temporal stream's
     at --flow-lr when given (Wang et al.: 0.001 for the spatial, 0.005 for the temporal net)."""
@@ -57,9 +59,11 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    main: torch.optim.lr_scheduler.LRScheduler
     if cfg.lr_schedule == "step":  # milestones count the steps after the warm-up
         main = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[e * steps_per_epoch - warmup for e in cfg.lr_steps], gamma=cfg.lr_gamma)
+            optimizer, milestones=[e * steps_per_epoch - warmup for e in cfg.lr_steps], gamma=cfg.lr_gamma
+        )
     else:
         main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
     if warmup == 0:
@@ -74,14 +78,17 @@ def check_resume(ckpt: dict, cfg: TrainConfig, version: str) -> None:
     saved = {**saved, "model": {"revision": 1, **saved["model"]}}  # saved before revisions were recorded: 1
     now = cfg.to_dict()
     # Initial weights do not matter once the checkpoint's are loaded; everything else does.
-    differ = sorted(k for k in now["model"]
-                    if k not in ("weights", "flow_weights") and saved["model"].get(k) != now["model"][k])
+    differ = sorted(
+        k for k in now["model"] if k not in ("weights", "flow_weights") and saved["model"].get(k) != now["model"][k]
+    )
     differ += [f"data.{k}" for k in ("streams", "clip_len") if saved["data"].get(k) != now["data"][k]]
     if differ:
         raise ValueError(f"cannot resume: the checkpoint was trained with other settings for {differ}")
     if ckpt["dataset_version"] != version:
-        raise ValueError(f"cannot resume: the checkpoint was trained on dataset version {ckpt['dataset_version']}, "
-                         f"{cfg.dataset} is version {version}")
+        raise ValueError(
+            f"cannot resume: the checkpoint was trained on dataset version {ckpt['dataset_version']}, "
+            f"{cfg.dataset} is version {version}"
+        )
 
 
 def resolve_resume(resume: str | None, output: str) -> Location | None:
@@ -125,8 +132,9 @@ def open_run_folder(output: str) -> RunFolder:
     the run's existing train.log so a resumed run appends to it as it does locally)."""
     out = storage.location(output)
     if not storage.is_remote(out):
-        out.mkdir(parents=True, exist_ok=True)
-        return RunFolder(output=out, local=out)
+        local = Path(out)
+        local.mkdir(parents=True, exist_ok=True)
+        return RunFolder(output=local, local=local)
     local = Path(tempfile.mkdtemp(prefix="flowshard-run-"))
     if storage.isfile(storage.join(out, TRAIN_LOG)):
         (local / TRAIN_LOG).write_bytes(storage.read_bytes(storage.join(out, TRAIN_LOG)))
@@ -149,13 +157,17 @@ def pick_split(requested: str, splits: list[str], dataset: str, hint: str = "") 
     if requested != "auto":
         if requested in splits:
             return requested
-        raise ValueError(f"{dataset} has no split {requested!r} to evaluate (splits: {splits}); name one with "
-                         f"--eval-split / --split{', ' + hint if hint else ''}")
+        raise ValueError(
+            f"{dataset} has no split {requested!r} to evaluate (splits: {splits}); name one with "
+            f"--eval-split / --split{', ' + hint if hint else ''}"
+        )
     for split in ("test", "val", "validation"):
         if split in splits:
             return split
-    raise ValueError(f"{dataset} has no test or val split to evaluate (splits: {splits}); name one with "
-                     f"--eval-split / --split{', ' + hint if hint else ''}")
+    raise ValueError(
+        f"{dataset} has no test or val split to evaluate (splits: {splits}); name one with "
+        f"--eval-split / --split{', ' + hint if hint else ''}"
+    )
 
 
 @contextlib.contextmanager
@@ -170,7 +182,7 @@ def run_folder(cfg: TrainConfig, info: DistInfo) -> Iterator[RunFolder | None]:
     try:
         yield run
     finally:
-        if handler is not None:
+        if run is not None and handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
             run.sync()
@@ -193,8 +205,12 @@ class RunState:
 def loader_geometry(cfg: TrainConfig, info: DistInfo, steps: int) -> dict:
     """What fixes each stream's block of an epoch: a step checkpoint resumes inside an epoch
     only with the same values (training.data.shards.EpochBlocks)."""
-    return {"world_size": info.world_size, "workers": cfg.data.workers, "batch_size": cfg.data.batch_size,
-            "steps": steps}
+    return {
+        "world_size": info.world_size,
+        "workers": cfg.data.workers,
+        "batch_size": cfg.data.batch_size,
+        "steps": steps,
+    }
 
 
 def resume_point(ckpt: dict, resume: Location, geometry: dict) -> tuple[dict, int, Location | None]:
@@ -213,8 +229,13 @@ def resume_point(ckpt: dict, resume: Location, geometry: dict) -> tuple[dict, in
     if {k: position.get(k) for k in geometry} == geometry:
         return ckpt, int(position["epoch_step"]), resume
     epoch = int(ckpt["epoch"])
-    log.warning("%s was taken inside epoch %d with loader geometry %s, this run has %s: the epoch restarts "
-                "from its beginning", resume, epoch + 1, {k: position.get(k) for k in geometry}, geometry)
+    log.warning(
+        "%s was taken inside epoch %d with loader geometry %s, this run has %s: the epoch restarts from its beginning",
+        resume,
+        epoch + 1,
+        {k: position.get(k) for k in geometry},
+        geometry,
+    )
     if epoch < 0:
         return {}, 0, None
     at = storage.join(storage.parent(resume), checkpoint.epoch_name(epoch))
@@ -232,8 +253,16 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     return build_model(cfg.model if resume is None else dataclasses.replace(cfg.model, weights=None, flow_weights=None))
 
 
-def prepare_run(cfg: TrainConfig, info: DistInfo, source, model: torch.nn.Module, device: torch.device, steps: int,
-                *, find_unused: bool = False) -> RunState:
+def prepare_run(
+    cfg: TrainConfig,
+    info: DistInfo,
+    source,
+    model: torch.nn.Module,
+    device: torch.device,
+    steps: int,
+    *,
+    find_unused: bool = False,
+) -> RunState:
     """`model` (initial_model) on `device` with the optimizer, scheduler and scaler of `cfg`,
     resumed from --resume when given.
 
@@ -253,41 +282,75 @@ def prepare_run(cfg: TrainConfig, info: DistInfo, source, model: torch.nn.Module
         check_resume(ckpt, cfg, source.version)
         ckpt, start_batch, at = resume_point(ckpt, resume, loader_geometry(cfg, info, steps))
         if ckpt:
-            step, done = checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                                            scaler=scaler, rank=info.rank, world_size=info.world_size)
+            step, done = checkpoint.restore(
+                ckpt,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                rank=info.rank,
+                world_size=info.world_size,
+            )
             start_epoch = done + 1
-            log.info("resumed from %s at step %d (epoch %d done, %d batches of the next)", at, step, done,
-                     start_batch)
+            log.info("resumed from %s at step %d (epoch %d done, %d batches of the next)", at, step, done, start_batch)
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
-    return RunState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype,
-                    start_epoch=start_epoch, step=step, start_batch=start_batch)
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused
+        )
+    return RunState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        dtype=dtype,
+        start_epoch=start_epoch,
+        step=step,
+        start_batch=start_batch,
+    )
 
 
-def save_epoch(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
-               stats: dict) -> None:
+def save_epoch(
+    state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int, stats: dict
+) -> None:
     """Log an epoch's stats and write its checkpoint (epoch_NNN.pt and last.pt) from rank 0."""
     log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
     rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
     if run is not None:
-        ckpt = checkpoint.make_checkpoint(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
-                                          scaler=state.scaler, step=step, epoch=epoch, config=cfg.to_dict(),
-                                          dataset_version=source.version, rng=rng,
-                                          dataset_name=opened_name(cfg.dataset))
+        ckpt = checkpoint.make_checkpoint(
+            model=state.model,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
+            scaler=state.scaler,
+            step=step,
+            epoch=epoch,
+            config=cfg.to_dict(),
+            dataset_version=source.version,
+            rng=rng,
+            dataset_name=opened_name(cfg.dataset),
+        )
         checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
 
 
-def save_step(state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int,
-              position: dict) -> None:
+def save_step(
+    state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int, position: dict
+) -> None:
     """Write a step checkpoint (last.pt only) from rank 0: the state after `position["epoch_step"]`
     batches of `epoch`, which a resumed run (--resume, or a restarted Ray Train group) goes on from."""
     rng = distributed.all_gather_object(checkpoint.rng_state())
     if run is not None:
-        ckpt = checkpoint.make_checkpoint(model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
-                                          scaler=state.scaler, step=step, epoch=epoch - 1, config=cfg.to_dict(),
-                                          dataset_version=source.version, rng=rng,
-                                          dataset_name=opened_name(cfg.dataset), position=position)
+        ckpt = checkpoint.make_checkpoint(
+            model=state.model,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
+            scaler=state.scaler,
+            step=step,
+            epoch=epoch - 1,
+            config=cfg.to_dict(),
+            dataset_version=source.version,
+            rng=rng,
+            dataset_name=opened_name(cfg.dataset),
+            position=position,
+        )
         checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.LAST,))
 
 
@@ -328,6 +391,7 @@ class EpochLoop:
                 save_step(self.state, self.cfg, self.source, self.run, epoch, step, position)
                 if self.report is not None:
                     self.report(self.where(epoch, step, done), checkpoint_name(self.info))
+
         return hook
 
     def end(self, epoch: int, step: int, stats: dict) -> None:
@@ -359,8 +423,9 @@ def _headline(results: dict) -> dict:
     return {name: ({k: r[k] for k in keys if k in r} if r else None) for name, r in results.items()}
 
 
-def write_results(results: dict, path: Path, class_names: list[str], writer=None, step: int = 0,
-                  extra: dict | None = None) -> Path:
+def write_results(
+    results: dict, path: Path, class_names: list[str], writer=None, step: int = 0, extra: dict | None = None
+) -> Path:
     """Metrics JSON ({"rgb", "flow", "fused"} + extra) and the fused confusion-matrix PNG beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, dump_json({**results, **(extra or {})}))
@@ -394,9 +459,16 @@ def run_evaluation(cfg: TrainConfig, ckpt: dict, source, split: str, data_cfg, d
 def evaluation_provenance(ckpt_path: str, ckpt: dict, dataset: str, source, split: str, protocol: dict) -> dict:
     """What an evaluation report says it evaluated: the checkpoint, the dataset version and the protocol."""
     if source.version != ckpt["dataset_version"]:
-        log.info("evaluating on dataset version %s; the model was trained on %s", source.version,
-                 ckpt["dataset_version"])
-    return {"checkpoint": {"path": str(ckpt_path), "step": ckpt["step"], "epoch": ckpt["epoch"],
-                           "dataset_version": ckpt["dataset_version"]},
-            "dataset": {"path": str(dataset), "kind": source.kind, "version": source.version, "split": split},
-            "protocol": protocol}
+        log.info(
+            "evaluating on dataset version %s; the model was trained on %s", source.version, ckpt["dataset_version"]
+        )
+    return {
+        "checkpoint": {
+            "path": str(ckpt_path),
+            "step": ckpt["step"],
+            "epoch": ckpt["epoch"],
+            "dataset_version": ckpt["dataset_version"],
+        },
+        "dataset": {"path": str(dataset), "kind": source.kind, "version": source.version, "split": split},
+        "protocol": protocol,
+    }

@@ -11,6 +11,7 @@ configuration file. `--config` reads "command.flags" back, so `flowshard train D
 --config runs/x/config.json -o runs/y` trains with the same flags; the rest of config.json
 is derived from them.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,11 @@ class NotOffered(ValueError):
 
 def layered_params(ctx: click.Context) -> dict[str, click.Parameter]:
     """The command's parameters a recipe or file may set, by name."""
-    return {p.name: p for p in ctx.command.get_params(ctx)
-            if p.name and isinstance(p, click.Option) and p.name not in NOT_LAYERED and p.name != "help"}
+    return {
+        p.name: p
+        for p in ctx.command.get_params(ctx)
+        if p.name and isinstance(p, click.Option) and p.name not in NOT_LAYERED and p.name != "help"
+    }
 
 
 def check_flags(flags: dict[str, Any], ctx: click.Context, origin: str) -> dict[str, Any]:
@@ -105,8 +109,10 @@ def read_config(path: str) -> dict[str, Any]:
             raise ValueError(f"--config {path}: its 'command' holds no flags")
         return command["flags"]
     if "data" in d and "model" in d:
-        raise ValueError(f"--config {path} is a run configuration without the flags that made it (written before "
-                         "runs recorded them): start from a recipe or a mapping of flags")
+        raise ValueError(
+            f"--config {path} is a run configuration without the flags that made it (written before "
+            "runs recorded them): start from a recipe or a mapping of flags"
+        )
     return d
 
 
@@ -130,11 +136,15 @@ class Provenance:
         """What config.json keeps under "command", given the options with the model's and the
         dataset's defaults filled in."""
         keys = sorted(k for k in resolved if k in self.sources and k not in NOT_LAYERED)
-        sources = {k: DERIVED if self.options.get(k) is None and resolved[k] is not None else self.sources[k]
-                   for k in keys}
-        return {"flags": {k: resolved[k] for k in keys}, "sources": sources,
-                "recipe": {"name": self.recipe.name, "version": self.recipe.version} if self.recipe else None,
-                "config": self.config}
+        sources = {
+            k: DERIVED if self.options.get(k) is None and resolved[k] is not None else self.sources[k] for k in keys
+        }
+        return {
+            "flags": {k: resolved[k] for k in keys},
+            "sources": sources,
+            "recipe": {"name": self.recipe.name, "version": self.recipe.version} if self.recipe else None,
+            "config": self.config,
+        }
 
 
 def given(ctx: click.Context, name: str) -> bool:
@@ -154,6 +164,10 @@ def layer(ctx: click.Context, o: dict[str, Any], recipe: str | None, config: str
         prov.apply(check_flags(read_config(config), ctx, f"--config {config}"), f"config {config}")
     overridden = sorted(k for k, s in prov.sources.items() if s == COMMAND_LINE)
     if prov.recipe or config:
-        log.info("flags: recipe %s, config %s; given on the command line: %s",
-                 prov.recipe.label if prov.recipe else "none", config or "none", ", ".join(overridden) or "none")
+        log.info(
+            "flags: recipe %s, config %s; given on the command line: %s",
+            prov.recipe.label if prov.recipe else "none",
+            config or "none",
+            ", ".join(overridden) or "none",
+        )
     return prov

@@ -39,6 +39,7 @@ rate and schedule stay as given. A group whose size differs from a step checkpoi
 back to the start of that epoch (jobs.runs.resume_point): each epoch is drawn by one group,
 so the equal-use guarantee holds. Every report names the group's size (world_size).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline import storage
 
@@ -86,7 +88,7 @@ class RayTrainConfig:
 
 
 def parse_workers(text: str) -> tuple[int, int]:
-    """"N" -> (N, N); "MIN-MAX" -> (MIN, MAX) (ValueError naming the text)."""
+    """ "N" -> (N, N); "MIN-MAX" -> (MIN, MAX) (ValueError naming the text)."""
     low, sep, high = str(text).partition("-")
     try:
         pair = (int(low), int(high)) if sep else (int(low), int(low))
@@ -100,8 +102,10 @@ def check_global_batch(batch_size: int, ray_cfg: RayTrainConfig) -> int:
     total = batch_size * ray_cfg.max_workers
     bad = [n for n in range(ray_cfg.min_workers, ray_cfg.max_workers + 1) if total % n]
     if bad:
-        raise ValueError(f"the global batch {batch_size} x {ray_cfg.max_workers} = {total} does not split evenly over "
-                         f"{bad} workers: choose --batch-size or --ray-workers so that it does")
+        raise ValueError(
+            f"the global batch {batch_size} x {ray_cfg.max_workers} = {total} does not split evenly over "
+            f"{bad} workers: choose --batch-size or --ray-workers so that it does"
+        )
     return total
 
 
@@ -111,12 +115,18 @@ def group_config(cfg, world_size: int, max_workers: int):
     per_rank = cfg.data.batch_size * max_workers // world_size
     if per_rank == cfg.data.batch_size:
         return cfg
-    log.info("%d of at most %d workers: batch %d per rank (global batch %d)", world_size, max_workers, per_rank,
-             per_rank * world_size)
+    log.info(
+        "%d of at most %d workers: batch %d per rank (global batch %d)",
+        world_size,
+        max_workers,
+        per_rank,
+        per_rank * world_size,
+    )
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=per_rank))
 
 
 # --- inside each Ray Train worker --------------------------------------------------------
+
 
 def train_loop(config: dict) -> None:
     """One Ray Train worker: jobs.train.train in the process group Ray Train set up."""
@@ -128,14 +138,18 @@ def train_loop(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.INFO)  # Ray's worker set-up configured the root logger first
     storage.configure(config.get("storage_options") or {})
-    cfg = group_config(TrainConfig.from_dict(config["train"]), ray.train.get_context().get_world_size(),
-                       config["max_workers"])
+    cfg = group_config(
+        TrainConfig.from_dict(config["train"]), ray.train.get_context().get_world_size(), config["max_workers"]
+    )
     committed = ray.train.get_checkpoint()
     if committed is not None:
         # A restarted group: go on from the run's last.pt, which is at least as new as Ray
         # Train's last committed checkpoint (rank 0 writes it before every report).
-        log.info("restarted by Ray Train (its last committed checkpoint: step %s): resuming from %s",
-                 committed_step(committed), storage.join(storage.location(cfg.output), "last.pt"))
+        log.info(
+            "restarted by Ray Train (its last committed checkpoint: step %s): resuming from %s",
+            committed_step(committed),
+            storage.join(storage.location(cfg.output), "last.pt"),
+        )
         cfg = dataclasses.replace(cfg, resume="last")
     train(cfg, progress=False, report=functools.partial(report_checkpoint, output=cfg.output))
 
@@ -172,8 +186,11 @@ def report_checkpoint(metrics: dict, name: str | None, *, output: str) -> None:
         with tempfile.TemporaryDirectory(prefix="flowshard-ckpt-") as folder:
             with open(os.path.join(folder, MARKER), "w") as f:
                 json.dump({"checkpoint": name, **values}, f)
-            ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=free_dir_name(output, int(values["step"])))
+            ray.train.report(
+                values,
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=free_dir_name(output, int(values["step"])),
+            )
     ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
@@ -196,6 +213,7 @@ def free_dir_name(output: str, step: int) -> str:
 
 # --- the driver --------------------------------------------------------------------------
 
+
 def storage_of(output: str) -> dict:
     """RunConfig's storage arguments for OUTPUT: Ray Train's run folder is OUTPUT itself.
 
@@ -204,14 +222,17 @@ def storage_of(output: str) -> dict:
     """
     out = storage.location(output)
     if not storage.is_remote(out):
-        out = out.resolve()
+        out = Path(out).resolve()
         return {"storage_path": str(out.parent), "name": out.name}
     import pyarrow.fs
 
     fs, path = storage.filesystem(str(out))
     parent, _, name = path.rstrip("/").rpartition("/")
-    return {"storage_path": parent, "name": name,
-            "storage_filesystem": pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))}
+    return {
+        "storage_path": parent,
+        "name": name,
+        "storage_filesystem": pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)),
+    }
 
 
 def make_trainer(cfg, ray_cfg: RayTrainConfig, loop: Callable[[dict], None] = train_loop):
@@ -222,21 +243,37 @@ def make_trainer(cfg, ray_cfg: RayTrainConfig, loop: Callable[[dict], None] = tr
     check_global_batch(cfg.data.batch_size, ray_cfg)
     use_gpu = ray_cfg.gpus_per_worker > 0
     if use_gpu != cfg.device.startswith("cuda"):
-        raise ValueError(f"--device {cfg.device} with {ray_cfg.gpus_per_worker} GPUs per Ray worker: "
-                         "give GPUs to train on cuda, none to train on cpu")
+        raise ValueError(
+            f"--device {cfg.device} with {ray_cfg.gpus_per_worker} GPUs per Ray worker: "
+            "give GPUs to train on cuda, none to train on cpu"
+        )
     if ray_cfg.elastic and ray_cfg.max_failures == 0:
-        log.warning("an elastic group with --max-failures 0 ends when a node goes away without a preemption "
-                    "notice (Ray Train counts that as a worker failure): give --max-failures N or -1")
+        log.warning(
+            "an elastic group with --max-failures 0 ends when a node goes away without a preemption "
+            "notice (Ray Train counts that as a worker failure): give --max-failures N or -1"
+        )
     resources = {"CPU": ray_cfg.cpus_per_worker, **({"GPU": ray_cfg.gpus_per_worker} if use_gpu else {})}
     workers = (ray_cfg.min_workers, ray_cfg.max_workers) if ray_cfg.elastic else ray_cfg.max_workers
-    scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
-                            elastic_resize_monitor_interval_s=ray_cfg.elastic_interval_s)
-    run_cfg = RunConfig(failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
-                        checkpoint_config=CheckpointConfig(num_to_keep=2), **storage_of(cfg.output))
-    config = {"train": cfg.to_dict(), "max_workers": ray_cfg.max_workers,
-              "storage_options": _storage_options()}
-    return TorchTrainer(loop, train_loop_config=config, scaling_config=scaling, run_config=run_cfg,
-                        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
+    # mypy reads Train V1's ScalingConfig; V2's (RAY_TRAIN_V2_ENABLED) takes a (min, max) range.
+    scaling = ScalingConfig(  # type: ignore[call-arg]
+        num_workers=workers,  # type: ignore[arg-type]
+        use_gpu=use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=ray_cfg.elastic_interval_s,
+    )
+    run_cfg = RunConfig(
+        failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        **storage_of(cfg.output),
+    )
+    config = {"train": cfg.to_dict(), "max_workers": ray_cfg.max_workers, "storage_options": _storage_options()}
+    return TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=scaling,
+        run_config=run_cfg,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
 
 
 def _storage_options() -> dict:
@@ -258,15 +295,25 @@ def train_on_ray(cfg, ray_cfg: RayTrainConfig, loop: Callable[[dict], None] = tr
     return json.loads(storage.read_bytes(storage.join(storage.location(cfg.output), SUMMARY)))
 
 
-def run_command(cfg, *, ray_workers: str, ray_gpus_per_worker: float = 0.0, address: str | None = None,
-                max_failures: int = 0) -> dict:
+def run_command(
+    cfg, *, ray_workers: str, ray_gpus_per_worker: float = 0.0, address: str | None = None, max_failures: int = 0
+) -> dict:
     """`flowshard train ... --ray-workers N|MIN-MAX`: the options as the train command takes them."""
     low, high = parse_workers(ray_workers)
-    return train_on_ray(cfg, RayTrainConfig(min_workers=low, max_workers=high, gpus_per_worker=ray_gpus_per_worker,
-                                            address=address, max_failures=max_failures))
+    return train_on_ray(
+        cfg,
+        RayTrainConfig(
+            min_workers=low,
+            max_workers=high,
+            gpus_per_worker=ray_gpus_per_worker,
+            address=address,
+            max_failures=max_failures,
+        ),
+    )
 
 
 # --- `python -m jobs.train_on_ray --config FILE` (for `ray job submit`) ------------------
+
 
 def main(argv: list[str] | None = None) -> dict:
     """Train the resolved configuration FILE (config.json of a run, or `flowshard train --config`'s
@@ -286,8 +333,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint_every_steps is not None:
         cfg = dataclasses.replace(cfg, checkpoint_every_steps=args.checkpoint_every_steps)
     low, high = parse_workers(args.ray_workers)
-    ray_cfg = RayTrainConfig(min_workers=low, max_workers=high, gpus_per_worker=args.ray_gpus_per_worker,
-                             address=args.address, max_failures=args.max_failures)
+    ray_cfg = RayTrainConfig(
+        min_workers=low,
+        max_workers=high,
+        gpus_per_worker=args.ray_gpus_per_worker,
+        address=args.address,
+        max_failures=args.max_failures,
+    )
     summary = train_on_ray(cfg, ray_cfg)
     sys.stdout.write(json.dumps({"steps": summary["steps"], "eval": summary["eval"]}) + "\n")  # the job's result
     return summary

@@ -1,5 +1,6 @@
 """`flowshard build|pretrain-flow|demo`: build a dataset, and the options every build shares
 (also read by the job entrypoint jobs.build_dataset)."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,8 @@ from pipeline.decode import DecodeConfig
 from pipeline.flow.estimators import ALGORITHMS, algorithms_for
 from pipeline.flow.warp import FEATURES as WARP_FEATURES
 from pipeline.flow.warp import WarpConfig
-from pipeline.synthetic.still_motion import StillMotionConfig, find_images, write_still_motion_set
 from pipeline.stages.config import DEFAULT_MAX_PIXELS, DEFAULT_MIN_COVERAGE, EncodeConfig, SampleConfig, WorkerConfig
+from pipeline.synthetic.still_motion import StillMotionConfig, find_images, write_still_motion_set
 
 log = logging.getLogger("flowshard")
 
@@ -36,80 +37,189 @@ def build_options(f):
     opts = [
         click.option("--split", type=int, default=None, help="Official split N of a UCF101/HMDB51 root."),
         click.option("--resize", default="short:256", show_default=True, help="short:N, WxH (e.g. 340x256) or none."),
-        click.option("--fps", type=float, default=None, help="Resample to this frame rate (default: keep every frame)."),
-        click.option("--decode-threads", type=int, default=1, show_default=True,
-                     help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos."),
-        click.option("--flow", "flow_algo", default="tvl1", show_default=True,
-                     type=click.Choice(ALGORITHMS),
-                     help="raft_* run torchvision RAFT, sea_raft_* SEA-RAFT, both on RGB frames, from "
-                          "--flow-param weights=FILE (never downloaded)."),
-        click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(BACKEND_CHOICES),
-                     help="auto: torch on GPUs (and for RAFT), else opencv."),
-        click.option("--flow-device", default="auto", show_default=True,
-                     help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs."),
-        click.option("--flow-param", multiple=True, metavar="KEY=VALUE",
-                     help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names); "
-                          f"torch backend also: {TORCH_PARAMS_HELP}."),
-        click.option("--flow-warp", is_flag=True, default=False,
-                     help="Also store warped flow (camera motion removed by a homography, TSN's third modality)."),
-        click.option("--warp-features", default="orb", show_default=True, type=click.Choice(WARP_FEATURES),
-                     help="Descriptors matched to estimate the camera motion (--flow-warp)."),
+        click.option(
+            "--fps", type=float, default=None, help="Resample to this frame rate (default: keep every frame)."
+        ),
+        click.option(
+            "--decode-threads",
+            type=int,
+            default=1,
+            show_default=True,
+            help="ffmpeg threads per decoder (0: ffmpeg's choice); parallelism comes from decoding several videos.",
+        ),
+        click.option(
+            "--flow",
+            "flow_algo",
+            default="tvl1",
+            show_default=True,
+            type=click.Choice(ALGORITHMS),
+            help="raft_* run torchvision RAFT, sea_raft_* SEA-RAFT, both on RGB frames, from "
+            "--flow-param weights=FILE (never downloaded).",
+        ),
+        click.option(
+            "--flow-backend",
+            default="auto",
+            show_default=True,
+            type=click.Choice(BACKEND_CHOICES),
+            help="auto: torch on GPUs (and for RAFT), else opencv.",
+        ),
+        click.option(
+            "--flow-device",
+            default="auto",
+            show_default=True,
+            help="cpu, cuda[:N], or auto: cuda when TV-L1 runs on a Ray cluster that has GPUs.",
+        ),
+        click.option(
+            "--flow-param",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Estimator parameter, repeatable (see docs/FORMAT.md for each algorithm's names); "
+            f"torch backend also: {TORCH_PARAMS_HELP}.",
+        ),
+        click.option(
+            "--flow-warp",
+            is_flag=True,
+            default=False,
+            help="Also store warped flow (camera motion removed by a homography, TSN's third modality).",
+        ),
+        click.option(
+            "--warp-features",
+            default="orb",
+            show_default=True,
+            type=click.Choice(WARP_FEATURES),
+            help="Descriptors matched to estimate the camera motion (--flow-warp).",
+        ),
         click.option("--step", type=int, default=1, show_default=True, help="Flow between frames t and t+step."),
         click.option("--bound", type=float, default=20.0, show_default=True, help="Quantization bound in pixels."),
-        click.option("--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."),
+        click.option(
+            "--clips", type=int, default=0, show_default=True, help="Keep N uniformly spaced clips (0: dense)."
+        ),
         click.option("--clip-len", type=int, default=10, show_default=True, help="Flow fields per clip."),
-        click.option("--max-frames", type=int, default=1500, show_default=True, help="Frames per sample; longer videos become parts."),
+        click.option(
+            "--max-frames",
+            type=int,
+            default=1500,
+            show_default=True,
+            help="Frames per sample; longer videos become parts.",
+        ),
         click.option("--chunk-frames", type=int, default=64, show_default=True, help="Frames per unit of flow work."),
-        click.option("--batch-size", type=int, default=None,
-                     help="Frame pairs per estimator call (default: by estimator and frame size, e.g. 16 on CPU, "
-                          "about 128 TV-L1 pairs at 340x256 on a GPU)."),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=None,
+            help="Frame pairs per estimator call (default: by estimator and frame size, e.g. 16 on CPU, "
+            "about 128 TV-L1 pairs at 340x256 on a GPU).",
+        ),
         click.option("--rgb-quality", type=int, default=90, show_default=True),
         click.option("--flow-quality", type=int, default=95, show_default=True),
-        click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
-                     help="Refuse (as an error row) a video whose frames are larger, before decoding it."),
-        click.option("--min-coverage", type=float, default=DEFAULT_MIN_COVERAGE, show_default=True,
-                     help="Store a video only if it decodes at least this share of the frames its container "
-                          "declares (duration x rate); a shorter one (a download cut short) is an error row. "
-                          "0 stores whatever decodes, as release 0.1 did."),
+        click.option(
+            "--max-pixels",
+            type=int,
+            default=DEFAULT_MAX_PIXELS,
+            show_default=True,
+            help="Refuse (as an error row) a video whose frames are larger, before decoding it.",
+        ),
+        click.option(
+            "--min-coverage",
+            type=float,
+            default=DEFAULT_MIN_COVERAGE,
+            show_default=True,
+            help="Store a video only if it decodes at least this share of the frames its container "
+            "declares (duration x rate); a shorter one (a download cut short) is an error row. "
+            "0 stores whatever decodes, as release 0.1 did.",
+        ),
         click.option("--shard-size", default="1GB", show_default=True, help="Maximum tar size (e.g. 1GB, 256MB)."),
         click.option("--shard-samples", type=int, default=1000, show_default=True, help="Maximum samples per tar."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the video-to-shard shuffle."),
-        click.option("--boxes", "boxes_path", default=None, metavar="FILE",
-                     help="Per-frame action boxes to store with the samples: a CSV video,frame,x1,y1,x2,y2,"
-                          "label[,track], a UCF101-24 .pkl, or a folder of J-HMDB puppet_mask.mat files."),
-        click.option("--box-tolerance", type=float, default=1.0, show_default=True,
-                     help="Pixels a box may stick out of the frame (clipped) before its video is an error row."),
+        click.option(
+            "--boxes",
+            "boxes_path",
+            default=None,
+            metavar="FILE",
+            help="Per-frame action boxes to store with the samples: a CSV video,frame,x1,y1,x2,y2,"
+            "label[,track], a UCF101-24 .pkl, or a folder of J-HMDB puppet_mask.mat files.",
+        ),
+        click.option(
+            "--box-tolerance",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Pixels a box may stick out of the frame (clipped) before its video is an error row.",
+        ),
         click.option("--executor", default="ray", show_default=True, type=click.Choice(EXECUTORS)),
-        click.option("--address", default=None, envvar="RAY_ADDRESS",
-                     help="Ray cluster address; 'auto' reuses the Ray that `ray start --head` runs on this machine "
-                          "(no start-up per build). Default: $RAY_ADDRESS, else a private local Ray on loopback, "
-                          "started once the inputs are checked."),
+        click.option(
+            "--address",
+            default=None,
+            envvar="RAY_ADDRESS",
+            help="Ray cluster address; 'auto' reuses the Ray that `ray start --head` runs on this machine "
+            "(no start-up per build). Default: $RAY_ADDRESS, else a private local Ray on loopback, "
+            "started once the inputs are checked.",
+        ),
         click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)."),
         click.option("--flow-actors", type=int, default=None, help="Flow actors (default: one per GPU with cuda)."),
         click.option("--actor-gpus", type=float, default=1.0, show_default=True, help="GPUs per flow actor."),
-        click.option("--actors-per-gpu", type=int, default=None,
-                     help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave."),
+        click.option(
+            "--actors-per-gpu",
+            type=int,
+            default=None,
+            help="Flow actors sharing each GPU (sets --actor-gpus to 1/N); their batches interleave.",
+        ),
         click.option("--actor-resource", default=None, help="Custom Ray resource that places flow actors."),
-        click.option("--writer-resource", default=None,
-                     help="Custom Ray resource that places shard writers (e.g. on-demand nodes; one unit each)."),
-        click.option("--min-nodes", type=int, default=0, show_default=True,
-                     help="Wait (asking the autoscaler) until the Ray cluster has this many nodes before starting."),
-        click.option("--min-cpus", type=int, default=0, show_default=True,
-                     help="Wait until the Ray cluster has this many CPUs before starting."),
-        click.option("--min-gpus", type=float, default=0.0, show_default=True,
-                     help="Wait until the Ray cluster has this many GPUs before starting."),
-        click.option("--min-wait", type=float, default=900.0, show_default=True,
-                     help="Seconds to wait for --min-nodes/--min-cpus/--min-gpus, and for the nodes flow actors "
-                          "or writers need, before the build fails."),
+        click.option(
+            "--writer-resource",
+            default=None,
+            help="Custom Ray resource that places shard writers (e.g. on-demand nodes; one unit each).",
+        ),
+        click.option(
+            "--min-nodes",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Wait (asking the autoscaler) until the Ray cluster has this many nodes before starting.",
+        ),
+        click.option(
+            "--min-cpus",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Wait until the Ray cluster has this many CPUs before starting.",
+        ),
+        click.option(
+            "--min-gpus",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Wait until the Ray cluster has this many GPUs before starting.",
+        ),
+        click.option(
+            "--min-wait",
+            type=float,
+            default=900.0,
+            show_default=True,
+            help="Seconds to wait for --min-nodes/--min-cpus/--min-gpus, and for the nodes flow actors "
+            "or writers need, before the build fails.",
+        ),
         click.option("--progress/--no-progress", default=True, show_default=True),
-        click.option("--wait", "lock_wait_s", type=float, default=0.0, show_default=True, metavar="SECONDS",
-                     help="Wait this long for a running build or prune of OUTPUT to finish (0: refuse at once)."),
-        click.option("--retry-errors", type=click.Choice(RETRY_MODES), is_flag=False,
-                     flag_value="transient", default=None,
-                     help="Compute the error rows of the version these inputs and settings gave again, into a "
-                          "new version that shares every shard it had: those whose failure was transient (a lost "
-                          "worker, storage), or with 'all' the broken files' too. Videos that now succeed go into "
-                          "a small new shard unit. Give it after INPUT and OUTPUT, or as --retry-errors=all."),
+        click.option(
+            "--wait",
+            "lock_wait_s",
+            type=float,
+            default=0.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Wait this long for a running build or prune of OUTPUT to finish (0: refuse at once).",
+        ),
+        click.option(
+            "--retry-errors",
+            type=click.Choice(RETRY_MODES),
+            is_flag=False,
+            flag_value="transient",
+            default=None,
+            help="Compute the error rows of the version these inputs and settings gave again, into a "
+            "new version that shares every shard it had: those whose failure was transient (a lost "
+            "worker, storage), or with 'all' the broken files' too. Videos that now succeed go into "
+            "a small new shard unit. Give it after INPUT and OUTPUT, or as --retry-errors=all.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -120,17 +230,30 @@ def make_build_config(o: dict) -> BuildConfig:
     """Turn build options into a validated BuildConfig (raises click.UsageError with the reason)."""
     try:
         device = "cpu" if o["flow_device"] == "auto" else o["flow_device"]
-        flow = make_flow_config(o["flow_algo"], o["flow_backend"], device, o["flow_param"], step=o["step"],
-                                bound=o["bound"], batch_size=o["batch_size"])
-        worker = WorkerConfig(decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]), flow=flow,
-                              encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
-                              sample=SampleConfig(clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"],
-                                                  chunk_frames=o["chunk_frames"]),
-                              max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
-                              min_coverage=o.get("min_coverage", DEFAULT_MIN_COVERAGE),
-                              warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None)
+        flow = make_flow_config(
+            o["flow_algo"],
+            o["flow_backend"],
+            device,
+            o["flow_param"],
+            step=o["step"],
+            bound=o["bound"],
+            batch_size=o["batch_size"],
+        )
+        worker = WorkerConfig(
+            decode=DecodeConfig(resize=o["resize"], fps=o["fps"], threads=o["decode_threads"]),
+            flow=flow,
+            encode=EncodeConfig(rgb_quality=o["rgb_quality"], flow_quality=o["flow_quality"]),
+            sample=SampleConfig(
+                clips=o["clips"], clip_len=o["clip_len"], max_frames=o["max_frames"], chunk_frames=o["chunk_frames"]
+            ),
+            max_pixels=o.get("max_pixels", DEFAULT_MAX_PIXELS),
+            min_coverage=o.get("min_coverage", DEFAULT_MIN_COVERAGE),
+            warp=WarpConfig(features=o.get("warp_features", "orb")) if o.get("flow_warp") else None,
+        )
         shard = ShardConfig(max_bytes=parse_size(o["shard_size"]), max_samples=o["shard_samples"], seed=o["seed"])
-        boxes = BoxesConfig(path=o["boxes_path"], tolerance=o.get("box_tolerance", 1.0)) if o.get("boxes_path") else None
+        boxes = (
+            BoxesConfig(path=o["boxes_path"], tolerance=o.get("box_tolerance", 1.0)) if o.get("boxes_path") else None
+        )
         return BuildConfig(worker=worker, shard=shard, split=o["split"], boxes=boxes)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -143,16 +266,26 @@ def make_executor_from(o: dict, flow_device: str):
     actors = o["flow_actors"]
     if actors is None and flow_device.startswith("cuda"):
         actors = -1  # one per GPU, resolved once Ray is up
-    return make_executor("ray", address=o["address"], num_cpus=o["num_cpus"], flow_actors=actors or 0,
-                         actor_gpus=actor_gpus(o) if flow_device.startswith("cuda") else 0.0,
-                         actor_resource=o["actor_resource"], **cluster_options(o))
+    return make_executor(
+        "ray",
+        address=o["address"],
+        num_cpus=o["num_cpus"],
+        flow_actors=actors or 0,
+        actor_gpus=actor_gpus(o) if flow_device.startswith("cuda") else 0.0,
+        actor_resource=o["actor_resource"],
+        **cluster_options(o),
+    )
 
 
 def cluster_options(o: dict) -> dict:
     """The executor settings of the cluster's size and placement (RayConfig's names)."""
-    return {"writer_resource": o.get("writer_resource"), "min_nodes": o.get("min_nodes", 0),
-            "min_cpus": o.get("min_cpus", 0), "min_gpus": o.get("min_gpus", 0.0),
-            "min_wait_s": o.get("min_wait", 900.0)}
+    return {
+        "writer_resource": o.get("writer_resource"),
+        "min_nodes": o.get("min_nodes", 0),
+        "min_cpus": o.get("min_cpus", 0),
+        "min_gpus": o.get("min_gpus", 0.0),
+        "min_wait_s": o.get("min_wait", 900.0),
+    }
 
 
 def actor_gpus(o: dict) -> float:
@@ -198,16 +331,25 @@ def run_build(input_path: str, output: str, o: dict):
     actor_gpus(o)
     cfg = make_build_config(resolve_auto_device(o))
     executor = make_executor_from(o, cfg.worker.flow.device)
-    return build_dataset(input_path, output, cfg, executor=executor, progress=o["progress"],
-                         retry_errors=o.get("retry_errors") or False, lock_wait_s=o.get("lock_wait_s", 0.0))
+    return build_dataset(
+        input_path,
+        output,
+        cfg,
+        executor=executor,
+        progress=o["progress"],
+        retry_errors=o.get("retry_errors") or False,
+        lock_wait_s=o.get("lock_wait_s", 0.0),
+    )
 
 
 def echo_summary(s) -> None:
-    click.echo(f"version {s.version}: {s.ok} of {s.videos} videos ok, {s.errors} error(s), {s.frames} frames, "
-               f"{s.flow_fields} flow fields, {s.shards} shard(s), {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s "
-               f"({s.flow_fields / max(s.seconds, 1e-9):.1f} pairs/s); {s.units_skipped} unit(s) already done; "
-               f"{s.computed} video(s) computed, {s.reused} copied from stored shards"
-               + (f"; previous version {s.parent}" if s.parent and s.parent != s.version else ""))
+    click.echo(
+        f"version {s.version}: {s.ok} of {s.videos} videos ok, {s.errors} error(s), {s.frames} frames, "
+        f"{s.flow_fields} flow fields, {s.shards} shard(s), {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s "
+        f"({s.flow_fields / max(s.seconds, 1e-9):.1f} pairs/s); {s.units_skipped} unit(s) already done; "
+        f"{s.computed} video(s) computed, {s.reused} copied from stored shards"
+        + (f"; previous version {s.parent}" if s.parent and s.parent != s.version else "")
+    )
     for reason, n in sorted(s.failures.items(), key=lambda kv: -kv[1]):
         click.echo(f"  error x{n}: {reason}")
 
@@ -232,19 +374,33 @@ def build(input_path: str, output: str, **o) -> None:
 @click.option("--per-image", type=int, default=1, show_default=True, help="Videos per image and motion class.")
 @click.option("--frames", type=int, default=16, show_default=True, help="Frames per video.")
 @click.option("--size", "frame_size", default="340x256", show_default=True, help="Frame size WxH.")
-@click.option("--test-fraction", type=float, default=0.2, show_default=True,
-              help="Share of the images (the last in name order) whose videos form the test split.")
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of the images (the last in name order) whose videos form the test split.",
+)
 @click.option("--videos", default=None, help="Keep the generated videos here (default: a temporary folder).")
 @build_options
-def pretrain_flow(images: str, output: str, per_image: int, frames: int, frame_size: str, test_fraction: float,
-                  videos: str | None, **o) -> None:
+def pretrain_flow(
+    images: str,
+    output: str,
+    per_image: int,
+    frames: int,
+    frame_size: str,
+    test_fraction: float,
+    videos: str | None,
+    **o,
+) -> None:
     """Flow from still IMAGES under synthetic camera and object motion, built into OUT (a dataset whose
     12 classes are the motions) for pre-training the temporal stream: `flowshard train OUT --streams flow`,
     then `flowshard train DATA --flow-weights RUN/last.pt`."""
     try:
         w, h = (int(v) for v in frame_size.lower().split("x"))
-        cfg = StillMotionConfig(per_image=per_image, num_frames=frames, size=(w, h), test_fraction=test_fraction,
-                                seed=o["seed"])
+        cfg = StillMotionConfig(
+            per_image=per_image, num_frames=frames, size=(w, h), test_fraction=test_fraction, seed=o["seed"]
+        )
         paths = find_images(images)
         with tempfile.TemporaryDirectory(prefix="flowshard_still_") as tmp:
             listing, problems = write_still_motion_set(paths, videos or tmp, cfg)
@@ -266,8 +422,12 @@ def demo(output: str, flow_algo: str, executor: str) -> None:
     root = Path(output)
     videos = make_demo_videos(root / "videos")
     ctx = click.get_current_context()
-    ctx.invoke(build, input_path=str(videos), output=str(root / "dataset"),
-               **option_defaults(build, flow_algo=flow_algo, resize="none", executor=executor, shard_samples=4))
+    ctx.invoke(
+        build,
+        input_path=str(videos),
+        output=str(root / "dataset"),
+        **option_defaults(build, flow_algo=flow_algo, resize="none", executor=executor, shard_samples=4),
+    )
     ctx.invoke(verify, dataset=str(root / "dataset"), quick=False)
     ctx.invoke(inspect, dataset=str(root / "dataset"), video=None, out=str(root / "inspect.png"), columns=6)
     click.echo(f"demo done: dataset in {root / 'dataset'}, contact sheet {root / 'inspect.png'}")

@@ -1,4 +1,5 @@
 """`flowshard flow-check`, and the FlowConfig every command that computes flow builds from its options."""
+
 from __future__ import annotations
 
 import json
@@ -36,20 +37,32 @@ def runs_in_torch(algorithm: str) -> bool:
 
 @click.command("flow-check")
 @click.option("--flow", "flow_algo", default="tvl1", show_default=True, type=click.Choice(ALGORITHMS))
-@click.option("--flow-backend", default="auto", show_default=True, type=click.Choice(BACKEND_CHOICES),
-              help="auto: torch on cuda and for RAFT, else opencv.")
+@click.option(
+    "--flow-backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(BACKEND_CHOICES),
+    help="auto: torch on cuda and for RAFT, else opencv.",
+)
 @click.option("--flow-param", multiple=True, metavar="KEY=VALUE", help="Estimator parameter, repeatable.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (torch backend).")
 @click.option("--size", default="340x256", show_default=True, metavar="WxH", help="Size of the built-in pairs.")
 @click.option("--pairs", type=int, default=4, show_default=True, help="Built-in photo pairs per motion.")
 @click.option("--builtin/--no-builtin", default=True, show_default=True, help="Score the built-in photo pairs.")
-@click.option("--pair", "user_pairs", type=(str, str), multiple=True, metavar="A B",
-              help="Two frames of your own (any image files), scored against the next --gt; repeatable.")
+@click.option(
+    "--pair",
+    "user_pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="A B",
+    help="Two frames of your own (any image files), scored against the next --gt; repeatable.",
+)
 @click.option("--gt", "user_gt", multiple=True, metavar="FILE.flo", help="Middlebury .flo ground truth of a --pair.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Frame pairs per estimator call.")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the scores as JSON.")
-def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin, user_pairs, user_gt,
-               batch_size, json_path) -> None:
+def flow_check(
+    flow_algo, flow_backend, flow_param, device, size, pairs, builtin, user_pairs, user_gt, batch_size, json_path
+) -> None:
     """Score an estimator on pairs with known motion: EPE, outliers > 3 px and pairs/s.
 
     The built-in pairs are photographs warped by known fields (sub-pixel and pixel shifts,
@@ -64,7 +77,7 @@ def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin
         cfg = make_flow_config(flow_algo, flow_backend, device, flow_param, batch_size=batch_size)
         w, h = _wxh(size)
         cases = accuracy.builtin_cases(h, w, pairs) if builtin else []
-        cases += [accuracy.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt)]
+        cases += [accuracy.file_case(a, b, gt) for (a, b), gt in zip(user_pairs, user_gt, strict=True)]
         if not cases:
             raise ValueError("nothing to score: --no-builtin and no --pair")
         scores = accuracy.evaluate(make_estimator(cfg), cases, batch_size=batch_size)
@@ -74,8 +87,11 @@ def flow_check(flow_algo, flow_backend, flow_param, device, size, pairs, builtin
     for line in accuracy.format_table(scores):
         click.echo(line)
     if json_path:
-        report = {"flow": {**cfg.output_dict(), "device": cfg.device, "batch_size": batch_size},
-                  "cases": [s.as_dict() for s in scores], "overall": accuracy.overall(scores).as_dict()}
+        report = {
+            "flow": {**cfg.output_dict(), "device": cfg.device, "batch_size": batch_size},
+            "cases": [s.as_dict() for s in scores],
+            "overall": accuracy.overall(scores).as_dict(),
+        }
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
 
 

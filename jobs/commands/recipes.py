@@ -1,5 +1,6 @@
 """`flowshard recipes [NAME]`: the training recipes (jobs.recipes), listed or shown one by one
 with the paper's settings and ours side by side."""
+
 from __future__ import annotations
 
 import textwrap
@@ -29,16 +30,21 @@ def list_lines() -> list[str]:
     """One line per recipe: name@version, the paper (first author, year, arXiv id), its summary."""
     loaded = [recipe_files.load(n) for n in recipe_files.names()]
     width = max(len(r.label) for r in loaded)
-    rows = [f"{r.label:<{width}}  {r.paper.authors.split(',')[0]} {r.paper.year} ({r.paper.where}): "
-            f"{r.summary}" for r in loaded]
+    rows = [
+        f"{r.label:<{width}}  {r.paper.authors.split(',')[0]} {r.paper.year} ({r.paper.where}): {r.summary}"
+        for r in loaded
+    ]
     return [*rows, "", "flowshard recipes NAME shows one; flowshard train DATASET --recipe NAME trains it."]
 
 
 def recipe_lines(recipe: Recipe) -> list[str]:
     """The recipe: its paper, then every setting as paper | ours, each note below its row."""
     p = recipe.paper
-    head = [f"{recipe.label}: {recipe.summary}",
-            f"paper: {p.title}. {p.authors}, {p.year}. {p.where}.", f"table: {p.table}"]
+    head = [
+        f"{recipe.label}: {recipe.summary}",
+        f"paper: {p.title}. {p.authors}, {p.year}. {p.where}.",
+        f"table: {p.table}",
+    ]
     if p.code:
         head.append(f"code:  {p.code}")
     resolved = recipe_files.resolved_defaults(recipe)
@@ -48,11 +54,13 @@ def recipe_lines(recipe: Recipe) -> list[str]:
         rows.append(f"{DIFFERS if s.note else ' '} {s.name}")
         rows.append(side_by_side("", s.paper, "; ".join(ours) or "(nothing to set)"))
         if s.note:
-            rows += textwrap.wrap(s.note, 2 * PAPER_WIDTH + 3, initial_indent="    why: ",
-                                  subsequent_indent=" " * 9)
+            rows += textwrap.wrap(s.note, 2 * PAPER_WIDTH + 3, initial_indent="    why: ", subsequent_indent=" " * 9)
     flags = " ".join(flag_text(k, v) for k, v in recipe.flags().items())
-    tail = ["", f"{DIFFERS} ours differs from the paper (see why).",
-            f"flowshard train DATASET --recipe {recipe.name} is: flowshard train DATASET {flags}"]
+    tail = [
+        "",
+        f"{DIFFERS} ours differs from the paper (see why).",
+        f"flowshard train DATASET --recipe {recipe.name} is: flowshard train DATASET {flags}",
+    ]
     return [*head, "", *rows, *tail]
 
 

@@ -3,6 +3,7 @@
 Names, retention and lineage of the versions of one OUTPUT; the library code is in
 `pipeline.build.tags`, `pipeline.build.prune` and `pipeline.build.lineage`.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def parse_duration(text: str) -> float:
 
 
 # --- tag --------------------------------------------------------------------------------------
+
 
 @click.command()
 @click.argument("output", metavar="OUTPUT")
@@ -66,27 +68,60 @@ def tag(output: str, version: str, name: str | None, delete: bool, force: bool) 
 
 # --- prune ------------------------------------------------------------------------------------
 
+
 @click.command()
 @click.argument("output", metavar="OUTPUT")
 @click.option("--keep-last", type=int, default=None, metavar="N", help="Remove all but the newest N versions.")
 @click.option("--older-than", type=float, default=None, metavar="DAYS", help="Remove versions older than DAYS.")
-@click.option("--version", "specs", multiple=True, metavar="V", help="Remove version V (id, prefix or name); repeatable.")
+@click.option(
+    "--version", "specs", multiple=True, metavar="V", help="Remove version V (id, prefix or name); repeatable."
+)
 @click.option("--keep-tagged", is_flag=True, help="Keep tagged versions the rules select (else they are refused).")
 @click.option("--force", is_flag=True, help="Remove the latest version or tagged ones too.")
-@click.option("--min-age", default="1d", show_default=True, metavar="AGE",
-              help="Never remove versions younger than this (a reader may have opened them): 12h, 2d, 0.")
-@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True, metavar="SECONDS",
-              help="Wait this long for a running build of OUTPUT to finish.")
+@click.option(
+    "--min-age",
+    default="1d",
+    show_default=True,
+    metavar="AGE",
+    help="Never remove versions younger than this (a reader may have opened them): 12h, 2d, 0.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for a running build of OUTPUT to finish.",
+)
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and result as JSON.")
-def prune(output: str, keep_last: int | None, older_than: float | None, specs: tuple[str, ...], keep_tagged: bool,
-          force: bool, min_age: str, wait_s: float, dry_run: bool, as_json: bool) -> None:
+def prune(
+    output: str,
+    keep_last: int | None,
+    older_than: float | None,
+    specs: tuple[str, ...],
+    keep_tagged: bool,
+    force: bool,
+    min_age: str,
+    wait_s: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Remove versions from OUTPUT's catalog and delete the shards, manifests and unit records no
     remaining version references; print what goes and the bytes given back. The latest version
     and tagged ones are refused without --force; an unfinished build's files are kept."""
     try:
-        opts = PruneOptions(versions=specs, keep_last=keep_last, older_than_days=older_than, keep_tagged=keep_tagged,
-                            force=force, min_age_s=parse_duration(min_age), dry_run=dry_run, lock_wait_s=wait_s)
+        opts = PruneOptions(
+            versions=specs,
+            keep_last=keep_last,
+            older_than_days=older_than,
+            keep_tagged=keep_tagged,
+            force=force,
+            min_age_s=parse_duration(min_age),
+            dry_run=dry_run,
+            lock_wait_s=wait_s,
+        )
         result = run_prune(output, opts)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -105,23 +140,30 @@ def prune(output: str, keep_last: int | None, older_than: float | None, specs: t
     if not plan.versions and not plan.strays:
         click.echo("nothing to prune")
         return
-    click.echo(f"{verb} {len(plan.versions)} version(s): {len(plan.shards)} shard(s) of {_mb(plan.shard_bytes)} "
-               f"no remaining version references, {len(plan.units)} unit record(s), "
-               f"{len(plan.strays)} stray tar(s), manifests")
+    click.echo(
+        f"{verb} {len(plan.versions)} version(s): {len(plan.shards)} shard(s) of {_mb(plan.shard_bytes)} "
+        f"no remaining version references, {len(plan.units)} unit record(s), "
+        f"{len(plan.strays)} stray tar(s), manifests"
+    )
     given = plan.bytes if dry_run else result.freed
-    click.echo(f"{'would give' if dry_run else 'gave'} back {given} bytes ({_mb(given)}); "
-               f"the latest version is {plan.latest or 'none'}")
+    click.echo(
+        f"{'would give' if dry_run else 'gave'} back {given} bytes ({_mb(given)}); "
+        f"the latest version is {plan.latest or 'none'}"
+    )
     if result.note:
         click.echo(f"note: {result.note}")
 
 
 # --- lineage ----------------------------------------------------------------------------------
 
+
 def _line(entry: dict) -> str:
     names = f"  [{', '.join(entry['names'])}]" if entry["names"] else ""
     shared = f", shares {_mb(entry['shared_bytes'])} with its parent" if entry["parent_state"] == "committed" else ""
-    return (f"{entry['version']}{names}  {entry['created']}  {entry['videos']} videos  {_mb(entry['bytes'])}{shared}: "
-            f"{describe(entry)}")
+    return (
+        f"{entry['version']}{names}  {entry['created']}  {entry['videos']} videos  {_mb(entry['bytes'])}{shared}: "
+        f"{describe(entry)}"
+    )
 
 
 def tree_lines(entries: list[dict]) -> list[str]:

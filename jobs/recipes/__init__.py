@@ -13,6 +13,7 @@ written again. The recipe says `default` and takes the family's, which `flowshar
 NAME` shows resolved; `restated_defaults` finds a recipe that restates one (a test runs it
 over every recipe).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,20 @@ import yaml
 DEFAULT = "default"  # a flag whose value is the model family's default
 SUFFIX = ".yaml"
 # Every recipe states these settings (a paper's value may be "not stated"; ours may be empty).
-REQUIRED_SETTINGS = ("network", "input size", "frames", "flow stack (L)", "sampling", "training crops", "test views",
-                     "optimiser", "lr schedule", "dropout", "epochs", "initialisation")
+REQUIRED_SETTINGS = (
+    "network",
+    "input size",
+    "frames",
+    "flow stack (L)",
+    "sampling",
+    "training crops",
+    "test views",
+    "optimiser",
+    "lr schedule",
+    "dropout",
+    "epochs",
+    "initialisation",
+)
 ARXIV = re.compile(r"^\d{4}\.\d{4,5}$")
 
 
@@ -128,12 +141,21 @@ def parse(d: Any, name: str) -> Recipe:
         raise ValueError(f"recipe {name}: its file says name {d['name']!r}")
     if not isinstance(d["version"], int) or d["version"] < 1:
         raise ValueError(f"recipe {name}: version must be a positive integer, got {d['version']!r}")
-    paper = Paper(**{k: str(v) if k != "year" else int(v) for k, v in d["paper"].items()})
+    fields: dict[str, Any] = {k: str(v) if k != "year" else int(v) for k, v in d["paper"].items()}
+    paper = Paper(**fields)
     if not (ARXIV.match(paper.arxiv) or (paper.arxiv == "" and paper.venue)):
-        raise ValueError(f"recipe {name}: arxiv must look like 1406.2199 (or be empty, with a venue), "
-                         f"got {paper.arxiv!r}")
-    settings = tuple(Setting(name=s["name"], paper=str(s["paper"]).strip(), ours=dict(s.get("ours") or {}),
-                             note=str(s.get("note") or "").strip()) for s in d["settings"])
+        raise ValueError(
+            f"recipe {name}: arxiv must look like 1406.2199 (or be empty, with a venue), got {paper.arxiv!r}"
+        )
+    settings = tuple(
+        Setting(
+            name=s["name"],
+            paper=str(s["paper"]).strip(),
+            ours=dict(s.get("ours") or {}),
+            note=str(s.get("note") or "").strip(),
+        )
+        for s in d["settings"]
+    )
     check_settings(name, settings)
     return Recipe(name=name, version=d["version"], summary=str(d["summary"]).strip(), paper=paper, settings=settings)
 
@@ -161,12 +183,19 @@ def restated_defaults(recipe: Recipe) -> list[str]:
     model, flags = recipe.model(), recipe.flags()
     own = family_input(model, flags)
     defaults = family_defaults(model, flags)
-    problems = [f"{flag_text(k, v)}: {model} defines {k} itself ({own[k]!r}); write `default`"
-                for k, v in flags.items() if k in own]
-    problems += [f"{flag_text(k, v)}: the {model} default already; write `default`"
-                 for k, v in flags.items() if k not in own and k in defaults and defaults[k] == v]
-    problems += [f"{k}: `default`, but {model} has no default for it" for k in recipe.default_flags()
-                 if k not in defaults]
+    problems = [
+        f"{flag_text(k, v)}: {model} defines {k} itself ({own[k]!r}); write `default`"
+        for k, v in flags.items()
+        if k in own
+    ]
+    problems += [
+        f"{flag_text(k, v)}: the {model} default already; write `default`"
+        for k, v in flags.items()
+        if k not in own and k in defaults and defaults[k] == v
+    ]
+    problems += [
+        f"{k}: `default`, but {model} has no default for it" for k in recipe.default_flags() if k not in defaults
+    ]
     return problems
 
 

@@ -362,7 +362,7 @@ def list_versions(root: Location) -> list[dict]:
 # --- diffs ------------------------------------------------------------------------------------
 
 
-def diff_versions(root: Location, a: str, b: str) -> dict:
+def diff_versions(root: Location, a: str, b: str | None) -> dict:
     """What changed from version `a` to version `b`: videos added, removed, changed in content,
     relabelled, moved to another split or changed in status, and the settings that differ."""
     root = storage.location(root)
