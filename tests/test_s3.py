@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -481,6 +482,36 @@ def test_bucket_inputs_are_read_once(bucket_videos, counting, tmp_path):
     assert 1.0 <= ratio <= 1.05
     rows = manifest.read_rows(tmp_path / "ds" / "manifest.parquet")
     assert all(len(r["content_sha256"]) == 64 for r in rows)
+
+
+def test_copies_asked_for_at_once_download_the_object_once(bucket_videos, motion_videos, counting):
+    """The parts of a video shared over several CPUs each probe and decode it at the same time
+    on one node: the local cache downloads it once, the others wait and read that copy."""
+    import threading
+
+    from pipeline.store import cache
+
+    prefix, _ = bucket_videos
+    storage.configure({"s3": {"endpoint_url": counting.url}})
+    video = sorted(motion_videos.glob("*/*.mp4"))[0]
+    url, size = f"{prefix}/{video.parent.name}/{video.name}", video.stat().st_size
+    start, paths, errors = threading.Barrier(4), [], []
+
+    def copy():
+        start.wait()
+        try:
+            paths.append(cache.local_copy(url))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=copy) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(paths)) == 1 and Path(paths[0]).stat().st_size == size
+    assert _fetched(counting, prefix) == size  # one download, not four
+    assert [p.name for p in Path(paths[0]).parent.iterdir()] == [Path(paths[0]).name]  # no lock or temporary left
 
 
 def test_bucket_inputs_are_read_once_on_ray(bucket_videos, counting, tmp_path):

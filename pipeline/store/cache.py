@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import posixpath
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypedDict
 
@@ -52,19 +54,50 @@ def local_copy(loc: Location, st: FileStat | None = None) -> str:
     ident = hashlib.sha256(f"{url}\0{st.tag}\0{st.size}".encode()).hexdigest()[:32]
     suffix = posixpath.splitext(name(url).split("?", 1)[0])[1][:16]
     path = _cache_dir() / f"{ident}{suffix}"
-    if path.is_file() and path.stat().st_size == st.size:
-        os.utime(path)  # most recently used
+    if _cached(path, st.size):
         return str(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        _remote(url, "cannot download it", lambda fs, p: fs.get_file(p, str(tmp)))
-        if tmp.stat().st_size != st.size:
-            raise OSError(errno.EIO, f"{url}: downloaded {tmp.stat().st_size} bytes, the object has {st.size}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Processes on this machine that want the object at once (the parts of a video shared over
+    # several CPUs each probe and decode it) download it once: the first holds the lock, the
+    # others wait for it and find the copy.
+    with _download_lock(path):
+        if _cached(path, st.size):
+            return str(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            _remote(url, "cannot download it", lambda fs, p: fs.get_file(p, str(tmp)))
+            if tmp.stat().st_size != st.size:
+                raise OSError(errno.EIO, f"{url}: downloaded {tmp.stat().st_size} bytes, the object has {st.size}")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     _prune_cache(keep=path)
     return str(path)
+
+
+def _cached(path: Path, size: int) -> bool:
+    """Whether the cache holds `path` whole (marked most recently used when it does)."""
+    if path.is_file() and path.stat().st_size == size:
+        os.utime(path)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _download_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path`'s download among this machine's processes and threads
+    (flock on a lock file beside it, removed once the copy is in place: a process that
+    opened the removed file still gets the lock and then finds the copy; at worst, one
+    arriving in between downloads again, which costs bytes and never a wrong file)."""
+    lock = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _prune_cache(keep: Path) -> None:
