@@ -192,3 +192,29 @@ def test_ray_streams_parts_and_clips_to_the_same_bytes_as_local(motion_videos, t
     for rel in files:
         assert (tmp_path / "ray" / rel).read_bytes() == (tmp_path / "local" / rel).read_bytes(), rel
     assert len(open_dataset(tmp_path / "ray").read("up_v_up_g00").frames) == (12 if mode[0] == "--max-frames" else 2)
+
+
+def test_a_lost_writers_temporary_tar_is_removed_when_the_build_ends(motion_videos, tmp_path):
+    """A writer lost with its node mid-build (its unit written again by another) can leave its
+    temporary tar beside the shards: the build removes it before committing."""
+    from pipeline.build.config import BuildConfig, ShardConfig
+    from pipeline.build.executors import LocalExecutor
+    from pipeline.build.run import build_dataset
+    from pipeline.decode import DecodeConfig
+    from pipeline.flow.config import FlowConfig
+    from pipeline.stages.config import WorkerConfig
+
+    out = tmp_path / "ds"
+    stale = out / "shards" / ".train-00000-0123456789.tar.tmp-99999"
+
+    class LosesAWriter(LocalExecutor):
+        def run(self, units, cfg, output, done, progress):
+            stale.write_bytes(b"half a tar")  # what the lost writer left
+            super().run(units, cfg, output, done, progress)
+
+    cfg = BuildConfig(worker=WorkerConfig(decode=DecodeConfig(resize="none"), flow=FlowConfig(algorithm="dis")),
+                      shard=ShardConfig(max_samples=3))
+    build_dataset(str(motion_videos), str(out), cfg, executor=LosesAWriter(), progress=False)
+    assert not stale.exists()
+    assert not [p.name for p in (out / "shards").iterdir() if ".tmp-" in p.name]
+    assert open_dataset(out).info["counts"]["ok"] == 8

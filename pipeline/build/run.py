@@ -210,6 +210,9 @@ def _build(ctx: BuildContext, executor: Executor, progress: bool, held: storage.
         runner.run(todo, cfg, str(out), done, bar)
     finally:
         bar.close()
+    # A writer lost with its node mid-run (its unit written again by another) may have left its
+    # temporary tar beside the shards; no writer of this build is left to finish one.
+    _remove_temporaries(out)
     held.check()  # object storage: refuse to commit if another build took the lock over meanwhile
     summary = finish_build(ctx, units, records)
     summary.units_skipped = len(units) - len(todo)
