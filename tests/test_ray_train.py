@@ -7,7 +7,8 @@
 - Elastic (`--ray-workers 1-2`) on a loopback `ray.cluster_utils.Cluster` of two 1-CPU
   worker nodes: one node is removed inside epoch 1, the group restarts with the one worker
   left (global batch kept, epoch 1 from its start) and finishes; each epoch used every
-  sample once.
+  sample once. The other way: a run started on one node grows to two workers when a second
+  node joins inside epoch 1 (Ray Train's resize), from epoch_000.pt, each sample once.
 - Checkpoints and logs go to s3:// (the loopback moto server), and `flowshard evaluate`
   reads them.
 - Step checkpoints resume mid-epoch in a plain run too, and corrupt samples are caught
@@ -207,10 +208,10 @@ def shrinking_loop(config: dict, visits: str) -> None:
     train_on_ray.train_loop(config)
 
 
-@pytest.fixture
-def two_node_cluster(monkeypatch):
-    """A loopback Ray cluster: a head without CPUs (the driver, Ray Train's controller) and two
-    worker nodes of 1 CPU, one Ray Train worker each."""
+@contextlib.contextmanager
+def loopback_cluster(monkeypatch, workers: int):
+    """A loopback Ray cluster: a head without CPUs (the driver, Ray Train's controller) and
+    `workers` worker nodes of 1 CPU, one Ray Train worker each; yields (cluster, nodes)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -221,7 +222,7 @@ def two_node_cluster(monkeypatch):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
 
     def start():
-        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
         ray.init(address=cluster.address, log_to_driver=False)
         return cluster, nodes
 
@@ -230,6 +231,20 @@ def two_node_cluster(monkeypatch):
             yield started
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """`loopback_cluster` with two worker nodes."""
+    with loopback_cluster(monkeypatch, 2) as started:
+        yield started
+
+
+@pytest.fixture
+def one_node_cluster(monkeypatch):
+    """`loopback_cluster` with one worker node (a test adds the second)."""
+    with loopback_cluster(monkeypatch, 1) as started:
+        yield started
 
 
 def remove_node_when_asked(cluster, nodes, folder: Path, stop: threading.Event) -> threading.Thread:
@@ -276,6 +291,83 @@ def test_an_elastic_group_goes_on_with_fewer_workers_when_a_node_goes(motion, tw
     rows = visits_of(visits, 0) + visits_of(visits, 1)
     first = [k for r in rows if r["epoch"] == 0 and r["size"] == 2 for k in r["keys"]]
     second = [k for r in rows if r["epoch"] == 1 and r["size"] == 1 for k in r["keys"]]
+    assert len(first) == len(set(first)) == 12 and sorted(second) == sorted(first)
+
+
+GROW_AT = (1, 1)  # (epoch, batches done): the lone worker asks for a second node after this step checkpoint
+
+
+def growing_loop(config: dict, visits: str) -> None:
+    """jobs.train_on_ray.train_loop, recording each batch's keys with the group's size; alone,
+    the worker writes visits/add once its GROW_AT step checkpoint is committed, then waits for
+    Ray Train to stop it and start the larger group."""
+    import time
+
+    from jobs import train_on_ray
+
+    folder, size = Path(visits), int(os.environ["WORLD_SIZE"])
+
+    def ask_for_a_node(metrics: dict) -> None:
+        if size == 1 and (metrics["epoch"], metrics["epoch_step"]) == GROW_AT:
+            (folder / "add").touch()
+            time.sleep(600)  # ends when the group is resized
+
+    record_visits(folder, size=size)
+    after_report(ask_for_a_node)
+    train_on_ray.train_loop(config)
+
+
+def test_an_elastic_group_grows_when_a_node_joins(motion, one_node_cluster, tmp_path, monkeypatch):
+    import time
+
+    import ray._private.utils
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers do not import tests/
+    cluster, _ = one_node_cluster
+    visits, out = tmp_path / "visits", tmp_path / "elastic"
+    visits.mkdir()
+    cfg = dataclasses.replace(config_of(motion, out), checkpoint_every_steps=1)
+    stop, added = threading.Event(), []
+    # A node started outside the main thread cannot set the SIGTERM handler that would stop its
+    # processes with this one (signal.signal refuses); cluster.shutdown() stops them here.
+    monkeypatch.setattr(ray._private.utils, "set_sigterm_handler", lambda handler: None)
+    # The larger group starts workers on a node that has none yet (each a new process importing
+    # torch): more than the fixture's 10 s on a busy machine.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "90")
+
+    def add_node_when_asked() -> None:
+        while not stop.wait(0.2):
+            if (visits / "add").exists():
+                added.append(cluster.add_node(num_cpus=1))
+                # Stay: the node's processes are started with PR_SET_PDEATHSIG, which fires when
+                # the thread that started them ends, not the process.
+                stop.wait()
+
+    adder = threading.Thread(target=add_node_when_asked, daemon=True)
+    adder.start()
+    t0 = time.monotonic()
+    try:
+        summary = train_on_ray(cfg, RayTrainConfig(min_workers=1, max_workers=2, max_failures=0, elastic_interval_s=2),
+                               loop=functools.partial(growing_loop, visits=str(visits)))
+    finally:
+        stop.set()
+        adder.join()
+    assert (visits / "add").exists() and added and time.monotonic() - t0 < 300
+    # Started alone (the whole global batch of 4 on one rank), ended as two (2 per rank) once the
+    # node joined: Ray Train stopped the lone worker and started two from the last committed
+    # checkpoint, a step inside epoch 1 of the other geometry, so epoch 1 began again from
+    # epoch_000.pt (and the log says so). A resize is not a failure: --max-failures 0 held.
+    assert summary["world_size"] == 2 and summary["steps_per_rank"] == [6, 6]
+    log_text = (out / "train.log").read_text()
+    assert "1 rank(s), batch 4 per rank" in log_text and "2 rank(s), batch 2 per rank" in log_text, log_text
+    assert "the epoch restarts from its beginning" in log_text, log_text
+    assert f"resumed from {out / 'epoch_000.pt'} at step 3" in log_text, log_text
+    assert checkpoint.load_checkpoint(out / "last.pt")["step"] == 6
+    # Equal use: epoch 0 drawn by the lone worker, epoch 1 by the two; each holds the 12 train videos once.
+    rows = visits_of(visits, 0) + visits_of(visits, 1)
+    first = [k for r in rows if r["epoch"] == 0 and r["size"] == 1 for k in r["keys"]]
+    second = [k for r in rows if r["epoch"] == 1 and r["size"] == 2 for k in r["keys"]]
     assert len(first) == len(set(first)) == 12 and sorted(second) == sorted(first)
 
 
