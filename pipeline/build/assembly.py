@@ -24,9 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline import storage
 from pipeline.build.config import BuildConfig
-from pipeline.build.manifest import SHARD_DIR
 from pipeline.build.records import UnitRecord
 from pipeline.build.units import Unit, UnitWriter
 from pipeline.failures import PERMANENT, TRANSIENT
@@ -240,10 +238,7 @@ class UnitAssembler:
         self.abort()
         self.cfg = cfg
         self.spool, saved = ChunkSpool.reopen(folder)
-        out = storage.location(output)
-        if not storage.is_remote(out):  # the lost writer's temporary tar beside the shards
-            for stale in Path(storage.join(out, SHARD_DIR)).glob(f".{unit.stem}*.tmp-*"):
-                stale.unlink(missing_ok=True)
+        # The lost writer's temporary tar beside the shards is removed when the build's run ends.
         self.writer = UnitWriter(unit, output, cfg, tmp_dir=self.spool.dir)
         self.order = list(unit.compute_refs)
         self.attempts = {key: attempt for key, (attempt, _) in saved.items()}

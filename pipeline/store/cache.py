@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
+import math
 import os
 import posixpath
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TypedDict
 
 from pipeline.store.files import FileStat, stat
 from pipeline.store.locations import Location, is_remote, name
+from pipeline.store.lock import lock as exclusive
 from pipeline.store.retry import remote as _remote
 
 CACHE_BYTES = 8 << 30  # local copies of remote inputs kept per machine
@@ -58,20 +58,31 @@ def local_copy(loc: Location, st: FileStat | None = None) -> str:
         return str(path)
     # Processes on this machine that want the object at once (the parts of a video shared over
     # several CPUs each probe and decode it) download it once: the first holds the lock, the
-    # others wait for it and find the copy.
-    with _download_lock(path):
-        if _cached(path, st.size):
-            return str(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    # others wait for it and find the copy. The lock file goes once the copy is in place: one
+    # waiting on the removed file still gets its lock and finds the copy; at worst, one arriving
+    # in between downloads again, which costs bytes and never gives a wrong file.
+    lock_file = path.with_name(f".{path.name}.lock")
+    with exclusive(lock_file, wait_s=math.inf):
         try:
-            _remote(url, "cannot download it", lambda fs, p: fs.get_file(p, str(tmp)))
-            if tmp.stat().st_size != st.size:
-                raise OSError(errno.EIO, f"{url}: downloaded {tmp.stat().st_size} bytes, the object has {st.size}")
-            os.replace(tmp, path)
+            if _cached(path, st.size):
+                return str(path)
+            _download(url, path, st.size)
         finally:
-            tmp.unlink(missing_ok=True)
+            lock_file.unlink(missing_ok=True)
     _prune_cache(keep=path)
     return str(path)
+
+
+def _download(url: str, path: Path, size: int) -> None:
+    """The object at `url` into `path`, whole (through a temporary file beside it) or not at all."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        _remote(url, "cannot download it", lambda fs, p: fs.get_file(p, str(tmp)))
+        if tmp.stat().st_size != size:
+            raise OSError(errno.EIO, f"{url}: downloaded {tmp.stat().st_size} bytes, the object has {size}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _cached(path: Path, size: int) -> bool:
@@ -80,24 +91,6 @@ def _cached(path: Path, size: int) -> bool:
         os.utime(path)
         return True
     return False
-
-
-@contextlib.contextmanager
-def _download_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path`'s download among this machine's processes and threads
-    (flock on a lock file beside it, removed once the copy is in place: a process that
-    opened the removed file still gets the lock and then finds the copy; at worst, one
-    arriving in between downloads again, which costs bytes and never a wrong file)."""
-    lock = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _prune_cache(keep: Path) -> None:
