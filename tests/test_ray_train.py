@@ -182,13 +182,14 @@ def test_a_killed_worker_restarts_from_the_step_checkpoint_and_equals_torchrun(m
     assert len(flat) == len(set(flat)) == 12
 
 
-REMOVE_AT = (1, 1)  # (epoch, batches done): rank 1 asks for its node to go after this step checkpoint
+RESIZE_AT = (1, 1)  # (epoch, batches done): the group asks for a node change after this step checkpoint
 
 
-def shrinking_loop(config: dict, visits: str) -> None:
+def resizing_loop(config: dict, visits: str, asks: int) -> None:
     """jobs.train_on_ray.train_loop, recording each batch's keys with the group's size; in a
-    group of 2, rank 1 writes its node's id to visits/remove once its REMOVE_AT step checkpoint
-    is committed, then waits there for the test to take the node away."""
+    group of `asks` workers, the last rank writes visits/ask (its node's id) once its RESIZE_AT
+    step checkpoint is committed, then waits there for the test to change the cluster and Ray
+    Train to stop the group."""
     import time
 
     import ray
@@ -197,14 +198,15 @@ def shrinking_loop(config: dict, visits: str) -> None:
 
     folder, size = Path(visits), int(os.environ["WORLD_SIZE"])
 
-    def ask_for_removal(metrics: dict) -> None:
-        if size == 2 and int(os.environ["RANK"]) == 1 and (metrics["epoch"], metrics["epoch_step"]) == REMOVE_AT:
-            (folder / "remove.tmp").write_text(ray.get_runtime_context().get_node_id())
-            (folder / "remove.tmp").rename(folder / "remove")
-            time.sleep(600)  # ends with the node
+    def ask(metrics: dict) -> None:
+        last_rank = size == asks and int(os.environ["RANK"]) == asks - 1
+        if last_rank and (metrics["epoch"], metrics["epoch_step"]) == RESIZE_AT:
+            (folder / "ask.tmp").write_text(ray.get_runtime_context().get_node_id())
+            (folder / "ask.tmp").rename(folder / "ask")
+            time.sleep(600)  # ends with the node or the group
 
     record_visits(folder, size=size)
-    after_report(ask_for_removal)
+    after_report(ask)
     train_on_ray.train_loop(config)
 
 
@@ -247,14 +249,15 @@ def one_node_cluster(monkeypatch):
         yield started
 
 
-def remove_node_when_asked(cluster, nodes, folder: Path, stop: threading.Event) -> threading.Thread:
-    """A thread that takes away the node named in folder/remove once it appears (as a spot node goes)."""
+def when_asked(folder: Path, action, stop: threading.Event) -> threading.Thread:
+    """A thread that calls action(node id) once folder/ask appears (resizing_loop), then stays
+    until `stop`: Ray starts a node's processes with PR_SET_PDEATHSIG, which fires when the
+    thread that started them ends, not the process, so a node this thread adds lives as long."""
     def run() -> None:
         while not stop.wait(0.2):
-            if (folder / "remove").exists():
-                node_id = (folder / "remove").read_text()
-                cluster.remove_node(next(n for n in nodes if n.node_id == node_id))
-                return
+            if (folder / "ask").exists():
+                action((folder / "ask").read_text())
+                stop.wait()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -270,14 +273,15 @@ def test_an_elastic_group_goes_on_with_fewer_workers_when_a_node_goes(motion, tw
     visits.mkdir()
     cfg = dataclasses.replace(config_of(motion, out), checkpoint_every_steps=1)
     stop = threading.Event()
-    remover = remove_node_when_asked(cluster, nodes, visits, stop)
+    remover = when_asked(visits, lambda node_id: cluster.remove_node(next(n for n in nodes if n.node_id == node_id)),
+                         stop)
     try:
         summary = train_on_ray(cfg, RayTrainConfig(min_workers=1, max_workers=2, max_failures=1),
-                               loop=functools.partial(shrinking_loop, visits=str(visits)))
+                               loop=functools.partial(resizing_loop, visits=str(visits), asks=2))
     finally:
         stop.set()
         remover.join()
-    assert (visits / "remove").exists() and len([n for n in ray.nodes() if n["Alive"]]) == 2  # head + 1 left
+    assert (visits / "ask").exists() and len([n for n in ray.nodes() if n["Alive"]]) == 2  # head + 1 left
     # The run ended on one worker, with the same global batch (2 per rank x 2 = 4 on one rank) and
     # the same steps per epoch; the 2-worker step checkpoint inside epoch 1 took it back to epoch_000.pt.
     assert summary["world_size"] == 1 and summary["steps_per_rank"] == [6]
@@ -292,29 +296,6 @@ def test_an_elastic_group_goes_on_with_fewer_workers_when_a_node_goes(motion, tw
     first = [k for r in rows if r["epoch"] == 0 and r["size"] == 2 for k in r["keys"]]
     second = [k for r in rows if r["epoch"] == 1 and r["size"] == 1 for k in r["keys"]]
     assert len(first) == len(set(first)) == 12 and sorted(second) == sorted(first)
-
-
-GROW_AT = (1, 1)  # (epoch, batches done): the lone worker asks for a second node after this step checkpoint
-
-
-def growing_loop(config: dict, visits: str) -> None:
-    """jobs.train_on_ray.train_loop, recording each batch's keys with the group's size; alone,
-    the worker writes visits/add once its GROW_AT step checkpoint is committed, then waits for
-    Ray Train to stop it and start the larger group."""
-    import time
-
-    from jobs import train_on_ray
-
-    folder, size = Path(visits), int(os.environ["WORLD_SIZE"])
-
-    def ask_for_a_node(metrics: dict) -> None:
-        if size == 1 and (metrics["epoch"], metrics["epoch_step"]) == GROW_AT:
-            (folder / "add").touch()
-            time.sleep(600)  # ends when the group is resized
-
-    record_visits(folder, size=size)
-    after_report(ask_for_a_node)
-    train_on_ray.train_loop(config)
 
 
 def test_an_elastic_group_grows_when_a_node_joins(motion, one_node_cluster, tmp_path, monkeypatch):
@@ -335,25 +316,15 @@ def test_an_elastic_group_grows_when_a_node_joins(motion, one_node_cluster, tmp_
     # The larger group starts workers on a node that has none yet (each a new process importing
     # torch): more than the fixture's 10 s on a busy machine.
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "90")
-
-    def add_node_when_asked() -> None:
-        while not stop.wait(0.2):
-            if (visits / "add").exists():
-                added.append(cluster.add_node(num_cpus=1))
-                # Stay: the node's processes are started with PR_SET_PDEATHSIG, which fires when
-                # the thread that started them ends, not the process.
-                stop.wait()
-
-    adder = threading.Thread(target=add_node_when_asked, daemon=True)
-    adder.start()
+    adder = when_asked(visits, lambda _: added.append(cluster.add_node(num_cpus=1)), stop)
     t0 = time.monotonic()
     try:
         summary = train_on_ray(cfg, RayTrainConfig(min_workers=1, max_workers=2, max_failures=0, elastic_interval_s=2),
-                               loop=functools.partial(growing_loop, visits=str(visits)))
+                               loop=functools.partial(resizing_loop, visits=str(visits), asks=1))
     finally:
         stop.set()
         adder.join()
-    assert (visits / "add").exists() and added and time.monotonic() - t0 < 300
+    assert (visits / "ask").exists() and added and time.monotonic() - t0 < 300
     # Started alone (the whole global batch of 4 on one rank), ended as two (2 per rank) once the
     # node joined: Ray Train stopped the lone worker and started two from the last committed
     # checkpoint, a step inside epoch 1 of the other geometry, so epoch 1 began again from
