@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # Ray must bind to loopback only; this has to be set before Ray starts anywhere in the session.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -10,6 +12,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import pytest  # noqa: E402
 
 from pipeline.synthetic import motion as synthetic  # noqa: E402
+
+
+def pytest_report_header(config):
+    """Name the free disk space where tests write: a full disk fails tests far from the cause."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    return f"free disk space in {tempfile.gettempdir()}: {free / 2**30:.1f} GiB"
 
 
 @pytest.fixture(scope="session")
