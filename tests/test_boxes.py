@@ -76,9 +76,9 @@ class _Evil:
         return (os.system, ("touch pwned",))
 
 
-def test_restricted_unpickler_refuses_code(tmp_path):
+def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"gttubes": _Evil()}))
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where the payload's relative "pwned" would land
     with pytest.raises(ValueError, match=r"evil.pkl: refused to load posix.system"):
         boxes.load_boxes(tmp_path / "evil.pkl")
     assert not (tmp_path / "pwned").exists()
