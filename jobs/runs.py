@@ -312,7 +312,8 @@ def prepare_run(
 def save_epoch(
     state: RunState, cfg: TrainConfig, source, run: RunFolder | None, epoch: int, step: int, stats: dict
 ) -> None:
-    """Log an epoch's stats and write its checkpoint (epoch_NNN.pt and last.pt) from rank 0."""
+    """Log an epoch's stats and write its checkpoint (epoch_NNN.pt and last.pt) from rank 0; with
+    --keep-epochs N, the epoch checkpoints before the newest N go."""
     log.info("epoch %d: step %d, %s", epoch, step, json.dumps({k: round(v, 4) for k, v in stats.items()}))
     rng = distributed.all_gather_object(checkpoint.rng_state())  # every rank's, for an exact resume
     if run is not None:
@@ -329,6 +330,8 @@ def save_epoch(
             dataset_name=opened_name(cfg.dataset),
         )
         checkpoint.save_checkpoint(ckpt, run.output, names=(checkpoint.epoch_name(epoch), checkpoint.LAST))
+        for gone in checkpoint.prune_epochs(run.output, epoch, cfg.keep_epochs):
+            log.info("removed %s (--keep-epochs %d)", gone, cfg.keep_epochs)
 
 
 def save_step(

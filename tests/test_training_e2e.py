@@ -144,6 +144,34 @@ def test_resume_continues_exactly(motion, tmp_path):
     assert a["scheduler"] == b["scheduler"]
 
 
+def test_keep_epochs_removes_older_epoch_checkpoints_of_the_run_only(motion, tmp_path):
+    ds, _ = motion
+    run = tmp_path / "run"
+    args = [str(ds), "--output", str(run), "--crop-size", "32", "--batch-size", "2", "--clip-len", "2",
+            "--steps-per-epoch", "1", "--eval-every", "0", "--streams", "flow", *FAST]
+    flowshard("train", *args, "--epochs", "3", "--keep-epochs", "2")
+    assert sorted(p.name for p in run.glob("*.pt")) == ["epoch_001.pt", "epoch_002.pt", "last.pt"]
+    assert json.loads((run / "config.json").read_text())["keep_epochs"] == 2
+    # A file of a later epoch, left by an earlier and longer run in this folder, is not this run's.
+    (run / "epoch_007.pt").write_bytes((run / "epoch_001.pt").read_bytes())
+    flowshard("train", *args, "--epochs", "5", "--keep-epochs", "1", "--resume")
+    assert sorted(p.name for p in run.glob("*.pt")) == ["epoch_004.pt", "epoch_007.pt", "last.pt"]
+    assert checkpoint.load_checkpoint(run / "last.pt")["step"] == 5
+
+
+def test_keep_epochs_zero_keeps_every_one_and_negative_is_refused(tmp_path):
+    for epoch in range(3):
+        (tmp_path / checkpoint.epoch_name(epoch)).write_bytes(b"x")
+    assert checkpoint.prune_epochs(tmp_path, 2, 0) == []
+    assert checkpoint.prune_epochs(tmp_path, 2, 2) == [tmp_path / "epoch_000.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+    from test_lr_schedule import train_config as config
+
+    assert config(keep_epochs=3).keep_epochs == 3
+    with pytest.raises(ValueError, match="keep_epochs must be >= 0"):
+        config(keep_epochs=-1)
+
+
 def test_resume_refuses_another_setup(motion, tmp_path):
     ds, _ = motion
     args = [str(ds), "--output", str(tmp_path / "r"), "--crop-size", "32", "--batch-size", "2", "--clip-len", "2",

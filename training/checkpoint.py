@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import cast
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 LAST = "last.pt"
+EPOCH_FILE = re.compile(r"epoch_(\d{3,})\.pt")
 
 
 def epoch_name(epoch: int) -> str:
@@ -119,6 +121,25 @@ def save_checkpoint(ckpt: dict, directory: Location, *, names: tuple[str, ...]) 
         paths.append(storage.join(directory, name))
     log.info("saved checkpoint step %d epoch %d -> %s", ckpt["step"], ckpt["epoch"], ", ".join(names))
     return paths
+
+
+def prune_epochs(directory: Location, newest: int, keep: int) -> list[Location]:
+    """Remove the epoch checkpoints in `directory` older than the `keep` newest of this run (the
+    run has written up to epoch_`newest`.pt); returns what was removed. keep=0 removes nothing.
+
+    The run's own numbering decides, not the files' times: a file of a later epoch (left by an
+    earlier, longer run in the same folder) is not this run's to remove. The newest kept is the
+    one an elastic resize falls back to (jobs.runs.resume_point), so keep >= 1 always keeps it.
+    """
+    if keep <= 0:
+        return []
+    removed = []
+    for name in storage.list_files(directory, ".pt"):
+        match = EPOCH_FILE.fullmatch(name)
+        if match and int(match.group(1)) <= newest - keep:
+            storage.remove(storage.join(directory, name))
+            removed.append(storage.join(directory, name))
+    return removed
 
 
 def load_checkpoint(path: Location) -> dict:

@@ -57,6 +57,7 @@ class TrainConfig:
     # config was made without the command. Plain JSON: `flowshard train --config` reads it back.
     command: dict | None = None
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
+    keep_epochs: int = 0  # keep the newest N epoch_NNN.pt of this run (0: every one); last.pt always stays
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"unknown epoch size {self.epoch_size!r}; choose one of {EPOCH_SIZES}")
         if self.checkpoint_every_steps < 0:
             raise ValueError(f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}")
+        if self.keep_epochs < 0:
+            raise ValueError(f"keep_epochs must be >= 0 (0 keeps every epoch checkpoint), got {self.keep_epochs}")
         if self.steps_per_epoch < 0 or self.eval_every < 0 or self.log_every < 1:
             raise ValueError("steps_per_epoch and eval_every must be >= 0 and log_every >= 1")
         if self.model.revision is None:  # checkpoints record the revision the model was built as

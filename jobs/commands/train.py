@@ -270,6 +270,14 @@ def _floats(text: str) -> tuple[float, ...]:
     help="Also write last.pt every N steps inside an epoch; a resumed run goes on mid-epoch (0: epoch ends).",
 )
 @click.option(
+    "--keep-epochs",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Keep the newest N epoch_NNN.pt of the run, removing older ones as epochs end (0: keep every "
+    "one); last.pt always stays.",
+)
+@click.option(
     "--on-corrupt",
     default="error",
     show_default=True,
@@ -433,6 +441,7 @@ def make_train_config(dataset: str, output: str, num_classes: int, o: dict, comm
         log_every=o["log_every"],
         command=command,
         checkpoint_every_steps=o.get("checkpoint_every_steps", 0),
+        keep_epochs=o.get("keep_epochs", 0),
         lr_schedule=o.get("lr_schedule", "cosine"),
         lr_gamma=o.get("lr_gamma", 0.1),
         lr_steps=parse_numbers(o["lr_steps"], int) if o.get("lr_steps") else (),
