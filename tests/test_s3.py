@@ -315,11 +315,12 @@ def test_training_writes_checkpoints_and_logs_to_the_bucket_and_resumes_from_it(
     assert any(f.startswith("tb/events.out.tfevents") for f in files)
     summary = json.loads(storage.read_bytes(f"{run}/train_summary.json"))
     assert summary["eval_split"] == "train" and summary["steps"] == summary["steps_per_epoch"]
-    # --resume alone reads OUTPUT/last.pt from the bucket and goes on from its step.
-    flowshard(*args, "--epochs", "2", "--resume")
+    # --resume alone reads OUTPUT/last.pt from the bucket and goes on from its step; --keep-epochs
+    # removes the older epoch checkpoint from the bucket.
+    flowshard(*args, "--epochs", "2", "--resume", "--keep-epochs", "1")
     resumed = json.loads(storage.read_bytes(f"{run}/train_summary.json"))
     assert resumed["steps"] == 2 * summary["steps"]
-    assert storage.isfile(f"{run}/epoch_001.pt")
+    assert storage.isfile(f"{run}/epoch_001.pt") and not storage.exists(f"{run}/epoch_000.pt")
     log_text = storage.read_bytes(f"{run}/train.log")
     assert log_text.count(b"training two_stream (resnet18)") == 2 and b"resumed from" in log_text  # appended
 
