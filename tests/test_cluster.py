@@ -1,5 +1,9 @@
 """Multi-node builds on a loopback Ray cluster: placement of flow actors, byte identity."""
+import contextlib
+import logging
 import os
+import threading
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +18,7 @@ from pipeline.stages.config import SampleConfig, WorkerConfig
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from pipeline.cluster.executor import RayExecutor  # noqa: E402
 
@@ -90,46 +95,96 @@ def test_auto_device_stays_on_cpu_without_gpus(two_nodes):
     assert resolve_auto_device(_opts(executor="local"))["flow_device"] == "cpu"  # no Ray asked
 
 
-def test_worker_node_removed_mid_build_loses_nothing(tmp_path, two_nodes):
-    """A node dies while it runs decode and flow tasks: Ray retries them elsewhere (or a
-    rerun resumes), and the result equals a build that never lost a node."""
-    import threading
-    import time
+@ray.remote(num_cpus=0)
+def _sleep(seconds: float, started: str) -> None:
+    open(started, "w").close()
+    time.sleep(seconds)
 
+
+@contextlib.contextmanager
+def _build_with_an_extra_node(tmp_path, cluster, out, *, busy=False, **executor_options):
+    """A build of 20 videos runs in a thread on `cluster` plus a node added for it; the body
+    runs once that node has done work (so tasks on it are lost for real if it goes) and gets
+    (extra node, errors the build raised, executor). Ends when the build does. busy: a task
+    of no CPU runs on the node all along (Ray ends a drained node at once when it is idle,
+    which it may be between two of the build's tasks)."""
     from pipeline.synthetic import motion
 
-    cluster, _ = two_nodes
     # Enough videos that the extra node still gets some after its check (a task on it) is done.
     videos = motion.make_motion_dataset(tmp_path / "in", per_class=5, num_frames=16, size=(64, 48), speed=2.0)
     extra = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    cfg = _cfg()
-    out = tmp_path / "lossy"
-    errors = []
-    executor = RayExecutor(address=cluster.address)
+    if busy:
+        started = tmp_path / "busy"
+        holder = _sleep.options(scheduling_strategy=NodeAffinitySchedulingStrategy(extra.node_id, soft=False)).remote(
+            120, str(started))
+        while not started.exists():
+            time.sleep(0.02)
+    errors: list[Exception] = []
+    executor = RayExecutor(address=cluster.address, **executor_options)
 
     def run():
         try:
-            build_dataset(str(videos), str(out), cfg, executor=executor, progress=False)
-        except Exception as exc:  # noqa: BLE001 - the test reports whatever ended the first run
+            build_dataset(str(videos), str(out), _cfg(), executor=executor, progress=False)
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever ended the run
             errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.time() + 120
-    # Remove the node once it has done work, so tasks on it are lost for real.
     while extra.node_id not in executor.placement["decode"] + executor.placement["flow"]:
         assert time.time() < deadline and thread.is_alive(), "the extra node never got work"
         time.sleep(0.02)
-    cluster.remove_node(extra)
+    yield extra, errors, executor
     thread.join(timeout=300)
+    if busy:
+        ray.cancel(holder, force=True)
     assert not thread.is_alive()
-    if errors:  # the first run may fail; the same command resumes it
-        build_dataset(str(videos), str(out), cfg, executor=RayExecutor(address=cluster.address),
-                      progress=False)
+
+
+def _equals_a_clean_build(tmp_path, out) -> None:
     assert open_dataset(out).info["counts"]["ok"] == 20
-    build_dataset(str(videos), str(tmp_path / "clean"), cfg, progress=False)
+    build_dataset(str(tmp_path / "in"), str(tmp_path / "clean"), _cfg(), progress=False)
     assert _files(out) == _files(tmp_path / "clean")
+
+
+def test_worker_node_removed_mid_build_loses_nothing(tmp_path, two_nodes):
+    """A node dies while it runs decode and flow tasks: Ray retries them elsewhere (or a
+    rerun resumes), and the result equals a build that never lost a node."""
+    cluster, _ = two_nodes
+    out = tmp_path / "lossy"
+    with _build_with_an_extra_node(tmp_path, cluster, out) as (extra, errors, _):
+        cluster.remove_node(extra)
+    if errors:  # the first run may fail; the same command resumes it
+        build_dataset(str(tmp_path / "in"), str(out), _cfg(), executor=RayExecutor(address=cluster.address),
+                      progress=False)
+    _equals_a_clean_build(tmp_path, out)
+
+
+def test_a_preempted_node_loses_nothing_from_its_notice_to_its_end(tmp_path, two_nodes, caplog):
+    """A spot node gets its preemption notice (Ray's drain request with a deadline, as the
+    autoscaler sends it) while it runs the build's work, and is killed at the deadline: the
+    driver reads the notice and gives the node no new work, what the node took with it starts
+    again elsewhere without counting as a try, and the build ends in one run with every video
+    stored, equal to a build that never lost a node."""
+    from ray.core.generated import autoscaler_pb2
+
+    cluster, _ = two_nodes
+    out = tmp_path / "preempted"
+    caplog.set_level(logging.WARNING, logger="pipeline.cluster.scheduler")
+    with _build_with_an_extra_node(tmp_path, cluster, out, busy=True, refresh_s=0.5) as (extra, errors, _):
+        notice_s = 3
+        accepted, why = ray._raylet.GcsClient(address=cluster.address).drain_node(
+            extra.node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+            "spot instance reclaimed", int((time.time() + notice_s) * 1000))
+        assert accepted, why
+        time.sleep(notice_s)
+        cluster.remove_node(extra)  # the cloud takes the machine at the deadline
+    assert not errors, errors
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"node {extra.node_id[:12]}) got a drain notice" in m for m in said), said
+    assert not any("trying again" in m for m in said), said  # no video lost a try to the node
+    _equals_a_clean_build(tmp_path, out)
 
 
 def test_auto_device_picks_cuda_actors_when_the_cluster_has_gpus(two_nodes):

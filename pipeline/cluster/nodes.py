@@ -5,7 +5,8 @@ A node is CHECKING from the moment the driver first sees it until a task pinned 
 looked at INPUT and OUTPUT and the tools it runs (`pipeline.cluster.tasks._look`); then GOOD
 (it takes work) or BAD (it never does: a warning names it and the fix). Work is placed with
 `NodeAffinitySchedulingStrategy` on GOOD nodes only, so a node that joins late, or that
-cannot see the build's files, never runs a task of it by accident.
+cannot see the build's files, never runs a task of it by accident. A node that gets a drain
+notice (a spot preemption, a scale-down) takes no new work from then on.
 
 The autoscaler sees the build's demand through `ray.autoscaler.sdk.request_resources` (the
 size the cluster should have, replaced at every change and cleared when the build ends), so
@@ -42,6 +43,7 @@ class Node:
     resources: Mapping[str, float]
     state: str = CHECKING
     alive: bool = True
+    draining: bool = False  # a drain notice came (a preemption, a scale-down): it takes no new work
     open: int = 0  # videos decoding there
     writers: int = 0
     actors: int = 0
@@ -62,6 +64,18 @@ class Node:
 def alive_nodes() -> dict[str, dict]:
     """Ray's record of every live node, by node id."""
     return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+
+
+def draining_nodes() -> dict[str, int]:
+    """The nodes Ray has been asked to drain (a spot preemption notice, the autoscaler's
+    scale-down), by node id: the deadline in ms since the epoch (0: none). {} where this Ray
+    cannot say; the build then learns of a drain when a task is refused there."""
+    try:
+        client = ray._private.worker.global_worker.gcs_client  # type: ignore[attr-defined]
+        return {str(k): int(v) for k, v in client.get_draining_nodes().items()}
+    except Exception as exc:  # a private API: its absence must not stop a build
+        log.debug("could not read the draining nodes: %s", exc)
+        return {}
 
 
 class NodeTable:
@@ -92,8 +106,20 @@ class NodeTable:
             n.alive = False
         return joined, left
 
+    def read_draining(self) -> list[tuple[Node, int]]:
+        """Mark the live nodes that got a drain notice since the last read: (node, deadline in
+        ms since the epoch, 0 for none) of each."""
+        out = []
+        for node_id, deadline in draining_nodes().items():
+            node = self.nodes.get(node_id)
+            if node is not None and node.alive and not node.draining:
+                node.draining = True
+                out.append((node, deadline))
+        return out
+
     def good(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.alive and n.state == GOOD]
+        """The nodes that take new work: checked, alive and not draining."""
+        return [n for n in self.nodes.values() if n.alive and n.state == GOOD and not n.draining]
 
     def cpus(self) -> int:
         """CPUs of the GOOD nodes."""
@@ -101,7 +127,7 @@ class NodeTable:
 
     def is_usable(self, node_id: str | None) -> bool:
         node = self.nodes.get(node_id or "")
-        return node is not None and node.alive and node.state == GOOD
+        return node is not None and node.alive and node.state == GOOD and not node.draining
 
     def video_node(self, slots: Callable[[Node], int]) -> Node | None:
         """The GOOD node with the most room for another video (`slots(node)` videos each), or None."""

@@ -18,11 +18,17 @@ driver never fetches what it only passes on (`fetch_local=False`), and each writ
 chunks and outcomes in one call per loop. It blocks in `ray.wait` whenever it has nothing to
 do: it never spins.
 
-Failures: a video that fails for a transient reason (a lost worker or node, memory,
-storage; `pipeline.failures`) is restarted, up to `MAX_ATTEMPTS` tries; a broken file is an
-error row at once. A writer lost with its process is replaced by one on the same node that
-rewrites the unit from its spool; a unit whose writers are lost `MAX_ATTEMPTS` times (or whose
-node is gone) is committed with its videos as transient error rows, and the build goes on.
+Failures: a video that fails for a transient reason (a lost worker, memory, storage;
+`pipeline.failures`) is restarted, up to `MAX_ATTEMPTS` tries; a broken file is an error row
+at once. A writer lost with its process is replaced by one on the same node that rewrites the
+unit from its spool; a unit whose writers are lost `MAX_ATTEMPTS` times is committed with its
+videos as transient error rows, and the build goes on.
+
+Nodes that go: a node with a drain notice (a spot preemption, the autoscaler's scale-down;
+Ray refuses new tasks there) takes no new work from the next cluster read on, and what runs
+there goes on. Work lost with a node that is gone or draining starts again elsewhere (a unit
+from its start, on another writer) without counting against MAX_ATTEMPTS: the machine
+failed, not the video (bounded by MAX_NODE_LOSSES).
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ from pipeline.stages.plan import VideoFailure
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = failures.MAX_ATTEMPTS
+# Tries of a video (or writers of a unit) lost with their node, gone or draining: the machine
+# failed, not the video, so these do not count against MAX_ATTEMPTS (a spot cluster may take
+# several nodes from under one video). Bounded all the same, for a video that brings its
+# nodes down.
+MAX_NODE_LOSSES = 8
 # Errors of a task pinned to a node that is gone: the machine, not the video.
 _NODE_GONE = frozenset({"TaskUnschedulableError", "ActorUnschedulableError"})
 # Bytes per frame of a chunk in the object store (its frames and its encoded result), for the
@@ -96,7 +107,8 @@ class _Active:
     node: Node  # where its writer (and spool) is
     todo: deque  # VideoRefs not yet started, in plan order (restarted ones go first)
     left: int  # computed videos whose outcome the writer has not been sent
-    losses: int = 0  # writers lost so far
+    losses: int = 0  # writers lost so far (but those lost with their node)
+    node_losses: int = 0  # writers lost with their node (gone or draining)
     spool: str = ""  # the writer's spool folder, once `begin` answered
     busy: bool = False  # waiting for the writer to begin or take over: no video may start
     finishing: bool = False
@@ -176,6 +188,7 @@ class Scheduler:
         self.dirty: set[str] = set()  # units with chunks or outcomes for their writer's next call
         self.reported: set[str] = set()  # videos counted in the progress bar
         self.retries: Counter = Counter()  # video key -> transient failures so far
+        self.node_losses: Counter = Counter()  # video key -> tries lost with their node
         self.tries = self.decoding = self.chunks_in_flight = 0
         self.actors: list[tuple[Any, Node]] = []
         self.actor_queue: list = []
@@ -248,6 +261,8 @@ class Scheduler:
             self._check(node)
         for node in left:
             self._node_left(node)
+        for node, deadline in self.nodes.read_draining():
+            self._node_draining(node, deadline)
         self._size()
         self._place_actors()
         self._ask()
@@ -263,12 +278,49 @@ class Scheduler:
         self.actors = [(a, n) for a, n in self.actors if n.alive]
         self.idle_writers = [(w, n) for w, n in self.idle_writers if n.alive]
 
+    def _node_draining(self, node: Node, deadline_ms: int) -> None:
+        """`node` got a drain notice (a spot preemption, a scale-down): Ray refuses new tasks
+        there, so no new video, writer or flow call goes there and its idle writers go. What
+        runs there goes on: a fused video finishes, a unit's writer keeps writing; what the
+        node takes with it when it goes starts again elsewhere, not counted as a try."""
+        left_s = f"deadline in {max(0.0, deadline_ms / 1000 - time.time()):.0f} s" if deadline_ms else "no deadline"
+        log.warning(
+            "node %s got a drain notice (%s): it takes no new work, and what it runs is done elsewhere "
+            "if the node goes first",
+            node.name,
+            left_s,
+        )
+        self.actors = [(a, n) for a, n in self.actors if n is not node]
+        self.idle_writers = [x for x in self.idle_writers if x[1] is not node]
+        for w, n in [x for x in self.writers if x[1] is node]:
+            if not self._holds_unit(w):  # one still committing its last unit ends after it
+                self._retire(w, n)
+
+    def _holds_unit(self, writer) -> bool:
+        return any(a.writer is writer for a in self.active.values())
+
+    def _retire(self, writer, node: Node) -> None:
+        """End a writer that holds no unit (its node is draining or gone)."""
+        ray.kill(writer)
+        self.idle_writers = [x for x in self.idle_writers if x[0] is not writer]
+        if (writer, node) in self.writers:
+            self.writers.remove((writer, node))
+            node.writers -= 1
+
     def _gone(self, exc: Exception, node: Node) -> None:
         """A task or actor pinned to `node` could not run there because the node is gone: it
         leaves the table now, before Ray's node list says so (which can lag by seconds)."""
         names = {c.__name__ for c in type(exc).__mro__}
-        if names & (_NODE_GONE | {"NodeDiedError"}) and node.alive:
+        if not node.alive or node.draining or not names & (_NODE_GONE | {"NodeDiedError"}):
+            return
+        # Ray refuses tasks on a draining node the moment the notice comes, before the next
+        # cluster read would see it: such a node is draining, not gone.
+        deadline = cluster_nodes.draining_nodes().get(node.id) if names & _NODE_GONE else None
+        if deadline is None:
             self._node_left(node)
+        else:
+            node.draining = True
+            self._node_draining(node, deadline)
 
     def _check(self, node: Node) -> None:
         if node.state == GOOD:  # a local Ray: this machine, whose stale spools go now
@@ -559,8 +611,7 @@ class Scheduler:
         try:
             plan, _, v.content = read()
         except ray.exceptions.RayError as exc:
-            self._gone(exc, v.node)
-            self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
+            self._task_failed(v, exc)
             return False
         if isinstance(plan, VideoFailure):
             self._fail(v, plan.reason, plan.kind)
@@ -651,8 +702,7 @@ class Scheduler:
             summary, decode_node, flow_node = self._get(ref)
         except ray.exceptions.RayError as exc:
             self.chunks_in_flight -= 1
-            self._gone(exc, v.node)
-            return self._fail(v, f"{v.ref.source}: {_error_text(exc)}", _kind(exc))
+            return self._task_failed(v, exc)
         if payload is None:  # a fused task's chunk without its encoded bytes (cannot happen; said if it does)
             self.chunks_in_flight -= 1
             return self._fail(v, f"{v.ref.source}: a chunk came without its encoded bytes", failures.TRANSIENT)
@@ -670,20 +720,37 @@ class Scheduler:
         self._maybe_finish(v)
         return None
 
-    def _fail(self, v: _Video, reason: str, kind: str) -> None:
-        """A failed try: restarted if transient and tries are left, else the video's error row."""
+    def _task_failed(self, v: _Video, exc: Exception) -> None:
+        """A task of the video's try failed (`_fail`); lost with its node when that node is gone
+        or draining and the error is transient."""
+        self._gone(exc, v.node)
+        kind = _kind(exc)
+        lost = kind == failures.TRANSIENT and (not v.node.alive or v.node.draining)
+        self._fail(v, f"{v.ref.source}: {_error_text(exc)}", kind, node_lost=lost)
+
+    def _fail(self, v: _Video, reason: str, kind: str, *, node_lost: bool = False) -> None:
+        """A failed try: restarted if transient and tries are left, else the video's error row.
+        A try lost with its node restarts without counting (up to MAX_NODE_LOSSES times)."""
         _cancel(v)
         v.gen_done = True
         self._release(v)
         key = v.ref.key
+        if node_lost and self.node_losses[key] < MAX_NODE_LOSSES:
+            self.node_losses[key] += 1
+            log.warning("%s; its node %s is gone or draining: the video starts again elsewhere", reason, v.node.name)
+            return self._retry(v)
         if kind == failures.TRANSIENT and self.retries[key] + 1 < MAX_ATTEMPTS:
             self.retries[key] += 1
             log.warning("%s; transient, trying again (%d of %d)", reason, self.retries[key] + 1, MAX_ATTEMPTS)
-            del self.videos[key]  # results of this try still in flight are dropped when they come
-            self.active[v.unit].todo.appendleft(v.ref)
-            return
+            return self._retry(v)
         v.failure, v.kind = reason, kind or failures.PERMANENT
         self._maybe_finish(v)
+        return None
+
+    def _retry(self, v: _Video) -> None:
+        """Start the video again (first in its unit's queue)."""
+        del self.videos[v.ref.key]  # results of this try still in flight are dropped when they come
+        self.active[v.unit].todo.appendleft(v.ref)
 
     def _maybe_finish(self, v: _Video) -> None:
         if not v.complete or self._current(v.ref.key, v.attempt) is None:
@@ -779,11 +846,14 @@ class Scheduler:
             self._resumed(a, set(result))
         elif what == "finish":  # the writer commits in the background and is free for the next unit
             a.committing = True
-            self.idle_writers.append((a.writer, a.node))
+            if self.nodes.is_usable(a.node.id):  # not on a node that is draining or gone
+                self.idle_writers.append((a.writer, a.node))
             self._call(a, "commit", a.writer.committed.options(concurrency_group="commit").remote(a.unit.name))
         elif what == "commit":
             del self.active[name]
             self.done(a.unit, result)
+            if not self.nodes.is_usable(a.node.id) and not self._holds_unit(a.writer):
+                self._retire(a.writer, a.node)
         return None
 
     def _writers_lost(self, writer, exc: Exception) -> None:
@@ -805,8 +875,9 @@ class Scheduler:
 
     def _take_over(self, a: _Active, reason: str) -> None:
         """A new writer for a unit whose writer was lost: on the same node it rewrites the unit
-        from the spool; with the node gone the unit starts over elsewhere; after MAX_ATTEMPTS
-        losses its videos not yet complete become transient error rows."""
+        from the spool; with the node gone (or draining) the unit starts over elsewhere; after
+        MAX_ATTEMPTS losses its videos not yet complete become transient error rows. A writer
+        lost with its node does not count as a loss (up to MAX_NODE_LOSSES times)."""
         for key in [k for k, v in self.videos.items() if v.unit == a.unit.name]:
             v = self.videos.pop(key)
             _cancel(v)
@@ -817,7 +888,10 @@ class Scheduler:
                 self.chunks_in_flight -= what[4]
         self.chunks_in_flight -= len(a.chunks)
         a.chunks, a.payloads, a.outcomes = [], [], []
-        a.losses += 1
+        if (not a.node.alive or a.node.draining) and a.node_losses < MAX_NODE_LOSSES:
+            a.node_losses += 1
+        else:
+            a.losses += 1
         a.finishing = a.committing = False
         same_node = a.spool and self.nodes.is_usable(a.node.id)
         if a.losses >= 2 * MAX_ATTEMPTS:  # not even its error rows could be written
