@@ -184,3 +184,30 @@ def test_the_last_videos_are_shared_over_the_cpus_the_others_free(cpus, waiting,
     assert s._fused_parts(node) == 0  # GPU builds: flow actors batch chunks across videos
     s.rcfg, s.cfg = RayConfig(), BuildConfig(worker=WorkerConfig(sample=SampleConfig(clips=2)))
     assert s._fused_parts(node) == 1  # a clips-mode video is one job
+
+
+@pytest.mark.parametrize("node_lost", [False, True])
+def test_tries_lost_with_their_node_do_not_count_against_the_video_but_are_bounded(node_lost):
+    """A try lost with its node (gone, or draining: a spot preemption) starts the video again
+    without using one of its MAX_ATTEMPTS tries, up to MAX_NODE_LOSSES times; then, and for
+    any other transient failure, the tries count and the last one is the video's error row."""
+    from collections import Counter
+
+    from pipeline import failures
+    from pipeline.records import VideoRef
+
+    s = scheduler.Scheduler.__new__(scheduler.Scheduler)
+    s.retries, s.node_losses, s.gens, s.videos = Counter(), Counter(), {}, {}
+    s.active = {"u": scheduler._Active(unit=None, writer=None, node=None, todo=deque(), left=1)}
+    rows = []
+    s._maybe_finish = lambda v: rows.append((v.failure, v.kind))
+    node = Node(id="cd" * 28, address="a", resources={"CPU": 2}, state=GOOD, draining=node_lost)
+    ref = VideoRef(key="v", uri="/v.mp4", source="v.mp4", label="a", label_id=0)
+    tries = 0
+    while not rows:
+        tries += 1
+        s.videos["v"] = v = scheduler._Video(ref=ref, unit="u", node=node, decoding=False, gen_done=True)
+        s._fail(v, "v.mp4: lost", failures.TRANSIENT, node_lost=node_lost)
+    assert tries == scheduler.MAX_ATTEMPTS + (scheduler.MAX_NODE_LOSSES if node_lost else 0)
+    assert rows == [("v.mp4: lost", failures.TRANSIENT)]
+    assert len(s.active["u"].todo) == tries - 1  # every other try was queued again
