@@ -251,3 +251,33 @@ def test_scheduler_bench_runs_at_small_scale():
                           text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| 16 | 120 |" in proc.stdout and "growth of driver CPU per video" in proc.stdout
+
+
+def test_units_wait_when_the_last_writer_node_goes_and_finish_on_the_next(motion_videos, tmp_path, head_only,
+                                                                          caplog):
+    """Writers may only run on nodes offering `spot_writer`, and the one such node goes (a
+    preemption) while it writes: its units wait in the queue (the build does not fail) and
+    finish on the writer node that joins next, in the same run, equal to a clean build."""
+    cluster = head_only
+    writer_node = cluster.add_node(num_cpus=1, resources={"spot_writer": 4})
+    cluster.wait_for_nodes()
+    executor = RayExecutor(address=cluster.address, writer_resource="spot_writer", max_videos=2, refresh_s=0.3)
+    out = tmp_path / "ds"
+    with caplog.at_level("WARNING", logger="pipeline.cluster.scheduler"):
+        thread, result = _in_thread(lambda: build_dataset(str(motion_videos), str(out), _cfg(samples=4),
+                                                          executor=executor, progress=False))
+        deadline = time.time() + 60
+        while not executor.placement["flow"]:  # units are open on the writer node, videos started
+            assert time.time() < deadline and thread.is_alive(), result
+            time.sleep(0.02)
+        cluster.remove_node(writer_node)
+        deadline = time.time() + 60
+        while not any("no node can hold a writer now" in r.getMessage() for r in caplog.records):
+            assert time.time() < deadline and thread.is_alive(), result
+            time.sleep(0.05)
+        cluster.add_node(num_cpus=1, resources={"spot_writer": 4})
+        thread.join(timeout=240)
+    assert not thread.is_alive() and not isinstance(result[0], Exception), result
+    assert result[0].ok == 8 and result[0].errors == 0
+    build_dataset(str(motion_videos), str(tmp_path / "local"), _cfg(samples=4), progress=False)
+    assert _files(out) == _files(tmp_path / "local")

@@ -28,7 +28,8 @@ Nodes that go: a node with a drain notice (a spot preemption, the autoscaler's s
 Ray refuses new tasks there) takes no new work from the next cluster read on, and what runs
 there goes on. Work lost with a node that is gone or draining starts again elsewhere (a unit
 from its start, on another writer) without counting against MAX_ATTEMPTS: the machine
-failed, not the video (bounded by MAX_NODE_LOSSES).
+failed, not the video (bounded by MAX_NODE_LOSSES). A unit whose writer went with the last
+node that could hold one waits in the queue for such a node.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ class Scheduler:
         self.fetched: dict[Any, Any] = {}  # values of this round's ready refs, fetched in one call
         self.active: dict[str, _Active] = {}  # units not yet committed, by name
         self.idle_writers: list[tuple[Any, Node]] = []
+        self.carried: dict[str, tuple[int, int]] = {}  # unit -> (losses, node losses) while requeued
         self.writers: list[tuple[Any, Node]] = []
         self.dirty: set[str] = set()  # units with chunks or outcomes for their writer's next call
         self.reported: set[str] = set()  # videos counted in the progress bar
@@ -786,6 +788,7 @@ class Scheduler:
             writer, node = got
             unit = self.pending.popleft()
             a = _Active(unit=unit, writer=writer, node=node, todo=deque(unit.compute_refs), left=len(unit.compute_refs))
+            a.losses, a.node_losses = self.carried.pop(unit.name, (0, 0))  # a unit requeued by `_requeue`
             self.active[unit.name] = a
             writing = sum(not a.committing for a in self.active.values())
             self.stats["peak_writers"] = max(self.stats["peak_writers"], writing)
@@ -877,7 +880,8 @@ class Scheduler:
         """A new writer for a unit whose writer was lost: on the same node it rewrites the unit
         from the spool; with the node gone (or draining) the unit starts over elsewhere; after
         MAX_ATTEMPTS losses its videos not yet complete become transient error rows. A writer
-        lost with its node does not count as a loss (up to MAX_NODE_LOSSES times)."""
+        lost with its node does not count as a loss (up to MAX_NODE_LOSSES times). With no node
+        for a new writer the unit waits for one (`_requeue`)."""
         for key in [k for k, v in self.videos.items() if v.unit == a.unit.name]:
             v = self.videos.pop(key)
             _cancel(v)
@@ -907,7 +911,7 @@ class Scheduler:
             return self._give_up(a, reason)
         got = self._writer(a.node if same_node else None)
         if got is None:
-            return self._give_up(a, reason)
+            return self._requeue(a, reason)
         writer, node = got
         a.writer, a.node, a.busy, a.todo = writer, node, True, deque()
         if same_node:
@@ -930,6 +934,20 @@ class Scheduler:
             self._call(a, "begin", writer.begin.remote(a.unit, self.output, self.cfg))
             self._resumed(a, set())
         return None
+
+    def _requeue(self, a: _Active, reason: str) -> None:
+        """No node can hold a writer now (the writer nodes went, e.g. all preempted): the unit
+        goes back to the front of the queue and starts over when one can, its losses carried;
+        the build waits for such a node as for any it lacks (up to min_wait_s, asking the
+        autoscaler)."""
+        log.warning(
+            "the writer of shard unit %s was lost (%s) and no node can hold a writer now: the unit waits for one",
+            a.unit.stem,
+            reason,
+        )
+        del self.active[a.unit.name]
+        self.pending.appendleft(a.unit)
+        self.carried[a.unit.name] = (a.losses, a.node_losses)
 
     def _resumed(self, a: _Active, complete: set[str]) -> None:
         """The new writer holds the videos `complete`: the others of the unit are computed again."""
