@@ -211,3 +211,19 @@ def test_tries_lost_with_their_node_do_not_count_against_the_video_but_are_bound
     assert tries == scheduler.MAX_ATTEMPTS + (scheduler.MAX_NODE_LOSSES if node_lost else 0)
     assert rows == [("v.mp4: lost", failures.TRANSIENT)]
     assert len(s.active["u"].todo) == tries - 1  # every other try was queued again
+
+
+def test_an_actor_error_that_says_preempted_marks_its_node_gone():
+    """Ray marks an actor error `preempted` when the autoscaler drained its node for a
+    preemption: the node leaves the table then (work lost with it does not count as a try),
+    while an actor error without it (a crashed process) leaves the node in place."""
+    s = scheduler.Scheduler.__new__(scheduler.Scheduler)
+    s.actors, s.idle_writers = [], []
+    node = Node(id="ef" * 28, address="a", resources={"CPU": 2}, state=GOOD)
+    crashed = ray.exceptions.ActorDiedError()
+    s._gone(crashed, node)
+    assert node.alive and not crashed.preempted
+    preempted = ray.exceptions.ActorDiedError()
+    preempted._preempted = True  # what Ray sets from the node's death info (AUTOSCALER_DRAIN_PREEMPTED)
+    s._gone(preempted, node)
+    assert not node.alive

@@ -313,6 +313,8 @@ class Scheduler:
         """A task or actor pinned to `node` could not run there because the node is gone: it
         leaves the table now, before Ray's node list says so (which can lag by seconds)."""
         names = {c.__name__ for c in type(exc).__mro__}
+        if getattr(exc, "preempted", False):  # an actor whose node a preemption drained, then ended
+            names.add("NodeDiedError")
         if not node.alive or node.draining or not names & (_NODE_GONE | {"NodeDiedError"}):
             return
         # Ray refuses tasks on a draining node the moment the notice comes, before the next
