@@ -218,7 +218,7 @@ def test_an_actor_error_that_says_preempted_marks_its_node_gone():
     preemption: the node leaves the table then (work lost with it does not count as a try),
     while an actor error without it (a crashed process) leaves the node in place."""
     s = scheduler.Scheduler.__new__(scheduler.Scheduler)
-    s.actors, s.idle_writers = [], []
+    s.actors, s.idle_writers, s.writers, s.active = [], [], [], {}
     node = Node(id="ef" * 28, address="a", resources={"CPU": 2}, state=GOOD)
     crashed = ray.exceptions.ActorDiedError()
     s._gone(crashed, node)

@@ -137,8 +137,8 @@ def prune_epochs(directory: Location, newest: int, keep: int) -> list[Location]:
     for name in storage.list_files(directory, ".pt"):
         match = EPOCH_FILE.fullmatch(name)
         if match and int(match.group(1)) <= newest - keep:
-            storage.remove(storage.join(directory, name))
             removed.append(storage.join(directory, name))
+            storage.remove(removed[-1])
     return removed
 
 

@@ -49,6 +49,11 @@ class Node:
     actors: int = 0
 
     @property
+    def leaving(self) -> bool:
+        """Gone, or going (a drain notice): work lost with it is the machine's failure."""
+        return not self.alive or self.draining
+
+    @property
     def cpus(self) -> int:
         return int(self.resources.get("CPU", 0))
 

@@ -263,8 +263,7 @@ class Scheduler:
             self._check(node)
         for node in left:
             self._node_left(node)
-        for node, deadline in self.nodes.read_draining():
-            self._node_draining(node, deadline)
+        self._read_drains()
         self._size()
         self._place_actors()
         self._ask()
@@ -274,29 +273,42 @@ class Scheduler:
     def _node_left(self, node: Node) -> None:
         """`node` is gone (Ray says so, or a task pinned to it could not be placed): no more work
         goes there, and its actors and idle writers are forgotten."""
-        if node.alive:
-            node.alive = False
+        node.alive = False
         log.warning("node %s left the cluster; its work is done elsewhere", node.name)
-        self.actors = [(a, n) for a, n in self.actors if n.alive]
-        self.idle_writers = [(w, n) for w, n in self.idle_writers if n.alive]
+        self._stop_placing(node)
 
-    def _node_draining(self, node: Node, deadline_ms: int) -> None:
+    def _read_drains(self) -> None:
+        """`_node_draining` for each node that got a drain notice since the last read."""
+        for node, deadline in self.nodes.read_draining():
+            self._node_draining(node, deadline)
+
+    def _node_draining(self, node: Node, deadline_ms: int | None) -> None:
         """`node` got a drain notice (a spot preemption, a scale-down): Ray refuses new tasks
-        there, so no new video, writer or flow call goes there and its idle writers go. What
-        runs there goes on: a fused video finishes, a unit's writer keeps writing; what the
-        node takes with it when it goes starts again elsewhere, not counted as a try."""
-        left_s = f"deadline in {max(0.0, deadline_ms / 1000 - time.time()):.0f} s" if deadline_ms else "no deadline"
+        there, so no new video, writer or flow call goes there. What runs there goes on: a fused
+        video finishes, a unit's writer keeps writing; what the node takes with it when it goes
+        starts again elsewhere, not counted as a try. deadline_ms: 0 for none, None when the
+        node refused a task before its notice was on record."""
+        if deadline_ms is None:
+            left_s = "it refuses new tasks; the notice is not on record yet"
+        else:
+            left_s = f"deadline in {max(0.0, deadline_ms / 1000 - time.time()):.0f} s" if deadline_ms else "no deadline"
         log.warning(
             "node %s got a drain notice (%s): it takes no new work, and what it runs is done elsewhere "
             "if the node goes first",
             node.name,
             left_s,
         )
+        self._stop_placing(node)
+
+    def _stop_placing(self, node: Node) -> None:
+        """No new work for `node` (gone or draining): its flow actors leave the rotation and its
+        writers that hold no unit end (one still committing its last unit ends after the commit),
+        so the run's end never asks a writer of a gone node for its memory peak."""
         self.actors = [(a, n) for a, n in self.actors if n is not node]
-        self.idle_writers = [x for x in self.idle_writers if x[1] is not node]
         for w, n in [x for x in self.writers if x[1] is node]:
-            if not self._holds_unit(w):  # one still committing its last unit ends after it
+            if not self._holds_unit(w):
                 self._retire(w, n)
+        self.idle_writers = [x for x in self.idle_writers if x[1] is not node]
 
     def _holds_unit(self, writer) -> bool:
         return any(a.writer is writer for a in self.active.values())
@@ -317,14 +329,17 @@ class Scheduler:
             names.add("NodeDiedError")
         if not node.alive or node.draining or not names & (_NODE_GONE | {"NodeDiedError"}):
             return
-        # Ray refuses tasks on a draining node the moment the notice comes, before the next
-        # cluster read would see it: such a node is draining, not gone.
-        deadline = cluster_nodes.draining_nodes().get(node.id) if names & _NODE_GONE else None
-        if deadline is None:
-            self._node_left(node)
-        else:
-            node.draining = True
-            self._node_draining(node, deadline)
+        if names & _NODE_GONE:
+            # Ray refuses tasks on a draining node the moment the notice comes, before the next
+            # cluster read would see it, and even before the notice is on record: a node Ray
+            # still lists is draining, not gone (the next read says which, should it be gone).
+            self._read_drains()
+            if not node.draining and node.id in cluster_nodes.alive_nodes():
+                node.draining = True
+                self._node_draining(node, None)
+            if node.draining:
+                return
+        self._node_left(node)
 
     def _check(self, node: Node) -> None:
         if node.state == GOOD:  # a local Ray: this machine, whose stale spools go now
@@ -729,7 +744,7 @@ class Scheduler:
         or draining and the error is transient."""
         self._gone(exc, v.node)
         kind = _kind(exc)
-        lost = kind == failures.TRANSIENT and (not v.node.alive or v.node.draining)
+        lost = kind == failures.TRANSIENT and v.node.leaving
         self._fail(v, f"{v.ref.source}: {_error_text(exc)}", kind, node_lost=lost)
 
     def _fail(self, v: _Video, reason: str, kind: str, *, node_lost: bool = False) -> None:
@@ -894,7 +909,7 @@ class Scheduler:
                 self.chunks_in_flight -= what[4]
         self.chunks_in_flight -= len(a.chunks)
         a.chunks, a.payloads, a.outcomes = [], [], []
-        if (not a.node.alive or a.node.draining) and a.node_losses < MAX_NODE_LOSSES:
+        if a.node.leaving and a.node_losses < MAX_NODE_LOSSES:
             a.node_losses += 1
         else:
             a.losses += 1
