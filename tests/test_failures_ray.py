@@ -9,6 +9,7 @@ process itself: the decoder of one video raises a mid-stream error, SIGKILLs its
 worker, or has its ffmpeg SIGKILLed the way an out-of-memory killer would.
 """
 import pickle
+import time
 
 import pytest
 
@@ -133,6 +134,60 @@ def test_errors_of_ray_tasks_keep_reason_and_kind(how, path, videos, tmp_path, r
     assert (row.status, row.error_kind) == ("error", kind), row
     assert words in row.error and "deserialize" not in row.error, row.error
     assert summary.ok == 3 and all(v.status == "ok" for p, v in rows.items() if p != f"right/{VICTIM}")
+
+
+def _one_part_fails(marker: str):
+    """A `_video` task whose victim's part 0 raises after its first chunk while part 1, slowed
+    to 0.1 s an item, goes on and writes `marker` when it has yielded its last item."""
+    @ray.remote(max_retries=0)
+    def video(ref, cfg, part, parts):
+        import time
+        from pathlib import Path
+
+        from pipeline.cluster import tasks
+        from pipeline.decode import DecodeError
+
+        victim = VICTIM in ref.source
+        for n, item in enumerate(tasks.video_in_one(ref, cfg, part, parts)):
+            if victim and part == 0 and n == 3:
+                raise DecodeError(ref.uri, "corrupt macroblock")
+            if victim and part == 1:
+                time.sleep(0.1)
+            yield item
+        if victim and part == 1:
+            Path(marker).write_text("ended")
+
+    return video
+
+
+@pytest.mark.timeout(300)
+def test_a_try_given_up_is_let_go_not_cancelled(videos, tmp_path, ray_local, monkeypatch):
+    """When one part of a video fails, its other part is neither cancelled (`ray.cancel` racing
+    with a task's end kills the driver in Ray 2.60: exit 1, no Python error) nor left hanging on
+    its back-pressure: the driver drops every reference to it, and it runs to its end at once."""
+    marker = tmp_path / "part1_ended"
+    cancels, seen = [], {}
+    monkeypatch.setattr(ray, "cancel", lambda *args, **kwargs: cancels.append(args))
+    monkeypatch.setattr(scheduler.Scheduler, "_fused_parts", lambda self, node: 2)
+    monkeypatch.setattr(tasks, "_video", _one_part_fails(str(marker)))
+    real_fail = scheduler.Scheduler._fail
+
+    def fail(self, v, *args, **kwargs):
+        real_fail(self, v, *args, **kwargs)
+        seen["running when given up"] = not marker.exists()
+        deadline = time.monotonic() + 60  # the driver waits here: nothing of it reads part 1
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["ended while the driver waited"] = marker.exists()
+
+    monkeypatch.setattr(scheduler.Scheduler, "_fail", fail)
+    build_dataset(str(videos), str(tmp_path / "ds"), _cfg(), executor=RayExecutor(fused=True), progress=False)
+    assert cancels == []
+    assert seen == {"running when given up": True, "ended while the driver waited": True}
+    rows = {v.path: v for v in open_dataset(tmp_path / "ds").videos(include_errors=True)}
+    victim = rows[f"right/{VICTIM}"]
+    assert (victim.status, victim.error_kind) == ("error", "permanent") and "corrupt macroblock" in victim.error
+    assert all(v.status == "ok" for p, v in rows.items() if p != f"right/{VICTIM}")
 
 
 def test_a_truncated_input_is_a_permanent_row_from_the_real_decode_task(tmp_path, ray_local):

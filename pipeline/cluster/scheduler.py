@@ -129,13 +129,6 @@ def _error_text(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
 
 
-def _cancel(v: _Video) -> None:
-    """Stop the video's generator tasks that may still run (a try given up)."""
-    if not v.gen_done:
-        for gen in v.gens:
-            ray.cancel(gen, force=False)
-
-
 def _kind(exc: Exception) -> str:
     """`failures.kind_of`, plus a task pinned to a node that left the cluster: transient."""
     if {c.__name__ for c in type(exc).__mro__} & _NODE_GONE:
@@ -639,13 +632,25 @@ class Scheduler:
         return True
 
     def _release(self, v: _Video) -> None:
-        """The video's decoder is over (done, failed or dropped): its slot is free."""
+        """The video's decoder is over (done, failed or dropped): its slot is free.
+
+        A try given up may leave generator tasks running. They are not cancelled: `ray.cancel`
+        racing with a task's own end kills the driver in Ray 2.60 (a failed internal check,
+        "Tried to complete task that was not pending", then exit 1 with no Python error), and a
+        try's parts often end together (every part of a cut-short video meets the cut). Every
+        reference to them is dropped instead, so Ray deletes their streams: each runs to its end
+        without the backpressure holding it, and what it yields is freed unread.
+        """
         if v.decoding:
             v.decoding = False
             self.decoding -= 1
             v.node.open -= 1
-        for gen in v.gens:
+        dropped = set(v.gens)
+        for gen in dropped:
             self.gens.pop(gen, None)
+        if dropped and self.parked:
+            self.parked = deque(g for g in self.parked if g not in dropped)
+        v.gens = []
 
     def _must_flush(self) -> bool:
         """Send part batches to the flow actors when no more chunks can come to fill them."""
@@ -750,7 +755,6 @@ class Scheduler:
     def _fail(self, v: _Video, reason: str, kind: str, *, node_lost: bool = False) -> None:
         """A failed try: restarted if transient and tries are left, else the video's error row.
         A try lost with its node restarts without counting (up to MAX_NODE_LOSSES times)."""
-        _cancel(v)
         v.gen_done = True
         self._release(v)
         key = v.ref.key
@@ -901,7 +905,6 @@ class Scheduler:
         for a new writer the unit waits for one (`_requeue`)."""
         for key in [k for k, v in self.videos.items() if v.unit == a.unit.name]:
             v = self.videos.pop(key)
-            _cancel(v)
             self._release(v)
         for ref, what in list(self.refs.items()):
             if what[0] == "call" and what[2] == a.unit.name:
