@@ -309,6 +309,10 @@ class Scheduler:
     def _retire(self, writer, node: Node) -> None:
         """End a writer that holds no unit (its node is draining or gone)."""
         ray.kill(writer)
+        self._forget_writer(writer, node)
+
+    def _forget_writer(self, writer, node: Node) -> None:
+        """Take an ended (or ending) writer out of the writer lists."""
         self.idle_writers = [x for x in self.idle_writers if x[0] is not writer]
         if (writer, node) in self.writers:
             self.writers.remove((writer, node))
@@ -889,11 +893,9 @@ class Scheduler:
             stem = held[0].unit.stem if held else "?"
             raise RuntimeError(f"writing shard unit {stem} failed: {_error_text(exc)}") from exc
         ray.kill(writer)
-        for w, node in [x for x in self.writers if x[0] is writer]:
-            self.writers.remove((w, node))
-            node.writers -= 1
+        for node in [n for w, n in self.writers if w is writer]:
+            self._forget_writer(writer, node)
             self._gone(exc, node)
-        self.idle_writers = [x for x in self.idle_writers if x[0] is not writer]
         for a in held:
             self._take_over(a, _error_text(exc))
 
